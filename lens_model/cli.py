@@ -1,0 +1,120 @@
+"""`lens` command line: segment an image from a text prompt, build tiny test checkpoints."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import LensError
+
+EXAMPLES = """examples:
+  lens make-tiny --out /tmp/lens-tiny
+  lens segment --model /tmp/lens-tiny --image assets/sample.jpg --prompt "the astronaut's helmet" --out-overlay overlay.png
+  lens segment --image photo.jpg --prompt "the mug left of the laptop" --device cuda   # released OuyBin/LENS weights
+"""
+
+
+def _add_segment(sub) -> None:
+    from .checkpoint import DEFAULT_MODEL_ID
+
+    p = sub.add_parser("segment", help="segment an image from a text prompt and print the result as JSON",
+                       description="Reason about the prompt with the MLLM, then segment with SAM2. Prints box, score, "
+                                   "generated text, image size and per-stage timings as JSON.")
+    p.add_argument("--model", default=DEFAULT_MODEL_ID,
+                   help=f"checkpoint directory or Hugging Face Hub id (default: {DEFAULT_MODEL_ID}, the released LENS)")
+    p.add_argument("--image", required=True, help="input image file (JPEG, PNG, ...); grayscale/RGBA/16-bit are converted")
+    p.add_argument("--prompt", required=True, help="referring expression or command, e.g. 'the red cup on the left'")
+    p.add_argument("--out-mask", type=Path, help="write the mask as a PNG (0/255, same size as the image)")
+    p.add_argument("--out-overlay", type=Path, help="write the image with the tinted mask, the box and the prompt")
+    p.add_argument("--json", type=Path, help="also write the JSON result to this file")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype (default: auto = bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="generation budget of the MLLM (default: 256)")
+    p.add_argument("--context-pass", choices=["official", "cached"],
+                   help="override the checkpoint's context-pass mode (released checkpoints need 'official')")
+    p.add_argument("--answer-format", choices=["grounding", "think_answer"],
+                   help="override the prompt/answer format (think_answer for the CoT checkpoints)")
+    p.set_defaults(func=cmd_segment)
+
+
+def _add_make_tiny(sub) -> None:
+    p = sub.add_parser("make-tiny", help="write a tiny, randomly initialised LENS checkpoint for tests and demos",
+                       description="Builds a complete small LENS checkpoint (tiny Qwen2.5-VL, local tokenizer with the "
+                                   "Qwen special tokens and chat template, small SAM2) in seconds on a CPU. Untrained.")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default: 0)")
+    p.add_argument("--num-queries", type=int, default=8, help="number of context queries (default: 8)")
+    p.add_argument("--context-pass", choices=["official", "cached"], default="cached", help="default: cached")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
+    p.set_defaults(func=cmd_make_tiny)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lens", description="LENS: text-prompted segmentation with a reasoning MLLM and SAM2.",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_segment(sub)
+    _add_make_tiny(sub)
+    return parser
+
+
+def cmd_segment(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from .image_io import load_image, read_prompt
+    from .overlay import draw_overlay
+    from .pipeline import LensPipeline
+
+    if args.max_new_tokens < 1:
+        raise LensError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    # Validate the cheap inputs before loading a multi-GB model.
+    rgb = load_image(args.image)
+    prompt = read_prompt(args.prompt)
+    for out in (args.out_mask, args.out_overlay, args.json):
+        if out is not None and not out.parent.exists():
+            raise LensError(f"output folder does not exist: {out.parent}")
+    pipe = LensPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype, context_pass=args.context_pass,
+                                        answer_format=args.answer_format, max_new_tokens=args.max_new_tokens)
+    result = pipe(rgb, prompt)
+    data = result.to_json_dict()
+    data.update(image=str(args.image), model=str(args.model))
+    if args.out_mask:
+        Image.fromarray(result.mask.astype(np.uint8) * 255).save(args.out_mask)
+        data["mask_png"] = str(args.out_mask)
+    if args.out_overlay:
+        draw_overlay(rgb, result.mask, result.box, prompt).save(args.out_overlay)
+        data["overlay_png"] = str(args.out_overlay)
+    text = json.dumps(data, indent=2)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def cmd_make_tiny(args) -> int:
+    from .tiny import make_tiny
+
+    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
+        raise LensError(f"output directory {args.out} is not empty; pass --overwrite to replace it")
+    path = make_tiny(args.out, seed=args.seed, num_queries=args.num_queries, context_pass=args.context_pass)
+    print(f"wrote tiny LENS checkpoint to {path} (random weights: untrained, for tests and demos)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LensError as exc:
+        print(f"lens {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""User-facing errors: one line that names the cause and what to do. The CLI prints them without a traceback."""
+
+
+class LensError(Exception):
+    """Base class of errors caused by user input (files, prompts, checkpoints, options)."""
+
+
+class ImageError(LensError):
+    """An image that is missing, unreadable or of an unsupported kind."""
+
+
+class PromptError(LensError):
+    """An empty or otherwise unusable text prompt."""
+
+
+class CheckpointError(LensError):
+    """A model directory or weights file that is missing, incomplete or does not match its config."""

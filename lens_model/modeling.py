@@ -1,0 +1,164 @@
+"""The LENS model: reasoning MLLM (Qwen2.5-VL / Qwen2-VL) + context head + SAM2.
+
+Data flow for one batch of prompts (B rows, left-padded prompt length P, T generated tokens, N queries):
+
+    pixel_values --vision encoder (once)--> image_outputs
+    prompt ids (B, P) --generate--> sequences (B, P+T) [+ KV cache over the first P+T-1 tokens]
+    context pass: queries appended after prompt + completion -> last-layer states (B, N, hidden)
+    context head -> (B, 1, 256) sparse prompt -> SAM2 mask decoder -> low-res logits (B, 1, S/4, S/4)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import LensConfig
+from .context import ContextHead
+from .sam import SamImageFeatures, build_sam, decode_masks, encode_image
+
+MLLM_CLASSES = {
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+}
+
+
+def mllm_class(model_type: str):
+    import transformers
+
+    if model_type not in MLLM_CLASSES:
+        raise ValueError(f"unsupported reasoning model type {model_type!r}; supported: {sorted(MLLM_CLASSES)}")
+    return getattr(transformers, MLLM_CLASSES[model_type])
+
+
+def completion_mask(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> torch.Tensor:
+    """(B, T) generated ids -> (B, T) long mask: 1 up to and including the first EOS, 0 for the padding after it."""
+    is_eos = torch.isin(completion_ids, torch.tensor(eos_token_ids, device=completion_ids.device))
+    eos_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
+    return (eos_before == 0).long()
+
+
+def positions_1d(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Plain 1-D positions (3, B, L) as transformers 4.51 fell back to when given only inputs_embeds."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    pos = pos.masked_fill(attention_mask == 0, 1)
+    return pos.unsqueeze(0).expand(3, -1, -1)
+
+
+@dataclass
+class ContextInputs:
+    """Everything the context pass needs about prompt + completion (L = P + T)."""
+
+    input_ids: torch.Tensor  # (B, L) prompt + completion ids
+    attention_mask: torch.Tensor  # (B, L) 0 for left padding and for padding after EOS
+    mm_token_type_ids: torch.Tensor  # (B, L) 1 on image tokens
+    image_grid_thw: torch.Tensor  # (num_images, 3)
+
+
+class LensModel(nn.Module):
+    def __init__(self, mllm_config, lens_config: LensConfig, mllm: nn.Module | None = None, sam: nn.Module | None = None):
+        super().__init__()
+        self.lens_config = lens_config
+        self.mllm = mllm if mllm is not None else mllm_class(mllm_config.model_type)(mllm_config)
+        self.hidden_size = self.mllm.config.get_text_config().hidden_size
+        self.context = ContextHead(self.hidden_size, lens_config)
+        self.sam = sam if sam is not None else build_sam(lens_config.sam)
+
+    # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def from_pretrained(cls, name_or_path, **kwargs) -> "LensModel":
+        from .checkpoint import load_model
+
+        return load_model(name_or_path, **kwargs)[0]
+
+    def save_pretrained(self, out_dir, processor=None) -> None:
+        from .checkpoint import save_model
+
+        save_model(self, out_dir, processor=processor)
+
+    @property
+    def device(self) -> torch.device:
+        return self.context.learnable_query.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.context.learnable_query.dtype
+
+    # ------------------------------------------------------------------ MLLM
+    def encode_mllm_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor):
+        """Run the MLLM vision encoder once; the result feeds generation and the context pass."""
+        return self.mllm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+
+    def _embed(self, input_ids: torch.Tensor, image_outputs) -> torch.Tensor:
+        """Token embeddings with the image features scattered into the image placeholder tokens."""
+        embeds = self.mllm.get_input_embeddings()(input_ids)
+        if image_outputs is not None:
+            image_embeds = torch.cat(list(image_outputs.pooler_output), dim=0).to(embeds)
+            image_mask = (input_ids == self.mllm.config.image_token_id).unsqueeze(-1)
+            if int(image_mask.sum()) != image_embeds.shape[0]:
+                raise ValueError(
+                    f"{int(image_mask.sum())} image tokens in the prompt but {image_embeds.shape[0]} image features"
+                )
+            embeds = embeds.masked_scatter(image_mask.expand_as(embeds), image_embeds)
+        return embeds
+
+    def mrope_positions(self, ctx: ContextInputs, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """M-RoPE positions (3, B, L+extra) for prompt + completion + `extra` text tokens, and the full mask."""
+        b = ctx.input_ids.shape[0]
+        device = ctx.input_ids.device
+        # Queries are text tokens for M-RoPE: any text id works as a placeholder for the position computation.
+        ids = torch.cat([ctx.input_ids, ctx.input_ids.new_zeros(b, extra)], dim=1)
+        types = torch.cat([ctx.mm_token_type_ids, ctx.mm_token_type_ids.new_zeros(b, extra)], dim=1)
+        mask = torch.cat([ctx.attention_mask, ctx.attention_mask.new_ones(b, extra)], dim=1)
+        pos, _ = self.mllm.model.get_rope_index(
+            ids, mm_token_type_ids=types, image_grid_thw=ctx.image_grid_thw, attention_mask=mask
+        )
+        return pos.to(device), mask
+
+    def query_states_full(self, ctx: ContextInputs, image_outputs, positions: str) -> torch.Tensor:
+        """One LLM pass over prompt + completion + queries -> (B, N, hidden) last-layer query states.
+
+        positions="1d" reproduces the released checkpoints (see SPEC.md); "mrope" continues the M-RoPE sequence.
+        The vision encoder is not run: `image_outputs` come from `encode_mllm_images`.
+        """
+        n = self.context.num_queries
+        embeds = self._embed(ctx.input_ids, image_outputs)
+        embeds = torch.cat([embeds, self.context.query_embeds(embeds.shape[0], embeds.dtype)], dim=1)
+        if positions == "mrope":
+            pos, mask = self.mrope_positions(ctx, n)
+        elif positions == "1d":
+            mask = torch.cat([ctx.attention_mask, ctx.attention_mask.new_ones(embeds.shape[0], n)], dim=1)
+            pos = positions_1d(mask)
+        else:
+            raise ValueError(f"positions must be 'mrope' or '1d', got {positions!r}")
+        out = self.mllm.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False)
+        return out.last_hidden_state[:, -n:]
+
+    def query_states_cached(self, ctx: ContextInputs, cache) -> torch.Tensor:
+        """Context pass reusing the generation KV cache (which holds all but the last generated token).
+
+        Only the last generated token and the N queries are processed, at the M-RoPE positions that
+        continue the sequence; masked (post-EOS) tokens stay in the cache but are not attended.
+        """
+        n = self.context.num_queries
+        b, length = ctx.input_ids.shape
+        if cache.get_seq_length() != length - 1:
+            raise ValueError(f"KV cache holds {cache.get_seq_length()} tokens, expected {length - 1} (prompt + completion - 1)")
+        last = self.mllm.get_input_embeddings()(ctx.input_ids[:, -1:])
+        embeds = torch.cat([last, self.context.query_embeds(b, last.dtype)], dim=1)
+        pos, mask = self.mrope_positions(ctx, n)
+        out = self.mllm.model.language_model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=pos[:, :, -(n + 1):], cache=cache, use_cache=True
+        )
+        return out.last_hidden_state[:, -n:]
+
+    # ------------------------------------------------------------------ SAM2
+    def encode_sam_images(self, sam_images: torch.Tensor) -> SamImageFeatures:
+        """(B, 3, S, S) normalised images -> SAM2 image features (computed once per image)."""
+        return encode_image(self.sam, sam_images.to(self.sam.no_mem_embed.dtype))
+
+    def masks_from_query_states(self, query_states: torch.Tensor, features: SamImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N, hidden) query states + per-row SAM features -> low-res logits (B, 1, h, w), IoU scores (B, 1)."""
+        prompt = self.context(query_states)  # (B, 1, 256)
+        return decode_masks(self.sam, features, prompt.to(features.image_embed.dtype))

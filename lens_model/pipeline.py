@@ -1,0 +1,199 @@
+"""Inference: image + text prompt(s) -> mask, box, score, generated text, per-stage timings."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .answer import clip_box, parse_answer, rescale_box, smart_resize
+from .config import LensConfig
+from .errors import LensError, PromptError
+from .image_io import load_image, read_prompt
+from .modeling import ContextInputs, LensModel, completion_mask
+from .sam import preprocess_for_sam, upsample_logits
+
+DEFAULT_MAX_PROMPT_TOKENS = 2048  # released training/eval bound on the prompt length
+
+
+@dataclass
+class SegmentationResult:
+    prompt: str
+    mask: np.ndarray  # (H, W) bool at the original image resolution
+    box: tuple[float, float, float, float] | None  # xyxy in original pixels, None if the answer had no valid box
+    score: float  # SAM2's predicted IoU of the returned mask
+    text: str  # the generated completion (special tokens other than padding/end kept)
+    image_size: tuple[int, int]  # (H, W) of the input image
+    mllm_image_size: tuple[int, int]  # (h, w) the MLLM saw after smart resize
+    box_error: str | None = None  # why `box` is None
+    format_ok: bool = False  # the answer followed the prompt format's template
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    def to_json_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("mask")
+        data["mask_pixels"] = int(self.mask.sum())
+        data["box"] = None if self.box is None else [round(float(v), 2) for v in self.box]
+        data["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
+        return data
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LensError(f"--device {device} requested but no CUDA GPU is available; use --device cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+class _Timer:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
+
+
+class LensPipeline:
+    """`LensPipeline.from_pretrained(model)(image, "the red cup")` -> SegmentationResult."""
+
+    def __init__(self, model: LensModel, processor, max_new_tokens: int = 256,
+                 max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.processor.tokenizer.padding_side = "left"
+        self.max_new_tokens = max_new_tokens
+        self.max_prompt_tokens = max_prompt_tokens
+        tok = processor.tokenizer
+        self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
+        self.eos_token_ids = sorted({tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")} - {None, tok.unk_token_id})
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device: str = "auto", dtype: str = "auto",
+                        context_pass: str | None = None, answer_format: str | None = None, **kwargs) -> "LensPipeline":
+        from .checkpoint import load_model
+
+        dev = resolve_device(device)
+        model, processor = load_model(name_or_path, device=dev, dtype=resolve_dtype(dtype, dev),
+                                      context_pass=context_pass, answer_format=answer_format)
+        return cls(model, processor, **kwargs)
+
+    @property
+    def config(self) -> LensConfig:
+        return self.model.lens_config
+
+    def build_chat(self, prompt: str) -> str:
+        prompt_cfg = self.config.prompt
+        question = prompt_cfg.question_template.format(question=prompt)
+        if not question.endswith("."):  # the released data pipeline ends every question with a period
+            question += "."
+        messages = [
+            {"role": "system", "content": prompt_cfg.system_prompt},
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+        ]
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    @torch.inference_mode()
+    def __call__(self, image, prompt: str | Sequence[str], max_new_tokens: int | None = None):
+        """One prompt -> SegmentationResult; a list of prompts -> list (one shared image encoding)."""
+        single = isinstance(prompt, str) or prompt is None
+        results = self.segment(image, [prompt] if single else list(prompt), max_new_tokens)
+        return results[0] if single else results
+
+    @torch.inference_mode()
+    def segment(self, image, prompts: Sequence[str], max_new_tokens: int | None = None) -> list[SegmentationResult]:
+        device = self.model.device
+        timer = _Timer(device)
+        with timer.stage("preprocess"):
+            prompts = [read_prompt(p) for p in prompts]
+            if not prompts:
+                raise PromptError("no prompt given: pass at least one text command")
+            rgb = load_image(image)
+            height, width = rgb.shape[:2]
+            llm_hw = smart_resize(height, width, 28, self.config.min_pixels, self.config.max_pixels)
+            llm_image = Image.fromarray(rgb).resize((llm_hw[1], llm_hw[0]), Image.BICUBIC)
+            texts = [self.build_chat(p) for p in prompts]
+            batch = self.processor(text=texts, images=[llm_image] * len(texts), padding=True, return_tensors="pt")
+            longest = int(batch["attention_mask"].sum(1).max())
+            if longest > self.max_prompt_tokens:
+                raise PromptError(f"prompt is {longest} tokens with the image; this model accepts at most {self.max_prompt_tokens}")
+            input_ids = batch["input_ids"].to(device)
+            attention_mask = batch["attention_mask"].to(device)
+            mm_types = batch["mm_token_type_ids"].to(device)
+            # Every prompt carries the same image: run the vision encoder on the first copy only.
+            grid = batch["image_grid_thw"][:1].to(device)
+            pixel_values = batch["pixel_values"][: int(grid[0].prod())].to(device, self.model.dtype)
+            sam_input = preprocess_for_sam(rgb, self.config.sam.image_size)[None].to(device)
+        with timer.stage("mllm_vision"):
+            image_outputs = self.model.encode_mllm_images(pixel_values, grid)
+            image_outputs.pooler_output = tuple(image_outputs.pooler_output) * len(prompts)
+            grid_all = grid.repeat(len(prompts), 1)
+        with timer.stage("generate"):
+            gen = self.model.mllm.generate(
+                input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_types,
+                image_grid_thw=grid_all, mm_encoder_outputs={"image": image_outputs},
+                max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False,
+                eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id,
+                return_dict_in_generate=True, use_cache=True,
+            )
+        completion = gen.sequences[:, input_ids.shape[1]:]
+        with timer.stage("context"):
+            ctx = ContextInputs(
+                input_ids=gen.sequences,
+                attention_mask=torch.cat([attention_mask, completion_mask(completion, self.eos_token_ids)], dim=1),
+                mm_token_type_ids=torch.cat([mm_types, torch.zeros_like(completion)], dim=1),
+                image_grid_thw=grid_all,
+            )
+            if self.config.context_pass == "cached":
+                states = self.model.query_states_cached(ctx, gen.cache)
+            else:
+                states = self.model.query_states_full(ctx, image_outputs, positions="1d")
+        with timer.stage("sam_encode"):
+            features = self.model.encode_sam_images(sam_input)
+        with timer.stage("sam_decode"):
+            shared = features.select(torch.zeros(len(prompts), dtype=torch.long, device=device))
+            low_res, iou = self.model.masks_from_query_states(states, shared)
+            masks = (upsample_logits(low_res, (height, width)) > 0).cpu().numpy()
+        with timer.stage("postprocess"):
+            texts_out = self._decode(completion)
+            results = []
+            for i, prompt in enumerate(prompts):
+                parsed = parse_answer(texts_out[i], self.config.prompt.answer_format)
+                box, box_error = None, parsed.error
+                if parsed.box is not None:
+                    box = clip_box(rescale_box(parsed.box, llm_hw, (height, width)), (height, width))
+                    box_error = None if box is not None else "box lies outside the image"
+                results.append(SegmentationResult(
+                    prompt=prompt, mask=masks[i], box=box, score=float(iou[i, 0]), text=texts_out[i],
+                    image_size=(height, width), mllm_image_size=tuple(llm_hw), box_error=box_error,
+                    format_ok=parsed.format_ok,
+                ))
+        timer.times["total"] = sum(timer.times.values())
+        for r in results:
+            r.timings = dict(timer.times)
+        return results
+
+    def _decode(self, completion: torch.Tensor) -> list[str]:
+        drop = {self.pad_token_id, *self.eos_token_ids}
+        return [
+            self.processor.tokenizer.decode([t for t in row.tolist() if t not in drop], skip_special_tokens=False)
+            for row in completion
+        ]

@@ -1,0 +1,25 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_PHOTO = REPO / "assets" / "sample.jpg"
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny LENS checkpoint (cached context pass) written once per test session."""
+    from lens_model.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny") / "lens-tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_official_dir(tmp_path_factory) -> Path:
+    from lens_model.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny_official") / "lens-tiny", seed=1, context_pass="official")
