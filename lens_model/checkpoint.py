@@ -167,13 +167,17 @@ def _load_mllm(model_dir: Path, mllm_config, dtype: torch.dtype):
     previous = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # we check the load report ourselves below
     try:
-        mllm, info = cls.from_pretrained(model_dir, config=mllm_config, dtype=dtype, output_loading_info=True)
+        # ignore_mismatched_sizes so that the report below (not a generic exception) names the tensors
+        mllm, info = cls.from_pretrained(model_dir, config=mllm_config, dtype=dtype, output_loading_info=True,
+                                         ignore_mismatched_sizes=True)
     except Exception as exc:
         raise CheckpointError(f"cannot load the reasoning model from {model_dir}: {str(exc).splitlines()[0][:300]}") from None
     finally:
         transformers.logging.set_verbosity(previous)
     if info["mismatched_keys"]:
-        raise CheckpointError(f"{model_dir}: reasoning-model weights do not match config.json shapes: {sorted(info['mismatched_keys'])[:5]}")
+        shown = [m if isinstance(m, str) else f"{m[0]}: checkpoint {tuple(m[1])} vs config {tuple(m[2])}"
+                 for m in sorted(info["mismatched_keys"], key=str)[:3]]
+        raise CheckpointError(f"{model_dir}: reasoning-model weights do not match config.json shapes: {shown}")
     if info["missing_keys"]:
         raise CheckpointError(f"{model_dir}: reasoning-model weights missing: {sorted(info['missing_keys'])[:5]}")
     strange = [k for k in info["unexpected_keys"] if not k.startswith(CONTEXT_PREFIXES + (SAM_PREFIX,))]

@@ -27,6 +27,7 @@ class SegmentationResult:
     box: tuple[float, float, float, float] | None  # xyxy in original pixels, None if the answer had no valid box
     score: float  # SAM2's predicted IoU of the returned mask
     text: str  # the generated completion (special tokens other than padding/end kept)
+    num_tokens: int  # generated tokens up to and including the end token
     image_size: tuple[int, int]  # (H, W) of the input image
     mllm_image_size: tuple[int, int]  # (h, w) the MLLM saw after smart resize
     box_error: str | None = None  # why `box` is None
@@ -155,10 +156,11 @@ class LensPipeline:
                 return_dict_in_generate=True, use_cache=True,
             )
         completion = gen.sequences[:, input_ids.shape[1]:]
+        completion_valid = completion_mask(completion, self.eos_token_ids)
         with timer.stage("context"):
             ctx = ContextInputs(
                 input_ids=gen.sequences,
-                attention_mask=torch.cat([attention_mask, completion_mask(completion, self.eos_token_ids)], dim=1),
+                attention_mask=torch.cat([attention_mask, completion_valid], dim=1),
                 mm_token_type_ids=torch.cat([mm_types, torch.zeros_like(completion)], dim=1),
                 image_grid_thw=grid_all,
             )
@@ -183,6 +185,7 @@ class LensPipeline:
                     box_error = None if box is not None else "box lies outside the image"
                 results.append(SegmentationResult(
                     prompt=prompt, mask=masks[i], box=box, score=float(iou[i, 0]), text=texts_out[i],
+                    num_tokens=int(completion_valid[i].sum()),
                     image_size=(height, width), mllm_image_size=tuple(llm_hw), box_error=box_error,
                     format_ok=parsed.format_ok,
                 ))

@@ -79,26 +79,32 @@ def build_tiny_processor(min_pixels: int = 56 * 56, max_pixels: int = 224 * 224)
     )
 
 
-def tiny_mllm_config(tokenizer, hidden: int = 128):
-    from transformers import Qwen2_5_VLConfig
+def tiny_mllm_config(tokenizer, hidden: int = 128, mllm_type: str = "qwen2_5_vl"):
+    """Tiny Qwen2.5-VL (LENS-3B family) or Qwen2-VL (LENS-2B family) config sharing the tokenizer's ids."""
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    return Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
-            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-            tie_word_embeddings=False,
-        ),
-        vision_config=dict(
-            depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=hidden,
-            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1],
-        ),
+    text = dict(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+    )
+    special = dict(
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
+    if mllm_type == "qwen2_5_vl":
+        vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=hidden,
+                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1])
+        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **special)
+    if mllm_type == "qwen2_vl":
+        vision = dict(depth=2, embed_dim=64, hidden_size=hidden, mlp_ratio=2, num_heads=2,
+                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+        return Qwen2VLConfig(text_config=text, vision_config=vision, **special)
+    raise ValueError(f"unknown mllm_type {mllm_type!r}; expected 'qwen2_5_vl' or 'qwen2_vl'")
 
 
 def tiny_lens_config(num_queries: int = 8, sam_image_size: int = 256) -> LensConfig:
@@ -118,7 +124,8 @@ def tiny_lens_config(num_queries: int = 8, sam_image_size: int = 256) -> LensCon
     )
 
 
-def make_tiny(out_dir: str | Path, seed: int = 0, num_queries: int = 8, context_pass: str = "cached") -> Path:
+def make_tiny(out_dir: str | Path, seed: int = 0, num_queries: int = 8, context_pass: str = "cached",
+              mllm_type: str = "qwen2_5_vl") -> Path:
     """Build, randomly initialise (seeded) and save a tiny LENS checkpoint; returns its directory."""
     from .modeling import LensModel
 
@@ -126,6 +133,6 @@ def make_tiny(out_dir: str | Path, seed: int = 0, num_queries: int = 8, context_
     processor = build_tiny_processor()
     lens_config = tiny_lens_config(num_queries=num_queries)
     lens_config.context_pass = context_pass
-    model = LensModel(tiny_mllm_config(processor.tokenizer), lens_config)
+    model = LensModel(tiny_mllm_config(processor.tokenizer, mllm_type=mllm_type), lens_config)
     model.save_pretrained(out_dir, processor=processor)
     return Path(out_dir)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create ./.venv and install lens with everything it needs (CPU or GPU machine, Python >= 3.10).
+# Used by the README's commands and by CI. Re-running it is cheap: pip skips what is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=(.venv/bin/python -m pip --disable-pip-version-check --progress-bar off -q)
+
+"${PIP[@]}" install "pip==25.2" setuptools wheel
+# torch/torchvision pinned to a pair that installs on CPU-only machines and exists as a wheel for
+# x86_64 and aarch64 (sam2 needs torchvision). Set LENS_TORCH_SPEC to use another build, e.g. a CUDA one.
+if [ "$(uname -m)" = "aarch64" ]; then default_torch="torch==2.9.1 torchvision==0.24.1"; else default_torch="torch==2.14.1 torchvision==0.29.1"; fi
+# shellcheck disable=SC2086
+"${PIP[@]}" install ${LENS_TORCH_SPEC:-$default_torch}
+# sam2 ships as an sdist that imports torch while building: build it against the torch above, and
+# without its optional CUDA extension (only used for video post-processing, which LENS does not call).
+SAM2_BUILD_CUDA=0 "${PIP[@]}" install --no-build-isolation "sam2>=1.1.0"
+"${PIP[@]}" install -e ".[test]"
+echo "lens installed in $(pwd)/.venv"
