@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from .config import LensConfig, is_released_config
+from .config import LensConfig, PromptConfig, is_released_config
 from .errors import CheckpointError
 from .modeling import MLLM_CLASSES, LensModel, mllm_class
 from .sam import MEMORY_MODULES, build_sam
@@ -36,6 +36,7 @@ CONTEXT_PREFIXES = ("learnable_query", "connector.", "conv_1d.", "proj_to_sam.")
 SAM_PREFIX = "sam."
 # Keys a checkpoint may hold that this implementation deliberately does not load.
 IGNORED_SAM2_KEY_PREFIXES = tuple(f"{name}" for name in MEMORY_MODULES)  # video memory, unused for single images
+_COT_NAME = re.compile(r"(?:^|[_\-/])cot(?:$|[_\-/])", re.IGNORECASE)
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
 
 
@@ -147,6 +148,8 @@ def read_configs(model_dir: Path) -> tuple[Any, LensConfig]:
         model_type = data.get("model_type")
     elif is_released_config(data):
         lens = LensConfig.from_released(data)
+        if _COT_NAME.search(str(model_dir)):  # OuyBin/LENS_ReasonSeg_CoT answers in <think>/<answer> form
+            lens.prompt = PromptConfig.for_format("think_answer")
         model_type = _detect_released_mllm_type(data)
         for key in ("num_of_query", "if_use_qwen_connector", "if_include_sam"):
             data.pop(key, None)
@@ -217,8 +220,6 @@ def load_model(
     if context_pass is not None:
         lens_config.context_pass = context_pass
     if answer_format is not None:
-        from .config import PromptConfig
-
         lens_config.prompt = PromptConfig.for_format(answer_format)
     files = _weight_files(model_dir)
     mllm = _load_mllm(model_dir, mllm_config, dtype)

@@ -43,6 +43,15 @@ class SegmentationResult:
         return data
 
 
+def box_from_answer(text: str, answer_format: str, mllm_hw: tuple[int, int], image_hw: tuple[int, int]):
+    """Generated text -> (box in original-image pixels or None, why None, format followed)."""
+    parsed = parse_answer(text, answer_format)
+    if parsed.box is None:
+        return None, parsed.error, parsed.format_ok
+    box = clip_box(rescale_box(parsed.box, mllm_hw, image_hw), image_hw)
+    return box, (None if box is not None else "box lies outside the image"), parsed.format_ok
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -178,16 +187,13 @@ class LensPipeline:
             texts_out = self._decode(completion)
             results = []
             for i, prompt in enumerate(prompts):
-                parsed = parse_answer(texts_out[i], self.config.prompt.answer_format)
-                box, box_error = None, parsed.error
-                if parsed.box is not None:
-                    box = clip_box(rescale_box(parsed.box, llm_hw, (height, width)), (height, width))
-                    box_error = None if box is not None else "box lies outside the image"
+                box, box_error, format_ok = box_from_answer(texts_out[i], self.config.prompt.answer_format, llm_hw,
+                                                            (height, width))
                 results.append(SegmentationResult(
                     prompt=prompt, mask=masks[i], box=box, score=float(iou[i, 0]), text=texts_out[i],
                     num_tokens=int(completion_valid[i].sum()),
                     image_size=(height, width), mllm_image_size=tuple(llm_hw), box_error=box_error,
-                    format_ok=parsed.format_ok,
+                    format_ok=format_ok,
                 ))
         timer.times["total"] = sum(timer.times.values())
         for r in results:

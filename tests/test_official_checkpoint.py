@@ -111,3 +111,16 @@ def test_released_weights_with_wrong_shapes_are_rejected(released_dir, tmp_path)
     save_file(bad, str(target / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match=r"conv_1d\.weight: checkpoint \(128, 128, 32\) vs config \(128, 128, 64\)"):
         load_model(target)
+
+
+def test_released_cot_checkpoint_uses_the_think_answer_format(released_dir, tmp_path):
+    import shutil
+
+    path, _ = released_dir
+    cot = tmp_path / "models--OuyBin--LENS_ReasonSeg_CoT"
+    shutil.copytree(path, cot)
+    model, _ = load_model(cot, load_processor=False)
+    assert model.lens_config.prompt.answer_format == "think_answer"
+    assert model.lens_config.prompt.question_template.startswith('Locate "{question}"')
+    plain, _ = load_model(path, load_processor=False)
+    assert plain.lens_config.prompt.answer_format == "grounding"

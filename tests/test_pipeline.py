@@ -6,7 +6,7 @@ from PIL import Image
 
 from lens_model.answer import smart_resize
 from lens_model.errors import ImageError, PromptError
-from lens_model.pipeline import LensPipeline
+from lens_model.pipeline import LensPipeline, box_from_answer
 from lens_model.sam import preprocess_for_sam
 
 from conftest import SAMPLE_PHOTO
@@ -96,3 +96,26 @@ def test_bad_inputs(pipe, tmp_path):
         pipe(tmp_path / "missing.jpg", "cup")
     with pytest.raises(PromptError, match=r"prompt is \d+ tokens with the image; this model accepts at most"):
         pipe(np.zeros((32, 32, 3), np.uint8), "cup " * 3000)
+
+
+@pytest.mark.parametrize("text, fmt, expected", [
+    # MLLM saw 224x336 (h, w); original is 448x1008: x scales by 3, y by 2
+    ("<|object_ref_start|>cup<|object_ref_end|><|box_start|>(10,20),(110,120)<|box_end|>", "grounding", (30.0, 40.0, 330.0, 240.0)),
+    ('<think>left one</think><answer>{"bbox_2d": [0, 0, 336, 224]}</answer>', "think_answer", (0.0, 0.0, 1008.0, 448.0)),
+    ("<|box_start|>(300,200),(400,300)<|box_end|>", "grounding", (900.0, 400.0, 1008.0, 448.0)),  # clipped
+])
+def test_box_from_answer_rescales_to_original_pixels(text, fmt, expected):
+    box, error, format_ok = box_from_answer(text, fmt, (224, 336), (448, 1008))
+    assert box == pytest.approx(expected) and error is None and format_ok
+
+
+def test_box_from_answer_reports_missing_and_outside_boxes():
+    assert box_from_answer("I cannot see it", "grounding", (224, 224), (448, 448)) == (None, "no box found in model output", False)
+    box, error, _ = box_from_answer("<|box_start|>(500,500),(600,600)<|box_end|>", "grounding", (224, 224), (448, 448))
+    assert box is None and error == "box lies outside the image"
+
+
+def test_sam_uses_released_decoder_postprocessing(pipe):
+    decoder = pipe.model.sam.sam_mask_decoder
+    assert decoder.dynamic_multimask_via_stability and not pipe.model.sam.training
+    assert (decoder.dynamic_multimask_stability_delta, decoder.dynamic_multimask_stability_thresh) == (0.05, 0.98)
