@@ -103,8 +103,9 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56
         raise ValueError(f"image size must be positive, got {height}x{width}")
     if max(height, width) / min(height, width) > 200:
         raise ValueError(f"aspect ratio must be at most 200, got {max(height, width) / min(height, width):.1f}")
-    h = max(factor, round(height / factor) * factor)
-    w = max(factor, round(width / factor) * factor)
+    # as transformers' Qwen2-VL image processor (no lower clamp here: tiny sides are fixed by min_pixels)
+    h = round(height / factor) * factor
+    w = round(width / factor) * factor
     if h * w > max_pixels:
         beta = math.sqrt(height * width / max_pixels)
         h = max(factor, math.floor(height / beta / factor) * factor)

@@ -150,6 +150,8 @@ class LensPipeline:
             mm_types = batch["mm_token_type_ids"].to(device)
             # Every prompt carries the same image: run the vision encoder on the first copy only.
             grid = batch["image_grid_thw"][:1].to(device)
+            patch = self.processor.image_processor.patch_size
+            llm_hw = (int(grid[0, 1]) * patch, int(grid[0, 2]) * patch)  # the size the MLLM actually saw
             pixel_values = batch["pixel_values"][: int(grid[0].prod())].to(device, self.model.dtype)
             sam_input = preprocess_for_sam(rgb, self.config.sam.image_size)[None].to(device)
         with timer.stage("mllm_vision"):

@@ -1,0 +1,50 @@
+"""The repository root is the `lens_ros` ament_python package; it also installs `lens_model` and `training`.
+
+Works with `pip install -e .` (ML users) and `colcon build` (ROS 2 users).
+"""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "lens_ros"
+
+
+def _existing(pattern: str) -> list[str]:
+    return sorted(glob(pattern))
+
+
+data_files = [
+    ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+    (f"share/{PACKAGE}", ["package.xml"]),
+]
+for folder, pattern in ((f"share/{PACKAGE}/launch", "launch/*.launch.py"), (f"share/{PACKAGE}/config", "config/*.yaml")):
+    if _existing(pattern):
+        data_files.append((folder, _existing(pattern)))
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="LENS text-prompted segmentation (Qwen2.5-VL reasoning + SAM2): library, training, ROS 2 node",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["lens_model*", "training*", "lens_ros*"]),
+    data_files=data_files,
+    python_requires=">=3.10",
+    install_requires=[
+        # CPU machines: install torch first (see README), an unpinned torch resolves to a multi-GB CUDA build.
+        "torch>=2.5.1",
+        "torchvision>=0.20.1",
+        "sam2>=1.1.0",
+        "transformers>=5.24,<6",
+        "tokenizers>=0.21",
+        "safetensors>=0.4.3",
+        "huggingface_hub>=1.0",
+        "numpy>=1.26",
+        "pillow>=10",
+        "tqdm>=4.66",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+    entry_points={"console_scripts": ["lens = lens_model.cli:main"]},
+    zip_safe=False,
+)
