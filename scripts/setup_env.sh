@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-PIP=(.venv/bin/python -m pip --disable-pip-version-check --progress-bar off -q)
+export PIP_PROGRESS_BAR=off PIP_DISABLE_PIP_VERSION_CHECK=1
+PIP=(.venv/bin/python -m pip -q)
 
 "${PIP[@]}" install "pip==25.2" setuptools wheel
 # torch/torchvision pinned to a pair that installs on CPU-only machines and exists as a wheel for

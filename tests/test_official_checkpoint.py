@@ -1,7 +1,7 @@
 """Loading a checkpoint in the released hustvl/LENS key layout.
 
 The fixture writes random tensors under exactly the key names and shapes of the released model class
-(`shared/reference/released-lens-state-dict-tiny.tsv`: tiny Qwen2.5-VL, real SAM2 Hiera-L), a config.json
+(`tests/data/released-lens-state-dict-tiny.tsv`: tiny Qwen2.5-VL, real SAM2 Hiera-L), a config.json
 in the transformers-4.51 style that class saved, and tokenizer files; `load_model` must load it with
 no missing/unexpected keys and every tensor equal to its source.
 """
@@ -19,7 +19,7 @@ from lens_model.tiny import QWEN_SPECIAL_TOKENS, build_tiny_processor
 
 from conftest import REPO
 
-TSV = REPO.parent / "shared" / "reference" / "released-lens-state-dict-tiny.tsv"
+TSV = REPO / "tests" / "data" / "released-lens-state-dict-tiny.tsv"  # copy of shared/reference
 # Where each released name lives in our model (`state_dict_for_saving` names). Qwen keys are renamed
 # from transformers 4.51 to 5.x layout; the context module and SAM2 keep their released names.
 QWEN_RENAMES = (("visual.", "model.visual."), ("model.", "model.language_model."))
