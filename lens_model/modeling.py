@@ -154,11 +154,24 @@ class LensModel(nn.Module):
         return out.last_hidden_state[:, -n:]
 
     # ------------------------------------------------------------------ SAM2
+    def to(self, *args, **kwargs):
+        # SAM2 keeps float32 weights (its position encodings mix dtypes); reduced precision comes from
+        # autocast in the SAM2 calls below, as SAM2's own predictors do.
+        super().to(*args, **kwargs)
+        self.sam.float()
+        return self
+
+    def _sam_autocast(self):
+        low_precision = self.dtype in (torch.bfloat16, torch.float16)
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=low_precision)
+
     def encode_sam_images(self, sam_images: torch.Tensor) -> SamImageFeatures:
         """(B, 3, S, S) normalised images -> SAM2 image features (computed once per image)."""
-        return encode_image(self.sam, sam_images.to(self.sam.no_mem_embed.dtype))
+        with self._sam_autocast():
+            return encode_image(self.sam, sam_images.float())
 
     def masks_from_query_states(self, query_states: torch.Tensor, features: SamImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N, hidden) query states + per-row SAM features -> low-res logits (B, 1, h, w), IoU scores (B, 1)."""
         prompt = self.context(query_states)  # (B, 1, 256)
-        return decode_masks(self.sam, features, prompt.to(features.image_embed.dtype))
+        with self._sam_autocast():
+            return decode_masks(self.sam, features, prompt)

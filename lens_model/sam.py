@@ -76,14 +76,14 @@ def decode_masks(sam, features: SamImageFeatures, prompt_embeds: torch.Tensor) -
     if features.image_embed.shape[0] != b:
         raise ValueError(f"{features.image_embed.shape[0]} image embeddings for {b} prompt embeddings")
     empty_sparse, no_mask_dense = sam.sam_prompt_encoder(points=None, boxes=None, masks=None)
+    prompt_embeds = prompt_embeds.to(no_mask_dense.dtype)
     sparse = torch.cat([empty_sparse.to(prompt_embeds).expand(b, -1, -1), prompt_embeds], dim=1)
-    dense = no_mask_dense.to(prompt_embeds).expand(b, -1, -1, -1)
-    dtype = features.image_embed.dtype
+    dense = no_mask_dense.expand(b, -1, -1, -1)
     low_res, iou, _, _ = sam.sam_mask_decoder(
         image_embeddings=features.image_embed,
-        image_pe=sam.sam_prompt_encoder.get_dense_pe().to(dtype),
-        sparse_prompt_embeddings=sparse.to(dtype),
-        dense_prompt_embeddings=dense.to(dtype),
+        image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
         multimask_output=False,
         repeat_image=False,
         high_res_features=features.high_res_feats,

@@ -119,3 +119,14 @@ def test_sam_uses_released_decoder_postprocessing(pipe):
     decoder = pipe.model.sam.sam_mask_decoder
     assert decoder.dynamic_multimask_via_stability and not pipe.model.sam.training
     assert (decoder.dynamic_multimask_stability_delta, decoder.dynamic_multimask_stability_thresh) == (0.05, 0.98)
+
+
+def test_bfloat16_path_keeps_sam_weights_float32_and_agrees_with_float32(tiny_dir, pipe):
+    """The GPU default dtype, exercised on CPU: MLLM and context head in bf16, SAM2 under bf16 autocast."""
+    bf16 = LensPipeline.from_pretrained(str(tiny_dir), device="cpu", dtype="bfloat16", max_new_tokens=8)
+    assert bf16.model.mllm.dtype == torch.bfloat16 and bf16.model.context.learnable_query.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in bf16.model.sam.parameters())
+    a, b = pipe(SAMPLE_PHOTO, "the helmet"), bf16(SAMPLE_PHOTO, "the helmet")
+    assert b.mask.shape == a.mask.shape
+    assert np.mean(a.mask == b.mask) > 0.95  # bf16 has ~3 significant digits; logits near 0 may flip
+    assert b.score == pytest.approx(a.score, abs=0.02)
