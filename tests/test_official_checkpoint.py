@@ -91,6 +91,12 @@ def test_released_layout_loads_every_tensor(released_dir):
     assert model.lens_config.context_pass == "official"  # released checkpoints were trained with 1-D positions
     assert model.lens_config.num_queries == 64 and model.context.connector is not None
     assert model.lens_config.sam.config_name.endswith("sam2_hiera_l.yaml")
+    # the transformers-4.51 flat config is read into today's nested Qwen2.5-VL config
+    text = model.mllm.config.get_text_config()
+    assert type(model.mllm).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert (text.hidden_size, text.num_hidden_layers, text.num_key_value_heads, text.vocab_size) == (128, 2, 2, 1000)
+    assert text.rope_parameters["rope_theta"] == 1000000.0 and list(text.rope_parameters["mrope_section"]) == [4, 6, 6]
+    assert model.mllm.config.vision_config.fullatt_block_indexes == [1]
     ours = state_dict_for_saving(model)
     mapped = {released_to_ours(k): k for k in tensors}
     assert set(ours) == set(mapped), (sorted(set(ours) - set(mapped))[:5], sorted(set(mapped) - set(ours))[:5])

@@ -1,0 +1,55 @@
+"""The locally built tokenizer/processor behave like Qwen2.5-VL's for everything LENS relies on."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from lens_model.checkpoint import load_model
+from lens_model.tiny import QWEN_SPECIAL_TOKENS, build_tiny_processor
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_tiny_processor()
+
+
+def test_special_tokens_are_single_tokens(processor):
+    tok = processor.tokenizer
+    for token in QWEN_SPECIAL_TOKENS:
+        ids = tok(token, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1 and tok.convert_ids_to_tokens(ids[0]) == token
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+
+
+def test_chat_template_renders_the_qwen_format(processor):
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant. "},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Output the bounding box of the cup in the image."}]},
+    ]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == ("<|im_start|>system\nYou are a helpful assistant. <|im_end|>\n"
+                    "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+                    "Output the bounding box of the cup in the image.<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_digits_are_split_and_text_round_trips(processor):
+    tok = processor.tokenizer
+    text = "<|box_start|>(123,45),(678,90)<|box_end|>"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text
+    assert [t for t in tok.convert_ids_to_tokens(ids) if t.isdigit()] == list("1234567890")
+
+
+def test_image_becomes_merged_patch_tokens(processor):
+    image = Image.fromarray(np.zeros((112, 168, 3), np.uint8))  # 8 x 12 patches of 14 px, merged 2x2 -> 24 tokens
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}]}], tokenize=False)
+    batch = processor(text=[text], images=[image], return_tensors="pt")
+    assert batch["image_grid_thw"].tolist() == [[1, 8, 12]]
+    image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert int((batch["input_ids"] == image_id).sum()) == 24 == int(batch["mm_token_type_ids"].sum())
+
+
+def test_tiny_checkpoint_matches_its_processor(tiny_dir):
+    model, processor = load_model(tiny_dir)
+    tok = processor.tokenizer
+    assert model.mllm.config.image_token_id == tok.convert_tokens_to_ids("<|image_pad|>")
+    assert model.mllm.get_input_embeddings().num_embeddings == len(tok)
