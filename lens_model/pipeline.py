@@ -125,55 +125,63 @@ class LensPipeline:
     def __call__(self, image, prompt: str | Sequence[str], max_new_tokens: int | None = None):
         """One prompt -> SegmentationResult; a list of prompts -> list (one shared image encoding)."""
         single = isinstance(prompt, str) or prompt is None
-        results = self.segment(image, [prompt] if single else list(prompt), max_new_tokens)
+        prompts = [prompt] if single else list(prompt)
+        results = self.segment_batch([image], prompts, [0] * len(prompts), max_new_tokens)
         return results[0] if single else results
 
+    def _prepare_image(self, image) -> tuple[np.ndarray, Image.Image]:
+        rgb = load_image(image)
+        height, width = rgb.shape[:2]
+        llm_hw = smart_resize(height, width, 28, self.config.min_pixels, self.config.max_pixels)
+        return rgb, Image.fromarray(rgb).resize((llm_hw[1], llm_hw[0]), Image.BICUBIC)
+
     @torch.inference_mode()
-    def segment(self, image, prompts: Sequence[str], max_new_tokens: int | None = None) -> list[SegmentationResult]:
+    def segment_batch(self, images: Sequence, prompts: Sequence[str], image_index: Sequence[int],
+                      max_new_tokens: int | None = None) -> list[SegmentationResult]:
+        """Row i segments prompts[i] in images[image_index[i]]; each distinct image is encoded once (MLLM and SAM2)."""
+        if len(prompts) != len(image_index) or not prompts:
+            raise PromptError(f"need one image index per prompt and at least one prompt; got {len(prompts)} prompts, "
+                              f"{len(image_index)} indices")
+        if min(image_index) < 0 or max(image_index) >= len(images):
+            raise ValueError(f"image_index must lie in [0, {len(images) - 1}], got {sorted(set(image_index))}")
         device = self.model.device
         timer = _Timer(device)
         with timer.stage("preprocess"):
             prompts = [read_prompt(p) for p in prompts]
-            if not prompts:
-                raise PromptError("no prompt given: pass at least one text command")
-            rgb = load_image(image)
-            height, width = rgb.shape[:2]
-            llm_hw = smart_resize(height, width, 28, self.config.min_pixels, self.config.max_pixels)
-            llm_image = Image.fromarray(rgb).resize((llm_hw[1], llm_hw[0]), Image.BICUBIC)
+            prepared = [self._prepare_image(image) for image in images]
+            rows = torch.tensor(image_index, device=device)
             texts = [self.build_chat(p) for p in prompts]
-            batch = self.processor(text=texts, images=[llm_image] * len(texts), padding=True, return_tensors="pt")
+            batch = self.processor(text=texts, images=[prepared[i][1] for i in image_index], padding=True, return_tensors="pt")
             longest = int(batch["attention_mask"].sum(1).max())
             if longest > self.max_prompt_tokens:
                 raise PromptError(f"prompt is {longest} tokens with the image; this model accepts at most {self.max_prompt_tokens}")
-            input_ids = batch["input_ids"].to(device)
-            attention_mask = batch["attention_mask"].to(device)
-            mm_types = batch["mm_token_type_ids"].to(device)
-            # Every prompt carries the same image: run the vision encoder on the first copy only.
-            grid = batch["image_grid_thw"][:1].to(device)
+            unique = self.processor.image_processor(images=[llm for _, llm in prepared], return_tensors="pt")
+            grid = unique["image_grid_thw"].to(device)  # (num_images, 3)
             patch = self.processor.image_processor.patch_size
-            llm_hw = (int(grid[0, 1]) * patch, int(grid[0, 2]) * patch)  # the size the MLLM actually saw
-            pixel_values = batch["pixel_values"][: int(grid[0].prod())].to(device, self.model.dtype)
-            sam_input = preprocess_for_sam(rgb, self.config.sam.image_size)[None].to(device)
+            sam_input = torch.stack([preprocess_for_sam(rgb, self.config.sam.image_size) for rgb, _ in prepared]).to(device)
         with timer.stage("mllm_vision"):
-            image_outputs = self.model.encode_mllm_images(pixel_values, grid)
-            image_outputs.pooler_output = tuple(image_outputs.pooler_output) * len(prompts)
-            grid_all = grid.repeat(len(prompts), 1)
+            image_outputs = self.model.encode_mllm_images(unique["pixel_values"].to(device, self.model.dtype), grid)
+            per_image = tuple(image_outputs.pooler_output)
+            image_outputs.pooler_output = tuple(per_image[i] for i in image_index)  # row order, shared tensors
+            grid_rows = grid[rows]
         with timer.stage("generate"):
             gen = self.model.mllm.generate(
-                input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_types,
-                image_grid_thw=grid_all, mm_encoder_outputs={"image": image_outputs},
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                mm_token_type_ids=batch["mm_token_type_ids"].to(device), image_grid_thw=grid_rows,
+                mm_encoder_outputs={"image": image_outputs},
                 max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False,
                 eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id,
                 return_dict_in_generate=True, use_cache=True,
             )
-        completion = gen.sequences[:, input_ids.shape[1]:]
+        prompt_len = batch["input_ids"].shape[1]
+        completion = gen.sequences[:, prompt_len:]
         completion_valid = completion_mask(completion, self.eos_token_ids)
         with timer.stage("context"):
             ctx = ContextInputs(
                 input_ids=gen.sequences,
-                attention_mask=torch.cat([attention_mask, completion_valid], dim=1),
-                mm_token_type_ids=torch.cat([mm_types, torch.zeros_like(completion)], dim=1),
-                image_grid_thw=grid_all,
+                attention_mask=torch.cat([batch["attention_mask"].to(device), completion_valid], dim=1),
+                mm_token_type_ids=torch.cat([batch["mm_token_type_ids"].to(device), torch.zeros_like(completion)], dim=1),
+                image_grid_thw=grid_rows,
             )
             if self.config.context_pass == "cached":
                 states = self.model.query_states_cached(ctx, gen.cache)
@@ -182,20 +190,20 @@ class LensPipeline:
         with timer.stage("sam_encode"):
             features = self.model.encode_sam_images(sam_input)
         with timer.stage("sam_decode"):
-            shared = features.select(torch.zeros(len(prompts), dtype=torch.long, device=device))
-            low_res, iou = self.model.masks_from_query_states(states, shared)
-            masks = (upsample_logits(low_res, (height, width)) > 0).cpu().numpy()
+            low_res, iou = self.model.masks_from_query_states(states, features.select(rows))
+            masks = [(upsample_logits(low_res[i:i + 1], prepared[j][0].shape[:2])[0] > 0).cpu().numpy()
+                     for i, j in enumerate(image_index)]
         with timer.stage("postprocess"):
             texts_out = self._decode(completion)
             results = []
-            for i, prompt in enumerate(prompts):
-                box, box_error, format_ok = box_from_answer(texts_out[i], self.config.prompt.answer_format, llm_hw,
-                                                            (height, width))
+            for i, (prompt, j) in enumerate(zip(prompts, image_index)):
+                image_hw = prepared[j][0].shape[:2]
+                llm_hw = (int(grid[j, 1]) * patch, int(grid[j, 2]) * patch)  # the size the MLLM actually saw
+                box, box_error, format_ok = box_from_answer(texts_out[i], self.config.prompt.answer_format, llm_hw, image_hw)
                 results.append(SegmentationResult(
                     prompt=prompt, mask=masks[i], box=box, score=float(iou[i, 0]), text=texts_out[i],
-                    num_tokens=int(completion_valid[i].sum()),
-                    image_size=(height, width), mllm_image_size=tuple(llm_hw), box_error=box_error,
-                    format_ok=format_ok,
+                    num_tokens=int(completion_valid[i].sum()), image_size=tuple(image_hw), mllm_image_size=llm_hw,
+                    box_error=box_error, format_ok=format_ok,
                 ))
         timer.times["total"] = sum(timer.times.values())
         for r in results:

@@ -54,7 +54,7 @@ class SamImageFeatures:
     high_res_feats: list[torch.Tensor]  # [(B, 32, S/4, S/4), (B, 64, S/8, S/8)]
 
     def select(self, index: torch.Tensor) -> "SamImageFeatures":
-        """Gather per-prompt features (index: (P,) image index of each prompt); no copy when all equal."""
+        """Features per prompt row: index (P,) holds the image of each row."""
         return SamImageFeatures(self.image_embed[index], [f[index] for f in self.high_res_feats])
 
 

@@ -130,3 +130,22 @@ def test_bfloat16_path_keeps_sam_weights_float32_and_agrees_with_float32(tiny_di
     assert b.mask.shape == a.mask.shape
     assert np.mean(a.mask == b.mask) > 0.95  # bf16 has ~3 significant digits; logits near 0 may flip
     assert b.score == pytest.approx(a.score, abs=0.02)
+
+
+def test_batch_over_different_images_matches_single_runs(pipe):
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 255, (60, 90, 3), dtype=np.uint8), rng.integers(0, 255, (120, 80, 3), dtype=np.uint8)]
+    prompts, index = ["the cup", "the left block", "the cup"], [1, 0, 0]
+    calls = []
+    hook = pipe.model.sam.image_encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        batched = pipe.segment_batch(images, prompts, index)
+    finally:
+        hook.remove()
+    assert calls == [2]  # one SAM2 encoder call over the two distinct images
+    for result, prompt, j in zip(batched, prompts, index):
+        alone = pipe(images[j], prompt)
+        assert result.mask.shape == images[j].shape[:2] == result.image_size
+        assert result.text == alone.text and np.mean(result.mask == alone.mask) > 0.999
+    with pytest.raises(ValueError, match=r"image_index must lie in \[0, 1\]"):
+        pipe.segment_batch(images, ["a"], [2])
