@@ -3,10 +3,13 @@
 Works with `pip install -e .` (ML users) and `colcon build` (ROS 2 users).
 """
 from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
 PACKAGE = "lens_ros"
+# `colcon build --symlink-install` runs a symlink of this file from its build folder, where README.md is absent.
+_README = Path(__file__).resolve().parent / "README.md"
 
 
 def _existing(pattern: str) -> list[str]:
@@ -25,7 +28,7 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     description="LENS text-prompted segmentation (Qwen2.5-VL reasoning + SAM2): library, training, ROS 2 node",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=_README.read_text(encoding="utf-8") if _README.is_file() else "",
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["lens_model*", "training*", "lens_ros*"]),

@@ -18,5 +18,16 @@ if [ "$(uname -m)" = "aarch64" ]; then default_torch="torch==2.9.1 torchvision==
 # sam2 ships as an sdist that imports torch while building: build it against the torch above, and
 # without its optional CUDA extension (only used for video post-processing, which LENS does not call).
 SAM2_BUILD_CUDA=0 "${PIP[@]}" install --no-build-isolation "sam2>=1.1.0"
+# sam2 1.1.0 also installs its own training code as a top-level `training` package, which shadows this
+# project's `training` (python -m training.align) outside the repository root. LENS never uses it: remove it.
+.venv/bin/python - <<'PY'
+import importlib.metadata as md, pathlib, shutil
+dist = md.distribution("sam2")
+if any(str(f) == "training/__init__.py" for f in dist.files or []):
+    stray = pathlib.Path(dist.locate_file("training"))
+    if stray.is_dir():
+        shutil.rmtree(stray)
+        print(f"removed sam2's top-level 'training' package ({stray}); it would shadow lens's training package")
+PY
 "${PIP[@]}" install -e ".[test]"
 echo "lens installed in $(pwd)/.venv"

@@ -1,0 +1,29 @@
+"""The repository is both a pip package and the `lens_ros` ament_python package."""
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+from conftest import REPO
+
+
+def test_packages_import_from_anywhere_and_resolve_to_this_repository(tmp_path):
+    code = "import lens_model, training, lens_ros; print(lens_model.__file__); print(training.__file__); print(lens_ros.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    for line in out.split():
+        assert line.startswith(str(REPO)), out  # sam2's stray top-level `training` must not shadow ours
+
+
+def test_package_xml_is_an_ament_python_package_named_like_setup_py():
+    root = ET.parse(REPO / "package.xml").getroot()
+    assert root.get("format") == "3" and root.findtext("name") == "lens_ros"
+    assert root.find("export/build_type").text == "ament_python"
+    assert {"rclpy", "sensor_msgs", "vision_msgs"} <= {e.text for e in root.findall("exec_depend")}
+    assert (REPO / "resource" / "lens_ros").exists()
+    assert 'PACKAGE = "lens_ros"' in (REPO / "setup.py").read_text()
+
+
+def test_console_script_is_installed():
+    lens = REPO / ".venv" / "bin" / "lens"
+    exe = lens if lens.exists() else "lens"
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
+    assert "segment" in out and "make-tiny" in out
