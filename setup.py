@@ -46,6 +46,7 @@ setup(
         "numpy>=1.26",
         "pillow>=10",
         "tqdm>=4.66",
+        "pycocotools>=2.0.8",
     ],
     extras_require={"test": ["pytest>=8"]},
     entry_points={"console_scripts": ["lens = lens_model.cli:main"]},

@@ -51,12 +51,52 @@ def _add_make_tiny(sub) -> None:
     p.set_defaults(func=cmd_make_tiny)
 
 
+def _add_eval(sub) -> None:
+    from .checkpoint import DEFAULT_MODEL_ID
+    from .data import DATASET_NAMES
+
+    p = sub.add_parser("eval", help="gIoU/cIoU of a model on a dataset split (resumable; shard with torchrun)",
+                       description="Evaluates with the LISA/LENS protocol and prints dataset, split, N, gIoU, cIoU, P@0.5. "
+                                   "Per-sample results stream to OUT/samples-rank*.jsonl; re-running the same command "
+                                   "resumes. Shard over processes/GPUs with: torchrun --nproc_per_node K -m lens_model eval ...")
+    p.add_argument("--model", default=DEFAULT_MODEL_ID, help=f"checkpoint directory or Hub id (default: {DEFAULT_MODEL_ID})")
+    p.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset name")
+    p.add_argument("--data-root", required=True, type=Path, help="dataset root (see README: Datasets)")
+    p.add_argument("--split", required=True, help="refcoco/refcoco+: val testA testB; refcocog: val test; "
+                                                  "reasonseg: val test; groundingsuite: eval; synthetic: as written")
+    p.add_argument("--image-dir", type=Path, help="image folder, when not in the standard place under --data-root")
+    p.add_argument("--limit", type=int, help="evaluate only the first N samples of the split")
+    p.add_argument("--batch-size", type=int, default=1, help="samples per forward pass per process (default: 1)")
+    p.add_argument("--out", type=Path, help="output folder (default: runs/eval/DATASET-SPLIT)")
+    p.add_argument("--save-vis", type=int, default=0, metavar="K", help="save K GT|prediction overlay images (default: 0)")
+    p.add_argument("--max-length", type=int, default=768, help="prompt + completion token budget (default: 768, as released)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (with torchrun: each rank uses cuda:LOCAL_RANK)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--context-pass", choices=["official", "cached"], help="override the checkpoint's context-pass mode")
+    p.add_argument("--answer-format", choices=["grounding", "think_answer"], help="override the answer format")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.set_defaults(func=cmd_eval)
+
+
+def _add_make_synthetic(sub) -> None:
+    p = sub.add_parser("make-synthetic", help="render synthetic referring scenes in the REFER layout",
+                       description="Images of coloured shapes with referring expressions that need attributes and "
+                                   "spatial relations, written like RefCOCO (refs(unc).p, instances.json, images/). "
+                                   "Evaluate with: lens eval --dataset synthetic --data-root DIR --split val")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--n", type=int, default=200, help="number of images (default: 200)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.set_defaults(func=cmd_make_synthetic)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lens", description="LENS: text-prompted segmentation with a reasoning MLLM and SAM2.",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_segment(sub)
     _add_make_tiny(sub)
+    _add_eval(sub)
+    _add_make_synthetic(sub)
     return parser
 
 
@@ -101,6 +141,56 @@ def cmd_make_tiny(args) -> int:
         raise LensError(f"output directory {args.out} is not empty; pass --overwrite to replace it")
     path = make_tiny(args.out, seed=args.seed, num_queries=args.num_queries, context_pass=args.context_pass)
     print(f"wrote tiny LENS checkpoint to {path} (random weights: untrained, for tests and demos)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import os
+
+    from .data import load_dataset
+    from .evaluate import REASONSEG_MLLM_LONGEST_SIDE, EvalOptions, dist_info, format_table, run_eval
+    from .pipeline import LensPipeline
+
+    for name in ("limit", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise LensError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    records = load_dataset(args.dataset, args.data_root, args.split, image_dir=args.image_dir)
+    if not records:
+        raise LensError(f"{args.dataset} {args.split} under {args.data_root} has no samples")
+    records = records[: args.limit] if args.limit else records
+    rank, world = dist_info()
+    device = args.device
+    if world > 1 and device in ("auto", "cuda"):
+        import torch
+
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    pipe = LensPipeline.from_pretrained(
+        str(args.model), device=device, dtype=args.dtype, context_pass=args.context_pass, answer_format=args.answer_format,
+        mllm_longest_side=REASONSEG_MLLM_LONGEST_SIDE if args.dataset == "reasonseg" else None,
+    )
+    out = args.out or Path("runs") / "eval" / f"{args.dataset}-{args.split}"
+    meta = {"dataset": args.dataset, "split": args.split, "model": str(args.model),
+            "context_pass": pipe.config.context_pass, "max_length": args.max_length}
+    options = EvalOptions(batch_size=args.batch_size, save_vis=args.save_vis, max_length=args.max_length,
+                          progress=not args.no_progress)
+    results = run_eval(pipe, records, out, options, rank=rank, world=world, meta=meta)
+    if results is not None:
+        print(format_table(results))
+        if results["failed"]:
+            print(f"{results['failed']} sample(s) failed and are not in the numbers; see {out / 'results.json'}",
+                  file=sys.stderr)
+        print(f"results: {out / 'results.json'}")
+    return 0
+
+
+def cmd_make_synthetic(args) -> int:
+    from .data.synthetic import make_synthetic
+
+    if args.n < 1:
+        raise LensError(f"--n must be >= 1, got {args.n}")
+    path = make_synthetic(args.out, n_images=args.n, seed=args.seed)
+    print(f"wrote {args.n} synthetic scenes to {path} (REFER layout; lens eval --dataset synthetic --data-root {path})")
     return 0
 
 

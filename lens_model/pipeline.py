@@ -86,8 +86,10 @@ class LensPipeline:
     """`LensPipeline.from_pretrained(model)(image, "the red cup")` -> SegmentationResult."""
 
     def __init__(self, model: LensModel, processor, max_new_tokens: int = 256,
-                 max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS) -> None:
+                 max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, mllm_longest_side: int | None = None) -> None:
         self.model = model.eval()
+        # Optional cap on the MLLM image's longest side before the smart resize (ReasonSeg's protocol: 640).
+        self.mllm_longest_side = mllm_longest_side
         self.processor = processor
         self.processor.tokenizer.padding_side = "left"
         self.max_new_tokens = max_new_tokens
@@ -131,14 +133,20 @@ class LensPipeline:
 
     def _prepare_image(self, image) -> tuple[np.ndarray, Image.Image]:
         rgb = load_image(image)
-        height, width = rgb.shape[:2]
-        llm_hw = smart_resize(height, width, 28, self.config.min_pixels, self.config.max_pixels)
-        return rgb, Image.fromarray(rgb).resize((llm_hw[1], llm_hw[0]), Image.BICUBIC)
+        llm_image = Image.fromarray(rgb)
+        if self.mllm_longest_side and max(llm_image.size) != self.mllm_longest_side:
+            scale = self.mllm_longest_side / max(llm_image.size)
+            llm_image = llm_image.resize((int(llm_image.width * scale), int(llm_image.height * scale)), Image.BICUBIC)
+        llm_hw = smart_resize(llm_image.height, llm_image.width, 28, self.config.min_pixels, self.config.max_pixels)
+        return rgb, llm_image.resize((llm_hw[1], llm_hw[0]), Image.BICUBIC)
 
     @torch.inference_mode()
     def segment_batch(self, images: Sequence, prompts: Sequence[str], image_index: Sequence[int],
-                      max_new_tokens: int | None = None) -> list[SegmentationResult]:
-        """Row i segments prompts[i] in images[image_index[i]]; each distinct image is encoded once (MLLM and SAM2)."""
+                      max_new_tokens: int | None = None, max_length: int | None = None) -> list[SegmentationResult]:
+        """Row i segments prompts[i] in images[image_index[i]]; each distinct image is encoded once (MLLM and SAM2).
+
+        max_length bounds prompt + completion tokens instead of max_new_tokens (the released evaluation uses 768).
+        """
         if len(prompts) != len(image_index) or not prompts:
             raise PromptError(f"need one image index per prompt and at least one prompt; got {len(prompts)} prompts, "
                               f"{len(image_index)} indices")
@@ -155,6 +163,8 @@ class LensPipeline:
             longest = int(batch["attention_mask"].sum(1).max())
             if longest > self.max_prompt_tokens:
                 raise PromptError(f"prompt is {longest} tokens with the image; this model accepts at most {self.max_prompt_tokens}")
+            if max_length and batch["input_ids"].shape[1] >= max_length:
+                raise PromptError(f"prompt is {batch['input_ids'].shape[1]} tokens, not below max_length={max_length}")
             unique = self.processor.image_processor(images=[llm for _, llm in prepared], return_tensors="pt")
             grid = unique["image_grid_thw"].to(device)  # (num_images, 3)
             patch = self.processor.image_processor.patch_size
@@ -169,7 +179,8 @@ class LensPipeline:
                 input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                 mm_token_type_ids=batch["mm_token_type_ids"].to(device), image_grid_thw=grid_rows,
                 mm_encoder_outputs={"image": image_outputs},
-                max_new_tokens=max_new_tokens or self.max_new_tokens, do_sample=False,
+                **({"max_length": max_length} if max_length else {"max_new_tokens": max_new_tokens or self.max_new_tokens}),
+                do_sample=False,
                 eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id,
                 return_dict_in_generate=True, use_cache=True,
             )

@@ -1,0 +1,37 @@
+"""The plain record every dataset reader yields: one (image, referring expression) pair with its target."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class Record:
+    """One evaluation/training sample. The mask is decoded on demand (datasets hold tens of thousands)."""
+
+    sample_id: str  # unique within the dataset split, stable across runs (resume keys on it)
+    dataset: str
+    split: str
+    image_path: Path
+    expression: str
+    box: tuple[float, float, float, float] | None  # GT box xyxy in original image pixels (None: empty target)
+    image_size: tuple[int, int]  # (H, W) of the original image
+    load_mask: Callable[[], np.ndarray] = field(repr=False)  # -> (H, W) bool, the GT target
+    ids: dict = field(default_factory=dict)  # source ids: image_id, ref_id, ann_id, sent_id, ...
+
+    def mask(self) -> np.ndarray:
+        mask = self.load_mask()
+        if mask.shape != tuple(self.image_size):
+            raise ValueError(f"{self.dataset}/{self.sample_id}: mask shape {mask.shape} != image size {self.image_size}")
+        return mask.astype(bool, copy=False)
+
+
+def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
+    """Tight xyxy box (pixel edges) of a boolean mask; None when the mask is empty."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
