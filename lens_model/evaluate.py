@@ -24,7 +24,7 @@ import numpy as np
 from .data import Record
 from .errors import LensError
 from .image_io import load_image
-from .metrics import SplitMetrics, score_sample
+from .metrics import SampleScore, SplitMetrics, score_sample
 from .overlay import draw_overlay
 
 log = logging.getLogger(__name__)
@@ -145,8 +145,8 @@ def summarize(records: Sequence[Record], finished: dict[str, dict]) -> tuple[dic
         if "error" in row:
             failed.append({"sample_id": row["sample_id"], "error": row["error"]})
             continue
-        metrics.add_counts(row["intersection"], row["union"], row["box_iou"],
-                           has_gt_box=row["gt_box"] is not None, has_pred_box=row["pred_box"] is not None)
+        metrics.add(SampleScore(row["intersection"], row["union"], row["box_iou"],
+                                has_gt_box=row["gt_box"] is not None, has_pred_box=row["pred_box"] is not None))
     return metrics.summary(), failed
 
 
