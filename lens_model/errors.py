@@ -1,4 +1,5 @@
-"""User-facing errors: one line that names the cause and what to do. The CLI prints them without a traceback."""
+"""User-facing errors. Each message is one line naming the cause: which file or field, what was expected and
+what to do. The CLI prints them without a traceback."""
 
 
 class LensError(Exception):

@@ -1,77 +1,131 @@
-"""Turning user images and prompts into what the pipeline needs, with one-line errors for bad input."""
+"""Turning user images and prompts into what the pipeline needs, with one-line errors for bad input.
+
+Every accepted image becomes HxWx3 uint8 RGB (C-contiguous). Conversions, not rejections:
+grayscale (L, 1) is repeated into three channels; alpha (LA, RGBA, PA, palette transparency) is dropped,
+not composited, so the colour values the camera recorded are kept; 16-bit grayscale keeps its high byte;
+CMYK/YCbCr/LAB/HSV go through PIL's RGB conversion; EXIF orientation is applied so that the mask lines up
+with the picture the user sees.
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, PromptError
 
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_EXPECTED = "expected HxWx3 uint8 RGB"
+
+
+def _one_line(exc: BaseException) -> str:
+    """Exception text squeezed onto one line (some decoders put newlines in their messages)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+
+
+def _high_byte(values: np.ndarray) -> np.ndarray:
+    """16-bit (depth-camera style) values -> 8 bit; mode "I" is 32-bit signed, so clip to the 16-bit range first."""
+    return (np.clip(values.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+
+
+def _check_not_empty(height: int, width: int, source: str) -> None:
+    if height == 0 or width == 0:
+        raise ImageError(f"{source} is empty ({width}x{height} pixels); pass an image with at least one pixel")
+
 
 def _from_pil(image: Image.Image, source: str) -> np.ndarray:
+    _check_not_empty(image.height, image.width, source)
     image = ImageOps.exif_transpose(image)  # masks must align with what the user sees
-    if image.width == 0 or image.height == 0:
-        raise ImageError(f"{source} is empty ({image.width}x{image.height} pixels)")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit (e.g. depth-camera style) grayscale: keep the high byte
-        values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
-        gray = values.astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+    if image.mode in _SIXTEEN_BIT_MODES:
+        return _gray_to_rgb(_high_byte(np.asarray(image)))
     if image.mode == "F":
-        raise ImageError(f"{source} is a floating-point image; expected 8- or 16-bit RGB or grayscale")
-    # L, LA, P, RGBA, CMYK, YCbCr, 1 ... -> RGB; alpha is dropped (not composited)
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+        raise ImageError(f"{source} is a floating-point (mode F) image; expected 8-bit RGB or 8/16-bit grayscale "
+                         "(scale it to 0..255 and save as uint8)")
+    try:
+        rgb = image.convert("RGB")  # L, 1, P, LA, RGBA, CMYK, YCbCr ... ; alpha is dropped
+    except ValueError:
+        raise ImageError(f"{source} has unsupported image mode {image.mode}; expected RGB, RGBA or grayscale") from None
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
 
 
-def _from_path(path: Path) -> np.ndarray:
+def _from_opened(image: Image.Image) -> np.ndarray:
+    """A caller's PIL image may still be lazily backed by a file that turns out to be truncated."""
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"PIL image could not be decoded (corrupt or truncated: {_one_line(exc)})") from None
+    return _from_pil(image, "image")
+
+
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise ImageError(f"image file not found: {path}")
     if path.is_dir():
         raise ImageError(f"{path} is a directory; pass an image file")
     if path.stat().st_size == 0:
-        raise ImageError(f"image file is empty: {path}")
+        raise ImageError(f"image file is empty (0 bytes): {path}")
+
+
+def _from_path(path: Path) -> np.ndarray:
+    _check_file(path)
     try:
         with Image.open(path) as image:
-            image.load()  # decode fully so that truncated files fail here, not later
+            image.load()  # decode fully so that truncated files fail here, not inside the model
             return _from_pil(image, str(path))
+    except PermissionError:
+        raise ImageError(f"cannot read image file {path}: permission denied") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path} is not a readable image (unknown or unsupported format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path} is not a readable image (corrupt or truncated: {exc})") from None
+        raise ImageError(f"{path} is not a readable image (unknown or unsupported format; "
+                         "use JPEG, PNG, BMP, TIFF or WebP)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path} is too large to load safely: {_one_line(exc)}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{path} is not a readable image (corrupt or truncated: {_one_line(exc)})") from None
 
 
 def _from_array(array: np.ndarray) -> np.ndarray:
     if array.size == 0:
-        raise ImageError(f"image array is empty (shape {array.shape})")
+        raise ImageError(f"image array is empty (shape {array.shape}); {_EXPECTED}")
     if array.dtype == np.uint16:
-        array = (array >> 8).astype(np.uint8)
+        array = _high_byte(array)
     if array.dtype != np.uint8:
-        raise ImageError(f"image array has dtype {array.dtype} and shape {array.shape}; expected HxWx3 uint8 RGB")
+        raise ImageError(f"image array has dtype {array.dtype} and shape {array.shape}; {_EXPECTED} "
+                         "(scale floats to 0..255 and cast with .astype(np.uint8))")
     if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    elif array.ndim == 3 and array.shape[2] == 4:
-        array = array[..., :3]
-    elif array.ndim == 3 and array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
+        return _gray_to_rgb(array)
+    if array.ndim == 3 and array.shape[2] == 1:
+        return _gray_to_rgb(array[..., 0])
+    if array.ndim == 3 and array.shape[2] == 4:
+        array = array[..., :3]  # drop alpha, as for files
     if array.ndim != 3 or array.shape[2] != 3:
-        raise ImageError(f"image array has shape {array.shape}; expected HxWx3 uint8 RGB")
+        raise ImageError(f"image array has shape {array.shape}; {_EXPECTED} (or HxW grayscale, HxWx4 RGBA)")
     return np.ascontiguousarray(array)
 
 
-def load_image(image) -> np.ndarray:
-    """Path, PIL image or numpy array -> HxWx3 uint8 RGB (C-contiguous)."""
+def load_image(image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
+    """Path, PIL image or numpy array -> HxWx3 uint8 RGB (C-contiguous); ImageError names what is wrong."""
     if isinstance(image, (str, os.PathLike)):
         return _from_path(Path(image))
     if isinstance(image, Image.Image):
-        return _from_pil(image, "image")
+        return _from_opened(image)
     if isinstance(image, np.ndarray):
         return _from_array(image)
-    raise ImageError(f"unsupported image type {type(image).__name__}; pass a file path, a PIL image or an HxWx3 uint8 array")
+    raise ImageError(f"unsupported image type {type(image).__name__}; "
+                     "pass a file path, a PIL image or an HxWx3 uint8 numpy array")
 
 
-def read_prompt(prompt) -> str:
-    if not isinstance(prompt, str) or not prompt.strip():
+def read_prompt(prompt: Any) -> str:
+    """The text command, stripped; PromptError when there is none."""
+    if prompt is not None and not isinstance(prompt, str):
+        raise PromptError(f"prompt must be text (str), got {type(prompt).__name__}; "
+                          "pass a text command such as 'the red cup'")
+    if prompt is None or not prompt.strip():
         raise PromptError("prompt is empty: pass a text command such as 'the red cup'")
     return prompt.strip()

@@ -1,40 +1,98 @@
 """Picture of a result: tinted mask with its outline, the box, and the prompt as a caption."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 BOX_COLOR = (40, 220, 60)
+CAPTION_BACKGROUND = (0, 0, 0)  # dark band + white text stays readable on any photo
+CAPTION_TEXT = (255, 255, 255)
+ELLIPSIS = "…"
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
-    """Mask pixels with at least one 4-neighbour outside the mask."""
+def _scale(height: int, width: int) -> int:
+    """Line widths and font size grow with the picture so that they stay visible on large frames."""
+    return max(1, round(max(height, width) / 400))
+
+
+def _check_image(image_rgb: np.ndarray) -> None:
+    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.dtype != np.uint8:
+        raise ValueError(f"image_rgb must be HxWx3 uint8, got shape {image_rgb.shape} dtype {image_rgb.dtype}")
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    """4-neighbour erosion; pixels on the image border count as having outside neighbours."""
     padded = np.pad(mask, 1)
-    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+
+
+def _contour(mask: np.ndarray, thickness: int) -> np.ndarray:
+    """Mask pixels within `thickness` steps of the outside."""
+    inner = mask
+    for _ in range(thickness):
+        inner = _erode(inner)
     return mask & ~inner
 
 
-def draw_overlay(image_rgb: np.ndarray, mask: np.ndarray | None, box=None, prompt: str | None = None,
-                 color=(255, 64, 64), alpha: float = 0.45) -> Image.Image:
+def _paint_mask(out: np.ndarray, mask: np.ndarray, color: Sequence[int], alpha: float, scale: int) -> None:
+    tint = np.asarray(color, np.float32)
+    out[mask] = (1 - alpha) * out[mask] + alpha * tint
+    out[_contour(mask, scale)] = tint
+
+
+def _box_corners(box: Sequence[float], height: int, width: int) -> list[float]:
+    """(x0, y0, x1, y1) in pixels, put in order and clipped so that PIL accepts any model output."""
+    values = [float(v) for v in box]
+    if len(values) != 4 or not np.isfinite(values).all():
+        raise ValueError(f"box must be 4 finite pixel coordinates (x0, y0, x1, y1), got {tuple(box)}")
+    x0, x1 = sorted(np.clip(values[0::2], 0, width - 1))
+    y0, y1 = sorted(np.clip(values[1::2], 0, height - 1))
+    return [x0, y0, x1, y1]
+
+
+def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, max_width: float) -> str:
+    """Longest prefix (with an ellipsis) that fits; binary search keeps very long prompts cheap."""
+    if draw.textlength(text, font=font) <= max_width:
+        return text
+    low, high = 0, len(text)  # invariant: prefix of length `low` fits
+    while low < high:
+        mid = (low + high + 1) // 2
+        if draw.textlength(text[:mid].rstrip() + ELLIPSIS, font=font) <= max_width:
+            low = mid
+        else:
+            high = mid - 1
+    return text[:low].rstrip() + ELLIPSIS if low else ""
+
+
+def _draw_caption(canvas: Image.Image, prompt: str, scale: int) -> None:
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=12 * scale)
+    pad = 4 * scale
+    band = 18 * scale
+    draw.rectangle([0, 0, canvas.width, band - 1], fill=CAPTION_BACKGROUND)
+    text = _fit_text(draw, " ".join(prompt.split()), font, canvas.width - 2 * pad)  # newlines would leave the band
+    top, bottom = draw.textbbox((0, 0), "Ag", font=font)[1::2]
+    draw.text((pad, (band - (bottom - top)) / 2 - top), text, fill=CAPTION_TEXT, font=font)
+
+
+def draw_overlay(image_rgb: np.ndarray, mask: np.ndarray | None, box: Sequence[float] | None = None,
+                 prompt: str | None = None, color: Sequence[int] = (255, 64, 64), alpha: float = 0.45) -> Image.Image:
+    """Image with the mask tinted (`alpha` blend toward `color`) and outlined, the box in green and the prompt
+    in a dark band along the top. Output has the input's size."""
+    _check_image(image_rgb)
     h, w = image_rgb.shape[:2]
-    out = image_rgb.astype(np.float32).copy()
+    scale = _scale(h, w)
+    out = image_rgb.astype(np.float32)
     if mask is not None:
+        mask = np.asarray(mask)
         if mask.shape != (h, w):
             raise ValueError(f"mask shape {mask.shape} does not match image shape {(h, w)}")
-        m = mask.astype(bool)
-        out[m] = (1 - alpha) * out[m] + alpha * np.asarray(color, np.float32)
-        out[_outline(m)] = color
+        _paint_mask(out, mask.astype(bool), color, alpha, scale)
     canvas = Image.fromarray(out.round().astype(np.uint8))
-    draw = ImageDraw.Draw(canvas)
-    scale = max(1, round(max(h, w) / 400))
     if box is not None:
-        draw.rectangle([float(v) for v in box], outline=BOX_COLOR, width=2 * scale)
+        ImageDraw.Draw(canvas).rectangle(_box_corners(box, h, w), outline=BOX_COLOR, width=2 * scale)
     if prompt:
-        font = ImageFont.load_default(size=12 * scale)
-        band = 18 * scale
-        text = prompt
-        while len(text) > 1 and draw.textlength(text, font=font) > w - 8 * scale:
-            text = text[:-2].rstrip() + "…" if not text.endswith("…") else text[:-2] + "…"
-        draw.rectangle([0, 0, w, band], fill=(0, 0, 0))
-        draw.text((4 * scale, 3 * scale), text, fill=(255, 255, 255), font=font)
+        _draw_caption(canvas, prompt, scale)
     return canvas
