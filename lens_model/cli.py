@@ -74,6 +74,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--context-pass", choices=["official", "cached"], help="override the checkpoint's context-pass mode")
     p.add_argument("--answer-format", choices=["grounding", "think_answer"], help="override the answer format")
+    p.add_argument("--ignore-as-background", action="store_true",
+                   help="ReasonSeg: count 'ignore' regions as background, as the released LENS script does "
+                        "(default: leave them out of I and U, as LISA does)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(func=cmd_eval)
 
@@ -86,6 +89,7 @@ def _add_make_synthetic(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--n", type=int, default=200, help="number of images (default: 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--image-size", type=int, default=128, help="square image side in pixels (default: 128)")
     p.set_defaults(func=cmd_make_synthetic)
 
 
@@ -171,9 +175,10 @@ def cmd_eval(args) -> int:
     )
     out = args.out or Path("runs") / "eval" / f"{args.dataset}-{args.split}"
     meta = {"dataset": args.dataset, "split": args.split, "model": str(args.model),
-            "context_pass": pipe.config.context_pass, "max_length": args.max_length}
+            "context_pass": pipe.config.context_pass, "max_length": args.max_length,
+            "ignore_regions": "background" if args.ignore_as_background else "excluded"}
     options = EvalOptions(batch_size=args.batch_size, save_vis=args.save_vis, max_length=args.max_length,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, ignore_as_background=args.ignore_as_background)
     results = run_eval(pipe, records, out, options, rank=rank, world=world, meta=meta)
     if results is not None:
         print(format_table(results))
@@ -187,9 +192,7 @@ def cmd_eval(args) -> int:
 def cmd_make_synthetic(args) -> int:
     from .data.synthetic import make_synthetic
 
-    if args.n < 1:
-        raise LensError(f"--n must be >= 1, got {args.n}")
-    path = make_synthetic(args.out, n_images=args.n, seed=args.seed)
+    path = make_synthetic(args.out, n_images=args.n, seed=args.seed, image_size=args.image_size, progress=True)
     print(f"wrote {args.n} synthetic scenes to {path} (REFER layout; lens eval --dataset synthetic --data-root {path})")
     return 0
 

@@ -38,6 +38,8 @@ class EvalOptions:
     save_vis: int = 0
     max_length: int = 768  # prompt + completion tokens, as the released evaluation
     progress: bool = True
+    # ReasonSeg "ignore" regions: left out of I and U (LISA); True counts them as background (released script)
+    ignore_as_background: bool = False
 
 
 # ---------------------------------------------------------------------------- distributed
@@ -97,21 +99,23 @@ def _evaluate_batch(pipe, batch: list[Record], options: EvalOptions) -> list[tup
             if record.image_path not in images:
                 images[record.image_path] = load_image(record.image_path)
             gt = record.mask()
-            ready.append((i, gt))
+            ignore = None if options.ignore_as_background else record.ignore_mask()
+            ready.append((i, gt, ignore))
         except (LensError, ValueError) as exc:
             log.warning("sample %s failed: %s", record.sample_id, exc)
             out[i] = ({"sample_id": record.sample_id, "error": str(exc)}, None, None)
     if ready:
-        paths = list(dict.fromkeys(batch[i].image_path for i, _ in ready))
-        results = pipe.segment_batch([images[p] for p in paths], [batch[i].expression for i, _ in ready],
-                                     [paths.index(batch[i].image_path) for i, _ in ready], max_length=options.max_length)
-        for (i, gt), result in zip(ready, results):
+        paths = list(dict.fromkeys(batch[i].image_path for i, _, _ in ready))
+        results = pipe.segment_batch([images[p] for p in paths], [batch[i].expression for i, _, _ in ready],
+                                     [paths.index(batch[i].image_path) for i, _, _ in ready], max_length=options.max_length)
+        for (i, gt, ignore), result in zip(ready, results):
             record = batch[i]
-            score = score_sample(result.mask, gt, result.box, record.box)
+            score = score_sample(result.mask, gt, result.box, record.box, ignore=ignore)
             row = {
                 "sample_id": record.sample_id, "expression": record.expression,
                 "intersection": score.intersection, "union": score.union,
                 "gt_pixels": int(gt.sum()), "pred_pixels": int(result.mask.sum()),
+                "ignored_pixels": 0 if ignore is None else int(ignore.sum()),
                 "pred_box": None if result.box is None else [round(v, 2) for v in result.box],
                 "gt_box": None if record.box is None else [round(v, 2) for v in record.box],
                 "box_iou": score.box_iou, "score": round(result.score, 5), "format_ok": result.format_ok,

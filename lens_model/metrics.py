@@ -42,10 +42,17 @@ class SampleScore:
         return self.box_iou is not None and self.box_iou >= BOX_HIT_IOU
 
 
-def score_sample(pred_mask: np.ndarray, gt_mask: np.ndarray, pred_box=None, gt_box=None) -> SampleScore:
+def score_sample(pred_mask: np.ndarray, gt_mask: np.ndarray, pred_box=None, gt_box=None,
+                 ignore: np.ndarray | None = None) -> SampleScore:
+    """I and U of one sample. `ignore` (H, W) bool: pixels left out of both (LISA's ignore_index=255)."""
     if pred_mask.shape != gt_mask.shape:
         raise ValueError(f"prediction shape {pred_mask.shape} does not match ground-truth shape {gt_mask.shape}")
     pred, gt = pred_mask.astype(bool), gt_mask.astype(bool)
+    if ignore is not None:
+        if ignore.shape != gt.shape:
+            raise ValueError(f"ignore mask shape {ignore.shape} does not match ground-truth shape {gt.shape}")
+        keep = ~ignore.astype(bool)
+        pred, gt = pred & keep, gt & keep
     iou = _box_iou(pred_box, gt_box) if pred_box is not None and gt_box is not None else None
     return SampleScore(int(np.count_nonzero(pred & gt)), int(np.count_nonzero(pred | gt)), iou,
                        has_gt_box=gt_box is not None, has_pred_box=pred_box is not None)

@@ -21,12 +21,22 @@ class Record:
     image_size: tuple[int, int]  # (H, W) of the original image
     load_mask: Callable[[], np.ndarray] = field(repr=False)  # -> (H, W) bool, the GT target
     ids: dict = field(default_factory=dict)  # source ids: image_id, ref_id, ann_id, sent_id, ...
+    # -> (H, W) bool of pixels left out of the metric (ReasonSeg's "ignore" regions); None: every pixel counts
+    load_ignore: Callable[[], np.ndarray] | None = field(default=None, repr=False)
 
     def mask(self) -> np.ndarray:
         mask = self.load_mask()
         if mask.shape != tuple(self.image_size):
             raise ValueError(f"{self.dataset}/{self.sample_id}: mask shape {mask.shape} != image size {self.image_size}")
         return mask.astype(bool, copy=False)
+
+    def ignore_mask(self) -> np.ndarray | None:
+        if self.load_ignore is None:
+            return None
+        ignore = self.load_ignore()
+        if ignore.shape != tuple(self.image_size):
+            raise ValueError(f"{self.dataset}/{self.sample_id}: ignore mask shape {ignore.shape} != image size {self.image_size}")
+        return ignore.astype(bool, copy=False)
 
 
 def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
