@@ -33,6 +33,7 @@ setup(
     license="Apache-2.0",
     packages=find_packages(include=["lens_model*", "training*", "lens_ros*"]),
     data_files=data_files,
+    package_data={"training": ["configs/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         # CPU machines: install torch first (see README), an unpinned torch resolves to a multi-GB CUDA build.
@@ -47,8 +48,15 @@ setup(
         "pillow>=10",
         "tqdm>=4.66",
         "pycocotools>=2.0.8",
+        "opencv-python-headless>=4.8",  # ReasonSeg polygons are rasterised exactly as LISA does (cv2.fillPoly)
+        "pyyaml>=6",  # training configs
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={
+        "test": ["pytest>=8"],
+        # training (python -m training.align / training.grpo); deepspeed builds against the installed torch:
+        # install it with --no-build-isolation (scripts/setup_env.sh does)
+        "train": ["deepspeed>=0.16", "tensorboard>=2.14", "pyyaml>=6"],
+    },
     entry_points={"console_scripts": ["lens = lens_model.cli:main"]},
     zip_safe=False,
 )

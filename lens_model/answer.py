@@ -96,6 +96,21 @@ def parse_answer(text: str, answer_format: str) -> ParsedAnswer:
     return ParsedAnswer(box, full is not None, reasoning, answer.strip() if answer else None, object_ref, error)
 
 
+def format_answer(expression: str, box_llm: Box, answer_format: str = "grounding") -> str:
+    """The target answer for teacher forcing: `box_llm` in the MLLM image's pixels, rounded to integers.
+
+    grounding (released stage-1 data): <|object_ref_start|>EXPRESSION.<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>
+    think_answer: an empty reasoning block and the JSON box (stage 1 has no reasoning to imitate).
+    """
+    x1, y1, x2, y2 = (int(round(v)) for v in box_llm)
+    if answer_format == "grounding":
+        phrase = expression.strip().rstrip(".")
+        return f"<|object_ref_start|>{phrase}.<|object_ref_end|><|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"
+    if answer_format == "think_answer":
+        return f'<think></think><answer>{{"bbox_2d": [{x1}, {y1}, {x2}, {y2}]}}</answer>'
+    raise ValueError(f"unknown answer format {answer_format!r}; valid: {', '.join(ANSWER_FORMATS)}")
+
+
 def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
                  max_pixels: int = 14 * 14 * 4 * 1280) -> tuple[int, int]:
     """Qwen2-VL's image size rule: sides multiples of `factor`, pixel count within [min_pixels, max_pixels]."""

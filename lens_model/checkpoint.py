@@ -48,20 +48,39 @@ def _config_dict(model: LensModel) -> dict[str, Any]:
     return data
 
 
-def state_dict_for_saving(model: LensModel) -> dict[str, torch.Tensor]:
-    state = dict(model.mllm.state_dict())
-    state.update(model.context.state_dict())
-    state.update({SAM_PREFIX + k: v for k, v in model.sam.state_dict().items()})
-    return state
+def state_dict_for_saving(model: LensModel, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Checkpoint names from the model, or from `state` keyed like `model.state_dict()` (e.g. weights gathered
+    from DeepSpeed ZeRO-3 partitions): `mllm.` and `context.` prefixes dropped, `sam.` kept."""
+    if state is None:
+        state = model.state_dict()
+    out = {}
+    for key, value in state.items():
+        if key.startswith("mllm."):
+            out[key[len("mllm."):]] = value
+        elif key.startswith("context."):
+            out[key[len("context."):]] = value
+        elif key.startswith(SAM_PREFIX):
+            out[key] = value
+        else:
+            raise CheckpointError(f"cannot place weight {key!r} in a LENS checkpoint (expected mllm./context./sam.)")
+    return out
 
 
-def save_model(model: LensModel, out_dir: str | os.PathLike, processor=None, max_shard_size: str = "5GB") -> None:
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
+    """safetensors refuses views into a larger buffer (DeepSpeed keeps parameters in flat buffers): copy those."""
+    t = t.contiguous()
+    return t.clone() if t.untyped_storage().nbytes() != t.numel() * t.element_size() else t
+
+
+def save_model(model: LensModel, out_dir: str | os.PathLike, processor=None, max_shard_size: str = "5GB",
+               state: dict[str, torch.Tensor] | None = None) -> None:
     from huggingface_hub import save_torch_state_dict
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # save_torch_state_dict drops tied duplicates (lm_head <-> embed_tokens) and shards large models.
-    save_torch_state_dict(state_dict_for_saving(model), out, max_shard_size=max_shard_size)
+    tensors = {k: _own_storage(v.detach().cpu()) for k, v in state_dict_for_saving(model, state).items()}
+    save_torch_state_dict(tensors, out, max_shard_size=max_shard_size)
     (out / "config.json").write_text(json.dumps(_config_dict(model), indent=2, sort_keys=True))
     model.mllm.generation_config.save_pretrained(out)
     if processor is not None:
@@ -232,6 +251,32 @@ def load_model(
     model.to(device=device, dtype=dtype).eval()
     processor = load_processor_from(model_dir, lens_config) if load_processor else None
     return model, processor
+
+
+def build_from_base(base_mllm: str | os.PathLike, sam_checkpoint: str | os.PathLike | None, lens_config: LensConfig,
+                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """A new LENS model for stage-1 training: pretrained MLLM (Hub id or directory, e.g.
+    Qwen/Qwen2.5-VL-3B-Instruct) + official SAM2 `.pt` weights + a freshly initialised context module.
+    sam_checkpoint=None keeps SAM2 randomly initialised (tests and synthetic experiments only).
+    -> (LensModel in train mode, processor)."""
+    from transformers import AutoConfig
+
+    model_dir = resolve_model_dir(base_mllm)
+    try:
+        mllm_config = AutoConfig.from_pretrained(model_dir)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read the base model config in {model_dir}: {str(exc).splitlines()[0][:300]}") from None
+    if mllm_config.model_type not in MLLM_CLASSES:
+        raise CheckpointError(f"{model_dir} is a {mllm_config.model_type!r} model; LENS builds on {sorted(MLLM_CLASSES)}")
+    mllm = _load_mllm(model_dir, mllm_config, dtype)
+    sam = build_sam(lens_config.sam)
+    if sam_checkpoint is not None:
+        load_sam2_checkpoint(sam, sam_checkpoint)
+    else:
+        log.warning("no SAM2 checkpoint given: SAM2 starts from random weights")
+    model = LensModel(mllm.config, lens_config, mllm=mllm, sam=sam)
+    model.to(device=device, dtype=dtype)
+    return model, load_processor_from(model_dir, lens_config)
 
 
 def load_processor_from(model_dir: Path, lens_config: LensConfig):

@@ -135,6 +135,32 @@ class LensModel(nn.Module):
         out = self.mllm.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False)
         return out.last_hidden_state[:, -n:]
 
+    def query_states_after_prefix(self, ctx: ContextInputs, image_outputs, positions: str) -> torch.Tensor:
+        """Same states as `query_states_full`, computing prompt + completion without autograd (frozen MLLM).
+
+        The prefix does not depend on anything trainable when the MLLM is frozen, so its keys/values are built
+        under no_grad and only the N queries run with autograd: the gradient reaching the queries, connector and
+        SAM2 is unchanged, at a fraction of the activation memory (stage 1 trains only the context module).
+        """
+        n = self.context.num_queries
+        b = ctx.input_ids.shape[0]
+        if positions == "mrope":
+            pos, mask = self.mrope_positions(ctx, n)
+        elif positions == "1d":
+            mask = torch.cat([ctx.attention_mask, ctx.attention_mask.new_ones(b, n)], dim=1)
+            pos = positions_1d(mask)
+        else:
+            raise ValueError(f"positions must be 'mrope' or '1d', got {positions!r}")
+        length = ctx.input_ids.shape[1]
+        lm = self.mllm.model.language_model
+        with torch.no_grad():
+            prefix = lm(inputs_embeds=self._embed(ctx.input_ids, image_outputs), attention_mask=mask[:, :length],
+                        position_ids=pos[:, :, :length], use_cache=True)
+        queries = self.context.query_embeds(b, self.dtype)
+        out = lm(inputs_embeds=queries, attention_mask=mask, position_ids=pos[:, :, length:], cache=prefix.cache,
+                 use_cache=True)
+        return out.last_hidden_state[:, -n:]
+
     def query_states_cached(self, ctx: ContextInputs, cache) -> torch.Tensor:
         """Context pass reusing the generation KV cache (which holds all but the last generated token).
 
@@ -152,6 +178,33 @@ class LensModel(nn.Module):
             inputs_embeds=embeds, attention_mask=mask, position_ids=pos[:, :, -(n + 1):], cache=cache, use_cache=True
         )
         return out.last_hidden_state[:, -n:]
+
+    # ------------------------------------------------------------------ training forward
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mm_token_type_ids: torch.Tensor,
+                pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, sam_images: torch.Tensor,
+                positions: str = "1d", mllm_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced pass used in training: (B, L) prompt + answer ids with one image per row -> low-res
+        mask logits (B, 1, S/4, S/4) and SAM2's IoU predictions (B, 1).
+
+        `positions`: "1d" trains for the `official` context pass, "mrope" for `cached`. `mllm_grad=False`
+        (frozen MLLM) runs the vision encoder and the prompt + answer tokens without autograd. The SAM2 image
+        encoder is always frozen. Everything runs inside this forward so that DeepSpeed ZeRO-3 can gather
+        partitioned weights with its module hooks.
+        """
+        ctx = ContextInputs(input_ids, attention_mask, mm_token_type_ids, image_grid_thw)
+        with torch.set_grad_enabled(mllm_grad and torch.is_grad_enabled()):
+            image_outputs = self.encode_mllm_images(pixel_values.to(self.dtype), image_grid_thw)
+        if mllm_grad:
+            states = self.query_states_full(ctx, image_outputs, positions)
+        else:
+            states = self.query_states_after_prefix(ctx, image_outputs, positions)
+        with torch.no_grad():
+            features = self.encode_sam_images(sam_images)
+        return self.masks_from_query_states(states, features)
+
+    def external_parameters(self) -> list[nn.Parameter]:
+        """Parameters read directly (not through their own module's forward); ZeRO-3 must gather them for forward."""
+        return [self.context.learnable_query] + ([self.sam.no_mem_embed] if hasattr(self.sam, "no_mem_embed") else [])
 
     # ------------------------------------------------------------------ SAM2
     def to(self, *args, **kwargs):

@@ -52,6 +52,29 @@ def box_from_answer(text: str, answer_format: str, mllm_hw: tuple[int, int], ima
     return box, (None if box is not None else "box lies outside the image"), parsed.format_ok
 
 
+def build_chat(processor, prompt_config, question_text: str) -> str:
+    """System + user turn (image, templated question) + the assistant header, as the released models saw it."""
+    question = prompt_config.question_template.format(question=question_text)
+    if not question.endswith("."):  # the released data pipeline ends every question with a period
+        question += "."
+    messages = [
+        {"role": "system", "content": prompt_config.system_prompt},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+    ]
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def mllm_image(rgb: np.ndarray, config: LensConfig, longest_side: int | None = None) -> Image.Image:
+    """HxWx3 uint8 -> the PIL image the MLLM sees: optionally capped to `longest_side`, then smart-resized
+    (multiples of 28 within the config's pixel bounds), so that box coordinates are pixels of this image."""
+    image = Image.fromarray(rgb)
+    if longest_side and max(image.size) != longest_side:
+        scale = longest_side / max(image.size)
+        image = image.resize((int(image.width * scale), int(image.height * scale)), Image.BICUBIC)
+    h, w = smart_resize(image.height, image.width, 28, config.min_pixels, config.max_pixels)
+    return image.resize((w, h), Image.BICUBIC)
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -113,15 +136,7 @@ class LensPipeline:
         return self.model.lens_config
 
     def build_chat(self, prompt: str) -> str:
-        prompt_cfg = self.config.prompt
-        question = prompt_cfg.question_template.format(question=prompt)
-        if not question.endswith("."):  # the released data pipeline ends every question with a period
-            question += "."
-        messages = [
-            {"role": "system", "content": prompt_cfg.system_prompt},
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
-        ]
-        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return build_chat(self.processor, self.config.prompt, prompt)
 
     @torch.inference_mode()
     def __call__(self, image, prompt: str | Sequence[str], max_new_tokens: int | None = None):
@@ -133,12 +148,7 @@ class LensPipeline:
 
     def _prepare_image(self, image) -> tuple[np.ndarray, Image.Image]:
         rgb = load_image(image)
-        llm_image = Image.fromarray(rgb)
-        if self.mllm_longest_side and max(llm_image.size) != self.mllm_longest_side:
-            scale = self.mllm_longest_side / max(llm_image.size)
-            llm_image = llm_image.resize((int(llm_image.width * scale), int(llm_image.height * scale)), Image.BICUBIC)
-        llm_hw = smart_resize(llm_image.height, llm_image.width, 28, self.config.min_pixels, self.config.max_pixels)
-        return rgb, llm_image.resize((llm_hw[1], llm_hw[0]), Image.BICUBIC)
+        return rgb, mllm_image(rgb, self.config, self.mllm_longest_side)
 
     @torch.inference_mode()
     def segment_batch(self, images: Sequence, prompts: Sequence[str], image_index: Sequence[int],

@@ -29,5 +29,8 @@ if any(str(f) == "training/__init__.py" for f in dist.files or []):
         shutil.rmtree(stray)
         print(f"removed sam2's top-level 'training' package ({stray}); it would shadow lens's training package")
 PY
-"${PIP[@]}" install -e ".[test]"
+# DeepSpeed's setup.py imports torch: build it against the torch above (no isolated build env pulling another
+# torch), without pre-compiled ops (they are JIT-built on first use on GPU machines).
+DS_BUILD_OPS=0 "${PIP[@]}" install --no-build-isolation "deepspeed>=0.16"
+"${PIP[@]}" install -e ".[test,train]"
 echo "lens installed in $(pwd)/.venv"

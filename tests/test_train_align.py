@@ -1,0 +1,183 @@
+"""Stage-1 training end to end on CPU with a tiny LENS and synthetic scenes: DeepSpeed ZeRO-3 over 2
+processes, frozen parts untouched, resume equivalence, the exported model in `lens segment`, bad input."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO
+
+pytest.importorskip("deepspeed", reason="training needs deepspeed (pip install -e '.[train]')")
+
+from lens_model.cli import main as lens_main  # noqa: E402
+from training.align import main as align_main  # noqa: E402
+
+STEPS = 6
+ENV = dict(os.environ, DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    from lens_model.data.synthetic import make_synthetic
+
+    # 3 scenes, 16 expressions: batches of 4 revisit them every 4 steps, so a few steps show the loss falling
+    return make_synthetic(tmp_path_factory.mktemp("align-data") / "scenes", n_images=3, seed=5, image_size=96)
+
+
+@pytest.fixture(scope="module")
+def init_dir(tmp_path_factory):
+    from lens_model.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("align-init") / "tiny", seed=3, context_pass="official")
+
+
+def _overrides(init_dir, scenes, out, *extra):
+    return [f"init_from={init_dir}", f"datasets=[{{name: synthetic, root: {scenes}}}]",
+            f"val_dataset={{name: synthetic, root: {scenes}, split: train}}", "val_samples=4", f"eval_every={STEPS}",
+            "global_batch_size=4", f"max_steps={STEPS}", "warmup_steps=0", "lr=2e-3", "num_workers=0",
+            "log_every=1", "save_every=3", "keep_last=3", f"output_dir={out}", *extra]
+
+
+def _curve(out, split="train"):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["split"] == split]
+
+
+@pytest.fixture(scope="module")
+def zero3_run(init_dir, scenes, tmp_path_factory):
+    """2 ranks × 2 samples, ZeRO-3, the way a cluster job is launched (torchrun)."""
+    out = tmp_path_factory.mktemp("zero3") / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29645",
+           "-m", "training.align", *_overrides(init_dir, scenes, out, "zero_stage=3"), "--no-progress"]
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, proc.stderr
+
+
+def test_zero3_two_process_run_lowers_the_loss_and_logs_curves(zero3_run):
+    out, log_text = zero3_run
+    assert "2 ranks × 2 per device × 1 accumulation = global batch 4" in log_text
+    curve = _curve(out)
+    assert [r["step"] for r in curve] == list(range(1, STEPS + 1))
+    first, last = curve[0]["loss"], min(r["loss"] for r in curve[-2:])
+    assert last < first - 0.05, [round(r["loss"], 4) for r in curve]
+    for row in curve:  # the logged total is the weighted sum of its parts (weights 1, 1)
+        assert row["loss"] == pytest.approx(row["dice"] + row["pixel"], rel=1e-6)
+        assert row["grad_norm"] > 0 and row["samples_per_s"] > 0
+    assert curve[0]["lr"] == pytest.approx(2e-3) and curve[-1]["lr"] < curve[0]["lr"]  # cosine, no warm-up
+    (val,) = _curve(out, "val")
+    assert val["n"] == 4 and 0.0 <= val["gIoU"] <= 1.0 and 0.0 <= val["cIoU"] <= 1.0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/dice", "train/pixel", "train/lr", "train/grad_norm", "train/samples_per_s",
+            "val/gIoU", "val/cIoU"} <= tags
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([r["loss"] for r in curve], rel=1e-6)
+    assert (out / "loss.png").stat().st_size > 1000 and (out / "config.yaml").is_file()
+
+
+def test_frozen_weights_are_bit_identical_and_trained_ones_moved(zero3_run, init_dir):
+    out, _ = zero3_run
+    before = load_file(init_dir / "model.safetensors")
+    after = load_file(out / "final" / "model.safetensors")
+    assert before.keys() == after.keys()
+    context = ("learnable_query", "connector.", "conv_1d.", "proj_to_sam.")
+    trained = [k for k in before if k.startswith(context)]
+    frozen = [k for k in before if not k.startswith(context)]
+    assert len(trained) > 10 and len(frozen) > 50
+    for key in frozen:
+        assert torch.equal(before[key], after[key]), key
+    moved = [k for k in trained if not torch.equal(before[k], after[k])]
+    # every trained tensor gets a gradient (connector.pos_embed too), so Adam moves all of them
+    assert moved == trained
+
+
+def test_exported_model_runs_in_lens_segment(zero3_run, scenes, tmp_path, capsys):
+    out, _ = zero3_run
+    image = next((scenes / "images").glob("*.png"))
+    code = lens_main(["segment", "--model", str(out / "final"), "--image", str(image), "--prompt", "the red circle",
+                      "--device", "cpu", "--json", str(tmp_path / "r.json"), "--out-mask", str(tmp_path / "m.png")])
+    assert code == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["image_size"] == [96, 96] and (tmp_path / "m.png").is_file()
+
+
+def _single(init_dir, scenes, out, *extra, resume=None):
+    args = ["--no-progress", *_overrides(init_dir, scenes, out, "zero_stage=2", *extra)]
+    if resume is not None:
+        args += ["--resume"] + ([resume] if resume != "latest" else [])
+    return align_main(args)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(init_dir, scenes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "run"
+    assert _single(init_dir, scenes, out) == 0
+    return out
+
+
+def test_resumed_run_ends_on_the_uninterrupted_curve(uninterrupted, init_dir, scenes, tmp_path):
+    # What a run killed during steps 4-6 leaves behind: checkpoints up to step 3, a longer metrics log.
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    shutil.rmtree(out / "checkpoints" / "step-0000006")
+    shutil.rmtree(out / "final")
+    (out / "checkpoints" / "latest").write_text("step-0000003")
+    assert _single(init_dir, scenes, out, resume="latest") == 0
+    full, resumed = _curve(uninterrupted), _curve(out)
+    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))  # steps 4-6 logged once, not twice
+    for a, b in zip(full, resumed):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), a["step"]
+        assert b["lr"] == pytest.approx(a["lr"], rel=1e-9)
+    before = load_file(uninterrupted / "final" / "model.safetensors")
+    after = load_file(out / "final" / "model.safetensors")
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_from_a_checkpoint_of_another_model_is_refused(uninterrupted, scenes, tmp_path, capsys):
+    from lens_model.tiny import make_tiny
+
+    other = make_tiny(tmp_path / "other", seed=3, num_queries=4, context_pass="official")
+    code = _single(other, scenes, tmp_path / "new", resume=str(uninterrupted / "checkpoints" / "step-0000003"))
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "different model signature" in err and "num_queries: checkpoint 8 vs now 4" in err
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(init_dir, scenes, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = _single(init_dir, scenes, out, "lr=1e30", "grad_clip=0", "save_every=1")
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss at step" in err and "last good checkpoint" in err
+    step = int(err.split("non-finite loss at step ")[1].split()[0])
+    kept = sorted(p.name for p in (out / "checkpoints").glob("step-*"))
+    assert step >= 2 and kept[-1] == f"step-{step - 1:07d}"  # the step before the bad one, saved intact
+    assert f"last good checkpoint: {out / 'checkpoints' / kept[-1]}" in err
+    assert (out / "checkpoints" / kept[-1] / "model" / "model.safetensors").is_file()
+
+
+def test_bad_config_key_and_missing_dataset(init_dir, scenes, tmp_path, capsys):
+    assert _single(init_dir, scenes, tmp_path / "a", "learning_rate=1e-4") == 1
+    assert "unknown config key 'learning_rate'" in capsys.readouterr().err
+    assert align_main(["--no-progress", f"init_from={init_dir}", f"output_dir={tmp_path / 'b'}",
+                       f"datasets=[{{name: refcoco, root: {tmp_path / 'nowhere'}}}]"]) == 1
+    err = capsys.readouterr().err
+    assert "datasets[0] (refcoco train)" in err and "data root not found" in err and str(tmp_path / "nowhere") in err
+    assert not (tmp_path / "b").exists()  # nothing started
+
+
+def test_help_lists_the_launch_modes(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        align_main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--resume" in text and "key=value" in text and "torchrun" in text

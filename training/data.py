@@ -1,0 +1,167 @@
+"""Training data: a seeded mixture over dataset readers, per-rank sample order, teacher-forced examples.
+
+The whole run's sample order is a pure function of (seed, dataset sizes, ratios, global batch, world size),
+so a resumed run sees exactly the samples the uninterrupted run would have seen from that step on.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lens_model.answer import format_answer, rescale_box
+from lens_model.config import LensConfig
+from lens_model.data import Record, load_dataset
+from lens_model.errors import LensError
+from lens_model.image_io import load_image
+from lens_model.pipeline import build_chat, mllm_image
+from lens_model.sam import preprocess_for_sam
+
+log = logging.getLogger(__name__)
+END_OF_TURN = "<|im_end|>"
+
+
+def load_mixture(specs: Sequence) -> list[list[Record]]:
+    """One record list per DatasetSpec (name, root, split, image_dir); errors name the dataset entry."""
+    datasets = []
+    for k, spec in enumerate(specs):
+        try:
+            records = load_dataset(spec.name, spec.root, spec.split, image_dir=spec.image_dir)
+        except LensError as exc:
+            raise LensError(f"datasets[{k}] ({spec.name} {spec.split}): {exc}") from None
+        if not records:
+            raise LensError(f"datasets[{k}] ({spec.name} {spec.split} in {spec.root}) has no samples")
+        datasets.append(records)
+    return datasets
+
+
+def epoch_order(sizes: Sequence[int], ratios: Sequence[float], seed: int, epoch: int) -> np.ndarray:
+    """(M, 2) [dataset, record] pairs for one epoch, M = Σ sizes: each position draws its dataset with
+    probability ∝ ratio; within a dataset records come from a fresh permutation (cycled if drawn more often)."""
+    rng = np.random.default_rng([seed, epoch])
+    total = int(sum(sizes))
+    p = np.asarray(ratios, dtype=np.float64)
+    which = rng.choice(len(sizes), size=total, p=p / p.sum())
+    order = np.empty((total, 2), dtype=np.int64)
+    order[:, 0] = which
+    for k, size in enumerate(sizes):
+        slots = np.nonzero(which == k)[0]
+        perm = np.concatenate([rng.permutation(size) for _ in range(-(-len(slots) // size) or 1)])
+        order[slots, 1] = perm[:len(slots)]
+    return order
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How samples map onto steps: global batch = per_device × world × grad_accum."""
+
+    sizes: tuple[int, ...]
+    ratios: tuple[float, ...]
+    seed: int
+    global_batch: int
+    per_device: int
+    world: int
+    grad_accum: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, sum(self.sizes) // self.global_batch)
+
+    def rank_positions(self, rank: int, start_step: int, end_step: int) -> list[tuple[int, int]]:
+        """[dataset, record] of every sample `rank` processes in steps [start, end), in micro-batch order:
+        within a step, micro-batch m of rank r is global slice (m·world + r)·per_device ... + per_device."""
+        out: list[tuple[int, int]] = []
+        cache: dict[int, np.ndarray] = {}
+        per_epoch = self.steps_per_epoch * self.global_batch
+        for step in range(start_step, end_step):
+            for micro in range(self.grad_accum):
+                first = step * self.global_batch + (micro * self.world + rank) * self.per_device
+                for g in range(first, first + self.per_device):
+                    epoch, pos = divmod(g, per_epoch)
+                    if epoch not in cache:
+                        cache = {epoch: epoch_order(self.sizes, self.ratios, self.seed, epoch)}
+                    out.append(tuple(int(v) for v in cache[epoch][pos]))
+        return out
+
+
+class AlignExamples(Dataset):
+    """Teacher-forced stage-1 examples: chat prompt + GT answer tokens, MLLM and SAM2 images, GT mask.
+
+    A sample that cannot be used (unreadable image or mask, too long) yields {"error": ...} instead of raising,
+    so one bad file does not kill a multi-day run; the trainer logs and counts it.
+    """
+
+    def __init__(self, datasets: list[list[Record]], positions: list[tuple[int, int]], processor,
+                 lens_config: LensConfig, max_length: int) -> None:
+        self.datasets, self.positions = datasets, positions
+        self.processor, self.lens_config, self.max_length = processor, lens_config, max_length
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, index: int) -> dict:
+        k, i = self.positions[index]
+        record = self.datasets[k][i]
+        try:
+            return self._example(record)
+        except (LensError, ValueError, OSError) as exc:
+            return {"error": f"{record.dataset}/{record.sample_id}: {exc}", "sample_id": record.sample_id}
+
+    def _example(self, record: Record) -> dict:
+        rgb = load_image(record.image_path)
+        if rgb.shape[:2] != tuple(record.image_size):
+            raise ValueError(f"image {record.image_path} is {rgb.shape[:2]}, annotation says {record.image_size}")
+        mask = record.mask()
+        if record.box is None:
+            raise ValueError("empty target: stage 1 needs a box to put in the answer")
+        llm = mllm_image(rgb, self.lens_config)
+        box = rescale_box(record.box, rgb.shape[:2], (llm.height, llm.width))
+        text = (build_chat(self.processor, self.lens_config.prompt, record.expression)
+                + format_answer(record.expression, box, self.lens_config.prompt.answer_format) + END_OF_TURN)
+        enc = self.processor(text=[text], images=[llm], return_tensors="pt")
+        length = enc["input_ids"].shape[1]
+        if length > self.max_length:
+            raise ValueError(f"{length} tokens with the image, over the limit of {self.max_length}")
+        return {
+            "input_ids": enc["input_ids"][0],  # (L,)
+            "mm_token_type_ids": enc["mm_token_type_ids"][0],  # (L,)
+            "pixel_values": enc["pixel_values"],  # (patches, C·T·P·P)
+            "image_grid_thw": enc["image_grid_thw"],  # (1, 3)
+            "sam_image": preprocess_for_sam(rgb, self.lens_config.sam.image_size),  # (3, S, S)
+            "gt_mask": torch.from_numpy(mask),  # (H, W) bool
+            "sample_id": record.sample_id,
+        }
+
+
+class Collator:
+    """Left-pads token rows (as generation does) and stacks images; failed samples are passed on by id."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict:
+        good = [e for e in examples if "error" not in e]
+        batch: dict = {"failed": [(e["sample_id"], e["error"]) for e in examples if "error" in e], "size": len(good)}
+        if not good:
+            return batch
+        length = max(len(e["input_ids"]) for e in good)
+        ids = torch.full((len(good), length), self.pad_token_id, dtype=torch.long)
+        types = torch.zeros((len(good), length), dtype=torch.long)
+        attention = torch.zeros((len(good), length), dtype=torch.long)
+        for row, e in enumerate(good):
+            n = len(e["input_ids"])
+            ids[row, length - n:] = e["input_ids"]
+            types[row, length - n:] = e["mm_token_type_ids"]
+            attention[row, length - n:] = 1
+        batch.update(
+            input_ids=ids, attention_mask=attention, mm_token_type_ids=types,
+            pixel_values=torch.cat([e["pixel_values"] for e in good]),
+            image_grid_thw=torch.cat([e["image_grid_thw"] for e in good]),
+            sam_images=torch.stack([e["sam_image"] for e in good]),
+            gt_masks=[e["gt_mask"] for e in good], sample_ids=[e["sample_id"] for e in good],
+        )
+        return batch

@@ -1,0 +1,239 @@
+"""DeepSpeed plumbing shared by the training stages: process group, engine config, checkpoints, export, logs.
+
+Launch any stage with `deepspeed`, `torchrun` or plain `python` (one process). On machines without CUDA set
+DS_ACCELERATOR=cpu: DeepSpeed then runs ZeRO over the gloo backend (tests, CI).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from lens_model.checkpoint import save_model
+from lens_model.errors import CheckpointError, LensError
+
+log = logging.getLogger(__name__)
+RUN_FILE = "lens_run.json"  # written next to every DeepSpeed checkpoint: step + what model it belongs to
+
+
+class TrainingError(LensError):
+    """A run cannot go on (non-finite loss, incompatible checkpoint); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+
+def init_distributed() -> DistInfo:
+    """One process: no process group. Several (deepspeed / torchrun set WORLD_SIZE): DeepSpeed's own init,
+    NCCL on GPUs, gloo on CPU. Each rank uses cuda:LOCAL_RANK when CUDA is present."""
+    import deepspeed
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if world > 1 or "MASTER_ADDR" in os.environ:
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    elif not dist.is_initialized():  # DeepSpeed wants a process group even for one process
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return DistInfo(rank, world, local_rank, torch.device(f"cuda:{local_rank}" if cuda else "cpu"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    if dtype != torch.float32 and device.type != "cuda":
+        raise LensError(f"precision={precision} needs a CUDA GPU; on CPU use precision=fp32 (or auto)")
+    return dtype
+
+
+def deepspeed_config(zero_stage: int, per_device: int, grad_accum: int, world: int, dtype: torch.dtype,
+                     grad_clip: float) -> dict:
+    """The engine config, derived from the run config (no separate JSON to keep in sync)."""
+    zero: dict = {"stage": zero_stage}
+    if zero_stage == 3:
+        # consolidated weights for the exported model; frozen MLLM/SAM2 weights are partitioned too
+        zero.update(stage3_gather_16bit_weights_on_model_save=True, stage3_param_persistence_threshold=1e4)
+    return {
+        "train_micro_batch_size_per_gpu": per_device,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": per_device * grad_accum * world,
+        "gradient_clipping": grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16, "initial_scale_power": 16},
+        "zero_allow_untested_optimizer": True,  # torch AdamW over the trainable parameters only
+        "steps_per_print": 10 ** 9,  # our own logging
+    }
+
+
+def all_mean(value: float, world: int, device: torch.device) -> float:
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t) / world
+
+
+def all_sum(values: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        dist.all_reduce(values)
+    return values
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def step_tag(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def full_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor] | None:
+    """LensModel state dict gathered from all ranks (a collective under ZeRO-3: every rank must call it);
+    the full dict on rank 0, None elsewhere under ZeRO-3."""
+    if zero_stage == 3:
+        return engine._zero3_consolidated_16bit_state_dict()
+    return {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}
+
+
+def save_checkpoint(engine, out_dir: Path, step: int, run_info: dict, processor, rank: int, zero_stage: int,
+                    keep_last: int) -> Path:
+    """DeepSpeed state for --resume + the model exported with save_pretrained (loadable by `lens segment`)."""
+    ckpt_root = out_dir / "checkpoints"
+    tag = step_tag(step)
+    # frozen weights (the MLLM and SAM2 in stage 1) come back from the run's init on resume: not saved again
+    engine.save_checkpoint(str(ckpt_root), tag=tag, client_state={"step": step}, exclude_frozen_parameters=True)
+    state = full_state_dict(engine, zero_stage)
+    path = ckpt_root / tag
+    if rank == 0:
+        save_model(engine.module, path / "model", processor=processor, state=state)
+        (path / RUN_FILE).write_text(json.dumps({**run_info, "step": step}, indent=2, sort_keys=True))
+        _prune(ckpt_root, keep_last)
+    barrier(int(os.environ.get("WORLD_SIZE", "1")))
+    return path
+
+
+def _prune(ckpt_root: Path, keep_last: int) -> None:
+    if keep_last <= 0:
+        return
+    tags = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
+    for old in tags[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_resume(resume: str, out_dir: Path) -> tuple[Path, str]:
+    """--resume (latest in OUT/checkpoints) or --resume DIR (a step-* directory) -> (checkpoint root, tag)."""
+    if resume == "latest":
+        root = out_dir / "checkpoints"
+        latest = root / "latest"
+        if not latest.is_file():
+            raise CheckpointError(f"--resume: no checkpoint to resume in {root} (expected a 'latest' file); "
+                                  "start without --resume or pass --resume PATH/step-NNNNNNN")
+        return root, latest.read_text().strip()
+    path = Path(resume)
+    if not (path / RUN_FILE).is_file():
+        raise CheckpointError(f"--resume {path}: not a training checkpoint (no {RUN_FILE}); "
+                              f"pass a directory like {out_dir / 'checkpoints' / step_tag(500)}")
+    return path.parent, path.name
+
+
+def check_compatible(run_file: Path, run_info: dict) -> int:
+    """The checkpoint must come from the same model and trainable parts; -> the step it was saved at."""
+    saved = json.loads(run_file.read_text())
+    for key in ("model_signature", "trainable", "init"):
+        if saved.get(key) != run_info.get(key):
+            diff = _first_difference(saved.get(key), run_info.get(key))
+            raise TrainingError(f"{run_file.parent} was written by a run with a different {key.replace('_', ' ')} "
+                                f"({diff}); resume with the config it was trained with, or start a new output_dir")
+    return int(saved["step"])
+
+
+def _first_difference(a, b, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return f"{prefix.rstrip('.') or 'value'}: checkpoint {a!r} vs now {b!r}"
+
+
+# ---------------------------------------------------------------------------- logging
+class MetricLog:
+    """Rank 0's training curves: TensorBoard scalars (when tensorboard is installed) + metrics.jsonl."""
+
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int = 0) -> None:
+        self.enabled = enabled
+        self.path = out_dir / "metrics.jsonl"
+        self.writer = None
+        if not enabled:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():  # a resumed run replaces what came after its checkpoint
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and _step_of(line) is not None and _step_of(line) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+        except ImportError:
+            log.warning("tensorboard is not installed: curves go to %s only (pip install tensorboard)", self.path)
+
+    def log(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, "split": prefix, **values}) + "\n")
+        if self.writer is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class Throughput:
+    def __init__(self) -> None:
+        self.start, self.samples = time.perf_counter(), 0
+
+    def add(self, n: int) -> None:
+        self.samples += n
+
+    def rate(self) -> float:
+        elapsed = time.perf_counter() - self.start
+        return self.samples / elapsed if elapsed > 0 else 0.0
+
+    def reset(self) -> None:
+        self.start, self.samples = time.perf_counter(), 0

@@ -1,0 +1,78 @@
+"""Training-curve pictures drawn with PIL (no plotting library needed on a training server)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+PANEL_W, PANEL_H, MARGIN = 520, 300, 48
+COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
+
+
+def read_curves(metrics_file: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """metrics.jsonl -> {split: {name: [(step, value), ...]}} (non-finite values dropped)."""
+    curves: dict = {}
+    for line in Path(metrics_file).read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        split = row.get("split", "train")
+        for key, value in row.items():
+            if key in ("step", "split") or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            curves.setdefault(split, {}).setdefault(key, []).append((int(row["step"]), float(value)))
+    return curves
+
+
+def _panel(title: str, series: dict[str, list[tuple[int, float]]]) -> Image.Image:
+    image = Image.new("RGB", (PANEL_W, PANEL_H), "white")
+    draw = ImageDraw.Draw(image)
+    points = [p for values in series.values() for p in values]
+    draw.text((MARGIN, 8), title, fill="black")
+    if not points:
+        draw.text((MARGIN, PANEL_H // 2), "no data", fill="gray")
+        return image
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
+    if x1 == x0:
+        x1 = x0 + 1
+    if y1 == y0:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    left, top, right, bottom = MARGIN, 28, PANEL_W - 12, PANEL_H - 28
+    draw.rectangle([left, top, right, bottom], outline=(180, 180, 180))
+    for frac in (0.0, 0.5, 1.0):
+        y = bottom - frac * (bottom - top)
+        draw.text((4, y - 6), f"{y0 + frac * (y1 - y0):.3g}", fill="black")
+    draw.text((left, bottom + 6), f"step {x0}", fill="black")
+    draw.text((right - 70, bottom + 6), f"step {x1}", fill="black")
+
+    def xy(step, value):
+        return left + (step - x0) / (x1 - x0) * (right - left), bottom - (value - y0) / (y1 - y0) * (bottom - top)
+
+    for k, (name, values) in enumerate(series.items()):
+        color = COLORS[k % len(COLORS)]
+        coords = [xy(s, v) for s, v in values]
+        if len(coords) > 1:
+            draw.line(coords, fill=color, width=2)
+        for cx, cy in coords if len(coords) < 40 else coords[-1:]:
+            draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=color)
+        draw.text((right - 120, top + 6 + 14 * k), name, fill=color)
+    return image
+
+
+def plot_curves(metrics_file: Path, out_png: Path) -> Path:
+    """Loss parts (train) and validation scores side by side in one PNG."""
+    curves = read_curves(metrics_file)
+    train = curves.get("train", {})
+    panels = [_panel("train loss", {k: v for k, v in train.items() if k in ("loss", "dice", "pixel", "policy", "kl", "seg")})]
+    if "reward" in train or any(k.startswith("reward") for k in train):
+        panels.append(_panel("rewards", {k: v for k, v in train.items() if k.startswith("reward")}))
+    if "val" in curves:
+        panels.append(_panel("validation", {k: v for k, v in curves["val"].items() if k in ("gIoU", "cIoU", "P@0.5")}))
+    canvas = Image.new("RGB", (PANEL_W * len(panels), PANEL_H), "white")
+    for i, panel in enumerate(panels):
+        canvas.paste(panel, (i * PANEL_W, 0))
+    canvas.save(out_png)
+    return out_png
