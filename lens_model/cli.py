@@ -93,6 +93,14 @@ def _add_make_synthetic(sub) -> None:
     p.set_defaults(func=cmd_make_synthetic)
 
 
+def _add_plot_run(sub) -> None:
+    p = sub.add_parser("plot-run", help="draw a training run's curves (loss parts, rewards, validation) as a PNG",
+                       description="Reads RUN_DIR/metrics.jsonl written by python -m training.align / training.grpo.")
+    p.add_argument("run_dir", type=Path, help="the run's output_dir")
+    p.add_argument("--out", type=Path, help="PNG to write (default: RUN_DIR/curves.png)")
+    p.set_defaults(func=cmd_plot_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lens", description="LENS: text-prompted segmentation with a reasoning MLLM and SAM2.",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_make_tiny(sub)
     _add_eval(sub)
     _add_make_synthetic(sub)
+    _add_plot_run(sub)
     return parser
 
 
@@ -211,3 +220,14 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def cmd_plot_run(args) -> int:
+    from training.plots import plot_curves
+
+    metrics = args.run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        raise LensError(f"{metrics} not found: pass the output_dir of a training run")
+    out = plot_curves(metrics, args.out or args.run_dir / "curves.png")
+    print(f"wrote {out}")
+    return 0

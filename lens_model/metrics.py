@@ -8,7 +8,7 @@ Split statistics are sums, so shards merge exactly (intersections and unions add
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 

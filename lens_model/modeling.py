@@ -46,6 +46,32 @@ def positions_1d(attention_mask: torch.Tensor) -> torch.Tensor:
     return pos.unsqueeze(0).expand(3, -1, -1)
 
 
+def embed_with_images(mllm, input_ids: torch.Tensor, image_outputs) -> torch.Tensor:
+    """(B, L) ids -> (B, L, hidden) token embeddings with the image features (one entry of
+    `image_outputs.pooler_output` per row) scattered into the image placeholder tokens."""
+    embeds = mllm.get_input_embeddings()(input_ids)
+    if image_outputs is not None:
+        image_embeds = torch.cat(list(image_outputs.pooler_output), dim=0).to(embeds)
+        image_mask = (input_ids == mllm.config.image_token_id).unsqueeze(-1)
+        if int(image_mask.sum()) != image_embeds.shape[0]:
+            raise ValueError(f"{int(image_mask.sum())} image tokens in the prompt but {image_embeds.shape[0]} image features")
+        embeds = embeds.masked_scatter(image_mask.expand_as(embeds), image_embeds)
+    return embeds
+
+
+def mrope_positions(mllm, ctx: "ContextInputs", extra: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """M-RoPE positions (3, B, L+extra) for prompt + completion + `extra` text tokens, and the full mask —
+    the positions generation used for every valid token."""
+    b = ctx.input_ids.shape[0]
+    device = ctx.input_ids.device
+    # Queries are text tokens for M-RoPE: any text id works as a placeholder for the position computation.
+    ids = torch.cat([ctx.input_ids, ctx.input_ids.new_zeros(b, extra)], dim=1)
+    types = torch.cat([ctx.mm_token_type_ids, ctx.mm_token_type_ids.new_zeros(b, extra)], dim=1)
+    mask = torch.cat([ctx.attention_mask, ctx.attention_mask.new_ones(b, extra)], dim=1)
+    pos, _ = mllm.model.get_rope_index(ids, mm_token_type_ids=types, image_grid_thw=ctx.image_grid_thw, attention_mask=mask)
+    return pos.to(device), mask
+
+
 @dataclass
 class ContextInputs:
     """Everything the context pass needs about prompt + completion (L = P + T)."""
@@ -91,30 +117,10 @@ class LensModel(nn.Module):
         return self.mllm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
 
     def _embed(self, input_ids: torch.Tensor, image_outputs) -> torch.Tensor:
-        """Token embeddings with the image features scattered into the image placeholder tokens."""
-        embeds = self.mllm.get_input_embeddings()(input_ids)
-        if image_outputs is not None:
-            image_embeds = torch.cat(list(image_outputs.pooler_output), dim=0).to(embeds)
-            image_mask = (input_ids == self.mllm.config.image_token_id).unsqueeze(-1)
-            if int(image_mask.sum()) != image_embeds.shape[0]:
-                raise ValueError(
-                    f"{int(image_mask.sum())} image tokens in the prompt but {image_embeds.shape[0]} image features"
-                )
-            embeds = embeds.masked_scatter(image_mask.expand_as(embeds), image_embeds)
-        return embeds
+        return embed_with_images(self.mllm, input_ids, image_outputs)
 
     def mrope_positions(self, ctx: ContextInputs, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """M-RoPE positions (3, B, L+extra) for prompt + completion + `extra` text tokens, and the full mask."""
-        b = ctx.input_ids.shape[0]
-        device = ctx.input_ids.device
-        # Queries are text tokens for M-RoPE: any text id works as a placeholder for the position computation.
-        ids = torch.cat([ctx.input_ids, ctx.input_ids.new_zeros(b, extra)], dim=1)
-        types = torch.cat([ctx.mm_token_type_ids, ctx.mm_token_type_ids.new_zeros(b, extra)], dim=1)
-        mask = torch.cat([ctx.attention_mask, ctx.attention_mask.new_ones(b, extra)], dim=1)
-        pos, _ = self.mllm.model.get_rope_index(
-            ids, mm_token_type_ids=types, image_grid_thw=ctx.image_grid_thw, attention_mask=mask
-        )
-        return pos.to(device), mask
+        return mrope_positions(self.mllm, ctx, extra)
 
     def query_states_full(self, ctx: ContextInputs, image_outputs, positions: str) -> torch.Tensor:
         """One LLM pass over prompt + completion + queries -> (B, N, hidden) last-layer query states.

@@ -52,6 +52,13 @@ def box_from_answer(text: str, answer_format: str, mllm_hw: tuple[int, int], ima
     return box, (None if box is not None else "box lies outside the image"), parsed.format_ok
 
 
+def special_token_ids(tok) -> tuple[int, list[int]]:
+    """(padding id, end-of-answer ids) of a Qwen tokenizer: generation stops at <|im_end|> or <|endoftext|>."""
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
+    eos = sorted({tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")} - {None, tok.unk_token_id})
+    return pad, eos
+
+
 def build_chat(processor, prompt_config, question_text: str) -> str:
     """System + user turn (image, templated question) + the assistant header, as the released models saw it."""
     question = prompt_config.question_template.format(question=question_text)
@@ -117,9 +124,7 @@ class LensPipeline:
         self.processor.tokenizer.padding_side = "left"
         self.max_new_tokens = max_new_tokens
         self.max_prompt_tokens = max_prompt_tokens
-        tok = processor.tokenizer
-        self.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
-        self.eos_token_ids = sorted({tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")} - {None, tok.unk_token_id})
+        self.pad_token_id, self.eos_token_ids = special_token_ids(processor.tokenizer)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str = "auto", dtype: str = "auto",

@@ -7,7 +7,6 @@ import torch
 
 from lens_model.checkpoint import load_model, load_sam2_checkpoint, resolve_model_dir, state_dict_for_saving
 from lens_model.errors import CheckpointError
-from lens_model.modeling import LensModel
 from lens_model.sam import build_sam
 from lens_model.tiny import make_tiny, tiny_lens_config
 

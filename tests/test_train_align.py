@@ -181,3 +181,14 @@ def test_help_lists_the_launch_modes(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "--resume" in text and "key=value" in text and "torchrun" in text
+
+
+def test_plot_run_draws_the_curves(zero3_run, tmp_path, capsys):
+    from PIL import Image
+
+    out, _ = zero3_run
+    assert lens_main(["plot-run", str(out), "--out", str(tmp_path / "c.png")]) == 0
+    picture = Image.open(tmp_path / "c.png")
+    assert picture.size == (1040, 300)  # two panels: train loss, validation
+    assert lens_main(["plot-run", str(tmp_path / "missing")]) == 1
+    assert "metrics.jsonl not found" in capsys.readouterr().err

@@ -15,7 +15,6 @@ checkpoints/step-*/ (DeepSpeed state + model/ for `lens segment`), final/ (the t
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -27,15 +26,14 @@ import numpy as np
 import torch
 
 from lens_model.config import LensConfig, SamConfig
-from lens_model.errors import LensError
 from lens_model.metrics import SplitMetrics, score_sample
 from lens_model.sam import upsample_logits
 
 from .config import AlignConfig, dump_config, derive_batch, load_config, lr_at, total_steps
 from .data import AlignExamples, Collator, Schedule, load_mixture
-from .engine import (RUN_FILE, MetricLog, Throughput, TrainingError, all_mean, all_sum, barrier, check_compatible,
-                     deepspeed_config, init_distributed, resolve_precision, resolve_resume,
-                     save_checkpoint)
+from .engine import (MetricLog, Throughput, TrainingError, all_mean, all_sum, barrier, start_run,
+                     deepspeed_config, init_distributed, resolve_precision,
+                     save_checkpoint, stage_main)
 from .losses import mask_loss
 from .plots import plot_curves
 
@@ -150,27 +148,8 @@ def validate(engine, val_set: AlignExamples | None, collate, cfg: AlignConfig, r
 
 
 # ---------------------------------------------------------------------------- main
-def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m training.align", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Defaults follow paper Table A1; see training/configs/align.yaml.")
-    parser.add_argument("--config", type=Path, help="YAML run config (default: the dataclass defaults)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=1e-4 datasets.0.root=/data")
-    parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
-                        help="continue from OUT/checkpoints/latest, or from the given checkpoints/step-* directory")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)  # deepspeed launcher
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
-    return parser.parse_args(argv)
-
-
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return train(args)
-    except LensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return stage_main(argv, "python -m training.align", __doc__, "training/configs/align.yaml", "lr=1e-4 datasets.0.root=/data", train)
 
 
 def train(args) -> int:
@@ -198,14 +177,8 @@ def train(args) -> int:
     run_info = {"model_signature": model_signature(model), "trainable": sorted(cfg.trainable),
                 "init": {"init_from": cfg.init_from} if cfg.init_from else
                 {"base_mllm": cfg.base_mllm, "sam_checkpoint": cfg.sam_checkpoint}}
-    start_step, resume_from = 0, None
-    if args.resume:
-        resume_root, tag = resolve_resume(args.resume, out)
-        start_step = check_compatible(resume_root / tag / RUN_FILE, run_info)
-        resume_from = (resume_root, tag)
+    start_step, resume_from = start_run(args.resume, out, run_info, dump_config(cfg), rank)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_config(cfg))
         frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
         log.info("training %s (%s trainable parameters), %s frozen; %d ranks × %d per device × %d accumulation = "
                  "global batch %d; %d samples, %d steps%s", ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()),

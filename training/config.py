@@ -539,7 +539,115 @@ class AlignConfig:
                  f"expected two values in [0, 1), got {self.adam_betas!r}")
 
 
+# --------------------------------------------------------------------------------------------------------
+# Stage 2
+ROLLOUT_BACKENDS = ("generate", "vllm")
+LOSS_AGGREGATIONS = ("sequence", "token", "constant")
+
+
+def _grpo_trainable() -> list[str]:
+    return ["mllm", "context", "sam_decoder", "sam_prompt_encoder"]
+
+
+def _default_reward_weights() -> dict[str, float]:
+    return {"format": 1.0, "box_iou": 1.0, "segment_iou": 1.0}
+
+
+@dataclass
+class GRPOConfig:
+    """Stage 2 (GRPO, paper Table A2): sample G answers per prompt, reward format + box IoU² + mask IoU²,
+    policy-gradient the MLLM and train the context module and SAM2 decoder with the mask loss."""
+
+    # model: a stage-1 (or released) LENS checkpoint; the reference policy defaults to the same weights
+    init_from: str = "runs/align/final"
+    reference: str | None = None
+    context_pass: str | None = None  # null: the checkpoint's own mode
+    answer_format: str | None = None  # null: the checkpoint's own prompt format
+    trainable: list[str] = field(default_factory=_grpo_trainable)
+    # data
+    datasets: list[DatasetSpec] = field(default_factory=_refcoco_train)
+    val_dataset: DatasetSpec | None = None
+    val_samples: int = 200
+    max_prompt_length: int = 2048
+    max_completion_length: int = 768
+    num_workers: int = 2
+    # rollouts
+    num_generations: int = 8  # G completions per prompt (Table A2)
+    temperature: float = 0.9
+    top_p: float = 0.9
+    top_k: int = 50
+    rollout_backend: str = "generate"  # generate (in-process, KV cache) | vllm (GPU servers)
+    vllm_gpu_memory_utilization: float = 0.3
+    # rewards and objective
+    reward_weights: dict[str, float] = field(default_factory=_default_reward_weights)
+    beta: float = 0.04  # KL weight (k3 estimator) to the reference policy
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None  # null: = clip_eps
+    loss_aggregation: str = "sequence"  # sequence (GRPO) | token (DAPO) | constant (Dr.GRPO)
+    advantage_eps: float = 1e-4
+    scale_advantages: bool = True  # divide by the group std (False: Dr.GRPO)
+    num_iterations: int = 1  # policy updates per rollout (1: ratio = 1, as released)
+    seg_loss_weight: float = 1.0
+    dice_weight: float = 1.0
+    pixel_loss: str = "bce"
+    pixel_weight: float = 1.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    # optimisation: global batch counts prompts (each brings G completions)
+    global_batch_size: int = 64
+    per_device_batch_size: int | None = None
+    epochs: float = 16.0
+    max_steps: int | None = None
+    lr: float = 3e-6
+    min_lr_ratio: float = 0.0
+    warmup_steps: int = 0
+    lr_scheduler: str = "linear"
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    seed: int = 42
+    # engine
+    zero_stage: int = 2
+    precision: str = "auto"
+    gradient_checkpointing: bool = True
+    # bookkeeping
+    output_dir: str = "runs/grpo"
+    log_every: int = 1
+    save_every: int = 200
+    keep_last: int = 2
+    eval_every: int = 200
+
+    def __post_init__(self):
+        if self.context_pass is not None:
+            _choice(self.context_pass, "context_pass", CONTEXT_PASS_MODES)
+        if self.answer_format is not None:
+            _choice(self.answer_format, "answer_format", ("grounding", "think_answer"))
+        _require(len(self.trainable) > 0, "trainable", f"expected at least one of {', '.join(TRAINABLE_PARTS)}")
+        for part in self.trainable:
+            _choice(part, "trainable", TRAINABLE_PARTS)
+        _require(len(self.datasets) > 0, "datasets", "expected at least one dataset")
+        _choice(self.rollout_backend, "rollout_backend", ROLLOUT_BACKENDS)
+        _choice(self.loss_aggregation, "loss_aggregation", LOSS_AGGREGATIONS)
+        _choice(self.pixel_loss, "pixel_loss", PIXEL_LOSSES)
+        _choice(self.lr_scheduler, "lr_scheduler", LR_SCHEDULERS)
+        _choice(self.precision, "precision", PRECISIONS)
+        _choice(self.zero_stage, "zero_stage", (0, 1, 2, 3))
+        _positive(self, "num_generations", "max_prompt_length", "max_completion_length", "temperature",
+                  "global_batch_size", "epochs", "lr", "log_every", "save_every", "keep_last", "eval_every",
+                  "num_iterations", "advantage_eps")
+        _positive(self, "per_device_batch_size", "max_steps", allow_none=True)
+        _non_negative(self, "val_samples", "num_workers", "warmup_steps", "weight_decay", "grad_clip", "seed",
+                      "beta", "clip_eps", "seg_loss_weight", "dice_weight", "pixel_weight", "focal_gamma", "top_k")
+        _require(0.0 < self.top_p <= 1.0, "top_p", f"expected in (0, 1], got {self.top_p!r}")
+        _require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"expected 0..1, got {self.min_lr_ratio!r}")
+        _require(self.num_generations >= 2, "num_generations",
+                 f"GRPO compares completions within a group: expected >= 2, got {self.num_generations}")
+        _require(self.reward_weights != {}, "reward_weights", "expected at least one reward")
+        _require(0.0 < self.vllm_gpu_memory_utilization < 1.0, "vllm_gpu_memory_utilization",
+                 f"expected in (0, 1), got {self.vllm_gpu_memory_utilization!r}")
+
+
 __all__ = [
-    "AlignConfig", "ConfigError", "DatasetSpec", "LR_SCHEDULERS", "PIXEL_LOSSES", "PRECISIONS", "TRAINABLE_PARTS",
+    "AlignConfig", "ConfigError", "DatasetSpec", "GRPOConfig", "LOSS_AGGREGATIONS", "ROLLOUT_BACKENDS", "LR_SCHEDULERS", "PIXEL_LOSSES", "PRECISIONS", "TRAINABLE_PARTS",
     "derive_batch", "dump_config", "load_config", "lr_at", "total_steps",
 ]

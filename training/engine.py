@@ -5,11 +5,13 @@ DS_ACCELERATOR=cpu: DeepSpeed then runs ZeRO over the gloo backend (tests, CI).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,30 +109,55 @@ def barrier(world: int) -> None:
         dist.barrier()
 
 
+# ---------------------------------------------------------------------------- command line
+def stage_main(argv, prog: str, doc: str, recipe: str, example_override: str, train) -> int:
+    """The shared `python -m training.<stage>` front end: parse, set up logging, run `train(args)`, and turn
+    LensError (bad config, data, checkpoint) into one `error:` line and exit status 1."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=f"Defaults follow the paper; see {recipe}.")
+    parser.add_argument("--config", type=Path, help="YAML run config (default: the dataclass defaults)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {example_override}")
+    parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
+                        help="continue from OUT/checkpoints/latest, or from the given checkpoints/step-* directory")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)  # deepspeed launcher
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return train(args)
+    except LensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 # ---------------------------------------------------------------------------- checkpoints
 def step_tag(step: int) -> str:
     return f"step-{step:07d}"
 
 
-def full_state_dict(engine, zero_stage: int) -> dict[str, torch.Tensor] | None:
-    """LensModel state dict gathered from all ranks (a collective under ZeRO-3: every rank must call it);
-    the full dict on rank 0, None elsewhere under ZeRO-3."""
-    if zero_stage == 3:
-        return engine._zero3_consolidated_16bit_state_dict()
-    return {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}
+def full_state_dict(engine, zero_stage: int, prefix: str = "") -> dict[str, torch.Tensor] | None:
+    """The engine module's state dict gathered from all ranks (a collective under ZeRO-3: every rank must call
+    it), keys under `prefix` only, with the prefix removed; the full dict on rank 0, None elsewhere under ZeRO-3."""
+    state = (engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3
+             else {k: v.detach().cpu() for k, v in engine.module.state_dict().items()})
+    if state is None:
+        return None
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def save_checkpoint(engine, out_dir: Path, step: int, run_info: dict, processor, rank: int, zero_stage: int,
-                    keep_last: int) -> Path:
-    """DeepSpeed state for --resume + the model exported with save_pretrained (loadable by `lens segment`)."""
+                    keep_last: int, lens_attr: str | None = None) -> Path:
+    """DeepSpeed state for --resume + the model exported with save_pretrained (loadable by `lens segment`).
+    `lens_attr`: where the LensModel sits inside the engine module (None: it is the module)."""
     ckpt_root = out_dir / "checkpoints"
     tag = step_tag(step)
     # frozen weights (the MLLM and SAM2 in stage 1) come back from the run's init on resume: not saved again
     engine.save_checkpoint(str(ckpt_root), tag=tag, client_state={"step": step}, exclude_frozen_parameters=True)
-    state = full_state_dict(engine, zero_stage)
+    state = full_state_dict(engine, zero_stage, prefix=f"{lens_attr}." if lens_attr else "")
+    lens = getattr(engine.module, lens_attr) if lens_attr else engine.module
     path = ckpt_root / tag
     if rank == 0:
-        save_model(engine.module, path / "model", processor=processor, state=state)
+        save_model(lens, path / "model", processor=processor, state=state)
         (path / RUN_FILE).write_text(json.dumps({**run_info, "step": step}, indent=2, sort_keys=True))
         _prune(ckpt_root, keep_last)
     barrier(int(os.environ.get("WORLD_SIZE", "1")))
@@ -159,6 +186,19 @@ def resolve_resume(resume: str, out_dir: Path) -> tuple[Path, str]:
         raise CheckpointError(f"--resume {path}: not a training checkpoint (no {RUN_FILE}); "
                               f"pass a directory like {out_dir / 'checkpoints' / step_tag(500)}")
     return path.parent, path.name
+
+
+def start_run(resume: str | None, out_dir: Path, run_info: dict, config_text: str, rank: int):
+    """Check a --resume target against this run, write OUT/config.yaml -> (first step, (root, tag) or None)."""
+    start_step, resume_from = 0, None
+    if resume:
+        root, tag = resolve_resume(resume, out_dir)
+        start_step = check_compatible(root / tag / RUN_FILE, run_info)
+        resume_from = (root, tag)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(config_text)
+    return start_step, resume_from
 
 
 def check_compatible(run_file: Path, run_info: dict) -> int:

@@ -1,0 +1,84 @@
+"""Stage-2 forward passes with autograd: completion log-probs under the sampling positions, mask logits.
+
+`PolicyModel` is the module DeepSpeed wraps in stage 2 (so ZeRO-3 gathers weights inside its forward);
+`sequence_logprobs` also serves the frozen reference policy, which is a bare Qwen-VL model.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lens_model.modeling import ContextInputs, LensModel, embed_with_images, mrope_positions
+from lens_model.sam import SamImageFeatures
+
+
+def token_logprobs(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """hidden (B, T, H) states *before* each target token, targets (B, T) -> (B, T) float32 log p(target).
+
+    Logits are divided by the sampling temperature (the distribution the tokens were drawn from, as TRL does)
+    and computed one row at a time so the (T, vocab) float32 block exists for one row only.
+    """
+    rows = []
+    for h, t in zip(hidden, targets):
+        logits = lm_head(h).float() / temperature  # (T, V)
+        rows.append(logits.log_softmax(-1).gather(-1, t.unsqueeze(-1)).squeeze(-1))
+    return torch.stack(rows)
+
+
+def image_features_per_row(mllm, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, rows: torch.Tensor):
+    """Vision encoder once per image, its output repeated (shared tensors) for every row of that image."""
+    outputs = mllm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+    per_image = tuple(outputs.pooler_output)
+    outputs.pooler_output = tuple(per_image[i] for i in rows.tolist())
+    return outputs
+
+
+def sequence_logprobs(mllm, ctx: ContextInputs, image_outputs, prompt_length: int, temperature: float,
+                      extra_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (B, T) of the completion tokens of prompt + completion under the M-RoPE positions generation
+    used. `extra_embeds` (B, N, hidden) are appended after the sequence (the context queries of a `cached`
+    model, which continue the same positions); their last-layer states are returned too (else None)."""
+    embeds = embed_with_images(mllm, ctx.input_ids, image_outputs)
+    n = 0 if extra_embeds is None else extra_embeds.shape[1]
+    if n:
+        embeds = torch.cat([embeds, extra_embeds.to(embeds.dtype)], dim=1)
+    pos, mask = mrope_positions(mllm, ctx, n)
+    hidden = mllm.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
+                                       use_cache=False).last_hidden_state
+    length = ctx.input_ids.shape[1]
+    # the state at position i predicts token i + 1: completion tokens P..L-1 come from states P-1..L-2
+    logp = token_logprobs(mllm.lm_head, hidden[:, prompt_length - 1:length - 1], ctx.input_ids[:, prompt_length:],
+                          temperature)
+    return logp, (hidden[:, length:] if n else None)
+
+
+class PolicyModel(nn.Module):
+    """LENS as a policy: one forward gives the completion log-probs (for the GRPO term) and the mask logits of
+    each completion's context pass (for the segmentation loss), both with autograd."""
+
+    def __init__(self, lens: LensModel) -> None:
+        super().__init__()
+        self.lens = lens
+
+    def forward(self, sequences: torch.Tensor, attention_mask: torch.Tensor, mm_token_type_ids: torch.Tensor,
+                pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, rows: torch.Tensor, prompt_length: int,
+                sam_features: SamImageFeatures, context_pass: str, temperature: float,
+                vision_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """sequences (K·G, P+T) with `rows` (K·G,) naming each row's image among the K in pixel_values /
+        image_grid_thw (K, 3) and sam_features (K images, frozen encoder) -> log-probs (K·G, T) float32 and
+        low-res mask logits (K·G, 1, S/4, S/4)."""
+        lens = self.lens
+        ctx = ContextInputs(sequences, attention_mask, mm_token_type_ids, image_grid_thw[rows])
+        with torch.set_grad_enabled(vision_grad and torch.is_grad_enabled()):
+            image_outputs = image_features_per_row(lens.mllm, pixel_values.to(lens.dtype), image_grid_thw, rows)
+        if context_pass == "cached":  # queries continue the sampling positions: one pass gives both
+            queries = lens.context.query_embeds(sequences.shape[0], lens.dtype)
+            logp, states = sequence_logprobs(lens.mllm, ctx, image_outputs, prompt_length, temperature, queries)
+        else:  # released checkpoints: log-probs under M-RoPE (as sampled), query states under 1-D positions
+            logp, _ = sequence_logprobs(lens.mllm, ctx, image_outputs, prompt_length, temperature)
+            states = lens.query_states_full(ctx, image_outputs, positions="1d")
+        low_res, _ = lens.masks_from_query_states(states, sam_features.select(rows))
+        return logp, low_res
+
+    def external_parameters(self) -> list[nn.Parameter]:
+        return self.lens.external_parameters()
