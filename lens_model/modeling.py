@@ -46,13 +46,17 @@ def positions_1d(attention_mask: torch.Tensor) -> torch.Tensor:
     return pos.unsqueeze(0).expand(3, -1, -1)
 
 
-def embed_with_images(mllm, input_ids: torch.Tensor, image_outputs) -> torch.Tensor:
+def embed_with_images(mllm, input_ids: torch.Tensor, image_outputs,
+                      mm_token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
     """(B, L) ids -> (B, L, hidden) token embeddings with the image features (one entry of
-    `image_outputs.pooler_output` per row) scattered into the image placeholder tokens."""
+    `image_outputs.pooler_output` per row) scattered into the image placeholder tokens. With
+    `mm_token_type_ids` only the prompt's image slots (type 1) are filled: a sampled completion may itself
+    contain the image-pad token id, which is then just a token."""
     embeds = mllm.get_input_embeddings()(input_ids)
     if image_outputs is not None:
         image_embeds = torch.cat(list(image_outputs.pooler_output), dim=0).to(embeds)
-        image_mask = (input_ids == mllm.config.image_token_id).unsqueeze(-1)
+        slots = (input_ids == mllm.config.image_token_id) if mm_token_type_ids is None else (mm_token_type_ids == 1)
+        image_mask = slots.unsqueeze(-1)
         if int(image_mask.sum()) != image_embeds.shape[0]:
             raise ValueError(f"{int(image_mask.sum())} image tokens in the prompt but {image_embeds.shape[0]} image features")
         embeds = embeds.masked_scatter(image_mask.expand_as(embeds), image_embeds)
@@ -116,8 +120,8 @@ class LensModel(nn.Module):
         """Run the MLLM vision encoder once; the result feeds generation and the context pass."""
         return self.mllm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
 
-    def _embed(self, input_ids: torch.Tensor, image_outputs) -> torch.Tensor:
-        return embed_with_images(self.mllm, input_ids, image_outputs)
+    def _embed(self, input_ids: torch.Tensor, image_outputs, mm_token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return embed_with_images(self.mllm, input_ids, image_outputs, mm_token_type_ids)
 
     def mrope_positions(self, ctx: ContextInputs, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
         return mrope_positions(self.mllm, ctx, extra)
@@ -129,7 +133,7 @@ class LensModel(nn.Module):
         The vision encoder is not run: `image_outputs` come from `encode_mllm_images`.
         """
         n = self.context.num_queries
-        embeds = self._embed(ctx.input_ids, image_outputs)
+        embeds = self._embed(ctx.input_ids, image_outputs, ctx.mm_token_type_ids)
         embeds = torch.cat([embeds, self.context.query_embeds(embeds.shape[0], embeds.dtype)], dim=1)
         if positions == "mrope":
             pos, mask = self.mrope_positions(ctx, n)
@@ -160,7 +164,7 @@ class LensModel(nn.Module):
         length = ctx.input_ids.shape[1]
         lm = self.mllm.model.language_model
         with torch.no_grad():
-            prefix = lm(inputs_embeds=self._embed(ctx.input_ids, image_outputs), attention_mask=mask[:, :length],
+            prefix = lm(inputs_embeds=self._embed(ctx.input_ids, image_outputs, ctx.mm_token_type_ids), attention_mask=mask[:, :length],
                         position_ids=pos[:, :, :length], use_cache=True)
         queries = self.context.query_embeds(b, self.dtype)
         out = lm(inputs_embeds=queries, attention_mask=mask, position_ids=pos[:, :, length:], cache=prefix.cache,

@@ -31,7 +31,7 @@ from lens_model.sam import upsample_logits
 
 from .config import AlignConfig, dump_config, derive_batch, load_config, lr_at, total_steps
 from .data import AlignExamples, Collator, Schedule, load_mixture
-from .engine import (MetricLog, Throughput, TrainingError, all_mean, all_sum, barrier, start_run,
+from .engine import (MetricLog, enable_activation_checkpointing, Throughput, TrainingError, all_mean, all_sum, barrier, start_run,
                      deepspeed_config, init_distributed, resolve_precision,
                      save_checkpoint, stage_main)
 from .losses import mask_loss
@@ -172,7 +172,7 @@ def train(args) -> int:
     counts = freeze_all_but(model, cfg.trainable)
     mllm_grad = "mllm" in cfg.trainable
     if mllm_grad and cfg.gradient_checkpointing:
-        model.mllm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model.mllm)
     model.to(device)
     run_info = {"model_signature": model_signature(model), "trainable": sorted(cfg.trainable),
                 "init": {"init_from": cfg.init_from} if cfg.init_from else

@@ -61,6 +61,15 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank, world, local_rank, torch.device(f"cuda:{local_rank}" if cuda else "cpu"))
 
 
+def enable_activation_checkpointing(mllm) -> None:
+    """Recompute each decoder layer in backward instead of storing its activations (non-reentrant, so frozen
+    inputs and partially trainable models work)."""
+    if hasattr(mllm, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        mllm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        mllm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -37,7 +37,7 @@ from lens_model.pipeline import special_token_ids
 from .align import freeze_all_but, model_signature
 from .config import GRPOConfig, derive_batch, dump_config, load_config, lr_at, total_steps
 from .data import Schedule, load_mixture
-from .engine import (MetricLog, Throughput, TrainingError, all_mean, all_sum, barrier, start_run,
+from .engine import (MetricLog, enable_activation_checkpointing, Throughput, TrainingError, all_mean, all_sum, barrier, start_run,
                      deepspeed_config, init_distributed, resolve_precision, save_checkpoint,
                      stage_main)
 from .grpo_loss import group_advantages, grpo_loss
@@ -181,7 +181,7 @@ def train(args) -> int:
     lens.sam.image_encoder.requires_grad_(False)  # never trained: its embeddings come from the rollout
     mllm_trained = "mllm" in cfg.trainable
     if mllm_trained and cfg.gradient_checkpointing:
-        lens.mllm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(lens.mllm)
     lens.to(device)
     model = PolicyModel(lens)
     run_info = {"model_signature": model_signature(lens), "trainable": sorted(cfg.trainable),

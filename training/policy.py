@@ -38,7 +38,7 @@ def sequence_logprobs(mllm, ctx: ContextInputs, image_outputs, prompt_length: in
     """Log-probs (B, T) of the completion tokens of prompt + completion under the M-RoPE positions generation
     used. `extra_embeds` (B, N, hidden) are appended after the sequence (the context queries of a `cached`
     model, which continue the same positions); their last-layer states are returned too (else None)."""
-    embeds = embed_with_images(mllm, ctx.input_ids, image_outputs)
+    embeds = embed_with_images(mllm, ctx.input_ids, image_outputs, ctx.mm_token_type_ids)
     n = 0 if extra_embeds is None else extra_embeds.shape[1]
     if n:
         embeds = torch.cat([embeds, extra_embeds.to(embeds.dtype)], dim=1)
