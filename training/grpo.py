@@ -243,6 +243,8 @@ def train(args) -> int:
         # Sampling randomness is a function of (seed, step, rank): a resumed run draws the same answers.
         torch.manual_seed(cfg.seed * 1_000_003 + step * world + rank)
         step_lr = scheduler.get_last_lr()[0]
+        if vllm_rollouts is not None:
+            vllm_rollouts.policy_version = step  # weights change once per step: sync them into vLLM once
         timings = {"generate": 0.0, "context_sam": 0.0, "rewards": 0.0, "train": 0.0}
         items: list[ScoredRollout | None] = []
         for _ in range(accum):  # ---- rollouts of every micro-batch of this step
