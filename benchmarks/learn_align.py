@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -60,23 +58,11 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="keep data, checkpoints and curves here (default: a temp dir)")
     args = parser.parse_args()
 
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
-    torch.set_num_threads(args.threads)
+    from _setup import prepare
     from lens_model.data import load_dataset
-    from lens_model.data.synthetic import make_synthetic
-    from lens_model.tiny import make_tiny
     from training.align import main as align_main
 
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="learn_align-"))
-    scenes = work / "scenes"
-    if not (scenes / "synthetic" / "refs(unc).p").exists():
-        make_synthetic(scenes, n_images=args.train_images, seed=0, image_size=args.image_size)
-    init = work / "init"
-    if not (init / "config.json").exists():
-        make_tiny(init, seed=0, context_pass="official")
+    work, scenes, init = prepare(args.workdir, "learn_align-", args.train_images, 0, args.image_size, args.threads)
     val_records = load_dataset("synthetic", scenes, "val")[:args.val_samples]
     reference = baselines(val_records)
     trainable = [p for p in args.trainable.split(",") if p]

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,23 +37,11 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="keep data, checkpoints and curves here (default: a temp dir)")
     args = parser.parse_args()
 
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
-    torch.set_num_threads(args.threads)
-    from lens_model.data.synthetic import make_synthetic
-    from lens_model.tiny import make_tiny
+    from _setup import prepare
     from training.align import main as align_main
     from training.grpo import main as grpo_main
 
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="learn_grpo-"))
-    scenes = work / "scenes"
-    if not (scenes / "synthetic" / "refs(unc).p").exists():
-        make_synthetic(scenes, n_images=args.images, seed=1, image_size=128)
-    init = work / "init"
-    if not (init / "config.json").exists():
-        make_tiny(init, seed=0, context_pass="official")
+    work, scenes, init = prepare(args.workdir, "learn_grpo-", args.images, 1, 128, args.threads)
     data = f"datasets=[{{name: synthetic, root: {scenes}}}]"
     stage1 = work / "align"
     start = time.perf_counter()

@@ -110,6 +110,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def answer_masks(model: LensModel, states: torch.Tensor, prompts: PromptBatch,
+                 rows: torch.Tensor) -> tuple[list[np.ndarray], SamImageFeatures]:
+    """Query states (K·G, N, hidden) -> each answer's mask at its image's original size, and the SAM2 features
+    of the K images (the image encoder runs once per image; rows select their image's features)."""
+    features = model.encode_sam_images(prompts.sam_images.to(model.device))
+    low_res, _ = model.masks_from_query_states(states, features.select(rows))
+    masks = [(upsample_logits(low_res[r:r + 1], prompts.gt_masks[i].shape)[0] > 0).cpu().numpy()
+             for r, i in enumerate(rows.tolist())]
+    return masks, features
+
+
 @torch.no_grad()
 def generate_rollouts(model: LensModel, processor, prompts: PromptBatch, group_size: int, max_new_tokens: int,
                       temperature: float, top_p: float, top_k: int, eos_token_ids: list[int], pad_token_id: int,
@@ -146,10 +157,7 @@ def generate_rollouts(model: LensModel, processor, prompts: PromptBatch, group_s
         states = model.query_states_cached(ctx, gen.cache)
     else:
         states = model.query_states_full(ctx, image_outputs, positions="1d")
-    features = model.encode_sam_images(prompts.sam_images.to(device))
-    low_res, _ = model.masks_from_query_states(states, features.select(rows))
-    masks = [(upsample_logits(low_res[r:r + 1], prompts.gt_masks[i].shape)[0] > 0).cpu().numpy()
-             for r, i in enumerate(rows.tolist())]
+    masks, features = answer_masks(model, states, prompts, rows)
     _sync(device)
     times["context_sam"] = time.perf_counter() - start
     drop = {pad_token_id, *eos_token_ids}

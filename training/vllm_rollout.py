@@ -51,9 +51,9 @@ from lens_model.errors import LensError
 from lens_model.image_io import load_image
 from lens_model.modeling import MLLM_CLASSES, ContextInputs, LensModel, completion_mask
 from lens_model.pipeline import build_chat, mllm_image, special_token_ids
-from lens_model.sam import SamImageFeatures, upsample_logits
+from lens_model.sam import SamImageFeatures
 
-from .rollout import PromptBatch, Rollout
+from .rollout import PromptBatch, Rollout, answer_masks
 
 log = logging.getLogger("training.vllm_rollout")
 
@@ -129,10 +129,7 @@ def rollout_from_completions(lens: LensModel, processor, prompts: PromptBatch, c
     per_image = tuple(image_outputs.pooler_output)
     image_outputs.pooler_output = tuple(per_image[i] for i in rows.tolist())
     states = lens.query_states_full(ctx, image_outputs, positions="1d" if context_pass == "official" else "mrope")
-    features = lens.encode_sam_images(prompts.sam_images.to(device))
-    low_res, _ = lens.masks_from_query_states(states, features.select(rows))
-    masks = [(upsample_logits(low_res[r:r + 1], prompts.gt_masks[i].shape)[0] > 0).cpu().numpy()
-             for r, i in enumerate(rows.tolist())]
+    masks, features = answer_masks(lens, states, prompts, rows)
     _sync_device(device)
     times["context_sam"] = time.perf_counter() - start
     drop = {pad_token_id, *eos_token_ids}
