@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -65,14 +66,23 @@ def distinct_images(records, k: int):
 
 
 def main() -> int:
+    args = parse_args()
+    work = Path(tempfile.mkdtemp(prefix="grpo_step-"))
+    try:
+        return run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=4, help="K prompts (images) per micro-batch (default 4)")
     parser.add_argument("--generations", type=int, default=8, help="G completions per prompt (default 8, as the paper)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="completion length cap (default 32)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps (default 3); medians are printed")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps (default 5); medians are printed")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
-    parser.add_argument("--loop-repeats", type=int, default=1,
-                        help="timed runs of the per-sample loop (default 1; 0 skips the comparison)")
+    parser.add_argument("--loop-repeats", type=int, default=2,
+                        help="timed runs of the per-sample loop (default 2; 0 skips the comparison)")
     parser.add_argument("--context-pass", default="cached", choices=["official", "cached"],
                         help="the model's context pass (default cached)")
     parser.add_argument("--hidden", type=int, default=256, help="LLM hidden size (default 256)")
@@ -91,11 +101,16 @@ def main() -> int:
         parser.error("--generations must be >= 2 (GRPO compares completions within a group)")
     if min(args.prompts, args.max_new_tokens, args.repeats) < 1:
         parser.error("--prompts, --max-new-tokens and --repeats must be >= 1")
+    return args
+
+
+def run(args: argparse.Namespace, work: Path) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import numpy as np
     import torch
+    import transformers
 
     from lens_model.checkpoint import load_model
     from lens_model.data import load_dataset
@@ -109,6 +124,7 @@ def main() -> int:
     from training.rewards import DEFAULT_REWARD_WEIGHTS, score
     from training.rollout import generate_rollouts, prepare_prompts, sequential_rollouts
 
+    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars between the figures
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -117,7 +133,6 @@ def main() -> int:
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     G = args.generations
 
-    work = Path(tempfile.mkdtemp(prefix="grpo_step-"))
     build_model(work / "model", args)
     make_synthetic(work / "scenes", n_images=max(2 * args.prompts, 10), seed=args.seed, image_size=args.image_size)
     records = distinct_images(load_dataset("synthetic", work / "scenes", "train"), args.prompts)
@@ -202,18 +217,26 @@ def main() -> int:
     times = {name: statistics.median(r[0][name] for r in runs) for name in runs[0][0]}
     info = runs[-1][1]
 
-    loop_times, loop_lengths, loop_ended = [], [], 0
+    # Batched rollout and per-sample loop back to back, pair by pair, so that a load change on the machine hits
+    # both alike; same prompts, same model (the weights the timed steps left).
+    batched_times, loop_times, loop_lengths, loop_ended, batched_lengths, batched_ended = [], [], [], 0, [], 0
     if args.loop_repeats > 0:
         prompts = info["prompts"]
         lens.eval()
         for i in range(args.loop_repeats):
             torch.manual_seed(args.seed + i)
             start = time.perf_counter()
+            ro = generate_rollouts(lens, processor, prompts, G, **sampling)
+            sync()
+            batched_times.append(time.perf_counter() - start)
+            batched_lengths += ro.completion_mask.sum(1).tolist()
+            batched_ended += int((~ro.truncated).sum())
+            start = time.perf_counter()
             outs = sequential_rollouts(lens, processor, prompts, G, **sampling)
             sync()
             loop_times.append(time.perf_counter() - start)
-            loop_lengths = [float(o.completion_mask.sum()) for o in outs]
-            loop_ended = sum(int((~o.truncated).sum()) for o in outs)
+            loop_lengths += [float(o.completion_mask.sum()) for o in outs]
+            loop_ended += sum(int((~o.truncated).sum()) for o in outs)
 
     text = lens.mllm.config.text_config
     n_rows = args.prompts * G
@@ -242,15 +265,17 @@ def main() -> int:
           f"token; reward mean {float(np.mean(info['rewards'])):.3f}; loss {info['loss']:.4f}")
 
     if loop_times:
-        batched = statistics.median(runs[i][0]["rollout/generate"] + runs[i][0]["rollout/context+SAM"]
-                                    for i in range(len(runs)))
-        loop = statistics.median(loop_times)
-        print(f"\nrollout of {n_rows} completions (generate + context pass + SAM2 masks), same prompts and model:")
-        print(f"  per-sample loop: mean completion {np.mean(loop_lengths):.1f} tokens, {loop_ended}/{n_rows} ended "
-              f"with an end token ({len(loop_times)} run{'s' if len(loop_times) > 1 else ''})")
+        batched, loop = statistics.median(batched_times), statistics.median(loop_times)
+        print(f"\nrollout of {n_rows} completions (generate + context pass + SAM2 masks), same prompts and model, "
+              f"{len(loop_times)} back-to-back pair{'s' if len(loop_times) > 1 else ''} (medians):")
+        for name, lengths, ended in (("batched rollout", batched_lengths, batched_ended),
+                                     ("per-sample loop", loop_lengths, loop_ended)):
+            print(f"  {name}: mean completion {np.mean(lengths):.1f} tokens, {ended}/{len(lengths)} ended with an "
+                  f"end token")
         print(f"  batched rollout {batched:.2f} s vs per-sample loop {loop:.2f} s: {loop / batched:.1f}x")
-        print("  note: the untrained tiny model rarely emits an end token, so completions run to --max-new-tokens in "
-              "both modes (a fair comparison; a trained model's shorter, uneven completions change both)")
+        print("  note: the untrained tiny model rarely emits an end token, so completions run (nearly) to "
+              "--max-new-tokens in both modes: a fair comparison. A trained model's answers end early and unevenly;"
+              " the batched generate then runs to its longest row, while the loop stops each row at its own end.")
     return 0
 
 
