@@ -8,7 +8,7 @@ trains the SAM2 mask decoder and prompt encoder and the tiny MLLM by default (--
 encoder stays frozen and random. Validation is teacher-forced like training (the GT answer is in the context),
 so the GT-box mask is the reference a model that only read the box off the answer would reach. Example:
 
-    .venv/bin/python benchmarks/learn_align.py                      # ~15 min on 2 CPU cores
+    .venv/bin/python benchmarks/learn_align.py                      # ~13 min on 2 CPU cores
     .venv/bin/python benchmarks/learn_align.py --steps 100 --eval-every 25 --trainable context   # quick look
 """
 from __future__ import annotations
@@ -45,9 +45,9 @@ def baselines(records) -> dict[str, dict[str, float]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=600, help="optimizer steps (default: 600)")
+    parser.add_argument("--steps", type=int, default=800, help="optimizer steps (default: 800)")
     parser.add_argument("--batch", type=int, default=8, help="global batch (default: 8)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default: 5e-4)")
     parser.add_argument("--eval-every", type=int, default=100, help="validation interval in steps (default: 100)")
     parser.add_argument("--val-samples", type=int, default=100, help="validation samples (default: 100)")
     parser.add_argument("--train-images", type=int, default=400, help="synthetic training scenes (default: 400)")
