@@ -259,7 +259,11 @@ def train(args) -> int:
             if prompts is None:
                 items.append(None)
                 continue
+            # generate in eval mode (activation checkpointing would switch the KV cache off), but keep SAM2's
+            # decoder in train mode so the rewarded masks are the ones the mask loss trains (single-mask token,
+            # no eval-time stability fallback), as in the released training
             engine.eval()
+            lens.sam.sam_mask_decoder.train()
             ro = rollout(prompts)
             engine.train()
             lens.sam.image_encoder.eval()
