@@ -33,7 +33,7 @@ setup(
     license="Apache-2.0",
     packages=find_packages(include=["lens_model*", "training*", "lens_ros*"]),
     data_files=data_files,
-    package_data={"training": ["configs/*.yaml"]},
+    package_data={"training": ["configs/*.yaml"], "lens_model.export": ["data/*.tsv"]},
     python_requires=">=3.10",
     install_requires=[
         # CPU machines: install torch first (see README), an unpinned torch resolves to a multi-GB CUDA build.
@@ -52,11 +52,17 @@ setup(
         "pyyaml>=6",  # training configs
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # the export tests run ONNX Runtime; the ROS tests write and read rosbag2 files with rosbags
+        "test": ["pytest>=8", "onnx>=1.17", "onnxscript>=0.4", "onnxruntime>=1.20", "rosbags>=0.10.9"],
+        # lens bag (rosbag2 in/out without a ROS installation); the node itself uses the ROS 2 Python packages
+        "ros": ["rosbags>=0.10.9"],
+        # lens export (torch's dynamo ONNX exporter needs onnxscript) and --backend onnxruntime. TensorRT is not
+        # listed: it needs a CUDA GPU (pip install tensorrt there; onnxruntime-gpu for onnxruntime on a GPU).
+        "export": ["onnx>=1.17", "onnxscript>=0.4", "onnxruntime>=1.20"],
         # training (python -m training.align / training.grpo); deepspeed builds against the installed torch:
         # install it with --no-build-isolation (scripts/setup_env.sh does)
         "train": ["deepspeed>=0.16", "tensorboard>=2.14", "pyyaml>=6"],
     },
-    entry_points={"console_scripts": ["lens = lens_model.cli:main"]},
+    entry_points={"console_scripts": ["lens = lens_model.cli:main", "lens_node = lens_ros.node:main"]},
     zip_safe=False,
 )

@@ -12,6 +12,9 @@ EXAMPLES = """examples:
   lens make-tiny --out /tmp/lens-tiny
   lens segment --model /tmp/lens-tiny --image assets/sample.jpg --prompt "the astronaut's helmet" --out-overlay overlay.png
   lens segment --image photo.jpg --prompt "the mug left of the laptop" --device cuda   # released OuyBin/LENS weights
+  lens export --model /tmp/lens-tiny --out /tmp/lens-tiny-onnx            # ONNX graphs of SAM2 + context head
+  lens segment --model /tmp/lens-tiny --backend onnxruntime --backend-dir /tmp/lens-tiny-onnx --image ... --prompt ...
+  lens bag --in recording --out recording_lens --image-topic /camera/image_raw --prompt "the red cup" --every 5
 """
 
 
@@ -36,7 +39,61 @@ def _add_segment(sub) -> None:
                    help="override the checkpoint's context-pass mode (released checkpoints need 'official')")
     p.add_argument("--answer-format", choices=["grounding", "think_answer"],
                    help="override the prompt/answer format (think_answer for the CoT checkpoints)")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch",
+                   help="what runs SAM2 + the context head: torch (default), or the graphs/engines that `lens export` "
+                        "wrote to --backend-dir (the MLLM always runs in torch)")
+    p.add_argument("--backend-dir", type=Path, help="export directory for --backend onnxruntime|tensorrt")
     p.set_defaults(func=cmd_segment)
+
+
+def _add_export(sub) -> None:
+    from .checkpoint import DEFAULT_MODEL_ID
+    from .export import DEFAULT_OPSET, SUPPORTED_OPSETS
+
+    p = sub.add_parser("export", help="export SAM2 + context head to ONNX (and TensorRT engines) for per-frame inference",
+                       description="Writes three ONNX graphs (SAM2 image encoder, context head, mask decoder; dynamic "
+                                   "batch) and lens_export.json (names, shapes, normalisation, weights hash, versions) to "
+                                   "--out. --format tensorrt also builds TensorRT engines for this machine's GPU. Run "
+                                   "them with: lens segment --backend onnxruntime|tensorrt --backend-dir OUT")
+    p.add_argument("--model", default=DEFAULT_MODEL_ID, help=f"checkpoint directory or Hub id (default: {DEFAULT_MODEL_ID})")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx",
+                   help="onnx (default), or tensorrt: ONNX plus engines built here (needs a CUDA GPU and tensorrt)")
+    p.add_argument("--fp16", action="store_true",
+                   help="graphs (and engines) that compute in float16, normalisation layers in float32; inputs and "
+                        "outputs stay float32 (for GPUs: TensorRT, or onnxruntime-gpu)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset, one of {list(SUPPORTED_OPSETS)} (default: {DEFAULT_OPSET})")
+    p.add_argument("--image-size", type=int, help="SAM2 input side, a multiple of 32 (default: the model's, 1024 as released)")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="TensorRT: largest batch (images or prompts) per engine call; larger ones run in chunks (default: 8)")
+    p.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace limit in GB (default: 4)")
+    p.add_argument("--overwrite", action="store_true", help="replace the export files in an existing output directory")
+    p.set_defaults(func=cmd_export)
+
+
+def _add_bag(sub) -> None:
+    from .checkpoint import DEFAULT_MODEL_ID
+
+    p = sub.add_parser("bag", help="segment the image topic of a rosbag2 and write masks, detections and reasoning to a new bag",
+                       description="Reads sensor_msgs/Image or CompressedImage from a rosbag2 (mcap or sqlite3; needs the "
+                                   "rosbags package: pip install -e '.[ros]'), segments every N-th frame with the "
+                                   "prompt and writes all input messages plus /lens/mask (Image mono8), /lens/detections "
+                                   "(vision_msgs/Detection2DArray) and /lens/reasoning (String), stamped with the source "
+                                   "image's header, to --out (renamed into place only when complete).")
+    p.add_argument("--in", dest="in_bag", metavar="BAG", type=Path, required=True, help="input rosbag2 (directory, or a .mcap/.db3 file)")
+    p.add_argument("--out", metavar="BAG", type=Path, required=True, help="output rosbag2 directory (must not exist)")
+    p.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic to segment")
+    p.add_argument("--prompt", required=True, help="referring expression or command, e.g. 'the red cup on the left'")
+    p.add_argument("--every", type=int, default=1, help="segment frames 0, N, 2N, ... of the topic (default: 1, every frame)")
+    p.add_argument("--model", default=DEFAULT_MODEL_ID, help=f"checkpoint directory or Hub id (default: {DEFAULT_MODEL_ID})")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--max-new-tokens", type=int, default=256, help="generation budget of the MLLM (default: 256)")
+    p.add_argument("--storage", choices=["mcap", "sqlite3"], help="output storage (default: the input's)")
+    p.add_argument("--overlay", action="store_true", help="also write /lens/overlay (Image rgb8: tinted mask, box, prompt)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bag)
 
 
 def _add_make_tiny(sub) -> None:
@@ -107,9 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_segment(sub)
     _add_make_tiny(sub)
+    _add_export(sub)
     _add_eval(sub)
     _add_make_synthetic(sub)
     _add_plot_run(sub)
+    _add_bag(sub)
     return parser
 
 
@@ -117,10 +176,12 @@ def cmd_segment(args) -> int:
     import numpy as np
     from PIL import Image
 
+    from .backends import check_backend_args
     from .image_io import load_image, read_prompt
     from .overlay import draw_overlay
     from .pipeline import LensPipeline
 
+    check_backend_args(args.backend, args.backend_dir)
     if args.max_new_tokens < 1:
         raise LensError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     # Validate the cheap inputs before loading a multi-GB model.
@@ -130,10 +191,11 @@ def cmd_segment(args) -> int:
         if out is not None and not out.parent.exists():
             raise LensError(f"output folder does not exist: {out.parent}")
     pipe = LensPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype, context_pass=args.context_pass,
-                                        answer_format=args.answer_format, max_new_tokens=args.max_new_tokens)
+                                        answer_format=args.answer_format, max_new_tokens=args.max_new_tokens,
+                                        backend=args.backend, backend_dir=args.backend_dir)
     result = pipe(rgb, prompt)
     data = result.to_json_dict()
-    data.update(image=str(args.image), model=str(args.model))
+    data.update(image=str(args.image), model=str(args.model), backend=args.backend)
     if args.out_mask:
         Image.fromarray(result.mask.astype(np.uint8) * 255).save(args.out_mask)
         data["mask_png"] = str(args.out_mask)
@@ -144,6 +206,55 @@ def cmd_segment(args) -> int:
     if args.json:
         args.json.write_text(text + "\n")
     print(text)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import ExportOptions, export_model
+    from .export.op_support import TENSORRT_TARGET, check_file
+
+    options = ExportOptions(opset=args.opset, image_size=args.image_size, fp16=args.fp16, overwrite=args.overwrite)
+    options.validate()
+    engine_options = None
+    if args.format == "tensorrt":
+        from .export.tensorrt_build import EngineOptions, build_engines
+        from .export.tensorrt_runtime import require_tensorrt
+
+        engine_options = EngineOptions(max_batch=args.max_batch, workspace_gb=args.workspace_gb)
+        engine_options.validate()
+        require_tensorrt()  # refuse before the ONNX export, which takes minutes for LENS-3B
+    meta = export_model(args.model, args.out, options)
+    if engine_options is not None:
+        meta = build_engines(args.out, engine_options)
+    for name, graph in meta.graphs.items():
+        _, problems = check_file(args.out / graph.onnx)
+        size = sum(f.stat().st_size for f in args.out.glob(f"{graph.onnx}*")) / 1e6
+        shapes = lambda specs: ", ".join(f"{t.name} {tuple(t.shape)}" for t in specs)  # noqa: E731
+        print(f"{name}: {args.out / graph.onnx} ({size:.1f} MB){' + ' + graph.engine if graph.engine else ''}\n"
+              f"    {shapes(graph.inputs)} -> {shapes(graph.outputs)}")
+        for problem in problems:
+            print(f"    warning: {TENSORRT_TARGET} may not parse this graph: {problem}", file=sys.stderr)
+    print(f"precision {meta.precision}; model weights sha256 {meta.model_hash}; metadata: {args.out / 'lens_export.json'}")
+    print(f"run: lens segment --model {args.model} --backend {'tensorrt' if meta.tensorrt else 'onnxruntime'} "
+          f"--backend-dir {args.out} --image IMAGE --prompt TEXT")
+    return 0
+
+
+def cmd_bag(args) -> int:
+    try:
+        from lens_ros.bag import process_bag
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "rosbags":
+            raise
+        raise LensError("lens bag needs the rosbags package: pip install 'rosbags>=0.10.9' (or the [ros] extra)") from None
+    summary = process_bag(args.in_bag, args.out, args.image_topic, args.prompt, every=args.every, model=args.model,
+                          device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens, storage=args.storage,
+                          overlay=args.overlay, progress=not args.no_progress)
+    print(json.dumps(summary.to_json_dict(), indent=2))
+    for failure in summary.failed:
+        print(f"warning: frame {failure['frame']} skipped: {failure['error']}", file=sys.stderr)
+    if summary.skipped_topics:
+        print(f"warning: not copied (no type definition in the bag): {', '.join(summary.skipped_topics)}", file=sys.stderr)
     return 0
 
 

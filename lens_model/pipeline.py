@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from .answer import clip_box, parse_answer, rescale_box, smart_resize
+from .backends import SegmentationBackend, TorchBackend, check_backend_args, load_backend
 from .config import LensConfig
 from .errors import LensError, PromptError
 from .image_io import load_image, read_prompt
@@ -116,8 +117,11 @@ class LensPipeline:
     """`LensPipeline.from_pretrained(model)(image, "the red cup")` -> SegmentationResult."""
 
     def __init__(self, model: LensModel, processor, max_new_tokens: int = 256,
-                 max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, mllm_longest_side: int | None = None) -> None:
+                 max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, mllm_longest_side: int | None = None,
+                 backend: SegmentationBackend | None = None) -> None:
         self.model = model.eval()
+        # Runs SAM2 + the context head (see lens_model.backends); the MLLM always runs in transformers.
+        self.backend = backend if backend is not None else TorchBackend(self.model)
         # Optional cap on the MLLM image's longest side before the smart resize (ReasonSeg's protocol: 640).
         self.mllm_longest_side = mllm_longest_side
         self.processor = processor
@@ -128,13 +132,19 @@ class LensPipeline:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str = "auto", dtype: str = "auto",
-                        context_pass: str | None = None, answer_format: str | None = None, **kwargs) -> "LensPipeline":
-        from .checkpoint import load_model
+                        context_pass: str | None = None, answer_format: str | None = None,
+                        backend: str = "torch", backend_dir: str | None = None, **kwargs) -> "LensPipeline":
+        """`backend`: torch, onnxruntime or tensorrt for SAM2 + the context head; the last two run the export in
+        `backend_dir` (`lens export`), which must come from the same weights (sha256 of the weight files)."""
+        from .checkpoint import load_model, resolve_model_dir
 
         dev = resolve_device(device)
-        model, processor = load_model(name_or_path, device=dev, dtype=resolve_dtype(dtype, dev),
+        check_backend_args(backend, backend_dir)  # before loading a multi-GB model
+        model_dir = resolve_model_dir(name_or_path) if backend != "torch" else name_or_path
+        model, processor = load_model(model_dir, device=dev, dtype=resolve_dtype(dtype, dev),
                                       context_pass=context_pass, answer_format=answer_format)
-        return cls(model, processor, **kwargs)
+        segmenter = load_backend(backend, model, backend_dir, model_dir=model_dir if backend != "torch" else None)
+        return cls(model, processor, backend=segmenter, **kwargs)
 
     @property
     def config(self) -> LensConfig:
@@ -144,11 +154,14 @@ class LensPipeline:
         return build_chat(self.processor, self.config.prompt, prompt)
 
     @torch.inference_mode()
-    def __call__(self, image, prompt: str | Sequence[str], max_new_tokens: int | None = None):
-        """One prompt -> SegmentationResult; a list of prompts -> list (one shared image encoding)."""
+    def __call__(self, image, prompt: str | Sequence[str], max_new_tokens: int | None = None, streamer=None):
+        """One prompt -> SegmentationResult; a list of prompts -> list (one shared image encoding).
+
+        `streamer`: a transformers streamer (`put(token_ids)`, `end()`) that sees the tokens as they are generated,
+        e.g. lens_ros.streaming.TextSoFarStreamer; one prompt only."""
         single = isinstance(prompt, str) or prompt is None
         prompts = [prompt] if single else list(prompt)
-        results = self.segment_batch([image], prompts, [0] * len(prompts), max_new_tokens)
+        results = self.segment_batch([image], prompts, [0] * len(prompts), max_new_tokens, streamer=streamer)
         return results[0] if single else results
 
     def _prepare_image(self, image) -> tuple[np.ndarray, Image.Image]:
@@ -157,11 +170,14 @@ class LensPipeline:
 
     @torch.inference_mode()
     def segment_batch(self, images: Sequence, prompts: Sequence[str], image_index: Sequence[int],
-                      max_new_tokens: int | None = None, max_length: int | None = None) -> list[SegmentationResult]:
+                      max_new_tokens: int | None = None, max_length: int | None = None,
+                      streamer=None) -> list[SegmentationResult]:
         """Row i segments prompts[i] in images[image_index[i]]; each distinct image is encoded once (MLLM and SAM2).
 
         max_length bounds prompt + completion tokens instead of max_new_tokens (the released evaluation uses 768).
         """
+        if streamer is not None and len(prompts) != 1:
+            raise ValueError(f"a streamer follows one prompt, got {len(prompts)}")
         if len(prompts) != len(image_index) or not prompts:
             raise PromptError(f"need one image index per prompt and at least one prompt; got {len(prompts)} prompts, "
                               f"{len(image_index)} indices")
@@ -183,7 +199,7 @@ class LensPipeline:
             unique = self.processor.image_processor(images=[llm for _, llm in prepared], return_tensors="pt")
             grid = unique["image_grid_thw"].to(device)  # (num_images, 3)
             patch = self.processor.image_processor.patch_size
-            sam_input = torch.stack([preprocess_for_sam(rgb, self.config.sam.image_size) for rgb, _ in prepared]).to(device)
+            sam_input = torch.stack([preprocess_for_sam(rgb, self.backend.image_size) for rgb, _ in prepared]).to(device)
         with timer.stage("mllm_vision"):
             image_outputs = self.model.encode_mllm_images(unique["pixel_values"].to(device, self.model.dtype), grid)
             per_image = tuple(image_outputs.pooler_output)
@@ -198,6 +214,7 @@ class LensPipeline:
                 do_sample=False,
                 eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id,
                 return_dict_in_generate=True, use_cache=True,
+                **({"streamer": streamer} if streamer is not None else {}),
             )
         prompt_len = batch["input_ids"].shape[1]
         completion = gen.sequences[:, prompt_len:]
@@ -214,9 +231,9 @@ class LensPipeline:
             else:
                 states = self.model.query_states_full(ctx, image_outputs, positions="1d")
         with timer.stage("sam_encode"):
-            features = self.model.encode_sam_images(sam_input)
+            features = self.backend.encode_images(sam_input)
         with timer.stage("sam_decode"):
-            low_res, iou = self.model.masks_from_query_states(states, features.select(rows))
+            low_res, iou = self.backend.masks_from_query_states(states, features.select(rows))
             masks = [(upsample_logits(low_res[i:i + 1], prepared[j][0].shape[:2])[0] > 0).cpu().numpy()
                      for i, j in enumerate(image_index)]
         with timer.stage("postprocess"):

@@ -1,0 +1,180 @@
+"""The metadata JSON written next to exported graphs: what each graph takes and returns, how images are
+prepared, which model the graphs came from (hash of its weight files), and the library versions.
+
+Runtime backends read it back to feed the graphs and to refuse graphs or engines that do not belong to the
+loaded model, or engines built for another TensorRT version or GPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import LensError
+
+METADATA_FILE = "lens_export.json"
+FORMAT_VERSION = 1
+GRAPH_NAMES = ("image_encoder", "context_head", "mask_decoder")
+BATCH = "batch"  # name of the dynamic batch dimension in shapes
+
+
+class ExportError(LensError):
+    """An export directory, its metadata, graphs or engines that cannot be used as asked."""
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: list[int | str]  # BATCH marks the dynamic batch dimension
+    dtype: str = "float32"
+
+
+@dataclass
+class GraphSpec:
+    """One exported graph: its ONNX file (plus `*.onnx.data` when over 2 GB) and, once built, its engine."""
+
+    name: str
+    onnx: str  # file name inside the export directory
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    engine: str | None = None  # TensorRT engine file name, when built
+
+    def __post_init__(self) -> None:
+        self.inputs = [TensorSpec(**t) if isinstance(t, dict) else t for t in self.inputs]
+        self.outputs = [TensorSpec(**t) if isinstance(t, dict) else t for t in self.outputs]
+
+
+@dataclass
+class TensorRTInfo:
+    """How the engines were built; an engine only runs on the same TensorRT version and GPU model."""
+
+    version: str
+    gpu_name: str
+    compute_capability: str  # "9.0"
+    batch_profile: list[int]  # [min, opt, max] for every dynamic batch dimension
+    workspace_bytes: int
+    tf32: bool = True  # float32 matrix products on TF32 tensor cores (TensorRT's default)
+    timing_cache: str | None = None
+
+
+@dataclass
+class ExportMetadata:
+    source_model: str  # the model directory as given to the export
+    model_hash: str  # sha256 over the model's weight files (see `model_hash`)
+    weight_files: dict[str, str]  # file name -> sha256
+    image_size: int  # SAM2 input side S
+    num_queries: int  # N
+    hidden_size: int  # MLLM hidden size of the query states
+    sam_embed_dim: int
+    opset: int
+    exporter: str
+    precision: str  # "fp32", or "fp16": graphs compute in float16 except normalisation layers; I/O is float32
+    graphs: dict[str, GraphSpec]
+    preprocessing: dict[str, Any]  # how to turn an RGB image into the encoder's input
+    postprocessing: dict[str, Any]  # how to turn low-res logits into the final mask
+    decoder: dict[str, Any]  # SAM2 mask-decoder settings baked into the graph
+    versions: dict[str, str]
+    tensorrt: TensorRTInfo | None = None
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        self.graphs = {k: GraphSpec(**v) if isinstance(v, dict) else v for k, v in self.graphs.items()}
+        if isinstance(self.tensorrt, dict):
+            self.tensorrt = TensorRTInfo(**self.tensorrt)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, out_dir: Path) -> Path:
+        path = Path(out_dir) / METADATA_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+
+def read_metadata(export_dir: str | Path) -> ExportMetadata:
+    """Read DIR/lens_export.json, with errors that say which file and what is wrong."""
+    export_dir = Path(export_dir)
+    if not export_dir.is_dir():
+        raise ExportError(f"export directory not found: {export_dir} (create it with `lens export --model M --out DIR`)")
+    path = export_dir / METADATA_FILE
+    if not path.is_file():
+        raise ExportError(f"{export_dir} has no {METADATA_FILE}: not a lens export directory "
+                          f"(create one with `lens export --model M --out {export_dir}`)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path} is not valid JSON: {exc}") from None
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ExportError(f"{path} has format_version {data.get('format_version')!r}; this lens reads {FORMAT_VERSION}: "
+                          "export the model again")
+    known = {f.name for f in dataclasses.fields(ExportMetadata)}
+    try:
+        meta = ExportMetadata(**{k: v for k, v in data.items() if k in known})
+    except TypeError as exc:
+        raise ExportError(f"{path} is incomplete or malformed ({exc}); export the model again") from None
+    missing = [g for g in GRAPH_NAMES if g not in meta.graphs]
+    if missing:
+        raise ExportError(f"{path} lists no {', '.join(missing)} graph; export the model again")
+    return meta
+
+
+# ---------------------------------------------------------------------------- model identity
+def file_sha256(path: Path, chunk: int = 16 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_hash(model_dir: str | Path) -> tuple[str, dict[str, str]]:
+    """sha256 of a checkpoint's weight files -> (model hash, {file name: sha256}).
+
+    The model hash is the sha256 of the lines "NAME SHA256\\n" over the weight files sorted by name, so it
+    changes when any tensor of the checkpoint changes and does not depend on where the directory lives.
+    """
+    from ..checkpoint import _weight_files
+
+    files = {f.name: file_sha256(f) for f in _weight_files(Path(model_dir))}
+    joined = "".join(f"{name} {digest}\n" for name, digest in sorted(files.items()))
+    return hashlib.sha256(joined.encode()).hexdigest(), files
+
+
+def library_versions(*extra: str) -> dict[str, str]:
+    """Versions of the libraries that shape the exported graphs (missing ones are left out)."""
+    out = {"python": platform.python_version()}
+    for dist in ("lens_ros", "torch", "onnx", "onnxscript", "onnxruntime", "sam2", "transformers", *extra):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def default_preprocessing(image_size: int) -> dict[str, Any]:
+    from ..sam import PIXEL_MEAN, PIXEL_STD
+
+    return {
+        "input": "RGB uint8 image, HxWx3",
+        "resize": f"bilinear to {image_size}x{image_size}, aspect ratio not kept (PIL Image.BILINEAR)",
+        "pixel_mean": list(PIXEL_MEAN),  # subtract, in 0-255 units
+        "pixel_std": list(PIXEL_STD),  # then divide
+        "layout": "NCHW float32",
+    }
+
+
+POSTPROCESSING = {
+    "low_res_masks": "bilinear resize (align_corners=False) of the (B, 1, S/4, S/4) logits to the original HxW",
+    "threshold": 0.0,  # foreground = logit > threshold
+}
+
+
+__all__ = [
+    "BATCH", "ExportError", "ExportMetadata", "GRAPH_NAMES", "GraphSpec", "METADATA_FILE", "TensorRTInfo", "TensorSpec",
+    "POSTPROCESSING", "default_preprocessing", "file_sha256", "library_versions", "model_hash", "read_metadata",
+]

@@ -1,0 +1,157 @@
+"""Export a LENS checkpoint's segmentation part to three ONNX graphs plus `lens_export.json`.
+
+Exporter: torch.onnx.export with dynamo=True (the torch.export-based exporter, torch's default since 2.9; the
+TorchScript exporter is deprecated). Opset 18 by default; 17-20 accepted, the range TensorRT 10's ONNX parser
+reads that still has LayerNormalization. Every input and output has a dynamic batch dimension; all other
+dimensions are fixed by the model (image size S, N queries, hidden size). Weights go inside each .onnx file,
+or into NAME.onnx.data next to it when a graph is over 2 GB (the LENS-3B context head is close).
+`fp16` exports graphs that compute in float16 with float32 normalisation layers (see graphs.py); their inputs
+and outputs stay float32, so every runtime feeds them the same way.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import LensError
+from .graphs import ContextHeadGraph, ImageEncoderGraph, MaskDecoderGraph, example_inputs, graph_io
+from .metadata import (BATCH, GRAPH_NAMES, METADATA_FILE, POSTPROCESSING, ExportError, ExportMetadata, GraphSpec,
+                       TensorSpec, default_preprocessing, library_versions, model_hash)
+from .parts import SegmentationParts, load_segmentation_parts, sam_at_image_size
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 18
+SUPPORTED_OPSETS = (17, 18, 19, 20)
+EXPORTER = "torch.onnx.export(dynamo=True)"
+# Files an export directory may hold; --overwrite removes only these.
+_OWN_PATTERNS = ("*.onnx", "*.onnx.data", "*.engine", "timing.cache", METADATA_FILE)
+
+
+@dataclass
+class ExportOptions:
+    opset: int = DEFAULT_OPSET
+    image_size: int | None = None  # SAM2 input side; None keeps the model's
+    fp16: bool = False  # compute in float16, normalisation layers in float32 (inputs and outputs stay float32)
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if self.opset not in SUPPORTED_OPSETS:
+            raise ExportError(f"--opset must be one of {list(SUPPORTED_OPSETS)} (TensorRT 10 parses opsets 9-20; "
+                              f"LayerNormalization needs 17), got {self.opset}")
+        if self.image_size is not None and (self.image_size < 64 or self.image_size % 32):
+            raise ExportError(f"--image-size must be a multiple of 32 and at least 64 (SAM2's Hiera downsamples by 32), "
+                              f"got {self.image_size}")
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """An existing non-empty output directory is refused unless `overwrite`."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"output path {out_dir} is a file; pass a directory to --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ExportError(f"output directory {out_dir} already exists and is not empty; pass --overwrite to replace "
+                          "the export in it")
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Create `out_dir` (see `check_out_dir`); with `overwrite` only lens export files (graphs, engines, metadata,
+    timing cache) are removed from an existing one, nothing else."""
+    check_out_dir(out_dir, overwrite)
+    if out_dir.is_dir():
+        for pattern in _OWN_PATTERNS:
+            for path in out_dir.glob(pattern):
+                path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _check_saved_graph(path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], opset: int) -> None:
+    """The saved graph has the promised names, static dimensions and opset (export bugs surface here, not at runtime)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if version != opset:
+        raise ExportError(f"{path.name}: the exporter wrote opset {version}, not the requested {opset}; try --opset 18")
+    for kind, values, specs in (("input", model.graph.input, inputs), ("output", model.graph.output, outputs)):
+        got = [(v.name, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in values]
+        want = [(s.name, s.shape) for s in specs]
+        if [(n, [d if isinstance(d, int) else BATCH for d in shape]) for n, shape in got] != want:
+            raise ExportError(f"{path.name}: graph {kind}s {got} do not match the expected {want}")
+
+
+def export_graph(module: torch.nn.Module, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path,
+                 opset: int) -> None:
+    """One module -> one ONNX file with a dynamic batch dimension on every input and output."""
+    module = module.eval()
+    args = example_inputs(inputs, batch=2)  # batch 2: torch.export specialises dimensions of size 1
+    with torch.no_grad():
+        module(*args)  # fills SAM2's position-encoding caches, so the export sees constants
+    batch = torch.export.Dim(BATCH, min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dimension renaming notes, deprecation notes of dependencies
+        program = torch.onnx.export(
+            module, args, dynamo=True, opset_version=opset, verbose=False,
+            input_names=[s.name for s in inputs], output_names=[s.name for s in outputs],
+            dynamic_shapes=tuple({0: batch} for _ in inputs),
+        )
+    program.save(str(path))
+    _check_saved_graph(path, inputs, outputs, opset)
+
+
+def export_parts(parts: SegmentationParts, out_dir: str | Path, options: ExportOptions, source_model: str = "",
+                 weights: tuple[str, dict[str, str]] = ("", {})) -> ExportMetadata:
+    """SAM2 + context head -> DIR/{image_encoder,context_head,mask_decoder}.onnx + DIR/lens_export.json.
+    `weights` = (model hash, {file: sha256}) of the checkpoint the parts came from."""
+    options.validate()
+    out_dir = Path(out_dir)
+    prepare_out_dir(out_dir, options.overwrite)
+    image_size = options.image_size or parts.config.sam.image_size
+    sam = sam_at_image_size(parts.sam, parts.config, image_size)
+    io = graph_io(image_size, parts.config.num_queries, parts.hidden_size, parts.config.sam_embed_dim)
+    fp16 = options.fp16
+    modules = {"image_encoder": ImageEncoderGraph(sam, image_size, fp16),
+               "context_head": ContextHeadGraph(parts.context, fp16), "mask_decoder": MaskDecoderGraph(sam, fp16)}
+    graphs = {}
+    for name in GRAPH_NAMES:
+        inputs, outputs = io[name]
+        log.info("exporting %s", name)
+        export_graph(modules[name], inputs, outputs, out_dir / f"{name}.onnx", options.opset)
+        graphs[name] = GraphSpec(name, f"{name}.onnx", inputs, outputs)
+    decoder = sam.sam_mask_decoder
+    meta = ExportMetadata(
+        source_model=source_model, model_hash=weights[0], weight_files=weights[1], image_size=image_size,
+        num_queries=parts.config.num_queries, hidden_size=parts.hidden_size, sam_embed_dim=parts.config.sam_embed_dim,
+        opset=options.opset, exporter=EXPORTER, precision="fp16" if fp16 else "fp32", graphs=graphs,
+        preprocessing=default_preprocessing(image_size), postprocessing=dict(POSTPROCESSING),
+        decoder={"multimask_output": False, "dynamic_multimask_via_stability": bool(decoder.dynamic_multimask_via_stability),
+                 "stability_delta": float(decoder.dynamic_multimask_stability_delta),
+                 "stability_thresh": float(decoder.dynamic_multimask_stability_thresh)},
+        versions=library_versions(),
+    )
+    meta.save(out_dir)
+    return meta
+
+
+def export_model(model: str | Path, out_dir: str | Path, options: ExportOptions | None = None) -> ExportMetadata:
+    """LENS checkpoint (directory or Hub id) -> ONNX export directory. See `export_parts`."""
+    from ..checkpoint import resolve_model_dir
+
+    options = options or ExportOptions()
+    options.validate()
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, options.overwrite)  # refuse early, before loading weights
+    model_dir = resolve_model_dir(model)
+    parts = load_segmentation_parts(model_dir)
+    try:
+        return export_parts(parts, out_dir, options, source_model=str(model), weights=model_hash(model_dir))
+    except LensError:
+        raise
+    except Exception as exc:  # an exporter failure: keep no half-written export around
+        for path in out_dir.glob("*.onnx*"):
+            path.unlink()
+        raise ExportError(f"ONNX export of {model} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+

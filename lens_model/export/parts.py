@@ -1,0 +1,54 @@
+"""The segmentation part of a LENS checkpoint (SAM2 + context head) loaded without the reasoning model.
+
+Exporting needs only these two modules; loading them alone keeps the export of LENS-3B within a few GB of
+memory instead of the ~15 GB the float32 MLLM would take.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ..config import LensConfig
+from ..context import ContextHead
+from ..sam import build_sam
+
+
+@dataclass
+class SegmentationParts:
+    sam: torch.nn.Module  # SAM2Base without memory modules, eval mode, float32
+    context: ContextHead  # eval mode, float32
+    config: LensConfig
+    hidden_size: int  # MLLM hidden size = width of the query states
+
+
+def load_segmentation_parts(model_dir: str | Path) -> SegmentationParts:
+    """Checkpoint directory -> SAM2 and context head with the checkpoint's weights (float32, CPU)."""
+    from ..checkpoint import (CONTEXT_PREFIXES, IGNORED_SAM2_KEY_PREFIXES, SAM_PREFIX, _load_into, _read_tensors,
+                              _weight_files, read_configs)
+
+    model_dir = Path(model_dir)
+    mllm_config, lens_config = read_configs(model_dir)
+    hidden = mllm_config.get_text_config().hidden_size
+    context = ContextHead(hidden, lens_config)
+    sam = build_sam(lens_config.sam)
+    tensors = _read_tensors(_weight_files(model_dir), lambda k: k.startswith(CONTEXT_PREFIXES + (SAM_PREFIX,)))
+    _load_into(context, {k: v for k, v in tensors.items() if k.startswith(CONTEXT_PREFIXES)}, "context-module", model_dir)
+    _load_into(sam, {k[len(SAM_PREFIX):]: v for k, v in tensors.items() if k.startswith(SAM_PREFIX)}, "SAM2", model_dir,
+               ignore=IGNORED_SAM2_KEY_PREFIXES)
+    return SegmentationParts(sam.float().eval(), context.float().eval(), lens_config, hidden)
+
+
+def sam_at_image_size(sam: torch.nn.Module, config: LensConfig, image_size: int) -> torch.nn.Module:
+    """The same SAM2 weights built for another input side (position embeddings are interpolated by SAM2;
+    no weight depends on the image size). Returns `sam` itself when the size is unchanged."""
+    if image_size == config.sam.image_size:
+        return sam
+    if image_size < 64 or image_size % 32:
+        raise ValueError(f"SAM2 image size must be a multiple of 32 and at least 64 (Hiera downsamples by 32), got {image_size}")
+    overrides = [o for o in config.sam.overrides if not o.lstrip("+").startswith("model.image_size=")]
+    sam_config = replace(config.sam, overrides=[*overrides, f"++model.image_size={image_size}"], image_size=image_size)
+    resized = build_sam(sam_config)
+    resized.load_state_dict(sam.state_dict(), strict=True)
+    return resized.float().eval()

@@ -1,0 +1,274 @@
+"""Offline processing of a rosbag2 with LENS (`lens bag`), using rosbags — no ROS installation needed.
+
+    process_bag(in_bag, out_bag, image_topic, prompt, *, every=1, pipeline=None, model=DEFAULT_MODEL_ID,
+                device="auto", dtype="auto", max_new_tokens=256, overlay=False, storage=None, progress=True,
+                out_prefix="/lens") -> BagSummary
+
+reads sensor_msgs/Image or sensor_msgs/CompressedImage messages on `image_topic` from a rosbag2 (directory with
+metadata.yaml, mcap or sqlite3 storage; a bare .mcap/.db3 file also works), segments frames 0, N, 2N, ... of
+that topic (N = `every`) with `prompt`, and writes a new rosbag2 with every input connection and message
+(copied byte for byte) plus, per segmented frame:
+
+    {out_prefix}/mask        sensor_msgs/msg/Image, mono8 0/255
+    {out_prefix}/detections  vision_msgs/msg/Detection2DArray (one detection, or none when the answer had no box)
+    {out_prefix}/reasoning   std_msgs/msg/String, the generated text
+    {out_prefix}/overlay     sensor_msgs/msg/Image rgb8 (only with overlay=True)
+
+Their header is the source image's header (stamp and frame_id) and their bag timestamp is the source message's.
+The output storage is the input's unless `storage` ("mcap" or "sqlite3") says otherwise; rosbag2 format version 8
+(the oldest rosbags writes; Iron/Jazzy and later read it, Humble's own recorder writes version 5).
+Input connections without a definition or hash (Humble recordings) get them from the Humble typestore; a
+non-standard type without a definition in the bag cannot be written and is listed in BagSummary.skipped_topics.
+The bag is written under a temporary directory next to `out_bag` and renamed to `out_bag` only when complete:
+an error or Ctrl-C leaves no output. A frame that cannot be decoded (bad encoding, corrupt JPEG, ...) is skipped
+and listed in BagSummary.failed; the run goes on.
+
+`pipeline` is anything called as `pipeline(rgb, prompt) -> SegmentationResult` (a LensPipeline); without it the
+model is loaded with LensPipeline.from_pretrained(model, device, dtype, max_new_tokens) after the inputs are
+checked. Errors (lens_ros.errors.BagError): input bag missing or unreadable, topic not in the bag (the message
+lists the bag's topics and types), topic not an image type, output already exists, output topics already in the
+input bag.
+
+vision_msgs is not in rosbags' built-in type stores: `lens_typestore()` registers the vision_msgs 4.x
+definitions (Humble and Jazzy) kept in VISION_MSGS_DEFINITIONS.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rosbags.interfaces import MessageDefinitionFormat
+from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer, WriterError
+from rosbags.serde import SerdeError
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rosbags.typesys.base import TypesysError
+
+from lens_model.errors import ImageError
+from lens_model.image_io import read_prompt
+
+from .conversions import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, image_message_to_rgb
+from .errors import BagError
+from .results import fill_result, result_fields
+
+# vision_msgs 4.1.1 (ros-perception/vision_msgs, branch ros2; the version Humble and Jazzy ship), comments removed.
+VISION_MSGS_DEFINITIONS: dict[str, str] = {
+    "vision_msgs/msg/Point2D": "float64 x\nfloat64 y\n",
+    "vision_msgs/msg/Pose2D": "vision_msgs/Point2D position\nfloat64 theta\n",
+    "vision_msgs/msg/BoundingBox2D": "vision_msgs/Pose2D center\nfloat64 size_x\nfloat64 size_y\n",
+    "vision_msgs/msg/ObjectHypothesis": "string class_id\nfloat64 score\n",
+    "vision_msgs/msg/ObjectHypothesisWithPose": "ObjectHypothesis hypothesis\ngeometry_msgs/PoseWithCovariance pose\n",
+    "vision_msgs/msg/Detection2D": ("std_msgs/Header header\nObjectHypothesisWithPose[] results\nBoundingBox2D bbox\n"
+                                    "string id\n"),
+    "vision_msgs/msg/Detection2DArray": "std_msgs/Header header\nDetection2D[] detections\n",
+}
+IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
+STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+BAG_VERSION = 8  # the oldest version rosbags writes (QoS stored as numbers; version 9 switched to names)
+OUTPUT_TYPES = {"mask": IMAGE_TYPE, "detections": "vision_msgs/msg/Detection2DArray",
+                "reasoning": "std_msgs/msg/String", "overlay": IMAGE_TYPE}
+
+
+def lens_typestore(store: Stores = Stores.ROS2_HUMBLE):
+    """A rosbags typestore of `store` (a fresh one) with the vision_msgs types registered."""
+    typestore = get_typestore(store)
+    types: dict = {}
+    for name, text in VISION_MSGS_DEFINITIONS.items():
+        types.update(get_types_from_msg(text, name))
+    typestore.register(types)
+    return typestore
+
+
+@dataclass
+class BagSummary:
+    in_bag: str
+    out_bag: str
+    storage: str
+    image_topic: str
+    image_type: str
+    prompt: str
+    every: int
+    frames: int = 0  # messages on the image topic
+    segmented: int = 0  # frames segmented and written
+    failed: list[dict] = field(default_factory=list)  # {"frame": index, "stamp_ns": ..., "error": reason}
+    skipped_topics: list[str] = field(default_factory=list)  # input topics that could not be copied (no type info)
+    topics: dict[str, int] = field(default_factory=dict)  # output topic -> messages written
+    with_box: int = 0  # segmented frames whose answer had a box (a detection was written)
+
+    def to_json_dict(self) -> dict:
+        return asdict(self)
+
+
+def _storage_of(path: Path) -> str:
+    if path.is_file():
+        return "mcap" if path.suffix == ".mcap" else "sqlite3"
+    try:
+        import yaml
+
+        info = yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        storage = str(info.get("storage_identifier", ""))
+    except Exception:  # noqa: BLE001 - the Reader reports a broken bag with its own message
+        storage = ""
+    if storage in STORAGES:
+        return storage
+    return "mcap" if any(path.glob("*.mcap*")) else "sqlite3"
+
+
+def _check_paths(in_bag: Path, out_bag: Path) -> None:
+    if not in_bag.exists():
+        raise BagError(f"input bag not found: {in_bag}")
+    if in_bag.is_dir() and not (in_bag / "metadata.yaml").is_file():
+        raise BagError(f"{in_bag} is not a rosbag2 directory (no metadata.yaml)")
+    if out_bag.exists() or out_bag.is_symlink():
+        raise BagError(f"output {out_bag} already exists; remove it or choose another --out")
+    if not out_bag.parent.is_dir():
+        raise BagError(f"output folder does not exist: {out_bag.parent}")
+    if out_bag.resolve() == in_bag.resolve():
+        raise BagError("--out must differ from --in")
+
+
+def _topic_list(reader: Reader) -> str:
+    topics = reader.topics
+    return ", ".join(f"{name} ({info.msgtype or 'mixed types'})" for name, info in sorted(topics.items())) or "none"
+
+
+def _check_topic(reader: Reader, in_bag: Path, image_topic: str, out_topics: list[str]) -> str:
+    topics = reader.topics
+    if image_topic not in topics:
+        raise BagError(f"topic {image_topic!r} is not in {in_bag}; its topics: {_topic_list(reader)}")
+    types = {c.msgtype for c in topics[image_topic].connections}
+    if not types <= set(IMAGE_TYPES) or len(types) != 1:
+        raise BagError(f"topic {image_topic} has type {', '.join(sorted(types))}; expected {IMAGE_TYPE} or "
+                       f"{COMPRESSED_IMAGE_TYPE}. Image topics in the bag: "
+                       + (", ".join(t for t, i in sorted(topics.items()) if i.msgtype in IMAGE_TYPES) or "none"))
+    if clash := sorted(set(out_topics) & set(topics)):
+        raise BagError(f"input bag already has output topic(s) {', '.join(clash)} (was it made by lens bag?); "
+                       "use the original bag or another output prefix")
+    return types.pop()
+
+
+def _copy_connection(writer: Writer, conn, typestore) -> Any:
+    """Output connection for an input connection, keeping its definition, hash and QoS."""
+    ext = conn.ext
+    kwargs = {"serialization_format": ext.serialization_format, "offered_qos_profiles": ext.offered_qos_profiles}
+    msgdef = conn.msgdef
+    if msgdef.format != MessageDefinitionFormat.NONE and msgdef.data and conn.digest:
+        return writer.add_connection(conn.topic, conn.msgtype, msgdef=msgdef.data, rihs01=conn.digest, **kwargs)
+    if conn.msgtype not in typestore.fielddefs and msgdef.format == MessageDefinitionFormat.MSG and msgdef.data:
+        typestore.register(get_types_from_msg(msgdef.data, conn.msgtype))  # definition without a hash (Humble mcap)
+    if conn.msgtype in typestore.fielddefs:
+        return writer.add_connection(conn.topic, conn.msgtype, typestore=typestore, **kwargs)
+    return None
+
+
+def _load_pipeline(model: str, device: str, dtype: str, max_new_tokens: int):
+    from lens_model.pipeline import LensPipeline
+
+    return LensPipeline.from_pretrained(str(model), device=device, dtype=dtype, max_new_tokens=max_new_tokens)
+
+
+def process_bag(in_bag: str | os.PathLike, out_bag: str | os.PathLike, image_topic: str, prompt: str, *,
+                every: int = 1, pipeline: Callable | None = None, model: str | os.PathLike | None = None,
+                device: str = "auto", dtype: str = "auto", max_new_tokens: int = 256, overlay: bool = False,
+                storage: str | None = None, progress: bool = True, out_prefix: str = "/lens") -> BagSummary:
+    """Segment every `every`-th frame of `image_topic` in `in_bag` and write `out_bag` (module docstring)."""
+    from tqdm.auto import tqdm
+
+    in_bag, out_bag = Path(in_bag), Path(out_bag)
+    prompt = read_prompt(prompt)
+    if int(every) < 1:
+        raise BagError(f"--every must be >= 1, got {every}")
+    if storage is not None and storage not in STORAGES:
+        raise BagError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+    if max_new_tokens < 1:
+        raise BagError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    _check_paths(in_bag, out_bag)
+    prefix = "/" + out_prefix.strip("/")
+    names = ["mask", "detections", "reasoning"] + (["overlay"] if overlay else [])
+    out_topics = {name: f"{prefix}/{name}" for name in names}
+    storage = storage or _storage_of(in_bag)
+    typestore = lens_typestore()
+    try:
+        reader = Reader(in_bag)
+        reader.open()
+    except (ReaderError, FileNotFoundError, OSError, KeyError, ValueError) as exc:
+        raise BagError(f"cannot read bag {in_bag}: {' '.join(str(exc).split())}") from None
+    try:
+        image_type = _check_topic(reader, in_bag, image_topic, list(out_topics.values()))
+        summary = BagSummary(str(in_bag), str(out_bag), storage, image_topic, image_type, prompt, int(every))
+        total = reader.message_count
+        if pipeline is None:
+            if model is None:
+                from lens_model.checkpoint import DEFAULT_MODEL_ID
+
+                model = DEFAULT_MODEL_ID
+            pipeline = _load_pipeline(model, device, dtype, max_new_tokens)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_bag.name}.", suffix=".partial", dir=out_bag.parent))
+        try:
+            target = staging / out_bag.name
+            try:
+                _write(reader, Writer(target, version=BAG_VERSION, storage_plugin=STORAGES[storage]), typestore,
+                       summary, pipeline, out_topics, tqdm(total=total, unit="msg", desc="lens bag", disable=not progress))
+            except (WriterError, ReaderError) as exc:
+                raise BagError(f"cannot convert {in_bag} to {out_bag}: {' '.join(str(exc).split())}") from None
+            if out_bag.exists():
+                raise BagError(f"output {out_bag} appeared while processing; the result is not written")
+            os.replace(target, out_bag)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        reader.close()
+    return summary
+
+
+def _write(reader: Reader, writer: Writer, typestore, summary: BagSummary, pipeline, out_topics: dict[str, str],
+           bar) -> None:
+    written: Counter = Counter()
+    with bar, writer:
+        connections = {}
+        for conn in reader.connections:
+            out = _copy_connection(writer, conn, typestore)
+            if out is None:
+                summary.skipped_topics.append(conn.topic)
+            connections[conn.id] = out
+        outputs = {name: writer.add_connection(topic, OUTPUT_TYPES[name], typestore=typestore)
+                   for name, topic in out_topics.items()}
+        types = typestore.types
+        for conn, timestamp, raw in reader.messages():
+            if (out := connections.get(conn.id)) is not None:
+                writer.write(out, timestamp, raw)
+                written[conn.topic] += 1
+            if conn.topic == summary.image_topic:
+                index = summary.frames
+                summary.frames += 1
+                if index % summary.every == 0:
+                    _segment_frame(typestore, types, conn.msgtype, raw, timestamp, index, summary, pipeline, writer,
+                                   outputs, written)
+            bar.update(1)
+            bar.set_postfix(segmented=summary.segmented, failed=len(summary.failed), refresh=False)
+    summary.topics = dict(sorted(written.items()))
+
+
+def _segment_frame(typestore, types, msgtype: str, raw, timestamp: int, index: int, summary: BagSummary, pipeline,
+                   writer: Writer, outputs: dict, written: Counter) -> None:
+    try:
+        msg = typestore.deserialize_cdr(raw, msgtype)
+        rgb = image_message_to_rgb(msg)
+    except (SerdeError, TypesysError, ImageError) as exc:
+        summary.failed.append({"frame": index, "stamp_ns": timestamp, "error": " ".join(str(exc).split())})
+        return
+    result = pipeline(rgb, summary.prompt)
+    messages = fill_result(result_fields(result, msg.header, rgb if "overlay" in outputs else None), types)
+    for name, conn in outputs.items():
+        writer.write(conn, timestamp, typestore.serialize_cdr(getattr(messages, name), conn.msgtype))
+        written[conn.topic] += 1
+    summary.segmented += 1
+    summary.with_box += int(result.box is not None)
+
+
+__all__ = ["BagSummary", "VISION_MSGS_DEFINITIONS", "lens_typestore", "process_bag", "BagError"]

@@ -1,0 +1,319 @@
+"""`lens bag` end to end on small rosbag2 files written here with rosbags (mcap and sqlite3), read back with rosbags."""
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+pytest.importorskip("rosbags", reason="lens bag reads and writes rosbag2 with rosbags (pip install rosbags)")
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer  # noqa: E402
+from rosbags.typesys import get_types_from_msg  # noqa: E402
+
+from lens_model.answer import smart_resize  # noqa: E402
+from lens_model.cli import main  # noqa: E402
+from lens_model.errors import PromptError  # noqa: E402
+from lens_model.pipeline import LensPipeline  # noqa: E402
+from lens_ros.bag import BagError, lens_typestore, process_bag  # noqa: E402
+from lens_ros.conversions import array_to_image, image_to_array  # noqa: E402
+
+H, W = 24, 32
+PROMPT = "the red cup"
+ANSWER = "<|box_start|>(2,3),(20,15)<|box_end|>"  # what the box model below always answers
+CAMERA = "/camera/image_raw"
+STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+
+
+@pytest.fixture(scope="module")
+def ts():
+    return lens_typestore()
+
+
+@pytest.fixture(scope="module")
+def box_model_dir(tiny_dir, tmp_path_factory):
+    """The tiny checkpoint whose generation config biases greedy decoding towards one fixed grounding answer, so
+    that the untrained model answers with a box (transformers' `sequence_bias`; the weights are unchanged)."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("box_model") / "lens-tiny-box"
+    shutil.copytree(tiny_dir, out)
+    ids = AutoTokenizer.from_pretrained(str(tiny_dir)).encode(ANSWER + "<|im_end|>", add_special_tokens=False)
+    config = json.loads((out / "generation_config.json").read_text())
+    config["sequence_bias"] = [[ids[:1], 100.0]] + [[ids[: i + 1], 1000.0] for i in range(1, len(ids))]
+    (out / "generation_config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tiny_dir):
+    return LensPipeline.from_pretrained(str(tiny_dir), device="cpu", max_new_tokens=4)
+
+
+def header(ts, i):
+    t = ts.types
+    return t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=1000 + i, nanosec=1000 * i + 7),
+                                    frame_id="camera_optical")
+
+
+def frame(i):
+    return np.random.default_rng(i).integers(0, 256, (H, W, 3), dtype=np.uint8)
+
+
+def bag_time(i):
+    return 5_000_000_000 + i * 100_000_000
+
+
+def write_bag(path: Path, ts, storage="mcap", n=4, compressed=False, bad_frames=(), topic=CAMERA):
+    """n camera frames (stamps 1000+i s) interleaved with a std_msgs/String topic, like a real recording."""
+    t = ts.types
+    with Writer(path, version=9, storage_plugin=STORAGES[storage]) as writer:
+        msgtype = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
+        cam = writer.add_connection(topic, msgtype, typestore=ts)
+        chat = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=ts)
+        writer.write(chat, bag_time(0) - 1, bytes(ts.serialize_cdr(t["std_msgs/msg/String"](data="start"), "std_msgs/msg/String")))
+        for i in range(n):
+            if compressed:
+                buffer = io.BytesIO()
+                Image.fromarray(frame(i)).save(buffer, format="JPEG" if i % 2 else "PNG")
+                data = buffer.getvalue()[: 40 if i in bad_frames else None]
+                msg = t[msgtype](header=header(ts, i), format="jpeg" if i % 2 else "png", data=np.frombuffer(data, np.uint8))
+            else:
+                msg = array_to_image(frame(i), "rgb8", header(ts, i), t)
+                if i in bad_frames:
+                    msg.encoding = "yuv422"
+            writer.write(cam, bag_time(i), bytes(ts.serialize_cdr(msg, msgtype)))
+            writer.write(chat, bag_time(i) + 1, bytes(ts.serialize_cdr(t["std_msgs/msg/String"](data=f"msg {i}"), "std_msgs/msg/String")))
+    return path
+
+
+def read_bag(path: Path, ts):
+    """{topic: [(bag timestamp, message, raw bytes)]}, and the storage identifier from metadata.yaml."""
+    out = {}
+    with Reader(path) as reader:
+        types = {c.topic: c.msgtype for c in reader.connections}
+        for conn, timestamp, raw in reader.messages():
+            out.setdefault(conn.topic, []).append((timestamp, ts.deserialize_cdr(raw, conn.msgtype), bytes(raw)))
+    storage = yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]["storage_identifier"]
+    return out, types, storage
+
+
+def run(capsys, *args):
+    code = main(["bag", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("storage,every,n", [("mcap", 1, 3), ("sqlite3", 2, 4)])
+def test_lens_bag_end_to_end(capsys, tmp_path, ts, box_model_dir, storage, every, n):
+    src = write_bag(tmp_path / "in", ts, storage=storage, n=n)
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "--in", src, "--out", out, "--image-topic", CAMERA, "--prompt", PROMPT,
+                            "--every", every, "--model", box_model_dir, "--device", "cpu", "--max-new-tokens", "24")
+    assert code == 0, err
+    segmented = list(range(0, n, every))
+    summary = json.loads(stdout)
+    assert (summary["frames"], summary["segmented"], summary["with_box"], summary["failed"]) == (n, len(segmented), len(segmented), [])
+    assert summary["storage"] == storage and summary["image_type"] == "sensor_msgs/msg/Image"
+
+    got, types, got_storage = read_bag(out, ts)
+    source, _, _ = read_bag(src, ts)
+    assert got_storage == storage
+    assert types == {CAMERA: "sensor_msgs/msg/Image", "/chatter": "std_msgs/msg/String",
+                     "/lens/mask": "sensor_msgs/msg/Image", "/lens/detections": "vision_msgs/msg/Detection2DArray",
+                     "/lens/reasoning": "std_msgs/msg/String"}
+    counts = {topic: len(messages) for topic, messages in got.items()}
+    assert counts == {CAMERA: n, "/chatter": n + 1, "/lens/mask": len(segmented), "/lens/detections": len(segmented),
+                      "/lens/reasoning": len(segmented)}
+    assert summary["topics"] == counts
+    for topic in (CAMERA, "/chatter"):  # input messages copied byte for byte, same bag timestamps
+        assert [(t, raw) for t, _, raw in got[topic]] == [(t, raw) for t, _, raw in source[topic]]
+
+    mh, mw = smart_resize(H, W, 28, *_pixel_bounds(box_model_dir))  # the MLLM's image; the answer's box is in it
+    x1, y1, x2, y2 = 2 * W / mw, 3 * H / mh, 20 * W / mw, 15 * H / mh
+    for k, i in enumerate(segmented):
+        stamp = (1000 + i, 1000 * i + 7, "camera_optical")
+        for topic in ("/lens/mask", "/lens/detections"):
+            timestamp, msg, _ = got[topic][k]
+            assert timestamp == bag_time(i)
+            assert (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id) == stamp
+        mask = got["/lens/mask"][k][1]
+        assert (mask.encoding, mask.height, mask.width, mask.step) == ("mono8", H, W, W)
+        assert image_to_array(mask).shape == (H, W) and set(np.unique(image_to_array(mask))) <= {0, 255}
+        (det,) = got["/lens/detections"][k][1].detections
+        hyp = det.results[0].hypothesis
+        assert hyp.class_id == PROMPT and -1.5 < hyp.score < 1.5
+        assert det.bbox.center.position.x == pytest.approx((x1 + x2) / 2)
+        assert det.bbox.center.position.y == pytest.approx((y1 + y2) / 2)
+        assert (det.bbox.size_x, det.bbox.size_y) == (pytest.approx(x2 - x1), pytest.approx(y2 - y1))
+        assert got["/lens/reasoning"][k][1].data == ANSWER
+        assert got["/lens/reasoning"][k][0] == bag_time(i)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]  # no temporary folder left behind
+
+
+def _pixel_bounds(model_dir):
+    lens = json.loads((Path(model_dir) / "config.json").read_text())["lens"]
+    return lens["min_pixels"], lens["max_pixels"]
+
+
+def test_compressed_topic_with_a_corrupt_frame_and_overlay(tmp_path, ts, tiny_pipe):
+    """CompressedImage (PNG and JPEG) in; a truncated frame is skipped and reported, the rest is segmented;
+    an untrained model answers without a box, so the detection arrays are empty (but still stamped)."""
+    src = write_bag(tmp_path / "in", ts, storage="sqlite3", n=4, compressed=True, bad_frames=(1,))
+    out = tmp_path / "out"
+    summary = process_bag(src, out, CAMERA, PROMPT, pipeline=tiny_pipe, overlay=True, storage="mcap", progress=False)
+    assert (summary.frames, summary.segmented, summary.with_box) == (4, 3, 0)
+    assert summary.image_type == "sensor_msgs/msg/CompressedImage" and summary.storage == "mcap"
+    assert [f["frame"] for f in summary.failed] == [1] and "corrupt or truncated" in summary.failed[0]["error"]
+    got, _, storage = read_bag(out, ts)
+    assert storage == "mcap"
+    assert {t: len(m) for t, m in got.items() if t.startswith("/lens")} == {
+        "/lens/mask": 3, "/lens/detections": 3, "/lens/reasoning": 3, "/lens/overlay": 3}
+    assert [m.header.stamp.sec for _, m, _ in got["/lens/detections"]] == [1000, 1002, 1003]
+    assert all(m.detections == [] for _, m, _ in got["/lens/detections"])
+    for _, overlay, _ in got["/lens/overlay"]:
+        assert (overlay.encoding, overlay.height, overlay.width) == ("rgb8", H, W)
+    masks = [image_to_array(m) for _, m, _ in got["/lens/mask"]]
+    assert all(m.shape == (H, W) for m in masks)
+    assert len(got[CAMERA]) == 4  # the corrupt frame is still copied
+
+
+def test_bad_raw_frame_is_skipped(tmp_path, ts, tiny_pipe):
+    src = write_bag(tmp_path / "in", ts, n=3, bad_frames=(0,))
+    summary = process_bag(src, tmp_path / "out", CAMERA, PROMPT, pipeline=tiny_pipe, progress=False)
+    assert summary.segmented == 2 and summary.failed[0]["frame"] == 0
+    assert "unsupported image encoding 'yuv422'" in summary.failed[0]["error"]
+
+
+def test_custom_message_types_are_copied_with_their_definition(tmp_path, ts, tiny_pipe):
+    custom = lens_typestore()
+    custom.register(get_types_from_msg("string label\nfloat64[] values\n", "my_robot_msgs/msg/Reading"))
+    src = tmp_path / "in"
+    with Writer(src, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        cam = writer.add_connection(CAMERA, "sensor_msgs/msg/Image", typestore=custom)
+        readings = writer.add_connection("/reading", "my_robot_msgs/msg/Reading", typestore=custom)
+        reading = custom.types["my_robot_msgs/msg/Reading"](label="arm", values=np.array([1.5, 2.5]))
+        writer.write(readings, 1, bytes(custom.serialize_cdr(reading, "my_robot_msgs/msg/Reading")))
+        writer.write(cam, 2, bytes(custom.serialize_cdr(array_to_image(frame(0), "rgb8", header(custom, 0), custom.types),
+                                                        "sensor_msgs/msg/Image")))
+    process_bag(src, tmp_path / "out", CAMERA, PROMPT, pipeline=tiny_pipe, progress=False)
+    with Reader(src) as a, Reader(tmp_path / "out") as b:
+        (ca,) = [c for c in a.connections if c.topic == "/reading"]
+        (cb,) = [c for c in b.connections if c.topic == "/reading"]
+        assert (cb.msgtype, cb.msgdef.data, cb.digest) == (ca.msgtype, ca.msgdef.data, ca.digest)
+        (raw,) = [bytes(r) for c, _, r in b.messages() if c.topic == "/reading"]
+    back = custom.deserialize_cdr(raw, "my_robot_msgs/msg/Reading")
+    assert back.label == "arm" and back.values.tolist() == [1.5, 2.5]
+
+
+def test_a_failure_mid_bag_leaves_no_output(tmp_path, ts, tiny_pipe):
+    src = write_bag(tmp_path / "in", ts, n=3)
+    out = tmp_path / "out"
+    # a prompt longer than the pipeline accepts fails inside the model, after the writer has started
+    strict = LensPipeline(tiny_pipe.model, tiny_pipe.processor, max_new_tokens=4, max_prompt_tokens=8)
+    with pytest.raises(PromptError, match="this model accepts at most 8"):
+        process_bag(src, out, CAMERA, PROMPT, pipeline=strict, progress=False)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+    calls = []
+
+    def interrupted_on_second_frame(rgb, prompt):  # the user presses Ctrl-C during the second frame
+        calls.append(prompt)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return tiny_pipe(rgb, prompt)
+
+    with pytest.raises(KeyboardInterrupt):
+        process_bag(src, out, CAMERA, PROMPT, pipeline=interrupted_on_second_frame, progress=False)
+    assert len(calls) == 2 and not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_input_errors_are_reported_before_loading_the_model(capsys, tmp_path, ts):
+    src = write_bag(tmp_path / "in", ts, n=1)
+    missing_model = tmp_path / "no-such-model"  # never loaded: every error below comes first
+
+    def error(*args):
+        code, out, err = run(capsys, *args, "--model", missing_model, "--device", "cpu")
+        assert code == 1 and out == "" and len(err.strip().splitlines()) == 1, err
+        return err
+
+    base = ["--image-topic", CAMERA, "--prompt", PROMPT]
+    assert f"input bag not found: {tmp_path / 'nope'}" in error("--in", tmp_path / "nope", "--out", tmp_path / "o", *base)
+    (tmp_path / "not-a-bag").mkdir()
+    assert "is not a rosbag2 directory (no metadata.yaml)" in error("--in", tmp_path / "not-a-bag", "--out",
+                                                                    tmp_path / "o", *base)
+    err = error("--in", src, "--out", tmp_path / "o", "--image-topic", "/camera/color", "--prompt", PROMPT)
+    assert "topic '/camera/color' is not in" in err
+    assert "its topics: /camera/image_raw (sensor_msgs/msg/Image), /chatter (std_msgs/msg/String)" in err
+    err = error("--in", src, "--out", tmp_path / "o", "--image-topic", "/chatter", "--prompt", PROMPT)
+    assert "topic /chatter has type std_msgs/msg/String; expected sensor_msgs/msg/Image or" in err
+    assert "Image topics in the bag: /camera/image_raw" in err
+    (tmp_path / "exists").mkdir()
+    assert f"output {tmp_path / 'exists'} already exists" in error("--in", src, "--out", tmp_path / "exists", *base)
+    assert "output folder does not exist" in error("--in", src, "--out", tmp_path / "a" / "b", *base)
+    assert "--every must be >= 1, got 0" in error("--in", src, "--out", tmp_path / "o", *base, "--every", "0")
+    assert "prompt is empty" in error("--in", src, "--out", tmp_path / "o", "--image-topic", CAMERA, "--prompt", "  ")
+    assert not (tmp_path / "o").exists()
+
+
+def test_output_topics_already_in_the_input_are_refused(tmp_path, ts, tiny_pipe):
+    src = write_bag(tmp_path / "in", ts, n=1)
+    once = process_bag(src, tmp_path / "once", CAMERA, PROMPT, pipeline=tiny_pipe, progress=False)
+    assert once.segmented == 1
+    with pytest.raises(BagError, match=r"input bag already has output topic\(s\) /lens/detections, /lens/mask"):
+        process_bag(tmp_path / "once", tmp_path / "twice", CAMERA, PROMPT, pipeline=tiny_pipe, progress=False)
+    again = process_bag(tmp_path / "once", tmp_path / "twice", CAMERA, PROMPT, pipeline=tiny_pipe, progress=False,
+                        out_prefix="/lens2")
+    assert again.topics["/lens2/mask"] == 1 and again.topics["/lens/mask"] == 1
+
+
+def test_cli_help_lists_bag(capsys):
+    with pytest.raises(SystemExit):
+        main(["bag", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--in", "--out", "--image-topic", "--prompt", "--every", "--model", "--device"):
+        assert option in out
+
+
+def _make_humble_style(path: Path) -> None:
+    """Strip what Humble's rosbag2 does not record (sqlite3 schema 3, metadata version 5): no message definitions
+    and no type hashes, as in most recordings made on Humble."""
+    import sqlite3
+
+    (db,) = path.glob("*.db3")
+    with sqlite3.connect(db) as con:
+        con.execute("DELETE FROM message_definitions")
+        con.execute("UPDATE topics SET type_description_hash = ''")
+        con.execute("UPDATE schema SET schema_version = 3")
+    meta = yaml.safe_load((path / "metadata.yaml").read_text())
+    info = meta["rosbag2_bagfile_information"]
+    info["version"] = 5
+    info.pop("ros_distro", None)
+    for topic in info["topics_with_message_count"]:
+        topic["topic_metadata"].pop("type_description_hash", None)
+    (path / "metadata.yaml").write_text(yaml.safe_dump(meta))
+
+
+def test_humble_bag_without_type_definitions(tmp_path, ts, tiny_pipe):
+    custom = lens_typestore()
+    custom.register(get_types_from_msg("string label\n", "my_robot_msgs/msg/Tag"))
+    src = tmp_path / "in"
+    with Writer(src, version=8, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        cam = writer.add_connection(CAMERA, "sensor_msgs/msg/Image", typestore=custom)
+        tag = writer.add_connection("/tag", "my_robot_msgs/msg/Tag", typestore=custom)
+        writer.write(tag, 1, bytes(custom.serialize_cdr(custom.types["my_robot_msgs/msg/Tag"](label="x"), "my_robot_msgs/msg/Tag")))
+        writer.write(cam, 2, bytes(custom.serialize_cdr(array_to_image(frame(0), "rgb8", header(custom, 0), custom.types),
+                                                        "sensor_msgs/msg/Image")))
+    _make_humble_style(src)
+    with Reader(src) as reader:
+        assert all(c.digest == "" and not c.msgdef.data for c in reader.connections)
+    summary = process_bag(src, tmp_path / "out", CAMERA, PROMPT, pipeline=tiny_pipe, progress=False)
+    # standard types get their definition and hash from the typestore; a custom type without one cannot be written
+    assert summary.segmented == 1 and summary.skipped_topics == ["/tag"] and summary.storage == "sqlite3"
+    got, types, _ = read_bag(tmp_path / "out", ts)
+    assert "/tag" not in types and len(got[CAMERA]) == 1 and len(got["/lens/mask"]) == 1
+    with Reader(tmp_path / "out") as reader:
+        (conn,) = [c for c in reader.connections if c.topic == CAMERA]
+        assert conn.digest == ts.hash_rihs01("sensor_msgs/msg/Image") and "uint8[] data" in conn.msgdef.data
