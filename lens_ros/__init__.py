@@ -1,1 +1,7 @@
-"""lens_ros: the ROS 2 node that serves LENS segmentation to a robot (built in the ROS 2 issue)."""
+"""lens_ros: LENS segmentation for robots through ROS 2.
+
+Plain Python (no rclpy), tested without ROS: conversions (Image/CompressedImage <-> numpy), policy (command queue,
+frame choice, staleness), results and interfaces (output messages), engine (what the node does, on a worker
+thread), whisper (spoken commands), streaming (reasoning as it is generated), params (the node's parameters),
+bag (`lens bag`). The rclpy glue: node (`ros2 run lens_ros lens_node`).
+"""

@@ -1,0 +1,326 @@
+"""What the lens_ros node does, without rclpy: frames and commands in, results out, on a worker thread.
+
+    engine = SegmentationEngine(pipeline, settings, publish=..., log=node.get_logger(), clock=...)
+    engine.start()
+    engine.on_image(msg)                       # camera callback: keep the frame (sensor_msgs Image/CompressedImage)
+    engine.submit("the red cup")               # command callback: queue it (policy, drops logged)
+    pending = engine.submit(prompt, image=msg_or_None, feedback=callback)   # service / action
+    outcome = pending.wait(timeout)            # Outcome(success, message, result, messages, result_msg, header)
+    engine.stop()
+
+The worker takes one command at a time (lens_ros.policy.CommandQueue), picks its frame (FrameBuffer: latest or
+next, staleness bound) unless the request brought its own image, converts it (lens_ros.conversions), runs the
+pipeline (streaming the generated text to `feedback` when given), builds the output messages
+(lens_ros.results, lens_ros.interfaces) and calls `publish(outcome)`. Any failure — no frame, a stale frame, a
+bad image, an empty prompt, a model error — becomes Outcome(success=False, message=reason), is logged, and the
+worker goes on with the next command.
+
+`SpokenCommands` does the same for audio: chunks in (`feed`), utterances cut by lens_ros.whisper's end-pointer
+and transcribed on their own thread, each transcript submitted as a command.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lens_model.errors import LensError
+
+from .conversions import image_message_to_rgb, stamp_to_seconds
+from .errors import LensRosError
+from .interfaces import fill_segmentation_result
+from .params import NodeSettings
+from .policy import Command, CommandQueue, FrameBuffer
+from .results import ResultMessages, fill_result, result_fields
+from .streaming import TextSoFarStreamer
+from .whisper import AudioError, UtteranceSegmenter, pcm_to_float, split_wav_header
+
+LOG = logging.getLogger("lens_ros.engine")
+Clock = Callable[[], float]
+
+
+@dataclass
+class Outcome:
+    success: bool
+    message: str = ""  # why success is False
+    prompt: str = ""
+    source: str = ""  # command, audio, service, action
+    result: Any = None  # lens_model SegmentationResult
+    messages: ResultMessages | None = None  # mask, detections, reasoning, overlay
+    result_msg: Any = None  # lens_interfaces/msg/SegmentationResult
+    header: Any = None  # the segmented image's header
+    seconds: float = 0.0  # queueing + inference
+
+
+@dataclass
+class Request:
+    """A command's payload: what the caller gave and how it hears back."""
+
+    prompt: str
+    source: str = "command"
+    image: Any = None  # a sensor_msgs Image/CompressedImage given with the request, or None for the camera's
+    feedback: Callable[[str, int], None] | None = None  # (text so far, tokens so far)
+    created: float = field(default_factory=time.monotonic)
+    _done: threading.Event = field(default_factory=threading.Event)
+    _outcome: Outcome | None = None
+
+    def complete(self, outcome: Outcome) -> None:
+        if self._done.is_set():
+            return
+        outcome.seconds = time.monotonic() - self.created
+        self._outcome = outcome
+        self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> Outcome:
+        if not self._done.wait(timeout):
+            return Outcome(False, f"no result within {timeout:g} s (service_timeout_s); the command is still queued "
+                                  "or running", self.prompt, self.source)
+        return self._outcome
+
+
+class SegmentationEngine:
+    def __init__(self, pipeline, settings: NodeSettings, publish: Callable[[Outcome], None] | None = None,
+                 log=LOG, clock: Clock = time.time, types: Mapping[str, type] | None = None) -> None:
+        self.pipeline = pipeline  # called as pipeline(rgb, prompt[, streamer=...]) -> SegmentationResult
+        self.settings = settings
+        self.publish = publish
+        self.log = log
+        self.clock = clock
+        self.types = types  # message classes (None: the ROS 2 Python packages)
+        self.frames = FrameBuffer(settings.frame_selection, settings.frame_age_bound, clock=clock)
+        self.queue = CommandQueue(settings.queue_policy, settings.queue_size, clock=clock)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._unstamped_warned = False
+        self.processed = 0
+        self.failed = 0
+
+    # -- inputs (called from subscription / service callbacks: cheap, never raise) --
+    def on_image(self, msg: Any) -> None:
+        try:
+            stamp = stamp_to_seconds(msg.header)
+        except (AttributeError, TypeError, ValueError) as exc:
+            self.log.warning(f"image without a usable header ({exc}); using its arrival time")
+            stamp = 0.0
+        if stamp == 0.0:
+            if not self._unstamped_warned:
+                self.log.warning("camera images have a zero header stamp; their arrival time is used for staleness")
+                self._unstamped_warned = True
+            stamp = self.clock()
+        self.frames.put(msg, stamp)
+
+    def submit(self, prompt: Any, image: Any = None, feedback: Callable[[str, int], None] | None = None,
+               source: str = "command") -> Request:
+        """Queue a command; the returned Request completes with its Outcome (at once when it is refused)."""
+        request = Request(prompt if isinstance(prompt, str) else "", source, image, feedback)
+        if self._stop.is_set() or self._thread is None:
+            request.complete(Outcome(False, "the node is not active", request.prompt, source))
+            return request
+        submitted = self.queue.submit(prompt, stamp=self.clock(), payload=request)
+        for dropped in submitted.dropped:
+            if dropped.payload is not None:
+                dropped.payload.complete(Outcome(False, submitted.reason, dropped.text, dropped.payload.source))
+        if not submitted.accepted:
+            self.log.warning(f"{source}: {submitted.reason}")
+            request.complete(Outcome(False, submitted.reason, request.prompt, source))
+        elif submitted.dropped:
+            self.log.warning(f"{source}: {submitted.reason}")
+        else:
+            self.log.info(f"{source}: {submitted.reason}")
+        return request
+
+    # -- worker --
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._work, name="lens-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Refuse new commands, answer the pending ones with success=false, and end the worker (after the
+        command it is running, if any)."""
+        self._stop.set()
+        for command in self.queue.close():
+            if command.payload is not None:
+                command.payload.complete(Outcome(False, "the node is shutting down", command.text,
+                                                 command.payload.source))
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            command = self.queue.get(timeout=0.5)
+            if command is None:
+                continue
+            try:
+                outcome = self.process(command)
+            except BaseException as exc:  # noqa: BLE001 - the worker outlives any command
+                self.log.error(f"command {command.text!r}: unexpected error: {exc!r}\n{traceback.format_exc()}")
+                outcome = Outcome(False, f"internal error: {exc!r}", command.text)
+            finally:
+                self.queue.task_done()
+            request = command.payload
+            if request is not None:
+                request.complete(outcome)
+
+    def process(self, command: Command) -> Outcome:
+        """Segment one command (the worker calls this); never raises for a bad input or a model error."""
+        request: Request = command.payload if command.payload is not None else Request(command.text)
+        source = request.source
+        try:
+            if request.image is not None:
+                msg = request.image
+            else:
+                choice = self.frames.wait_for_frame(command.stamp, timeout=self.settings.service_timeout_s)
+                if not choice.ok:
+                    raise LensRosError(choice.reason)
+                msg = choice.frame.message
+            rgb = image_message_to_rgb(msg, self.settings.scale16)
+            header = msg.header
+            kwargs = {}
+            if request.feedback is not None:
+                kwargs["streamer"] = TextSoFarStreamer(self.pipeline, request.feedback)
+            result = self.pipeline(rgb, command.text, **kwargs)
+            fields = result_fields(result, header, rgb if self.settings.publish_overlay else None)
+            messages = fill_result(fields, self.types)
+            result_msg = fill_segmentation_result(result, header, messages, self.types)
+        except LensError as exc:  # bad image, stale or missing frame, unusable prompt, checkpoint problems
+            self.failed += 1
+            self.log.error(f"{source} {command.text!r} failed: {exc}")
+            return Outcome(False, str(exc), command.text, source)
+        except Exception as exc:  # noqa: BLE001 - a model error must not take the node down
+            self.failed += 1
+            self.log.error(f"{source} {command.text!r}: model error: {type(exc).__name__}: {exc}\n"
+                           f"{traceback.format_exc()}")
+            return Outcome(False, f"model error: {type(exc).__name__}: {exc}", command.text, source)
+        self.processed += 1
+        outcome = Outcome(True, "", command.text, source, result, messages, result_msg, header)
+        box = "no box" if result.box is None else "box [" + ", ".join(f"{v:.0f}" for v in result.box) + "]"
+        self.log.info(f"{source} {command.text!r}: {box}, score {result.score:.2f}, "
+                      f"{int(result.mask.sum())} mask pixels, {result.timings.get('total', 0.0):.2f} s")
+        if self.publish is not None:
+            try:
+                self.publish(outcome)
+            except Exception as exc:  # noqa: BLE001 - a failed publish still answers the caller
+                self.log.error(f"publishing the result of {command.text!r} failed: {exc!r}")
+        return outcome
+
+
+class SpokenCommands:
+    """Audio chunks -> utterances -> Whisper transcripts -> `on_text(transcript)`, on its own thread.
+
+    `transcriber` is anything with `transcribe(float_audio, sample_rate) -> str` (a lens_ros.whisper
+    WhisperTranscriber). The stream's layout (rate, channels, sample format) comes from the settings until
+    `set_format` (an audio_common_msgs/AudioInfo) or a WAV header says otherwise.
+    """
+
+    def __init__(self, transcriber, settings: NodeSettings, on_text: Callable[[str], None], log=LOG,
+                 max_pending_chunks: int = 2000) -> None:
+        self.transcriber = transcriber
+        self.settings = settings
+        self.on_text = on_text
+        self.log = log
+        self.sample_rate = settings.audio_sample_rate
+        self.channels = settings.audio_channels
+        self.sample_format = settings.audio_sample_format
+        self._segmenter = self._new_segmenter()
+        self._chunks: queue.Queue = queue.Queue(maxsize=max_pending_chunks)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._overflow_warned = False
+        self.transcripts: list[str] = []
+
+    def _new_segmenter(self) -> UtteranceSegmenter:
+        s = self.settings
+        return UtteranceSegmenter(self.sample_rate, threshold=s.audio_threshold, silence_s=s.audio_silence_s,
+                                  max_utterance_s=s.audio_max_utterance_s)
+
+    def set_format(self, sample_rate: int, channels: int, sample_format: str) -> None:
+        """The stream's layout (from audio_common_msgs/AudioInfo); a change restarts the end-pointer."""
+        sample_format = (sample_format or self.sample_format).upper()
+        if (int(sample_rate), int(channels), sample_format) != (self.sample_rate, self.channels, self.sample_format):
+            self._chunks.put(("format", (int(sample_rate), int(channels), sample_format)))
+
+    def feed(self, data: bytes) -> None:
+        """Subscription callback: hand over one chunk (never blocks; chunks beyond the backlog are dropped)."""
+        try:
+            self._chunks.put_nowait(("data", bytes(data)))
+        except queue.Full:
+            if not self._overflow_warned:
+                self.log.warning("audio backlog full: transcription is slower than the microphone; dropping audio")
+                self._overflow_warned = True
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._work, name="lens-audio", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        self._stop.set()
+        self._chunks.put(("stop", None))
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._thread = None
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Wait until every chunk fed so far has been handled (tests, bag replay)."""
+        done = threading.Event()
+        self._chunks.put(("mark", done))
+        done.wait(timeout)
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            kind, value = self._chunks.get()
+            try:
+                if kind == "stop":
+                    return
+                if kind == "mark":
+                    utterance = self._segmenter.flush()
+                    if utterance is not None:
+                        self._transcribe(utterance)
+                    value.set()
+                elif kind == "format":
+                    self.sample_rate, self.channels, self.sample_format = value
+                    self._segmenter = self._new_segmenter()
+                    self.log.info(f"audio format: {self.sample_rate} Hz, {self.channels} channel(s), "
+                                  f"{self.sample_format}")
+                else:
+                    for utterance in self._segmenter.feed(self._decode(value)):
+                        self._transcribe(utterance)
+            except AudioError as exc:
+                self.log.error(f"audio chunk skipped: {exc}")
+            except Exception as exc:  # noqa: BLE001 - the audio thread outlives a bad chunk or a model error
+                self.log.error(f"audio: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+
+    def _decode(self, data: bytes):
+        header, payload = split_wav_header(data)
+        if header is not None and (header["sample_rate"], header["channels"], header["sample_format"]) != (
+                self.sample_rate, self.channels, self.sample_format):
+            self.sample_rate, self.channels, self.sample_format = (header["sample_rate"], header["channels"],
+                                                                   header["sample_format"])
+            self._segmenter = self._new_segmenter()
+        return pcm_to_float(payload, self.sample_format, self.channels)
+
+    def _transcribe(self, utterance) -> None:
+        seconds = utterance.shape[0] / self.sample_rate
+        text = self.transcriber.transcribe(utterance, self.sample_rate)
+        self.log.info(f"heard ({seconds:.1f} s): {text!r}")
+        if text.strip():
+            self.transcripts.append(text)
+            self.on_text(text)

@@ -1,0 +1,338 @@
+"""The lens_ros node (`ros2 run lens_ros lens_node`, `ros2 launch lens_ros segment.launch.py`): thin rclpy glue.
+
+A lifecycle node named `lens`:
+    configure   reads the parameters (lens_ros.params) and loads LENS (LensPipeline.from_pretrained) and, for
+                spoken commands, Whisper (lens_ros.whisper); a failure is logged and leaves it unconfigured
+    activate    creates the subscriptions, publishers, the /lens/segment service, the /lens/segment_action action,
+                and starts the worker threads (lens_ros.engine)
+    deactivate  stops them (pending requests answer success=false); cleanup frees the models
+With the `autostart` parameter (default true) it configures and activates itself on startup.
+
+Subscribes (relative names, so a namespace or remapping moves them):
+    image       sensor_msgs/Image (sensor-data QoS); sensor_msgs/CompressedImage with image_compressed:=true
+    command     std_msgs/String: segment this in the latest (or next) frame
+    audio       audio_common_msgs/AudioData (raw PCM, e.g. audio_capture with format:=wave) -> Whisper -> command
+    audio_info  audio_common_msgs/AudioInfo: sample rate, channels, sample format of `audio`
+Publishes:
+    mask        sensor_msgs/Image mono8 (255 = object), header = the source image's
+    detections  vision_msgs/Detection2DArray (box in pixels, score, the prompt as class_id)
+    reasoning   std_msgs/String (the generated text)
+    overlay     sensor_msgs/Image rgb8 for RViz
+    result      lens_interfaces/SegmentationResult (all of the above in one message)
+    transcript  std_msgs/String (what Whisper heard)
+Serves:
+    ~/segment         lens_interfaces/srv/Segment      (/lens/segment)
+    ~/segment_action  lens_interfaces/action/Segment   (/lens/segment_action; feedback: the text so far)
+
+All the logic lives in plain-Python modules tested without ROS (engine, policy, conversions, results,
+interfaces, whisper, params). Inference runs on the engine's worker thread; subscriptions run in a mutually
+exclusive callback group and the service/action in a reentrant one, on a MultiThreadedExecutor, so the node
+keeps receiving frames and answering while the model works. No input can kill it: a bad frame, an empty
+command, a stale frame or a model error is logged and answered with success=false.
+"""
+from __future__ import annotations
+
+import os
+
+try:
+    import rclpy
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+    from rclpy.action import ActionServer, CancelResponse, GoalResponse
+    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.lifecycle import Node as LifecycleNode
+    from rclpy.lifecycle import State, TransitionCallbackReturn
+    from rclpy.publisher import Publisher
+    from rclpy.qos import QoSProfile, qos_profile_sensor_data
+    from rclpy.service import Service
+    from rclpy.subscription import Subscription
+    from sensor_msgs.msg import CompressedImage, Image
+    from std_msgs.msg import String
+    from vision_msgs.msg import Detection2DArray
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(f"lens_node needs ROS 2 ({exc}): source /opt/ros/<distro>/setup.bash and the workspace's "
+                      "install/setup.bash first") from exc
+try:
+    from lens_interfaces.action import Segment as SegmentAction
+    from lens_interfaces.msg import SegmentationResult
+    from lens_interfaces.srv import Segment
+except ImportError as exc:  # pragma: no cover
+    raise ImportError(f"lens_node needs the lens_interfaces package ({exc}): build it with "
+                      "`colcon build --packages-up-to lens_ros` (see the README) and source install/setup.bash") from exc
+
+from .engine import Outcome, SegmentationEngine, SpokenCommands
+from .params import PARAMETERS, NodeSettings, ParamSpec
+
+try:  # spoken commands are optional: without audio_common_msgs the node runs text-only
+    from audio_common_msgs.msg import AudioData, AudioInfo
+except ImportError:  # pragma: no cover - depends on the ROS installation
+    AudioData = AudioInfo = None
+
+NODE_NAME = "lens"
+
+
+def descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    """rcl_interfaces ParameterDescriptor: description, choices as a constraint, integer/float range."""
+    d = ParameterDescriptor(name=spec.name, description=spec.full_description())
+    if spec.choices:
+        d.additional_constraints = "one of: " + ", ".join(spec.choices) + (" or empty" if spec.allow_empty else "")
+    if spec.range is not None:
+        if isinstance(spec.default, int) and not isinstance(spec.default, bool):
+            d.integer_range = [IntegerRange(from_value=int(spec.range[0]), to_value=int(spec.range[1]), step=1)]
+        else:
+            d.floating_point_range = [FloatingPointRange(from_value=float(spec.range[0]),
+                                                         to_value=float(spec.range[1]), step=0.0)]
+    return d
+
+
+class LensNode(LifecycleNode):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        for spec in PARAMETERS:
+            try:
+                self.declare_parameter(spec.name, spec.default, descriptor(spec))
+            except (InvalidParameterTypeException, InvalidParameterValueException) as exc:  # e.g. `queue_size: 0`
+                self.get_logger().error(f"parameter {spec.name}: {exc}; using its default {spec.default!r}")
+                self.declare_parameter(spec.name, spec.default, descriptor(spec), ignore_override=True)
+        self.settings: NodeSettings | None = None
+        self.pipeline = None
+        self.transcriber = None
+        self.engine: SegmentationEngine | None = None
+        self.spoken: SpokenCommands | None = None
+        self._inputs = MutuallyExclusiveCallbackGroup()  # cheap callbacks: store a frame, queue a command
+        self._requests = ReentrantCallbackGroup()  # service / action callbacks block until their result
+        self._entities: list = []  # subscriptions, publishers, services created on activate
+        self._action_server: ActionServer | None = None
+        self._pubs: dict = {}
+
+    def now_s(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    # -- lifecycle --
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        log = self.get_logger()
+        try:
+            self.settings = NodeSettings.from_values({p.name: self.get_parameter(p.name).value for p in PARAMETERS})
+            from lens_model.pipeline import LensPipeline
+
+            s = self.settings
+            log.info(f"loading {s.model} (device {s.device}, dtype {s.dtype}, backend {s.backend})")
+            self.pipeline = LensPipeline.from_pretrained(s.model, **s.pipeline_kwargs())
+            self.transcriber = None
+            if s.audio_enabled and AudioData is None:
+                log.warning("audio_enabled but audio_common_msgs is not installed: spoken commands are off "
+                            "(apt install ros-$ROS_DISTRO-audio-common-msgs)")
+            elif s.audio_enabled:
+                from .whisper import WhisperTranscriber
+
+                log.info(f"loading Whisper {s.audio_model}")
+                try:
+                    self.transcriber = WhisperTranscriber.from_pretrained(
+                        s.audio_model, device=s.audio_device or s.device, language=s.audio_language or None)
+                except Exception as exc:  # noqa: BLE001 - text commands and the service work without it
+                    log.error(f"spoken commands are off: Whisper {s.audio_model} did not load: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a failed configure leaves the node alive and unconfigured
+            log.error(f"configure failed: {exc}")
+            self.pipeline = self.transcriber = None
+            return TransitionCallbackReturn.FAILURE
+        log.info("configured")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        try:
+            self._start_io()
+        except Exception as exc:  # noqa: BLE001
+            self.get_logger().error(f"activate failed: {exc}")
+            self._stop_io()
+            return TransitionCallbackReturn.FAILURE
+        self.get_logger().info(f"active: service {self.resolve_service_name('~/segment')}, image topic "
+                               f"{self.resolve_topic_name(self.settings.image_topic)}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._stop_io()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self._free_models()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._stop_io()
+        self._free_models()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: State) -> TransitionCallbackReturn:
+        self.get_logger().error(f"error in state {state.label}; stopping I/O")
+        self._stop_io()
+        return TransitionCallbackReturn.SUCCESS  # back to unconfigured, still alive
+
+    # -- I/O --
+    def _start_io(self) -> None:
+        s = self.settings
+        log = self.get_logger()
+        self.engine = SegmentationEngine(self.pipeline, s, publish=self._publish, log=log, clock=self.now_s)
+        reliable = QoSProfile(depth=10)
+        self._pubs = {
+            "mask": self.create_publisher(Image, s.mask_topic, reliable),
+            "detections": self.create_publisher(Detection2DArray, s.detections_topic, reliable),
+            "reasoning": self.create_publisher(String, s.reasoning_topic, reliable),
+            "result": self.create_publisher(SegmentationResult, s.result_topic, reliable),
+            "transcript": self.create_publisher(String, s.transcript_topic, reliable),
+        }
+        if s.publish_overlay:
+            self._pubs["overlay"] = self.create_publisher(Image, s.overlay_topic, reliable)
+        self._entities = list(self._pubs.values())
+        image_type = CompressedImage if s.image_compressed else Image
+        self._entities.append(self.create_subscription(image_type, s.image_topic, self._on_image,
+                                                       qos_profile_sensor_data, callback_group=self._inputs))
+        self._entities.append(self.create_subscription(String, s.command_topic, self._on_command, reliable,
+                                                       callback_group=self._inputs))
+        if self.transcriber is not None:
+            self.spoken = SpokenCommands(self.transcriber, s, self._on_transcript, log=log)
+            audio_qos = QoSProfile(depth=200, reliability=qos_profile_sensor_data.reliability)
+            self._entities.append(self.create_subscription(AudioData, s.audio_topic, self._on_audio, audio_qos,
+                                                           callback_group=self._inputs))
+            self._entities.append(self.create_subscription(AudioInfo, s.audio_info_topic, self._on_audio_info,
+                                                           reliable, callback_group=self._inputs))
+            self.spoken.start()
+        self._entities.append(self.create_service(Segment, "~/segment", self._on_segment,
+                                                  callback_group=self._requests))
+        self._action_server = ActionServer(
+            self, SegmentAction, "~/segment_action", self._execute_goal, callback_group=self._requests,
+            goal_callback=lambda goal: GoalResponse.ACCEPT, cancel_callback=lambda handle: CancelResponse.REJECT)
+        self.engine.start()
+
+    def _stop_io(self) -> None:
+        if self.spoken is not None:
+            self.spoken.stop()
+            self.spoken = None
+        if self.engine is not None:
+            self.engine.stop()
+            self.engine = None
+        if self._action_server is not None:
+            self._action_server.destroy()
+            self._action_server = None
+        for entity in self._entities:  # through the node, which also forgets them (the executor's wait set)
+            try:
+                if isinstance(entity, Publisher):
+                    self.destroy_publisher(entity)
+                elif isinstance(entity, Subscription):
+                    self.destroy_subscription(entity)
+                elif isinstance(entity, Service):
+                    self.destroy_service(entity)
+            except Exception as exc:  # noqa: BLE001
+                self.get_logger().warning(f"could not destroy {entity}: {exc}")
+        self._entities, self._pubs = [], {}
+
+    def _free_models(self) -> None:
+        self.pipeline = self.transcriber = None
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+    # -- callbacks: cheap, never raise --
+    def _on_image(self, msg) -> None:
+        engine = self.engine
+        if engine is not None:
+            engine.on_image(msg)
+
+    def _on_command(self, msg: String) -> None:
+        engine = self.engine
+        if engine is not None:
+            engine.submit(msg.data, source="command")
+
+    def _on_audio(self, msg) -> None:
+        spoken = self.spoken
+        if spoken is not None:
+            spoken.feed(bytes(msg.data))
+
+    def _on_audio_info(self, msg) -> None:
+        spoken = self.spoken
+        if spoken is not None:
+            spoken.set_format(msg.sample_rate, msg.channels, msg.sample_format)
+
+    def _on_transcript(self, text: str) -> None:
+        pub = self._pubs.get("transcript")
+        if pub is not None:
+            pub.publish(String(data=text))
+        engine = self.engine
+        if engine is not None:
+            engine.submit(text, source="audio")
+
+    def _publish(self, outcome: Outcome) -> None:  # the worker thread, after each successful command
+        m = outcome.messages
+        pubs = self._pubs
+        pubs["mask"].publish(m.mask)
+        pubs["detections"].publish(m.detections)
+        pubs["reasoning"].publish(m.reasoning)
+        if m.overlay is not None and "overlay" in pubs:
+            pubs["overlay"].publish(m.overlay)
+        pubs["result"].publish(outcome.result_msg)
+
+    def _wait(self, prompt: str, image, source: str, feedback=None) -> Outcome:
+        engine = self.engine
+        if engine is None:
+            return Outcome(False, "the node is not active", prompt, source)
+        return engine.submit(prompt, image=image, feedback=feedback, source=source).wait(
+            self.settings.service_timeout_s)
+
+    def _on_segment(self, request, response):
+        try:
+            outcome = self._wait(request.prompt, request.image if request.has_image else None, "service")
+        except Exception as exc:  # noqa: BLE001 - the caller always gets an answer
+            outcome = Outcome(False, f"internal error: {exc!r}")
+        response.success, response.message = bool(outcome.success), str(outcome.message)
+        if outcome.result_msg is not None:
+            response.result = outcome.result_msg
+        return response
+
+    def _execute_goal(self, goal_handle):
+        goal = goal_handle.request
+
+        def feedback(text: str, num_tokens: int) -> None:
+            goal_handle.publish_feedback(SegmentAction.Feedback(reasoning=text, num_tokens=int(num_tokens)))
+
+        try:
+            outcome = self._wait(goal.prompt, goal.image if goal.has_image else None, "action", feedback)
+        except Exception as exc:  # noqa: BLE001
+            outcome = Outcome(False, f"internal error: {exc!r}")
+        result = SegmentAction.Result(success=bool(outcome.success), message=str(outcome.message))
+        if outcome.result_msg is not None:
+            result.result = outcome.result_msg
+        if outcome.success:
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        return result
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = LensNode()
+    executor = MultiThreadedExecutor(num_threads=max(4, os.cpu_count() or 1))
+    executor.add_node(node)
+    try:
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                node.trigger_activate()
+            else:
+                node.get_logger().error("not configured: fix the parameters, then "
+                                        f"`ros2 lifecycle set {node.get_fully_qualified_name()} configure`")
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._stop_io()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()

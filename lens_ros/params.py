@@ -1,0 +1,200 @@
+"""The lens_ros node's parameters: names, defaults, descriptions, ranges and choices (plain Python, no rclpy).
+
+`lens_ros.node` declares exactly these (with rcl_interfaces ParameterDescriptor: description, integer/floating
+point range, choices in the description), `config/lens.yaml` lists every one with its default, and the README's
+parameter table is written from them. `NodeSettings.from_values(values)` checks a full set of values (as read
+back from the node) and returns them typed; an invalid value raises `ParameterError` naming the parameter.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from lens_model.errors import LensError
+
+from .policy import FRAME_MODES, QUEUE_POLICIES
+
+DEFAULT_MODEL = "OuyBin/LENS"  # lens_model.checkpoint.DEFAULT_MODEL_ID (not imported: that module imports torch)
+BACKENDS = ("torch", "onnxruntime", "tensorrt")  # lens_model.backends.BACKENDS (that module imports torch)
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+SCALE16_MODES = ("high_byte", "minmax")  # lens_ros.conversions.SCALE16_MODES
+AUDIO_SAMPLE_FORMATS = ("S16LE", "S32LE", "F32LE", "U8", "S8")  # lens_ros.whisper.SAMPLE_FORMATS
+
+
+class ParameterError(LensError):
+    """A node parameter with a value outside its type, range or choices."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any  # its type is the parameter's type (bool, int, float or str)
+    description: str
+    choices: tuple[str, ...] = ()  # for strings; "" is allowed too when allow_empty
+    range: tuple[float, float] | None = None  # inclusive, for int and float
+    allow_empty: bool = False
+
+    @property
+    def type_name(self) -> str:
+        return {bool: "bool", int: "integer", float: "double", str: "string"}[type(self.default)]
+
+    def full_description(self) -> str:
+        extra = []
+        if self.choices:
+            extra.append("one of: " + ", ".join(self.choices) + (" or empty" if self.allow_empty else ""))
+        if self.range is not None:
+            extra.append(f"range {self.range[0]:g}..{self.range[1]:g}")
+        return self.description + (f" ({'; '.join(extra)})" if extra else "")
+
+    def check(self, value: Any) -> Any:
+        kind = type(self.default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            raise ParameterError(f"parameter {self.name} must be a {self.type_name}, got {value!r}")
+        if self.range is not None and not self.range[0] <= value <= self.range[1]:
+            raise ParameterError(f"parameter {self.name} must lie in [{self.range[0]:g}, {self.range[1]:g}], "
+                                 f"got {value!r}")
+        if self.choices and not (value in self.choices or (self.allow_empty and value == "")):
+            raise ParameterError(f"parameter {self.name} must be one of {', '.join(self.choices)}"
+                                 f"{' (or empty)' if self.allow_empty else ''}, got {value!r}")
+        if kind is str and not self.allow_empty and not self.choices and not value.strip():
+            raise ParameterError(f"parameter {self.name} must not be empty")
+        return value
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    # model
+    ParamSpec("model", DEFAULT_MODEL, "LENS checkpoint: a Hugging Face Hub id or a local model directory; loaded "
+              "on configure"),
+    ParamSpec("device", "auto", "where the model runs: auto (CUDA if available), cpu, cuda or cuda:N"),
+    ParamSpec("dtype", "auto", "weights dtype; auto = bfloat16 on CUDA, float32 on CPU", choices=DTYPES),
+    ParamSpec("backend", "torch", "what runs SAM2 + the context head; onnxruntime and tensorrt run the export in "
+              "backend_dir (lens export); the MLLM always runs in torch", choices=BACKENDS),
+    ParamSpec("backend_dir", "", "export directory for backend onnxruntime or tensorrt", allow_empty=True),
+    ParamSpec("context_pass", "", "override the checkpoint's context-pass mode; empty = the checkpoint's",
+              choices=("official", "cached"), allow_empty=True),
+    ParamSpec("answer_format", "", "override the checkpoint's answer format; empty = the checkpoint's "
+              "(think_answer for the CoT checkpoints)", choices=("grounding", "think_answer"), allow_empty=True),
+    ParamSpec("max_new_tokens", 256, "generation budget of the MLLM per command", range=(1, 4096)),
+    # inputs
+    ParamSpec("image_topic", "image", "camera topic (sensor_msgs/Image, or CompressedImage when image_compressed); "
+              "sensor-data QoS"),
+    ParamSpec("image_compressed", False, "subscribe to sensor_msgs/CompressedImage (JPEG/PNG) instead of "
+              "sensor_msgs/Image; point image_topic at e.g. image/compressed"),
+    ParamSpec("scale16", "high_byte", "how 16-bit images (mono16/16UC1) become 8 bits: high_byte (value >> 8) or "
+              "minmax (per frame)", choices=SCALE16_MODES),
+    ParamSpec("command_topic", "command", "text commands (std_msgs/String), e.g. 'the red cup'"),
+    ParamSpec("frame_selection", "latest", "which frame a command segments: latest (the newest received) or next "
+              "(the first frame stamped at or after the command)", choices=FRAME_MODES),
+    ParamSpec("max_frame_age_s", 1.0, "staleness bound in seconds: with latest, a frame older than the command by "
+              "more is refused; with next, the longest wait for a frame; 0 = no bound", range=(0.0, 3600.0)),
+    ParamSpec("queue_policy", "queue", "commands arriving while the model is busy: queue (keep the newest "
+              "queue_size, dropping the oldest) or drop (refuse them); every drop is logged", choices=QUEUE_POLICIES),
+    ParamSpec("queue_size", 1, "pending commands kept with queue_policy queue", range=(1, 100)),
+    ParamSpec("service_timeout_s", 120.0, "longest a /lens/segment call or Segment goal waits for its result "
+              "(queueing + inference) before answering success=false", range=(1.0, 3600.0)),
+    # outputs
+    ParamSpec("mask_topic", "mask", "mono8 mask (255 = object), with the source image's header"),
+    ParamSpec("detections_topic", "detections", "vision_msgs/Detection2DArray: box, score, prompt as class_id"),
+    ParamSpec("reasoning_topic", "reasoning", "std_msgs/String: the model's generated text"),
+    ParamSpec("overlay_topic", "overlay", "rgb8 image with the tinted mask, box and prompt, for RViz"),
+    ParamSpec("result_topic", "result", "lens_interfaces/SegmentationResult: everything above in one message"),
+    ParamSpec("transcript_topic", "transcript", "std_msgs/String: what Whisper heard (each spoken command)"),
+    ParamSpec("publish_overlay", True, "draw and publish the overlay image (costs a few ms per command)"),
+    # spoken commands
+    ParamSpec("audio_enabled", True, "transcribe spoken commands from audio_topic with Whisper; needs "
+              "audio_common_msgs (the subscription is skipped with a warning when it is missing)"),
+    ParamSpec("audio_model", "openai/whisper-small", "Whisper model: a Hugging Face Hub id or a local directory "
+              "(transformers WhisperForConditionalGeneration)"),
+    ParamSpec("audio_device", "", "device of the Whisper model; empty = device", allow_empty=True),
+    ParamSpec("audio_language", "", "spoken language for multilingual Whisper models, e.g. en or de; empty = "
+              "detected", allow_empty=True),
+    ParamSpec("audio_topic", "audio", "raw PCM chunks (audio_common_msgs/AudioData, as audio_capture publishes "
+              "with format wave)"),
+    ParamSpec("audio_info_topic", "audio_info", "audio_common_msgs/AudioInfo; when received it overrides the "
+              "three audio_* layout parameters below"),
+    ParamSpec("audio_sample_rate", 16000, "sample rate of audio_topic in Hz", range=(1000, 384000)),
+    ParamSpec("audio_channels", 1, "interleaved channels of audio_topic (averaged to mono)", range=(1, 32)),
+    ParamSpec("audio_sample_format", "S16LE", "sample format of audio_topic", choices=AUDIO_SAMPLE_FORMATS),
+    ParamSpec("audio_threshold", 0.02, "speech detection: RMS level (full scale 1.0) that starts an utterance",
+              range=(0.0, 1.0)),
+    ParamSpec("audio_silence_s", 0.8, "speech detection: silence that ends an utterance, seconds",
+              range=(0.05, 10.0)),
+    ParamSpec("audio_max_utterance_s", 20.0, "longest utterance, seconds (Whisper hears at most 30)",
+              range=(1.0, 30.0)),
+    # lifecycle
+    ParamSpec("autostart", True, "configure and activate on startup; false leaves the node unconfigured for a "
+              "lifecycle manager (ros2 lifecycle set /lens configure)"),
+)
+
+PARAMETER_NAMES: tuple[str, ...] = tuple(p.name for p in PARAMETERS)
+DEFAULTS: dict[str, Any] = {p.name: p.default for p in PARAMETERS}
+_BY_NAME = {p.name: p for p in PARAMETERS}
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """All parameters, checked and typed (attribute names = parameter names)."""
+
+    model: str
+    device: str
+    dtype: str
+    backend: str
+    backend_dir: str
+    context_pass: str
+    answer_format: str
+    max_new_tokens: int
+    image_topic: str
+    image_compressed: bool
+    scale16: str
+    command_topic: str
+    frame_selection: str
+    max_frame_age_s: float
+    queue_policy: str
+    queue_size: int
+    service_timeout_s: float
+    mask_topic: str
+    detections_topic: str
+    reasoning_topic: str
+    overlay_topic: str
+    result_topic: str
+    transcript_topic: str
+    publish_overlay: bool
+    audio_enabled: bool
+    audio_model: str
+    audio_device: str
+    audio_language: str
+    audio_topic: str
+    audio_info_topic: str
+    audio_sample_rate: int
+    audio_channels: int
+    audio_sample_format: str
+    audio_threshold: float
+    audio_silence_s: float
+    audio_max_utterance_s: float
+    autostart: bool
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> "NodeSettings":
+        unknown = set(values) - set(_BY_NAME)
+        if unknown:
+            raise ParameterError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+        checked = {name: spec.check(values.get(name, spec.default)) for name, spec in _BY_NAME.items()}
+        if checked["backend"] != "torch" and not checked["backend_dir"]:
+            raise ParameterError(f"backend {checked['backend']} needs backend_dir (the `lens export` directory)")
+        return cls(**checked)
+
+    @property
+    def frame_age_bound(self) -> float | None:
+        """max_frame_age_s for lens_ros.policy.FrameBuffer (None: no bound)."""
+        return self.max_frame_age_s or None
+
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of LensPipeline.from_pretrained."""
+        return {"device": self.device, "dtype": self.dtype, "backend": self.backend,
+                "backend_dir": self.backend_dir or None, "context_pass": self.context_pass or None,
+                "answer_format": self.answer_format or None, "max_new_tokens": self.max_new_tokens}
+
+
+assert [f.name for f in fields(NodeSettings)] == list(PARAMETER_NAMES), "NodeSettings must mirror PARAMETERS"

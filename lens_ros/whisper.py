@@ -1,0 +1,309 @@
+"""Spoken commands: microphone audio -> text with a transformers Whisper model (plain Python, no rclpy).
+
+The node subscribes to `audio` as audio_common_msgs/AudioData (`uint8[] data`, raw PCM) — the message that
+ros-drivers/audio_common's `audio_capture` publishes (run it with `format:=wave`), with the stream's layout from
+`audio_info` (audio_common_msgs/AudioInfo) or the node's parameters. This module does everything after the bytes:
+
+* `pcm_to_float`: raw PCM bytes (S16LE, S32LE, F32LE, U8, S8; interleaved channels; an optional WAV header) or an
+  array -> mono float32 in [-1, 1];
+* `resample`: to Whisper's 16 kHz (band-limited, FFT based);
+* `UtteranceSegmenter`: cuts a continuous stream into utterances with an energy end-pointer;
+* `WhisperTranscriber`: an utterance -> text (`WhisperForConditionalGeneration` + `WhisperProcessor`);
+* `make_tiny_whisper`: a tiny random-weight Whisper written locally, for tests and smoke runs (no download).
+"""
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from lens_model.errors import LensError
+
+WHISPER_SAMPLE_RATE = 16000
+# sample_format names as audio_common (GStreamer) writes them -> numpy dtype
+SAMPLE_FORMATS = {"S16LE": "<i2", "S32LE": "<i4", "F32LE": "<f4", "U8": "u1", "S8": "i1"}
+
+
+class AudioError(LensError):
+    """Audio that cannot be decoded: unknown sample format, truncated frames, empty or silent input."""
+
+
+def split_wav_header(data: bytes) -> tuple[dict | None, bytes]:
+    """A chunk starting with a RIFF/WAVE header -> ({channels, sample_rate, sample_format}, PCM payload);
+    any other chunk -> (None, data). audio_capture's `wave` format sends the header with the first chunk."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None, data
+    pos, fmt = 12, None
+    while pos + 8 <= len(data):
+        chunk_id, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        body = pos + 8
+        if chunk_id == b"fmt ":
+            if size < 16 or body + 16 > len(data):
+                raise AudioError("WAV header: 'fmt ' chunk is truncated")
+            code, channels, rate, _, _, bits = struct.unpack("<HHIIHH", data[body:body + 16])
+            kinds = {(1, 8): "U8", (1, 16): "S16LE", (1, 32): "S32LE", (3, 32): "F32LE"}
+            if (code, bits) not in kinds:
+                raise AudioError(f"WAV header: unsupported encoding (format code {code}, {bits} bits); "
+                                 f"supported: {sorted(kinds.values())}")
+            fmt = {"channels": channels, "sample_rate": rate, "sample_format": kinds[code, bits]}
+        elif chunk_id == b"data":
+            if fmt is None:
+                raise AudioError("WAV header: 'data' chunk before 'fmt ' chunk")
+            # streaming encoders write a placeholder size: take whatever follows
+            return fmt, data[body:]
+        pos = body + size + (size & 1)
+    raise AudioError("WAV header without a 'data' chunk")
+
+
+def pcm_to_float(data, sample_format: str = "S16LE", channels: int = 1) -> np.ndarray:
+    """Raw interleaved PCM bytes (or an array: 1-D, or (samples, channels)) -> mono float32 in [-1, 1]."""
+    if channels < 1:
+        raise AudioError(f"channels must be >= 1, got {channels}")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        fmt = sample_format.upper()
+        if fmt not in SAMPLE_FORMATS:
+            raise AudioError(f"unsupported sample format {sample_format!r}; supported: {', '.join(SAMPLE_FORMATS)}")
+        dtype = np.dtype(SAMPLE_FORMATS[fmt])
+        frame = dtype.itemsize * channels
+        if len(data) % frame:
+            raise AudioError(f"{len(data)} bytes is not a whole number of {fmt} frames of {channels} channel(s) "
+                             f"({frame} bytes each)")
+        samples = np.frombuffer(bytes(data), dtype=dtype).reshape(-1, channels)
+    else:
+        samples = np.asarray(data)
+        if samples.ndim == 1:
+            samples = samples.reshape(-1, 1)
+        elif samples.ndim != 2:
+            raise AudioError(f"audio array must be 1-D or (samples, channels), got shape {samples.shape}")
+    if samples.dtype.kind == "f":
+        mono = samples.astype(np.float32).mean(axis=1)
+    elif samples.dtype.kind == "u":
+        half = float(np.iinfo(samples.dtype).max + 1) / 2
+        mono = ((samples.astype(np.float64) - half) / half).mean(axis=1).astype(np.float32)
+    elif samples.dtype.kind == "i":
+        mono = (samples.astype(np.float64) / -float(np.iinfo(samples.dtype).min)).mean(axis=1).astype(np.float32)
+    else:
+        raise AudioError(f"unsupported audio array dtype {samples.dtype}")
+    if not np.isfinite(mono).all():
+        raise AudioError("audio holds NaN or infinite samples")
+    return np.clip(mono, -1.0, 1.0)
+
+
+def resample(audio: np.ndarray, orig_rate: int, target_rate: int = WHISPER_SAMPLE_RATE) -> np.ndarray:
+    """Band-limited resampling (FFT: content above the lower Nyquist frequency is removed, no aliasing)."""
+    if orig_rate <= 0 or target_rate <= 0:
+        raise AudioError(f"sample rates must be positive, got {orig_rate} -> {target_rate}")
+    audio = np.asarray(audio, dtype=np.float32)
+    if orig_rate == target_rate or audio.size == 0:
+        return audio
+    n_in = audio.shape[0]
+    n_out = max(1, int(round(n_in * target_rate / orig_rate)))
+    spectrum = np.fft.rfft(audio.astype(np.float64))
+    keep = min(spectrum.shape[0], n_out // 2 + 1)
+    out_spectrum = np.zeros(n_out // 2 + 1, dtype=np.complex128)
+    out_spectrum[:keep] = spectrum[:keep]
+    return (np.fft.irfft(out_spectrum, n=n_out) * (n_out / n_in)).astype(np.float32)
+
+
+class UtteranceSegmenter:
+    """Energy end-pointer for a continuous microphone stream: `feed(chunk)` returns the utterances it completed.
+
+    An utterance starts at the first frame (`frame_s`) whose RMS reaches `threshold` (full scale 1.0), keeps
+    `pre_roll_s` of audio before it, and ends after `silence_s` below the threshold (or at `max_utterance_s`).
+    Bursts shorter than `min_speech_s` of loud frames (clicks, bumps) are dropped.
+    """
+
+    def __init__(self, sample_rate: int, threshold: float = 0.02, silence_s: float = 0.8, min_speech_s: float = 0.25,
+                 max_utterance_s: float = 20.0, frame_s: float = 0.03, pre_roll_s: float = 0.3) -> None:
+        if sample_rate <= 0:
+            raise AudioError(f"sample_rate must be positive, got {sample_rate}")
+        self.sample_rate = sample_rate
+        self.threshold = threshold
+        self.frame = max(1, int(round(frame_s * sample_rate)))
+        self.silence_frames = max(1, int(round(silence_s * sample_rate / self.frame)))
+        self.min_speech_frames = max(1, int(round(min_speech_s * sample_rate / self.frame)))
+        self.max_frames = max(1, int(round(max_utterance_s * sample_rate / self.frame)))
+        self.pre_roll_frames = int(round(pre_roll_s * sample_rate / self.frame))
+        self.reset()
+
+    def reset(self) -> None:
+        self._pending = np.zeros(0, dtype=np.float32)  # samples short of a whole frame
+        self._pre_roll: list[np.ndarray] = []
+        self._frames: list[np.ndarray] = []  # the utterance in progress
+        self._loud = 0  # loud frames in it
+        self._quiet_run = 0  # trailing quiet frames
+
+    @property
+    def in_utterance(self) -> bool:
+        return bool(self._frames)
+
+    def feed(self, audio: np.ndarray) -> list[np.ndarray]:
+        data = np.concatenate([self._pending, np.asarray(audio, dtype=np.float32)])
+        whole = data.shape[0] // self.frame * self.frame
+        self._pending = data[whole:]
+        done = []
+        for start in range(0, whole, self.frame):
+            frame = data[start:start + self.frame]
+            loud = float(np.sqrt(np.mean(frame.astype(np.float64) ** 2))) >= self.threshold
+            if not self._frames:
+                if loud:
+                    self._frames = [*self._pre_roll, frame]
+                    self._pre_roll, self._loud, self._quiet_run = [], 1, 0
+                elif self.pre_roll_frames:
+                    self._pre_roll = (self._pre_roll + [frame])[-self.pre_roll_frames:]
+                continue
+            self._frames.append(frame)
+            self._loud += loud
+            self._quiet_run = 0 if loud else self._quiet_run + 1
+            if self._quiet_run >= self.silence_frames or len(self._frames) >= self.max_frames:
+                utterance = self._finish()
+                if utterance is not None:
+                    done.append(utterance)
+        return done
+
+    def flush(self) -> np.ndarray | None:
+        """End of stream: the utterance in progress, if it holds enough speech."""
+        return self._finish() if self._frames else None
+
+    def _finish(self) -> np.ndarray | None:
+        frames, loud = self._frames, self._loud
+        if self._quiet_run:
+            frames = frames[:len(frames) - max(0, self._quiet_run - self.pre_roll_frames)]  # keep a short tail
+        self._frames, self._loud, self._quiet_run = [], 0, 0
+        return np.concatenate(frames) if loud >= self.min_speech_frames else None
+
+
+class WhisperTranscriber:
+    """`WhisperTranscriber.from_pretrained("openai/whisper-small").transcribe(pcm_bytes, 48000)` -> "the red cup"."""
+
+    def __init__(self, model, processor, language: str | None = None, task: str = "transcribe",
+                 max_new_tokens: int = 96) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.language = self._check_language(language or None)
+        self.task = task
+        self.max_new_tokens = max_new_tokens
+        self.sample_rate = int(processor.feature_extractor.sampling_rate)
+        self.max_seconds = float(processor.feature_extractor.n_samples) / self.sample_rate  # 30 s window
+
+    def _check_language(self, language: str | None) -> str | None:
+        """A language code ("de") or name ("german") this model knows, as a code; None = detected."""
+        if language is None:
+            return None
+        lang_to_id = getattr(self.model.generation_config, "lang_to_id", None) or {}
+        if not getattr(self.model.generation_config, "is_multilingual", False) or not lang_to_id:
+            raise AudioError(f"audio language {language!r} given, but this Whisper model is English-only; "
+                             "leave the language empty")
+        from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+        code = TO_LANGUAGE_CODE.get(language.lower(), language.lower())
+        if f"<|{code}|>" not in lang_to_id:
+            known = sorted(key[2:-2] for key in lang_to_id)
+            raise AudioError(f"unknown audio language {language!r}; this model knows: {', '.join(known)}")
+        return code
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device: str = "auto", dtype: str = "auto",
+                        **kwargs) -> "WhisperTranscriber":
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        from lens_model.pipeline import resolve_device, resolve_dtype
+
+        dev = resolve_device(device)
+        processor = WhisperProcessor.from_pretrained(str(name_or_path))
+        model = WhisperForConditionalGeneration.from_pretrained(str(name_or_path), dtype=resolve_dtype(dtype, dev))
+        return cls(model.to(dev), processor, **kwargs)
+
+    def transcribe(self, audio, sample_rate: int, sample_format: str = "S16LE", channels: int = 1) -> str:
+        """PCM bytes (see `pcm_to_float`; a WAV header overrides the layout) or a float/int array -> text."""
+        import torch
+
+        if isinstance(audio, (bytes, bytearray, memoryview)):
+            header, payload = split_wav_header(bytes(audio))
+            if header is not None:
+                sample_rate, sample_format, channels = header["sample_rate"], header["sample_format"], header["channels"]
+            audio = pcm_to_float(payload, sample_format, channels)
+        else:
+            audio = pcm_to_float(audio)
+        if audio.size == 0:
+            raise AudioError("no audio samples to transcribe")
+        audio = resample(audio, sample_rate, self.sample_rate)
+        if audio.shape[0] > self.max_seconds * self.sample_rate:
+            raise AudioError(f"utterance is {audio.shape[0] / self.sample_rate:.1f} s; Whisper hears at most "
+                             f"{self.max_seconds:.0f} s at a time")
+        features = self.processor.feature_extractor(audio, sampling_rate=self.sample_rate, return_tensors="pt")
+        input_features = features.input_features.to(self.model.device, self.model.dtype)
+        # the decoder prompt (start, language, task, no-timestamps) takes up to 4 of the model's positions
+        limit = int(getattr(self.model.config, "max_target_positions", 448)) - 4
+        kwargs = {"max_new_tokens": max(1, min(self.max_new_tokens, limit))}
+        if getattr(self.model.generation_config, "is_multilingual", False):
+            kwargs.update(task=self.task, **({"language": self.language} if self.language else {}))
+        with torch.inference_mode():
+            tokens = self.model.generate(input_features, **kwargs)
+        return self.processor.batch_decode(tokens, skip_special_tokens=True)[0].strip()
+
+
+def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    """Mono float audio -> a 16-bit PCM WAV file's bytes (what audio_capture's `wave` format starts with)."""
+    import wave
+
+    pcm = (np.clip(np.asarray(audio, dtype=np.float64), -1, 1) * 32767).round().astype("<i2").tobytes()
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm)
+    return buf.getvalue()
+
+
+_WHISPER_SPECIAL = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|de|>", "<|translate|>", "<|transcribe|>",
+                    "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+_CORPUS = ["pick up the red cup", "segment the mug left of the laptop", "the astronaut's helmet",
+           "something to cut bread with", "the green apple on the table"]
+
+
+def make_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
+    """A tiny random-weight multilingual Whisper (tokenizer, feature extractor, model, generation config) saved to
+    `out_dir`: loads with `WhisperTranscriber.from_pretrained`. Its transcripts are meaningless; no download."""
+    import json
+
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
+                              WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer)
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(_CORPUS * 4, trainer=trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    spec = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in spec["merges"]]
+    tokenizer = WhisperTokenizer(vocab=spec["vocab"], merges=merges, additional_special_tokens=_WHISPER_SPECIAL[1:])
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _WHISPER_SPECIAL}
+    eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
+    config = WhisperConfig(
+        vocab_size=len(tokenizer), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_source_positions=1500, max_target_positions=64,
+        pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot,
+    )
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
+        no_timestamps_token_id=ids["<|notimestamps|>"], is_multilingual=True,
+        lang_to_id={"<|en|>": ids["<|en|>"], "<|de|>": ids["<|de|>"]},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        # random weights: keep the special tokens out of the transcript so that it holds words
+        begin_suppress_tokens=[eot], suppress_tokens=sorted(set(ids.values()) - {eot}),
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

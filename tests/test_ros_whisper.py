@@ -1,0 +1,178 @@
+"""Spoken commands without ROS: PCM decoding, resampling, the utterance end-pointer, and a tiny Whisper built
+here (random weights, no download) transcribing through the real transformers model and processor."""
+import struct
+
+import numpy as np
+import pytest
+
+from lens_ros.whisper import (AudioError, UtteranceSegmenter, WhisperTranscriber, make_tiny_whisper, pcm_to_float,
+                              resample, split_wav_header, wav_bytes)
+
+
+def _tone(freq, seconds, rate, amplitude=0.5):
+    t = np.arange(int(round(seconds * rate))) / rate
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _peak_hz(audio, rate):
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(audio.size)))
+    return np.fft.rfftfreq(audio.size, 1 / rate)[int(spectrum.argmax())]
+
+
+# --- decoding ---
+
+def test_s16le_bytes_become_float_in_minus_one_to_one():
+    pcm = np.array([0, 16384, -32768, 32767], "<i2").tobytes()
+    assert np.allclose(pcm_to_float(pcm, "S16LE"), [0.0, 0.5, -1.0, 32767 / 32768])
+
+
+@pytest.mark.parametrize("fmt,dtype,scale,offset", [("S32LE", "<i4", 2 ** 31, 0), ("F32LE", "<f4", 1, 0),
+                                                     ("U8", "u1", 128, 128), ("S8", "i1", 128, 0)])
+def test_other_sample_formats(fmt, dtype, scale, offset):
+    values = np.array([0.25, -0.5, 0.0])
+    raw = (values * scale + offset).astype(dtype).tobytes()
+    assert np.allclose(pcm_to_float(raw, fmt), values, atol=1e-2)
+
+
+def test_interleaved_channels_are_averaged_to_mono():
+    stereo = np.array([[16384, 0], [-16384, -16384]], "<i2").tobytes()  # L, R, L, R
+    assert np.allclose(pcm_to_float(stereo, "S16LE", channels=2), [0.25, -0.5])
+
+
+def test_arrays_are_accepted_as_they_are():
+    assert np.allclose(pcm_to_float(np.array([1000, -1000], np.int16)), [1000 / 32768, -1000 / 32768])
+    assert np.allclose(pcm_to_float(np.array([[0.2, 0.4]], np.float32)), [0.3])
+
+
+@pytest.mark.parametrize("data,kwargs,match", [
+    (b"\x00\x01\x02", {}, "not a whole number of S16LE frames"),
+    (b"\x00" * 6, {"channels": 4}, "not a whole number"),
+    (b"\x00\x00", {"sample_format": "MP3"}, "unsupported sample format"),
+    (np.zeros((2, 2, 2)), {}, "1-D or"),
+    (np.array([np.nan], np.float32), {}, "NaN"),
+])
+def test_bad_audio_is_refused_with_the_reason(data, kwargs, match):
+    with pytest.raises(AudioError, match=match):
+        pcm_to_float(data, **kwargs)
+
+
+def test_wav_header_is_split_off_and_read():
+    audio = _tone(440, 0.1, 22050)
+    header, payload = split_wav_header(wav_bytes(audio, 22050))
+    assert header == {"channels": 1, "sample_rate": 22050, "sample_format": "S16LE"}
+    assert np.allclose(pcm_to_float(payload), audio, atol=1 / 32767)
+    assert split_wav_header(b"\x01\x02\x03\x04") == (None, b"\x01\x02\x03\x04")
+    adpcm = b"RIFF" + struct.pack("<I", 36) + b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 2, 1, 8000, 4000, 2, 4)
+    with pytest.raises(AudioError, match="unsupported encoding"):
+        split_wav_header(adpcm + b"data" + struct.pack("<I", 0))
+
+
+# --- resampling ---
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+def test_resampling_to_16k_keeps_length_and_pitch(rate):
+    audio = _tone(440, 1.0, rate)
+    out = resample(audio, rate, 16000)
+    assert out.dtype == np.float32 and out.shape == (16000,)
+    assert abs(_peak_hz(out, 16000) - 440) < 2
+    assert np.sqrt(np.mean(out ** 2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.02)
+
+
+def test_downsampling_removes_content_above_the_new_nyquist_instead_of_aliasing_it():
+    audio = _tone(11000, 1.0, 48000)  # above 8 kHz: naive decimation would fold it to 5 kHz
+    out = resample(audio, 48000, 16000)
+    assert np.sqrt(np.mean(out ** 2)) < 0.01
+
+
+def test_resample_is_identity_at_the_same_rate_and_refuses_bad_rates():
+    audio = _tone(300, 0.2, 16000)
+    assert resample(audio, 16000, 16000) is not None and np.array_equal(resample(audio, 16000, 16000), audio)
+    with pytest.raises(AudioError, match="positive"):
+        resample(audio, 0, 16000)
+
+
+# --- end-pointing a continuous stream ---
+
+def _stream(rate):
+    silence = np.zeros(int(0.5 * rate), np.float32)
+    word = _tone(220, 0.6, rate, amplitude=0.3)
+    click = _tone(1000, 0.03, rate, amplitude=0.5)
+    long_gap = np.zeros(int(1.2 * rate), np.float32)
+    return np.concatenate([silence, word, long_gap, click, long_gap, word, np.zeros(int(0.3 * rate), np.float32)])
+
+
+@pytest.mark.parametrize("chunk", [160, 1024, 48000])
+def test_segmenter_finds_the_utterances_whatever_the_chunk_size_and_drops_clicks(chunk):
+    rate = 16000
+    seg = UtteranceSegmenter(rate, threshold=0.05, silence_s=0.8, min_speech_s=0.25, pre_roll_s=0.1)
+    stream = _stream(rate)
+    found = []
+    for start in range(0, stream.size, chunk):
+        found += seg.feed(stream[start:start + chunk])
+    assert len(found) == 1  # the first word; the click is too short; the second word has not ended yet
+    assert seg.in_utterance
+    last = seg.flush()
+    assert last is not None and not seg.in_utterance
+    for utterance in (found[0], last):
+        seconds = utterance.size / rate
+        assert 0.6 <= seconds <= 0.6 + 0.1 + 0.15  # the word, its pre-roll and a short tail; no long silence
+        assert np.sqrt(np.mean(utterance ** 2)) > 0.1
+
+
+def test_segmenter_cuts_an_endless_utterance_at_the_maximum():
+    rate = 8000
+    seg = UtteranceSegmenter(rate, threshold=0.05, max_utterance_s=2.0, pre_roll_s=0.0)
+    out = seg.feed(_tone(300, 5.0, rate, amplitude=0.3))
+    assert [round(u.size / rate, 1) for u in out] == [2.0, 2.0]
+
+
+# --- Whisper ---
+
+@pytest.fixture(scope="module")
+def tiny_whisper(tmp_path_factory):
+    path = make_tiny_whisper(tmp_path_factory.mktemp("whisper") / "tiny-whisper")
+    return WhisperTranscriber.from_pretrained(path, device="cpu", max_new_tokens=6)
+
+
+def test_tiny_whisper_is_a_real_transformers_whisper_saved_locally(tiny_whisper):
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    assert isinstance(tiny_whisper.model, WhisperForConditionalGeneration)
+    assert isinstance(tiny_whisper.processor, WhisperProcessor)
+    assert tiny_whisper.sample_rate == 16000 and tiny_whisper.max_seconds == 30
+
+
+def test_transcribe_returns_text_for_bytes_arrays_and_wav_at_any_rate(tiny_whisper):
+    audio16 = _tone(440, 1.0, 16000, amplitude=0.3)
+    text = tiny_whisper.transcribe(audio16, 16000)
+    assert isinstance(text, str) and text  # random weights: some words, meaningless
+    # the same sound at 48 kHz, as S16LE bytes and as a WAV file, reaches the model as (nearly) the same features
+    audio48 = _tone(440, 1.0, 48000, amplitude=0.3)
+    pcm48 = (audio48 * 32767).astype("<i2").tobytes()
+    assert tiny_whisper.transcribe(pcm48, 48000) == text
+    assert tiny_whisper.transcribe(wav_bytes(audio48, 48000), 8000) == text  # the header's rate wins
+    stereo = np.repeat((audio48 * 32767).astype("<i2")[:, None], 2, axis=1).tobytes()
+    assert tiny_whisper.transcribe(stereo, 48000, channels=2) == text
+
+
+def test_whisper_language_is_checked_and_reaches_generation(tiny_whisper):
+    audio = _tone(440, 0.5, 16000, amplitude=0.3)
+    model, processor = tiny_whisper.model, tiny_whisper.processor
+    for language in ("de", "German", "EN"):
+        transcriber = WhisperTranscriber(model, processor, language=language, max_new_tokens=4)
+        assert transcriber.language in {"de", "en"}
+        assert isinstance(transcriber.transcribe(audio, 16000), str)
+    with pytest.raises(AudioError, match="unknown audio language 'xx'.*de, en"):
+        WhisperTranscriber(model, processor, language="xx")
+    # generate() is handed the language: an unchecked unknown code fails inside transformers
+    transcriber = WhisperTranscriber(model, processor, max_new_tokens=4)
+    transcriber.language = "xx"
+    with pytest.raises(ValueError, match="Unsupported language"):
+        transcriber.transcribe(audio, 16000)
+
+
+def test_transcribe_refuses_empty_and_too_long_audio(tiny_whisper):
+    with pytest.raises(AudioError, match="no audio"):
+        tiny_whisper.transcribe(b"", 16000)
+    with pytest.raises(AudioError, match="at most 30 s"):
+        tiny_whisper.transcribe(np.zeros(31 * 16000, np.float32), 16000)
