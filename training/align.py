@@ -2,7 +2,7 @@
 SAM2 frozen, on teacher-forced answers, with dice + BCE (or focal) on the masks (paper Table A1, SPEC.md).
 
     python -m training.align --config training/configs/align.yaml [key=value ...]       # one process
-    deepspeed --num_gpus 8 -m training.align --config ... [--hostfile hosts]           # one node / cluster
+    deepspeed --num_gpus 8 --module training.align --config ... [--hostfile hosts]     # one node / cluster
     torchrun --nproc_per_node 8 -m training.align --config ...
     DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 -m training.align ...               # CPU (tests)
     python -m training.align --config ... --resume                                     # continue OUT/checkpoints/latest
@@ -278,7 +278,7 @@ def train(args) -> int:
         shutil.copytree(final_ckpt / "model", out / "final", dirs_exist_ok=True)
         curves.close()
         plot_curves(out / "metrics.jsonl", out / "loss.png")
-        log.info("done: model in %s (lens segment --model %s IMAGE PROMPT); curves in %s and %s", out / "final",
+        log.info("done: model in %s (lens segment --model %s --image IMAGE --prompt PROMPT); curves in %s and %s", out / "final",
                  out / "final", out / "metrics.jsonl", out / "tensorboard")
     barrier(world)
     return 0

@@ -4,7 +4,7 @@ policy-gradient objective + β·KL(k3) to a frozen reference, plus λ·(dice + B
 (which trains the context module and SAM2's decoder) — paper Table A2, SPEC.md.
 
     python -m training.grpo --config training/configs/grpo.yaml [key=value ...]
-    torchrun --nproc_per_node 8 -m training.grpo --config ...        # or: deepspeed [--hostfile H] -m training.grpo
+    torchrun --nproc_per_node 8 -m training.grpo --config ...        # or: deepspeed [--hostfile H] --module training.grpo
     DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 -m training.grpo ...   # CPU (tests)
     python -m training.grpo --config ... --resume                    # continue OUT/checkpoints/latest
 
