@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from lens_model.backends import OnnxRuntimeBackend, TensorRTBackend
+from lens_model.backends import OnnxRuntimeBackend, TensorRTBackend, mask_decoder_feeds
 from lens_model.config import LensConfig, SamConfig
 from lens_model.context import ContextHead
 from lens_model.export import ExportOptions, export_parts
@@ -71,7 +71,6 @@ def main() -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     parts = build_parts(args.sam, args.image_size, args.hidden, args.queries)
-    sam, context = parts.sam.to(device), parts.context.to(device)
     s = args.image_size
     images = torch.randn(args.images, 3, s, s, device=device)
     states = torch.randn(args.prompts, args.queries, args.hidden, device=device)
@@ -79,10 +78,9 @@ def main() -> None:
 
     out_dir = Path(tempfile.mkdtemp(prefix="lens-sam-backends-"))
     start = time.perf_counter()
-    export_parts(SegmentationParts(parts.sam.cpu(), parts.context.cpu(), parts.config, parts.hidden_size), out_dir,
-                 ExportOptions(fp16=args.fp16, overwrite=True))
+    export_parts(parts, out_dir, ExportOptions(fp16=args.fp16, overwrite=True))  # on the CPU, where build_parts made them
     print(f"exported to {out_dir} in {time.perf_counter() - start:.1f} s")
-    sam.to(device), context.to(device)
+    sam, context = parts.sam.to(device), parts.context.to(device)
 
     backends = {"onnxruntime": OnnxRuntimeBackend(out_dir, device=device)}
     if cuda and tensorrt_available():
@@ -110,9 +108,7 @@ def main() -> None:
         feeds = {
             "image_encoder": {"images": images},
             "context_head": {"query_states": states},
-            "mask_decoder": {"prompt_embed": prompt, "image_embed": row_features.image_embed,
-                             "high_res_feat_s4": row_features.high_res_feats[0],
-                             "high_res_feat_s8": row_features.high_res_feats[1]},
+            "mask_decoder": mask_decoder_feeds(prompt, row_features),
         }
         print(f"\n{args.sam} SAM2 at {s}px, context head {args.hidden} wide x {args.queries} queries, "
               f"{args.images} image(s), {args.prompts} prompt(s), {'fp16' if args.fp16 else 'fp32'} graphs, "

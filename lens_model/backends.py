@@ -112,10 +112,14 @@ class ExportedBackend(SegmentationBackend):
     def decode(self, prompt_embed: torch.Tensor, features: SamImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         if features.image_embed.shape[0] != prompt_embed.shape[0]:
             raise ValueError(f"{features.image_embed.shape[0]} image embeddings for {prompt_embed.shape[0]} prompt embeddings")
-        feeds = {"prompt_embed": prompt_embed, "image_embed": features.image_embed,
-                 "high_res_feat_s4": features.high_res_feats[0], "high_res_feat_s8": features.high_res_feats[1]}
-        low_res, iou = self.run("mask_decoder", feeds)
+        low_res, iou = self.run("mask_decoder", mask_decoder_feeds(prompt_embed, features))
         return low_res, iou
+
+
+def mask_decoder_feeds(prompt_embed: torch.Tensor, features: SamImageFeatures) -> dict[str, torch.Tensor]:
+    """The named inputs of the exported mask decoder."""
+    return {"prompt_embed": prompt_embed, "image_embed": features.image_embed,
+            "high_res_feat_s4": features.high_res_feats[0], "high_res_feat_s8": features.high_res_feats[1]}
 
 
 def _import_onnxruntime():

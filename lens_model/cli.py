@@ -18,6 +18,27 @@ EXAMPLES = """examples:
 """
 
 
+DTYPES = ["auto", "float32", "bfloat16", "float16"]
+DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N (default: auto)"
+
+
+def _add_model(p) -> None:
+    from .checkpoint import DEFAULT_MODEL_ID
+
+    p.add_argument("--model", default=DEFAULT_MODEL_ID, help=f"checkpoint directory or Hub id (default: {DEFAULT_MODEL_ID})")
+
+
+def _add_device_dtype(p, device_help: str = DEVICE_HELP, dtype_help: str | None = None) -> None:
+    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help=dtype_help)
+
+
+def _add_overrides(p, context_pass_help: str, answer_format_help: str) -> None:
+    """--context-pass / --answer-format: override what the checkpoint's config says."""
+    p.add_argument("--context-pass", choices=["official", "cached"], help=context_pass_help)
+    p.add_argument("--answer-format", choices=["grounding", "think_answer"], help=answer_format_help)
+
+
 def _add_segment(sub) -> None:
     from .checkpoint import DEFAULT_MODEL_ID
 
@@ -31,14 +52,10 @@ def _add_segment(sub) -> None:
     p.add_argument("--out-mask", type=Path, help="write the mask as a PNG (0/255, same size as the image)")
     p.add_argument("--out-overlay", type=Path, help="write the image with the tinted mask, the box and the prompt")
     p.add_argument("--json", type=Path, help="also write the JSON result to this file")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights dtype (default: auto = bfloat16 on CUDA, float32 on CPU)")
+    _add_device_dtype(p, dtype_help="weights dtype (default: auto = bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="generation budget of the MLLM (default: 256)")
-    p.add_argument("--context-pass", choices=["official", "cached"],
-                   help="override the checkpoint's context-pass mode (released checkpoints need 'official')")
-    p.add_argument("--answer-format", choices=["grounding", "think_answer"],
-                   help="override the prompt/answer format (think_answer for the CoT checkpoints)")
+    _add_overrides(p, "override the checkpoint's context-pass mode (released checkpoints need 'official')",
+                   "override the prompt/answer format (think_answer for the CoT checkpoints)")
     p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch",
                    help="what runs SAM2 + the context head: torch (default), or the graphs/engines that `lens export` "
                         "wrote to --backend-dir (the MLLM always runs in torch)")
@@ -47,7 +64,6 @@ def _add_segment(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    from .checkpoint import DEFAULT_MODEL_ID
     from .export import DEFAULT_OPSET, SUPPORTED_OPSETS
 
     p = sub.add_parser("export", help="export SAM2 + context head to ONNX (and TensorRT engines) for per-frame inference",
@@ -55,7 +71,7 @@ def _add_export(sub) -> None:
                                    "batch) and lens_export.json (names, shapes, normalisation, weights hash, versions) to "
                                    "--out. --format tensorrt also builds TensorRT engines for this machine's GPU. Run "
                                    "them with: lens segment --backend onnxruntime|tensorrt --backend-dir OUT")
-    p.add_argument("--model", default=DEFAULT_MODEL_ID, help=f"checkpoint directory or Hub id (default: {DEFAULT_MODEL_ID})")
+    _add_model(p)
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx",
                    help="onnx (default), or tensorrt: ONNX plus engines built here (needs a CUDA GPU and tensorrt)")
@@ -73,8 +89,6 @@ def _add_export(sub) -> None:
 
 
 def _add_bag(sub) -> None:
-    from .checkpoint import DEFAULT_MODEL_ID
-
     p = sub.add_parser("bag", help="segment the image topic of a rosbag2 and write masks, detections and reasoning to a new bag",
                        description="Reads sensor_msgs/Image or CompressedImage from a rosbag2 (mcap or sqlite3; needs the "
                                    "rosbags package: pip install -e '.[ros]'), segments every N-th frame with the "
@@ -86,9 +100,8 @@ def _add_bag(sub) -> None:
     p.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic to segment")
     p.add_argument("--prompt", required=True, help="referring expression or command, e.g. 'the red cup on the left'")
     p.add_argument("--every", type=int, default=1, help="segment frames 0, N, 2N, ... of the topic (default: 1, every frame)")
-    p.add_argument("--model", default=DEFAULT_MODEL_ID, help=f"checkpoint directory or Hub id (default: {DEFAULT_MODEL_ID})")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    _add_model(p)
+    _add_device_dtype(p)
     p.add_argument("--max-new-tokens", type=int, default=256, help="generation budget of the MLLM (default: 256)")
     p.add_argument("--storage", choices=["mcap", "sqlite3"], help="output storage (default: the input's)")
     p.add_argument("--overlay", action="store_true", help="also write /lens/overlay (Image rgb8: tinted mask, box, prompt)")
@@ -109,14 +122,13 @@ def _add_make_tiny(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    from .checkpoint import DEFAULT_MODEL_ID
     from .data import DATASET_NAMES
 
     p = sub.add_parser("eval", help="gIoU/cIoU of a model on a dataset split (resumable; shard with torchrun)",
                        description="Evaluates with the LISA/LENS protocol and prints dataset, split, N, gIoU, cIoU, P@0.5. "
                                    "Per-sample results stream to OUT/samples-rank*.jsonl; re-running the same command "
                                    "resumes. Shard over processes/GPUs with: torchrun --nproc_per_node K -m lens_model eval ...")
-    p.add_argument("--model", default=DEFAULT_MODEL_ID, help=f"checkpoint directory or Hub id (default: {DEFAULT_MODEL_ID})")
+    _add_model(p)
     p.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset name")
     p.add_argument("--data-root", required=True, type=Path, help="dataset root (see README: Datasets)")
     p.add_argument("--split", required=True, help="refcoco/refcoco+: val testA testB; refcocog: val test; "
@@ -127,10 +139,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--out", type=Path, help="output folder (default: runs/eval/DATASET-SPLIT)")
     p.add_argument("--save-vis", type=int, default=0, metavar="K", help="save K GT|prediction overlay images (default: 0)")
     p.add_argument("--max-length", type=int, default=768, help="prompt + completion token budget (default: 768, as released)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda (with torchrun: each rank uses cuda:LOCAL_RANK)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--context-pass", choices=["official", "cached"], help="override the checkpoint's context-pass mode")
-    p.add_argument("--answer-format", choices=["grounding", "think_answer"], help="override the answer format")
+    _add_device_dtype(p, device_help="auto, cpu, cuda (with torchrun: each rank uses cuda:LOCAL_RANK)")
+    _add_overrides(p, "override the checkpoint's context-pass mode", "override the answer format")
     p.add_argument("--ignore-as-background", action="store_true",
                    help="ReasonSeg: count 'ignore' regions as background, as the released LENS script does "
                         "(default: leave them out of I and U, as LISA does)")
@@ -226,10 +236,12 @@ def cmd_export(args) -> int:
     meta = export_model(args.model, args.out, options)
     if engine_options is not None:
         meta = build_engines(args.out, engine_options)
+    def shapes(specs) -> str:
+        return ", ".join(f"{t.name} {tuple(t.shape)}" for t in specs)
+
     for name, graph in meta.graphs.items():
         _, problems = check_file(args.out / graph.onnx)
         size = sum(f.stat().st_size for f in args.out.glob(f"{graph.onnx}*")) / 1e6
-        shapes = lambda specs: ", ".join(f"{t.name} {tuple(t.shape)}" for t in specs)  # noqa: E731
         print(f"{name}: {args.out / graph.onnx} ({size:.1f} MB){' + ' + graph.engine if graph.engine else ''}\n"
               f"    {shapes(graph.inputs)} -> {shapes(graph.outputs)}")
         for problem in problems:
@@ -317,6 +329,17 @@ def cmd_make_synthetic(args) -> int:
     return 0
 
 
+def cmd_plot_run(args) -> int:
+    from training.plots import plot_curves
+
+    metrics = args.run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        raise LensError(f"{metrics} not found: pass the output_dir of a training run")
+    out = plot_curves(metrics, args.out or args.run_dir / "curves.png")
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -331,14 +354,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def cmd_plot_run(args) -> int:
-    from training.plots import plot_curves
-
-    metrics = args.run_dir / "metrics.jsonl"
-    if not metrics.is_file():
-        raise LensError(f"{metrics} not found: pass the output_dir of a training run")
-    out = plot_curves(metrics, args.out or args.run_dir / "curves.png")
-    print(f"wrote {out}")
-    return 0

@@ -46,6 +46,17 @@ def positions_1d(attention_mask: torch.Tensor) -> torch.Tensor:
     return pos.unsqueeze(0).expand(3, -1, -1)
 
 
+def image_features_per_row(mllm, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor,
+                           rows: torch.Tensor | None = None):
+    """Vision encoder once per image; with `rows`, its output repeated (shared tensors) for every row of that
+    image, in row order, as `embed_with_images` expects."""
+    outputs = mllm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+    if rows is not None:
+        per_image = tuple(outputs.pooler_output)
+        outputs.pooler_output = tuple(per_image[i] for i in rows.tolist())
+    return outputs
+
+
 def embed_with_images(mllm, input_ids: torch.Tensor, image_outputs,
                       mm_token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
     """(B, L) ids -> (B, L, hidden) token embeddings with the image features (one entry of
@@ -116,15 +127,28 @@ class LensModel(nn.Module):
         return self.context.learnable_query.dtype
 
     # ------------------------------------------------------------------ MLLM
-    def encode_mllm_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor):
-        """Run the MLLM vision encoder once; the result feeds generation and the context pass."""
-        return self.mllm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+    def encode_mllm_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor,
+                           rows: torch.Tensor | None = None):
+        """Run the MLLM vision encoder once per image; the result feeds generation and the context pass.
+        `rows` (R,): the image of each prompt row — the output then holds one (shared) entry per row."""
+        return image_features_per_row(self.mllm, pixel_values, image_grid_thw, rows)
 
     def _embed(self, input_ids: torch.Tensor, image_outputs, mm_token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         return embed_with_images(self.mllm, input_ids, image_outputs, mm_token_type_ids)
 
     def mrope_positions(self, ctx: ContextInputs, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
         return mrope_positions(self.mllm, ctx, extra)
+
+    def context_positions(self, ctx: ContextInputs, positions: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions (3, B, L+N) and attention mask (B, L+N) of prompt + completion + the N queries:
+        "1d" as the released checkpoints saw them (see SPEC.md), "mrope" continuing the sampling positions."""
+        n = self.context.num_queries
+        if positions == "mrope":
+            return self.mrope_positions(ctx, n)
+        if positions == "1d":
+            mask = torch.cat([ctx.attention_mask, ctx.attention_mask.new_ones(ctx.input_ids.shape[0], n)], dim=1)
+            return positions_1d(mask), mask
+        raise ValueError(f"positions must be 'mrope' or '1d', got {positions!r}")
 
     def query_states_full(self, ctx: ContextInputs, image_outputs, positions: str) -> torch.Tensor:
         """One LLM pass over prompt + completion + queries -> (B, N, hidden) last-layer query states.
@@ -135,13 +159,7 @@ class LensModel(nn.Module):
         n = self.context.num_queries
         embeds = self._embed(ctx.input_ids, image_outputs, ctx.mm_token_type_ids)
         embeds = torch.cat([embeds, self.context.query_embeds(embeds.shape[0], embeds.dtype)], dim=1)
-        if positions == "mrope":
-            pos, mask = self.mrope_positions(ctx, n)
-        elif positions == "1d":
-            mask = torch.cat([ctx.attention_mask, ctx.attention_mask.new_ones(embeds.shape[0], n)], dim=1)
-            pos = positions_1d(mask)
-        else:
-            raise ValueError(f"positions must be 'mrope' or '1d', got {positions!r}")
+        pos, mask = self.context_positions(ctx, positions)
         out = self.mllm.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False)
         return out.last_hidden_state[:, -n:]
 
@@ -154,13 +172,7 @@ class LensModel(nn.Module):
         """
         n = self.context.num_queries
         b = ctx.input_ids.shape[0]
-        if positions == "mrope":
-            pos, mask = self.mrope_positions(ctx, n)
-        elif positions == "1d":
-            mask = torch.cat([ctx.attention_mask, ctx.attention_mask.new_ones(b, n)], dim=1)
-            pos = positions_1d(mask)
-        else:
-            raise ValueError(f"positions must be 'mrope' or '1d', got {positions!r}")
+        pos, mask = self.context_positions(ctx, positions)
         length = ctx.input_ids.shape[1]
         lm = self.mllm.model.language_model
         with torch.no_grad():

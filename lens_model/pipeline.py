@@ -140,10 +140,10 @@ class LensPipeline:
 
         dev = resolve_device(device)
         check_backend_args(backend, backend_dir)  # before loading a multi-GB model
-        model_dir = resolve_model_dir(name_or_path) if backend != "torch" else name_or_path
+        model_dir = resolve_model_dir(name_or_path)
         model, processor = load_model(model_dir, device=dev, dtype=resolve_dtype(dtype, dev),
                                       context_pass=context_pass, answer_format=answer_format)
-        segmenter = load_backend(backend, model, backend_dir, model_dir=model_dir if backend != "torch" else None)
+        segmenter = load_backend(backend, model, backend_dir, model_dir=model_dir)
         return cls(model, processor, backend=segmenter, **kwargs)
 
     @property
@@ -201,9 +201,8 @@ class LensPipeline:
             patch = self.processor.image_processor.patch_size
             sam_input = torch.stack([preprocess_for_sam(rgb, self.backend.image_size) for rgb, _ in prepared]).to(device)
         with timer.stage("mllm_vision"):
-            image_outputs = self.model.encode_mllm_images(unique["pixel_values"].to(device, self.model.dtype), grid)
-            per_image = tuple(image_outputs.pooler_output)
-            image_outputs.pooler_output = tuple(per_image[i] for i in image_index)  # row order, shared tensors
+            # once per distinct image, one shared entry per prompt row
+            image_outputs = self.model.encode_mllm_images(unique["pixel_values"].to(device, self.model.dtype), grid, rows)
             grid_rows = grid[rows]
         with timer.stage("generate"):
             gen = self.model.mllm.generate(

@@ -238,7 +238,6 @@ def _write(reader: Reader, writer: Writer, typestore, summary: BagSummary, pipel
             connections[conn.id] = out
         outputs = {name: writer.add_connection(topic, OUTPUT_TYPES[name], typestore=typestore)
                    for name, topic in out_topics.items()}
-        types = typestore.types
         for conn, timestamp, raw in reader.messages():
             if (out := connections.get(conn.id)) is not None:
                 writer.write(out, timestamp, raw)
@@ -247,14 +246,14 @@ def _write(reader: Reader, writer: Writer, typestore, summary: BagSummary, pipel
                 index = summary.frames
                 summary.frames += 1
                 if index % summary.every == 0:
-                    _segment_frame(typestore, types, conn.msgtype, raw, timestamp, index, summary, pipeline, writer,
-                                   outputs, written)
+                    _segment_frame(typestore, conn.msgtype, raw, timestamp, index, summary, pipeline, writer, outputs,
+                                   written)
             bar.update(1)
             bar.set_postfix(segmented=summary.segmented, failed=len(summary.failed), refresh=False)
     summary.topics = dict(sorted(written.items()))
 
 
-def _segment_frame(typestore, types, msgtype: str, raw, timestamp: int, index: int, summary: BagSummary, pipeline,
+def _segment_frame(typestore, msgtype: str, raw, timestamp: int, index: int, summary: BagSummary, pipeline,
                    writer: Writer, outputs: dict, written: Counter) -> None:
     try:
         msg = typestore.deserialize_cdr(raw, msgtype)
@@ -263,7 +262,8 @@ def _segment_frame(typestore, types, msgtype: str, raw, timestamp: int, index: i
         summary.failed.append({"frame": index, "stamp_ns": timestamp, "error": " ".join(str(exc).split())})
         return
     result = pipeline(rgb, summary.prompt)
-    messages = fill_result(result_fields(result, msg.header, rgb if "overlay" in outputs else None), types)
+    messages = fill_result(result_fields(result, msg.header, rgb if "overlay" in outputs else None),
+                          typestore.types)
     for name, conn in outputs.items():
         writer.write(conn, timestamp, typestore.serialize_cdr(getattr(messages, name), conn.msgtype))
         written[conn.topic] += 1

@@ -69,7 +69,7 @@ def lens_interfaces_definitions(interfaces_dir: Path = INTERFACES_DIR) -> dict[s
     defs = {f"lens_interfaces/msg/{p.stem}": qualify(p.read_text()) for p in sorted((interfaces_dir / "msg").glob("*.msg"))}
     for kind, parts in (("srv", ("Request", "Response")), ("action", ("Goal", "Result", "Feedback"))):
         for path in sorted((interfaces_dir / kind).glob(f"*.{kind}")):
-            sections = [s for s in _split_sections(path.read_text())]
+            sections = _split_sections(path.read_text())
             if len(sections) != len(parts):
                 raise ValueError(f"{path}: expected {len(parts)} sections separated by ---, found {len(sections)}")
             for part, section in zip(parts, sections):

@@ -76,7 +76,7 @@ def descriptor(spec: ParamSpec) -> ParameterDescriptor:
     """rcl_interfaces ParameterDescriptor: description, choices as a constraint, integer/float range."""
     d = ParameterDescriptor(name=spec.name, description=spec.full_description())
     if spec.choices:
-        d.additional_constraints = "one of: " + ", ".join(spec.choices) + (" or empty" if spec.allow_empty else "")
+        d.additional_constraints = spec.constraint
     if spec.range is not None:
         if isinstance(spec.default, int) and not isinstance(spec.default, bool):
             d.integer_range = [IntegerRange(from_value=int(spec.range[0]), to_value=int(spec.range[1]), step=1)]

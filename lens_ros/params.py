@@ -12,13 +12,14 @@ from typing import Any
 
 from lens_model.errors import LensError
 
+from .conversions import SCALE16_MODES
 from .policy import FRAME_MODES, QUEUE_POLICIES
+from .whisper import SAMPLE_FORMATS
 
 DEFAULT_MODEL = "OuyBin/LENS"  # lens_model.checkpoint.DEFAULT_MODEL_ID (not imported: that module imports torch)
 BACKENDS = ("torch", "onnxruntime", "tensorrt")  # lens_model.backends.BACKENDS (that module imports torch)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-SCALE16_MODES = ("high_byte", "minmax")  # lens_ros.conversions.SCALE16_MODES
-AUDIO_SAMPLE_FORMATS = ("S16LE", "S32LE", "F32LE", "U8", "S8")  # lens_ros.whisper.SAMPLE_FORMATS
+AUDIO_SAMPLE_FORMATS = tuple(SAMPLE_FORMATS)
 
 
 class ParameterError(LensError):
@@ -38,10 +39,17 @@ class ParamSpec:
     def type_name(self) -> str:
         return {bool: "bool", int: "integer", float: "double", str: "string"}[type(self.default)]
 
+    @property
+    def constraint(self) -> str:
+        """The choices as text ("one of: a, b or empty"); "" without choices."""
+        if not self.choices:
+            return ""
+        return "one of: " + ", ".join(self.choices) + (" or empty" if self.allow_empty else "")
+
     def full_description(self) -> str:
         extra = []
         if self.choices:
-            extra.append("one of: " + ", ".join(self.choices) + (" or empty" if self.allow_empty else ""))
+            extra.append(self.constraint)
         if self.range is not None:
             extra.append(f"range {self.range[0]:g}..{self.range[1]:g}")
         return self.description + (f" ({'; '.join(extra)})" if extra else "")

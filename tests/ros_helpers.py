@@ -27,6 +27,11 @@ def header(store, sec=100, nanosec=0, frame="camera_optical"):
     return t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame)
 
 
+def cdr(store, msg, typename):
+    """Serialise and deserialise through CDR, as a bag or a DDS wire would carry the message."""
+    return store.deserialize_cdr(bytes(store.serialize_cdr(msg, typename)), typename)
+
+
 def image_msg(store, rgb: np.ndarray, sec=100, nanosec=0, frame="camera_optical", encoding="rgb8"):
     from lens_ros.conversions import array_to_image
 

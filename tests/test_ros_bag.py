@@ -20,6 +20,8 @@ from lens_model.pipeline import LensPipeline  # noqa: E402
 from lens_ros.bag import BagError, lens_typestore, process_bag  # noqa: E402
 from lens_ros.conversions import array_to_image, image_to_array  # noqa: E402
 
+import ros_helpers  # noqa: E402
+
 H, W = 24, 32
 PROMPT = "the red cup"
 ANSWER = "<|box_start|>(2,3),(20,15)<|box_end|>"  # what the box model below always answers
@@ -53,9 +55,7 @@ def tiny_pipe(tiny_dir):
 
 
 def header(ts, i):
-    t = ts.types
-    return t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=1000 + i, nanosec=1000 * i + 7),
-                                    frame_id="camera_optical")
+    return ros_helpers.header(ts, sec=1000 + i, nanosec=1000 * i + 7, frame="camera_optical")
 
 
 def frame(i):
@@ -87,6 +87,20 @@ def write_bag(path: Path, ts, storage="mcap", n=4, compressed=False, bad_frames=
             writer.write(cam, bag_time(i), bytes(ts.serialize_cdr(msg, msgtype)))
             writer.write(chat, bag_time(i) + 1, bytes(ts.serialize_cdr(t["std_msgs/msg/String"](data=f"msg {i}"), "std_msgs/msg/String")))
     return path
+
+
+def write_custom_bag(path: Path, version: int, storage: str, topic: str, msgtype: str, definition: str, **values):
+    """A bag with one message of a custom type (`definition`) on `topic`, then one camera frame; returns the
+    typestore that knows the custom type."""
+    custom = lens_typestore()
+    custom.register(get_types_from_msg(definition, msgtype))
+    with Writer(path, version=version, storage_plugin=STORAGES[storage]) as writer:
+        cam = writer.add_connection(CAMERA, "sensor_msgs/msg/Image", typestore=custom)
+        conn = writer.add_connection(topic, msgtype, typestore=custom)
+        writer.write(conn, 1, bytes(custom.serialize_cdr(custom.types[msgtype](**values), msgtype)))
+        writer.write(cam, 2, bytes(custom.serialize_cdr(array_to_image(frame(0), "rgb8", header(custom, 0), custom.types),
+                                                        "sensor_msgs/msg/Image")))
+    return custom
 
 
 def read_bag(path: Path, ts):
@@ -188,16 +202,9 @@ def test_bad_raw_frame_is_skipped(tmp_path, ts, tiny_pipe):
 
 
 def test_custom_message_types_are_copied_with_their_definition(tmp_path, ts, tiny_pipe):
-    custom = lens_typestore()
-    custom.register(get_types_from_msg("string label\nfloat64[] values\n", "my_robot_msgs/msg/Reading"))
     src = tmp_path / "in"
-    with Writer(src, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        cam = writer.add_connection(CAMERA, "sensor_msgs/msg/Image", typestore=custom)
-        readings = writer.add_connection("/reading", "my_robot_msgs/msg/Reading", typestore=custom)
-        reading = custom.types["my_robot_msgs/msg/Reading"](label="arm", values=np.array([1.5, 2.5]))
-        writer.write(readings, 1, bytes(custom.serialize_cdr(reading, "my_robot_msgs/msg/Reading")))
-        writer.write(cam, 2, bytes(custom.serialize_cdr(array_to_image(frame(0), "rgb8", header(custom, 0), custom.types),
-                                                        "sensor_msgs/msg/Image")))
+    custom = write_custom_bag(src, 9, "mcap", "/reading", "my_robot_msgs/msg/Reading", "string label\nfloat64[] values\n",
+                              label="arm", values=np.array([1.5, 2.5]))
     process_bag(src, tmp_path / "out", CAMERA, PROMPT, pipeline=tiny_pipe, progress=False)
     with Reader(src) as a, Reader(tmp_path / "out") as b:
         (ca,) = [c for c in a.connections if c.topic == "/reading"]
@@ -297,15 +304,8 @@ def _make_humble_style(path: Path) -> None:
 
 
 def test_humble_bag_without_type_definitions(tmp_path, ts, tiny_pipe):
-    custom = lens_typestore()
-    custom.register(get_types_from_msg("string label\n", "my_robot_msgs/msg/Tag"))
     src = tmp_path / "in"
-    with Writer(src, version=8, storage_plugin=StoragePlugin.SQLITE3) as writer:
-        cam = writer.add_connection(CAMERA, "sensor_msgs/msg/Image", typestore=custom)
-        tag = writer.add_connection("/tag", "my_robot_msgs/msg/Tag", typestore=custom)
-        writer.write(tag, 1, bytes(custom.serialize_cdr(custom.types["my_robot_msgs/msg/Tag"](label="x"), "my_robot_msgs/msg/Tag")))
-        writer.write(cam, 2, bytes(custom.serialize_cdr(array_to_image(frame(0), "rgb8", header(custom, 0), custom.types),
-                                                        "sensor_msgs/msg/Image")))
+    write_custom_bag(src, 8, "sqlite3", "/tag", "my_robot_msgs/msg/Tag", "string label\n", label="x")
     _make_humble_style(src)
     with Reader(src) as reader:
         assert all(c.digest == "" and not c.msgdef.data for c in reader.connections)

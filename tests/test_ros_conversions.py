@@ -17,6 +17,9 @@ from lens_ros.conversions import (  # noqa: E402
 )
 from lens_ros.errors import ImageConversionError, LensRosError  # noqa: E402
 
+import ros_helpers  # noqa: E402
+from ros_helpers import cdr  # noqa: E402
+
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
 
@@ -32,19 +35,13 @@ def humble():
 
 
 def header(ts, sec=1712345678, nanosec=123456789, frame_id="camera_color_optical_frame"):
-    t = ts.types
-    return t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id)
+    return ros_helpers.header(ts, sec, nanosec, frame_id)
 
 
 def raw_image(ts, data: bytes, height, width, encoding, step, is_bigendian=0, hdr=None):
     """An Image built field by field (not by the code under test)."""
     return ts.types[IMAGE](header=hdr or header(ts), height=height, width=width, encoding=encoding,
                            is_bigendian=is_bigendian, step=step, data=np.frombuffer(data, dtype=np.uint8).copy())
-
-
-def cdr(ts, msg, typename):
-    """Serialise and deserialise through CDR, as a bag or a DDS wire would carry the message."""
-    return ts.deserialize_cdr(bytes(ts.serialize_cdr(msg, typename)), typename)
 
 
 RNG = np.random.default_rng(0)

@@ -159,9 +159,10 @@ def typestore():
     return lens_test_typestore()
 
 
-def _header(store, sec=12, nanosec=345, frame="camera_optical"):
-    t = store.types
-    return t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame)
+def _header(store):
+    from ros_helpers import header
+
+    return header(store, sec=12, nanosec=345)
 
 
 def _result(box=(10.0, 20.0, 50.0, 40.0)):

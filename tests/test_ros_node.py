@@ -1,6 +1,7 @@
 """The rclpy node itself, with a tiny LENS model: lifecycle, /lens/segment, the command topic and the outputs.
 Needs a sourced ROS 2 (Humble or Jazzy) environment with lens_interfaces built (see the README); skips
 otherwise — everything the node does is also tested without ROS in test_ros_engine.py."""
+import importlib
 import importlib.util
 import threading
 import time
@@ -9,12 +10,11 @@ import numpy as np
 import pytest
 
 
-
 def _missing() -> list[str]:
     missing = [m for m in ("rclpy", "sensor_msgs", "vision_msgs") if importlib.util.find_spec(m) is None]
     try:  # the source folder lens_interfaces/ imports as an empty namespace package: ask for the generated class
-        from lens_interfaces.srv import Segment  # noqa: F401
-    except ImportError:
+        importlib.import_module("lens_interfaces.srv").Segment
+    except (ImportError, AttributeError):
         missing.append("lens_interfaces")
     return missing
 

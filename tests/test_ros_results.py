@@ -16,6 +16,9 @@ from lens_ros.results import (  # noqa: E402
     overlay_fields, result_fields,
 )
 
+import ros_helpers  # noqa: E402
+from ros_helpers import cdr  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def ts():
@@ -23,8 +26,7 @@ def ts():
 
 
 def header(ts, sec=1700000000, nanosec=250, frame_id="head_camera"):
-    t = ts.types
-    return t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id)
+    return ros_helpers.header(ts, sec, nanosec, frame_id)
 
 
 def result(box=(10.0, 20.0, 50.0, 80.0), score=0.875, prompt="the red cup"):
@@ -34,9 +36,6 @@ def result(box=(10.0, 20.0, 50.0, 80.0), score=0.875, prompt="the red cup"):
                               text="<|object_ref_start|>the red cup<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>",
                               num_tokens=12, image_size=(90, 120), mllm_image_size=(84, 112))
 
-
-def cdr(ts, msg, typename):
-    return ts.deserialize_cdr(bytes(ts.serialize_cdr(msg, typename)), typename)
 
 
 def test_detection_fields_box_arithmetic(ts):

@@ -15,7 +15,6 @@ checkpoints/step-*/ (DeepSpeed state + model/ for `lens segment`), final/ (the t
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -29,11 +28,11 @@ from lens_model.config import LensConfig, SamConfig
 from lens_model.metrics import SplitMetrics, score_sample
 from lens_model.sam import upsample_logits
 
-from .config import AlignConfig, dump_config, derive_batch, load_config, lr_at, total_steps
+from .config import AlignConfig, dump_config, derive_batch, load_config, total_steps
 from .data import AlignExamples, Collator, Schedule, load_mixture
-from .engine import (MetricLog, enable_activation_checkpointing, Throughput, TrainingError, all_mean, all_sum, barrier, start_run,
-                     deepspeed_config, init_distributed, resolve_precision,
-                     save_checkpoint, stage_main)
+from .engine import (MetricLog, Throughput, all_mean, all_sum, barrier, build_engine, enable_activation_checkpointing,
+                     init_distributed, log_failed_samples, resolve_precision, save_checkpoint, stage_main, start_run,
+                     stop_if_not_finite, zero_loss)
 from .losses import mask_loss
 from .plots import plot_curves
 
@@ -92,21 +91,22 @@ def model_signature(model) -> dict:
 
 
 # ---------------------------------------------------------------------------- one micro-batch
-def forward_loss(engine, batch: dict, cfg: AlignConfig, mllm_grad: bool, device: torch.device) -> dict[str, torch.Tensor]:
-    positions = "1d" if cfg.context_pass == "official" else "mrope"
+def mask_logits(engine, batch: dict, cfg: AlignConfig, device: torch.device, mllm_grad: bool = False) -> torch.Tensor:
+    """Teacher-forced forward of a collated batch -> low-res mask logits (B, 1, S/4, S/4); the query positions
+    follow the context pass the model is trained for (official: 1-D, cached: M-RoPE)."""
     low_res, _ = engine(
         batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["mm_token_type_ids"].to(device),
         batch["pixel_values"].to(device), batch["image_grid_thw"].to(device), batch["sam_images"].to(device),
-        positions=positions, mllm_grad=mllm_grad,
+        positions="1d" if cfg.context_pass == "official" else "mrope", mllm_grad=mllm_grad,
     )
+    return low_res
+
+
+def forward_loss(engine, batch: dict, cfg: AlignConfig, mllm_grad: bool, device: torch.device) -> dict[str, torch.Tensor]:
+    low_res = mask_logits(engine, batch, cfg, device, mllm_grad)
     return mask_loss(low_res, [m.to(device) for m in batch["gt_masks"]], dice_weight=cfg.dice_weight,
                      pixel_weight=cfg.pixel_weight, pixel_loss=cfg.pixel_loss, focal_alpha=cfg.focal_alpha,
                      focal_gamma=cfg.focal_gamma)
-
-
-def zero_loss(engine) -> torch.Tensor:
-    """A loss of 0 connected to every trainable weight: keeps ranks in step when a whole micro-batch failed."""
-    return sum(p.sum() * 0.0 for p in engine.module.parameters() if p.requires_grad)
 
 
 # ---------------------------------------------------------------------------- validation
@@ -131,10 +131,7 @@ def validate(engine, val_set: AlignExamples | None, collate, cfg: AlignConfig, r
             failed += int(real)
             batch = collate([val_set[0]])  # something to forward so the collective calls line up
             real = False
-        positions = "1d" if cfg.context_pass == "official" else "mrope"
-        low_res, _ = engine(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                            batch["mm_token_type_ids"].to(device), batch["pixel_values"].to(device),
-                            batch["image_grid_thw"].to(device), batch["sam_images"].to(device), positions=positions)
+        low_res = mask_logits(engine, batch, cfg, device)
         if real:
             gt = batch["gt_masks"][0].numpy()
             pred = (upsample_logits(low_res, gt.shape)[0] > 0).cpu().numpy()
@@ -153,8 +150,6 @@ def main(argv=None) -> int:
 
 
 def train(args) -> int:
-    import deepspeed
-
     cfg = load_config(AlignConfig, args.config, args.overrides)
     datasets = load_mixture(cfg.datasets)  # before the model: a wrong path fails in seconds, not minutes
     val_records = load_mixture([cfg.val_dataset])[0][:cfg.val_samples] if cfg.val_dataset and cfg.val_samples else None
@@ -185,19 +180,7 @@ def train(args) -> int:
                  f"{sum(counts.values()) / 1e6:.2f}M", f"{frozen / 1e6:.2f}M", world, per_device, accum,
                  cfg.global_batch_size, num_samples, steps, f", resuming at step {start_step}" if start_step else "")
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg, steps))
-    engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler,
-        config=deepspeed_config(cfg.zero_stage, per_device, accum, world, dtype, cfg.grad_clip))
-    if cfg.zero_stage == 3:
-        for param in engine.module.external_parameters():
-            deepspeed.zero.register_external_parameter(engine.module, param)
-    if resume_from is not None:
-        loaded, _ = engine.load_checkpoint(str(resume_from[0]), tag=resume_from[1], load_module_strict=False)
-        if loaded is None:
-            raise TrainingError(f"DeepSpeed could not load {resume_from[0] / resume_from[1]}")
+    engine, scheduler = build_engine(model, cfg, per_device, accum, world, dtype, steps, resume_from)
     engine.train()
     model.sam.image_encoder.eval()  # frozen; keep any stochastic layers off
 
@@ -226,22 +209,13 @@ def train(args) -> int:
         step_lr = scheduler.get_last_lr()[0]  # the rate this step's update uses
         for _ in range(accum):
             batch = next(batches)
-            if batch["failed"]:
-                with failed_log.open("a") as f:
-                    for sample_id, error in batch["failed"]:
-                        log.warning("step %d: skipping sample %s", step, error)
-                        f.write(json.dumps({"step": step, "sample_id": sample_id, "error": error}) + "\n")
+            log_failed_samples(failed_log, step + 1, batch["failed"])
             if batch["size"]:
                 losses = forward_loss(engine, batch, cfg, mllm_grad, device)
                 loss = losses["loss"]
             else:
                 losses, loss = {}, zero_loss(engine)
-            finite = all_sum(torch.tensor([float(torch.isfinite(loss).all())], device=device), world)
-            if float(finite) < world:
-                where = f"last good checkpoint: {out / 'checkpoints' / ('step-%07d' % last_saved)}" if last_saved \
-                    else "no checkpoint was saved yet"
-                raise TrainingError(f"non-finite loss at step {step + 1} (loss={float(loss.detach()):.4g} on rank {rank}); "
-                                    f"stopped before the update; {where}. Lower lr or check the data of this step.")
+            stop_if_not_finite(loss, step + 1, rank, world, device, out, last_saved)
             engine.backward(loss)
             engine.step()
             for key in parts:

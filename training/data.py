@@ -39,6 +39,15 @@ def load_mixture(specs: Sequence) -> list[list[Record]]:
     return datasets
 
 
+def load_sample(record: Record) -> tuple[np.ndarray, np.ndarray]:
+    """-> (H, W, 3) uint8 image and (H, W) bool GT mask; LensError/ValueError naming the file when the image is
+    unreadable, the mask undecodable, or the image's size not the annotation's."""
+    rgb = load_image(record.image_path)
+    if rgb.shape[:2] != tuple(record.image_size):
+        raise ValueError(f"image {record.image_path} is {rgb.shape[:2]}, annotation says {record.image_size}")
+    return rgb, record.mask()
+
+
 def epoch_order(sizes: Sequence[int], ratios: Sequence[float], seed: int, epoch: int) -> np.ndarray:
     """(M, 2) [dataset, record] pairs for one epoch, M = Σ sizes: each position draws its dataset with
     probability ∝ ratio; within a dataset records come from a fresh permutation (cycled if drawn more often)."""
@@ -112,10 +121,7 @@ class AlignExamples(Dataset):
             return {"error": f"{record.dataset}/{record.sample_id}: {exc}", "sample_id": record.sample_id}
 
     def _example(self, record: Record) -> dict:
-        rgb = load_image(record.image_path)
-        if rgb.shape[:2] != tuple(record.image_size):
-            raise ValueError(f"image {record.image_path} is {rgb.shape[:2]}, annotation says {record.image_size}")
-        mask = record.mask()
+        rgb, mask = load_sample(record)
         if record.box is None:
             raise ValueError("empty target: stage 1 needs a box to put in the answer")
         llm = mllm_image(rgb, self.lens_config)

@@ -99,6 +99,30 @@ def deepspeed_config(zero_stage: int, per_device: int, grad_accum: int, world: i
     }
 
 
+def build_engine(model: torch.nn.Module, cfg, per_device: int, grad_accum: int, world: int, dtype: torch.dtype,
+                 total_updates: int, resume_from: tuple[Path, str] | None):
+    """DeepSpeed engine over `model` with AdamW on its trainable parameters only (frozen ones never get optimizer
+    state) and the config's warm-up + decay schedule; restores a checkpoint when resuming. -> (engine, scheduler)"""
+    import deepspeed
+
+    from .config import lr_at
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg, total_updates))
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler,
+        config=deepspeed_config(cfg.zero_stage, per_device, grad_accum, world, dtype, cfg.grad_clip))
+    if cfg.zero_stage == 3:  # parameters read outside their own module's forward must be gathered for ours
+        for param in model.external_parameters():
+            deepspeed.zero.register_external_parameter(engine.module, param)
+    if resume_from is not None:
+        loaded, _ = engine.load_checkpoint(str(resume_from[0]), tag=resume_from[1], load_module_strict=False)
+        if loaded is None:
+            raise TrainingError(f"DeepSpeed could not load {resume_from[0] / resume_from[1]}")
+    return engine, scheduler
+
+
 def all_mean(value: float, world: int, device: torch.device) -> float:
     if world == 1:
         return value
@@ -137,6 +161,34 @@ def stage_main(argv, prog: str, doc: str, recipe: str, example_override: str, tr
     except LensError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+# ---------------------------------------------------------------------------- inside the training loop
+def zero_loss(engine) -> torch.Tensor:
+    """A loss of 0 connected to every trainable weight: keeps ranks in step when a whole micro-batch failed."""
+    return sum(p.sum() * 0.0 for p in engine.module.parameters() if p.requires_grad)
+
+
+def stop_if_not_finite(loss: torch.Tensor, step: int, rank: int, world: int, device: torch.device, out_dir: Path,
+                       last_saved: int | None) -> None:
+    """All ranks agree whether `loss` is finite before anyone updates; if not, stop naming the (1-based) step
+    and the last checkpoint, which the update never touched."""
+    finite = all_sum(torch.tensor([float(torch.isfinite(loss.detach()).all())], device=device), world)
+    if float(finite) < world:
+        where = (f"last good checkpoint: {out_dir / 'checkpoints' / step_tag(last_saved)}" if last_saved
+                 else "no checkpoint was saved yet")
+        raise TrainingError(f"non-finite loss at step {step} (loss={float(loss.detach()):.4g} on rank {rank}); "
+                            f"stopped before the update; {where}. Lower lr or check the data of this step.")
+
+
+def log_failed_samples(path: Path, step: int, failed: list[tuple[str, str]]) -> None:
+    """Samples skipped at (1-based) `step`: a warning each and a line in the rank's failed_samples JSONL."""
+    if not failed:
+        return
+    with path.open("a") as f:
+        for sample_id, error in failed:
+            log.warning("step %d: skipping sample %s", step, error)
+            f.write(json.dumps({"step": step, "sample_id": sample_id, "error": error}) + "\n")
 
 
 # ---------------------------------------------------------------------------- checkpoints

@@ -17,7 +17,6 @@ checkpoints/step-*/, final/.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import shutil
@@ -31,19 +30,19 @@ import torch
 
 from lens_model.answer import box_iou, parse_answer
 from lens_model.metrics import SplitMetrics, score_sample
-from lens_model.modeling import ContextInputs
+from lens_model.modeling import ContextInputs, image_features_per_row
 from lens_model.pipeline import special_token_ids
 
 from .align import freeze_all_but, model_signature
-from .config import GRPOConfig, derive_batch, dump_config, load_config, lr_at, total_steps
+from .config import GRPOConfig, derive_batch, dump_config, load_config, total_steps
 from .data import Schedule, load_mixture
-from .engine import (MetricLog, enable_activation_checkpointing, Throughput, TrainingError, all_mean, all_sum, barrier, start_run,
-                     deepspeed_config, init_distributed, resolve_precision, save_checkpoint,
-                     stage_main)
+from .engine import (MetricLog, Throughput, all_mean, all_sum, barrier, build_engine, enable_activation_checkpointing,
+                     init_distributed, log_failed_samples, resolve_precision, save_checkpoint, stage_main, start_run,
+                     stop_if_not_finite, zero_loss)
 from .grpo_loss import group_advantages, grpo_loss
 from .losses import mask_loss
 from .plots import plot_curves
-from .policy import PolicyModel, image_features_per_row, sequence_logprobs
+from .policy import PolicyModel, sequence_logprobs
 from .rewards import RolloutSample, resolve_reward, score
 from .rollout import PromptBatch, Rollout, generate_rollouts, prepare_prompts
 
@@ -159,8 +158,6 @@ def main(argv=None) -> int:
 
 
 def train(args) -> int:
-    import deepspeed
-
     cfg = load_config(GRPOConfig, args.config, args.overrides)
     for name in cfg.reward_weights:  # unknown reward names fail before anything heavy starts
         resolve_reward(name)
@@ -199,20 +196,9 @@ def train(args) -> int:
     else:
         vllm_rollouts = None
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
-    updates = steps * cfg.num_iterations
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg, updates))
-    engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler,
-        config=deepspeed_config(cfg.zero_stage, per_device, accum, world, dtype, cfg.grad_clip))
-    if cfg.zero_stage == 3:
-        for param in model.external_parameters():
-            deepspeed.zero.register_external_parameter(engine.module, param)
-    if resume_from is not None:
-        loaded, _ = engine.load_checkpoint(str(resume_from[0]), tag=resume_from[1], load_module_strict=False)
-        if loaded is None:
-            raise TrainingError(f"DeepSpeed could not load {resume_from[0] / resume_from[1]}")
+    # num_iterations optimizer updates per step: the schedule counts updates
+    engine, scheduler = build_engine(model, cfg, per_device, accum, world, dtype, steps * cfg.num_iterations,
+                                     resume_from)
     reference = load_reference(cfg, dtype, device, cfg.zero_stage)
     engine.train()
     lens.sam.image_encoder.eval()
@@ -251,11 +237,7 @@ def train(args) -> int:
             records = [datasets[k][i] for k, i in positions[cursor:cursor + per_device]]
             cursor += per_device
             prompts, failed = prepare_prompts(records, processor, lens.lens_config, cfg.max_prompt_length)
-            if failed:
-                with failed_log.open("a") as f:
-                    for sample_id, error in failed:
-                        log.warning("step %d: skipping sample %s", step + 1, error)
-                        f.write(json.dumps({"step": step + 1, "sample_id": sample_id, "error": error}) + "\n")
+            log_failed_samples(failed_log, step + 1, failed)
             if prompts is None:
                 items.append(None)
                 continue
@@ -289,16 +271,11 @@ def train(args) -> int:
         for _ in range(cfg.num_iterations):  # ---- updates (one optimizer step per pass over the micro-batches)
             for item in items:
                 if item is None:
-                    losses = {"loss": sum(p.sum() * 0.0 for p in trainable)}
+                    losses = {"loss": zero_loss(engine)}
                 else:
                     losses = micro_loss(engine, item, cfg, context_pass, vision_grad=mllm_trained)
                 loss = losses["loss"]
-                finite = all_sum(torch.tensor([float(torch.isfinite(loss.detach()).all())], device=device), world)
-                if float(finite) < world:
-                    where = (f"last good checkpoint: {out / 'checkpoints' / ('step-%07d' % last_saved)}" if last_saved
-                             else "no checkpoint was saved yet")
-                    raise TrainingError(f"non-finite loss at step {step + 1} on rank {rank}; stopped before the "
-                                        f"update; {where}. Lower lr or check this step's data.")
+                stop_if_not_finite(loss, step + 1, rank, world, device, out, last_saved)
                 engine.backward(loss)
                 engine.step()
                 for key, value in losses.items():

@@ -25,14 +25,6 @@ def token_logprobs(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tens
     return torch.stack(rows)
 
 
-def image_features_per_row(mllm, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, rows: torch.Tensor):
-    """Vision encoder once per image, its output repeated (shared tensors) for every row of that image."""
-    outputs = mllm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
-    per_image = tuple(outputs.pooler_output)
-    outputs.pooler_output = tuple(per_image[i] for i in rows.tolist())
-    return outputs
-
-
 def sequence_logprobs(mllm, ctx: ContextInputs, image_outputs, prompt_length: int, temperature: float,
                       extra_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (B, T) of the completion tokens of prompt + completion under the M-RoPE positions generation
@@ -70,7 +62,7 @@ class PolicyModel(nn.Module):
         lens = self.lens
         ctx = ContextInputs(sequences, attention_mask, mm_token_type_ids, image_grid_thw[rows])
         with torch.set_grad_enabled(vision_grad and torch.is_grad_enabled()):
-            image_outputs = image_features_per_row(lens.mllm, pixel_values.to(lens.dtype), image_grid_thw, rows)
+            image_outputs = lens.encode_mllm_images(pixel_values.to(lens.dtype), image_grid_thw, rows)
         if context_pass == "cached":  # queries continue the sampling positions: one pass gives both
             queries = lens.context.query_embeds(sequences.shape[0], lens.dtype)
             logp, states = sequence_logprobs(lens.mllm, ctx, image_outputs, prompt_length, temperature, queries)

@@ -19,10 +19,11 @@ from lens_model.answer import rescale_box
 from lens_model.config import LensConfig
 from lens_model.data import Record
 from lens_model.errors import LensError
-from lens_model.image_io import load_image
 from lens_model.modeling import ContextInputs, LensModel, completion_mask
 from lens_model.pipeline import build_chat, mllm_image
 from lens_model.sam import SamImageFeatures, preprocess_for_sam, upsample_logits
+
+from .data import load_sample
 
 
 @dataclass
@@ -49,10 +50,7 @@ def prepare_prompts(records: list[Record], processor, lens_config: LensConfig, m
     chats, images, rgbs, masks, boxes, sizes, kept, failed = [], [], [], [], [], [], [], []
     for record in records:
         try:
-            rgb = load_image(record.image_path)
-            mask = record.mask()
-            if rgb.shape[:2] != mask.shape:
-                raise ValueError(f"image {record.image_path} is {rgb.shape[:2]}, mask is {mask.shape}")
+            rgb, mask = load_sample(record)
         except (LensError, ValueError, OSError) as exc:
             failed.append((record.sample_id, f"{record.dataset}/{record.sample_id}: {exc}"))
             continue
@@ -131,9 +129,7 @@ def generate_rollouts(model: LensModel, processor, prompts: PromptBatch, group_s
     k = len(prompts)
     rows = torch.arange(k, device=device).repeat_interleave(group_size)  # (K·G,)
     grid = prompts.image_grid_thw.to(device)
-    image_outputs = model.encode_mllm_images(prompts.pixel_values.to(device, model.dtype), grid)
-    per_image = tuple(image_outputs.pooler_output)
-    image_outputs.pooler_output = tuple(per_image[i] for i in rows.tolist())
+    image_outputs = model.encode_mllm_images(prompts.pixel_values.to(device, model.dtype), grid, rows)
     ids = prompts.input_ids.to(device)[rows]
     attention = prompts.attention_mask.to(device)[rows]
     types = prompts.mm_token_type_ids.to(device)[rows]

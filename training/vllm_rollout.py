@@ -125,9 +125,7 @@ def rollout_from_completions(lens: LensModel, processor, prompts: PromptBatch, c
     sequences = torch.cat([ids, completion], 1)
     ctx = ContextInputs(sequences, torch.cat([attention, valid], 1),
                         torch.cat([types, torch.zeros_like(completion)], 1), grid[rows])
-    image_outputs = lens.encode_mllm_images(prompts.pixel_values.to(device, lens.dtype), grid)
-    per_image = tuple(image_outputs.pooler_output)
-    image_outputs.pooler_output = tuple(per_image[i] for i in rows.tolist())
+    image_outputs = lens.encode_mllm_images(prompts.pixel_values.to(device, lens.dtype), grid, rows)
     states = lens.query_states_full(ctx, image_outputs, positions="1d" if context_pass == "official" else "mrope")
     masks, features = answer_masks(lens, states, prompts, rows)
     _sync_device(device)

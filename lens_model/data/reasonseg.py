@@ -103,6 +103,10 @@ def parse_shapes(anno: dict, json_path: Path) -> list[tuple[str, np.ndarray]]:
     return polygons
 
 
+def _is_ignore(label: str) -> bool:
+    return "ignore" in label.lower()
+
+
 def _draw(canvas: np.ndarray, points: np.ndarray, value: int) -> None:
     import cv2
 
@@ -120,7 +124,7 @@ def rasterize(polygons: list[tuple[str, np.ndarray]], height: int, width: int) -
     label_map = np.zeros((height, width), np.uint8)
     for index in np.argsort(np.array(areas, dtype=np.int64), kind="stable")[::-1]:
         label, points = polygons[index]
-        _draw(label_map, points, IGNORE if "ignore" in label.lower() else TARGET)
+        _draw(label_map, points, IGNORE if _is_ignore(label) else TARGET)
     return label_map
 
 
@@ -180,7 +184,6 @@ def read_reasonseg(root: str | Path, split: str) -> list[Record]:
         image_path = _find_image(json_path)
         h, w = _image_size(image_path, anno, json_path)
         is_sentence = anno.get("is_sentence")
-        box = mask_box(rasterize(polygons, h, w) == TARGET)
 
         def load_mask(polygons=polygons, h=h, w=w):
             return rasterize(polygons, h, w) == TARGET
@@ -188,7 +191,8 @@ def read_reasonseg(root: str | Path, split: str) -> list[Record]:
         def load_ignore(polygons=polygons, h=h, w=w):
             return rasterize(polygons, h, w) == IGNORE
 
-        has_ignore = any("ignore" in label.lower() for label, _ in polygons)
+        box = mask_box(load_mask())
+        has_ignore = any(_is_ignore(label) for label, _ in polygons)
 
         stem = json_path.stem
         chosen = list(enumerate(sentences)) if split == "train" else [(0, sentences[0])]

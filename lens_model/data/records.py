@@ -25,18 +25,15 @@ class Record:
     load_ignore: Callable[[], np.ndarray] | None = field(default=None, repr=False)
 
     def mask(self) -> np.ndarray:
-        mask = self.load_mask()
-        if mask.shape != tuple(self.image_size):
-            raise ValueError(f"{self.dataset}/{self.sample_id}: mask shape {mask.shape} != image size {self.image_size}")
-        return mask.astype(bool, copy=False)
+        return self._checked(self.load_mask(), "mask")
 
     def ignore_mask(self) -> np.ndarray | None:
-        if self.load_ignore is None:
-            return None
-        ignore = self.load_ignore()
-        if ignore.shape != tuple(self.image_size):
-            raise ValueError(f"{self.dataset}/{self.sample_id}: ignore mask shape {ignore.shape} != image size {self.image_size}")
-        return ignore.astype(bool, copy=False)
+        return None if self.load_ignore is None else self._checked(self.load_ignore(), "ignore mask")
+
+    def _checked(self, mask: np.ndarray, what: str) -> np.ndarray:
+        if mask.shape != tuple(self.image_size):
+            raise ValueError(f"{self.dataset}/{self.sample_id}: {what} shape {mask.shape} != image size {self.image_size}")
+        return mask.astype(bool, copy=False)
 
 
 def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import LensError
+from .refer import decode_segmentation
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
 SHAPES = ("circle", "square", "triangle")
@@ -124,8 +125,6 @@ def sample_scene(rng: np.random.Generator, size: int, max_objects: int = 4) -> l
 
 def render(objects: list[SceneObject], size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
     """-> (size, size, 3) uint8 image on a noisy grey background, and each object's (size, size) bool mask."""
-    from .refer import decode_segmentation
-
     background = rng.integers(150, 200)
     image = np.clip(background + rng.normal(0, 6, size=(size, size, 3)), 0, 255).astype(np.uint8)
     masks = []

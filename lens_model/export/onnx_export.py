@@ -21,6 +21,7 @@ from ..errors import LensError
 from .graphs import ContextHeadGraph, ImageEncoderGraph, MaskDecoderGraph, example_inputs, graph_io
 from .metadata import (BATCH, GRAPH_NAMES, METADATA_FILE, POSTPROCESSING, ExportError, ExportMetadata, GraphSpec,
                        TensorSpec, default_preprocessing, library_versions, model_hash)
+from .op_support import main_opset
 from .parts import SegmentationParts, load_segmentation_parts, sam_at_image_size
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def _check_saved_graph(path: Path, inputs: list[TensorSpec], outputs: list[Tenso
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    version = main_opset(model)
     if version != opset:
         raise ExportError(f"{path.name}: the exporter wrote opset {version}, not the requested {opset}; try --opset 18")
     for kind, values, specs in (("input", model.graph.input, inputs), ("output", model.graph.output, outputs)):

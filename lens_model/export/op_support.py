@@ -121,11 +121,16 @@ def _restriction_problems(node, constants: set[str], consumed: set[str]) -> list
     return problems
 
 
+def main_opset(model) -> int | None:
+    """The opset of the default ONNX domain of a ModelProto (None when it imports none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 def check_tensorrt_support(model) -> list[str]:
     """ONNX ModelProto -> list of problems (empty: every node is one TensorRT 10's ONNX parser accepts)."""
     table = load_operator_table()
     problems = []
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    opset = main_opset(model)
     if opset is None or not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
         problems.append(f"opset {opset} is outside {TENSORRT_TARGET}'s range {OPSET_RANGE[0]}-{OPSET_RANGE[1]}")
     if len(model.functions):
