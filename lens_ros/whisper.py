@@ -216,10 +216,9 @@ class WhisperTranscriber:
         model = WhisperForConditionalGeneration.from_pretrained(str(name_or_path), dtype=resolve_dtype(dtype, dev))
         return cls(model.to(dev), processor, **kwargs)
 
-    def transcribe(self, audio, sample_rate: int, sample_format: str = "S16LE", channels: int = 1) -> str:
-        """PCM bytes (see `pcm_to_float`; a WAV header overrides the layout) or a float/int array -> text."""
-        import torch
-
+    def input_features(self, audio, sample_rate: int, sample_format: str = "S16LE", channels: int = 1):
+        """PCM bytes (see `pcm_to_float`; a WAV header overrides the layout) or a float/int array -> the log-mel
+        features Whisper reads, (1, n_mels, 3000) float32: mono, resampled to 16 kHz, padded to the 30 s window."""
         if isinstance(audio, (bytes, bytearray, memoryview)):
             header, payload = split_wav_header(bytes(audio))
             if header is not None:
@@ -233,8 +232,14 @@ class WhisperTranscriber:
         if audio.shape[0] > self.max_seconds * self.sample_rate:
             raise AudioError(f"utterance is {audio.shape[0] / self.sample_rate:.1f} s; Whisper hears at most "
                              f"{self.max_seconds:.0f} s at a time")
-        features = self.processor.feature_extractor(audio, sampling_rate=self.sample_rate, return_tensors="pt")
-        input_features = features.input_features.to(self.model.device, self.model.dtype)
+        return self.processor.feature_extractor(audio, sampling_rate=self.sample_rate, return_tensors="pt").input_features
+
+    def transcribe(self, audio, sample_rate: int, sample_format: str = "S16LE", channels: int = 1) -> str:
+        """Audio as `input_features` takes it -> text."""
+        import torch
+
+        features = self.input_features(audio, sample_rate, sample_format, channels)
+        input_features = features.to(self.model.device, self.model.dtype)
         # the decoder prompt (start, language, task, no-timestamps) takes up to 4 of the model's positions
         limit = int(getattr(self.model.config, "max_target_positions", 448)) - 4
         kwargs = {"max_new_tokens": max(1, min(self.max_new_tokens, limit))}

@@ -10,8 +10,12 @@ export PIP_PROGRESS_BAR=off PIP_DISABLE_PIP_VERSION_CHECK=1
 PIP=(.venv/bin/python -m pip -q)
 
 "${PIP[@]}" install "pip==25.2" setuptools wheel
-# torch/torchvision pinned to a pair that installs on CPU-only machines and exists as a wheel for
-# x86_64 and aarch64 (sam2 needs torchvision). Set LENS_TORCH_SPEC to use another build, e.g. a CUDA one.
+# torch/torchvision pinned to a pair that exists as a wheel for x86_64 and aarch64 (sam2 needs torchvision).
+# On x86_64 the PyPI wheel of torch 2.14.1 is the CUDA 13 build (+cu130, about 6 GB installed with its NVIDIA
+# libraries); it runs on CPU-only machines too, it is just large. For a CPU-only build (about 1 GB) take the pair
+# from PyTorch's CPU wheel index, e.g.
+#   LENS_TORCH_SPEC="torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu" bash scripts/setup_env.sh
+# LENS_TORCH_SPEC is passed to pip as it is (any other build works the same way, e.g. another CUDA version).
 if [ "$(uname -m)" = "aarch64" ]; then default_torch="torch==2.9.1 torchvision==0.24.1"; else default_torch="torch==2.14.1 torchvision==0.29.1"; fi
 # shellcheck disable=SC2086
 "${PIP[@]}" install ${LENS_TORCH_SPEC:-$default_torch}
