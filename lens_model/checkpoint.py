@@ -23,15 +23,13 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from .config import LensConfig, PromptConfig, is_released_config
+from .config import DEFAULT_MODEL_ID, LensConfig, PromptConfig, is_released_config
 from .errors import CheckpointError
 from .modeling import MLLM_CLASSES, LensModel, mllm_class
 from .sam import MEMORY_MODULES, build_sam
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_ID = "OuyBin/LENS"
-RELEASED_MODEL_IDS = ("OuyBin/LENS", "OuyBin/LENS_ReasonSeg", "OuyBin/LENS_ReasonSeg_FT", "OuyBin/LENS_ReasonSeg_CoT")
 CONTEXT_PREFIXES = ("learnable_query", "connector.", "conv_1d.", "proj_to_sam.")
 SAM_PREFIX = "sam."
 # Keys a checkpoint may hold that this implementation deliberately does not load.

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lens_model.cli import main
+from lens_cli import main
 
 from conftest import REPO, SAMPLE_PHOTO
 
@@ -17,7 +17,7 @@ from conftest import REPO, SAMPLE_PHOTO
 def run_cli(*args):
     """The installed entry point in a subprocess: exit code, stdout, stderr."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "lens_model", *map(str, args)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "lens_cli", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=300)
     return proc.returncode, proc.stdout, proc.stderr
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from lens_cli import main
 from lens_model.backends import OnnxRuntimeBackend, TorchBackend, load_backend
-from lens_model.cli import main
 from lens_model.errors import LensError
 from lens_model.export import ExportError
 from lens_model.export.tensorrt_runtime import tensorrt_available
@@ -79,7 +79,7 @@ def test_backend_exported_at_another_image_size_still_gives_full_size_masks(tiny
 
 def run_cli(*args):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "lens_model", *map(str, args)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "lens_cli", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=300)
     return proc.returncode, proc.stdout, proc.stderr
 
