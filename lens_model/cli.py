@@ -147,15 +147,13 @@ def cmd_segment(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from .backends import check_backend_args
     from .image_io import load_image, read_prompt
     from .overlay import draw_overlay
     from .pipeline import LensPipeline
 
-    check_backend_args(args.backend, args.backend_dir)
     if args.max_new_tokens < 1:
         raise LensError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    # Validate the cheap inputs before loading a multi-GB model.
+    # Validate the cheap inputs before loading a multi-GB model (from_pretrained checks the backend first).
     rgb = load_image(args.image)
     prompt = read_prompt(args.prompt)
     for out in (args.out_mask, args.out_overlay, args.json):
