@@ -47,6 +47,13 @@ def test_help_lists_commands_and_options():
     assert code == 0 and all(opt in out for opt in ("--out-overlay", "--device", "--max-new-tokens", "--context-pass"))
 
 
+def test_help_lists_the_library_commands_and_those_built_on_training_and_lens_ros():
+    code, out, _ = run_cli("--help")
+    commands = out.split("positional arguments:")[1].split("options:")[0]
+    listed = [line.split()[0] for line in commands.splitlines() if line.startswith("    ") and not line.startswith("     ")]
+    assert code == 0 and listed == ["segment", "make-tiny", "export", "eval", "make-synthetic", "plot-run", "bag"]
+
+
 def _expect_user_error(capsys, argv, pattern):
     code = main([str(a) for a in argv])
     err = capsys.readouterr().err.strip()
