@@ -173,7 +173,8 @@ class TensorRTBackend(ExportedBackend):
 
     name = "tensorrt"
 
-    def __init__(self, export_dir: str | Path, device: torch.device | str = "cuda", meta: ExportMetadata | None = None) -> None:
+    def __init__(self, export_dir: str | Path, device: torch.device | str = "cuda",
+                 meta: ExportMetadata | None = None) -> None:
         from .export.tensorrt_runtime import TensorRTEngine, check_engines_runnable, gpu_identity, require_tensorrt
 
         trt = require_tensorrt()

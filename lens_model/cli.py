@@ -6,11 +6,11 @@ imports neither torch nor transformers: each command imports what it needs when 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from .config import DEFAULT_MODEL_ID
 from .errors import LensError
 
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
@@ -18,12 +18,12 @@ DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N (default: auto)"
 
 
 def add_model_argument(p) -> None:
-    from .config import DEFAULT_MODEL_ID
-
+    """--model: a checkpoint directory or Hub id (shared by the commands that load a model)."""
     p.add_argument("--model", default=DEFAULT_MODEL_ID, help=f"checkpoint directory or Hub id (default: {DEFAULT_MODEL_ID})")
 
 
 def add_device_dtype_arguments(p, device_help: str = DEVICE_HELP, dtype_help: str | None = None) -> None:
+    """--device / --dtype of the loaded model."""
     p.add_argument("--device", default="auto", help=device_help)
     p.add_argument("--dtype", default="auto", choices=DTYPES, help=dtype_help)
 
@@ -35,8 +35,6 @@ def _add_overrides(p, context_pass_help: str, answer_format_help: str) -> None:
 
 
 def _add_segment(sub) -> None:
-    from .config import DEFAULT_MODEL_ID
-
     p = sub.add_parser("segment", help="segment an image from a text prompt and print the result as JSON",
                        description="Reason about the prompt with the MLLM, then segment with SAM2. Prints box, score, "
                                    "generated text, image size and per-stage timings as JSON.")

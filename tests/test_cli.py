@@ -50,7 +50,8 @@ def test_help_lists_commands_and_options():
 def test_help_lists_the_library_commands_and_those_built_on_training_and_lens_ros():
     code, out, _ = run_cli("--help")
     commands = out.split("positional arguments:")[1].split("options:")[0]
-    listed = [line.split()[0] for line in commands.splitlines() if line.startswith("    ") and not line.startswith("     ")]
+    listed = [line.split()[0] for line in commands.splitlines()
+              if line.startswith("    ") and not line.startswith("     ")]  # command names, not wrapped help
     assert code == 0 and listed == ["segment", "make-tiny", "export", "eval", "make-synthetic", "plot-run", "bag"]
 
 

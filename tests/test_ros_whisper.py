@@ -5,7 +5,8 @@ import struct
 import numpy as np
 import pytest
 
-from lens_ros.whisper import AudioError, UtteranceSegmenter, WhisperTranscriber, pcm_to_float, resample, split_wav_header
+from lens_ros.whisper import (AudioError, UtteranceSegmenter, WhisperTranscriber, pcm_to_float, resample,
+                              split_wav_header)
 
 from ros_helpers import make_tiny_whisper, wav_bytes
 

@@ -1,4 +1,4 @@
-"""A tiny base model for the stage-1 tests: a plain Qwen2.5-VL directory and a SAM2 `.pt` (the library needs neither)."""
+"""A tiny base for the stage-1 tests: a plain Qwen2.5-VL directory and a SAM2 `.pt` (the library needs neither)."""
 from pathlib import Path
 
 import torch
