@@ -1,4 +1,5 @@
-"""The repository root is the `lens_ros` ament_python package; it also installs `lens_model` and `training`.
+"""The repository root is the `lens_ros` ament_python package; it also installs `lens_model`, `training` and
+`lens_cli` (the `lens` command).
 
 Works with `pip install -e .` (ML users) and `colcon build` (ROS 2 users).
 """
@@ -31,7 +32,7 @@ setup(
     long_description=_README.read_text(encoding="utf-8") if _README.is_file() else "",
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    packages=find_packages(include=["lens_model*", "training*", "lens_ros*"]),
+    packages=find_packages(include=["lens_model*", "training*", "lens_ros*", "lens_cli*"]),
     data_files=data_files,
     package_data={"training": ["configs/*.yaml"], "lens_model.export": ["data/*.tsv"]},
     python_requires=">=3.10",
@@ -63,6 +64,6 @@ setup(
         # install it with --no-build-isolation (scripts/setup_env.sh does)
         "train": ["deepspeed>=0.16", "tensorboard>=2.14", "pyyaml>=6"],
     },
-    entry_points={"console_scripts": ["lens = lens_model.cli:main", "lens_node = lens_ros.node:main"]},
+    entry_points={"console_scripts": ["lens = lens_cli:main", "lens_node = lens_ros.node:main"]},
     zip_safe=False,
 )

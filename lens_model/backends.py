@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -63,7 +64,7 @@ class TorchBackend(SegmentationBackend):
         return self.model.context(query_states)
 
     def decode(self, prompt_embed: torch.Tensor, features: SamImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        with self.model._sam_autocast():
+        with self.model.sam_autocast():
             return decode_masks(self.model.sam, features, prompt_embed)
 
     def masks_from_query_states(self, query_states: torch.Tensor, features: SamImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,9 +74,10 @@ class TorchBackend(SegmentationBackend):
 class ExportedBackend(SegmentationBackend):
     """Shared by the backends that run `lens export` graphs: named feeds in, named outputs out."""
 
-    def __init__(self, export_dir: str | Path, device: torch.device) -> None:
+    def __init__(self, export_dir: str | Path, device: torch.device, meta: ExportMetadata | None = None) -> None:
+        """`meta`: the export's lens_export.json when the caller has read it already (`check_backend_args`)."""
         self.export_dir = Path(export_dir)
-        self.meta: ExportMetadata = read_metadata(self.export_dir)
+        self.meta: ExportMetadata = meta if meta is not None else read_metadata(self.export_dir)
         self.image_size = self.meta.image_size
         self.device = torch.device(device)
 
@@ -137,8 +139,9 @@ class OnnxRuntimeBackend(ExportedBackend):
 
     name = "onnxruntime"
 
-    def __init__(self, export_dir: str | Path, device: torch.device | str = "cpu", threads: int | None = None) -> None:
-        super().__init__(export_dir, device)
+    def __init__(self, export_dir: str | Path, device: torch.device | str = "cpu", threads: int | None = None,
+                 meta: ExportMetadata | None = None) -> None:
+        super().__init__(export_dir, device, meta)
         ort = _import_onnxruntime()
         providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
@@ -170,11 +173,12 @@ class TensorRTBackend(ExportedBackend):
 
     name = "tensorrt"
 
-    def __init__(self, export_dir: str | Path, device: torch.device | str = "cuda") -> None:
+    def __init__(self, export_dir: str | Path, device: torch.device | str = "cuda",
+                 meta: ExportMetadata | None = None) -> None:
         from .export.tensorrt_runtime import TensorRTEngine, check_engines_runnable, gpu_identity, require_tensorrt
 
         trt = require_tensorrt()
-        super().__init__(export_dir, device)
+        super().__init__(export_dir, device, meta)
         if self.device.type != "cuda":
             raise LensError(f"the tensorrt backend runs on a CUDA device, but the pipeline runs on {self.device}; "
                             "use --device cuda")
@@ -192,8 +196,17 @@ class TensorRTBackend(ExportedBackend):
         return [outs[t.name] for t in self.meta.graphs[graph].outputs]
 
 
-def check_backend_args(name: str, backend_dir: str | Path | None) -> None:
-    """The cheap checks of a backend choice, to run before loading a model."""
+@dataclass(frozen=True)
+class BackendChoice:
+    """A checked backend choice (`check_backend_args`): what `open_backend` builds once the model is loaded."""
+
+    name: str  # one of BACKENDS
+    export_dir: Path | None = None  # the `lens export` directory (onnxruntime, tensorrt)
+    meta: ExportMetadata | None = None  # its lens_export.json, read once
+
+
+def check_backend_args(name: str, backend_dir: str | Path | None) -> BackendChoice:
+    """The cheap checks of a backend choice, to run before loading a model; reads the export's metadata."""
     if name not in BACKENDS:
         raise LensError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name == "torch" and backend_dir is not None:
@@ -204,19 +217,25 @@ def check_backend_args(name: str, backend_dir: str | Path | None) -> None:
         from .export.tensorrt_runtime import require_tensorrt
 
         require_tensorrt()
-    if backend_dir is not None:
-        read_metadata(backend_dir)
+    if backend_dir is None:
+        return BackendChoice(name)
+    return BackendChoice(name, Path(backend_dir), read_metadata(backend_dir))
+
+
+def open_backend(choice: BackendChoice, model, model_dir: str | Path | None = None) -> SegmentationBackend:
+    """The checked backend `choice` for `model`. With `model_dir` the export's weights hash must match that
+    checkpoint's."""
+    if choice.name == "torch":
+        return TorchBackend(model)
+    cls = OnnxRuntimeBackend if choice.name == "onnxruntime" else TensorRTBackend
+    backend = cls(choice.export_dir, device=model.device, meta=choice.meta)
+    backend.check_model(model, model_dir)
+    log.info("segmentation backend: %s from %s", choice.name, choice.export_dir)
+    return backend
 
 
 def load_backend(name: str, model, backend_dir: str | Path | None = None,
                  model_dir: str | Path | None = None) -> SegmentationBackend:
     """Backend `name` for `model`; `backend_dir` is a `lens export` directory (onnxruntime, tensorrt).
     With `model_dir` the export's weights hash must match that checkpoint's."""
-    check_backend_args(name, backend_dir)
-    if name == "torch":
-        return TorchBackend(model)
-    cls = OnnxRuntimeBackend if name == "onnxruntime" else TensorRTBackend
-    backend = cls(backend_dir, device=model.device)
-    backend.check_model(model, model_dir)
-    log.info("segmentation backend: %s from %s", name, backend_dir)
-    return backend
+    return open_backend(check_backend_args(name, backend_dir), model, model_dir)

@@ -23,15 +23,13 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from .config import LensConfig, PromptConfig, is_released_config
+from .config import DEFAULT_MODEL_ID, LensConfig, PromptConfig, is_released_config
 from .errors import CheckpointError
 from .modeling import MLLM_CLASSES, LensModel, mllm_class
 from .sam import MEMORY_MODULES, build_sam
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_ID = "OuyBin/LENS"
-RELEASED_MODEL_IDS = ("OuyBin/LENS", "OuyBin/LENS_ReasonSeg", "OuyBin/LENS_ReasonSeg_FT", "OuyBin/LENS_ReasonSeg_CoT")
 CONTEXT_PREFIXES = ("learnable_query", "connector.", "conv_1d.", "proj_to_sam.")
 SAM_PREFIX = "sam."
 # Keys a checkpoint may hold that this implementation deliberately does not load.
@@ -111,7 +109,8 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
         ) from None
 
 
-def _weight_files(model_dir: Path) -> list[Path]:
+def weight_files(model_dir: Path) -> list[Path]:
+    """The checkpoint's safetensors files (the shards its index lists, else every *.safetensors), all present."""
     index = model_dir / "model.safetensors.index.json"
     if index.exists():
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -240,17 +239,24 @@ def load_model(
         lens_config.context_pass = context_pass
     if answer_format is not None:
         lens_config.prompt = PromptConfig.for_format(answer_format)
-    files = _weight_files(model_dir)
+    weight_files(model_dir)  # a directory without weights fails here, before the reasoning model loads
     mllm = _load_mllm(model_dir, mllm_config, dtype)
     sam = build_sam(lens_config.sam)
     model = LensModel(mllm.config, lens_config, mllm=mllm, sam=sam)
-    rest = _read_tensors(files, lambda k: k.startswith(CONTEXT_PREFIXES + (SAM_PREFIX,)))
-    _load_into(model.context, {k: v for k, v in rest.items() if k.startswith(CONTEXT_PREFIXES)}, "context-module", model_dir)
-    _load_into(model.sam, {k[len(SAM_PREFIX):]: v for k, v in rest.items() if k.startswith(SAM_PREFIX)}, "SAM2", model_dir,
-               ignore=IGNORED_SAM2_KEY_PREFIXES)
+    load_segmentation_weights(model_dir, model.context, model.sam)
     model.to(device=device, dtype=dtype).eval()
     processor = load_processor_from(model_dir, lens_config) if load_processor else None
     return model, processor
+
+
+def load_segmentation_weights(model_dir: Path, context: torch.nn.Module, sam: torch.nn.Module) -> None:
+    """Load checkpoint `model_dir`'s context-module tensors (`learnable_query`, `connector.*`, ...) into `context`
+    and its `sam.*` tensors into `sam` (SAM2 memory modules ignored). Strict: missing, unexpected or mis-shaped
+    tensors raise CheckpointError naming them. Used by `load_model` and by the export, which loads no MLLM."""
+    tensors = _read_tensors(weight_files(model_dir), lambda k: k.startswith(CONTEXT_PREFIXES + (SAM_PREFIX,)))
+    _load_into(context, {k: v for k, v in tensors.items() if k.startswith(CONTEXT_PREFIXES)}, "context-module", model_dir)
+    _load_into(sam, {k[len(SAM_PREFIX):]: v for k, v in tensors.items() if k.startswith(SAM_PREFIX)}, "SAM2", model_dir,
+               ignore=IGNORED_SAM2_KEY_PREFIXES)
 
 
 def build_from_base(base_mllm: str | os.PathLike, sam_checkpoint: str | os.PathLike | None, lens_config: LensConfig,

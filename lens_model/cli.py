@@ -1,34 +1,29 @@
-"""`lens` command line: segment an image from a text prompt, build tiny test checkpoints."""
+"""The library's `lens` commands: segment, make-tiny, export, eval, make-synthetic.
+
+`add_commands` puts them on an argparse sub-command parser; the `lens` program itself (package `lens_cli`) adds
+the commands built on the packages above the library (`bag`, `plot-run`) and dispatches. Building the parser
+imports neither torch nor transformers: each command imports what it needs when it runs.
+"""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from .config import DEFAULT_MODEL_ID
 from .errors import LensError
-
-EXAMPLES = """examples:
-  lens make-tiny --out /tmp/lens-tiny
-  lens segment --model /tmp/lens-tiny --image assets/sample.jpg --prompt "the astronaut's helmet" --out-overlay overlay.png
-  lens segment --image photo.jpg --prompt "the mug left of the laptop" --device cuda   # released OuyBin/LENS weights
-  lens export --model /tmp/lens-tiny --out /tmp/lens-tiny-onnx            # ONNX graphs of SAM2 + context head
-  lens segment --model /tmp/lens-tiny --backend onnxruntime --backend-dir /tmp/lens-tiny-onnx --image ... --prompt ...
-  lens bag --in recording --out recording_lens --image-topic /camera/image_raw --prompt "the red cup" --every 5
-"""
-
 
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
 DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N (default: auto)"
 
 
-def _add_model(p) -> None:
-    from .checkpoint import DEFAULT_MODEL_ID
-
+def add_model_argument(p) -> None:
+    """--model: a checkpoint directory or Hub id (shared by the commands that load a model)."""
     p.add_argument("--model", default=DEFAULT_MODEL_ID, help=f"checkpoint directory or Hub id (default: {DEFAULT_MODEL_ID})")
 
 
-def _add_device_dtype(p, device_help: str = DEVICE_HELP, dtype_help: str | None = None) -> None:
+def add_device_dtype_arguments(p, device_help: str = DEVICE_HELP, dtype_help: str | None = None) -> None:
+    """--device / --dtype of the loaded model."""
     p.add_argument("--device", default="auto", help=device_help)
     p.add_argument("--dtype", default="auto", choices=DTYPES, help=dtype_help)
 
@@ -40,8 +35,6 @@ def _add_overrides(p, context_pass_help: str, answer_format_help: str) -> None:
 
 
 def _add_segment(sub) -> None:
-    from .checkpoint import DEFAULT_MODEL_ID
-
     p = sub.add_parser("segment", help="segment an image from a text prompt and print the result as JSON",
                        description="Reason about the prompt with the MLLM, then segment with SAM2. Prints box, score, "
                                    "generated text, image size and per-stage timings as JSON.")
@@ -52,7 +45,7 @@ def _add_segment(sub) -> None:
     p.add_argument("--out-mask", type=Path, help="write the mask as a PNG (0/255, same size as the image)")
     p.add_argument("--out-overlay", type=Path, help="write the image with the tinted mask, the box and the prompt")
     p.add_argument("--json", type=Path, help="also write the JSON result to this file")
-    _add_device_dtype(p, dtype_help="weights dtype (default: auto = bfloat16 on CUDA, float32 on CPU)")
+    add_device_dtype_arguments(p, dtype_help="weights dtype (default: auto = bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="generation budget of the MLLM (default: 256)")
     _add_overrides(p, "override the checkpoint's context-pass mode (released checkpoints need 'official')",
                    "override the prompt/answer format (think_answer for the CoT checkpoints)")
@@ -71,7 +64,7 @@ def _add_export(sub) -> None:
                                    "batch) and lens_export.json (names, shapes, normalisation, weights hash, versions) to "
                                    "--out. --format tensorrt also builds TensorRT engines for this machine's GPU. Run "
                                    "them with: lens segment --backend onnxruntime|tensorrt --backend-dir OUT")
-    _add_model(p)
+    add_model_argument(p)
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx",
                    help="onnx (default), or tensorrt: ONNX plus engines built here (needs a CUDA GPU and tensorrt)")
@@ -86,27 +79,6 @@ def _add_export(sub) -> None:
     p.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace limit in GB (default: 4)")
     p.add_argument("--overwrite", action="store_true", help="replace the export files in an existing output directory")
     p.set_defaults(func=cmd_export)
-
-
-def _add_bag(sub) -> None:
-    p = sub.add_parser("bag", help="segment the image topic of a rosbag2 and write masks, detections and reasoning to a new bag",
-                       description="Reads sensor_msgs/Image or CompressedImage from a rosbag2 (mcap or sqlite3; needs the "
-                                   "rosbags package: pip install -e '.[ros]'), segments every N-th frame with the "
-                                   "prompt and writes all input messages plus /lens/mask (Image mono8), /lens/detections "
-                                   "(vision_msgs/Detection2DArray) and /lens/reasoning (String), stamped with the source "
-                                   "image's header, to --out (renamed into place only when complete).")
-    p.add_argument("--in", dest="in_bag", metavar="BAG", type=Path, required=True, help="input rosbag2 (directory, or a .mcap/.db3 file)")
-    p.add_argument("--out", metavar="BAG", type=Path, required=True, help="output rosbag2 directory (must not exist)")
-    p.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic to segment")
-    p.add_argument("--prompt", required=True, help="referring expression or command, e.g. 'the red cup on the left'")
-    p.add_argument("--every", type=int, default=1, help="segment frames 0, N, 2N, ... of the topic (default: 1, every frame)")
-    _add_model(p)
-    _add_device_dtype(p)
-    p.add_argument("--max-new-tokens", type=int, default=256, help="generation budget of the MLLM (default: 256)")
-    p.add_argument("--storage", choices=["mcap", "sqlite3"], help="output storage (default: the input's)")
-    p.add_argument("--overlay", action="store_true", help="also write /lens/overlay (Image rgb8: tinted mask, box, prompt)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_bag)
 
 
 def _add_make_tiny(sub) -> None:
@@ -127,8 +99,8 @@ def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="gIoU/cIoU of a model on a dataset split (resumable; shard with torchrun)",
                        description="Evaluates with the LISA/LENS protocol and prints dataset, split, N, gIoU, cIoU, P@0.5. "
                                    "Per-sample results stream to OUT/samples-rank*.jsonl; re-running the same command "
-                                   "resumes. Shard over processes/GPUs with: torchrun --nproc_per_node K -m lens_model eval ...")
-    _add_model(p)
+                                   "resumes. Shard over processes/GPUs with: torchrun --nproc_per_node K -m lens_cli eval ...")
+    add_model_argument(p)
     p.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset name")
     p.add_argument("--data-root", required=True, type=Path, help="dataset root (see README: Datasets)")
     p.add_argument("--split", required=True, help="refcoco/refcoco+: val testA testB; refcocog: val test; "
@@ -139,7 +111,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--out", type=Path, help="output folder (default: runs/eval/DATASET-SPLIT)")
     p.add_argument("--save-vis", type=int, default=0, metavar="K", help="save K GT|prediction overlay images (default: 0)")
     p.add_argument("--max-length", type=int, default=768, help="prompt + completion token budget (default: 768, as released)")
-    _add_device_dtype(p, device_help="auto, cpu, cuda (with torchrun: each rank uses cuda:LOCAL_RANK)")
+    add_device_dtype_arguments(p, device_help="auto, cpu, cuda (with torchrun: each rank uses cuda:LOCAL_RANK)")
     _add_overrides(p, "override the checkpoint's context-pass mode", "override the answer format")
     p.add_argument("--ignore-as-background", action="store_true",
                    help="ReasonSeg: count 'ignore' regions as background, as the released LENS script does "
@@ -160,41 +132,26 @@ def _add_make_synthetic(sub) -> None:
     p.set_defaults(func=cmd_make_synthetic)
 
 
-def _add_plot_run(sub) -> None:
-    p = sub.add_parser("plot-run", help="draw a training run's curves (loss parts, rewards, validation) as a PNG",
-                       description="Reads RUN_DIR/metrics.jsonl written by python -m training.align / training.grpo.")
-    p.add_argument("run_dir", type=Path, help="the run's output_dir")
-    p.add_argument("--out", type=Path, help="PNG to write (default: RUN_DIR/curves.png)")
-    p.set_defaults(func=cmd_plot_run)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lens", description="LENS: text-prompted segmentation with a reasoning MLLM and SAM2.",
-                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def add_commands(sub) -> None:
+    """The library's commands, in the order `lens --help` lists them."""
     _add_segment(sub)
     _add_make_tiny(sub)
     _add_export(sub)
     _add_eval(sub)
     _add_make_synthetic(sub)
-    _add_plot_run(sub)
-    _add_bag(sub)
-    return parser
 
 
 def cmd_segment(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from .backends import check_backend_args
     from .image_io import load_image, read_prompt
     from .overlay import draw_overlay
     from .pipeline import LensPipeline
 
-    check_backend_args(args.backend, args.backend_dir)
     if args.max_new_tokens < 1:
         raise LensError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    # Validate the cheap inputs before loading a multi-GB model.
+    # Validate the cheap inputs before loading a multi-GB model (from_pretrained checks the backend first).
     rgb = load_image(args.image)
     prompt = read_prompt(args.prompt)
     for out in (args.out_mask, args.out_overlay, args.json):
@@ -249,24 +206,6 @@ def cmd_export(args) -> int:
     print(f"precision {meta.precision}; model weights sha256 {meta.model_hash}; metadata: {args.out / 'lens_export.json'}")
     print(f"run: lens segment --model {args.model} --backend {'tensorrt' if meta.tensorrt else 'onnxruntime'} "
           f"--backend-dir {args.out} --image IMAGE --prompt TEXT")
-    return 0
-
-
-def cmd_bag(args) -> int:
-    try:
-        from lens_ros.bag import process_bag
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] != "rosbags":
-            raise
-        raise LensError("lens bag needs the rosbags package: pip install 'rosbags>=0.10.9' (or the [ros] extra)") from None
-    summary = process_bag(args.in_bag, args.out, args.image_topic, args.prompt, every=args.every, model=args.model,
-                          device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens, storage=args.storage,
-                          overlay=args.overlay, progress=not args.no_progress)
-    print(json.dumps(summary.to_json_dict(), indent=2))
-    for failure in summary.failed:
-        print(f"warning: frame {failure['frame']} skipped: {failure['error']}", file=sys.stderr)
-    if summary.skipped_topics:
-        print(f"warning: not copied (no type definition in the bag): {', '.join(summary.skipped_topics)}", file=sys.stderr)
     return 0
 
 
@@ -327,30 +266,3 @@ def cmd_make_synthetic(args) -> int:
     path = make_synthetic(args.out, n_images=args.n, seed=args.seed, image_size=args.image_size, progress=True)
     print(f"wrote {args.n} synthetic scenes to {path} (REFER layout; lens eval --dataset synthetic --data-root {path})")
     return 0
-
-
-def cmd_plot_run(args) -> int:
-    from training.plots import plot_curves
-
-    metrics = args.run_dir / "metrics.jsonl"
-    if not metrics.is_file():
-        raise LensError(f"{metrics} not found: pass the output_dir of a training run")
-    out = plot_curves(metrics, args.out or args.run_dir / "curves.png")
-    print(f"wrote {out}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except LensError as exc:
-        print(f"lens {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

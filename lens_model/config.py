@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CONTEXT_PASS_MODES = ("official", "cached")
+DEFAULT_MODEL_ID = "OuyBin/LENS"  # the released LENS (Qwen2.5-VL-3B) on the Hugging Face Hub
 
 # Prompt templates of the released checkpoints (facts from hustvl/LENS, see SPEC.md).
 QWEN_SYSTEM_PROMPT = "You are a helpful assistant. "

@@ -26,11 +26,12 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+def gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    """(H, W) grey -> (H, W, 3) RGB with the grey value in every channel."""
     return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
 
 
-def _high_byte(values: np.ndarray) -> np.ndarray:
+def uint16_high_byte(values: np.ndarray) -> np.ndarray:
     """16-bit (depth-camera style) values -> 8 bit; mode "I" is 32-bit signed, so clip to the 16-bit range first."""
     return (np.clip(values.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
 
@@ -44,7 +45,7 @@ def _from_pil(image: Image.Image, source: str) -> np.ndarray:
     _check_not_empty(image.height, image.width, source)
     image = ImageOps.exif_transpose(image)  # masks must align with what the user sees
     if image.mode in _SIXTEEN_BIT_MODES:
-        return _gray_to_rgb(_high_byte(np.asarray(image)))
+        return gray_to_rgb(uint16_high_byte(np.asarray(image)))
     if image.mode == "F":
         raise ImageError(f"{source} is a floating-point (mode F) image; expected 8-bit RGB or 8/16-bit grayscale "
                          "(scale it to 0..255 and save as uint8)")
@@ -94,14 +95,14 @@ def _from_array(array: np.ndarray) -> np.ndarray:
     if array.size == 0:
         raise ImageError(f"image array is empty (shape {array.shape}); {_EXPECTED}")
     if array.dtype == np.uint16:
-        array = _high_byte(array)
+        array = uint16_high_byte(array)
     if array.dtype != np.uint8:
         raise ImageError(f"image array has dtype {array.dtype} and shape {array.shape}; {_EXPECTED} "
                          "(scale floats to 0..255 and cast with .astype(np.uint8))")
     if array.ndim == 2:
-        return _gray_to_rgb(array)
+        return gray_to_rgb(array)
     if array.ndim == 3 and array.shape[2] == 1:
-        return _gray_to_rgb(array[..., 0])
+        return gray_to_rgb(array[..., 0])
     if array.ndim == 3 and array.shape[2] == 4:
         array = array[..., :3]  # drop alpha, as for files
     if array.ndim != 3 or array.shape[2] != 3:

@@ -236,17 +236,18 @@ class LensModel(nn.Module):
         self.sam.float()
         return self
 
-    def _sam_autocast(self):
+    def sam_autocast(self):
+        """Autocast for SAM2 calls: the model's dtype when it is bf16/fp16 (SAM2 keeps float32 weights)."""
         low_precision = self.dtype in (torch.bfloat16, torch.float16)
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=low_precision)
 
     def encode_sam_images(self, sam_images: torch.Tensor) -> SamImageFeatures:
         """(B, 3, S, S) normalised images -> SAM2 image features (computed once per image)."""
-        with self._sam_autocast():
+        with self.sam_autocast():
             return encode_image(self.sam, sam_images.float())
 
     def masks_from_query_states(self, query_states: torch.Tensor, features: SamImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N, hidden) query states + per-row SAM features -> low-res logits (B, 1, h, w), IoU scores (B, 1)."""
         prompt = self.context(query_states)  # (B, 1, 256)
-        with self._sam_autocast():
+        with self.sam_autocast():
             return decode_masks(self.sam, features, prompt)

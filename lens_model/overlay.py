@@ -52,7 +52,7 @@ def _box_corners(box: Sequence[float], height: int, width: int) -> list[float]:
     return [x0, y0, x1, y1]
 
 
-def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, max_width: float) -> str:
+def fit_text(draw: ImageDraw.ImageDraw, text: str, font, max_width: float) -> str:
     """Longest prefix (with an ellipsis) that fits; binary search keeps very long prompts cheap."""
     if draw.textlength(text, font=font) <= max_width:
         return text
@@ -72,7 +72,7 @@ def _draw_caption(canvas: Image.Image, prompt: str, scale: int) -> None:
     pad = 4 * scale
     band = 18 * scale
     draw.rectangle([0, 0, canvas.width, band - 1], fill=CAPTION_BACKGROUND)
-    text = _fit_text(draw, " ".join(prompt.split()), font, canvas.width - 2 * pad)  # newlines would leave the band
+    text = fit_text(draw, " ".join(prompt.split()), font, canvas.width - 2 * pad)  # newlines would leave the band
     top, bottom = draw.textbbox((0, 0), "Ag", font=font)[1::2]
     draw.text((pad, (band - (bottom - top)) / 2 - top), text, fill=CAPTION_TEXT, font=font)
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from .answer import clip_box, parse_answer, rescale_box, smart_resize
-from .backends import SegmentationBackend, TorchBackend, check_backend_args, load_backend
+from .backends import SegmentationBackend, TorchBackend, check_backend_args, open_backend
 from .config import LensConfig
 from .errors import LensError, PromptError
 from .image_io import load_image, read_prompt
@@ -139,11 +139,11 @@ class LensPipeline:
         from .checkpoint import load_model, resolve_model_dir
 
         dev = resolve_device(device)
-        check_backend_args(backend, backend_dir)  # before loading a multi-GB model
+        backend_choice = check_backend_args(backend, backend_dir)  # before loading a multi-GB model
         model_dir = resolve_model_dir(name_or_path)
         model, processor = load_model(model_dir, device=dev, dtype=resolve_dtype(dtype, dev),
                                       context_pass=context_pass, answer_format=answer_format)
-        segmenter = load_backend(backend, model, backend_dir, model_dir=model_dir)
+        segmenter = open_backend(backend_choice, model, model_dir=model_dir)
         return cls(model, processor, backend=segmenter, **kwargs)
 
     @property

@@ -204,7 +204,7 @@ def process_bag(in_bag: str | os.PathLike, out_bag: str | os.PathLike, image_top
         total = reader.message_count
         if pipeline is None:
             if model is None:
-                from lens_model.checkpoint import DEFAULT_MODEL_ID
+                from lens_model.config import DEFAULT_MODEL_ID
 
                 model = DEFAULT_MODEL_ID
             pipeline = _load_pipeline(model, device, dtype, max_new_tokens)

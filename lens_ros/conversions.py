@@ -55,7 +55,7 @@ from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
 from lens_model.errors import ImageError
-from lens_model.image_io import _gray_to_rgb, _high_byte, load_image
+from lens_model.image_io import gray_to_rgb, load_image, uint16_high_byte
 
 from .errors import ImageConversionError
 
@@ -141,7 +141,7 @@ def image_to_array(msg: Any) -> np.ndarray:
 
 def _scale16(values: np.ndarray, scale16: str) -> np.ndarray:
     if scale16 == "high_byte":
-        return _high_byte(values)
+        return uint16_high_byte(values)
     if scale16 == "minmax":
         low, high = int(values.min()), int(values.max())
         if high == low:
@@ -162,7 +162,7 @@ def to_rgb(array_: np.ndarray, encoding: str, scale16: str = "high_byte") -> np.
         if values.ndim != 2:
             raise ImageConversionError(f"{encoding} array must be (H, W), got shape {values.shape}")
         grey = _scale16(values, scale16) if spec.dtype == np.uint16 else values
-        return _gray_to_rgb(grey)
+        return gray_to_rgb(grey)
     if values.ndim != 3 or values.shape[2] != spec.channels:
         raise ImageConversionError(f"{encoding} array must be (H, W, {spec.channels}), got shape {values.shape}")
     if encoding.startswith("bgr"):

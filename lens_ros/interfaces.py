@@ -20,8 +20,6 @@ from .conversions import message_class
 from .results import DetectionArrayFields, DetectionFields, ResultMessages, fill_detections
 
 RESULT_TYPE = "lens_interfaces/msg/SegmentationResult"
-SERVICE_TYPE = "lens_interfaces/srv/Segment"
-ACTION_TYPE = "lens_interfaces/action/Segment"
 # lens_interfaces/ next to lens_ros/ in the source tree (not installed by pip: colcon builds it)
 INTERFACES_DIR = Path(__file__).resolve().parents[1] / "lens_interfaces"
 

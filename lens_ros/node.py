@@ -144,14 +144,14 @@ class LensNode(LifecycleNode):
             self._start_io()
         except Exception as exc:  # noqa: BLE001
             self.get_logger().error(f"activate failed: {exc}")
-            self._stop_io()
+            self.stop_io()
             return TransitionCallbackReturn.FAILURE
         self.get_logger().info(f"active: service {self.resolve_service_name('~/segment')}, image topic "
                                f"{self.resolve_topic_name(self.settings.image_topic)}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
-        self._stop_io()
+        self.stop_io()
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
@@ -159,13 +159,13 @@ class LensNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
-        self._stop_io()
+        self.stop_io()
         self._free_models()
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: State) -> TransitionCallbackReturn:
         self.get_logger().error(f"error in state {state.label}; stopping I/O")
-        self._stop_io()
+        self.stop_io()
         return TransitionCallbackReturn.SUCCESS  # back to unconfigured, still alive
 
     # -- I/O --
@@ -204,7 +204,8 @@ class LensNode(LifecycleNode):
             goal_callback=lambda goal: GoalResponse.ACCEPT, cancel_callback=lambda handle: CancelResponse.REJECT)
         self.engine.start()
 
-    def _stop_io(self) -> None:
+    def stop_io(self) -> None:
+        """Stop spoken commands, the engine's worker and the action server (lifecycle transitions and shutdown)."""
         if self.spoken is not None:
             self.spoken.stop()
             self.spoken = None
@@ -328,7 +329,7 @@ def main(args=None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node._stop_io()
+        node.stop_io()
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

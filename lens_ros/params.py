@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from lens_model.config import DEFAULT_MODEL_ID
 from lens_model.errors import LensError
 
 from .conversions import SCALE16_MODES
 from .policy import FRAME_MODES, QUEUE_POLICIES
 from .whisper import SAMPLE_FORMATS
 
-DEFAULT_MODEL = "OuyBin/LENS"  # lens_model.checkpoint.DEFAULT_MODEL_ID (not imported: that module imports torch)
+DEFAULT_MODEL = DEFAULT_MODEL_ID
 BACKENDS = ("torch", "onnxruntime", "tensorrt")  # lens_model.backends.BACKENDS (that module imports torch)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 AUDIO_SAMPLE_FORMATS = tuple(SAMPLE_FORMATS)

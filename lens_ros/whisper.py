@@ -8,12 +8,10 @@ ros-drivers/audio_common's `audio_capture` publishes (run it with `format:=wave`
   array -> mono float32 in [-1, 1];
 * `resample`: to Whisper's 16 kHz (band-limited, FFT based);
 * `UtteranceSegmenter`: cuts a continuous stream into utterances with an energy end-pointer;
-* `WhisperTranscriber`: an utterance -> text (`WhisperForConditionalGeneration` + `WhisperProcessor`);
-* `make_tiny_whisper`: a tiny random-weight Whisper written locally, for tests and smoke runs (no download).
+* `WhisperTranscriber`: an utterance -> text (`WhisperForConditionalGeneration` + `WhisperProcessor`).
 """
 from __future__ import annotations
 
-import io
 import struct
 from pathlib import Path
 
@@ -248,67 +246,3 @@ class WhisperTranscriber:
         with torch.inference_mode():
             tokens = self.model.generate(input_features, **kwargs)
         return self.processor.batch_decode(tokens, skip_special_tokens=True)[0].strip()
-
-
-def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
-    """Mono float audio -> a 16-bit PCM WAV file's bytes (what audio_capture's `wave` format starts with)."""
-    import wave
-
-    pcm = (np.clip(np.asarray(audio, dtype=np.float64), -1, 1) * 32767).round().astype("<i2").tobytes()
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes(pcm)
-    return buf.getvalue()
-
-
-_WHISPER_SPECIAL = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|de|>", "<|translate|>", "<|transcribe|>",
-                    "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
-_CORPUS = ["pick up the red cup", "segment the mug left of the laptop", "the astronaut's helmet",
-           "something to cut bread with", "the green apple on the table"]
-
-
-def make_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
-    """A tiny random-weight multilingual Whisper (tokenizer, feature extractor, model, generation config) saved to
-    `out_dir`: loads with `WhisperTranscriber.from_pretrained`. Its transcripts are meaningless; no download."""
-    import json
-
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer)
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(_CORPUS * 4, trainer=trainers.BpeTrainer(
-        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    spec = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in spec["merges"]]
-    tokenizer = WhisperTokenizer(vocab=spec["vocab"], merges=merges, additional_special_tokens=_WHISPER_SPECIAL[1:])
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _WHISPER_SPECIAL}
-    eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
-    processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
-    config = WhisperConfig(
-        vocab_size=len(tokenizer), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-        max_source_positions=1500, max_target_positions=64,
-        pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot,
-    )
-    torch.manual_seed(seed)
-    model = WhisperForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
-        no_timestamps_token_id=ids["<|notimestamps|>"], is_multilingual=True,
-        lang_to_id={"<|en|>": ids["<|en|>"], "<|de|>": ids["<|de|>"]},
-        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
-        # random weights: keep the special tokens out of the transcript so that it holds words
-        begin_suppress_tokens=[eot], suppress_tokens=sorted(set(ids.values()) - {eot}),
-    )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out

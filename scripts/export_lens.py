@@ -8,9 +8,9 @@ without installing the `lens` command: the same options as `lens export`.
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: import lens_model from it
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout: import lens_cli from it
 
-from lens_model.cli import main  # noqa: E402
+from lens_cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["export", *sys.argv[1:]]))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lens_model.cli import main
+from lens_cli import main
 
 from conftest import REPO, SAMPLE_PHOTO
 
@@ -17,7 +17,7 @@ from conftest import REPO, SAMPLE_PHOTO
 def run_cli(*args):
     """The installed entry point in a subprocess: exit code, stdout, stderr."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "lens_model", *map(str, args)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "lens_cli", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=300)
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -45,6 +45,14 @@ def test_help_lists_commands_and_options():
     assert code == 0 and "segment" in out and "make-tiny" in out
     code, out, _ = run_cli("segment", "--help")
     assert code == 0 and all(opt in out for opt in ("--out-overlay", "--device", "--max-new-tokens", "--context-pass"))
+
+
+def test_help_lists_the_library_commands_and_those_built_on_training_and_lens_ros():
+    code, out, _ = run_cli("--help")
+    commands = out.split("positional arguments:")[1].split("options:")[0]
+    listed = [line.split()[0] for line in commands.splitlines()
+              if line.startswith("    ") and not line.startswith("     ")]  # command names, not wrapped help
+    assert code == 0 and listed == ["segment", "make-tiny", "export", "eval", "make-synthetic", "plot-run", "bag"]
 
 
 def _expect_user_error(capsys, argv, pattern):

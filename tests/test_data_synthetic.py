@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lens_model.cli import main
+from lens_cli import main
 from lens_model.data import load_dataset
 from lens_model.data.synthetic import COLORS, make_synthetic
 from lens_model.errors import LensError

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from lens_model.cli import main
+from lens_cli import main
 
 from conftest import REPO
 
@@ -62,7 +62,7 @@ def test_sharded_over_two_processes_gives_the_single_process_numbers(tiny_dir, s
     out = tmp_path / "sharded"
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
-           "-m", "lens_model", *_eval_args(tiny_dir, synthetic_root, out)]
+           "-m", "lens_cli", *_eval_args(tiny_dir, synthetic_root, out)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sharded = json.loads((out / "results.json").read_text())
@@ -74,7 +74,7 @@ def test_sharded_over_two_processes_gives_the_single_process_numbers(tiny_dir, s
 def test_interrupted_eval_resumes_to_the_same_numbers(tiny_dir, synthetic_root, single_run, tmp_path):
     out = tmp_path / "resumed"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "lens_model", *_eval_args(tiny_dir, synthetic_root, out)]
+    cmd = [sys.executable, "-m", "lens_cli", *_eval_args(tiny_dir, synthetic_root, out)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows_file = out / "samples-rank0.jsonl"
     deadline = time.time() + 240

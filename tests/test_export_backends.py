@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from lens_model.backends import OnnxRuntimeBackend, TorchBackend, load_backend
-from lens_model.cli import main
+from lens_cli import main
+from lens_model.backends import OnnxRuntimeBackend, TorchBackend, check_backend_args, load_backend, open_backend
 from lens_model.errors import LensError
-from lens_model.export import ExportError
+from lens_model.export import ExportError, read_metadata
 from lens_model.export.tensorrt_runtime import tensorrt_available
 from lens_model.image_io import load_image
 from lens_model.pipeline import LensPipeline
@@ -79,7 +79,7 @@ def test_backend_exported_at_another_image_size_still_gives_full_size_masks(tiny
 
 def run_cli(*args):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "lens_model", *map(str, args)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "lens_cli", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=300)
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -157,6 +157,16 @@ def test_incomplete_export_and_other_model_shapes_are_refused(tmp_path, export_d
         load_backend("onnxruntime", torch_pipe.model, tmp_path / "other")
     with pytest.raises(LensError, match="unknown backend 'openvino'"):
         load_backend("openvino", torch_pipe.model)
+
+
+def test_backend_choice_is_checked_once_and_carries_the_export_metadata(tiny_dir, export_dir, torch_pipe):
+    choice = check_backend_args("onnxruntime", export_dir)
+    assert (choice.name, choice.export_dir) == ("onnxruntime", export_dir)
+    assert choice.meta == read_metadata(export_dir)
+    backend = open_backend(choice, torch_pipe.model, model_dir=tiny_dir)
+    assert isinstance(backend, OnnxRuntimeBackend) and backend.meta is choice.meta  # not read a second time
+    torch_choice = check_backend_args("torch", None)
+    assert torch_choice.meta is None and isinstance(open_backend(torch_choice, torch_pipe.model), TorchBackend)
 
 
 def test_export_script_runs_from_a_checkout_without_the_cli(tmp_path):

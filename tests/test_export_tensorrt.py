@@ -46,7 +46,7 @@ def test_engines_for_another_tensorrt_or_gpu_are_refused(tmp_path):
 
 @pytest.mark.skipif(tensorrt_available(), reason="checks the refusal on machines without a GPU or TensorRT")
 def test_tensorrt_is_refused_without_gpu_or_tensorrt(tiny_dir, tmp_path_factory, tmp_path):
-    from lens_model.cli import main
+    from lens_cli import main
 
     export_dir = exported(tiny_dir, tmp_path_factory)
     with pytest.raises(LensError, match="needs a CUDA GPU with TensorRT: pip install tensorrt"):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from lens_model.overlay import BOX_COLOR, ELLIPSIS, _fit_text, draw_overlay
+from lens_model.overlay import BOX_COLOR, ELLIPSIS, fit_text, draw_overlay
 
 RED = (255, 64, 64)
 BAND = 18  # caption band height at scale 1 (images up to ~600 px)
@@ -126,15 +126,15 @@ def test_long_prompt_is_truncated_with_an_ellipsis():
     assert out.size == (80, 60)
     draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
     font = ImageFont.load_default(size=12)
-    text = _fit_text(draw, "the small red cup to the left of the blue plate", font, 72)
+    text = fit_text(draw, "the small red cup to the left of the blue plate", font, 72)
     assert text.endswith(ELLIPSIS) and text.startswith("the") and draw.textlength(text, font=font) <= 72
-    assert _fit_text(draw, "cup", font, 72) == "cup"
+    assert fit_text(draw, "cup", font, 72) == "cup"
 
 
 def test_huge_prompt_is_cut_to_the_image_width():
     draw = ImageDraw.Draw(Image.new("RGB", (10, 10)))
     font = ImageFont.load_default(size=12)
-    text = _fit_text(draw, "cup " * 50_000, font, 190)
+    text = fit_text(draw, "cup " * 50_000, font, 190)
     assert text.endswith(ELLIPSIS) and draw.textlength(text, font=font) <= 190
     assert draw_overlay(np.zeros((100, 200, 3), np.uint8), None, prompt="cup " * 50_000).size == (200, 100)
 

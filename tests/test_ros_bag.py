@@ -13,8 +13,8 @@ pytest.importorskip("rosbags", reason="lens bag reads and writes rosbag2 with ro
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer  # noqa: E402
 from rosbags.typesys import get_types_from_msg  # noqa: E402
 
+from lens_cli import main  # noqa: E402
 from lens_model.answer import smart_resize  # noqa: E402
-from lens_model.cli import main  # noqa: E402
 from lens_model.errors import PromptError  # noqa: E402
 from lens_model.pipeline import LensPipeline  # noqa: E402
 from lens_ros.bag import BagError, lens_typestore, process_bag  # noqa: E402

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-from ros_helpers import header, image_msg, lens_test_typestore
+from ros_helpers import header, image_msg, lens_test_typestore, make_tiny_whisper
 
 from lens_ros.engine import SegmentationEngine, SpokenCommands
 from lens_ros.params import NodeSettings
@@ -240,7 +240,7 @@ def test_stop_answers_pending_requests_and_refuses_new_ones(make_engine, store):
 
 
 def test_spoken_commands_become_segmentations(make_engine, store, tmp_path):
-    from lens_ros.whisper import WhisperTranscriber, make_tiny_whisper
+    from lens_ros.whisper import WhisperTranscriber
 
     transcriber = WhisperTranscriber.from_pretrained(make_tiny_whisper(tmp_path / "whisper"), device="cpu",
                                                      max_new_tokens=4)

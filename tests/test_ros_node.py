@@ -62,7 +62,7 @@ def ros(tiny_dir):
         yield node, client
     finally:
         executor.shutdown()
-        node._stop_io()
+        node.stop_io()
         node.destroy_node()
         client.destroy_node()
         rclpy.shutdown()

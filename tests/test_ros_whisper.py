@@ -5,8 +5,10 @@ import struct
 import numpy as np
 import pytest
 
-from lens_ros.whisper import (AudioError, UtteranceSegmenter, WhisperTranscriber, make_tiny_whisper, pcm_to_float,
-                              resample, split_wav_header, wav_bytes)
+from lens_ros.whisper import (AudioError, UtteranceSegmenter, WhisperTranscriber, pcm_to_float, resample,
+                              split_wav_header)
+
+from ros_helpers import make_tiny_whisper, wav_bytes
 
 
 def _tone(freq, seconds, rate, amplitude=0.5):

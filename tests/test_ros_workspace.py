@@ -119,8 +119,9 @@ def test_colcon_build_installs_the_node_cli_launch_file_and_config(plain_workspa
         assert first == f"#!{sys.executable}", first  # the Python that ran colcon: the README's venv
     site = next(prefix.glob("lib/python3*/site-packages"))
     entry_points = next(site.glob("lens_ros-*-info/entry_points.txt")).read_text()
-    assert "lens_node = lens_ros.node:main" in entry_points and "lens = lens_model.cli:main" in entry_points
-    for module in ("lens_ros/node.py", "lens_ros/engine.py", "lens_model/pipeline.py", "training/__init__.py"):
+    assert "lens_node = lens_ros.node:main" in entry_points and "lens = lens_cli:main" in entry_points
+    for module in ("lens_ros/node.py", "lens_ros/engine.py", "lens_model/pipeline.py", "training/__init__.py",
+                   "lens_cli/commands.py"):
         assert (site / module).is_file(), module
 
     # `source install/setup.bash`, then the installed CLI runs from the install tree

@@ -5,7 +5,8 @@ import torch
 from lens_model.modeling import LensModel
 from lens_model.sam import MEMORY_MODULES, build_sam
 from lens_model.tiny import tiny_lens_config
-from lens_model.presets import paper_lens_config, qwen2_5_vl_3b_config, qwen2_vl_2b_config
+
+from paper_configs import paper_lens_config, qwen2_5_vl_3b_config, qwen2_vl_2b_config
 
 
 def _millions(module) -> float:

@@ -14,7 +14,7 @@ from conftest import REPO
 
 pytest.importorskip("deepspeed", reason="training needs deepspeed (pip install -e '.[train]')")
 
-from lens_model.cli import main as lens_main  # noqa: E402
+from lens_cli import main as lens_main  # noqa: E402
 from training.align import main as align_main  # noqa: E402
 
 STEPS = 6

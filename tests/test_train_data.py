@@ -112,8 +112,9 @@ def test_stage1_from_base_mllm_and_official_sam2_checkpoint(tmp_path, scenes):
     pytest.importorskip("deepspeed")
     from safetensors.torch import load_file
 
-    from lens_model.tiny import make_tiny_base
     from training.align import main
+
+    from tiny_base import make_tiny_base
 
     mllm_dir, sam_pt, lens_config = make_tiny_base(tmp_path / "base")
     overrides = ",".join(f"'{o}'" for o in lens_config.sam.overrides)

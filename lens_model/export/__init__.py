@@ -3,10 +3,36 @@
     lens export --model M --out DIR [--format onnx|tensorrt] [--fp16] [--opset N] [--image-size S]
 
 The MLLM is not exported: it reasons once per command in transformers; the exported graphs run on every frame
-(`lens_model.backends` runs them inside the pipeline).
+(`lens_model.backends` runs them inside the pipeline). The names below are imported on first use (PEP 562):
+reading an export's metadata or the opset constants does not import torch.
 """
-from .metadata import METADATA_FILE, ExportError, ExportMetadata, read_metadata
-from .onnx_export import DEFAULT_OPSET, SUPPORTED_OPSETS, ExportOptions, export_model, export_parts
+from __future__ import annotations
 
-__all__ = ["DEFAULT_OPSET", "METADATA_FILE", "SUPPORTED_OPSETS", "ExportError", "ExportMetadata", "ExportOptions",
-           "export_model", "export_parts", "read_metadata"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> module that defines it
+_EXPORTS = {
+    "METADATA_FILE": "metadata", "ExportError": "metadata", "ExportMetadata": "metadata", "read_metadata": "metadata",
+    "DEFAULT_OPSET": "op_support", "SUPPORTED_OPSETS": "op_support",
+    "ExportOptions": "onnx_export", "export_model": "onnx_export", "export_parts": "onnx_export",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .metadata import METADATA_FILE, ExportError, ExportMetadata, read_metadata
+    from .onnx_export import ExportOptions, export_model, export_parts
+    from .op_support import DEFAULT_OPSET, SUPPORTED_OPSETS
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -138,9 +138,9 @@ def model_hash(model_dir: str | Path) -> tuple[str, dict[str, str]]:
     The model hash is the sha256 of the lines "NAME SHA256\\n" over the weight files sorted by name, so it
     changes when any tensor of the checkpoint changes and does not depend on where the directory lives.
     """
-    from ..checkpoint import _weight_files
+    from ..checkpoint import weight_files
 
-    files = {f.name: file_sha256(f) for f in _weight_files(Path(model_dir))}
+    files = {f.name: file_sha256(f) for f in weight_files(Path(model_dir))}
     joined = "".join(f"{name} {digest}\n" for name, digest in sorted(files.items()))
     return hashlib.sha256(joined.encode()).hexdigest(), files
 

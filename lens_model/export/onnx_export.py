@@ -21,13 +21,11 @@ from ..errors import LensError
 from .graphs import ContextHeadGraph, ImageEncoderGraph, MaskDecoderGraph, example_inputs, graph_io
 from .metadata import (BATCH, GRAPH_NAMES, METADATA_FILE, POSTPROCESSING, ExportError, ExportMetadata, GraphSpec,
                        TensorSpec, default_preprocessing, library_versions, model_hash)
-from .op_support import main_opset
+from .op_support import DEFAULT_OPSET, SUPPORTED_OPSETS, main_opset
 from .parts import SegmentationParts, load_segmentation_parts, sam_at_image_size
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 18
-SUPPORTED_OPSETS = (17, 18, 19, 20)
 EXPORTER = "torch.onnx.export(dynamo=True)"
 # Files an export directory may hold; --overwrite removes only these.
 _OWN_PATTERNS = ("*.onnx", "*.onnx.data", "*.engine", "timing.cache", METADATA_FILE)

@@ -17,6 +17,9 @@ from pathlib import Path
 TABLE = Path(__file__).with_name("data") / "tensorrt-10-onnx-operators.tsv"
 TENSORRT_TARGET = "TensorRT 10"
 OPSET_RANGE = (9, 20)  # "TensorRT 10.0 supports operators in the inclusive range of opset 9 to opset 20"
+# Opsets `lens export` writes: within OPSET_RANGE and new enough for LayerNormalization (opset 17).
+DEFAULT_OPSET = 18
+SUPPORTED_OPSETS = (17, 18, 19, 20)
 
 # ONNX TensorProto element types -> the names the table uses.
 _TYPE_NAMES = {1: "FP32", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "FP16", 11: "DOUBLE", 16: "BF16"}

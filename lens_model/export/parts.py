@@ -25,18 +25,14 @@ class SegmentationParts:
 
 def load_segmentation_parts(model_dir: str | Path) -> SegmentationParts:
     """Checkpoint directory -> SAM2 and context head with the checkpoint's weights (float32, CPU)."""
-    from ..checkpoint import (CONTEXT_PREFIXES, IGNORED_SAM2_KEY_PREFIXES, SAM_PREFIX, _load_into, _read_tensors,
-                              _weight_files, read_configs)
+    from ..checkpoint import load_segmentation_weights, read_configs
 
     model_dir = Path(model_dir)
     mllm_config, lens_config = read_configs(model_dir)
     hidden = mllm_config.get_text_config().hidden_size
     context = ContextHead(hidden, lens_config)
     sam = build_sam(lens_config.sam)
-    tensors = _read_tensors(_weight_files(model_dir), lambda k: k.startswith(CONTEXT_PREFIXES + (SAM_PREFIX,)))
-    _load_into(context, {k: v for k, v in tensors.items() if k.startswith(CONTEXT_PREFIXES)}, "context-module", model_dir)
-    _load_into(sam, {k[len(SAM_PREFIX):]: v for k, v in tensors.items() if k.startswith(SAM_PREFIX)}, "SAM2", model_dir,
-               ignore=IGNORED_SAM2_KEY_PREFIXES)
+    load_segmentation_weights(model_dir, context, sam)
     return SegmentationParts(sam.float().eval(), context.float().eval(), lens_config, hidden)
 
 

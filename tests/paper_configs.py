@@ -1,13 +1,13 @@
-"""Reasoning-model configs of the paper's models, for building LENS from its base checkpoints.
+"""Reasoning-model configs of the paper's models (for the size tests; moved here from the library, which needs them
+nowhere).
 
 Values are those of the public `Qwen/Qwen2.5-VL-3B-Instruct` (LENS-3B) and `Qwen/Qwen2-VL-2B-Instruct`
 (LENS-2B) config files, so sizes can be checked (and models built on the meta device) without a download.
 """
 from __future__ import annotations
 
-from .config import LensConfig
+from lens_model.config import LensConfig
 
-BASE_MODEL_IDS = {"lens-3b": "Qwen/Qwen2.5-VL-3B-Instruct", "lens-2b": "Qwen/Qwen2-VL-2B-Instruct"}
 _QWEN_IDS = dict(bos_token_id=151643, eos_token_id=151645, vision_start_token_id=151652, vision_end_token_id=151653,
                  image_token_id=151655, video_token_id=151656)
 
