@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-CONTEXT_PASS_MODES = ("official", "cached")
+from .vocab import ANSWER_FORMATS, CONTEXT_PASS_MODES
 
 # Prompt templates of the released checkpoints (facts from hustvl/LENS, see SPEC.md).
 QWEN_SYSTEM_PROMPT = "You are a helpful assistant. "
@@ -40,7 +40,7 @@ class PromptConfig:
             return cls()
         if answer_format == "think_answer":
             return cls("think_answer", QWEN_SYSTEM_PROMPT, THINK_ANSWER_QUESTION)  # released CoT: "default" system
-        raise ValueError(f"unknown answer format {answer_format!r}; expected 'grounding' or 'think_answer'")
+        raise ValueError(f"unknown answer format {answer_format!r}; expected one of {', '.join(ANSWER_FORMATS)}")
 
 
 @dataclass
