@@ -10,8 +10,8 @@ BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 # Weights / compute dtypes, by torch's names; auto = bfloat16 on CUDA, float32 on CPU.
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-# The short spelling of the same dtypes (DeepSpeed, the transformers Trainer's --bf16 and the training recipes),
-# accepted as aliases wherever a dtype is read.
+# The short spelling of the same dtypes (DeepSpeed, the transformers Trainer's --bf16, the released training
+# scripts): the training configs' `precision` accepts them too, and `canonical_dtype` maps them to DTYPES.
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 # How the MLLM's answer is written: Qwen grounding box tokens, or <think>/<answer> with a JSON box (CoT checkpoints).

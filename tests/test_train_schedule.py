@@ -39,17 +39,19 @@ def _stepped_lrs(cfg, steps: int) -> list[float]:
 def test_stepped_schedule_is_the_closed_form(kind, min_ratio):
     cfg = AlignConfig(lr=LR, lr_scheduler=kind, warmup_steps=WARMUP, min_lr_ratio=min_ratio)
     lrs = _stepped_lrs(cfg, TOTAL + 20)
-    for step in (0, WARMUP // 2, WARMUP, (WARMUP + TOTAL) // 2, TOTAL - 1, TOTAL, TOTAL + 19):  # warm-up end, middle, last, past
+    middle = (WARMUP + TOTAL) // 2
+    for step in (0, WARMUP // 2, WARMUP, middle, TOTAL - 1, TOTAL, TOTAL + 19):  # warm-up end, middle, last, past
         assert lrs[step] == pytest.approx(LR * _closed_form(kind, step, min_ratio), rel=1e-12, abs=1e-18), step
         assert lr_at(step, cfg, TOTAL) == pytest.approx(_closed_form(kind, step, min_ratio), rel=1e-12, abs=1e-15)
 
 
 def test_released_recipes_are_transformers_own_schedules():
-    """min_lr_ratio 0 (both shipped recipes): exactly transformers' cosine / linear schedule, as the released runs."""
+    """min_lr_ratio 0 (both shipped recipes): exactly transformers' cosine / linear schedules, as released."""
     for cfg, make in ((AlignConfig(lr=LR, warmup_steps=WARMUP), get_cosine_schedule_with_warmup),
                       (GRPOConfig(lr=LR, warmup_steps=WARMUP), get_linear_schedule_with_warmup)):
         reference = make(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR), WARMUP, TOTAL)
-        assert [lr_at(s, cfg, TOTAL) for s in range(TOTAL + 1)] == [reference.lr_lambdas[0](s) for s in range(TOTAL + 1)]
+        steps = range(TOTAL + 1)
+        assert [lr_at(s, cfg, TOTAL) for s in steps] == [reference.lr_lambdas[0](s) for s in steps]
 
 
 def test_schedule_state_survives_a_resume():

@@ -235,7 +235,8 @@ def _instantiate_nested(node: DictConfig | ListConfig, prefix: str) -> None:
             try:
                 OmegaConf.to_object(child)
             except ConfigError as e:
-                raise ConfigError(f"{key}.{e}" if e.key else f"{key}: {e}", key=_join(key, e.key or "")) from None
+                full = _join(key, e.key) if e.key else key
+                raise ConfigError(f"{key}.{e}" if e.key else f"{key}: {e}", key=full) from None
 
 
 def _restore_tuples(obj: Any) -> None:
@@ -329,12 +330,14 @@ def dump_config(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def derive_batch(global_batch: int, world_size: int, per_device: int | None, max_per_device: int = 32) -> tuple[int, int]:
+def derive_batch(global_batch: int, world_size: int, per_device: int | None,
+                 max_per_device: int = 32) -> tuple[int, int]:
     """(per-device batch, gradient-accumulation steps) with global == per_device * world_size * accum.
 
     per_device None: the largest divisor of global/world_size that fits `max_per_device` (fewest accum steps).
     """
-    for name, v in (("global_batch_size", global_batch), ("world size", world_size), ("max_per_device", max_per_device)):
+    checked = (("global_batch_size", global_batch), ("world size", world_size), ("max_per_device", max_per_device))
+    for name, v in checked:
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"{name}: expected a positive int, got {v!r}")
     if global_batch % world_size:
@@ -518,10 +521,6 @@ class AlignConfig(StageConfig):
         _require(self.dice_weight + self.pixel_weight > 0, "dice_weight", "dice_weight and pixel_weight are both 0")
 
 
-def _grpo_trainable() -> list[str]:
-    return ["mllm", "context", "sam_decoder", "sam_prompt_encoder"]
-
-
 @dataclass(kw_only=True)
 class GRPOConfig(StageConfig):
     """Stage 2 (GRPO, paper Table A2): sample G answers per prompt, reward format + box IoU² + mask IoU²,
@@ -530,7 +529,7 @@ class GRPOConfig(StageConfig):
     # model: a stage-1 (or released) LENS checkpoint; the reference policy defaults to the same weights
     init_from: str = "runs/align/final"
     context_pass: str | None = None  # null: the checkpoint's own mode
-    trainable: list[str] = field(default_factory=_grpo_trainable)
+    trainable: list[str] = field(default_factory=lambda: list(TRAINABLE_PARTS))  # every part, as released
     reference: str | None = None
     answer_format: str | None = None  # one of ANSWER_FORMATS; null: the checkpoint's own prompt format
     # rollouts
