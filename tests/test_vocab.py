@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from lens_model.config import PromptConfig
+from lens_model.pipeline import resolve_dtype
 from lens_model.vocab import ANSWER_FORMATS, DTYPE_ALIASES, DTYPES, canonical_dtype
 from training.align import TRAINABLE_MODULES
 from training.config import PRECISIONS, AlignConfig
@@ -13,6 +14,7 @@ from training.vocab import TRAINABLE_PARTS
 def test_every_dtype_name_and_alias_is_a_torch_dtype():
     assert [canonical_dtype(n) for n in ("bf16", "fp16", "fp32")] == ["bfloat16", "float16", "float32"]
     for name in (*DTYPES[1:], *DTYPE_ALIASES):
+        assert resolve_dtype(name, torch.device("cpu")) == getattr(torch, canonical_dtype(name))
         assert isinstance(getattr(torch, canonical_dtype(name)), torch.dtype)
     with pytest.raises(ValueError, match="unknown dtype 'int8'"):
         canonical_dtype("int8")
