@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lens_model.vocab import CONTEXT_PASS_MODES
+
 PHASES = ("prepare prompts", "rollout/generate", "rollout/context+SAM", "rewards", "reference", "train")
 
 
@@ -83,7 +85,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     parser.add_argument("--loop-repeats", type=int, default=2,
                         help="timed runs of the per-sample loop (default 2; 0 skips the comparison)")
-    parser.add_argument("--context-pass", default="cached", choices=["official", "cached"],
+    parser.add_argument("--context-pass", default="cached", choices=CONTEXT_PASS_MODES,
                         help="the model's context pass (default cached)")
     parser.add_argument("--hidden", type=int, default=256, help="LLM hidden size (default 256)")
     parser.add_argument("--layers", type=int, default=4, help="LLM layers (default 4)")
@@ -123,6 +125,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     from training.policy import PolicyModel
     from training.rewards import DEFAULT_REWARD_WEIGHTS, score
     from training.rollout import generate_rollouts, prepare_prompts, sequential_rollouts
+    from training.vocab import TRAINABLE_PARTS
 
     transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars between the figures
     if args.threads:
@@ -138,7 +141,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     records = distinct_images(load_dataset("synthetic", work / "scenes", "train"), args.prompts)
 
     lens, processor = load_model(work / "model", device=device, dtype=dtype)
-    counts = freeze_all_but(lens, ["mllm", "context", "sam_decoder", "sam_prompt_encoder"])
+    counts = freeze_all_but(lens, list(TRAINABLE_PARTS))  # stage 2 trains every part
     lens.sam.image_encoder.requires_grad_(False)
     policy = PolicyModel(lens)
     trainable = [p for p in policy.parameters() if p.requires_grad]

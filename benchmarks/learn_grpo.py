@@ -71,7 +71,7 @@ def main() -> int:
                       f"max_steps={args.grpo_steps}", f"lr={args.lr}", f"trainable=[{args.trainable}]",
                       "reward_weights={format: 1.0, box_iou: 1.0, segment_iou: 1.0"
                       + (", 'learn_grpo:digit_share': 1.0}" if args.rewards == "paper+digits" else "}"), "log_every=1", f"save_every={args.grpo_steps}",
-                      "num_workers=1", "gradient_checkpointing=false", f"output_dir={out}"])
+                      "gradient_checkpointing=false", f"output_dir={out}"])
     if code:
         return code
     grpo_time = time.perf_counter() - start

@@ -6,7 +6,8 @@ import math
 import re
 from dataclasses import dataclass
 
-ANSWER_FORMATS = ("grounding", "think_answer")
+from .vocab import ANSWER_FORMATS
+
 Box = tuple[float, float, float, float]
 
 _NUM = r"[-+]?\d+(?:\.\d+)?"

@@ -22,10 +22,9 @@ import torch
 from .errors import LensError
 from .export.metadata import ExportError, ExportMetadata, model_hash, read_metadata
 from .sam import SamImageFeatures, decode_masks
+from .vocab import BACKENDS
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
 class SegmentationBackend(ABC):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from .config import DEFAULT_MODEL_ID
 from .errors import LensError
+from .vocab import ANSWER_FORMATS, BACKENDS, CONTEXT_PASS_MODES, DTYPES
 
-DTYPES = ["auto", "float32", "bfloat16", "float16"]
 DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N (default: auto)"
 
 
@@ -30,8 +30,8 @@ def add_device_dtype_arguments(p, device_help: str = DEVICE_HELP, dtype_help: st
 
 def _add_overrides(p, context_pass_help: str, answer_format_help: str) -> None:
     """--context-pass / --answer-format: override what the checkpoint's config says."""
-    p.add_argument("--context-pass", choices=["official", "cached"], help=context_pass_help)
-    p.add_argument("--answer-format", choices=["grounding", "think_answer"], help=answer_format_help)
+    p.add_argument("--context-pass", choices=CONTEXT_PASS_MODES, help=context_pass_help)
+    p.add_argument("--answer-format", choices=ANSWER_FORMATS, help=answer_format_help)
 
 
 def _add_segment(sub) -> None:
@@ -49,7 +49,7 @@ def _add_segment(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256, help="generation budget of the MLLM (default: 256)")
     _add_overrides(p, "override the checkpoint's context-pass mode (released checkpoints need 'official')",
                    "override the prompt/answer format (think_answer for the CoT checkpoints)")
-    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch",
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="what runs SAM2 + the context head: torch (default), or the graphs/engines that `lens export` "
                         "wrote to --backend-dir (the MLLM always runs in torch)")
     p.add_argument("--backend-dir", type=Path, help="export directory for --backend onnxruntime|tensorrt")
@@ -88,7 +88,7 @@ def _add_make_tiny(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default: 0)")
     p.add_argument("--num-queries", type=int, default=8, help="number of context queries (default: 8)")
-    p.add_argument("--context-pass", choices=["official", "cached"], default="cached", help="default: cached")
+    p.add_argument("--context-pass", choices=CONTEXT_PASS_MODES, default="cached", help="default: cached")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output directory")
     p.set_defaults(func=cmd_make_tiny)
 

@@ -12,7 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-CONTEXT_PASS_MODES = ("official", "cached")
+from .vocab import ANSWER_FORMATS, CONTEXT_PASS_MODES
+
 DEFAULT_MODEL_ID = "OuyBin/LENS"  # the released LENS (Qwen2.5-VL-3B) on the Hugging Face Hub
 
 # Prompt templates of the released checkpoints (facts from hustvl/LENS, see SPEC.md).
@@ -41,7 +42,7 @@ class PromptConfig:
             return cls()
         if answer_format == "think_answer":
             return cls("think_answer", QWEN_SYSTEM_PROMPT, THINK_ANSWER_QUESTION)  # released CoT: "default" system
-        raise ValueError(f"unknown answer format {answer_format!r}; expected 'grounding' or 'think_answer'")
+        raise ValueError(f"unknown answer format {answer_format!r}; expected one of {', '.join(ANSWER_FORMATS)}")
 
 
 @dataclass

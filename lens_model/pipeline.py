@@ -17,6 +17,7 @@ from .errors import LensError, PromptError
 from .image_io import load_image, read_prompt
 from .modeling import ContextInputs, LensModel, completion_mask
 from .sam import preprocess_for_sam, upsample_logits
+from .vocab import canonical_dtype
 
 DEFAULT_MAX_PROMPT_TOKENS = 2048  # released training/eval bound on the prompt length
 
@@ -94,7 +95,7 @@ def resolve_device(device: str) -> torch.device:
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    return getattr(torch, canonical_dtype(dtype))
 
 
 class _Timer:

@@ -12,14 +12,12 @@ from typing import Any
 
 from lens_model.config import DEFAULT_MODEL_ID
 from lens_model.errors import LensError
+from lens_model.vocab import ANSWER_FORMATS, BACKENDS, CONTEXT_PASS_MODES, DTYPES
 
 from .conversions import SCALE16_MODES
 from .policy import FRAME_MODES, QUEUE_POLICIES
 from .whisper import SAMPLE_FORMATS
 
-DEFAULT_MODEL = DEFAULT_MODEL_ID
-BACKENDS = ("torch", "onnxruntime", "tensorrt")  # lens_model.backends.BACKENDS (that module imports torch)
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 AUDIO_SAMPLE_FORMATS = tuple(SAMPLE_FORMATS)
 
 
@@ -74,7 +72,7 @@ class ParamSpec:
 
 PARAMETERS: tuple[ParamSpec, ...] = (
     # model
-    ParamSpec("model", DEFAULT_MODEL, "LENS checkpoint: a Hugging Face Hub id or a local model directory; loaded "
+    ParamSpec("model", DEFAULT_MODEL_ID, "LENS checkpoint: a Hugging Face Hub id or a local model directory; loaded "
               "on configure"),
     ParamSpec("device", "auto", "where the model runs: auto (CUDA if available), cpu, cuda or cuda:N"),
     ParamSpec("dtype", "auto", "weights dtype; auto = bfloat16 on CUDA, float32 on CPU", choices=DTYPES),
@@ -82,9 +80,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "backend_dir (lens export); the MLLM always runs in torch", choices=BACKENDS),
     ParamSpec("backend_dir", "", "export directory for backend onnxruntime or tensorrt", allow_empty=True),
     ParamSpec("context_pass", "", "override the checkpoint's context-pass mode; empty = the checkpoint's",
-              choices=("official", "cached"), allow_empty=True),
+              choices=CONTEXT_PASS_MODES, allow_empty=True),
     ParamSpec("answer_format", "", "override the checkpoint's answer format; empty = the checkpoint's "
-              "(think_answer for the CoT checkpoints)", choices=("grounding", "think_answer"), allow_empty=True),
+              "(think_answer for the CoT checkpoints)", choices=ANSWER_FORMATS, allow_empty=True),
     ParamSpec("max_new_tokens", 256, "generation budget of the MLLM per command", range=(1, 4096)),
     # inputs
     ParamSpec("image_topic", "image", "camera topic (sensor_msgs/Image, or CompressedImage when image_compressed); "

@@ -66,3 +66,23 @@ def test_unknown_keys_are_rejected(tmp_path):
     path.write_text(GRPO_YAML.read_text() + "kl_beta: 0.1\n")
     with pytest.raises(ConfigError, match="unknown config key 'kl_beta'"):
         load_config(GRPOConfig, path, [])
+
+
+def test_a_mapping_in_the_file_replaces_the_default_one(tmp_path):
+    path = tmp_path / "released.yaml"
+    path.write_text("reward_weights: {box_iou: 1.0, segment_iou: 2.0}\n")  # the released run: no format reward
+    assert load_config(GRPOConfig, path, []).reward_weights == {"box_iou": 1.0, "segment_iou": 2.0}
+    # a single key of the mapping is set on the default ones
+    assert load_config(GRPOConfig, None, ["reward_weights.format=0.5"]).reward_weights == {
+        "format": 0.5, "box_iou": 1.0, "segment_iou": 1.0}
+
+
+def test_stage_defaults_differ_where_the_recipes_do():
+    from training.config import AlignConfig
+
+    align, grpo = AlignConfig(), GRPOConfig()
+    assert (align.lr, align.lr_scheduler, align.warmup_steps, align.context_pass) == (3e-5, "cosine", 150, "official")
+    assert (grpo.lr, grpo.lr_scheduler, grpo.warmup_steps, grpo.context_pass) == (3e-6, "linear", 0, None)
+    assert align.trainable == ["context"] and sorted(grpo.trainable) == sorted(["context", "mllm", "sam_decoder",
+                                                                                 "sam_prompt_encoder"])
+    assert not hasattr(grpo, "num_workers")  # stage 2 reads its samples in the step itself (no DataLoader)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from lens_model.errors import LensError
-from training.grpo_loss import AGGREGATIONS, aggregation_weights, group_advantages, grpo_loss, token_kl_k3
+from training.grpo_loss import aggregation_weights, group_advantages, grpo_loss, token_kl_k3
+from training.vocab import LOSS_AGGREGATIONS as AGGREGATIONS
 
 TOL = 1e-6
 

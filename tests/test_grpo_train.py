@@ -165,7 +165,7 @@ def test_empty_ground_truth_mask(policy, scenes):
 # ---------------------------------------------------------------------------- the trainer
 def _overrides(init, scenes, out, *extra):
     return [f"init_from={init}", f"datasets=[{{name: synthetic, root: {scenes}}}]", "global_batch_size=2",
-            f"num_generations={G}", "max_completion_length=8", "max_steps=4", "lr=1e-3", "num_workers=0",
+            f"num_generations={G}", "max_completion_length=8", "max_steps=4", "lr=1e-3",
             "save_every=2", "keep_last=3", f"output_dir={out}", *extra]
 
 

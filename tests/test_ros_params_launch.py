@@ -92,18 +92,39 @@ def test_settings_convert_for_the_pipeline_and_the_policies():
                                    "context_pass": "official", "answer_format": None, "max_new_tokens": 256}
 
 
-def test_parameter_choices_match_the_code_that_uses_them():
-    from lens_model.backends import BACKENDS
-    from lens_model.checkpoint import DEFAULT_MODEL_ID
-    from lens_ros.conversions import SCALE16_MODES
-    from lens_ros.params import AUDIO_SAMPLE_FORMATS
-    from lens_ros.params import BACKENDS as PARAM_BACKENDS
-    from lens_ros.params import DEFAULT_MODEL
-    from lens_ros.params import SCALE16_MODES as PARAM_SCALE16
-    from lens_ros.whisper import SAMPLE_FORMATS
+def _choices(name: str) -> tuple:
+    return next(spec.choices for spec in PARAMETERS if spec.name == name)
 
-    assert PARAM_BACKENDS == BACKENDS and PARAM_SCALE16 == SCALE16_MODES and DEFAULT_MODEL == DEFAULT_MODEL_ID
-    assert AUDIO_SAMPLE_FORMATS == tuple(SAMPLE_FORMATS)
+
+def test_every_parameter_choice_is_accepted_by_the_code_that_uses_it():
+    """Each choice offered by a parameter works in the function that receives it (and a wrong one does not), so a
+    choice list and its user cannot drift apart."""
+    import numpy as np
+    import torch
+
+    from lens_model.backends import check_backend_args
+    from lens_model.config import DEFAULT_MODEL_ID
+    from lens_model.errors import LensError
+    from lens_model.pipeline import resolve_dtype
+    from lens_ros.conversions import to_rgb
+    from lens_ros.whisper import AudioError, pcm_to_float
+
+    assert DEFAULTS["model"] == DEFAULT_MODEL_ID  # the node and `lens segment` start the same model
+    gray16 = np.array([[0, 1000], [30000, 65535]], np.uint16)
+    for mode in _choices("scale16"):
+        assert to_rgb(gray16, "mono16", scale16=mode).shape == (2, 2, 3), mode
+    with pytest.raises(ValueError, match="scale16 must be one of"):
+        to_rgb(gray16, "mono16", scale16="gamma")
+    for fmt in _choices("audio_sample_format"):
+        assert pcm_to_float(b"\x00" * 8, fmt).size > 0, fmt
+    with pytest.raises(AudioError, match="unsupported sample format"):
+        pcm_to_float(b"\x00" * 8, "MP3")
+    for dtype in _choices("dtype"):
+        assert isinstance(resolve_dtype(dtype, torch.device("cpu")), torch.dtype), dtype
+    assert check_backend_args("torch", None).name == "torch"
+    for backend in set(_choices("backend")) - {"torch"}:  # the exported backends need an export directory
+        with pytest.raises(LensError, match=f"--backend {backend} needs"):
+            check_backend_args(backend, None)
 
 
 # --- launch file ---

@@ -7,8 +7,9 @@ import pytest
 from conftest import REPO
 from lens_model.errors import LensError
 from training.config import (
-    AlignConfig, ConfigError, DatasetSpec, derive_batch, dump_config, load_config, lr_at, total_steps,
+    AlignConfig, ConfigError, DatasetSpec, derive_batch, dump_config, load_config, total_steps,
 )
+from training.schedule import lr_at
 
 ALIGN_YAML = REPO / "training" / "configs" / "align.yaml"
 

@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from lens_model.checkpoint import save_model
 from lens_model.errors import CheckpointError, LensError
+from lens_model.vocab import canonical_dtype
 
 log = logging.getLogger(__name__)
 RUN_FILE = "lens_run.json"  # written next to every DeepSpeed checkpoint: step + what model it belongs to
@@ -73,7 +74,7 @@ def enable_activation_checkpointing(mllm) -> None:
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    dtype = getattr(torch, canonical_dtype(precision))
     if dtype != torch.float32 and device.type != "cuda":
         raise LensError(f"precision={precision} needs a CUDA GPU; on CPU use precision=fp32 (or auto)")
     return dtype
@@ -105,11 +106,11 @@ def build_engine(model: torch.nn.Module, cfg, per_device: int, grad_accum: int, 
     state) and the config's warm-up + decay schedule; restores a checkpoint when resuming. -> (engine, scheduler)"""
     import deepspeed
 
-    from .config import lr_at
+    from .schedule import build_lr_scheduler
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg, total_updates))
+    scheduler = build_lr_scheduler(optimizer, cfg, total_updates)
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler,
         config=deepspeed_config(cfg.zero_stage, per_device, grad_accum, world, dtype, cfg.grad_clip))

@@ -10,7 +10,8 @@ import torch
 
 from lens_model.errors import LensError
 
-AGGREGATIONS = ("sequence", "token", "constant")
+from .vocab import LOSS_AGGREGATIONS
+
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4, scale: bool = True) -> torch.Tensor:
@@ -78,7 +79,7 @@ def aggregation_weights(mask: torch.Tensor, aggregation: str, constant_length: i
         if length < 1:
             raise LensError(f"constant_length must be a positive integer, got {constant_length!r}")
         return mask / (mask.shape[0] * length) if mask.shape[0] else mask
-    raise LensError(f"unknown loss aggregation {aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
+    raise LensError(f"unknown loss aggregation {aggregation!r}; valid: {', '.join(LOSS_AGGREGATIONS)}")
 
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None, advantages: torch.Tensor,

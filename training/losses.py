@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-PIXEL_LOSSES = ("bce", "focal")
+from .vocab import PIXEL_LOSSES
 
 
 def _as_float(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

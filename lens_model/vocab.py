@@ -1,0 +1,33 @@
+"""The allowed values of the library's named choices, in one place (plain Python: no torch, importable anywhere).
+
+The CLI, the ROS node's parameters, the model config and the training configs import these tuples instead of
+retyping them.
+"""
+from __future__ import annotations
+
+# What runs SAM2 + the context head: the loaded torch model, or the graphs / engines `lens export` wrote.
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+# Weights / compute dtypes, by torch's names; auto = bfloat16 on CUDA, float32 on CPU.
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# The short spelling of the same dtypes (DeepSpeed, the transformers Trainer's --bf16, the released training
+# scripts): the training configs' `precision` accepts them too, and `canonical_dtype` maps them to DTYPES.
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+# How the MLLM's answer is written: Qwen grounding box tokens, or <think>/<answer> with a JSON box (CoT checkpoints).
+ANSWER_FORMATS = ("grounding", "think_answer")
+
+# How the context queries read the conversation: "official" re-forwards prompt + completion + queries with 1-D
+# positions (the released checkpoints); "cached" reuses the generation KV cache with M-RoPE positions.
+CONTEXT_PASS_MODES = ("official", "cached")
+
+
+def canonical_dtype(name: str) -> str:
+    """A dtype name or alias -> its name in DTYPES ("bf16" -> "bfloat16"); ValueError for anything else."""
+    name = DTYPE_ALIASES.get(name, name)
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)} (or {', '.join(DTYPE_ALIASES)})")
+    return name
+
+
+__all__ = ["ANSWER_FORMATS", "BACKENDS", "CONTEXT_PASS_MODES", "DTYPES", "DTYPE_ALIASES", "canonical_dtype"]

@@ -1,0 +1,22 @@
+"""The allowed values of the training configs' named choices, in one place (plain Python, no torch).
+
+The config classes validate against these; the modules that implement them (losses, GRPO objective, the
+schedule builder, the part freezer, the samplers) import them. Dtypes, answer formats and context-pass modes are
+the library's (`lens_model.vocab`); reward names live with the reward registry (`training.rewards`).
+"""
+from __future__ import annotations
+
+# Parts of a LensModel that a stage can train (training.align.TRAINABLE_MODULES maps them to submodules).
+TRAINABLE_PARTS = ("context", "sam_decoder", "sam_prompt_encoder", "mllm")
+# Per-pixel term of the mask loss: bce (released code) | focal (the paper).
+PIXEL_LOSSES = ("bce", "focal")
+# Learning-rate decay after the warm-up (transformers' schedules of the same names).
+LR_SCHEDULERS = ("cosine", "linear", "constant")
+# How GRPO averages token losses: sequence (GRPO, as released) | token (DAPO) | constant (Dr.GRPO).
+LOSS_AGGREGATIONS = ("sequence", "token", "constant")
+# Who samples GRPO's completions: generate (in-process, KV cache) | vllm (GPU servers).
+ROLLOUT_BACKENDS = ("generate", "vllm")
+# DeepSpeed ZeRO stages.
+ZERO_STAGES = (0, 1, 2, 3)
+
+__all__ = ["LOSS_AGGREGATIONS", "LR_SCHEDULERS", "PIXEL_LOSSES", "ROLLOUT_BACKENDS", "TRAINABLE_PARTS", "ZERO_STAGES"]
