@@ -66,6 +66,10 @@ VISION_MSGS_DEFINITIONS: dict[str, str] = {
     "vision_msgs/msg/Detection2D": ("std_msgs/Header header\nObjectHypothesisWithPose[] results\nBoundingBox2D bbox\n"
                                     "string id\n"),
     "vision_msgs/msg/Detection2DArray": "std_msgs/Header header\nDetection2D[] detections\n",
+    "vision_msgs/msg/BoundingBox3D": "geometry_msgs/Pose center\ngeometry_msgs/Vector3 size\n",
+    "vision_msgs/msg/Detection3D": ("std_msgs/Header header\nObjectHypothesisWithPose[] results\nBoundingBox3D bbox\n"
+                                    "string id\n"),
+    "vision_msgs/msg/Detection3DArray": "std_msgs/Header header\nDetection3D[] detections\n",
 }
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
