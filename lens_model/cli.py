@@ -60,6 +60,10 @@ def _add_segment(sub) -> None:
                    help="what runs SAM2 + the context head: torch (default), or the graphs/engines that `lens export` "
                         "wrote to --backend-dir (the MLLM always runs in torch)")
     p.add_argument("--backend-dir", type=Path, help="export directory for --backend onnxruntime|tensorrt")
+    p.add_argument("--depth", type=Path, help="depth image registered to --image (16-bit PNG in millimetres, float32 "
+                                              "TIFF in metres, or .npy): also print the object's 3D point and box")
+    p.add_argument("--camera-info", type=Path, help="camera_calibration YAML of the camera (with --depth)")
+    p.add_argument("--depth-scale", type=float, default=0.001, help="metres per unit of a 16-bit depth (default: 0.001)")
     p.set_defaults(func=cmd_segment)
 
 
@@ -106,6 +110,10 @@ def _add_bag(sub) -> None:
     p.add_argument("--storage", choices=["mcap", "sqlite3"], help="output storage (default: the input's)")
     p.add_argument("--overlay", action="store_true", help="also write /lens/overlay (Image rgb8: tinted mask, box, prompt)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--depth-topic", help="registered depth topic (Image 16UC1 mm or 32FC1 m): also write "
+                                         "/lens/target_point (PointStamped) and /lens/detections_3d (Detection3DArray)")
+    p.add_argument("--camera-info-topic", help="CameraInfo topic of the depth image (with --depth-topic)")
+    p.add_argument("--target-cloud", action="store_true", help="also write /lens/target_cloud (PointCloud2 x y z rgb)")
     p.set_defaults(func=cmd_bag)
 
 
@@ -197,6 +205,11 @@ def cmd_segment(args) -> int:
     # Validate the cheap inputs before loading a multi-GB model.
     rgb = load_image(args.image)
     prompt = read_prompt(args.prompt)
+    depth = None
+    if args.depth or args.camera_info:
+        from .target3d import DepthInput
+
+        depth = DepthInput.from_files(args.depth, args.camera_info, rgb.shape[:2], args.depth_scale)
     for out in (args.out_mask, args.out_overlay, args.json):
         if out is not None and not out.parent.exists():
             raise LensError(f"output folder does not exist: {out.parent}")
@@ -206,6 +219,8 @@ def cmd_segment(args) -> int:
     result = pipe(rgb, prompt)
     data = result.to_json_dict()
     data.update(image=str(args.image), model=str(args.model), backend=args.backend)
+    if depth is not None:
+        data["target_3d"] = depth.target(result.mask).to_json_dict()
     if args.out_mask:
         Image.fromarray(result.mask.astype(np.uint8) * 255).save(args.out_mask)
         data["mask_png"] = str(args.out_mask)
@@ -254,14 +269,15 @@ def cmd_export(args) -> int:
 
 def cmd_bag(args) -> int:
     try:
-        from lens_ros.bag import process_bag
+        from lens_ros.bag import depth_inputs, process_bag
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] != "rosbags":
             raise
         raise LensError("lens bag needs the rosbags package: pip install 'rosbags>=0.10.9' (or the [ros] extra)") from None
     summary = process_bag(args.in_bag, args.out, args.image_topic, args.prompt, every=args.every, model=args.model,
                           device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens, storage=args.storage,
-                          overlay=args.overlay, progress=not args.no_progress)
+                          overlay=args.overlay, progress=not args.no_progress,
+                          depth=depth_inputs(args.depth_topic, args.camera_info_topic, args.target_cloud))
     print(json.dumps(summary.to_json_dict(), indent=2))
     for failure in summary.failed:
         print(f"warning: frame {failure['frame']} skipped: {failure['error']}", file=sys.stderr)

@@ -29,6 +29,8 @@ Target
            `trim_percent` and 100 - `trim_percent` percentiles per axis
         `ok` is False with a `reason` when fewer than `min_points` points remain.
     Target3D.to_json_dict() -> the numbers as plain lists (what `lens segment --depth` prints)
+    DepthInput.from_files(depth_path, camera_yaml, image_hw, scale=0.001).target(mask) -> Target3D
+        `lens segment --depth D.png --camera-info camera.yaml`: loads and checks both before the model loads
 
 Shapes and units are checked: a depth image of another size than the mask or camera raises DepthError.
 """
@@ -200,6 +202,31 @@ def load_depth(path: str | os.PathLike, scale: float = 0.001) -> np.ndarray:
         raise DepthError(f"{path}: {exc}") from None
 
 
+@dataclass(frozen=True, eq=False)
+class DepthInput:
+    """A registered depth image and its camera, checked against the colour image (`lens segment --depth`)."""
+
+    depth_m: np.ndarray  # (H, W) float32 metres, NaN = invalid
+    camera: PinholeCamera
+
+    @classmethod
+    def from_files(cls, depth_path, camera_yaml, image_hw: tuple[int, int], scale: float = 0.001,
+                   rectified: bool = False) -> "DepthInput":
+        if not depth_path or not camera_yaml:
+            raise DepthError("--depth and --camera-info go together: the depth image registered to --image and the "
+                             "camera_calibration YAML of that camera")
+        depth = load_depth(depth_path, scale)
+        camera = PinholeCamera.from_calibration_yaml(camera_yaml, rectified)
+        camera.check(*depth.shape)
+        if depth.shape != tuple(image_hw):
+            raise DepthError(f"depth image {depth_path} is {_size(depth)} but the image is {image_hw[1]}x{image_hw[0]}; "
+                             "the depth must be registered (aligned) to the colour image")
+        return cls(depth, camera)
+
+    def target(self, mask: np.ndarray, options: TargetOptions | None = None) -> Target3D:
+        return estimate_target(mask, self.depth_m, self.camera, options or TargetOptions())
+
+
 @dataclass(frozen=True)
 class TargetOptions:
     erosion_px: int = 2  # mask pixels removed at the edge before measuring (flying pixels)
@@ -288,5 +315,5 @@ def _size(array: np.ndarray) -> str:
     return f"{array.shape[1]}x{array.shape[0]}" if array.ndim >= 2 else f"shape {array.shape}"
 
 
-__all__ = ["DISTORTION_MODELS", "PinholeCamera", "TargetOptions", "Target3D", "depth_to_metres", "load_depth",
+__all__ = ["DISTORTION_MODELS", "DepthInput", "PinholeCamera", "TargetOptions", "Target3D", "depth_to_metres", "load_depth",
            "estimate_target"]
