@@ -63,7 +63,8 @@ def _add_segment(sub) -> None:
     p.add_argument("--depth", type=Path, help="depth image registered to --image (16-bit PNG in millimetres, float32 "
                                               "TIFF in metres, or .npy): also print the object's 3D point and box")
     p.add_argument("--camera-info", type=Path, help="camera_calibration YAML of the camera (with --depth)")
-    p.add_argument("--depth-scale", type=float, default=0.001, help="metres per unit of a 16-bit depth (default: 0.001)")
+    p.add_argument("--depth-scale", type=float, default=0.001,
+                   help="metres per unit of a 16-bit depth (default: 0.001, millimetres)")
     p.set_defaults(func=cmd_segment)
 
 

@@ -142,7 +142,8 @@ class PinholeCamera:
                              "K all zero); calibrate the camera or publish its intrinsics")
         if (self.width, self.height) != (int(width), int(height)):
             raise DepthError(f"camera_info is for {self.width}x{self.height} images but the {what} is "
-                             f"{int(width)}x{int(height)}; use the camera_info of the registered (aligned) depth stream")
+                             f"{int(width)}x{int(height)}; use the camera_info of the registered (aligned) depth "
+                             "stream")
 
     @functools.cached_property
     def _rays(self) -> np.ndarray:
@@ -231,7 +232,8 @@ class DepthInput:
         camera = PinholeCamera.from_calibration_yaml(camera_yaml, rectified)
         camera.check(*depth.shape)
         if depth.shape != tuple(image_hw):
-            raise DepthError(f"depth image {depth_path} is {_size(depth)} but the image is {image_hw[1]}x{image_hw[0]}; "
+            raise DepthError(f"depth image {depth_path} is {_size(depth)} but the image is "
+                             f"{image_hw[1]}x{image_hw[0]}; "
                              "the depth must be registered (aligned) to the colour image")
         return cls(depth, camera)
 
@@ -343,5 +345,5 @@ def _size(array: np.ndarray) -> str:
     return f"{array.shape[1]}x{array.shape[0]}" if array.ndim >= 2 else f"shape {array.shape}"
 
 
-__all__ = ["DISTORTION_MODELS", "DepthInput", "PinholeCamera", "TargetOptions", "Target3D", "depth_to_metres", "load_depth",
-           "estimate_target"]
+__all__ = ["DISTORTION_MODELS", "DepthInput", "PinholeCamera", "TargetOptions", "Target3D", "depth_to_metres",
+           "load_depth", "estimate_target"]

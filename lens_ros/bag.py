@@ -269,7 +269,8 @@ def process_bag(in_bag: str | os.PathLike, out_bag: str | os.PathLike, image_top
         if depth is not None:
             _check_depth_topics(reader, in_bag, depth)
         summary = BagSummary(str(in_bag), str(out_bag), storage, image_topic, image_type, prompt, int(every),
-                             depth_topic=depth and depth.depth_topic, camera_info_topic=depth and depth.camera_info_topic)
+                             depth_topic=depth and depth.depth_topic,
+                             camera_info_topic=depth and depth.camera_info_topic)
         total = reader.message_count
         if pipeline is None:
             if model is None:
@@ -282,8 +283,8 @@ def process_bag(in_bag: str | os.PathLike, out_bag: str | os.PathLike, image_top
             target = staging / out_bag.name
             try:
                 _write(reader, Writer(target, version=BAG_VERSION, storage_plugin=STORAGES[storage]), typestore,
-                       summary, pipeline, out_topics, tqdm(total=total, unit="msg", desc="lens bag", disable=not progress),
-                       depth)
+                       summary, pipeline, out_topics,
+                       tqdm(total=total, unit="msg", desc="lens bag", disable=not progress), depth)
             except (WriterError, ReaderError) as exc:
                 raise BagError(f"cannot convert {in_bag} to {out_bag}: {' '.join(str(exc).split())}") from None
             if out_bag.exists():
@@ -408,4 +409,5 @@ def _write_targets(pending: list[_PendingTarget], buffer: DepthBuffer, depth: De
                 written[conn.topic] += 1
 
 
-__all__ = ["BagSummary", "DepthInputs", "depth_inputs", "VISION_MSGS_DEFINITIONS", "lens_typestore", "process_bag", "BagError"]
+__all__ = ["BagSummary", "DepthInputs", "depth_inputs", "VISION_MSGS_DEFINITIONS", "lens_typestore", "process_bag",
+           "BagError"]

@@ -87,7 +87,8 @@ IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
 
 
-def encoding_spec(encoding: str, encodings: Mapping[str, EncodingSpec] = ENCODINGS, what: str = "image") -> EncodingSpec:
+def encoding_spec(encoding: str, encodings: Mapping[str, EncodingSpec] = ENCODINGS,
+                  what: str = "image") -> EncodingSpec:
     spec = encodings.get(encoding)
     if spec is None:
         raise ImageConversionError(f"unsupported {what} encoding {encoding!r}; supported: {', '.join(encodings)}")

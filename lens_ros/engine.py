@@ -15,9 +15,9 @@ pipeline (streaming the generated text to `feedback` when given), builds the out
 (lens_ros.results, lens_ros.interfaces) and calls `publish(outcome)`. With depth_enabled it pairs the frame
 with the depth image nearest in stamp (lens_ros.depth.DepthBuffer, within depth_slop_s) and measures the object's
 3D target (lens_model.target3d); a 3D failure (no depth in time, unusable camera_info, sizes that disagree, no
-valid depth in the mask) is logged and reported in the result (has_3d false, error_3d) while the 2D result stands. Any failure — no frame, a stale frame, a
-bad image, an empty prompt, a model error — becomes Outcome(success=False, message=reason), is logged, and the
-worker goes on with the next command.
+valid depth in the mask) is logged and reported in the result (has_3d false, error_3d) while the 2D result stands.
+Any failure — no frame, a stale frame, a bad image, an empty prompt, a model error — becomes
+Outcome(success=False, message=reason), is logged, and the worker goes on with the next command.
 
 `SpokenCommands` does the same for audio: chunks in (`feed`), utterances cut by lens_ros.whisper's end-pointer
 and transcribed on their own thread, each transcript submitted as a command.

@@ -5,9 +5,9 @@
 
 `messages` are the topic messages lens_ros.results.fill_result built for the same result (the mask and the
 detection are reused, not rebuilt); with a 3D target (lens_model.target3d.Target3D), `messages.target` holds its
-messages (lens_ros.results.fill_target) and `error_3d` says why it is missing or not ok. `types` as in lens_ros.conversions: rosbags' `typestore.types` (with the
-lens_interfaces and vision_msgs definitions registered, see `lens_interfaces_definitions`) or None to import the
-classes from the ROS 2 Python packages, as the node does.
+messages (lens_ros.results.fill_target) and `error_3d` says why it is missing or not ok. `types` as in
+lens_ros.conversions: rosbags' `typestore.types` (with the lens_interfaces and vision_msgs definitions registered,
+see `lens_interfaces_definitions`) or None to import the classes from the ROS 2 Python packages, as the node does.
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ Publishes:
     result      lens_interfaces/SegmentationResult (all of the above in one message)
     transcript  std_msgs/String (what Whisper heard)
     target_point   geometry_msgs/PointStamped: the object's 3D centroid (depth_enabled; when measured)
-    detections_3d  vision_msgs/Detection3DArray: centroid, 3D box, score, prompt (depth_enabled; empty when not measured)
+    detections_3d  vision_msgs/Detection3DArray: centroid, 3D box, score, prompt (depth_enabled; empty when none)
     target_cloud   sensor_msgs/PointCloud2 x y z rgb of the object (publish_target_cloud)
     (3D outputs: the source image's stamp, the depth image's frame_id)
 Serves:

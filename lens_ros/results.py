@@ -240,7 +240,8 @@ def fill_point_cloud(fields: CloudFields, types: Mapping[str, type] | None = Non
     cls = message_class("sensor_msgs/msg/PointCloud2", types)
     point_field = message_class("sensor_msgs/msg/PointField", types)
     return cls(header=fields.header, height=int(fields.height), width=int(fields.width),
-               fields=[point_field(name=n, offset=int(o), datatype=int(d), count=int(c)) for n, o, d, c in fields.fields],
+               fields=[point_field(name=n, offset=int(o), datatype=int(d), count=int(c))
+                       for n, o, d, c in fields.fields],
                is_bigendian=bool(fields.is_bigendian), point_step=int(fields.point_step),
                row_step=int(fields.row_step), data=byte_sequence(cls, fields.data), is_dense=bool(fields.is_dense))
 
@@ -273,8 +274,8 @@ def fill_target(target: Target3D, header: Any, prompt: str, score: float, colour
     if not target.ok:
         return messages
     c = target.centroid
-    messages.point = message_class("geometry_msgs/msg/PointStamped", types)(
-        header=header, point=message_class("geometry_msgs/msg/Point", types)(x=float(c[0]), y=float(c[1]), z=float(c[2])))
+    point = message_class("geometry_msgs/msg/Point", types)(x=float(c[0]), y=float(c[1]), z=float(c[2]))
+    messages.point = message_class("geometry_msgs/msg/PointStamped", types)(header=header, point=point)
     if colours_rgb is not None:
         rows, cols = target.pixels.T
         messages.cloud = fill_point_cloud(cloud_fields(target.points, header, colours_rgb[rows, cols]), types)

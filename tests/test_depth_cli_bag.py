@@ -151,8 +151,8 @@ def test_bag_with_depth_writes_the_3d_targets(tiny_dir, tmp_path, scene, capsys)
         summary["failed_3d"][0]["error"]
     assert [t for t, _ in got["/lens/detections_3d"]] == [11, 20, 30]  # the source images' bag times
     assert [t for t, _ in got["/lens/target_point"]] == [11, 20]
-    for (_, detections), sec, frame in zip(got["/lens/detections_3d"], (10, 11, 12),
-                                           ("depth_optical", "depth_optical", "color_optical")):  # no depth: the image's
+    frames = ("depth_optical", "depth_optical", "color_optical")  # without a depth image: the colour image's
+    for (_, detections), sec, frame in zip(got["/lens/detections_3d"], (10, 11, 12), frames):
         assert (detections.header.stamp.sec, detections.header.stamp.nanosec, detections.header.frame_id) == (
             sec, 0, frame)
     assert got["/lens/detections_3d"][2][1].detections == []
@@ -175,6 +175,6 @@ def test_bag_depth_topics_are_checked(tmp_path, scene):
         depth_inputs(DEPTH, None)
     with pytest.raises(BagError, match="topic '/depth' is not in"):
         process_bag(src, tmp_path / "out", CAMERA, PROMPT, pipeline=object(), depth=DepthInputs("/depth", INFO))
-    with pytest.raises(BagError, match=f"topic {INFO} has type sensor_msgs/msg/CameraInfo; expected sensor_msgs/msg/Image"):
+    with pytest.raises(BagError, match=f"topic {INFO} has type sensor_msgs/msg/CameraInfo; expected sensor_msgs/msg/"):
         process_bag(src, tmp_path / "out", CAMERA, PROMPT, pipeline=object(), depth=DepthInputs(INFO, INFO))
     assert depth_inputs(None, None) is None

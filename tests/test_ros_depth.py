@@ -183,7 +183,8 @@ def test_bad_camera_info_depth_size_and_encoding_are_refused(store, scene):
 
 def test_measure_equals_the_library_on_the_same_arrays(store, scene):
     info = camera_info(store, d=[-0.1, 0.01, 0.0, 0.0, 0.0])
-    target = measure(scene.mask, _match(store, depth_msg(store, scene.depth), info), options=TargetOptions(erosion_px=1))
+    target = measure(scene.mask, _match(store, depth_msg(store, scene.depth), info),
+                     options=TargetOptions(erosion_px=1))
     expected = estimate_target(scene.mask, depth_to_metres(np.rint(scene.depth * 1000).astype(np.uint16)),
                                PinholeCamera(W4, H4, K4, [-0.1, 0.01, 0.0, 0.0, 0.0], "plumb_bob"),
                                TargetOptions(erosion_px=1))

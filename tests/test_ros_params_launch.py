@@ -179,7 +179,8 @@ def test_readme_topic_table_and_service_call():
 def test_readme_topic_table_lists_the_depth_inputs_and_3d_outputs():
     section = _readme_section()
     for topic, kind in (("depth", "sensor_msgs/Image"), ("camera_info", "sensor_msgs/CameraInfo"),
-                        ("target_point", "geometry_msgs/PointStamped"), ("detections_3d", "vision_msgs/Detection3DArray"),
+                        ("target_point", "geometry_msgs/PointStamped"),
+                        ("detections_3d", "vision_msgs/Detection3DArray"),
                         ("target_cloud", "sensor_msgs/PointCloud2")):
         assert re.search(rf"^\| `{topic}` \| {kind} \|", section, re.M), topic
 
