@@ -67,7 +67,7 @@ from lens_model.errors import LensError
 from lens_model.target3d import Target3D, TargetOptions
 
 from .conversions import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, image_message_to_rgb, stamp_to_seconds
-from .depth import DepthBuffer, measure
+from .depth import CameraCache, DepthBuffer, measure
 from .errors import BagError
 from .results import fill_result, fill_target, result_fields, target_header
 
@@ -312,6 +312,7 @@ def _write(reader: Reader, writer: Writer, typestore, summary: BagSummary, pipel
            bar, depth: DepthInputs | None = None) -> None:
     written: Counter = Counter()
     buffer = DepthBuffer(depth.slop_s, history=60) if depth is not None else None
+    cameras = CameraCache()
     pending: list[_PendingTarget] = []
     with bar, writer:
         connections = {}
@@ -337,11 +338,12 @@ def _write(reader: Reader, writer: Writer, typestore, summary: BagSummary, pipel
             elif buffer is not None and conn.topic in (depth.depth_topic, depth.camera_info_topic):
                 _buffer_depth(typestore, conn, raw, buffer, depth)
             if pending:
-                _write_targets(pending, buffer, depth, typestore, summary, writer, outputs, written, final=False)
+                _write_targets(pending, buffer, cameras, depth, typestore, summary, writer, outputs, written,
+                               final=False)
             bar.update(1)
             bar.set_postfix(segmented=summary.segmented, failed=len(summary.failed), refresh=False)
         if pending:
-            _write_targets(pending, buffer, depth, typestore, summary, writer, outputs, written, final=True)
+            _write_targets(pending, buffer, cameras, depth, typestore, summary, writer, outputs, written, final=True)
     summary.topics = dict(sorted(written.items()))
 
 
@@ -377,7 +379,8 @@ def _buffer_depth(typestore, conn, raw, buffer: DepthBuffer, depth: DepthInputs)
         buffer.put_camera_info(msg)
 
 
-def _write_targets(pending: list[_PendingTarget], buffer: DepthBuffer, depth: DepthInputs, typestore,
+def _write_targets(pending: list[_PendingTarget], buffer: DepthBuffer, cameras: CameraCache, depth: DepthInputs,
+                   typestore,
                    summary: BagSummary, writer: Writer, outputs: dict, written: Counter, final: bool) -> None:
     """Measure and write the 3D targets of the pending frames whose depth pairing is settled (all when `final`)."""
     while pending:
@@ -391,7 +394,7 @@ def _write_targets(pending: list[_PendingTarget], buffer: DepthBuffer, depth: De
             if not match.ok:
                 raise LensError(match.reason)
             target = measure(frame.result.mask, match, depth.scale, depth.rectified,
-                             TargetOptions(erosion_px=depth.erosion_px))
+                             TargetOptions(erosion_px=depth.erosion_px), cameras)
             frame_id = match.depth.header.frame_id or match.camera_info.header.frame_id or frame_id
         except LensError as exc:
             target = Target3D(False, str(exc))

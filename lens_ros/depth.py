@@ -18,7 +18,9 @@ the measurement (lens_model.target3d) for one segmented frame.
         wait_for_match(image_stamp, timeout) -> DepthMatch   select(), blocking while it answers "wait" for at
                                            most `timeout` real seconds, then select(final=True)
 
-    measure(mask, match, scale=0.001, rectified=False, options=TargetOptions()) -> Target3D
+    CameraCache().get(camera_info, rectified) -> PinholeCamera
+        the same camera object while the calibration is unchanged, so its undistortion table is built once
+    measure(mask, match, scale=0.001, rectified=False, options=TargetOptions(), cameras=None) -> Target3D
         the depth of `match` in metres, its camera, and lens_model.target3d.estimate_target; a camera_info with
         K all zero or of another size, a depth image of another size than the mask, an unsupported encoding raise
         DepthError (the node logs it and reports it in the result; nothing else is affected).
@@ -63,6 +65,27 @@ def camera_from_info(msg: Any, rectified: bool = False) -> PinholeCamera:
         return PinholeCamera.from_camera_info(msg, rectified)
     except (AttributeError, TypeError, ValueError) as exc:
         raise DepthError(f"camera_info is malformed: {exc}") from None
+
+
+class CameraCache:
+    """camera_info -> PinholeCamera, reusing the last camera while the calibration fields are unchanged (a driver
+    publishes the same camera_info with every frame; the camera's undistortion table costs tens of ms)."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._camera: PinholeCamera | None = None
+        self._lock = threading.Lock()
+
+    def get(self, msg: Any, rectified: bool = False) -> PinholeCamera:
+        try:
+            key = (int(msg.width), int(msg.height), str(msg.distortion_model), tuple(np.asarray(msg.k, float)),
+                   tuple(np.asarray(msg.d, float)), tuple(np.asarray(msg.p, float)), bool(rectified))
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise DepthError(f"camera_info is malformed: {exc}") from None
+        with self._lock:
+            if key != self._key:
+                self._camera, self._key = camera_from_info(msg, rectified), key
+            return self._camera
 
 
 @dataclass(frozen=True)
@@ -133,12 +156,12 @@ class DepthBuffer:
 
 
 def measure(mask: np.ndarray, match: DepthMatch, scale: float = 0.001, rectified: bool = False,
-            options: TargetOptions = TargetOptions()) -> Target3D:
+            options: TargetOptions = TargetOptions(), cameras: CameraCache | None = None) -> Target3D:
     """The 3D target of `mask` (the colour image's size) from a DepthMatch with status ok."""
     depth = depth_message_to_metres(match.depth, scale)
-    camera = camera_from_info(match.camera_info, rectified)
+    camera = (cameras or CameraCache()).get(match.camera_info, rectified)
     camera.check(*depth.shape)
     return estimate_target(mask, depth, camera, options)
 
 
-__all__ = ["DEPTH_ENCODINGS", "DepthBuffer", "DepthMatch", "camera_from_info", "depth_message_to_metres", "measure"]
+__all__ = ["DEPTH_ENCODINGS", "CameraCache", "DepthBuffer", "DepthMatch", "camera_from_info", "depth_message_to_metres", "measure"]

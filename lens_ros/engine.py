@@ -37,7 +37,7 @@ from lens_model.errors import DepthError, LensError
 from lens_model.target3d import Target3D, TargetOptions
 
 from .conversions import image_message_to_rgb, stamp_to_seconds
-from .depth import DepthBuffer, measure
+from .depth import CameraCache, DepthBuffer, measure
 from .errors import LensRosError
 from .interfaces import fill_segmentation_result
 from .params import NodeSettings
@@ -107,6 +107,7 @@ class SegmentationEngine:
         self.frames = FrameBuffer(settings.frame_selection, settings.frame_age_bound, clock=clock)
         self.queue = CommandQueue(settings.queue_policy, settings.queue_size, clock=clock)
         self.depth = DepthBuffer(settings.depth_slop_s) if settings.depth_enabled else None
+        self.cameras = CameraCache()  # the depth camera, rebuilt only when its camera_info changes
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._unstamped_warned = False
@@ -256,7 +257,7 @@ class SegmentationEngine:
             if not match.ok:
                 raise DepthError(match.reason)
             target = measure(result.mask, match, s.depth_scale, s.depth_rectified,
-                             TargetOptions(erosion_px=s.depth_edge_erosion_px))
+                             TargetOptions(erosion_px=s.depth_edge_erosion_px), self.cameras)
             frame_id = match.depth.header.frame_id or match.camera_info.header.frame_id or frame_id
         except LensError as exc:
             target = Target3D(False, str(exc))

@@ -11,7 +11,7 @@ from ros_helpers import cdr, header, image_msg, lens_test_typestore
 
 from lens_model.errors import DepthError
 from lens_model.target3d import PinholeCamera, TargetOptions, depth_to_metres, estimate_target
-from lens_ros.depth import DepthBuffer, DepthMatch, camera_from_info, depth_message_to_metres, measure
+from lens_ros.depth import CameraCache, DepthBuffer, DepthMatch, camera_from_info, depth_message_to_metres, measure
 from lens_ros.results import cloud_to_arrays, fill_target, target_header
 
 # a 160x120 camera (the 640x480 one scaled by 1/4) looking at the box in front of the wall
@@ -67,6 +67,17 @@ def test_camera_info_gives_the_camera(store):
     assert (camera.width, camera.height) == (W4, H4) and np.allclose(camera.k, K4) and camera.undistorts
     assert not camera_from_info(info, rectified=True).undistorts
     assert not camera_from_info(camera_info(store, d=[0.0] * 5)).undistorts  # D all zero: plain pinhole
+
+
+def test_the_camera_is_built_once_per_calibration(store):
+    cameras = CameraCache()
+    first = cameras.get(camera_info(store, d=[-0.2, 0.05, 0.0, 0.0, 0.0]))
+    rays = first.rays()
+    again = cameras.get(camera_info(store, d=[-0.2, 0.05, 0.0, 0.0, 0.0], sec=200))  # same calibration, new stamp
+    assert again is first and again.rays() is rays
+    changed = cameras.get(camera_info(store, d=[-0.1, 0.05, 0.0, 0.0, 0.0]))
+    assert changed is not first and np.allclose(changed.d[:2], [-0.1, 0.05])
+    assert cameras.get(camera_info(store, d=[-0.1, 0.05, 0.0, 0.0, 0.0]), rectified=True).rectified
 
 
 # --- pairing by stamp ---
