@@ -322,9 +322,11 @@ def estimate_target(mask: np.ndarray, depth_m: np.ndarray, camera: PinholeCamera
     sample = _spread(points)
     low, high = np.array([np.percentile(sample[:, i], [options.trim_percent, 100.0 - options.trim_percent])
                           for i in range(3)]).T  # (3,) each
-    return Target3D(True, "", centroid=points.mean(axis=0, dtype=np.float64), box_center=(low + high) / 2,
-                    box_size=high - low, median_depth=median, num_points=int(z.size), valid_fraction=valid_fraction,
-                    points=points, pixels=np.stack([rows, cols], axis=1))
+    centroid = np.array([np.sum(points[:, i], dtype=np.float64) for i in range(3)]) / len(points)  # per column:
+    # numpy's reduction along axis 0 of an (N, 3) array is several times slower
+    return Target3D(True, "", centroid=centroid, box_center=(low + high) / 2, box_size=high - low,
+                    median_depth=median, num_points=int(z.size), valid_fraction=valid_fraction, points=points,
+                    pixels=np.stack([rows, cols]).T)
 
 
 STATISTICS_SAMPLE = 20_000  # median, MAD and percentiles from at most this many evenly spread values
@@ -333,7 +335,7 @@ STATISTICS_SAMPLE = 20_000  # median, MAD and percentiles from at most this many
 def _spread(values: np.ndarray) -> np.ndarray:
     """At most STATISTICS_SAMPLE values evenly spread over `values` (all of them when fewer): robust statistics of
     a large mask cost a bounded time and differ from the full set's by far less than the sensor noise."""
-    step = -(-len(values) // STATISTICS_SAMPLE)
+    step = max(1, -(-len(values) // STATISTICS_SAMPLE))
     return values[::step]
 
 
