@@ -311,8 +311,9 @@ def estimate_target(mask: np.ndarray, depth_m: np.ndarray, camera: PinholeCamera
     if rows.size == 0:
         return Target3D(False, "no valid depth inside the mask (all 0 or NaN)", valid_fraction=0.0)
     z = depth_crop[valid]  # (N,) in the order of nonzero
-    deviation = np.abs(z - (median := _median(_spread(z))))
-    sigma = max(1.4826 * _median(_spread(deviation)), options.min_sigma_m)
+    median = float(np.median(_spread(z)))
+    deviation = np.abs(z - median)
+    sigma = max(1.4826 * float(np.median(_spread(deviation))), options.min_sigma_m)
     inlier = deviation <= options.mad_k * sigma
     rows, cols, z = rows[inlier] + top, cols[inlier] + left, z[inlier]
     if z.size < options.min_points:
@@ -337,10 +338,6 @@ def _spread(values: np.ndarray) -> np.ndarray:
     a large mask cost a bounded time and differ from the full set's by far less than the sensor noise."""
     step = max(1, -(-len(values) // STATISTICS_SAMPLE))
     return values[::step]
-
-
-def _median(values: np.ndarray) -> float:
-    return float(np.median(values))
 
 
 def _size(array: np.ndarray) -> str:
