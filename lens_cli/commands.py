@@ -42,6 +42,10 @@ def _add_bag(sub) -> None:
     p.add_argument("--storage", choices=["mcap", "sqlite3"], help="output storage (default: the input's)")
     p.add_argument("--overlay", action="store_true", help="also write /lens/overlay (Image rgb8: tinted mask, box, prompt)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--depth-topic", help="registered depth topic (Image 16UC1 mm or 32FC1 m): also write "
+                                         "/lens/target_point (PointStamped) and /lens/detections_3d (Detection3DArray)")
+    p.add_argument("--camera-info-topic", help="CameraInfo topic of the depth image (with --depth-topic)")
+    p.add_argument("--target-cloud", action="store_true", help="also write /lens/target_cloud (PointCloud2 x y z rgb)")
     p.set_defaults(func=cmd_bag)
 
 
@@ -65,14 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_bag(args) -> int:
     try:
-        from lens_ros.bag import process_bag
+        from lens_ros.bag import depth_inputs, process_bag
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] != "rosbags":
             raise
         raise LensError("lens bag needs the rosbags package: pip install 'rosbags>=0.10.9' (or the [ros] extra)") from None
     summary = process_bag(args.in_bag, args.out, args.image_topic, args.prompt, every=args.every, model=args.model,
                           device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens, storage=args.storage,
-                          overlay=args.overlay, progress=not args.no_progress)
+                          overlay=args.overlay, progress=not args.no_progress,
+                          depth=depth_inputs(args.depth_topic, args.camera_info_topic, args.target_cloud))
     print(json.dumps(summary.to_json_dict(), indent=2))
     for failure in summary.failed:
         print(f"warning: frame {failure['frame']} skipped: {failure['error']}", file=sys.stderr)

@@ -53,6 +53,11 @@ def _add_segment(sub) -> None:
                    help="what runs SAM2 + the context head: torch (default), or the graphs/engines that `lens export` "
                         "wrote to --backend-dir (the MLLM always runs in torch)")
     p.add_argument("--backend-dir", type=Path, help="export directory for --backend onnxruntime|tensorrt")
+    p.add_argument("--depth", type=Path, help="depth image registered to --image (16-bit PNG in millimetres, float32 "
+                                              "TIFF in metres, or .npy): also print the object's 3D point and box")
+    p.add_argument("--camera-info", type=Path, help="camera_calibration YAML of the camera (with --depth)")
+    p.add_argument("--depth-scale", type=float, default=0.001,
+                   help="metres per unit of a 16-bit depth (default: 0.001, millimetres)")
     p.set_defaults(func=cmd_segment)
 
 
@@ -154,6 +159,11 @@ def cmd_segment(args) -> int:
     # Validate the cheap inputs before loading a multi-GB model (from_pretrained checks the backend first).
     rgb = load_image(args.image)
     prompt = read_prompt(args.prompt)
+    depth = None
+    if args.depth or args.camera_info:
+        from .target3d import DepthInput
+
+        depth = DepthInput.from_files(args.depth, args.camera_info, rgb.shape[:2], args.depth_scale)
     for out in (args.out_mask, args.out_overlay, args.json):
         if out is not None and not out.parent.exists():
             raise LensError(f"output folder does not exist: {out.parent}")
@@ -163,6 +173,8 @@ def cmd_segment(args) -> int:
     result = pipe(rgb, prompt)
     data = result.to_json_dict()
     data.update(image=str(args.image), model=str(args.model), backend=args.backend)
+    if depth is not None:
+        data["target_3d"] = depth.target(result.mask).to_json_dict()
     if args.out_mask:
         Image.fromarray(result.mask.astype(np.uint8) * 255).save(args.out_mask)
         data["mask_png"] = str(args.out_mask)

@@ -16,3 +16,8 @@ class PromptError(LensError):
 
 class CheckpointError(LensError):
     """A model directory or weights file that is missing, incomplete or does not match its config."""
+
+
+class DepthError(LensError):
+    """A depth image or camera model that cannot give a 3D target: unreadable calibration, zero intrinsics, sizes
+    that disagree, an unsupported depth encoding or distortion model."""

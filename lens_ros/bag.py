@@ -2,7 +2,7 @@
 
     process_bag(in_bag, out_bag, image_topic, prompt, *, every=1, pipeline=None, model=DEFAULT_MODEL_ID,
                 device="auto", dtype="auto", max_new_tokens=256, overlay=False, storage=None, progress=True,
-                out_prefix="/lens") -> BagSummary
+                out_prefix="/lens", depth=None) -> BagSummary
 
 reads sensor_msgs/Image or sensor_msgs/CompressedImage messages on `image_topic` from a rosbag2 (directory with
 metadata.yaml, mcap or sqlite3 storage; a bare .mcap/.db3 file also works), segments frames 0, N, 2N, ... of
@@ -13,6 +13,17 @@ that topic (N = `every`) with `prompt`, and writes a new rosbag2 with every inpu
     {out_prefix}/detections  vision_msgs/msg/Detection2DArray (one detection, or none when the answer had no box)
     {out_prefix}/reasoning   std_msgs/msg/String, the generated text
     {out_prefix}/overlay     sensor_msgs/msg/Image rgb8 (only with overlay=True)
+
+With `depth=DepthInputs(depth_topic, camera_info_topic, ...)` (a registered depth image, sensor_msgs/Image
+16UC1 or 32FC1, and its sensor_msgs/CameraInfo) each segmented frame is paired with the depth image nearest in
+stamp (within `slop_s`, lens_ros.depth.DepthBuffer) and its 3D target is written too:
+
+    {out_prefix}/target_point   geometry_msgs/msg/PointStamped (only when measured)
+    {out_prefix}/detections_3d  vision_msgs/msg/Detection3DArray (empty when not measured)
+    {out_prefix}/target_cloud   sensor_msgs/msg/PointCloud2 x y z rgb (only with DepthInputs.cloud)
+
+stamped with the source image's stamp and the depth image's frame_id; frames without a 3D target are listed in
+BagSummary.failed_3d with the reason (no depth within slop_s, unusable camera_info, sizes, no valid depth).
 
 Their header is the source image's header (stamp and frame_id) and their bag timestamp is the source message's.
 The output storage is the input's unless `storage` ("mcap" or "sqlite3") says otherwise; rosbag2 format version 8
@@ -52,9 +63,13 @@ from rosbags.typesys.base import TypesysError
 from lens_model.errors import ImageError
 from lens_model.image_io import read_prompt
 
-from .conversions import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, image_message_to_rgb
+from lens_model.errors import LensError
+from lens_model.target3d import Target3D, TargetOptions
+
+from .conversions import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, image_message_to_rgb, stamp_to_seconds
+from .depth import CameraCache, DepthBuffer, measure
 from .errors import BagError
-from .results import fill_result, result_fields
+from .results import fill_result, fill_target, result_fields, target_header
 
 # vision_msgs 4.1.1 (ros-perception/vision_msgs, branch ros2; the version Humble and Jazzy ship), comments removed.
 VISION_MSGS_DEFINITIONS: dict[str, str] = {
@@ -66,12 +81,34 @@ VISION_MSGS_DEFINITIONS: dict[str, str] = {
     "vision_msgs/msg/Detection2D": ("std_msgs/Header header\nObjectHypothesisWithPose[] results\nBoundingBox2D bbox\n"
                                     "string id\n"),
     "vision_msgs/msg/Detection2DArray": "std_msgs/Header header\nDetection2D[] detections\n",
+    "vision_msgs/msg/BoundingBox3D": "geometry_msgs/Pose center\ngeometry_msgs/Vector3 size\n",
+    "vision_msgs/msg/Detection3D": ("std_msgs/Header header\nObjectHypothesisWithPose[] results\nBoundingBox3D bbox\n"
+                                    "string id\n"),
+    "vision_msgs/msg/Detection3DArray": "std_msgs/Header header\nDetection3D[] detections\n",
 }
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 BAG_VERSION = 8  # the oldest version rosbags writes (QoS stored as numbers; version 9 switched to names)
 OUTPUT_TYPES = {"mask": IMAGE_TYPE, "detections": "vision_msgs/msg/Detection2DArray",
-                "reasoning": "std_msgs/msg/String", "overlay": IMAGE_TYPE}
+                "reasoning": "std_msgs/msg/String", "overlay": IMAGE_TYPE,
+                "target_point": "geometry_msgs/msg/PointStamped", "detections_3d": "vision_msgs/msg/Detection3DArray",
+                "target_cloud": "sensor_msgs/msg/PointCloud2"}
+TARGET_OUTPUTS = ("target_point", "detections_3d", "target_cloud")
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+MAX_PENDING_TARGETS = 100  # frames waiting for depth; beyond, the oldest is paired with what has arrived
+
+
+@dataclass(frozen=True)
+class DepthInputs:
+    """Where `lens bag` finds depth for the 3D target, and how it measures it (the node's depth_* parameters)."""
+
+    depth_topic: str  # sensor_msgs/Image 16UC1 / 32FC1, registered to the image topic
+    camera_info_topic: str  # sensor_msgs/CameraInfo of the depth image
+    scale: float = 0.001  # metres per 16UC1 unit
+    slop_s: float = 0.05  # largest stamp difference between a frame and its depth image
+    rectified: bool = False  # the depth image is rectified: P, not K and D
+    erosion_px: int = 2
+    cloud: bool = False  # also write target_cloud
 
 
 def lens_typestore(store: Stores = Stores.ROS2_HUMBLE):
@@ -99,6 +136,10 @@ class BagSummary:
     skipped_topics: list[str] = field(default_factory=list)  # input topics that could not be copied (no type info)
     topics: dict[str, int] = field(default_factory=dict)  # output topic -> messages written
     with_box: int = 0  # segmented frames whose answer had a box (a detection was written)
+    depth_topic: str | None = None
+    camera_info_topic: str | None = None
+    with_3d: int = 0  # segmented frames with a 3D target
+    failed_3d: list[dict] = field(default_factory=list)  # {"frame", "stamp_ns", "error"}: no 3D target, why
 
     def to_json_dict(self) -> dict:
         return asdict(self)
@@ -152,6 +193,26 @@ def _check_topic(reader: Reader, in_bag: Path, image_topic: str, out_topics: lis
     return types.pop()
 
 
+def depth_inputs(depth_topic: str | None, camera_info_topic: str | None, cloud: bool = False) -> DepthInputs | None:
+    """DepthInputs from `lens bag`'s --depth-topic / --camera-info-topic / --target-cloud (None without them)."""
+    if not depth_topic and not camera_info_topic:
+        if cloud:
+            raise BagError("--target-cloud needs --depth-topic and --camera-info-topic")
+        return None
+    if not depth_topic or not camera_info_topic:
+        raise BagError("--depth-topic and --camera-info-topic go together (the depth image and its camera_info)")
+    return DepthInputs(depth_topic, camera_info_topic, cloud=cloud)
+
+
+def _check_depth_topics(reader: Reader, in_bag: Path, depth: DepthInputs) -> None:
+    topics = reader.topics
+    for topic, expected in ((depth.depth_topic, IMAGE_TYPE), (depth.camera_info_topic, CAMERA_INFO_TYPE)):
+        if topic not in topics:
+            raise BagError(f"topic {topic!r} is not in {in_bag}; its topics: {_topic_list(reader)}")
+        if topics[topic].msgtype != expected:
+            raise BagError(f"topic {topic} has type {topics[topic].msgtype or 'mixed types'}; expected {expected}")
+
+
 def _copy_connection(writer: Writer, conn, typestore) -> Any:
     """Output connection for an input connection, keeping its definition, hash and QoS."""
     ext = conn.ext
@@ -175,7 +236,8 @@ def _load_pipeline(model: str, device: str, dtype: str, max_new_tokens: int):
 def process_bag(in_bag: str | os.PathLike, out_bag: str | os.PathLike, image_topic: str, prompt: str, *,
                 every: int = 1, pipeline: Callable | None = None, model: str | os.PathLike | None = None,
                 device: str = "auto", dtype: str = "auto", max_new_tokens: int = 256, overlay: bool = False,
-                storage: str | None = None, progress: bool = True, out_prefix: str = "/lens") -> BagSummary:
+                storage: str | None = None, progress: bool = True, out_prefix: str = "/lens",
+                depth: DepthInputs | None = None) -> BagSummary:
     """Segment every `every`-th frame of `image_topic` in `in_bag` and write `out_bag` (module docstring)."""
     from tqdm.auto import tqdm
 
@@ -190,6 +252,10 @@ def process_bag(in_bag: str | os.PathLike, out_bag: str | os.PathLike, image_top
     _check_paths(in_bag, out_bag)
     prefix = "/" + out_prefix.strip("/")
     names = ["mask", "detections", "reasoning"] + (["overlay"] if overlay else [])
+    if depth is not None:
+        if not depth.scale > 0 or depth.slop_s < 0:
+            raise BagError(f"depth scale must be > 0 and slop >= 0, got {depth.scale} and {depth.slop_s}")
+        names += ["target_point", "detections_3d"] + (["target_cloud"] if depth.cloud else [])
     out_topics = {name: f"{prefix}/{name}" for name in names}
     storage = storage or _storage_of(in_bag)
     typestore = lens_typestore()
@@ -200,7 +266,11 @@ def process_bag(in_bag: str | os.PathLike, out_bag: str | os.PathLike, image_top
         raise BagError(f"cannot read bag {in_bag}: {' '.join(str(exc).split())}") from None
     try:
         image_type = _check_topic(reader, in_bag, image_topic, list(out_topics.values()))
-        summary = BagSummary(str(in_bag), str(out_bag), storage, image_topic, image_type, prompt, int(every))
+        if depth is not None:
+            _check_depth_topics(reader, in_bag, depth)
+        summary = BagSummary(str(in_bag), str(out_bag), storage, image_topic, image_type, prompt, int(every),
+                             depth_topic=depth and depth.depth_topic,
+                             camera_info_topic=depth and depth.camera_info_topic)
         total = reader.message_count
         if pipeline is None:
             if model is None:
@@ -213,7 +283,8 @@ def process_bag(in_bag: str | os.PathLike, out_bag: str | os.PathLike, image_top
             target = staging / out_bag.name
             try:
                 _write(reader, Writer(target, version=BAG_VERSION, storage_plugin=STORAGES[storage]), typestore,
-                       summary, pipeline, out_topics, tqdm(total=total, unit="msg", desc="lens bag", disable=not progress))
+                       summary, pipeline, out_topics,
+                       tqdm(total=total, unit="msg", desc="lens bag", disable=not progress), depth)
             except (WriterError, ReaderError) as exc:
                 raise BagError(f"cannot convert {in_bag} to {out_bag}: {' '.join(str(exc).split())}") from None
             if out_bag.exists():
@@ -226,9 +297,23 @@ def process_bag(in_bag: str | os.PathLike, out_bag: str | os.PathLike, image_top
     return summary
 
 
+@dataclass
+class _PendingTarget:
+    """A segmented frame waiting for its depth image (which may come later in the bag)."""
+
+    index: int
+    timestamp: int  # bag time of the source image
+    header: Any
+    result: Any
+    rgb: Any
+
+
 def _write(reader: Reader, writer: Writer, typestore, summary: BagSummary, pipeline, out_topics: dict[str, str],
-           bar) -> None:
+           bar, depth: DepthInputs | None = None) -> None:
     written: Counter = Counter()
+    buffer = DepthBuffer(depth.slop_s, history=60) if depth is not None else None
+    cameras = CameraCache()
+    pending: list[_PendingTarget] = []
     with bar, writer:
         connections = {}
         for conn in reader.connections:
@@ -246,29 +331,86 @@ def _write(reader: Reader, writer: Writer, typestore, summary: BagSummary, pipel
                 index = summary.frames
                 summary.frames += 1
                 if index % summary.every == 0:
-                    _segment_frame(typestore, conn.msgtype, raw, timestamp, index, summary, pipeline, writer, outputs,
-                                   written)
+                    segmented = _segment_frame(typestore, conn.msgtype, raw, timestamp, index, summary, pipeline,
+                                               writer, outputs, written)
+                    if segmented is not None and buffer is not None:
+                        pending.append(_PendingTarget(index, timestamp, *segmented))
+            elif buffer is not None and conn.topic in (depth.depth_topic, depth.camera_info_topic):
+                _buffer_depth(typestore, conn, raw, buffer, depth)
+            if pending:
+                _write_targets(pending, buffer, cameras, depth, typestore, summary, writer, outputs, written,
+                               final=False)
             bar.update(1)
             bar.set_postfix(segmented=summary.segmented, failed=len(summary.failed), refresh=False)
+        if pending:
+            _write_targets(pending, buffer, cameras, depth, typestore, summary, writer, outputs, written, final=True)
     summary.topics = dict(sorted(written.items()))
 
 
 def _segment_frame(typestore, msgtype: str, raw, timestamp: int, index: int, summary: BagSummary, pipeline,
-                   writer: Writer, outputs: dict, written: Counter) -> None:
+                   writer: Writer, outputs: dict, written: Counter) -> tuple[Any, Any, Any] | None:
+    """Segment one frame and write its 2D outputs; -> (header, result, rgb), or None when it could not be read."""
     try:
         msg = typestore.deserialize_cdr(raw, msgtype)
         rgb = image_message_to_rgb(msg)
     except (SerdeError, TypesysError, ImageError) as exc:
         summary.failed.append({"frame": index, "stamp_ns": timestamp, "error": " ".join(str(exc).split())})
-        return
+        return None
     result = pipeline(rgb, summary.prompt)
     messages = fill_result(result_fields(result, msg.header, rgb if "overlay" in outputs else None),
                           typestore.types)
     for name, conn in outputs.items():
-        writer.write(conn, timestamp, typestore.serialize_cdr(getattr(messages, name), conn.msgtype))
-        written[conn.topic] += 1
+        if name not in TARGET_OUTPUTS:
+            writer.write(conn, timestamp, typestore.serialize_cdr(getattr(messages, name), conn.msgtype))
+            written[conn.topic] += 1
     summary.segmented += 1
     summary.with_box += int(result.box is not None)
+    return msg.header, result, rgb
 
 
-__all__ = ["BagSummary", "VISION_MSGS_DEFINITIONS", "lens_typestore", "process_bag", "BagError"]
+def _buffer_depth(typestore, conn, raw, buffer: DepthBuffer, depth: DepthInputs) -> None:
+    try:
+        msg = typestore.deserialize_cdr(raw, conn.msgtype)
+    except (SerdeError, TypesysError):
+        return  # an unreadable depth message is no match for any frame: the frame's 3D failure says so
+    if conn.topic == depth.depth_topic:
+        buffer.put_depth(msg, stamp_to_seconds(msg.header))
+    else:
+        buffer.put_camera_info(msg)
+
+
+def _write_targets(pending: list[_PendingTarget], buffer: DepthBuffer, cameras: CameraCache, depth: DepthInputs,
+                   typestore,
+                   summary: BagSummary, writer: Writer, outputs: dict, written: Counter, final: bool) -> None:
+    """Measure and write the 3D targets of the pending frames whose depth pairing is settled (all when `final`)."""
+    while pending:
+        frame = pending[0]
+        match = buffer.select(stamp_to_seconds(frame.header), final=final or len(pending) > MAX_PENDING_TARGETS)
+        if match.status == "wait":
+            return
+        pending.pop(0)
+        frame_id = frame.header.frame_id
+        try:
+            if not match.ok:
+                raise LensError(match.reason)
+            target = measure(frame.result.mask, match, depth.scale, depth.rectified,
+                             TargetOptions(erosion_px=depth.erosion_px), cameras)
+            frame_id = match.depth.header.frame_id or match.camera_info.header.frame_id or frame_id
+        except LensError as exc:
+            target = Target3D(False, str(exc))
+        if target.ok:
+            summary.with_3d += 1
+        else:
+            summary.failed_3d.append({"frame": frame.index, "stamp_ns": frame.timestamp, "error": target.reason})
+        messages = fill_target(target, target_header(frame.header, frame_id, typestore.types), frame.result.prompt,
+                               frame.result.score, frame.rgb if depth.cloud else None, typestore.types)
+        for name, msg in (("detections_3d", messages.detections), ("target_point", messages.point),
+                          ("target_cloud", messages.cloud)):
+            if msg is not None and name in outputs:
+                conn = outputs[name]
+                writer.write(conn, frame.timestamp, typestore.serialize_cdr(msg, conn.msgtype))
+                written[conn.topic] += 1
+
+
+__all__ = ["BagSummary", "DepthInputs", "depth_inputs", "VISION_MSGS_DEFINITIONS", "lens_typestore", "process_bag",
+           "BagError"]

@@ -87,10 +87,11 @@ IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
 
 
-def encoding_spec(encoding: str) -> EncodingSpec:
-    spec = ENCODINGS.get(encoding)
+def encoding_spec(encoding: str, encodings: Mapping[str, EncodingSpec] = ENCODINGS,
+                  what: str = "image") -> EncodingSpec:
+    spec = encodings.get(encoding)
     if spec is None:
-        raise ImageConversionError(f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
+        raise ImageConversionError(f"unsupported {what} encoding {encoding!r}; supported: {', '.join(encodings)}")
     return spec
 
 
@@ -108,10 +109,11 @@ def _byte_buffer(data: Any, what: str) -> np.ndarray:
         raise ImageConversionError(f"{what} data is a {type(data).__name__}, not a sequence of bytes") from None
 
 
-def image_to_array(msg: Any) -> np.ndarray:
-    """sensor_msgs/Image -> numpy array in the encoding's channel order (see the module docstring)."""
+def image_to_array(msg: Any, encodings: Mapping[str, EncodingSpec] = ENCODINGS, what: str = "image") -> np.ndarray:
+    """sensor_msgs/Image -> numpy array in the encoding's channel order (see the module docstring); `encodings`
+    are the ones accepted (lens_ros.depth passes the depth encodings)."""
     encoding = str(msg.encoding)
-    spec = encoding_spec(encoding)
+    spec = encoding_spec(encoding, encodings, what)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
         raise ImageConversionError(f"image is empty ({width}x{height} pixels, encoding {encoding})")

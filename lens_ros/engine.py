@@ -3,6 +3,7 @@
     engine = SegmentationEngine(pipeline, settings, publish=..., log=node.get_logger(), clock=...)
     engine.start()
     engine.on_image(msg)                       # camera callback: keep the frame (sensor_msgs Image/CompressedImage)
+    engine.on_depth(msg); engine.on_camera_info(msg)   # with depth_enabled: registered depth + its camera_info
     engine.submit("the red cup")               # command callback: queue it (policy, drops logged)
     pending = engine.submit(prompt, image=msg_or_None, feedback=callback)   # service / action
     outcome = pending.wait(timeout)            # Outcome(success, message, result, messages, result_msg, header)
@@ -11,9 +12,12 @@
 The worker takes one command at a time (lens_ros.policy.CommandQueue), picks its frame (FrameBuffer: latest or
 next, staleness bound) unless the request brought its own image, converts it (lens_ros.conversions), runs the
 pipeline (streaming the generated text to `feedback` when given), builds the output messages
-(lens_ros.results, lens_ros.interfaces) and calls `publish(outcome)`. Any failure — no frame, a stale frame, a
-bad image, an empty prompt, a model error — becomes Outcome(success=False, message=reason), is logged, and the
-worker goes on with the next command.
+(lens_ros.results, lens_ros.interfaces) and calls `publish(outcome)`. With depth_enabled it pairs the frame
+with the depth image nearest in stamp (lens_ros.depth.DepthBuffer, within depth_slop_s) and measures the object's
+3D target (lens_model.target3d); a 3D failure (no depth in time, unusable camera_info, sizes that disagree, no
+valid depth in the mask) is logged and reported in the result (has_3d false, error_3d) while the 2D result stands.
+Any failure — no frame, a stale frame, a bad image, an empty prompt, a model error — becomes
+Outcome(success=False, message=reason), is logged, and the worker goes on with the next command.
 
 `SpokenCommands` does the same for audio: chunks in (`feed`), utterances cut by lens_ros.whisper's end-pointer
 and transcribed on their own thread, each transcript submitted as a command.
@@ -29,19 +33,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lens_model.errors import LensError
+from lens_model.errors import DepthError, LensError
+from lens_model.target3d import Target3D, TargetOptions
 
 from .conversions import image_message_to_rgb, stamp_to_seconds
+from .depth import CameraCache, DepthBuffer, measure
 from .errors import LensRosError
 from .interfaces import fill_segmentation_result
 from .params import NodeSettings
 from .policy import Command, CommandQueue, FrameBuffer
-from .results import ResultMessages, fill_result, result_fields
+from .results import ResultMessages, TargetMessages, fill_result, fill_target, result_fields, target_header
 from .streaming import TextSoFarStreamer
 from .whisper import AudioError, UtteranceSegmenter, pcm_to_float, split_wav_header
 
 LOG = logging.getLogger("lens_ros.engine")
 Clock = Callable[[], float]
+DEPTH_WAIT_S = 0.25  # beyond depth_slop_s: how long a frame waits for its depth image to arrive
 
 
 @dataclass
@@ -55,6 +62,7 @@ class Outcome:
     result_msg: Any = None  # lens_interfaces/msg/SegmentationResult
     header: Any = None  # the segmented image's header
     seconds: float = 0.0  # queueing + inference
+    target: Any = None  # lens_model.target3d Target3D (depth_enabled); not ok: target.reason says why
 
 
 @dataclass
@@ -98,6 +106,8 @@ class SegmentationEngine:
         self.types = types  # message classes (None: the ROS 2 Python packages)
         self.frames = FrameBuffer(settings.frame_selection, settings.frame_age_bound, clock=clock)
         self.queue = CommandQueue(settings.queue_policy, settings.queue_size, clock=clock)
+        self.depth = DepthBuffer(settings.depth_slop_s) if settings.depth_enabled else None
+        self.cameras = CameraCache()  # the depth camera, rebuilt only when its camera_info changes
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._unstamped_warned = False
@@ -117,6 +127,18 @@ class SegmentationEngine:
                 self._unstamped_warned = True
             stamp = self.clock()
         self.frames.put(msg, stamp)
+
+    def on_depth(self, msg: Any) -> None:
+        if self.depth is None:
+            return
+        try:
+            self.depth.put_depth(msg, stamp_to_seconds(msg.header))
+        except (AttributeError, TypeError, ValueError) as exc:
+            self.log.warning(f"depth image without a usable header ignored ({exc})")
+
+    def on_camera_info(self, msg: Any) -> None:
+        if self.depth is not None:
+            self.depth.put_camera_info(msg)
 
     def submit(self, prompt: Any, image: Any = None, feedback: Callable[[str, int], None] | None = None,
                source: str = "command") -> Request:
@@ -198,7 +220,9 @@ class SegmentationEngine:
             result = self.pipeline(rgb, command.text, **kwargs)
             fields = result_fields(result, header, rgb if self.settings.publish_overlay else None)
             messages = fill_result(fields, self.types)
-            result_msg = fill_segmentation_result(result, header, messages, self.types)
+            target, messages.target = self._measure_3d(result, header, rgb, source)
+            result_msg = fill_segmentation_result(result, header, messages, self.types, target,
+                                                  "" if target is None else target.reason)
         except LensError as exc:  # bad image, stale or missing frame, unusable prompt, checkpoint problems
             self.failed += 1
             self.log.error(f"{source} {command.text!r} failed: {exc}")
@@ -209,7 +233,7 @@ class SegmentationEngine:
                            f"{traceback.format_exc()}")
             return Outcome(False, f"model error: {type(exc).__name__}: {exc}", command.text, source)
         self.processed += 1
-        outcome = Outcome(True, "", command.text, source, result, messages, result_msg, header)
+        outcome = Outcome(True, "", command.text, source, result, messages, result_msg, header, target=target)
         box = "no box" if result.box is None else "box [" + ", ".join(f"{v:.0f}" for v in result.box) + "]"
         self.log.info(f"{source} {command.text!r}: {box}, score {result.score:.2f}, "
                       f"{int(result.mask.sum())} mask pixels, {result.timings.get('total', 0.0):.2f} s")
@@ -219,6 +243,33 @@ class SegmentationEngine:
             except Exception as exc:  # noqa: BLE001 - a failed publish still answers the caller
                 self.log.error(f"publishing the result of {command.text!r} failed: {exc!r}")
         return outcome
+
+
+    def _measure_3d(self, result, header: Any, rgb, source: str) -> tuple[Target3D | None, TargetMessages | None]:
+        """The frame's 3D target and its messages (None, None without depth_enabled). A failure is a target that is
+        not ok, with the reason; its Detection3DArray is empty and carries the source image's header."""
+        if self.depth is None:
+            return None, None
+        s = self.settings
+        frame_id = header.frame_id
+        try:
+            match = self.depth.wait_for_match(stamp_to_seconds(header), timeout=s.depth_slop_s + DEPTH_WAIT_S)
+            if not match.ok:
+                raise DepthError(match.reason)
+            target = measure(result.mask, match, s.depth_scale, s.depth_rectified,
+                             TargetOptions(erosion_px=s.depth_edge_erosion_px), self.cameras)
+            frame_id = match.depth.header.frame_id or match.camera_info.header.frame_id or frame_id
+        except LensError as exc:
+            target = Target3D(False, str(exc))
+        if target.ok:
+            c = target.centroid
+            self.log.info(f"{source} {result.prompt!r}: 3D target ({c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f}) m in "
+                          f"{frame_id!r}, {target.num_points} points")
+        else:
+            self.log.warning(f"{source} {result.prompt!r}: no 3D target: {target.reason}")
+        messages = fill_target(target, target_header(header, frame_id, self.types), result.prompt, result.score,
+                               rgb if s.publish_target_cloud else None, self.types)
+        return target, messages
 
 
 class SpokenCommands:

@@ -13,6 +13,8 @@ Subscribes (relative names, so a namespace or remapping moves them):
     command     std_msgs/String: segment this in the latest (or next) frame
     audio       audio_common_msgs/AudioData (raw PCM, e.g. audio_capture with format:=wave) -> Whisper -> command
     audio_info  audio_common_msgs/AudioInfo: sample rate, channels, sample format of `audio`
+    depth       sensor_msgs/Image 16UC1/32FC1 registered to `image` (depth_enabled; QoS depth_qos)
+    camera_info sensor_msgs/CameraInfo of the depth image (depth_enabled)
 Publishes:
     mask        sensor_msgs/Image mono8 (255 = object), header = the source image's
     detections  vision_msgs/Detection2DArray (box in pixels, score, the prompt as class_id)
@@ -20,6 +22,10 @@ Publishes:
     overlay     sensor_msgs/Image rgb8 for RViz
     result      lens_interfaces/SegmentationResult (all of the above in one message)
     transcript  std_msgs/String (what Whisper heard)
+    target_point   geometry_msgs/PointStamped: the object's 3D centroid (depth_enabled; when measured)
+    detections_3d  vision_msgs/Detection3DArray: centroid, 3D box, score, prompt (depth_enabled; empty when none)
+    target_cloud   sensor_msgs/PointCloud2 x y z rgb of the object (publish_target_cloud)
+    (3D outputs: the source image's stamp, the depth image's frame_id)
 Serves:
     ~/segment         lens_interfaces/srv/Segment      (/lens/segment)
     ~/segment_action  lens_interfaces/action/Segment   (/lens/segment_action; feedback: the text so far)
@@ -47,9 +53,10 @@ try:
     from rclpy.qos import QoSProfile, qos_profile_sensor_data
     from rclpy.service import Service
     from rclpy.subscription import Subscription
-    from sensor_msgs.msg import CompressedImage, Image
+    from geometry_msgs.msg import PointStamped
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
     from std_msgs.msg import String
-    from vision_msgs.msg import Detection2DArray
+    from vision_msgs.msg import Detection2DArray, Detection3DArray
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(f"lens_node needs ROS 2 ({exc}): source /opt/ros/<distro>/setup.bash and the workspace's "
                       "install/setup.bash first") from exc
@@ -183,12 +190,23 @@ class LensNode(LifecycleNode):
         }
         if s.publish_overlay:
             self._pubs["overlay"] = self.create_publisher(Image, s.overlay_topic, reliable)
+        if s.depth_enabled:
+            self._pubs["target_point"] = self.create_publisher(PointStamped, s.target_point_topic, reliable)
+            self._pubs["detections_3d"] = self.create_publisher(Detection3DArray, s.detections_3d_topic, reliable)
+            if s.publish_target_cloud:
+                self._pubs["target_cloud"] = self.create_publisher(PointCloud2, s.target_cloud_topic, reliable)
         self._entities = list(self._pubs.values())
         image_type = CompressedImage if s.image_compressed else Image
         self._entities.append(self.create_subscription(image_type, s.image_topic, self._on_image,
                                                        qos_profile_sensor_data, callback_group=self._inputs))
         self._entities.append(self.create_subscription(String, s.command_topic, self._on_command, reliable,
                                                        callback_group=self._inputs))
+        if s.depth_enabled:
+            depth_qos = qos_profile_sensor_data if s.depth_qos == "sensor_data" else reliable
+            self._entities.append(self.create_subscription(Image, s.depth_topic, self._on_depth, depth_qos,
+                                                           callback_group=self._inputs))
+            self._entities.append(self.create_subscription(CameraInfo, s.camera_info_topic, self._on_camera_info,
+                                                           depth_qos, callback_group=self._inputs))
         if self.transcriber is not None:
             self.spoken = SpokenCommands(self.transcriber, s, self._on_transcript, log=log)
             audio_qos = QoSProfile(depth=200, reliability=qos_profile_sensor_data.reliability)
@@ -243,6 +261,16 @@ class LensNode(LifecycleNode):
         if engine is not None:
             engine.on_image(msg)
 
+    def _on_depth(self, msg) -> None:
+        engine = self.engine
+        if engine is not None:
+            engine.on_depth(msg)
+
+    def _on_camera_info(self, msg) -> None:
+        engine = self.engine
+        if engine is not None:
+            engine.on_camera_info(msg)
+
     def _on_command(self, msg: String) -> None:
         engine = self.engine
         if engine is not None:
@@ -274,6 +302,13 @@ class LensNode(LifecycleNode):
         pubs["reasoning"].publish(m.reasoning)
         if m.overlay is not None and "overlay" in pubs:
             pubs["overlay"].publish(m.overlay)
+        target = m.target
+        if target is not None:
+            pubs["detections_3d"].publish(target.detections)
+            if target.point is not None:
+                pubs["target_point"].publish(target.point)
+            if target.cloud is not None and "target_cloud" in pubs:
+                pubs["target_cloud"].publish(target.cloud)
         pubs["result"].publish(outcome.result_msg)
 
     def _wait(self, prompt: str, image, source: str, feedback=None) -> Outcome:

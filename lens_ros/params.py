@@ -19,6 +19,7 @@ from .policy import FRAME_MODES, QUEUE_POLICIES
 from .whisper import SAMPLE_FORMATS
 
 AUDIO_SAMPLE_FORMATS = tuple(SAMPLE_FORMATS)
+DEPTH_QOS = ("sensor_data", "reliable")
 
 
 class ParameterError(LensError):
@@ -101,6 +102,23 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("queue_size", 1, "pending commands kept with queue_policy queue", range=(1, 100)),
     ParamSpec("service_timeout_s", 120.0, "longest a /lens/segment call or Segment goal waits for its result "
               "(queueing + inference) before answering success=false", range=(1.0, 3600.0)),
+    # depth: the 3D target
+    ParamSpec("depth_enabled", False, "measure the object's 3D target from a registered depth image and its "
+              "camera_info; publishes target_point, detections_3d (and target_cloud)"),
+    ParamSpec("depth_topic", "depth", "depth image registered (aligned) to the colour image: sensor_msgs/Image 16UC1 "
+              "(units of depth_scale) or 32FC1 (metres), e.g. aligned_depth_to_color/image_raw"),
+    ParamSpec("camera_info_topic", "camera_info", "sensor_msgs/CameraInfo of the depth image (for registered depth: "
+              "the colour camera's)"),
+    ParamSpec("depth_qos", "sensor_data", "QoS of depth_topic and camera_info_topic: sensor_data (best effort) or "
+              "reliable", choices=DEPTH_QOS),
+    ParamSpec("depth_scale", 0.001, "metres per unit of 16UC1 depth (0.001: millimetres); 32FC1 is metres",
+              range=(1e-6, 1.0)),
+    ParamSpec("depth_rectified", False, "the depth image is rectified: use camera_info's P and ignore D; false: K, "
+              "and D through cv2.undistortPoints"),
+    ParamSpec("depth_edge_erosion_px", 2, "pixels eroded off the mask's edge before measuring depth (flying pixels)",
+              range=(0, 50)),
+    ParamSpec("depth_slop_s", 0.05, "largest stamp difference between the colour image and the depth image it is "
+              "paired with, seconds", range=(0.0, 10.0)),
     # outputs
     ParamSpec("mask_topic", "mask", "mono8 mask (255 = object), with the source image's header"),
     ParamSpec("detections_topic", "detections", "vision_msgs/Detection2DArray: box, score, prompt as class_id"),
@@ -109,6 +127,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("result_topic", "result", "lens_interfaces/SegmentationResult: everything above in one message"),
     ParamSpec("transcript_topic", "transcript", "std_msgs/String: what Whisper heard (each spoken command)"),
     ParamSpec("publish_overlay", True, "draw and publish the overlay image (costs a few ms per command)"),
+    ParamSpec("target_point_topic", "target_point", "geometry_msgs/PointStamped: the object's 3D centroid in the depth "
+              "frame (depth_enabled)"),
+    ParamSpec("detections_3d_topic", "detections_3d", "vision_msgs/Detection3DArray: 3D centroid, box, score, prompt "
+              "as class_id (depth_enabled)"),
+    ParamSpec("target_cloud_topic", "target_cloud", "sensor_msgs/PointCloud2 (x y z rgb) of the object's points "
+              "(publish_target_cloud)"),
+    ParamSpec("publish_target_cloud", False, "publish the object's point cloud on target_cloud_topic"),
     # spoken commands
     ParamSpec("audio_enabled", True, "transcribe spoken commands from audio_topic with Whisper; needs "
               "audio_common_msgs (the subscription is skipped with a warning when it is missing)"),
@@ -161,6 +186,14 @@ class NodeSettings:
     queue_policy: str
     queue_size: int
     service_timeout_s: float
+    depth_enabled: bool
+    depth_topic: str
+    camera_info_topic: str
+    depth_qos: str
+    depth_scale: float
+    depth_rectified: bool
+    depth_edge_erosion_px: int
+    depth_slop_s: float
     mask_topic: str
     detections_topic: str
     reasoning_topic: str
@@ -168,6 +201,10 @@ class NodeSettings:
     result_topic: str
     transcript_topic: str
     publish_overlay: bool
+    target_point_topic: str
+    detections_3d_topic: str
+    target_cloud_topic: str
+    publish_target_cloud: bool
     audio_enabled: bool
     audio_model: str
     audio_device: str

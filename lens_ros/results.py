@@ -24,6 +24,23 @@ from the ROS 2 Python packages)
     fill_result(fields, types=None) -> ResultMessages(mask, detections, reasoning, overlay or None)
 
 The header object is passed through untouched, so output messages carry the source image's stamp and frame_id.
+
+3D target (lens_model.target3d.Target3D; the node's depth_enabled, `lens bag --depth-topic`)
+    target_header(image_header, frame_id, types=None) -> std_msgs/msg/Header
+        the source image's stamp with the depth image's frame_id (the frame the 3D numbers are in)
+    cloud_fields(points, header, colours=None) -> CloudFields
+        (N, 3) float32 points (+ (N, 3) uint8 RGB) -> sensor_msgs/PointCloud2 fields: height 1, width N,
+        fields x y z (FLOAT32 at offsets 0, 4, 8) and rgb (FLOAT32 at 12 holding the bits of 0x00RRGGBB, the PCL
+        and RViz convention), point_step 16, row_step 16 N, little-endian, is_dense (no NaN points)
+    cloud_to_arrays(msg) -> (points (N, 3) float32, colours (N, 3) uint8)      the inverse, from the fields
+    fill_point_cloud(fields, types=None) -> sensor_msgs/msg/PointCloud2
+    fill_target(target, header, prompt, score, colours_rgb=None, types=None) -> TargetMessages
+        point:      geometry_msgs/PointStamped (the centroid), None when the target is not ok
+        detections: vision_msgs/Detection3DArray: one Detection3D (bbox center = box centre, identity
+                    orientation, size = box size; results[0]: class_id = prompt, score, pose.position =
+                    centroid), none when the target is not ok
+        cloud:      PointCloud2 of the target's points coloured from `colours_rgb` ((H, W, 3) uint8 image the
+                    mask came from), only when given and the target is ok
 """
 from __future__ import annotations
 
@@ -35,15 +52,18 @@ import numpy as np
 
 from lens_model.overlay import draw_overlay
 
-from .conversions import ImageFields, array_to_fields, fill_image, message_class
+from .conversions import ImageFields, array_to_fields, byte_sequence, fill_image, message_class
 from .errors import ImageConversionError
 
 if TYPE_CHECKING:  # lens_model.pipeline imports torch; these helpers only read the result's attributes
     from lens_model.pipeline import SegmentationResult
+    from lens_model.target3d import Target3D
 
 __all__ = [
     "DetectionFields", "DetectionArrayFields", "ResultFields", "ResultMessages", "mask_fields", "detection_fields",
     "overlay_fields", "result_fields", "fill_image", "fill_detections", "fill_string", "fill_result", "MESSAGE_TYPES",
+    "CloudFields", "TargetMessages", "target_header", "cloud_fields", "cloud_to_arrays", "fill_point_cloud",
+    "fill_detection_3d", "fill_target",
 ]
 
 DETECTION_ARRAY_TYPE = "vision_msgs/msg/Detection2DArray"
@@ -55,6 +75,15 @@ MESSAGE_TYPES = (
     "geometry_msgs/msg/PoseWithCovariance", "geometry_msgs/msg/Pose", "geometry_msgs/msg/Point",
     "geometry_msgs/msg/Quaternion",
 )
+# Every class fill_target builds.
+TARGET_MESSAGE_TYPES = (
+    "std_msgs/msg/Header", "geometry_msgs/msg/PointStamped", "vision_msgs/msg/Detection3DArray",
+    "vision_msgs/msg/Detection3D", "vision_msgs/msg/BoundingBox3D", "geometry_msgs/msg/Vector3",
+    "sensor_msgs/msg/PointCloud2", "sensor_msgs/msg/PointField",
+)
+POINTFIELD_FLOAT32 = 7  # sensor_msgs/PointField.FLOAT32
+CLOUD_DTYPE = np.dtype({"names": ["x", "y", "z", "rgb"], "formats": ["<f4", "<f4", "<f4", "<u4"],
+                        "offsets": [0, 4, 8, 12], "itemsize": 16})
 
 
 @dataclass
@@ -92,6 +121,30 @@ class ResultMessages:
     detections: Any  # vision_msgs/msg/Detection2DArray
     reasoning: Any  # std_msgs/msg/String
     overlay: Any = None  # sensor_msgs/msg/Image or None
+    target: TargetMessages | None = None  # the 3D target's messages, when depth was measured
+
+
+@dataclass
+class TargetMessages:
+    header: Any  # std_msgs/msg/Header: the source image's stamp, the depth frame_id
+    detections: Any  # vision_msgs/msg/Detection3DArray (empty when the target is not ok)
+    point: Any = None  # geometry_msgs/msg/PointStamped, None when the target is not ok
+    cloud: Any = None  # sensor_msgs/msg/PointCloud2 when asked for and the target is ok
+
+
+@dataclass
+class CloudFields:
+    """The fields of a sensor_msgs/PointCloud2 (an unordered cloud: height 1)."""
+
+    header: Any
+    width: int
+    fields: list[tuple[str, int, int, int]]  # (name, offset, datatype, count) per PointField
+    point_step: int
+    row_step: int
+    data: np.ndarray  # 1-D uint8, row_step bytes
+    height: int = 1
+    is_bigendian: bool = False
+    is_dense: bool = True
 
 
 def mask_fields(mask: np.ndarray, header: Any) -> ImageFields:
@@ -149,3 +202,81 @@ def fill_result(fields: ResultFields, types: Mapping[str, type] | None = None) -
     return ResultMessages(mask=fill_image(fields.mask, types), detections=fill_detections(fields.detections, types),
                           reasoning=fill_string(fields.reasoning, types),
                           overlay=None if fields.overlay is None else fill_image(fields.overlay, types))
+
+
+# -- 3D target --
+def target_header(image_header: Any, frame_id: str, types: Mapping[str, type] | None = None) -> Any:
+    return message_class("std_msgs/msg/Header", types)(stamp=image_header.stamp, frame_id=str(frame_id))
+
+
+def cloud_fields(points: np.ndarray, header: Any, colours: np.ndarray | None = None) -> CloudFields:
+    points = np.asarray(points, np.float32).reshape(-1, 3)
+    cloud = np.zeros(len(points), CLOUD_DTYPE)
+    cloud["x"], cloud["y"], cloud["z"] = points.T
+    if colours is not None:
+        rgb = np.asarray(colours, np.uint32).reshape(-1, 3)
+        cloud["rgb"] = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+    names = CLOUD_DTYPE.names
+    return CloudFields(header=header, width=len(points),
+                       fields=[(n, CLOUD_DTYPE.fields[n][1], POINTFIELD_FLOAT32, 1) for n in names],
+                       point_step=CLOUD_DTYPE.itemsize, row_step=CLOUD_DTYPE.itemsize * len(points),
+                       data=cloud.view(np.uint8).reshape(-1))
+
+
+def cloud_to_arrays(msg: Any) -> tuple[np.ndarray, np.ndarray]:
+    """PointCloud2 with float32 x, y, z and rgb fields (any offsets, little-endian) -> (N, 3) float32 points,
+    (N, 3) uint8 colours."""
+    offsets = {f.name: int(f.offset) for f in msg.fields}
+    n = int(msg.width) * int(msg.height)
+    dtype = np.dtype({"names": ["x", "y", "z", "rgb"], "formats": ["<f4", "<f4", "<f4", "<u4"],
+                      "offsets": [offsets[k] for k in ("x", "y", "z", "rgb")], "itemsize": int(msg.point_step)})
+    cloud = np.frombuffer(np.asarray(msg.data, np.uint8).tobytes(), dtype, count=n)
+    rgb = cloud["rgb"]
+    colours = np.stack([(rgb >> 16) & 255, (rgb >> 8) & 255, rgb & 255], axis=1).astype(np.uint8)
+    return np.stack([cloud["x"], cloud["y"], cloud["z"]], axis=1), colours
+
+
+def fill_point_cloud(fields: CloudFields, types: Mapping[str, type] | None = None) -> Any:
+    cls = message_class("sensor_msgs/msg/PointCloud2", types)
+    point_field = message_class("sensor_msgs/msg/PointField", types)
+    return cls(header=fields.header, height=int(fields.height), width=int(fields.width),
+               fields=[point_field(name=n, offset=int(o), datatype=int(d), count=int(c))
+                       for n, o, d, c in fields.fields],
+               is_bigendian=bool(fields.is_bigendian), point_step=int(fields.point_step),
+               row_step=int(fields.row_step), data=byte_sequence(cls, fields.data), is_dense=bool(fields.is_dense))
+
+
+def fill_detection_3d(target: Target3D, header: Any, prompt: str, score: float,
+                      types: Mapping[str, type] | None = None) -> Any:
+    """One vision_msgs/Detection3D (all zero when the target is not ok; the hypothesis is filled either way)."""
+    t = lambda name: message_class(name, types)  # noqa: E731
+    zero = np.zeros(3)
+    centroid = target.centroid if target.ok else zero
+    center, size = (target.box_center, target.box_size) if target.ok else (zero, zero)
+    point = lambda xyz: t("geometry_msgs/msg/Point")(x=float(xyz[0]), y=float(xyz[1]), z=float(xyz[2]))  # noqa: E731
+    identity = lambda: t("geometry_msgs/msg/Quaternion")(x=0.0, y=0.0, z=0.0, w=1.0)  # noqa: E731
+    pose = t("geometry_msgs/msg/PoseWithCovariance")(
+        pose=t("geometry_msgs/msg/Pose")(position=point(centroid), orientation=identity()),
+        covariance=np.zeros(36, dtype=np.float64))
+    hypothesis = t("vision_msgs/msg/ObjectHypothesisWithPose")(
+        hypothesis=t("vision_msgs/msg/ObjectHypothesis")(class_id=str(prompt), score=float(score)), pose=pose)
+    bbox = t("vision_msgs/msg/BoundingBox3D")(
+        center=t("geometry_msgs/msg/Pose")(position=point(center), orientation=identity()),
+        size=t("geometry_msgs/msg/Vector3")(x=float(size[0]), y=float(size[1]), z=float(size[2])))
+    return t("vision_msgs/msg/Detection3D")(header=header, results=[hypothesis], bbox=bbox, id="")
+
+
+def fill_target(target: Target3D, header: Any, prompt: str, score: float, colours_rgb: np.ndarray | None = None,
+                types: Mapping[str, type] | None = None) -> TargetMessages:
+    detections = [fill_detection_3d(target, header, prompt, score, types)] if target.ok else []
+    messages = TargetMessages(header, message_class("vision_msgs/msg/Detection3DArray", types)(
+        header=header, detections=detections))
+    if not target.ok:
+        return messages
+    c = target.centroid
+    point = message_class("geometry_msgs/msg/Point", types)(x=float(c[0]), y=float(c[1]), z=float(c[2]))
+    messages.point = message_class("geometry_msgs/msg/PointStamped", types)(header=header, point=point)
+    if colours_rgb is not None:
+        rows, cols = target.pixels.T
+        messages.cloud = fill_point_cloud(cloud_fields(target.points, header, colours_rgb[rows, cols]), types)
+    return messages

@@ -233,3 +233,28 @@ def test_service_and_action_parts_serialise_with_the_filled_result(typestore):
                 assert getattr(again, key) == value
         if "result" in values:
             assert again.result.prompt == "the red cup" and again.result.mask.width == 64
+
+
+@needs_rosidl
+def test_segmentation_result_appends_the_3d_fields_after_the_2d_ones():
+    script = textwrap.dedent("""
+        import json, pathlib, sys
+        from rosidl_adapter.parser import parse_message_string
+        path = pathlib.Path(sys.argv[1])
+        spec = parse_message_string("lens_interfaces", path.stem, path.read_text(encoding="utf-8"))
+        print(json.dumps([[f.type.pkg_name, f.type.type, f.name] for f in spec.fields]))
+    """)
+    proc = subprocess.run([SYSTEM_PYTHON, "-c", script, str(IFACE / "msg" / "SegmentationResult.msg")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    fields = json.loads(proc.stdout)
+    names = [f[2] for f in fields]
+    # appended: the fields of the 2D result keep their order and come first (compatible for existing users)
+    assert names[:names.index("timing_seconds") + 1] == [
+        "header", "prompt", "mask", "has_box", "detection", "box_error", "score", "reasoning", "format_ok",
+        "num_tokens", "timing_names", "timing_seconds"]
+    assert fields[names.index("timing_seconds") + 1:] == [
+        [None, "bool", "has_3d"], [None, "string", "error_3d"], ["vision_msgs", "Detection3D", "detection_3d"],
+        [None, "uint32", "num_points_3d"], [None, "float32", "valid_depth_fraction"]]

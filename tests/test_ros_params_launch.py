@@ -195,3 +195,36 @@ def test_readme_topic_table_and_service_call():
         assert re.search(rf"^\| `{topic}` \|", section, re.M), topic
     assert "ros2 service call /lens/segment lens_interfaces/srv/Segment \"{prompt: 'the red cup'}\"" in section
     assert "ros2 launch lens_ros segment.launch.py" in section
+
+
+def test_readme_topic_table_lists_the_depth_inputs_and_3d_outputs():
+    section = _readme_section()
+    for topic, kind in (("depth", "sensor_msgs/Image"), ("camera_info", "sensor_msgs/CameraInfo"),
+                        ("target_point", "geometry_msgs/PointStamped"),
+                        ("detections_3d", "vision_msgs/Detection3DArray"),
+                        ("target_cloud", "sensor_msgs/PointCloud2")):
+        assert re.search(rf"^\| `{topic}` \| {kind} \|", section, re.M), topic
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"depth_qos": "best_effort"}, "depth_qos must be one of sensor_data, reliable"),
+    ({"depth_scale": 0.0}, r"depth_scale must lie in \[1e-06, 1\]"),
+    ({"depth_slop_s": -0.1}, "depth_slop_s must lie in"),
+    ({"depth_edge_erosion_px": 2.0}, "depth_edge_erosion_px must be a integer"),
+    ({"depth_enabled": 1}, "depth_enabled must be a bool"),
+])
+def test_bad_depth_parameter_values_are_refused(values, match):
+    with pytest.raises(ParameterError, match=match):
+        NodeSettings.from_values(values)
+
+
+def test_node_subscribes_to_depth_and_publishes_3d_outputs_only_when_enabled():
+    text = NODE.read_text()
+    start = text.index("def _start_io")
+    body = text[start:text.index("def _stop_io")]
+    assert "if s.depth_enabled:" in body
+    for call in ("create_subscription(Image, s.depth_topic", "create_subscription(CameraInfo, s.camera_info_topic",
+                 "create_publisher(PointStamped, s.target_point_topic",
+                 "create_publisher(Detection3DArray, s.detections_3d_topic",
+                 "create_publisher(PointCloud2, s.target_cloud_topic"):
+        assert call in body, call
