@@ -221,7 +221,7 @@ def test_bad_depth_parameter_values_are_refused(values, match):
 def test_node_subscribes_to_depth_and_publishes_3d_outputs_only_when_enabled():
     text = NODE.read_text()
     start = text.index("def _start_io")
-    body = text[start:text.index("def _stop_io")]
+    body = text[start:text.index("def stop_io")]
     assert "if s.depth_enabled:" in body
     for call in ("create_subscription(Image, s.depth_topic", "create_subscription(CameraInfo, s.camera_info_topic",
                  "create_publisher(PointStamped, s.target_point_topic",
