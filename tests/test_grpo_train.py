@@ -17,7 +17,7 @@ pytest.importorskip("deepspeed", reason="training needs deepspeed (pip install -
 from lens_model.checkpoint import load_model  # noqa: E402
 from lens_model.data import load_dataset  # noqa: E402
 from lens_model.modeling import ContextInputs, image_features_per_row  # noqa: E402
-from lens_model.pipeline import special_token_ids  # noqa: E402
+from lens_model.prompting import special_token_ids  # noqa: E402
 from training.config import GRPOConfig  # noqa: E402
 from training.grpo import ScoredRollout, main as grpo_main, micro_loss, rollout_ious, rollout_samples  # noqa: E402
 from training.grpo_loss import group_advantages  # noqa: E402
