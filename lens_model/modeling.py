@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from .config import LensConfig
-
-# The positions the context queries see in each context-pass mode: `official` as the released checkpoints were
-# trained (1-D, see lens_model.config), `cached` continuing the M-RoPE positions generation used.
-QUERY_POSITIONS = {"official": "1d", "cached": "mrope"}
 from .context import ContextHead
 from .sam import SamImageFeatures, build_sam, decode_masks, encode_image
+
+# The positions the context queries see in each context-pass mode: `official` as the released checkpoints were
+# trained (1-D, see docs/design.md), `cached` continuing the M-RoPE positions generation used.
+QUERY_POSITIONS = {"official": "1d", "cached": "mrope"}
 
 MLLM_CLASSES = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",

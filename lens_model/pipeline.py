@@ -143,10 +143,10 @@ class LensPipeline:
             unique = self.processor.image_processor(images=[llm for _, llm in prepared], return_tensors="pt")
             grid = unique["image_grid_thw"]  # (num_images, 3)
             patch = self.processor.image_processor.patch_size
-            rows = PromptRows(
-                batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"], unique["pixel_values"], grid,
-                torch.tensor(image_index), torch.stack([preprocess_for_sam(rgb, self.backend.image_size) for rgb, _ in prepared]),
-                [rgb.shape[:2] for rgb, _ in prepared])
+            sam_images = torch.stack([preprocess_for_sam(rgb, self.backend.image_size) for rgb, _ in prepared])
+            rows = PromptRows(batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"],
+                              unique["pixel_values"], grid, torch.tensor(image_index), sam_images,
+                              [rgb.shape[:2] for rgb, _ in prepared])
         length = {"max_length": max_length} if max_length else {"max_new_tokens": max_new_tokens or self.max_new_tokens}
         out = generate_and_segment(self.model, self.processor.tokenizer, rows, self.pad_token_id, self.eos_token_ids,
                                    generation_kwargs=dict(length, do_sample=False), segmenter=self.backend,

@@ -41,8 +41,8 @@ def build_model(cfg: AlignConfig, dtype: torch.dtype):
     if cfg.init_from:
         model, processor = load_model(cfg.init_from, dtype=dtype)
         if model.context.num_queries != cfg.num_queries:
-            log.info("init_from has %d context queries (num_queries=%d applies only to new models)", model.context.num_queries,
-                        cfg.num_queries)
+            log.info("init_from has %d context queries (num_queries=%d applies only to new models)",
+                     model.context.num_queries, cfg.num_queries)
         model.lens_config.context_pass = cfg.context_pass
     else:
         lens_config = LensConfig(
@@ -66,7 +66,8 @@ def mask_logits(engine, batch: dict, device: torch.device, mllm_grad: bool = Fal
     return low_res
 
 
-def forward_loss(engine, batch: dict, cfg: AlignConfig, mllm_grad: bool, device: torch.device) -> dict[str, torch.Tensor]:
+def forward_loss(engine, batch: dict, cfg: AlignConfig, mllm_grad: bool,
+                 device: torch.device) -> dict[str, torch.Tensor]:
     low_res = mask_logits(engine, batch, device, mllm_grad)
     return mask_loss(low_res, [m.to(device) for m in batch["gt_masks"]], dice_weight=cfg.dice_weight,
                      pixel_weight=cfg.pixel_weight, pixel_loss=cfg.pixel_loss, focal_alpha=cfg.focal_alpha,
@@ -181,7 +182,8 @@ class AlignStage(TrainingStage):
 
 # ---------------------------------------------------------------------------- main
 def main(argv=None) -> int:
-    return stage_main(argv, "python -m training.align", __doc__, "training/configs/align.yaml", "lr=1e-4 datasets.0.root=/data", train)
+    return stage_main(argv, "python -m training.align", __doc__, "training/configs/align.yaml",
+                      "lr=1e-4 datasets.0.root=/data", train)
 
 
 def train(args) -> int:

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lens_model.answer import box_iou
 from lens_model.distributed import all_sum
 from lens_model.generation import check_context_pass
 from lens_model.metrics import score_sample
@@ -96,8 +95,7 @@ def rollout_samples(prompts: PromptBatch, rollout: Rollout, answer_format: str) 
 
 def rollout_ious(samples: list[RolloutSample]) -> tuple[np.ndarray, np.ndarray]:
     """Plain mask IoU and box IoU of each answer (logged; the rewards are their squares by default)."""
-    boxes = [box_iou(s.answer.box, s.gt_box) if s.answer.box is not None and s.gt_box is not None else 0.0
-             for s in samples]
+    boxes = [0.0 if s.box_iou is None else s.box_iou for s in samples]
     return np.asarray([s.mask_iou for s in samples]), np.asarray(boxes)
 
 
@@ -332,7 +330,8 @@ class GRPOStage(TrainingStage):
 
 # ---------------------------------------------------------------------------- main
 def main(argv=None) -> int:
-    return stage_main(argv, "python -m training.grpo", __doc__, "training/configs/grpo.yaml", "beta=0 num_generations=4", train)
+    return stage_main(argv, "python -m training.grpo", __doc__, "training/configs/grpo.yaml",
+                      "beta=0 num_generations=4", train)
 
 
 def train(args) -> int:

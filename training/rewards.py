@@ -21,7 +21,8 @@ from functools import cached_property
 
 import numpy as np
 
-from lens_model.answer import ANSWER_FORMATS, Box, ParsedAnswer, box_iou, parse_answer
+from lens_model.answer import ANSWER_FORMATS, Box, ParsedAnswer, parse_answer
+from lens_model.answer import box_iou as boxes_iou
 from lens_model.errors import LensError
 from lens_model.metrics import score_sample
 
@@ -57,6 +58,13 @@ class RolloutSample:
         if pred.shape != gt.shape:
             raise ValueError(f"pred_mask shape {pred.shape} does not match gt_mask shape {gt.shape}")
         return score_sample(pred, gt).iou
+
+    @cached_property
+    def box_iou(self) -> float | None:
+        """IoU(answer's box, gt_box), computed once; None when either box is missing."""
+        if self.answer.box is None or self.gt_box is None:
+            return None
+        return boxes_iou(self.answer.box, self.gt_box)
 
 
 # ------------------------------------------------------------------------------------------------ registry
@@ -123,12 +131,9 @@ def box_iou_reward(s: RolloutSample) -> float:
     gt_box None is an empty target (nothing to ground): 1 when the completion gives no box either, else 0 —
     the same rule as the box-accuracy metric's `box_hit`.
     """
-    box = s.answer.box
     if s.gt_box is None:
-        return 1.0 if box is None else 0.0
-    if box is None:
-        return 0.0
-    return box_iou(box, s.gt_box) ** 2
+        return 1.0 if s.answer.box is None else 0.0
+    return 0.0 if s.box_iou is None else s.box_iou ** 2
 
 
 @register_reward("segment_iou")

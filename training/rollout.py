@@ -22,8 +22,7 @@ from lens_model.answer import ParsedAnswer, rescale_box
 from lens_model.config import LensConfig
 from lens_model.data import Record
 from lens_model.errors import LensError
-from lens_model.generation import (Completions, GenerationOutput, PromptRows, check_context_pass,
-                                   generate_and_segment)
+from lens_model.generation import Completions, GenerationOutput, PromptRows, check_context_pass, generate_and_segment
 from lens_model.modeling import LensModel
 from lens_model.prompting import build_chat, mllm_image, special_token_ids
 from lens_model.sam import SamImageFeatures, preprocess_for_sam
@@ -51,7 +50,8 @@ class PromptBatch:
         return len(self.records)
 
 
-def prepare_prompts(records: list[Record], processor, lens_config: LensConfig, max_prompt_length: int) -> tuple[PromptBatch | None, list[tuple[str, str]]]:
+def prepare_prompts(records: list[Record], processor, lens_config: LensConfig,
+                    max_prompt_length: int) -> tuple[PromptBatch | None, list[tuple[str, str]]]:
     """Records -> PromptBatch of the usable ones, and (sample_id, error) for the others."""
     chats, images, rgbs, masks, boxes, sizes, kept, failed = [], [], [], [], [], [], [], []
     for record in records:
@@ -128,7 +128,8 @@ def prompt_rows(prompts: PromptBatch, group_size: int) -> PromptRows:
 
 def rollout_from_output(out: GenerationOutput, group_size: int, rows: torch.Tensor,
                         timings: dict[str, float]) -> Rollout:
-    features = SamImageFeatures(out.sam_features.image_embed.detach(), [f.detach() for f in out.sam_features.high_res_feats])
+    sam = out.sam_features
+    features = SamImageFeatures(sam.image_embed.detach(), [f.detach() for f in sam.high_res_feats])
     return Rollout(group_size, out.sequences, out.attention_mask, out.mm_token_type_ids, out.completion_mask,
                    out.prompt_length, out.texts, out.answers, out.masks, features, rows.to(out.sequences.device),
                    ~out.ended, timings)

@@ -30,8 +30,16 @@ from lens_model.metrics import SampleScore, SplitMetrics
 
 from .config import derive_batch, dump_config, load_config, total_steps
 from .data import load_mixture
-from .engine import (MetricLog, Throughput, build_engine, init_distributed, resolve_precision, save_checkpoint, start_run,
-                     stop_if_not_finite)
+from .engine import (
+    MetricLog,
+    Throughput,
+    build_engine,
+    init_distributed,
+    resolve_precision,
+    save_checkpoint,
+    start_run,
+    stop_if_not_finite,
+)
 from .plots import plot_curves
 
 log = logging.getLogger("training.runner")

@@ -44,7 +44,7 @@ import torch
 
 from lens_model.errors import LensError
 from lens_model.image_io import load_image
-from lens_model.modeling import MLLM_CLASSES
+from lens_model.modeling import MLLM_CLASSES, LensModel
 from lens_model.prompting import build_chat, mllm_image, special_token_ids
 from lens_model.timing import StageTimer
 
