@@ -103,7 +103,7 @@ class Rollout:
     sam_features: SamImageFeatures  # per image (K), detached
     rows: torch.Tensor  # (K·G,) image (prompt) index of each row
     truncated: torch.Tensor  # (K·G,) bool: hit max_completion_length without an end token
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: generate, context_sam (+ vLLM's sync_weights)
 
     @property
     def completion_ids(self) -> torch.Tensor:  # (K·G, T)
