@@ -117,14 +117,14 @@ def run(args: argparse.Namespace, work: Path) -> int:
     from lens_model.checkpoint import load_model
     from lens_model.data import load_dataset
     from lens_model.data.synthetic import make_synthetic
-    from lens_model.pipeline import special_token_ids
-    from training.align import freeze_all_but
+    from lens_model.prompting import special_token_ids
     from training.grpo import reference_logp, rollout_ious, rollout_samples
     from training.grpo_loss import group_advantages, grpo_loss
     from training.losses import mask_loss
     from training.policy import PolicyModel
     from training.rewards import DEFAULT_REWARD_WEIGHTS, score
     from training.rollout import generate_rollouts, prepare_prompts, sequential_rollouts
+    from training.runner import freeze_all_but
     from training.vocab import TRAINABLE_PARTS
 
     transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars between the figures
@@ -194,8 +194,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         logp, low_res = policy(ro.sequences, ro.attention_mask, ro.mm_token_type_ids, prompts.pixel_values.to(device),
-                               prompts.image_grid_thw.to(device), ro.rows, ro.prompt_length, ro.sam_features,
-                               context_pass, 0.9, vision_grad=True)
+                               prompts.image_grid_thw.to(device), ro.rows, ro.prompt_length, ro.sam_features, 0.9,
+                               vision_grad=True)
         pol = grpo_loss(logp, logp.detach(), ref_logp, advantages.to(device), ro.completion_mask.to(logp.dtype),
                         clip_eps=0.2, beta=args.beta, aggregation="sequence")
         gt = [torch.from_numpy(prompts.gt_masks[i]).to(device) for i in ro.rows.tolist()]

@@ -235,7 +235,8 @@ def cmd_eval(args) -> int:
     import os
 
     from .data import load_dataset
-    from .evaluate import REASONSEG_MLLM_LONGEST_SIDE, EvalOptions, dist_info, format_table, run_eval
+    from .distributed import dist_info
+    from .evaluate import REASONSEG_MLLM_LONGEST_SIDE, EvalOptions, format_table, run_eval
     from .pipeline import LensPipeline
 
     for name in ("limit", "batch_size"):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .data import Record
+from .distributed import barrier
 from .errors import LensError
 from .image_io import load_image
 from .metrics import SampleScore, SplitMetrics, score_sample
@@ -40,27 +40,6 @@ class EvalOptions:
     progress: bool = True
     # ReasonSeg "ignore" regions: left out of I and U (LISA); True counts them as background (released script)
     ignore_as_background: bool = False
-
-
-# ---------------------------------------------------------------------------- distributed
-def dist_info() -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment; initialises torch.distributed when sharded."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world
-
-
-def barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 # ---------------------------------------------------------------------------- per-sample files

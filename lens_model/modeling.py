@@ -18,6 +18,10 @@ from .config import LensConfig
 from .context import ContextHead
 from .sam import SamImageFeatures, build_sam, decode_masks, encode_image
 
+# The positions the context queries see in each context-pass mode: `official` as the released checkpoints were
+# trained (1-D, see docs/design.md), `cached` continuing the M-RoPE positions generation used.
+QUERY_POSITIONS = {"official": "1d", "cached": "mrope"}
+
 MLLM_CLASSES = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
@@ -150,6 +154,19 @@ class LensModel(nn.Module):
             return positions_1d(mask), mask
         raise ValueError(f"positions must be 'mrope' or '1d', got {positions!r}")
 
+    @property
+    def query_positions(self) -> str:
+        """"1d" or "mrope": where this model's queries sit, in inference and in training (from its context pass)."""
+        return QUERY_POSITIONS[self.lens_config.context_pass]
+
+    def query_states(self, ctx: ContextInputs, image_outputs, cache=None) -> torch.Tensor:
+        """The context pass of this model's mode -> (B, N, hidden) query states. `cached` reuses the generation
+        KV `cache` when there is one (else re-runs the sequence at the same M-RoPE positions); `official` re-runs
+        prompt + completion + queries at 1-D positions, as the released code."""
+        if self.lens_config.context_pass == "cached" and cache is not None:
+            return self.query_states_cached(ctx, cache)
+        return self.query_states_full(ctx, image_outputs, self.query_positions)
+
     def query_states_full(self, ctx: ContextInputs, image_outputs, positions: str) -> torch.Tensor:
         """One LLM pass over prompt + completion + queries -> (B, N, hidden) last-layer query states.
 
@@ -204,16 +221,17 @@ class LensModel(nn.Module):
     # ------------------------------------------------------------------ training forward
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mm_token_type_ids: torch.Tensor,
                 pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, sam_images: torch.Tensor,
-                positions: str = "1d", mllm_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                positions: str | None = None, mllm_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced pass used in training: (B, L) prompt + answer ids with one image per row -> low-res
         mask logits (B, 1, S/4, S/4) and SAM2's IoU predictions (B, 1).
 
-        `positions`: "1d" trains for the `official` context pass, "mrope" for `cached`. `mllm_grad=False`
+        `positions`: "1d" or "mrope"; None (default) the model's own (`query_positions`). `mllm_grad=False`
         (frozen MLLM) runs the vision encoder and the prompt + answer tokens without autograd. The SAM2 image
         encoder is always frozen. Everything runs inside this forward so that DeepSpeed ZeRO-3 can gather
         partitioned weights with its module hooks.
         """
         ctx = ContextInputs(input_ids, attention_mask, mm_token_type_ids, image_grid_thw)
+        positions = positions or self.query_positions
         with torch.set_grad_enabled(mllm_grad and torch.is_grad_enabled()):
             image_outputs = self.encode_mllm_images(pixel_values.to(self.dtype), image_grid_thw)
         if mllm_grad:

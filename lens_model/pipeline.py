@@ -1,8 +1,6 @@
 """Inference: image + text prompt(s) -> mask, box, score, generated text, per-stage timings."""
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -10,13 +8,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .answer import clip_box, parse_answer, rescale_box, smart_resize
 from .backends import SegmentationBackend, TorchBackend, check_backend_args, open_backend
 from .config import LensConfig
 from .errors import LensError, PromptError
+from .generation import PromptRows, generate_and_segment
 from .image_io import load_image, read_prompt
-from .modeling import ContextInputs, LensModel, completion_mask
-from .sam import preprocess_for_sam, upsample_logits
+from .modeling import LensModel
+from .prompting import box_in_image, build_chat, mllm_image, special_token_ids
+from .sam import preprocess_for_sam
+from .timing import StageTimer
 from .vocab import canonical_dtype
 
 DEFAULT_MAX_PROMPT_TOKENS = 2048  # released training/eval bound on the prompt length
@@ -45,45 +45,6 @@ class SegmentationResult:
         return data
 
 
-def box_from_answer(text: str, answer_format: str, mllm_hw: tuple[int, int], image_hw: tuple[int, int]):
-    """Generated text -> (box in original-image pixels or None, why None, format followed)."""
-    parsed = parse_answer(text, answer_format)
-    if parsed.box is None:
-        return None, parsed.error, parsed.format_ok
-    box = clip_box(rescale_box(parsed.box, mllm_hw, image_hw), image_hw)
-    return box, (None if box is not None else "box lies outside the image"), parsed.format_ok
-
-
-def special_token_ids(tok) -> tuple[int, list[int]]:
-    """(padding id, end-of-answer ids) of a Qwen tokenizer: generation stops at <|im_end|> or <|endoftext|>."""
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
-    eos = sorted({tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")} - {None, tok.unk_token_id})
-    return pad, eos
-
-
-def build_chat(processor, prompt_config, question_text: str) -> str:
-    """System + user turn (image, templated question) + the assistant header, as the released models saw it."""
-    question = prompt_config.question_template.format(question=question_text)
-    if not question.endswith("."):  # the released data pipeline ends every question with a period
-        question += "."
-    messages = [
-        {"role": "system", "content": prompt_config.system_prompt},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
-    ]
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def mllm_image(rgb: np.ndarray, config: LensConfig, longest_side: int | None = None) -> Image.Image:
-    """HxWx3 uint8 -> the PIL image the MLLM sees: optionally capped to `longest_side`, then smart-resized
-    (multiples of 28 within the config's pixel bounds), so that box coordinates are pixels of this image."""
-    image = Image.fromarray(rgb)
-    if longest_side and max(image.size) != longest_side:
-        scale = longest_side / max(image.size)
-        image = image.resize((int(image.width * scale), int(image.height * scale)), Image.BICUBIC)
-    h, w = smart_resize(image.height, image.width, 28, config.min_pixels, config.max_pixels)
-    return image.resize((w, h), Image.BICUBIC)
-
-
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -96,22 +57,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, canonical_dtype(dtype))
-
-
-class _Timer:
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.times: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
 
 
 class LensPipeline:
@@ -185,11 +130,10 @@ class LensPipeline:
         if min(image_index) < 0 or max(image_index) >= len(images):
             raise ValueError(f"image_index must lie in [0, {len(images) - 1}], got {sorted(set(image_index))}")
         device = self.model.device
-        timer = _Timer(device)
+        timer = StageTimer(device)
         with timer.stage("preprocess"):
             prompts = [read_prompt(p) for p in prompts]
             prepared = [self._prepare_image(image) for image in images]
-            rows = torch.tensor(image_index, device=device)
             texts = [self.build_chat(p) for p in prompts]
             batch = self.processor(text=texts, images=[prepared[i][1] for i in image_index], padding=True, return_tensors="pt")
             longest = int(batch["attention_mask"].sum(1).max())
@@ -198,64 +142,28 @@ class LensPipeline:
             if max_length and batch["input_ids"].shape[1] >= max_length:
                 raise PromptError(f"prompt is {batch['input_ids'].shape[1]} tokens, not below max_length={max_length}")
             unique = self.processor.image_processor(images=[llm for _, llm in prepared], return_tensors="pt")
-            grid = unique["image_grid_thw"].to(device)  # (num_images, 3)
+            grid = unique["image_grid_thw"]  # (num_images, 3)
             patch = self.processor.image_processor.patch_size
-            sam_input = torch.stack([preprocess_for_sam(rgb, self.backend.image_size) for rgb, _ in prepared]).to(device)
-        with timer.stage("mllm_vision"):
-            # once per distinct image, one shared entry per prompt row
-            image_outputs = self.model.encode_mllm_images(unique["pixel_values"].to(device, self.model.dtype), grid, rows)
-            grid_rows = grid[rows]
-        with timer.stage("generate"):
-            gen = self.model.mllm.generate(
-                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                mm_token_type_ids=batch["mm_token_type_ids"].to(device), image_grid_thw=grid_rows,
-                mm_encoder_outputs={"image": image_outputs},
-                **({"max_length": max_length} if max_length else {"max_new_tokens": max_new_tokens or self.max_new_tokens}),
-                do_sample=False,
-                eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id,
-                return_dict_in_generate=True, use_cache=True,
-                **({"streamer": streamer} if streamer is not None else {}),
-            )
-        prompt_len = batch["input_ids"].shape[1]
-        completion = gen.sequences[:, prompt_len:]
-        completion_valid = completion_mask(completion, self.eos_token_ids)
-        with timer.stage("context"):
-            ctx = ContextInputs(
-                input_ids=gen.sequences,
-                attention_mask=torch.cat([batch["attention_mask"].to(device), completion_valid], dim=1),
-                mm_token_type_ids=torch.cat([batch["mm_token_type_ids"].to(device), torch.zeros_like(completion)], dim=1),
-                image_grid_thw=grid_rows,
-            )
-            if self.config.context_pass == "cached":
-                states = self.model.query_states_cached(ctx, gen.cache)
-            else:
-                states = self.model.query_states_full(ctx, image_outputs, positions="1d")
-        with timer.stage("sam_encode"):
-            features = self.backend.encode_images(sam_input)
-        with timer.stage("sam_decode"):
-            low_res, iou = self.backend.masks_from_query_states(states, features.select(rows))
-            masks = [(upsample_logits(low_res[i:i + 1], prepared[j][0].shape[:2])[0] > 0).cpu().numpy()
-                     for i, j in enumerate(image_index)]
+            sam_images = torch.stack([preprocess_for_sam(rgb, self.backend.image_size) for rgb, _ in prepared])
+            rows = PromptRows(batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"],
+                              unique["pixel_values"], grid, torch.tensor(image_index), sam_images,
+                              [rgb.shape[:2] for rgb, _ in prepared])
+        length = {"max_length": max_length} if max_length else {"max_new_tokens": max_new_tokens or self.max_new_tokens}
+        out = generate_and_segment(self.model, self.processor.tokenizer, rows, self.pad_token_id, self.eos_token_ids,
+                                   generation_kwargs=dict(length, do_sample=False), segmenter=self.backend,
+                                   streamer=streamer, timer=timer)
         with timer.stage("postprocess"):
-            texts_out = self._decode(completion)
             results = []
             for i, (prompt, j) in enumerate(zip(prompts, image_index)):
                 image_hw = prepared[j][0].shape[:2]
                 llm_hw = (int(grid[j, 1]) * patch, int(grid[j, 2]) * patch)  # the size the MLLM actually saw
-                box, box_error, format_ok = box_from_answer(texts_out[i], self.config.prompt.answer_format, llm_hw, image_hw)
+                box, box_error = box_in_image(out.answers[i], llm_hw, image_hw)
                 results.append(SegmentationResult(
-                    prompt=prompt, mask=masks[i], box=box, score=float(iou[i, 0]), text=texts_out[i],
-                    num_tokens=int(completion_valid[i].sum()), image_size=tuple(image_hw), mllm_image_size=llm_hw,
-                    box_error=box_error, format_ok=format_ok,
+                    prompt=prompt, mask=out.masks[i], box=box, score=float(out.scores[i, 0]), text=out.texts[i],
+                    num_tokens=int(out.completion_mask[i].sum()), image_size=tuple(image_hw), mllm_image_size=llm_hw,
+                    box_error=box_error, format_ok=out.answers[i].format_ok,
                 ))
         timer.times["total"] = sum(timer.times.values())
         for r in results:
             r.timings = dict(timer.times)
         return results
-
-    def _decode(self, completion: torch.Tensor) -> list[str]:
-        drop = {self.pad_token_id, *self.eos_token_ids}
-        return [
-            self.processor.tokenizer.decode([t for t in row.tolist() if t not in drop], skip_special_tokens=False)
-            for row in completion
-        ]

@@ -12,12 +12,13 @@ from safetensors.torch import load_file
 
 from conftest import REPO
 
-pytest.importorskip("deepspeed", reason="training needs deepspeed (pip install -e '.[train]')")
+# installed by the setup: a broken install must fail here, not skip these tests
+import deepspeed  # noqa: F401
 
 from lens_model.checkpoint import load_model  # noqa: E402
 from lens_model.data import load_dataset  # noqa: E402
-from lens_model.modeling import ContextInputs, image_features_per_row  # noqa: E402
-from lens_model.pipeline import special_token_ids  # noqa: E402
+from lens_model.modeling import ContextInputs, embed_with_images, image_features_per_row  # noqa: E402
+from lens_model.prompting import special_token_ids  # noqa: E402
 from training.config import GRPOConfig  # noqa: E402
 from training.grpo import ScoredRollout, main as grpo_main, micro_loss, rollout_ious, rollout_samples  # noqa: E402
 from training.grpo_loss import group_advantages  # noqa: E402
@@ -96,7 +97,7 @@ def test_logprobs_use_the_sampling_positions(policy, scenes):
                             torch.cat([prompts.mm_token_type_ids[rows], torch.zeros_like(completion)], 1), grid[rows])
         logp, _ = sequence_logprobs(model.mllm, ctx, images, p, temperature=0.7)
         torch.testing.assert_close(logp, expected, rtol=1e-4, atol=1e-4)
-        embeds = model._embed(gen.sequences, images, ctx.mm_token_type_ids)
+        embeds = embed_with_images(model.mllm, gen.sequences, images, ctx.mm_token_type_ids)
         from lens_model.modeling import positions_1d
 
         hidden = model.mllm.model.language_model(inputs_embeds=embeds, attention_mask=ctx.attention_mask,

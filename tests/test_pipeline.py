@@ -6,7 +6,8 @@ from PIL import Image
 
 from lens_model.answer import smart_resize
 from lens_model.errors import ImageError, PromptError
-from lens_model.pipeline import LensPipeline, box_from_answer
+from lens_model.pipeline import LensPipeline
+from lens_model.prompting import box_from_answer
 from lens_model.sam import preprocess_for_sam
 
 from conftest import SAMPLE_PHOTO

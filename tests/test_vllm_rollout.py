@@ -14,10 +14,10 @@ import torch
 from lens_model.checkpoint import load_model
 from lens_model.data import load_dataset
 from lens_model.errors import LensError
-from lens_model.pipeline import build_chat, special_token_ids
+from lens_model.prompting import build_chat, special_token_ids
 from training.config import GRPOConfig
-from training.rollout import generate_rollouts, prepare_prompts
-from training.vllm_rollout import VLLMRollouts, check_prompt_alignment, rollout_from_completions
+from training.rollout import generate_rollouts, prepare_prompts, rollout_from_completions
+from training.vllm_rollout import VLLMRollouts, check_prompt_alignment
 
 G = 4
 MAX_NEW = 12

@@ -5,7 +5,7 @@ import torch
 from lens_model.config import PromptConfig
 from lens_model.pipeline import resolve_dtype
 from lens_model.vocab import ANSWER_FORMATS, DTYPE_ALIASES, DTYPES, canonical_dtype
-from training.align import TRAINABLE_MODULES
+from training.runner import TRAINABLE_MODULES
 from training.config import PRECISIONS, AlignConfig
 from training.engine import resolve_precision
 from training.vocab import TRAINABLE_PARTS

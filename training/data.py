@@ -18,7 +18,7 @@ from lens_model.config import LensConfig
 from lens_model.data import Record, load_dataset
 from lens_model.errors import LensError
 from lens_model.image_io import load_image
-from lens_model.pipeline import build_chat, mllm_image
+from lens_model.prompting import build_chat, mllm_image
 from lens_model.sam import preprocess_for_sam
 
 log = logging.getLogger(__name__)

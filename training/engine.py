@@ -6,6 +6,7 @@ DS_ACCELERATOR=cpu: DeepSpeed then runs ZeRO over the gloo backend (tests, CI).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from lens_model.checkpoint import save_model
+from lens_model.distributed import all_sum, barrier
 from lens_model.errors import CheckpointError, LensError
 from lens_model.vocab import canonical_dtype
 
@@ -124,23 +126,17 @@ def build_engine(model: torch.nn.Module, cfg, per_device: int, grad_accum: int, 
     return engine, scheduler
 
 
-def all_mean(value: float, world: int, device: torch.device) -> float:
-    if world == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t) / world
+@contextlib.contextmanager
+def gathered(module: torch.nn.Module, zero_stage: int):
+    """Full weights on every rank for generation under ZeRO-3 (token-by-token decoding would otherwise gather
+    each layer's shards for every token)."""
+    if zero_stage != 3:
+        yield
+        return
+    import deepspeed
 
-
-def all_sum(values: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        dist.all_reduce(values)
-    return values
-
-
-def barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        yield
 
 
 # ---------------------------------------------------------------------------- command line

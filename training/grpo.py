@@ -16,35 +16,28 @@ checkpoints/step-*/, final/.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-import shutil
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from lens_model.answer import box_iou, parse_answer
-from lens_model.metrics import SplitMetrics, score_sample
+from lens_model.distributed import all_sum
+from lens_model.generation import check_context_pass
+from lens_model.metrics import score_sample
 from lens_model.modeling import ContextInputs, image_features_per_row
-from lens_model.pipeline import special_token_ids
 
-from .align import freeze_all_but, model_signature
-from .config import GRPOConfig, derive_batch, dump_config, load_config, total_steps
-from .data import Schedule, load_mixture
-from .engine import (MetricLog, Throughput, all_mean, all_sum, barrier, build_engine, enable_activation_checkpointing,
-                     init_distributed, log_failed_samples, resolve_precision, save_checkpoint, stage_main, start_run,
-                     stop_if_not_finite, zero_loss)
+from .config import GRPOConfig
+from .data import Schedule
+from .engine import enable_activation_checkpointing, gathered, log_failed_samples, stage_main, zero_loss
 from .grpo_loss import group_advantages, grpo_loss
 from .losses import mask_loss
-from .plots import plot_curves
 from .policy import PolicyModel, sequence_logprobs
 from .rewards import RolloutSample, resolve_reward, score
-from .rollout import PromptBatch, Rollout, generate_rollouts, prepare_prompts
+from .rollout import InProcessRollouts, PromptBatch, Rollout, RolloutSampler, prepare_prompts
+from .runner import Run, StepResult, TrainingStage, freeze_all_but, run_stage, sharded_validation
 
 log = logging.getLogger("training.grpo")
 
@@ -77,48 +70,33 @@ def load_reference(cfg: GRPOConfig, dtype: torch.dtype, device: torch.device, ze
     return mllm.to(device)
 
 
-@contextlib.contextmanager
-def gathered(module: torch.nn.Module, zero_stage: int):
-    """Full weights on every rank for generation under ZeRO-3 (token-by-token decoding would otherwise gather
-    each layer's shards for every token)."""
-    if zero_stage != 3:
-        yield
-        return
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-        yield
-
-
 # ---------------------------------------------------------------------------- one micro-batch
 @dataclass
 class ScoredRollout:
     prompts: PromptBatch
     rollout: Rollout
     rewards: torch.Tensor  # (K·G,)
-    components: dict[str, np.ndarray]
+    components: dict[str, np.ndarray]  # reward name -> (K·G,)
     advantages: torch.Tensor  # (K·G,)
-    mask_iou: np.ndarray
-    box_iou: np.ndarray
+    mask_iou: np.ndarray  # (K·G,)
+    box_iou: np.ndarray  # (K·G,)
     old_logp: torch.Tensor | None = None  # (K·G, T) when the rollout feeds several updates
     ref_logp: torch.Tensor | None = None
 
 
 def rollout_samples(prompts: PromptBatch, rollout: Rollout, answer_format: str) -> list[RolloutSample]:
+    """One RolloutSample per answer, carrying the rollout's parsed answer (parsed once, when sampled)."""
     rows = rollout.rows.tolist()
     return [RolloutSample(text=rollout.texts[r], answer_format=answer_format, gt_box=prompts.gt_boxes_llm[i],
                           gt_mask=prompts.gt_masks[i], pred_mask=rollout.pred_masks[r],
-                          expression=prompts.records[i].expression) for r, i in enumerate(rows)]
+                          expression=prompts.records[i].expression, answer=rollout.answers[r])
+            for r, i in enumerate(rows)]
 
 
 def rollout_ious(samples: list[RolloutSample]) -> tuple[np.ndarray, np.ndarray]:
     """Plain mask IoU and box IoU of each answer (logged; the rewards are their squares by default)."""
-    masks, boxes = [], []
-    for s in samples:
-        masks.append(score_sample(s.pred_mask, s.gt_mask).iou)
-        box = parse_answer(s.text, s.answer_format).box
-        boxes.append(box_iou(box, s.gt_box) if box is not None and s.gt_box is not None else 0.0)
-    return np.asarray(masks), np.asarray(boxes)
+    boxes = [0.0 if s.box_iou is None else s.box_iou for s in samples]
+    return np.asarray([s.mask_iou for s in samples]), np.asarray(boxes)
 
 
 def reference_logp(reference, ro: Rollout, prompts: PromptBatch, temperature: float) -> torch.Tensor:
@@ -130,15 +108,19 @@ def reference_logp(reference, ro: Rollout, prompts: PromptBatch, temperature: fl
         return sequence_logprobs(reference, ctx, images, ro.prompt_length, temperature)[0]
 
 
-def policy_forward(engine, item: ScoredRollout, context_pass: str, temperature: float, vision_grad: bool):
+def policy_forward(engine, item: ScoredRollout, temperature: float, vision_grad: bool):
     ro, prompts, device = item.rollout, item.prompts, item.rollout.sequences.device
     return engine(ro.sequences, ro.attention_mask, ro.mm_token_type_ids, prompts.pixel_values.to(device),
-                  prompts.image_grid_thw.to(device), ro.rows, ro.prompt_length, ro.sam_features, context_pass,
-                  temperature, vision_grad=vision_grad)
+                  prompts.image_grid_thw.to(device), ro.rows, ro.prompt_length, ro.sam_features, temperature,
+                  vision_grad=vision_grad)
 
 
-def micro_loss(engine, item: ScoredRollout, cfg: GRPOConfig, context_pass: str, vision_grad: bool) -> dict:
-    logp, low_res = policy_forward(engine, item, context_pass, cfg.temperature, vision_grad)
+def micro_loss(engine, item: ScoredRollout, cfg: GRPOConfig, context_pass: str | None = None,
+               vision_grad: bool = True) -> dict:
+    """One scored micro-batch -> GRPO + segmentation losses. `context_pass`, when given, must be the policy's
+    own (the model decides its context pass)."""
+    check_context_pass(getattr(engine, "module", engine).lens, context_pass)
+    logp, low_res = policy_forward(engine, item, cfg.temperature, vision_grad)
     ro = item.rollout
     mask = ro.completion_mask.to(logp.dtype)
     old = item.old_logp if item.old_logp is not None else logp.detach()
@@ -152,174 +134,14 @@ def micro_loss(engine, item: ScoredRollout, cfg: GRPOConfig, context_pass: str, 
             "seg": seg["loss"], "dice": seg["dice"], "pixel": seg["pixel"]}
 
 
-# ---------------------------------------------------------------------------- main
-def main(argv=None) -> int:
-    return stage_main(argv, "python -m training.grpo", __doc__, "training/configs/grpo.yaml", "beta=0 num_generations=4", train)
-
-
-def train(args) -> int:
-    cfg = load_config(GRPOConfig, args.config, args.overrides)
-    for name in cfg.reward_weights:  # unknown reward names fail before anything heavy starts
-        resolve_reward(name)
-    datasets = load_mixture(cfg.datasets)
-    val_records = load_mixture([cfg.val_dataset])[0][:cfg.val_samples] if cfg.val_dataset and cfg.val_samples else []
-    dist_info = init_distributed()
-    rank, world, device = dist_info.rank, dist_info.world, dist_info.device
-    out = Path(cfg.output_dir)
-    per_device, accum = derive_batch(cfg.global_batch_size, world, cfg.per_device_batch_size)
-    steps = total_steps(cfg, sum(len(d) for d in datasets))
-    dtype = resolve_precision(cfg.precision, device)
-
-    torch.manual_seed(cfg.seed)
-    lens, processor = load_policy(cfg, dtype)
-    context_pass = lens.lens_config.context_pass
-    answer_format = lens.lens_config.prompt.answer_format
-    counts = freeze_all_but(lens, cfg.trainable)
-    lens.sam.image_encoder.requires_grad_(False)  # never trained: its embeddings come from the rollout
-    mllm_trained = "mllm" in cfg.trainable
-    if mllm_trained and cfg.gradient_checkpointing:
-        enable_activation_checkpointing(lens.mllm)
-    lens.to(device)
-    model = PolicyModel(lens)
-    run_info = {"model_signature": model_signature(lens), "trainable": sorted(cfg.trainable),
-                "init": {"init_from": cfg.init_from}}
-    start_step, resume_from = start_run(args.resume, out, run_info, dump_config(cfg), rank)
-    if rank == 0:
-        log.info("GRPO on %s (%s; context pass %s, answers %s); %d ranks × %d prompts × %d accumulation = %d prompts "
-                 "× G=%d answers per step; %d steps%s", ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()),
-                 cfg.init_from, context_pass, answer_format, world, per_device, accum, cfg.global_batch_size,
-                 cfg.num_generations, steps, f", resuming at step {start_step}" if start_step else "")
-    if cfg.rollout_backend == "vllm":
-        from .vllm_rollout import VLLMRollouts
-
-        vllm_rollouts = VLLMRollouts(cfg, lens, processor, device)
-    else:
-        vllm_rollouts = None
-
-    # num_iterations optimizer updates per step: the schedule counts updates
-    engine, scheduler = build_engine(model, cfg, per_device, accum, world, dtype, steps * cfg.num_iterations,
-                                     resume_from)
-    reference = load_reference(cfg, dtype, device, cfg.zero_stage)
-    engine.train()
-    lens.sam.image_encoder.eval()
-
-    schedule = Schedule(tuple(len(d) for d in datasets), tuple(s.ratio for s in cfg.datasets), cfg.seed,
-                        cfg.global_batch_size, per_device, world, accum)
-    positions = schedule.rank_positions(rank, start_step, steps)
-    pad, eos = special_token_ids(processor.tokenizer)
-    sampling = dict(max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
-                    top_k=cfg.top_k, eos_token_ids=eos, pad_token_id=pad, context_pass=context_pass)
-
-    def rollout(prompts: PromptBatch) -> Rollout:
-        if vllm_rollouts is not None:
-            return vllm_rollouts.generate(prompts, cfg.num_generations)
-        with gathered(engine.module, cfg.zero_stage):
-            return generate_rollouts(lens, processor, prompts, cfg.num_generations, **sampling)
-
-    curves = MetricLog(out, enabled=rank == 0, resume_step=start_step)
-    failed_log = out / f"failed_samples-rank{rank}.jsonl"
-    weights = dict(cfg.reward_weights)
-    from tqdm import tqdm
-
-    bar = tqdm(total=steps, initial=start_step, desc="grpo", unit="step", disable=rank != 0 or args.no_progress)
-    throughput = Throughput()
-    cursor = 0
-    last_saved = start_step or None
-    for step in range(start_step, steps):
-        # Sampling randomness is a function of (seed, step, rank): a resumed run draws the same answers.
-        torch.manual_seed(cfg.seed * 1_000_003 + step * world + rank)
-        step_lr = scheduler.get_last_lr()[0]
-        if vllm_rollouts is not None:
-            vllm_rollouts.policy_version = step  # weights change once per step: sync them into vLLM once
-        timings = {"generate": 0.0, "context_sam": 0.0, "rewards": 0.0, "train": 0.0}
-        items: list[ScoredRollout | None] = []
-        for _ in range(accum):  # ---- rollouts of every micro-batch of this step
-            records = [datasets[k][i] for k, i in positions[cursor:cursor + per_device]]
-            cursor += per_device
-            prompts, failed = prepare_prompts(records, processor, lens.lens_config, cfg.max_prompt_length)
-            log_failed_samples(failed_log, step + 1, failed)
-            if prompts is None:
-                items.append(None)
-                continue
-            # generate in eval mode (activation checkpointing would switch the KV cache off), but keep SAM2's
-            # decoder in train mode so the rewarded masks are the ones the mask loss trains (single-mask token,
-            # no eval-time stability fallback), as in the released training
-            engine.eval()
-            lens.sam.sam_mask_decoder.train()
-            ro = rollout(prompts)
-            engine.train()
-            lens.sam.image_encoder.eval()
-            timings["generate"] += ro.timings.get("generate", 0.0)
-            timings["context_sam"] += ro.timings.get("context_sam", 0.0)
-            start = time.perf_counter()
-            samples = rollout_samples(prompts, ro, answer_format)
-            total, components = score(samples, weights)
-            rewards = torch.as_tensor(total, dtype=torch.float32)
-            advantages = group_advantages(rewards, cfg.num_generations, eps=cfg.advantage_eps,
-                                          scale=cfg.scale_advantages)
-            mask_ious, box_ious = rollout_ious(samples)
-            item = ScoredRollout(prompts, ro, rewards, components, advantages, mask_ious, box_ious)
-            if reference is not None:
-                item.ref_logp = reference_logp(reference, ro, prompts, cfg.temperature)
-            if cfg.num_iterations > 1:
-                with torch.no_grad():
-                    item.old_logp = policy_forward(engine, item, context_pass, cfg.temperature, False)[0].detach()
-            timings["rewards"] += time.perf_counter() - start
-            items.append(item)
-        start = time.perf_counter()
-        parts: dict[str, float] = {}
-        for _ in range(cfg.num_iterations):  # ---- updates (one optimizer step per pass over the micro-batches)
-            for item in items:
-                if item is None:
-                    losses = {"loss": zero_loss(engine)}
-                else:
-                    losses = micro_loss(engine, item, cfg, context_pass, vision_grad=mllm_trained)
-                loss = losses["loss"]
-                stop_if_not_finite(loss, step + 1, rank, world, device, out, last_saved)
-                engine.backward(loss)
-                engine.step()
-                for key, value in losses.items():
-                    parts[key] = parts.get(key, 0.0) + float(value.detach()) / (len(items) * cfg.num_iterations)
-        timings["train"] = time.perf_counter() - start
-        done = step + 1
-        bar.update(1)
-        scored = [it for it in items if it is not None]
-        throughput.add(sum(len(it.rewards) for it in scored))
-        if done % cfg.log_every == 0 or done == steps:
-            values = step_statistics(scored, world, device)
-            values.update({k: all_mean(v, world, device) for k, v in parts.items()})
-            grad_norm = engine.get_global_grad_norm()
-            values.update(lr=step_lr, grad_norm=float(grad_norm) if grad_norm is not None else math.nan,
-                          samples_per_s=all_mean(throughput.rate(), world, device) * world,
-                          **{f"time_{k}": all_mean(v, world, device) for k, v in timings.items()})
-            throughput.reset()
-            curves.log(done, values)
-            bar.set_postfix(reward=f"{values['reward']:.3f}", kl=f"{values.get('kl', 0.0):.4f}")
-            if args.no_progress and rank == 0:
-                log.info("step %d/%d reward %.4f (%s) mask IoU %.3f box IoU %.3f kl %.4g clip %.3f len %.1f "
-                         "loss %.4f seg %.4f", done, steps, values["reward"],
-                         ", ".join(f"{k} {values['reward_' + k]:.3f}" for k in weights), values["mask_iou"],
-                         values["box_iou"], values.get("kl", 0.0), values.get("clip_fraction", 0.0),
-                         values["completion_length"], values["loss"], values.get("seg", 0.0))
-        if val_records and (done % cfg.eval_every == 0 or done == steps):
-            val = validate(lens, processor, val_records, cfg, rank, world, device, sampling, answer_format, engine)
-            curves.log(done, val, prefix="val")
-            if rank == 0:
-                log.info("step %d validation (greedy): gIoU %.4f cIoU %.4f reward %.4f (%d samples)", done,
-                         val["gIoU"], val["cIoU"], val["reward"], val["n"])
-        if done % cfg.save_every == 0 and done != steps:
-            save_checkpoint(engine, out, done, run_info, processor, rank, cfg.zero_stage, cfg.keep_last, "lens")
-            last_saved = done
-    bar.close()
-
-    final_ckpt = save_checkpoint(engine, out, steps, run_info, processor, rank, cfg.zero_stage, cfg.keep_last, "lens")
-    if rank == 0:
-        shutil.copytree(final_ckpt / "model", out / "final", dirs_exist_ok=True)
-        curves.close()
-        plot_curves(out / "metrics.jsonl", out / "curves.png")
-        log.info("done: model in %s; curves in %s (lens plot-run %s)", out / "final", out / "curves.png", out)
-    barrier(world)
-    return 0
+def score_rollout(prompts: PromptBatch, ro: Rollout, cfg: GRPOConfig, answer_format: str) -> ScoredRollout:
+    """Rewards, group-normalised advantages and the logged IoUs of one micro-batch's answers."""
+    samples = rollout_samples(prompts, ro, answer_format)
+    total, components = score(samples, dict(cfg.reward_weights))
+    rewards = torch.as_tensor(total, dtype=torch.float32)
+    advantages = group_advantages(rewards, cfg.num_generations, eps=cfg.advantage_eps, scale=cfg.scale_advantages)
+    mask_ious, box_ious = rollout_ious(samples)
+    return ScoredRollout(prompts, ro, rewards, components, advantages, mask_ious, box_ious)
 
 
 def step_statistics(items: list[ScoredRollout], world: int, device: torch.device) -> dict[str, float]:
@@ -343,37 +165,177 @@ def step_statistics(items: list[ScoredRollout], world: int, device: torch.device
     return dict(zip(keys, means))
 
 
-@torch.no_grad()
-def validate(lens, processor, records, cfg: GRPOConfig, rank: int, world: int, device, sampling: dict,
-             answer_format: str, engine) -> dict:
-    """Greedy answers on the validation prompts (one per prompt), sharded over ranks with equal forward
-    counts; gIoU/cIoU from intersections and unions summed over ranks, and the mean reward."""
-    mine = list(range(rank, len(records), world))
-    rounds = math.ceil(len(records) / world)
-    metrics, reward_sum, n_reward = SplitMetrics(), 0.0, 0
-    greedy = dict(sampling, temperature=1.0, top_p=1.0, top_k=0)
-    engine.eval()
-    for k in range(rounds):
-        real = k < len(mine)
-        record = records[mine[k] if real else (mine[-1] if mine else 0)]
-        prompts, _ = prepare_prompts([record], processor, lens.lens_config, cfg.max_prompt_length)
+# ---------------------------------------------------------------------------- the stage
+class GRPOStage(TrainingStage):
+    name = "grpo"
+    config_class = GRPOConfig
+    curves_file = "curves.png"
+    lens_attr = "lens"
+    log = log
+
+    def check(self, cfg: GRPOConfig) -> None:
+        for name in cfg.reward_weights:  # unknown reward names fail before anything heavy starts
+            resolve_reward(name)
+
+    def build(self, run: Run):
+        cfg = run.cfg
+        self.lens, self.processor = load_policy(cfg, run.dtype)
+        counts = freeze_all_but(self.lens, cfg.trainable)
+        self.lens.sam.image_encoder.requires_grad_(False)  # never trained: its embeddings come from the rollout
+        self.mllm_trained = "mllm" in cfg.trainable
+        if self.mllm_trained and cfg.gradient_checkpointing:
+            enable_activation_checkpointing(self.lens.mllm)
+        self.lens.to(run.device)
+        return PolicyModel(self.lens), counts
+
+    def init_info(self, cfg: GRPOConfig) -> dict:
+        return {"init_from": cfg.init_from}
+
+    def describe(self, run: Run, counts: dict[str, int], num_samples: int) -> str:
+        cfg, config = run.cfg, self.lens.lens_config
+        return (f"GRPO on {', '.join(f'{k} {v / 1e6:.2f}M' for k, v in counts.items())} ({cfg.init_from}; context pass "
+                f"{config.context_pass}, answers {config.prompt.answer_format}); {run.world} ranks × {run.per_device} "
+                f"prompts × {run.accum} accumulation = {cfg.global_batch_size} prompts × G={cfg.num_generations} "
+                f"answers per step; {run.steps} steps"
+                + (f", resuming at step {run.start_step}" if run.start_step else ""))
+
+    def updates_per_step(self, cfg: GRPOConfig) -> int:
+        return cfg.num_iterations  # num_iterations optimizer updates per step: the schedule counts updates
+
+    def before_engine(self, run: Run) -> None:
+        if run.cfg.rollout_backend == "vllm":  # the engine takes the full weights before ZeRO-3 partitions them
+            from .vllm_rollout import VLLMRollouts
+
+            self.sampler: RolloutSampler = VLLMRollouts(run.cfg, self.lens, self.processor, run.device)
+
+    def after_engine(self, run: Run, datasets: list, val_records: list) -> None:
+        cfg = run.cfg
+        self.reference = load_reference(cfg, run.dtype, run.device, cfg.zero_stage)
+
+        def gather():
+            return gathered(run.engine.module, cfg.zero_stage)
+
+        if cfg.rollout_backend != "vllm":
+            self.sampler = InProcessRollouts(self.lens, self.processor, max_new_tokens=cfg.max_completion_length,
+                                             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                                             gather=gather)
+        self.greedy = InProcessRollouts(self.lens, self.processor, max_new_tokens=cfg.max_completion_length,
+                                        do_sample=False, gather=gather)
+        schedule = Schedule(tuple(len(d) for d in datasets), tuple(s.ratio for s in cfg.datasets), cfg.seed,
+                            cfg.global_batch_size, run.per_device, run.world, run.accum)
+        self.datasets, self.val_records = datasets, val_records
+        self.positions = schedule.rank_positions(run.rank, run.start_step, run.steps)
+        self.cursor = 0
+
+    def rollout(self, run: Run, step: int) -> tuple[ScoredRollout | None, dict[str, float]]:
+        """The next micro-batch's prompts -> sampled, scored answers (None when none of its samples loads)."""
+        cfg, times = run.cfg, {"generate": 0.0, "context_sam": 0.0, "rewards": 0.0}
+        records = [self.datasets[k][i] for k, i in self.positions[self.cursor:self.cursor + run.per_device]]
+        self.cursor += run.per_device
+        prompts, failed = prepare_prompts(records, self.processor, self.lens.lens_config, cfg.max_prompt_length)
+        log_failed_samples(run.failed_log, step + 1, failed)
         if prompts is None:
-            prompts, _ = prepare_prompts([records[0]], processor, lens.lens_config, cfg.max_prompt_length)
-            real = False
-        with gathered(engine.module, cfg.zero_stage):
-            ro = generate_rollouts(lens, processor, prompts, 1, do_sample=False, **greedy)
-        if real:
+            return None, times
+        # generate in eval mode (activation checkpointing would switch the KV cache off), but keep SAM2's
+        # decoder in train mode so the rewarded masks are the ones the mask loss trains (single-mask token,
+        # no eval-time stability fallback), as in the released training
+        run.engine.eval()
+        self.lens.sam.sam_mask_decoder.train()
+        ro = self.sampler.generate(prompts, cfg.num_generations)
+        self.train_mode(run)
+        times["generate"] += ro.timings.get("generate", 0.0)
+        times["context_sam"] += ro.timings.get("context_sam", 0.0)
+        start = time.perf_counter()
+        item = score_rollout(prompts, ro, cfg, self.lens.lens_config.prompt.answer_format)
+        if self.reference is not None:
+            item.ref_logp = reference_logp(self.reference, ro, prompts, cfg.temperature)
+        if cfg.num_iterations > 1:
+            with torch.no_grad():
+                item.old_logp = policy_forward(run.engine, item, cfg.temperature, False)[0].detach()
+        times["rewards"] += time.perf_counter() - start
+        return item, times
+
+    def step(self, run: Run, step: int) -> StepResult:
+        cfg = run.cfg
+        # Sampling randomness is a function of (seed, step, rank): a resumed run draws the same answers.
+        torch.manual_seed(cfg.seed * 1_000_003 + step * run.world + run.rank)
+        self.sampler.policy_version = step  # weights change once per step (vLLM syncs them once)
+        timings = {"generate": 0.0, "context_sam": 0.0, "rewards": 0.0, "train": 0.0}
+        items: list[ScoredRollout | None] = []
+        for _ in range(run.accum):  # ---- rollouts of every micro-batch of this step
+            item, times = self.rollout(run, step)
+            for key, value in times.items():
+                timings[key] += value
+            items.append(item)
+        start = time.perf_counter()
+        parts: dict[str, float] = {}
+        for _ in range(cfg.num_iterations):  # ---- updates (one optimizer step per pass over the micro-batches)
+            for item in items:
+                if item is None:
+                    losses = {"loss": zero_loss(run.engine)}
+                else:
+                    losses = micro_loss(run.engine, item, cfg, vision_grad=self.mllm_trained)
+                run.update(losses["loss"], step)
+                for key, value in losses.items():
+                    parts[key] = parts.get(key, 0.0) + float(value.detach()) / (len(items) * cfg.num_iterations)
+        timings["train"] = time.perf_counter() - start
+        self.scored = [it for it in items if it is not None]
+        return StepResult(parts, sum(len(it.rewards) for it in self.scored), timings)
+
+    def statistics(self, run: Run, result: StepResult) -> dict[str, float]:
+        return step_statistics(self.scored, run.world, run.device)
+
+    def report(self, run: Run, done: int, values: dict[str, float]) -> tuple[dict[str, str], str]:
+        postfix = dict(reward=f"{values['reward']:.3f}", kl=f"{values.get('kl', 0.0):.4f}")
+        names = ", ".join(f"{k} {values['reward_' + k]:.3f}" for k in run.cfg.reward_weights)
+        line = (f"step {done}/{run.steps} reward {values['reward']:.4f} ({names}) mask IoU {values['mask_iou']:.3f} "
+                f"box IoU {values['box_iou']:.3f} kl {values.get('kl', 0.0):.4g} clip "
+                f"{values.get('clip_fraction', 0.0):.3f} len {values['completion_length']:.1f} loss "
+                f"{values['loss']:.4f} seg {values.get('seg', 0.0):.4f}")
+        return postfix, line
+
+    def has_validation(self) -> bool:
+        return bool(self.val_records)
+
+    @torch.no_grad()
+    def validate(self, run: Run) -> dict:
+        """Greedy answers on the validation prompts (one per prompt), sharded over ranks; gIoU/cIoU from
+        intersections and unions summed over ranks, and the mean reward."""
+        cfg, records = run.cfg, self.val_records
+        answer_format = self.lens.lens_config.prompt.answer_format
+
+        def score_one(index: int, real: bool):
+            prompts, _ = prepare_prompts([records[index]], self.processor, self.lens.lens_config, cfg.max_prompt_length)
+            if prompts is None:
+                prompts, _ = prepare_prompts([records[0]], self.processor, self.lens.lens_config, cfg.max_prompt_length)
+                real = False
+            ro = self.greedy.generate(prompts, 1)
+            if not real:
+                return None, [0.0, 0.0]
             sample = rollout_samples(prompts, ro, answer_format)
-            metrics.add(score_sample(sample[0].pred_mask, sample[0].gt_mask))
-            reward_sum += float(score(sample, dict(cfg.reward_weights))[0][0])
-            n_reward += 1
-    engine.train()
-    lens.sam.image_encoder.eval()
-    totals = all_sum(torch.tensor(np.append(metrics.to_array(), [reward_sum, n_reward]), dtype=torch.float64,
-                                  device=device), world)
-    summary = SplitMetrics.from_array(totals[:-2].cpu().numpy()).summary()
-    return {"gIoU": summary["gIoU"], "cIoU": summary["cIoU"], "n": summary["n"],
-            "reward": float(totals[-2] / max(float(totals[-1]), 1.0))}
+            reward = float(score(sample, dict(cfg.reward_weights))[0][0])
+            return score_sample(sample[0].pred_mask, sample[0].gt_mask), [reward, 1.0]
+
+        summary, (reward_sum, n_reward) = sharded_validation(len(records), run, score_one, 2)
+        return {"gIoU": summary["gIoU"], "cIoU": summary["cIoU"], "n": summary["n"],
+                "reward": float(reward_sum / max(float(n_reward), 1.0))}
+
+    def report_validation(self, done: int, val: dict) -> str:
+        return (f"step {done} validation (greedy): gIoU {val['gIoU']:.4f} cIoU {val['cIoU']:.4f} reward "
+                f"{val['reward']:.4f} ({int(val['n'])} samples)")
+
+    def done_message(self, run: Run) -> str:
+        return f"done: model in {run.out / 'final'}; curves in {run.out / 'curves.png'} (lens plot-run {run.out})"
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    return stage_main(argv, "python -m training.grpo", __doc__, "training/configs/grpo.yaml",
+                      "beta=0 num_generations=4", train)
+
+
+def train(args) -> int:
+    return run_stage(GRPOStage(), args)
 
 
 if __name__ == "__main__":

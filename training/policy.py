@@ -54,21 +54,21 @@ class PolicyModel(nn.Module):
 
     def forward(self, sequences: torch.Tensor, attention_mask: torch.Tensor, mm_token_type_ids: torch.Tensor,
                 pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, rows: torch.Tensor, prompt_length: int,
-                sam_features: SamImageFeatures, context_pass: str, temperature: float,
+                sam_features: SamImageFeatures, temperature: float,
                 vision_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """sequences (K·G, P+T) with `rows` (K·G,) naming each row's image among the K in pixel_values /
         image_grid_thw (K, 3) and sam_features (K images, frozen encoder) -> log-probs (K·G, T) float32 and
-        low-res mask logits (K·G, 1, S/4, S/4)."""
+        low-res mask logits (K·G, 1, S/4, S/4). The query states follow the model's context pass."""
         lens = self.lens
         ctx = ContextInputs(sequences, attention_mask, mm_token_type_ids, image_grid_thw[rows])
         with torch.set_grad_enabled(vision_grad and torch.is_grad_enabled()):
             image_outputs = lens.encode_mllm_images(pixel_values.to(lens.dtype), image_grid_thw, rows)
-        if context_pass == "cached":  # queries continue the sampling positions: one pass gives both
+        if lens.query_positions == "mrope":  # queries continue the sampling positions: one pass gives both
             queries = lens.context.query_embeds(sequences.shape[0], lens.dtype)
             logp, states = sequence_logprobs(lens.mllm, ctx, image_outputs, prompt_length, temperature, queries)
-        else:  # released checkpoints: log-probs under M-RoPE (as sampled), query states under 1-D positions
+        else:  # released checkpoints: log-probs under M-RoPE (as sampled), query states at their own positions
             logp, _ = sequence_logprobs(lens.mllm, ctx, image_outputs, prompt_length, temperature)
-            states = lens.query_states_full(ctx, image_outputs, positions="1d")
+            states = lens.query_states_full(ctx, image_outputs, lens.query_positions)
         low_res, _ = lens.masks_from_query_states(states, sam_features.select(rows))
         return logp, low_res
 

@@ -1,7 +1,7 @@
 """Stage-2 (GRPO) rewards: one float per sampled completion, from its text and its context pass's mask.
 
 Paper: r = r_format + r_box + r_seg, each weighted 1.0 (`DEFAULT_REWARD_WEIGHTS`).
-- format:      1 when the completion follows its answer format's template (`parse_answer(...).format_ok`).
+- format:      1 when the completion follows its answer format's template (`answer.format_ok`).
 - box_iou:     IoU(predicted box, GT box)², the box parsed as at inference (incl. the released fallback to the
                first [a,b,c,d] / (a,b,c,d) / (a,b),(c,d) in the text), both in the MLLM image's pixels.
 - segment_iou: IoU(predicted mask, GT mask)² at the original image size.
@@ -17,11 +17,14 @@ import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
-from lens_model.answer import ANSWER_FORMATS, Box, box_iou, parse_answer
+from lens_model.answer import ANSWER_FORMATS, Box, ParsedAnswer, parse_answer
+from lens_model.answer import box_iou as boxes_iou
 from lens_model.errors import LensError
+from lens_model.metrics import score_sample
 
 RewardFn = Callable[["RolloutSample"], float]
 
@@ -36,6 +39,7 @@ class RolloutSample:
     gt_mask: np.ndarray  # (H, W) bool at the original image size
     pred_mask: np.ndarray  # (H, W) bool, the mask from this completion's context pass
     expression: str = ""
+    answer: ParsedAnswer | None = None  # `text` parsed with `answer_format` (parsed here when not given)
 
     def __post_init__(self) -> None:
         if self.answer_format not in ANSWER_FORMATS:
@@ -44,6 +48,23 @@ class RolloutSample:
             if len(self.gt_box) != 4:
                 raise LensError(f"RolloutSample.gt_box must be (x1, y1, x2, y2), got {self.gt_box!r}")
             self.gt_box = tuple(float(v) for v in self.gt_box)
+        if self.answer is None:
+            self.answer = parse_answer(self.text, self.answer_format)
+
+    @cached_property
+    def mask_iou(self) -> float:
+        """IoU(pred_mask, gt_mask), computed once; both empty -> 1 (the gIoU metric's convention)."""
+        pred, gt = np.asarray(self.pred_mask), np.asarray(self.gt_mask)
+        if pred.shape != gt.shape:
+            raise ValueError(f"pred_mask shape {pred.shape} does not match gt_mask shape {gt.shape}")
+        return score_sample(pred, gt).iou
+
+    @cached_property
+    def box_iou(self) -> float | None:
+        """IoU(answer's box, gt_box), computed once; None when either box is missing."""
+        if self.answer.box is None or self.gt_box is None:
+            return None
+        return boxes_iou(self.answer.box, self.gt_box)
 
 
 # ------------------------------------------------------------------------------------------------ registry
@@ -100,7 +121,7 @@ def resolve_reward(name: str) -> RewardFn:
 @register_reward("format")
 def format_reward(s: RolloutSample) -> float:
     """1 when the completion follows the answer format's template, else 0."""
-    return 1.0 if parse_answer(s.text, s.answer_format).format_ok else 0.0
+    return 1.0 if s.answer.format_ok else 0.0
 
 
 @register_reward("box_iou")
@@ -110,25 +131,15 @@ def box_iou_reward(s: RolloutSample) -> float:
     gt_box None is an empty target (nothing to ground): 1 when the completion gives no box either, else 0 —
     the same rule as the box-accuracy metric's `box_hit`.
     """
-    box = parse_answer(s.text, s.answer_format).box
     if s.gt_box is None:
-        return 1.0 if box is None else 0.0
-    if box is None:
-        return 0.0
-    return box_iou(box, s.gt_box) ** 2
+        return 1.0 if s.answer.box is None else 0.0
+    return 0.0 if s.box_iou is None else s.box_iou ** 2
 
 
 @register_reward("segment_iou")
 def segment_iou_reward(s: RolloutSample) -> float:
     """IoU(pred_mask, gt_mask)²; both empty -> 1 (the gIoU metric's convention)."""
-    pred, gt = np.asarray(s.pred_mask), np.asarray(s.gt_mask)
-    if pred.shape != gt.shape:
-        raise ValueError(f"pred_mask shape {pred.shape} does not match gt_mask shape {gt.shape}")
-    pred, gt = pred.astype(bool, copy=False), gt.astype(bool, copy=False)
-    union = int(np.count_nonzero(pred | gt))
-    if union == 0:
-        return 1.0
-    return (int(np.count_nonzero(pred & gt)) / union) ** 2
+    return s.mask_iou ** 2
 
 
 DEFAULT_REWARD_WEIGHTS: dict[str, float] = {"format": 1.0, "box_iou": 1.0, "segment_iou": 1.0}

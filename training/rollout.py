@@ -1,27 +1,32 @@
 """GRPO rollouts: G sampled answers per prompt in one batched `generate`, and the mask of each answer.
 
-For K prompts (one image each) of a micro-batch:
-    MLLM vision encoder: once per image (K)        -> reused by generate and the context pass
-    generate: K·G rows (each prompt repeated G times), sampling, KV cache
-    context pass per row: the checkpoint's mode (cached: reuses the generation cache; official: 1-D re-pass)
-    SAM2 image encoder: once per image (K)          -> selected per row for the decoder
+For K prompts (one image each) of a micro-batch, each prompt repeated G times (K·G rows), the shared step
+`lens_model.generation.generate_and_segment` runs: vision encoder once per image, sampling with a KV cache,
+the checkpoint's context pass, SAM2 image encoder once per image, masks at each image's original size.
 Everything here runs without autograd; the training forward recomputes what needs gradients.
+
+A sampler is anything with `generate(prompts: PromptBatch, group_size: int) -> Rollout` (`RolloutSampler`):
+`InProcessRollouts` here (transformers' `generate`) and `training.vllm_rollout.VLLMRollouts`.
 """
 from __future__ import annotations
 
-import time
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ContextManager, Protocol
 
 import numpy as np
 import torch
 
-from lens_model.answer import rescale_box
+from lens_model.answer import ParsedAnswer, rescale_box
 from lens_model.config import LensConfig
 from lens_model.data import Record
 from lens_model.errors import LensError
-from lens_model.modeling import ContextInputs, LensModel, completion_mask
-from lens_model.pipeline import build_chat, mllm_image
-from lens_model.sam import SamImageFeatures, preprocess_for_sam, upsample_logits
+from lens_model.generation import Completions, GenerationOutput, PromptRows, check_context_pass, generate_and_segment
+from lens_model.modeling import LensModel
+from lens_model.prompting import build_chat, mllm_image, special_token_ids
+from lens_model.sam import SamImageFeatures, preprocess_for_sam
+from lens_model.timing import StageTimer
 
 from .data import load_sample
 
@@ -45,7 +50,8 @@ class PromptBatch:
         return len(self.records)
 
 
-def prepare_prompts(records: list[Record], processor, lens_config: LensConfig, max_prompt_length: int) -> tuple[PromptBatch | None, list[tuple[str, str]]]:
+def prepare_prompts(records: list[Record], processor, lens_config: LensConfig,
+                    max_prompt_length: int) -> tuple[PromptBatch | None, list[tuple[str, str]]]:
     """Records -> PromptBatch of the usable ones, and (sample_id, error) for the others."""
     chats, images, rgbs, masks, boxes, sizes, kept, failed = [], [], [], [], [], [], [], []
     for record in records:
@@ -92,76 +98,125 @@ class Rollout:
     completion_mask: torch.Tensor  # (K·G, T)
     prompt_length: int  # P
     texts: list[str]  # K·G decoded completions
+    answers: list[ParsedAnswer]  # K·G answers parsed once with the model's answer format
     pred_masks: list[np.ndarray]  # K·G masks at the original image sizes
     sam_features: SamImageFeatures  # per image (K), detached
     rows: torch.Tensor  # (K·G,) image (prompt) index of each row
     truncated: torch.Tensor  # (K·G,) bool: hit max_completion_length without an end token
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: generate, context_sam (+ vLLM's sync_weights)
 
     @property
     def completion_ids(self) -> torch.Tensor:  # (K·G, T)
         return self.sequences[:, self.prompt_length:]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class RolloutSampler(Protocol):
+    """What the GRPO trainer samples with; `policy_version` changes when the policy's weights do."""
+
+    policy_version: int | None
+
+    def generate(self, prompts: PromptBatch, group_size: int) -> Rollout: ...
 
 
-def answer_masks(model: LensModel, states: torch.Tensor, prompts: PromptBatch,
-                 rows: torch.Tensor) -> tuple[list[np.ndarray], SamImageFeatures]:
-    """Query states (K·G, N, hidden) -> each answer's mask at its image's original size, and the SAM2 features
-    of the K images (the image encoder runs once per image; rows select their image's features)."""
-    features = model.encode_sam_images(prompts.sam_images.to(model.device))
-    low_res, _ = model.masks_from_query_states(states, features.select(rows))
-    masks = [(upsample_logits(low_res[r:r + 1], prompts.gt_masks[i].shape)[0] > 0).cpu().numpy()
-             for r, i in enumerate(rows.tolist())]
-    return masks, features
+def prompt_rows(prompts: PromptBatch, group_size: int) -> PromptRows:
+    """K prompts -> K·G generation rows (each prompt repeated G times, images kept once each)."""
+    rows = torch.arange(len(prompts)).repeat_interleave(group_size)  # (K·G,)
+    return PromptRows(prompts.input_ids[rows], prompts.attention_mask[rows], prompts.mm_token_type_ids[rows],
+                      prompts.pixel_values, prompts.image_grid_thw, rows, prompts.sam_images,
+                      [mask.shape for mask in prompts.gt_masks])
+
+
+def rollout_from_output(out: GenerationOutput, group_size: int, rows: torch.Tensor,
+                        timings: dict[str, float]) -> Rollout:
+    sam = out.sam_features
+    features = SamImageFeatures(sam.image_embed.detach(), [f.detach() for f in sam.high_res_feats])
+    return Rollout(group_size, out.sequences, out.attention_mask, out.mm_token_type_ids, out.completion_mask,
+                   out.prompt_length, out.texts, out.answers, out.masks, features, rows.to(out.sequences.device),
+                   ~out.ended, timings)
 
 
 @torch.no_grad()
 def generate_rollouts(model: LensModel, processor, prompts: PromptBatch, group_size: int, max_new_tokens: int,
                       temperature: float, top_p: float, top_k: int, eos_token_ids: list[int], pad_token_id: int,
-                      context_pass: str, do_sample: bool = True) -> Rollout:
-    device = model.device
-    times: dict[str, float] = {}
-    start = time.perf_counter()
+                      context_pass: str | None = None, do_sample: bool = True) -> Rollout:
+    """K prompts -> K·G answers sampled by the model itself (greedy with do_sample=False), with their masks.
+    `context_pass`, when given, must be the model's own (the model decides: `LensModel.query_states`)."""
+    check_context_pass(model, context_pass)
+    timer = StageTimer(model.device)
+    rows = prompt_rows(prompts, group_size)
+    sampling = (dict(temperature=temperature, top_p=top_p, top_k=top_k or None) if do_sample else
+                dict(temperature=None, top_p=None, top_k=None))
+    out = generate_and_segment(model, processor.tokenizer, rows, pad_token_id, eos_token_ids, timer=timer,
+                               generation_kwargs=dict(max_new_tokens=max_new_tokens, do_sample=do_sample, **sampling))
+    timings = {"generate": timer.total(("mllm_vision", "generate")),
+               "context_sam": timer.total(("context", "sam_encode", "sam_decode"))}
+    return rollout_from_output(out, group_size, rows.rows, timings)
+
+
+@torch.no_grad()
+def rollout_from_completions(lens: LensModel, processor, prompts: PromptBatch, completions: list[list[list[int]]], *,
+                             eos_token_ids: list[int], pad_token_id: int, context_pass: str | None = None,
+                             max_new_tokens: int | None = None, timings: dict[str, float] | None = None) -> Rollout:
+    """Completion token ids from any sampler -> the `Rollout` the in-process sampler would have built.
+
+    completions[k][g] is the g-th answer to prompt k (plain ints; anything after its first end token is
+    dropped, so padding may be left on). The result: sequences = our left-padded prompt ids (each prompt
+    repeated G times) + completions right-padded with pad_token_id to the longest one; completion_mask 1 up to
+    and including the first end token and never on padding; truncated = no end token; masks from a full
+    context pass at the model's positions (no KV cache to reuse).
+    """
+    check_context_pass(lens, context_pass)
     k = len(prompts)
-    rows = torch.arange(k, device=device).repeat_interleave(group_size)  # (K·G,)
-    grid = prompts.image_grid_thw.to(device)
-    image_outputs = model.encode_mllm_images(prompts.pixel_values.to(device, model.dtype), grid, rows)
-    ids = prompts.input_ids.to(device)[rows]
-    attention = prompts.attention_mask.to(device)[rows]
-    types = prompts.mm_token_type_ids.to(device)[rows]
-    gen = model.mllm.generate(
-        input_ids=ids, attention_mask=attention, mm_token_type_ids=types, image_grid_thw=grid[rows],
-        mm_encoder_outputs={"image": image_outputs}, max_new_tokens=max_new_tokens, do_sample=do_sample,
-        **(dict(temperature=temperature, top_p=top_p, top_k=top_k or None) if do_sample else
-           dict(temperature=None, top_p=None, top_k=None)), eos_token_id=eos_token_ids,
-        pad_token_id=pad_token_id, return_dict_in_generate=True, use_cache=True,
-    )
-    _sync(device)
-    times["generate"] = time.perf_counter() - start
-    start = time.perf_counter()
-    prompt_length = ids.shape[1]
-    completion = gen.sequences[:, prompt_length:]
-    valid = completion_mask(completion, eos_token_ids)
-    ended = torch.isin(completion, torch.tensor(eos_token_ids, device=device)).any(1)
-    ctx = ContextInputs(gen.sequences, torch.cat([attention, valid], 1),
-                        torch.cat([types, torch.zeros_like(completion)], 1), grid[rows])
-    if context_pass == "cached":
-        states = model.query_states_cached(ctx, gen.cache)
-    else:
-        states = model.query_states_full(ctx, image_outputs, positions="1d")
-    masks, features = answer_masks(model, states, prompts, rows)
-    _sync(device)
-    times["context_sam"] = time.perf_counter() - start
-    drop = {pad_token_id, *eos_token_ids}
-    texts = [processor.tokenizer.decode([t for t in row.tolist() if t not in drop], skip_special_tokens=False)
-             for row in completion]
-    return Rollout(group_size, gen.sequences, ctx.attention_mask, ctx.mm_token_type_ids, valid, prompt_length, texts,
-                   masks, SamImageFeatures(features.image_embed.detach(), [f.detach() for f in features.high_res_feats]),
-                   rows, ~ended, times)
+    if len(completions) != k:
+        raise ValueError(f"{len(completions)} completion groups for {k} prompts")
+    group_size = len(completions[0]) if completions else 0
+    if group_size == 0 or any(len(group) != group_size for group in completions):
+        raise ValueError(f"every prompt needs the same number (>= 1) of completions; got "
+                         f"{[len(group) for group in completions]}")
+    timer = StageTimer(lens.device)
+    eos = set(eos_token_ids)
+    answers = [cut_completion(ids, eos, max_new_tokens) for group in completions for ids in group]
+    width = max(len(a) for a in answers)
+    ids = torch.full((len(answers), width), pad_token_id, dtype=torch.long)  # (K·G, T)
+    for r, answer in enumerate(answers):
+        ids[r, :len(answer)] = torch.tensor(answer, dtype=torch.long)
+    rows = prompt_rows(prompts, group_size)
+    out = generate_and_segment(lens, processor.tokenizer, rows, pad_token_id, eos_token_ids, timer=timer,
+                               completions=Completions(ids, torch.tensor([len(a) for a in answers])))
+    times = dict(timings or {})
+    times["context_sam"] = timer.total(("mllm_vision", "context", "sam_encode", "sam_decode"))
+    return rollout_from_output(out, group_size, rows.rows, times)
+
+
+def cut_completion(ids: list[int], eos: set[int], max_new_tokens: int | None) -> list[int]:
+    """Up to and including the first end token, at most max_new_tokens tokens."""
+    ids = [int(t) for t in ids]
+    if max_new_tokens is not None:
+        ids = ids[:max_new_tokens]
+    for j, token in enumerate(ids):
+        if token in eos:
+            return ids[:j + 1]
+    return ids
+
+
+class InProcessRollouts:
+    """`RolloutSampler` over the policy itself (transformers' `generate`). `gather`: a context-manager factory
+    that makes the full weights available while sampling (ZeRO-3), e.g. `training.engine.gathered`."""
+
+    def __init__(self, model: LensModel, processor, *, max_new_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, top_k: int = 0, do_sample: bool = True,
+                 gather: Callable[[], ContextManager] | None = None) -> None:
+        self.model, self.processor = model, processor
+        self.pad_token_id, self.eos_token_ids = special_token_ids(processor.tokenizer)
+        self.options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                            do_sample=do_sample)
+        self.gather = gather or contextlib.nullcontext
+        self.policy_version: int | None = None  # the weights are the policy's own: nothing to sync
+
+    def generate(self, prompts: PromptBatch, group_size: int) -> Rollout:
+        with self.gather():
+            return generate_rollouts(self.model, self.processor, prompts, group_size, eos_token_ids=self.eos_token_ids,
+                                     pad_token_id=self.pad_token_id, **self.options)
 
 
 def sequential_rollouts(model: LensModel, processor, prompts: PromptBatch, group_size: int, **kwargs) -> list[Rollout]:

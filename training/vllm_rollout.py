@@ -4,11 +4,9 @@ For K prompts of a micro-batch (one image each), `VLLMRollouts.generate(prompts,
     sync the policy's Qwen-VL weights into the engine (when the policy changed, see `policy_version`)
     vLLM: K requests {chat text, smart-resized image}, SamplingParams(n=G, ...) -> K·G completion token ids
     check that vLLM's prompt tokens equal ours (same number of image placeholders, see below)
-    `rollout_from_completions`: our prompt ids + vLLM's completion ids -> the same `Rollout` tensors as the
-        in-process backend (training.rollout.generate_rollouts); the masks come from a full context pass
-        (vLLM keeps no KV cache we could reuse): MLLM vision encoder once per image, one LLM pass over
-        prompt + completion + queries (1-D positions for `official` checkpoints, M-RoPE for `cached` ones),
-        SAM2 image encoder once per image, upsampled to each GT mask, logit > 0.
+    `training.rollout.rollout_from_completions`: our prompt ids + vLLM's completion ids -> the same `Rollout` as
+        the in-process sampler, through the same step (`lens_model.generation.generate_and_segment`); the masks
+        come from a full context pass at the model's positions (vLLM keeps no KV cache we could reuse).
 
 Prompt alignment. Our processor expands the chat's single <|image_pad|> into one token per merged patch
 (image_grid_thw.prod() / merge_size²); vLLM's Qwen2.5-VL input processor does the same expansion from the
@@ -33,27 +31,25 @@ code's usage and is exercised here only with a stand-in engine (tests/test_vllm_
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-import time
 import weakref
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from lens_model.config import CONTEXT_PASS_MODES
 from lens_model.errors import LensError
 from lens_model.image_io import load_image
-from lens_model.modeling import MLLM_CLASSES, ContextInputs, LensModel, completion_mask
-from lens_model.pipeline import build_chat, mllm_image, special_token_ids
-from lens_model.sam import SamImageFeatures
+from lens_model.modeling import MLLM_CLASSES, LensModel
+from lens_model.prompting import build_chat, mllm_image, special_token_ids
+from lens_model.timing import StageTimer
 
-from .rollout import PromptBatch, Rollout, answer_masks
+from .engine import gathered
+from .rollout import PromptBatch, Rollout, rollout_from_completions
 
 log = logging.getLogger("training.vllm_rollout")
 
@@ -61,80 +57,6 @@ INSTALL_HINT = "rollout_backend=vllm needs vLLM on a CUDA machine: pip install v
 _DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 # Where the released code and TRL's colocate mode reach the engine's nn.Module (in-process executor).
 _MODEL_PATH = "llm.llm_engine.model_executor.driver_worker.model_runner.model"
-
-
-def _sync_device(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _cut_completion(ids: list[int], eos: set[int], max_new_tokens: int | None) -> list[int]:
-    """Up to and including the first end token, at most max_new_tokens tokens."""
-    ids = [int(t) for t in ids]
-    if max_new_tokens is not None:
-        ids = ids[:max_new_tokens]
-    for j, token in enumerate(ids):
-        if token in eos:
-            return ids[:j + 1]
-    return ids
-
-
-@torch.no_grad()
-def rollout_from_completions(lens: LensModel, processor, prompts: PromptBatch, completions: list[list[list[int]]], *,
-                             eos_token_ids: list[int], pad_token_id: int, context_pass: str,
-                             max_new_tokens: int | None = None, timings: dict[str, float] | None = None) -> Rollout:
-    """Completion token ids from any sampler -> the `Rollout` the in-process backend would have built.
-
-    completions[k][g] is the g-th answer to prompt k (plain ints; anything after its first end token is
-    dropped, so padding may be left on). The result: sequences = our left-padded prompt ids (each prompt
-    repeated G times) + completions right-padded with pad_token_id to the longest one; completion_mask 1 up to
-    and including the first end token (`completion_mask`) and never on padding; truncated = no end token;
-    texts decoded as training.rollout does; masks from a full context pass (see the module docstring).
-    """
-    if context_pass not in CONTEXT_PASS_MODES:
-        raise ValueError(f"context_pass must be one of {CONTEXT_PASS_MODES}, got {context_pass!r}")
-    k = len(prompts)
-    if len(completions) != k:
-        raise ValueError(f"{len(completions)} completion groups for {k} prompts")
-    group_size = len(completions[0]) if completions else 0
-    if group_size == 0 or any(len(group) != group_size for group in completions):
-        raise ValueError(f"every prompt needs the same number (>= 1) of completions; got "
-                         f"{[len(group) for group in completions]}")
-    device = lens.device
-    times = dict(timings or {})
-    start = time.perf_counter()
-    eos = set(eos_token_ids)
-    answers = [_cut_completion(ids, eos, max_new_tokens) for group in completions for ids in group]
-    width = max(len(a) for a in answers)
-    completion = torch.full((len(answers), width), pad_token_id, dtype=torch.long)
-    for r, ids in enumerate(answers):
-        completion[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-    completion = completion.to(device)
-    lengths = torch.tensor([len(a) for a in answers], device=device)
-    within = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
-    # completion_mask alone would also count a pad token as an end token when pad is one (Qwen's
-    # <|endoftext|>) after an answer that stopped without one; `within` keeps padding out.
-    valid = completion_mask(completion, eos_token_ids) * within
-    ended = torch.tensor([bool(a) and a[-1] in eos for a in answers], device=device)
-
-    rows = torch.arange(k, device=device).repeat_interleave(group_size)
-    grid = prompts.image_grid_thw.to(device)
-    ids = prompts.input_ids.to(device)[rows]
-    attention = prompts.attention_mask.to(device)[rows]
-    types = prompts.mm_token_type_ids.to(device)[rows]
-    sequences = torch.cat([ids, completion], 1)
-    ctx = ContextInputs(sequences, torch.cat([attention, valid], 1),
-                        torch.cat([types, torch.zeros_like(completion)], 1), grid[rows])
-    image_outputs = lens.encode_mllm_images(prompts.pixel_values.to(device, lens.dtype), grid, rows)
-    states = lens.query_states_full(ctx, image_outputs, positions="1d" if context_pass == "official" else "mrope")
-    masks, features = answer_masks(lens, states, prompts, rows)
-    _sync_device(device)
-    times["context_sam"] = time.perf_counter() - start
-    drop = {pad_token_id, *eos_token_ids}
-    texts = [processor.tokenizer.decode([t for t in a if t not in drop], skip_special_tokens=False) for a in answers]
-    return Rollout(group_size, sequences, ctx.attention_mask, ctx.mm_token_type_ids, valid, ids.shape[1], texts, masks,
-                   SamImageFeatures(features.image_embed.detach(), [f.detach() for f in features.high_res_feats]),
-                   rows, ~ended, times)
 
 
 def check_prompt_alignment(prompts: PromptBatch, engine_prompt_ids: list[list[int] | None], image_token_id: int) -> int:
@@ -220,7 +142,6 @@ class VLLMRollouts:
         self.lens = lens
         self.processor = processor
         self.device = torch.device(device)
-        self.context_pass = lens.lens_config.context_pass
         self.pad_token_id, self.eos_token_ids = special_token_ids(processor.tokenizer)
         self.image_token_id = lens.mllm.config.image_token_id
         self.policy_version: int | None = None
@@ -299,11 +220,7 @@ class VLLMRollouts:
         self._synced_version = self.policy_version
 
     def _gathered(self):
-        if getattr(self.cfg, "zero_stage", 0) != 3:
-            return contextlib.nullcontext()
-        from .grpo import gathered
-
-        return gathered(self.lens, 3)
+        return gathered(self.lens, getattr(self.cfg, "zero_stage", 0))
 
     def close(self) -> None:
         """Remove the engine's temporary directory (also done when this object is collected)."""
@@ -331,22 +248,19 @@ class VLLMRollouts:
     @torch.no_grad()
     def generate(self, prompts: PromptBatch, group_size: int) -> Rollout:
         """K prompts -> K·G sampled answers with their masks (row r belongs to prompt r // G)."""
-        start = time.perf_counter()
-        times: dict[str, float] = {}
-        if self.policy_version is None or self.policy_version != self._synced_version:
-            self.sync_weights()
-            times["sync_weights"] = time.perf_counter() - start
-        outputs = self.llm.generate(self.requests(prompts), sampling_params=self.sampling_params(group_size),
-                                    use_tqdm=False)
+        timer = StageTimer(self.device)
+        with timer.stage("generate"):  # weight sync + sampling
+            if self.policy_version is None or self.policy_version != self._synced_version:
+                with timer.stage("sync_weights"):
+                    self.sync_weights()
+            outputs = self.llm.generate(self.requests(prompts), sampling_params=self.sampling_params(group_size),
+                                        use_tqdm=False)
         eos = set(self.eos_token_ids)
         completions, engine_prompt_ids = _engine_completions(outputs, len(prompts), group_size, eos)
         if check_prompt_alignment(prompts, engine_prompt_ids, self.image_token_id) == 0 and not self._unchecked_warned:
             log.warning("vLLM reported no prompt token ids: cannot check that its image placeholders match ours")
             self._unchecked_warned = True
-        _sync_device(self.device)
-        times["generate"] = time.perf_counter() - start  # weight sync + sampling
         with self._gathered():
             return rollout_from_completions(
                 self.lens, self.processor, prompts, completions, eos_token_ids=self.eos_token_ids,
-                pad_token_id=self.pad_token_id, context_pass=self.context_pass,
-                max_new_tokens=self.cfg.max_completion_length, timings=times)
+                pad_token_id=self.pad_token_id, max_new_tokens=self.cfg.max_completion_length, timings=timer.times)

@@ -6,7 +6,7 @@ the library's (`lens_model.vocab`); reward names live with the reward registry (
 """
 from __future__ import annotations
 
-# Parts of a LensModel that a stage can train (training.align.TRAINABLE_MODULES maps them to submodules).
+# Parts of a LensModel that a stage can train (training.runner.TRAINABLE_MODULES maps them to submodules).
 TRAINABLE_PARTS = ("context", "sam_decoder", "sam_prompt_encoder", "mllm")
 # Per-pixel term of the mask loss: bce (released code) | focal (the paper).
 PIXEL_LOSSES = ("bce", "focal")

@@ -1,0 +1,67 @@
+"""What goes into the MLLM and how its answer is read: the chat prompt, the image it sees, its special tokens,
+the decoded completion and the box in the original image.
+
+Shared by inference (`LensPipeline`), the training data (teacher-forced answers) and the GRPO rollouts, so that
+every caller builds exactly the prompt the released models were trained on.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .answer import Box, ParsedAnswer, clip_box, parse_answer, rescale_box, smart_resize
+from .config import LensConfig, PromptConfig
+
+
+def special_token_ids(tok) -> tuple[int, list[int]]:
+    """(padding id, end-of-answer ids) of a Qwen tokenizer: generation stops at <|im_end|> or <|endoftext|>."""
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
+    eos = sorted({tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")} - {None, tok.unk_token_id})
+    return pad, eos
+
+
+def build_chat(processor, prompt_config: PromptConfig, question_text: str) -> str:
+    """System + user turn (image, templated question) + the assistant header, as the released models saw it."""
+    question = prompt_config.question_template.format(question=question_text)
+    if not question.endswith("."):  # the released data pipeline ends every question with a period
+        question += "."
+    messages = [
+        {"role": "system", "content": prompt_config.system_prompt},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+    ]
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def mllm_image(rgb: np.ndarray, config: LensConfig, longest_side: int | None = None) -> Image.Image:
+    """HxWx3 uint8 -> the PIL image the MLLM sees: optionally capped to `longest_side`, then smart-resized
+    (multiples of 28 within the config's pixel bounds), so that box coordinates are pixels of this image."""
+    image = Image.fromarray(rgb)
+    if longest_side and max(image.size) != longest_side:
+        scale = longest_side / max(image.size)
+        image = image.resize((int(image.width * scale), int(image.height * scale)), Image.BICUBIC)
+    h, w = smart_resize(image.height, image.width, 28, config.min_pixels, config.max_pixels)
+    return image.resize((w, h), Image.BICUBIC)
+
+
+def decode_completions(tokenizer, completion: torch.Tensor, pad_token_id: int, eos_token_ids: list[int]) -> list[str]:
+    """(R, T) completion ids -> R texts without padding and end tokens (other special tokens kept)."""
+    drop = {pad_token_id, *eos_token_ids}
+    return [tokenizer.decode([t for t in row.tolist() if t not in drop], skip_special_tokens=False)
+            for row in completion]
+
+
+def box_in_image(parsed: ParsedAnswer, mllm_hw: tuple[int, int],
+                 image_hw: tuple[int, int]) -> tuple[Box | None, str | None]:
+    """A parsed answer's box (MLLM image pixels) -> (box in original-image pixels or None, why None)."""
+    if parsed.box is None:
+        return None, parsed.error
+    box = clip_box(rescale_box(parsed.box, mllm_hw, image_hw), image_hw)
+    return box, (None if box is not None else "box lies outside the image")
+
+
+def box_from_answer(text: str, answer_format: str, mllm_hw: tuple[int, int], image_hw: tuple[int, int]):
+    """Generated text -> (box in original-image pixels or None, why None, format followed)."""
+    parsed = parse_answer(text, answer_format)
+    box, error = box_in_image(parsed, mllm_hw, image_hw)
+    return box, error, parsed.format_ok
