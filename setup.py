@@ -3,6 +3,7 @@
 
 Works with `pip install -e .` (ML users) and `colcon build` (ROS 2 users).
 """
+
 from glob import glob
 from pathlib import Path
 
@@ -21,7 +22,10 @@ data_files = [
     ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
     (f"share/{PACKAGE}", ["package.xml"]),
 ]
-for folder, pattern in ((f"share/{PACKAGE}/launch", "launch/*.launch.py"), (f"share/{PACKAGE}/config", "config/*.yaml")):
+for folder, pattern in (
+    (f"share/{PACKAGE}/launch", "launch/*.launch.py"),
+    (f"share/{PACKAGE}/config", "config/*.yaml"),
+):
     if _existing(pattern):
         data_files.append((folder, _existing(pattern)))
 
@@ -55,7 +59,7 @@ setup(
     ],
     extras_require={
         # the export tests run ONNX Runtime; the ROS tests write and read rosbag2 files with rosbags
-        "test": ["pytest>=8", "onnx>=1.17", "onnxscript>=0.4", "onnxruntime>=1.20", "rosbags>=0.10.9"],
+        "test": ["pytest>=8", "onnx>=1.17", "onnxscript>=0.4", "onnxruntime>=1.20", "rosbags>=0.10.9", "ruff==0.17.6"],
         # lens bag (rosbag2 in/out without a ROS installation); the node itself uses the ROS 2 Python packages
         "ros": ["rosbags>=0.10.9"],
         # lens export (torch's dynamo ONNX exporter needs onnxscript) and --backend onnxruntime. TensorRT is not

@@ -1,5 +1,6 @@
 """Shared setup of the learning benchmarks: CPU DeepSpeed, offline hub, a work folder with synthetic scenes
 and a tiny untrained LENS (both kept between runs when --workdir is given)."""
+
 from __future__ import annotations
 
 import os

@@ -10,6 +10,7 @@ Times cover the LLM (and vision) work up to the N query states; the context head
 follow are identical in all three modes and excluded. Example:
     python benchmarks/context_pass.py --hidden 256 --layers 4 --new-tokens 64
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,7 +61,9 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256, help="LLM hidden size (default 256)")
     parser.add_argument("--layers", type=int, default=4, help="LLM layers (default 4)")
     parser.add_argument("--queries", type=int, default=64, help="context queries (default 64, as the paper)")
-    parser.add_argument("--image-size", default="448x448", help="HxW of the input image (default 448x448 = 256 image tokens)")
+    parser.add_argument(
+        "--image-size", default="448x448", help="HxW of the input image (default 448x448 = 256 image tokens)"
+    )
     parser.add_argument("--new-tokens", type=int, default=64, help="generated tokens, forced (default 64)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
@@ -80,8 +83,18 @@ def main() -> None:
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8))
     chat = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Output the bounding box of the red cup in the image."}]}],
-        tokenize=False, add_generation_prompt=True)
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image"},
+                    {"type": "text", "text": "Output the bounding box of the red cup in the image."},
+                ],
+            }
+        ],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     batch = processor(text=[chat], images=[image], return_tensors="pt").to(device)
     pixel_values = batch["pixel_values"].to(dtype)
     tok = processor.tokenizer
@@ -89,10 +102,18 @@ def main() -> None:
     with torch.inference_mode():
         image_outputs = model.encode_mllm_images(pixel_values, batch["image_grid_thw"])
         gen = model.mllm.generate(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], mm_token_type_ids=batch["mm_token_type_ids"],
-            image_grid_thw=batch["image_grid_thw"], mm_encoder_outputs={"image": image_outputs},
-            max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
-            eos_token_id=eos, pad_token_id=tok.pad_token_id, return_dict_in_generate=True)
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            mm_token_type_ids=batch["mm_token_type_ids"],
+            image_grid_thw=batch["image_grid_thw"],
+            mm_encoder_outputs={"image": image_outputs},
+            max_new_tokens=args.new_tokens,
+            min_new_tokens=args.new_tokens,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=tok.pad_token_id,
+            return_dict_in_generate=True,
+        )
         prompt_len = batch["input_ids"].shape[1]
         completion = gen.sequences[:, prompt_len:]
         ctx = ContextInputs(
@@ -107,13 +128,23 @@ def main() -> None:
         diff = (official.float() - reference.float()).abs().max().item()
 
         runs = {
-            "released-style": timed(lambda _: released_style_states(model, ctx, pixel_values, batch["image_grid_thw"]),
-                                    args.repeats, args.warmup, device),
-            "official": timed(lambda _: model.query_states_full(ctx, image_outputs, positions="1d"),
-                              args.repeats, args.warmup, device),
+            "released-style": timed(
+                lambda _: released_style_states(model, ctx, pixel_values, batch["image_grid_thw"]),
+                args.repeats,
+                args.warmup,
+                device,
+            ),
+            "official": timed(
+                lambda _: model.query_states_full(ctx, image_outputs, positions="1d"), args.repeats, args.warmup, device
+            ),
             # each run gets its own copy of the cache (the pass appends to it); copying is not timed
-            "cached": timed(lambda cache: model.query_states_cached(ctx, cache), args.repeats, args.warmup, device,
-                            setup=lambda: copy.deepcopy(gen.cache)),
+            "cached": timed(
+                lambda cache: model.query_states_cached(ctx, cache),
+                args.repeats,
+                args.warmup,
+                device,
+                setup=lambda: copy.deepcopy(gen.cache),
+            ),
         }
 
     print(f"device {device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}")

@@ -8,6 +8,7 @@ sixth of the image, with noise, holes and a distorted camera) it prints the time
 (erosion test, validity, back-projection) on a 64x64 crop, scaled to the mask's pixel count, and the ratio. Then
 the points per second of the PointCloud2 packing (cloud_fields) against a per-point struct.pack loop.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,9 +51,12 @@ def per_pixel_target(mask, depth, camera, erosion_px=2):
         for c in range(w):
             if not mask[r, c]:
                 continue
-            inside = all(0 <= r + dr < h and 0 <= c + dc < w and mask[r + dr, c + dc]
-                         for dr in range(-erosion_px, erosion_px + 1) for dc in range(-erosion_px, erosion_px + 1)
-                         if dr * dr + dc * dc <= erosion_px * erosion_px)
+            inside = all(
+                0 <= r + dr < h and 0 <= c + dc < w and mask[r + dr, c + dc]
+                for dr in range(-erosion_px, erosion_px + 1)
+                for dc in range(-erosion_px, erosion_px + 1)
+                if dr * dr + dc * dc <= erosion_px * erosion_px
+            )
             z = float(depth[r, c])
             if inside and z > 0 and np.isfinite(z):
                 zs.append(z)
@@ -96,22 +100,26 @@ def main() -> None:
         target = estimate_target(mask, depth, camera)
         rows, cols = np.nonzero(mask)
         r0, c0 = rows.min() + (rows.max() - rows.min()) // 2 - 32, cols.min() + (cols.max() - cols.min()) // 2 - 32
-        crop = np.s_[r0:r0 + 64, c0:c0 + 64]
+        crop = np.s_[r0 : r0 + 64, c0 : c0 + 64]
         crop_camera = PinholeCamera(64, 64, camera.k - [[0, 0, c0], [0, 0, r0], [0, 0, 0]], camera.d, "plumb_bob")
         crop_camera.rays()
         naive = best_of(lambda: per_pixel_target(mask[crop], depth[crop], crop_camera), 1)
         naive_per_mask = naive * mask.sum() / mask[crop].sum()
-        print(f"{width}x{height}: mask {mask.sum()} px ({mask.mean():.0%}), {target.num_points} points: "
-              f"{seconds * 1e3:.2f} ms per mask (goal <= 5 ms: {'met' if seconds <= 0.005 else 'NOT met'}); "
-              f"per-pixel Python baseline {naive_per_mask * 1e3:.0f} ms per mask (from a 64x64 crop), "
-              f"ratio {naive_per_mask / seconds:.0f}x; undistortion table once per camera {table * 1e3:.0f} ms")
+        print(
+            f"{width}x{height}: mask {mask.sum()} px ({mask.mean():.0%}), {target.num_points} points: "
+            f"{seconds * 1e3:.2f} ms per mask (goal <= 5 ms: {'met' if seconds <= 0.005 else 'NOT met'}); "
+            f"per-pixel Python baseline {naive_per_mask * 1e3:.0f} ms per mask (from a 64x64 crop), "
+            f"ratio {naive_per_mask / seconds:.0f}x; undistortion table once per camera {table * 1e3:.0f} ms"
+        )
         colours = rng.integers(0, 256, (target.num_points, 3), dtype=np.uint8)
         packed = best_of(lambda: cloud_fields(target.points, None, colours), args.repeats)
         slow = best_of(lambda: per_point_cloud(target.points, colours), 1)
         same = bytes(cloud_fields(target.points, None, colours).data) == per_point_cloud(target.points, colours)
-        print(f"    PointCloud2 packing: {target.num_points / packed / 1e6:.1f} M points/s "
-              f"(per-point struct.pack {target.num_points / slow / 1e6:.2f} M points/s, ratio {slow / packed:.0f}x, "
-              f"identical bytes: {same})")
+        print(
+            f"    PointCloud2 packing: {target.num_points / packed / 1e6:.1f} M points/s "
+            f"(per-point struct.pack {target.num_points / slow / 1e6:.2f} M points/s, ratio {slow / packed:.0f}x, "
+            f"identical bytes: {same})"
+        )
 
 
 if __name__ == "__main__":

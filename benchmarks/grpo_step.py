@@ -17,10 +17,11 @@ Runs the stage-2 step of `training.grpo` piece by piece, without DeepSpeed, on a
 Then it times the per-sample loop a naive implementation would run for the same K·G completions
 (training.rollout.sequential_rollouts: one prompt, one completion per call) on the same prompts, and prints the
 speed-up of the batched rollout over it. Example:
-    python benchmarks/grpo_step.py                       # K=4 x G=8, 32 new tokens, hidden 256, 4 layers (~1 min, 2 cores)
+    python benchmarks/grpo_step.py        # K=4 x G=8, 32 new tokens, hidden 256, 4 layers (~1 min, 2 cores)
     python benchmarks/grpo_step.py --prompts 8 --max-new-tokens 64 --context-pass official
     python benchmarks/grpo_step.py --device cuda --dtype bfloat16 --hidden 2048 --layers 36 --max-new-tokens 128
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,15 +84,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=32, help="completion length cap (default 32)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps (default 5); medians are printed")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
-    parser.add_argument("--loop-repeats", type=int, default=2,
-                        help="timed runs of the per-sample loop (default 2; 0 skips the comparison)")
-    parser.add_argument("--context-pass", default="cached", choices=CONTEXT_PASS_MODES,
-                        help="the model's context pass (default cached)")
+    parser.add_argument(
+        "--loop-repeats",
+        type=int,
+        default=2,
+        help="timed runs of the per-sample loop (default 2; 0 skips the comparison)",
+    )
+    parser.add_argument(
+        "--context-pass", default="cached", choices=CONTEXT_PASS_MODES, help="the model's context pass (default cached)"
+    )
     parser.add_argument("--hidden", type=int, default=256, help="LLM hidden size (default 256)")
     parser.add_argument("--layers", type=int, default=4, help="LLM layers (default 4)")
     parser.add_argument("--queries", type=int, default=64, help="context queries (default 64, as the paper)")
-    parser.add_argument("--image-size", type=int, default=448,
-                        help="side of the synthetic scenes and of the MLLM image (default 448 = 256 image tokens)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=448,
+        help="side of the synthetic scenes and of the MLLM image (default 448 = 256 image tokens)",
+    )
     parser.add_argument("--sam-size", type=int, default=256, help="SAM2 input size (default 256; released 1024)")
     parser.add_argument("--beta", type=float, default=0.04, help="KL weight; 0 skips the reference pass (default 0.04)")
     parser.add_argument("--device", default="cpu")
@@ -153,8 +163,15 @@ def run(args: argparse.Namespace, work: Path) -> int:
     context_pass = lens.lens_config.context_pass
     answer_format = lens.lens_config.prompt.answer_format
     pad, eos = special_token_ids(processor.tokenizer)
-    sampling = dict(max_new_tokens=args.max_new_tokens, temperature=0.9, top_p=0.9, top_k=50, eos_token_ids=eos,
-                    pad_token_id=pad, context_pass=context_pass)
+    sampling = dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=0.9,
+        top_p=0.9,
+        top_k=50,
+        eos_token_ids=eos,
+        pad_token_id=pad,
+        context_pass=context_pass,
+    )
 
     def one_step(seed: int) -> tuple[dict[str, float], dict]:
         t: dict[str, float] = {}
@@ -193,11 +210,28 @@ def run(args: argparse.Namespace, work: Path) -> int:
 
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        logp, low_res = policy(ro.sequences, ro.attention_mask, ro.mm_token_type_ids, prompts.pixel_values.to(device),
-                               prompts.image_grid_thw.to(device), ro.rows, ro.prompt_length, ro.sam_features, 0.9,
-                               vision_grad=True)
-        pol = grpo_loss(logp, logp.detach(), ref_logp, advantages.to(device), ro.completion_mask.to(logp.dtype),
-                        clip_eps=0.2, beta=args.beta, aggregation="sequence")
+        logp, low_res = policy(
+            ro.sequences,
+            ro.attention_mask,
+            ro.mm_token_type_ids,
+            prompts.pixel_values.to(device),
+            prompts.image_grid_thw.to(device),
+            ro.rows,
+            ro.prompt_length,
+            ro.sam_features,
+            0.9,
+            vision_grad=True,
+        )
+        pol = grpo_loss(
+            logp,
+            logp.detach(),
+            ref_logp,
+            advantages.to(device),
+            ro.completion_mask.to(logp.dtype),
+            clip_eps=0.2,
+            beta=args.beta,
+            aggregation="sequence",
+        )
         gt = [torch.from_numpy(prompts.gt_masks[i]).to(device) for i in ro.rows.tolist()]
         seg = mask_loss(low_res, gt, dice_weight=1.0, pixel_weight=1.0, pixel_loss="bce")
         loss = pol["loss"] + 1.0 * seg["loss"]
@@ -209,9 +243,15 @@ def run(args: argparse.Namespace, work: Path) -> int:
         sync()
         t["train"] = time.perf_counter() - start
         t["train/forward+losses"] = forward
-        info = {"prompt_length": ro.prompt_length, "lengths": ro.completion_mask.sum(1).float(),
-                "ended": int((~ro.truncated).sum()), "loss": float(loss.detach()), "rewards": total,
-                "n_image": int((prompts.input_ids[0] == lens.mllm.config.image_token_id).sum()), "prompts": prompts}
+        info = {
+            "prompt_length": ro.prompt_length,
+            "lengths": ro.completion_mask.sum(1).float(),
+            "ended": int((~ro.truncated).sum()),
+            "loss": float(loss.detach()),
+            "rewards": total,
+            "n_image": int((prompts.input_ids[0] == lens.mllm.config.image_token_id).sum()),
+            "prompts": prompts,
+        }
         return t, info
 
     for i in range(args.warmup):
@@ -244,13 +284,17 @@ def run(args: argparse.Namespace, work: Path) -> int:
     text = lens.mllm.config.text_config
     n_rows = args.prompts * G
     print(f"device {device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}")
-    print(f"tiny LENS (random weights): LLM hidden {text.hidden_size}, layers {text.num_hidden_layers}; vision depth "
-          f"{lens.mllm.config.vision_config.depth}; {lens.lens_config.num_queries} queries; SAM2 input "
-          f"{lens.lens_config.sam.image_size} px; context pass {context_pass}")
+    print(
+        f"tiny LENS (random weights): LLM hidden {text.hidden_size}, layers {text.num_hidden_layers}; vision depth "
+        f"{lens.mllm.config.vision_config.depth}; {lens.lens_config.num_queries} queries; SAM2 input "
+        f"{lens.lens_config.sam.image_size} px; context pass {context_pass}"
+    )
     print("trainable: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()) + " (SAM2 image encoder frozen)")
-    print(f"step: K={args.prompts} prompts x G={G} = {n_rows} completions; prompt {info['prompt_length']} tokens "
-          f"({info['n_image']} image), completions up to {args.max_new_tokens} new tokens; beta {args.beta}; "
-          f"{args.repeats} timed steps after {args.warmup} warm-up")
+    print(
+        f"step: K={args.prompts} prompts x G={G} = {n_rows} completions; prompt {info['prompt_length']} tokens "
+        f"({info['n_image']} image), completions up to {args.max_new_tokens} new tokens; beta {args.beta}; "
+        f"{args.repeats} timed steps after {args.warmup} warm-up"
+    )
     step = sum(times[p] for p in PHASES)
     print(f"\n{'phase':<26}{'median s':>10}{'share':>9}")
     for name in PHASES:
@@ -264,21 +308,31 @@ def run(args: argparse.Namespace, work: Path) -> int:
             print(f"{'  backward + AdamW':<26}{times[name] - fwd:>10.3f}{(times[name] - fwd) / step:>9.1%}")
     print(f"{'step (sum of medians)':<26}{step:>10.3f}{1:>9.1%}")
     lengths = info["lengths"]
-    print(f"\nlast step: mean completion {float(lengths.mean()):.1f} tokens, {info['ended']}/{n_rows} ended with an end "
-          f"token; reward mean {float(np.mean(info['rewards'])):.3f}; loss {info['loss']:.4f}")
+    print(
+        f"\nlast step: mean completion {float(lengths.mean()):.1f} tokens, {info['ended']}/{n_rows} ended with an end "
+        f"token; reward mean {float(np.mean(info['rewards'])):.3f}; loss {info['loss']:.4f}"
+    )
 
     if loop_times:
         batched, loop = statistics.median(batched_times), statistics.median(loop_times)
-        print(f"\nrollout of {n_rows} completions (generate + context pass + SAM2 masks), same prompts and model, "
-              f"{len(loop_times)} back-to-back pair{'s' if len(loop_times) > 1 else ''} (medians):")
-        for name, lengths, ended in (("batched rollout", batched_lengths, batched_ended),
-                                     ("per-sample loop", loop_lengths, loop_ended)):
-            print(f"  {name}: mean completion {np.mean(lengths):.1f} tokens, {ended}/{len(lengths)} ended with an "
-                  f"end token")
+        print(
+            f"\nrollout of {n_rows} completions (generate + context pass + SAM2 masks), same prompts and model, "
+            f"{len(loop_times)} back-to-back pair{'s' if len(loop_times) > 1 else ''} (medians):"
+        )
+        for name, lengths, ended in (
+            ("batched rollout", batched_lengths, batched_ended),
+            ("per-sample loop", loop_lengths, loop_ended),
+        ):
+            print(
+                f"  {name}: mean completion {np.mean(lengths):.1f} tokens, {ended}/{len(lengths)} ended with an "
+                f"end token"
+            )
         print(f"  batched rollout {batched:.2f} s vs per-sample loop {loop:.2f} s: {loop / batched:.1f}x")
-        print("  note: the untrained tiny model rarely emits an end token, so completions run (nearly) to "
-              "--max-new-tokens in both modes: a fair comparison. A trained model's answers end early and unevenly;"
-              " the batched generate then runs to its longest row, while the loop stops each row at its own end.")
+        print(
+            "  note: the untrained tiny model rarely emits an end token, so completions run (nearly) to "
+            "--max-new-tokens in both modes: a fair comparison. A trained model's answers end early and unevenly;"
+            " the batched generate then runs to its longest row, while the loop stops each row at its own end."
+        )
     return 0
 
 

@@ -11,6 +11,7 @@ so the GT-box mask is the reference a model that only read the box off the answe
     .venv/bin/python benchmarks/learn_align.py                      # ~13 min on 2 CPU cores
     .venv/bin/python benchmarks/learn_align.py --steps 100 --eval-every 25 --trainable context   # quick look
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,30 +53,48 @@ def main() -> int:
     parser.add_argument("--val-samples", type=int, default=100, help="validation samples (default: 100)")
     parser.add_argument("--train-images", type=int, default=400, help="synthetic training scenes (default: 400)")
     parser.add_argument("--image-size", type=int, default=128, help="scene side in pixels (default: 128)")
-    parser.add_argument("--trainable", default="context,sam_decoder,sam_prompt_encoder,mllm",
-                        help="parts to train (default: context,sam_decoder,sam_prompt_encoder,mllm)")
+    parser.add_argument(
+        "--trainable",
+        default="context,sam_decoder,sam_prompt_encoder,mllm",
+        help="parts to train (default: context,sam_decoder,sam_prompt_encoder,mllm)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument("--workdir", type=Path, help="keep data, checkpoints and curves here (default: a temp dir)")
     args = parser.parse_args()
 
     from _setup import prepare
+
     from lens_model.data import load_dataset
     from training.align import main as align_main
 
     work, scenes, init = prepare(args.workdir, "learn_align-", args.train_images, 0, args.image_size, args.threads)
-    val_records = load_dataset("synthetic", scenes, "val")[:args.val_samples]
+    val_records = load_dataset("synthetic", scenes, "val")[: args.val_samples]
     reference = baselines(val_records)
     trainable = [p for p in args.trainable.split(",") if p]
-    print(f"training {', '.join(trainable)} of a tiny LENS (SAM2 image encoder frozen) on "
-          f"{len(load_dataset('synthetic', scenes, 'train'))} synthetic expressions; "
-          f"validating on {len(val_records)} (teacher-forced)")
+    print(
+        f"training {', '.join(trainable)} of a tiny LENS (SAM2 image encoder frozen) on "
+        f"{len(load_dataset('synthetic', scenes, 'train'))} synthetic expressions; "
+        f"validating on {len(val_records)} (teacher-forced)"
+    )
     out = work / "run"
-    overrides = [f"init_from={init}", f"datasets=[{{name: synthetic, root: {scenes}}}]",
-                 f"val_dataset={{name: synthetic, root: {scenes}, split: val}}", f"val_samples={args.val_samples}",
-                 f"trainable=[{','.join(trainable)}]", f"global_batch_size={args.batch}", f"max_steps={args.steps}",
-                 f"lr={args.lr}", "warmup_steps=20", f"eval_every={args.eval_every}", "log_every=10",
-                 f"save_every={args.steps}", "keep_last=1", "num_workers=1", "gradient_checkpointing=false",
-                 f"output_dir={out}"]
+    overrides = [
+        f"init_from={init}",
+        f"datasets=[{{name: synthetic, root: {scenes}}}]",
+        f"val_dataset={{name: synthetic, root: {scenes}, split: val}}",
+        f"val_samples={args.val_samples}",
+        f"trainable=[{','.join(trainable)}]",
+        f"global_batch_size={args.batch}",
+        f"max_steps={args.steps}",
+        f"lr={args.lr}",
+        "warmup_steps=20",
+        f"eval_every={args.eval_every}",
+        "log_every=10",
+        f"save_every={args.steps}",
+        "keep_last=1",
+        "num_workers=1",
+        "gradient_checkpointing=false",
+        f"output_dir={out}",
+    ]
     start = time.perf_counter()
     code = align_main(["--no-progress", *overrides])
     wall = time.perf_counter() - start
@@ -94,9 +113,11 @@ def main() -> int:
         print(f"{name:<18} {values['gIoU']:>7.4f} {values['cIoU']:>7.4f}")
     final = val[-1]
     trivial = max(reference["empty mask"]["gIoU"], reference["full-image mask"]["gIoU"])
-    print(f"\nfinal val gIoU {final['gIoU']:.4f} = {final['gIoU'] / max(trivial, 1e-9):.1f}x the best trivial baseline "
-          f"({trivial:.4f}); {final['gIoU'] / reference['GT-box mask']['gIoU']:.2f} of the GT-box mask; "
-          f"wall time {wall / 60:.1f} min for {args.steps} steps; curves: {out / 'loss.png'}")
+    print(
+        f"\nfinal val gIoU {final['gIoU']:.4f} = {final['gIoU'] / max(trivial, 1e-9):.1f}x the best trivial baseline "
+        f"({trivial:.4f}); {final['gIoU'] / reference['GT-box mask']['gIoU']:.2f} of the GT-box mask; "
+        f"wall time {wall / 60:.1f} min for {args.steps} steps; curves: {out / 'loss.png'}"
+    )
     return 0
 
 

@@ -10,6 +10,7 @@ masks and the segmentation loss on them. Example:
     .venv/bin/python benchmarks/learn_grpo.py                       # ~10 min on 2 CPU cores
     .venv/bin/python benchmarks/learn_grpo.py --align-steps 100 --grpo-steps 60    # quick look
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,7 @@ def digit_share(sample) -> float:
 
 def window_means(rows: list[dict], key: str, size: int) -> list[float]:
     values = [r[key] for r in rows]
-    return [sum(values[i:i + size]) / len(values[i:i + size]) for i in range(0, len(values), size)]
+    return [sum(values[i : i + size]) / len(values[i : i + size]) for i in range(0, len(values), size)]
 
 
 def main() -> int:
@@ -38,11 +39,18 @@ def main() -> int:
     parser.add_argument("--generations", type=int, default=4, help="G answers per prompt (default: 4)")
     parser.add_argument("--max-new-tokens", type=int, default=12, help="answer length limit (default: 12)")
     parser.add_argument("--lr", type=float, default=1e-4, help="GRPO learning rate (default: 1e-4)")
-    parser.add_argument("--trainable", default="mllm,context,sam_decoder,sam_prompt_encoder",
-                        help="parts GRPO trains (default: mllm,context,sam_decoder,sam_prompt_encoder)")
-    parser.add_argument("--rewards", choices=["paper", "paper+digits"], default="paper+digits",
-                        help="paper: format + box IoU² + mask IoU²; paper+digits adds digit_share, a reward the "
-                             "random tiny MLLM can learn on CPU (default: paper+digits)")
+    parser.add_argument(
+        "--trainable",
+        default="mllm,context,sam_decoder,sam_prompt_encoder",
+        help="parts GRPO trains (default: mllm,context,sam_decoder,sam_prompt_encoder)",
+    )
+    parser.add_argument(
+        "--rewards",
+        choices=["paper", "paper+digits"],
+        default="paper+digits",
+        help="paper: format + box IoU² + mask IoU²; paper+digits adds digit_share, a reward the "
+        "random tiny MLLM can learn on CPU (default: paper+digits)",
+    )
     parser.add_argument("--window", type=int, default=20, help="steps per averaged window (default: 20)")
     parser.add_argument("--images", type=int, default=200, help="synthetic scenes (default: 200)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
@@ -50,6 +58,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from _setup import prepare
+
     from training.align import main as align_main
     from training.grpo import main as grpo_main
 
@@ -58,20 +67,46 @@ def main() -> int:
     stage1 = work / "align"
     start = time.perf_counter()
     if not (stage1 / "final" / "config.json").exists():
-        code = align_main(["--no-progress", f"init_from={init}", data, "trainable=[context,sam_decoder,sam_prompt_encoder]",
-                           "global_batch_size=8", f"max_steps={args.align_steps}", "lr=1e-3", "warmup_steps=20",
-                           f"save_every={args.align_steps}", "log_every=50", "num_workers=1", f"output_dir={stage1}"])
+        code = align_main(
+            [
+                "--no-progress",
+                f"init_from={init}",
+                data,
+                "trainable=[context,sam_decoder,sam_prompt_encoder]",
+                "global_batch_size=8",
+                f"max_steps={args.align_steps}",
+                "lr=1e-3",
+                "warmup_steps=20",
+                f"save_every={args.align_steps}",
+                "log_every=50",
+                "num_workers=1",
+                f"output_dir={stage1}",
+            ]
+        )
         if code:
             return code
     align_time = time.perf_counter() - start
     out = work / "grpo"
     start = time.perf_counter()
-    code = grpo_main(["--no-progress", f"init_from={stage1 / 'final'}", data, f"global_batch_size={args.prompts}",
-                      f"num_generations={args.generations}", f"max_completion_length={args.max_new_tokens}",
-                      f"max_steps={args.grpo_steps}", f"lr={args.lr}", f"trainable=[{args.trainable}]",
-                      "reward_weights={format: 1.0, box_iou: 1.0, segment_iou: 1.0"
-                      + (", 'learn_grpo:digit_share': 1.0}" if args.rewards == "paper+digits" else "}"), "log_every=1", f"save_every={args.grpo_steps}",
-                      "gradient_checkpointing=false", f"output_dir={out}"])
+    code = grpo_main(
+        [
+            "--no-progress",
+            f"init_from={stage1 / 'final'}",
+            data,
+            f"global_batch_size={args.prompts}",
+            f"num_generations={args.generations}",
+            f"max_completion_length={args.max_new_tokens}",
+            f"max_steps={args.grpo_steps}",
+            f"lr={args.lr}",
+            f"trainable=[{args.trainable}]",
+            "reward_weights={format: 1.0, box_iou: 1.0, segment_iou: 1.0"
+            + (", 'learn_grpo:digit_share': 1.0}" if args.rewards == "paper+digits" else "}"),
+            "log_every=1",
+            f"save_every={args.grpo_steps}",
+            "gradient_checkpointing=false",
+            f"output_dir={out}",
+        ]
+    )
     if code:
         return code
     grpo_time = time.perf_counter() - start
@@ -80,15 +115,19 @@ def main() -> int:
     keys += ["reward_learn_grpo:digit_share"] if args.rewards == "paper+digits" else []
     keys += ["mask_iou", "kl"]
     table = {k: window_means(rows, k, args.window) for k in keys}
-    print(f"\nGRPO from a stage-1 tiny LENS: {args.prompts} prompts × G={args.generations} per step, "
-          f"answers up to {args.max_new_tokens} tokens; means over windows of {args.window} steps")
+    print(
+        f"\nGRPO from a stage-1 tiny LENS: {args.prompts} prompts × G={args.generations} per step, "
+        f"answers up to {args.max_new_tokens} tokens; means over windows of {args.window} steps"
+    )
     print(f"{'steps':>11} " + " ".join(f"{k.replace('learn_grpo:', ''):>18}" for k in keys))
     for w in range(len(table["reward"])):
         first, last = w * args.window + 1, min((w + 1) * args.window, len(rows))
         print(f"{first:>5}-{last:<5} " + " ".join(f"{table[k][w]:>18.4f}" for k in keys))
     r0, r1 = table["reward"][0], table["reward"][-1]
-    print(f"\nmean reward {r0:.4f} -> {r1:.4f} ({r1 / max(r0, 1e-9):.2f}x); stage 1 {align_time / 60:.1f} min, "
-          f"GRPO {grpo_time / 60:.1f} min ({grpo_time / max(len(rows), 1):.2f} s/step); curves: {out / 'curves.png'}")
+    print(
+        f"\nmean reward {r0:.4f} -> {r1:.4f} ({r1 / max(r0, 1e-9):.2f}x); stage 1 {align_time / 60:.1f} min, "
+        f"GRPO {grpo_time / 60:.1f} min ({grpo_time / max(len(rows), 1):.2f} s/step); curves: {out / 'curves.png'}"
+    )
     return 0
 
 

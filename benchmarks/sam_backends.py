@@ -4,10 +4,11 @@
 and tensorrt are present), with the speed-up over torch. Builds what it measures (random weights), exports it with
 `lens_model.export`, checks the outputs agree, then times each graph with the same inputs.
 
-    python benchmarks/sam_backends.py                                   # tiny SAM2 at 256 px, context head 128 wide, 8 queries
-    python benchmarks/sam_backends.py --sam sam2_hiera_t --image-size 1024 --hidden 2048 --queries 64   # LENS sizes, Hiera-T
+    python benchmarks/sam_backends.py     # tiny SAM2 at 256 px, context head 128 wide, 8 queries
+    python benchmarks/sam_backends.py --sam sam2_hiera_t --image-size 1024 --hidden 2048 --queries 64  # Hiera-T
     python benchmarks/sam_backends.py --sam sam2_hiera_l --image-size 1024 --hidden 2048 --queries 64 --device cuda
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,11 +33,19 @@ def build_parts(sam_name: str, image_size: int, hidden: int, queries: int) -> Se
     if sam_name == "tiny":
         config = tiny_lens_config(num_queries=queries, sam_image_size=image_size)
     else:
-        config = LensConfig(num_queries=queries, sam=SamConfig(
-            config_name=f"configs/sam2/{sam_name}.yaml", overrides=[f"++model.image_size={image_size}"], image_size=image_size))
+        config = LensConfig(
+            num_queries=queries,
+            sam=SamConfig(
+                config_name=f"configs/sam2/{sam_name}.yaml",
+                overrides=[f"++model.image_size={image_size}"],
+                image_size=image_size,
+            ),
+        )
     config.connector_heads = 16 if hidden % 16 == 0 and hidden >= 1024 else 4
     torch.manual_seed(0)
-    return SegmentationParts(build_sam(config.sam).float().eval(), ContextHead(hidden, config).float().eval(), config, hidden)
+    return SegmentationParts(
+        build_sam(config.sam).float().eval(), ContextHead(hidden, config).float().eval(), config, hidden
+    )
 
 
 def timed(fn, repeats: int, warmup: int, cuda: bool) -> list[float]:
@@ -55,8 +64,11 @@ def timed(fn, repeats: int, warmup: int, cuda: bool) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sam", default="tiny", help="tiny (the test model's SAM2) or a sam2 config name, e.g. "
-                                                      "sam2_hiera_t, sam2_hiera_l (default: tiny)")
+    parser.add_argument(
+        "--sam",
+        default="tiny",
+        help="tiny (the test model's SAM2) or a sam2 config name, e.g. sam2_hiera_t, sam2_hiera_l (default: tiny)",
+    )
     parser.add_argument("--image-size", type=int, default=256, help="SAM2 input side (default 256; released: 1024)")
     parser.add_argument("--hidden", type=int, default=128, help="MLLM hidden size = query-state width (LENS-3B: 2048)")
     parser.add_argument("--queries", type=int, default=8, help="context queries (LENS: 64)")
@@ -78,7 +90,9 @@ def main() -> None:
 
     out_dir = Path(tempfile.mkdtemp(prefix="lens-sam-backends-"))
     start = time.perf_counter()
-    export_parts(parts, out_dir, ExportOptions(fp16=args.fp16, overwrite=True))  # on the CPU, where build_parts made them
+    export_parts(
+        parts, out_dir, ExportOptions(fp16=args.fp16, overwrite=True)
+    )  # on the CPU, where build_parts made them
     print(f"exported to {out_dir} in {time.perf_counter() - start:.1f} s")
     sam, context = parts.sam.to(device), parts.context.to(device)
 
@@ -87,8 +101,10 @@ def main() -> None:
         from lens_model.export.tensorrt_build import EngineOptions, build_engines
 
         start = time.perf_counter()
-        build_engines(out_dir, EngineOptions(max_batch=max(8, args.images, args.prompts),
-                                             opt_batch=max(args.images, args.prompts)))
+        build_engines(
+            out_dir,
+            EngineOptions(max_batch=max(8, args.images, args.prompts), opt_batch=max(args.images, args.prompts)),
+        )
         print(f"built TensorRT engines in {time.perf_counter() - start:.1f} s")
         backends["tensorrt"] = TensorRTBackend(out_dir, device=device)
     else:
@@ -103,26 +119,37 @@ def main() -> None:
             "context_head": lambda: context(states),
             "mask_decoder": lambda: decode_masks(sam, row_features, prompt),
         }
-        want = {"image_encoder": [features.image_embed, *features.high_res_feats], "context_head": [prompt],
-                "mask_decoder": list(decode_masks(sam, row_features, prompt))}
+        want = {
+            "image_encoder": [features.image_embed, *features.high_res_feats],
+            "context_head": [prompt],
+            "mask_decoder": list(decode_masks(sam, row_features, prompt)),
+        }
         feeds = {
             "image_encoder": {"images": images},
             "context_head": {"query_states": states},
             "mask_decoder": mask_decoder_feeds(prompt, row_features),
         }
-        print(f"\n{args.sam} SAM2 at {s}px, context head {args.hidden} wide x {args.queries} queries, "
-              f"{args.images} image(s), {args.prompts} prompt(s), {'fp16' if args.fp16 else 'fp32'} graphs, "
-              f"{device} ({torch.get_num_threads()} torch threads)")
+        print(
+            f"\n{args.sam} SAM2 at {s}px, context head {args.hidden} wide x {args.queries} queries, "
+            f"{args.images} image(s), {args.prompts} prompt(s), {'fp16' if args.fp16 else 'fp32'} graphs, "
+            f"{device} ({torch.get_num_threads()} torch threads)"
+        )
         print(f"{'graph':<14}{'backend':<13}{'median ms':>10}{'min ms':>9}{'vs torch':>10}{'max |diff|':>12}")
         for graph, fn in torch_fns.items():
             base = timed(fn, args.repeats, args.warmup, cuda)
-            print(f"{graph:<14}{'torch':<13}{statistics.median(base) * 1e3:>10.2f}{min(base) * 1e3:>9.2f}{'1.00x':>10}{'':>12}")
+            print(
+                f"{graph:<14}{'torch':<13}{statistics.median(base) * 1e3:>10.2f}{min(base) * 1e3:>9.2f}"
+                f"{'1.00x':>10}{'':>12}"
+            )
             for name, backend in backends.items():
                 outs = backend.run(graph, feeds[graph])
                 diff = max(float((o.float().to(device) - w.float()).abs().max()) for o, w in zip(outs, want[graph]))
                 t = timed(lambda: backend.run(graph, feeds[graph]), args.repeats, args.warmup, cuda)
                 ratio = statistics.median(base) / statistics.median(t)
-                print(f"{'':<14}{name:<13}{statistics.median(t) * 1e3:>10.2f}{min(t) * 1e3:>9.2f}{ratio:>9.2f}x{diff:>12.2e}")
+                print(
+                    f"{'':<14}{name:<13}{statistics.median(t) * 1e3:>10.2f}{min(t) * 1e3:>9.2f}"
+                    f"{ratio:>9.2f}x{diff:>12.2e}"
+                )
 
 
 if __name__ == "__main__":

@@ -7,13 +7,15 @@
 Arguments left empty keep the value from `params_file` (default: this package's config/lens.yaml, which lists
 every parameter with its default); `image` remaps the node's `image` topic.
 """
+
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
+
+from launch import LaunchDescription
 
 # launch argument -> node parameter, applied only when the argument is not empty
 PARAMETER_ARGUMENTS = ("model", "device", "backend", "backend_dir")
@@ -21,33 +23,62 @@ PARAMETER_ARGUMENTS = ("model", "device", "backend", "backend_dir")
 
 def _node(context, *args, **kwargs):
     value = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
-    overrides = {name: os.path.expanduser(value(name)) if name.endswith(("model", "_dir")) else value(name)
-                 for name in PARAMETER_ARGUMENTS if value(name)}
+    overrides = {
+        name: os.path.expanduser(value(name)) if name.endswith(("model", "_dir")) else value(name)
+        for name in PARAMETER_ARGUMENTS
+        if value(name)
+    }
     parameters = [os.path.expanduser(value("params_file"))] + ([overrides] if overrides else [])
-    return [LifecycleNode(
-        package="lens_ros", executable="lens_node", name=value("node_name"), namespace=value("namespace"),
-        parameters=parameters, remappings=[("image", value("image"))],
-        arguments=["--ros-args", "--log-level", value("log_level")], output="screen", emulate_tty=True,
-    )]
+    return [
+        LifecycleNode(
+            package="lens_ros",
+            executable="lens_node",
+            name=value("node_name"),
+            namespace=value("namespace"),
+            parameters=parameters,
+            remappings=[("image", value("image"))],
+            arguments=["--ros-args", "--log-level", value("log_level")],
+            output="screen",
+            emulate_tty=True,
+        )
+    ]
 
 
 def generate_launch_description():
     default_params = os.path.join(get_package_share_directory("lens_ros"), "config", "lens.yaml")
-    return LaunchDescription([
-        DeclareLaunchArgument("model", default_value="", description="LENS checkpoint: Hub id or local directory "
-                              "(empty: params_file's, default OuyBin/LENS)"),
-        DeclareLaunchArgument("device", default_value="", description="auto, cpu, cuda or cuda:N (empty: params_file's)"),
-        DeclareLaunchArgument("backend", default_value="", description="torch, onnxruntime or tensorrt "
-                              "(empty: params_file's)"),
-        DeclareLaunchArgument("backend_dir", default_value="", description="lens export directory for "
-                              "onnxruntime/tensorrt"),
-        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
-        DeclareLaunchArgument("node_name", default_value="lens", description="node name (the service is "
-                              "/<namespace>/<node_name>/segment)"),
-        DeclareLaunchArgument("image", default_value="image", description="camera topic the node's `image` "
-                              "input is remapped to, e.g. /camera/color/image_raw"),
-        DeclareLaunchArgument("params_file", default_value=default_params, description="parameters YAML "
-                              "(start from a copy of config/lens.yaml)"),
-        DeclareLaunchArgument("log_level", default_value="info", description="debug, info, warn, error"),
-        OpaqueFunction(function=_node),
-    ])
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument(
+                "model",
+                default_value="",
+                description="LENS checkpoint: Hub id or local directory (empty: params_file's, default OuyBin/LENS)",
+            ),
+            DeclareLaunchArgument(
+                "device", default_value="", description="auto, cpu, cuda or cuda:N (empty: params_file's)"
+            ),
+            DeclareLaunchArgument(
+                "backend", default_value="", description="torch, onnxruntime or tensorrt (empty: params_file's)"
+            ),
+            DeclareLaunchArgument(
+                "backend_dir", default_value="", description="lens export directory for onnxruntime/tensorrt"
+            ),
+            DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
+            DeclareLaunchArgument(
+                "node_name",
+                default_value="lens",
+                description="node name (the service is /<namespace>/<node_name>/segment)",
+            ),
+            DeclareLaunchArgument(
+                "image",
+                default_value="image",
+                description="camera topic the node's `image` input is remapped to, e.g. /camera/color/image_raw",
+            ),
+            DeclareLaunchArgument(
+                "params_file",
+                default_value=default_params,
+                description="parameters YAML (start from a copy of config/lens.yaml)",
+            ),
+            DeclareLaunchArgument("log_level", default_value="info", description="debug, info, warn, error"),
+            OpaqueFunction(function=_node),
+        ]
+    )

@@ -3,6 +3,7 @@
 The names below are imported on first use (PEP 562), so that `import lens_model.config` or `lens_model.errors`
 (and the `lens` command's argument parser) do not pull in torch, transformers or sam2.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -10,11 +11,19 @@ from typing import TYPE_CHECKING, Any
 
 # public name -> module that defines it
 _EXPORTS = {
-    "load_model": "checkpoint", "load_sam2_checkpoint": "checkpoint", "save_model": "checkpoint",
-    "LensConfig": "config", "PromptConfig": "config", "SamConfig": "config",
-    "CheckpointError": "errors", "ImageError": "errors", "LensError": "errors", "PromptError": "errors",
+    "load_model": "checkpoint",
+    "load_sam2_checkpoint": "checkpoint",
+    "save_model": "checkpoint",
+    "LensConfig": "config",
+    "PromptConfig": "config",
+    "SamConfig": "config",
+    "CheckpointError": "errors",
+    "ImageError": "errors",
+    "LensError": "errors",
+    "PromptError": "errors",
     "LensModel": "modeling",
-    "LensPipeline": "pipeline", "SegmentationResult": "pipeline",
+    "LensPipeline": "pipeline",
+    "SegmentationResult": "pipeline",
 }
 
 __all__ = sorted(_EXPORTS)

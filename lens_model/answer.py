@@ -1,4 +1,5 @@
 """Reading boxes out of the MLLM's answer, and the coordinate transforms around it (pure Python)."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,9 @@ from .vocab import ANSWER_FORMATS
 Box = tuple[float, float, float, float]
 
 _NUM = r"[-+]?\d+(?:\.\d+)?"
-_GROUNDING_BOX = re.compile(rf"<\|box_start\|>\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*,\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*<\|box_end\|>")
+_GROUNDING_BOX = re.compile(
+    rf"<\|box_start\|>\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*,\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*<\|box_end\|>"
+)
 _OBJECT_REF = re.compile(r"<\|object_ref_start\|>(.*?)<\|object_ref_end\|>", re.S)
 # The released parser's fallback: the first [a,b,c,d], (a,b,c,d) or (a,b),(c,d) anywhere in the text.
 _ANY_BOX = re.compile(
@@ -64,10 +67,18 @@ def _box_from_json(text: str) -> tuple[Box | None, str | None]:
     stack = [data]
     while stack:
         item = stack.pop(0)
-        if isinstance(item, list) and len(item) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in item):
+        if (
+            isinstance(item, list)
+            and len(item) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in item)
+        ):
             return _validate(item)
         if isinstance(item, dict):
-            stack = [item[k] for k in ("bbox_2d", "bbox", "box") if k in item] + [v for v in item.values() if isinstance(v, (list, dict))] + stack
+            stack = (
+                [item[k] for k in ("bbox_2d", "bbox", "box") if k in item]
+                + [v for v in item.values() if isinstance(v, (list, dict))]
+                + stack
+            )
         elif isinstance(item, list):
             stack = list(item) + stack
     return None, "no box in the JSON answer"
@@ -100,7 +111,8 @@ def parse_answer(text: str, answer_format: str) -> ParsedAnswer:
 def format_answer(expression: str, box_llm: Box, answer_format: str = "grounding") -> str:
     """The target answer for teacher forcing: `box_llm` in the MLLM image's pixels, rounded to integers.
 
-    grounding (released stage-1 data): <|object_ref_start|>EXPRESSION.<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>
+    grounding (released stage-1 data):
+        <|object_ref_start|>EXPRESSION.<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>
     think_answer: an empty reasoning block and the JSON box (stage 1 has no reasoning to imitate).
     """
     x1, y1, x2, y2 = (int(round(v)) for v in box_llm)
@@ -112,8 +124,9 @@ def format_answer(expression: str, box_llm: Box, answer_format: str = "grounding
     raise ValueError(f"unknown answer format {answer_format!r}; valid: {', '.join(ANSWER_FORMATS)}")
 
 
-def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
-                 max_pixels: int = 14 * 14 * 4 * 1280) -> tuple[int, int]:
+def smart_resize(
+    height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56, max_pixels: int = 14 * 14 * 4 * 1280
+) -> tuple[int, int]:
     """Qwen2-VL's image size rule: sides multiples of `factor`, pixel count within [min_pixels, max_pixels]."""
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
@@ -143,7 +156,12 @@ def rescale_box(box: Box, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> B
 def clip_box(box: Box, hw: tuple[int, int]) -> Box | None:
     """Clip to [0, W] x [0, H]; None when nothing of the box is inside the image."""
     h, w = hw
-    x1, y1, x2, y2 = (min(max(box[0], 0.0), w), min(max(box[1], 0.0), h), min(max(box[2], 0.0), w), min(max(box[3], 0.0), h))
+    x1, y1, x2, y2 = (
+        min(max(box[0], 0.0), w),
+        min(max(box[1], 0.0), h),
+        min(max(box[2], 0.0), w),
+        min(max(box[3], 0.0), h),
+    )
     return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
 
 

@@ -10,6 +10,7 @@ backend behind this small interface:
 `torch` (default) runs the loaded model; `onnxruntime` and `tensorrt` run the graphs (engines) that
 `lens export` wrote to a directory, after checking they were exported from the same weights.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,7 +44,9 @@ class SegmentationBackend(ABC):
     def decode(self, prompt_embed: torch.Tensor, features: SamImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         """(P, 1, 256) prompts + features of the same P rows -> logits (P, 1, S/4, S/4), IoU scores (P, 1)."""
 
-    def masks_from_query_states(self, query_states: torch.Tensor, features: SamImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    def masks_from_query_states(
+        self, query_states: torch.Tensor, features: SamImageFeatures
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.decode(self.prompt_embeddings(query_states), features)
 
 
@@ -66,7 +69,9 @@ class TorchBackend(SegmentationBackend):
         with self.model.sam_autocast():
             return decode_masks(self.model.sam, features, prompt_embed)
 
-    def masks_from_query_states(self, query_states: torch.Tensor, features: SamImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    def masks_from_query_states(
+        self, query_states: torch.Tensor, features: SamImageFeatures
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.masks_from_query_states(query_states, features)
 
 
@@ -89,8 +94,10 @@ class ExportedBackend(SegmentationBackend):
         ours = (model.context.num_queries, model.hidden_size)
         theirs = (self.meta.num_queries, self.meta.hidden_size)
         if ours != theirs:
-            raise ExportError(f"{self.export_dir} was exported for {theirs[0]} queries of width {theirs[1]}; the loaded "
-                              f"model has {ours[0]} of width {ours[1]}: export this model with `lens export`")
+            raise ExportError(
+                f"{self.export_dir} was exported for {theirs[0]} queries of width {theirs[1]}; the loaded "
+                f"model has {ours[0]} of width {ours[1]}: export this model with `lens export`"
+            )
         if model_dir is None:
             return
         digest, _ = model_hash(model_dir)
@@ -98,7 +105,8 @@ class ExportedBackend(SegmentationBackend):
             raise ExportError(
                 f"{self.export_dir} was exported from other weights ({self.meta.source_model}, sha256 "
                 f"{self.meta.model_hash[:12]}) than {model_dir} (sha256 {digest[:12]}); export this model again: "
-                f"lens export --model {model_dir} --out {self.export_dir} --overwrite")
+                f"lens export --model {model_dir} --out {self.export_dir} --overwrite"
+            )
 
     def encode_images(self, images: torch.Tensor) -> SamImageFeatures:
         s = self.image_size
@@ -112,23 +120,31 @@ class ExportedBackend(SegmentationBackend):
 
     def decode(self, prompt_embed: torch.Tensor, features: SamImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         if features.image_embed.shape[0] != prompt_embed.shape[0]:
-            raise ValueError(f"{features.image_embed.shape[0]} image embeddings for {prompt_embed.shape[0]} prompt embeddings")
+            raise ValueError(
+                f"{features.image_embed.shape[0]} image embeddings for {prompt_embed.shape[0]} prompt embeddings"
+            )
         low_res, iou = self.run("mask_decoder", mask_decoder_feeds(prompt_embed, features))
         return low_res, iou
 
 
 def mask_decoder_feeds(prompt_embed: torch.Tensor, features: SamImageFeatures) -> dict[str, torch.Tensor]:
     """The named inputs of the exported mask decoder."""
-    return {"prompt_embed": prompt_embed, "image_embed": features.image_embed,
-            "high_res_feat_s4": features.high_res_feats[0], "high_res_feat_s8": features.high_res_feats[1]}
+    return {
+        "prompt_embed": prompt_embed,
+        "image_embed": features.image_embed,
+        "high_res_feat_s4": features.high_res_feats[0],
+        "high_res_feat_s8": features.high_res_feats[1],
+    }
 
 
 def _import_onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise LensError("the onnxruntime backend needs onnxruntime: pip install onnxruntime "
-                        "(or onnxruntime-gpu), or install lens with the 'export' extra") from None
+        raise LensError(
+            "the onnxruntime backend needs onnxruntime: pip install onnxruntime "
+            "(or onnxruntime-gpu), or install lens with the 'export' extra"
+        ) from None
     return onnxruntime
 
 
@@ -138,8 +154,13 @@ class OnnxRuntimeBackend(ExportedBackend):
 
     name = "onnxruntime"
 
-    def __init__(self, export_dir: str | Path, device: torch.device | str = "cpu", threads: int | None = None,
-                 meta: ExportMetadata | None = None) -> None:
+    def __init__(
+        self,
+        export_dir: str | Path,
+        device: torch.device | str = "cpu",
+        threads: int | None = None,
+        meta: ExportMetadata | None = None,
+    ) -> None:
         super().__init__(export_dir, device, meta)
         ort = _import_onnxruntime()
         providers = ["CPUExecutionProvider"]
@@ -157,7 +178,9 @@ class OnnxRuntimeBackend(ExportedBackend):
             names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
             want = ([t.name for t in graph.inputs], [t.name for t in graph.outputs])
             if sorted(names[0]) != sorted(want[0]) or sorted(names[1]) != sorted(want[1]):
-                raise ExportError(f"{path} has inputs/outputs {names}, but {self.export_dir}/lens_export.json says {want}")
+                raise ExportError(
+                    f"{path} has inputs/outputs {names}, but {self.export_dir}/lens_export.json says {want}"
+                )
             self.sessions[name] = session
 
     def run(self, graph: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -172,15 +195,17 @@ class TensorRTBackend(ExportedBackend):
 
     name = "tensorrt"
 
-    def __init__(self, export_dir: str | Path, device: torch.device | str = "cuda",
-                 meta: ExportMetadata | None = None) -> None:
+    def __init__(
+        self, export_dir: str | Path, device: torch.device | str = "cuda", meta: ExportMetadata | None = None
+    ) -> None:
         from .export.tensorrt_runtime import TensorRTEngine, check_engines_runnable, gpu_identity, require_tensorrt
 
         trt = require_tensorrt()
         super().__init__(export_dir, device, meta)
         if self.device.type != "cuda":
-            raise LensError(f"the tensorrt backend runs on a CUDA device, but the pipeline runs on {self.device}; "
-                            "use --device cuda")
+            raise LensError(
+                f"the tensorrt backend runs on a CUDA device, but the pipeline runs on {self.device}; use --device cuda"
+            )
         check_engines_runnable(self.meta.tensorrt, self.export_dir, trt.__version__, *gpu_identity(self.device))
         logger = trt.Logger(trt.Logger.WARNING)
         self.engines = {}
@@ -233,8 +258,9 @@ def open_backend(choice: BackendChoice, model, model_dir: str | Path | None = No
     return backend
 
 
-def load_backend(name: str, model, backend_dir: str | Path | None = None,
-                 model_dir: str | Path | None = None) -> SegmentationBackend:
+def load_backend(
+    name: str, model, backend_dir: str | Path | None = None, model_dir: str | Path | None = None
+) -> SegmentationBackend:
     """Backend `name` for `model`; `backend_dir` is a `lens export` directory (onnxruntime, tensorrt).
     With `model_dir` the export's weights hash must match that checkpoint's."""
     return open_backend(check_backend_args(name, backend_dir), model, model_dir)

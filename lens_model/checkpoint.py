@@ -11,6 +11,7 @@ Released checkpoints (OuyBin/LENS and siblings) use the same top-level names for
 and SAM2, transformers-4.51 names for Qwen (`model.*`, `visual.*`), which transformers renames on load,
 and a config without "lens" but with `num_of_query` / `if_use_qwen_connector`.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,9 +55,9 @@ def state_dict_for_saving(model: LensModel, state: dict[str, torch.Tensor] | Non
     out = {}
     for key, value in state.items():
         if key.startswith("mllm."):
-            out[key[len("mllm."):]] = value
+            out[key[len("mllm.") :]] = value
         elif key.startswith("context."):
-            out[key[len("context."):]] = value
+            out[key[len("context.") :]] = value
         elif key.startswith(SAM_PREFIX):
             out[key] = value
         else:
@@ -70,8 +71,13 @@ def _own_storage(t: torch.Tensor) -> torch.Tensor:
     return t.clone() if t.untyped_storage().nbytes() != t.numel() * t.element_size() else t
 
 
-def save_model(model: LensModel, out_dir: str | os.PathLike, processor=None, max_shard_size: str = "5GB",
-               state: dict[str, torch.Tensor] | None = None) -> None:
+def save_model(
+    model: LensModel,
+    out_dir: str | os.PathLike,
+    processor=None,
+    max_shard_size: str = "5GB",
+    state: dict[str, torch.Tensor] | None = None,
+) -> None:
     from huggingface_hub import save_torch_state_dict
 
     out = Path(out_dir)
@@ -103,7 +109,8 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
         return Path(snapshot_download(text, allow_patterns=_HUB_PATTERNS))
     except Exception as exc:  # network, auth, offline mode: all end the same way for the user
         raise CheckpointError(
-            f"could not fetch {text!r} from the Hugging Face Hub ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+            f"could not fetch {text!r} from the Hugging Face Hub "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
             f"download it where there is internet (`hf download {text} --local-dir DIR`) and pass the local "
             f"directory, e.g. --model DIR (or build a tiny test model with `lens make-tiny --out DIR`)"
         ) from None
@@ -153,7 +160,10 @@ def _detect_released_mllm_type(data: dict[str, Any]) -> str:
 def read_configs(model_dir: Path) -> tuple[Any, LensConfig]:
     cfg_file = model_dir / "config.json"
     if not cfg_file.exists():
-        raise CheckpointError(f"checkpoint {model_dir} is missing config.json (expected config.json, model*.safetensors and tokenizer files)")
+        raise CheckpointError(
+            f"checkpoint {model_dir} is missing config.json "
+            f"(expected config.json, model*.safetensors and tokenizer files)"
+        )
     try:
         data = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as exc:
@@ -174,7 +184,9 @@ def read_configs(model_dir: Path) -> tuple[Any, LensConfig]:
     else:
         raise CheckpointError(f"{cfg_file} has neither a 'lens' section nor 'num_of_query': not a LENS checkpoint")
     if model_type not in MLLM_CLASSES:
-        raise CheckpointError(f"{cfg_file}: model_type {model_type!r} is not a supported reasoning model {sorted(MLLM_CLASSES)}")
+        raise CheckpointError(
+            f"{cfg_file}: model_type {model_type!r} is not a supported reasoning model {sorted(MLLM_CLASSES)}"
+        )
     data["model_type"] = model_type
     config_cls = mllm_class(model_type).config_class
     return config_cls.from_dict(data), lens
@@ -189,15 +201,20 @@ def _load_mllm(model_dir: Path, mllm_config, dtype: torch.dtype):
     transformers.logging.set_verbosity_error()  # we check the load report ourselves below
     try:
         # ignore_mismatched_sizes so that the report below (not a generic exception) names the tensors
-        mllm, info = cls.from_pretrained(model_dir, config=mllm_config, dtype=dtype, output_loading_info=True,
-                                         ignore_mismatched_sizes=True)
+        mllm, info = cls.from_pretrained(
+            model_dir, config=mllm_config, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True
+        )
     except Exception as exc:
-        raise CheckpointError(f"cannot load the reasoning model from {model_dir}: {str(exc).splitlines()[0][:300]}") from None
+        raise CheckpointError(
+            f"cannot load the reasoning model from {model_dir}: {str(exc).splitlines()[0][:300]}"
+        ) from None
     finally:
         transformers.logging.set_verbosity(previous)
     if info["mismatched_keys"]:
-        shown = [m if isinstance(m, str) else f"{m[0]}: checkpoint {tuple(m[1])} vs config {tuple(m[2])}"
-                 for m in sorted(info["mismatched_keys"], key=str)[:3]]
+        shown = [
+            m if isinstance(m, str) else f"{m[0]}: checkpoint {tuple(m[1])} vs config {tuple(m[2])}"
+            for m in sorted(info["mismatched_keys"], key=str)[:3]
+        ]
         raise CheckpointError(f"{model_dir}: reasoning-model weights do not match config.json shapes: {shown}")
     if info["missing_keys"]:
         raise CheckpointError(f"{model_dir}: reasoning-model weights missing: {sorted(info['missing_keys'])[:5]}")
@@ -212,14 +229,22 @@ def _load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], what: 
     ignored = [k for k in tensors if k.startswith(ignore)]
     unexpected = sorted(k for k in tensors if k not in expected and k not in ignored)
     missing = sorted(k for k in expected if k not in tensors)
-    bad_shapes = [f"{k}: checkpoint {tuple(v.shape)} vs config {tuple(expected[k].shape)}"
-                  for k, v in tensors.items() if k in expected and v.shape != expected[k].shape]
+    bad_shapes = [
+        f"{k}: checkpoint {tuple(v.shape)} vs config {tuple(expected[k].shape)}"
+        for k, v in tensors.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
     if missing or unexpected or bad_shapes:
-        details = "; ".join(filter(None, [
-            f"missing {missing[:5]}" if missing else "",
-            f"unexpected {unexpected[:5]}" if unexpected else "",
-            f"shape mismatch {bad_shapes[:3]}" if bad_shapes else "",
-        ]))
+        details = "; ".join(
+            filter(
+                None,
+                [
+                    f"missing {missing[:5]}" if missing else "",
+                    f"unexpected {unexpected[:5]}" if unexpected else "",
+                    f"shape mismatch {bad_shapes[:3]}" if bad_shapes else "",
+                ],
+            )
+        )
         raise CheckpointError(f"{source}: {what} weights do not match the model config: {details}")
     module.load_state_dict({k: v for k, v in tensors.items() if k not in ignored}, strict=True)
 
@@ -254,13 +279,25 @@ def load_segmentation_weights(model_dir: Path, context: torch.nn.Module, sam: to
     and its `sam.*` tensors into `sam` (SAM2 memory modules ignored). Strict: missing, unexpected or mis-shaped
     tensors raise CheckpointError naming them. Used by `load_model` and by the export, which loads no MLLM."""
     tensors = _read_tensors(weight_files(model_dir), lambda k: k.startswith(CONTEXT_PREFIXES + (SAM_PREFIX,)))
-    _load_into(context, {k: v for k, v in tensors.items() if k.startswith(CONTEXT_PREFIXES)}, "context-module", model_dir)
-    _load_into(sam, {k[len(SAM_PREFIX):]: v for k, v in tensors.items() if k.startswith(SAM_PREFIX)}, "SAM2", model_dir,
-               ignore=IGNORED_SAM2_KEY_PREFIXES)
+    _load_into(
+        context, {k: v for k, v in tensors.items() if k.startswith(CONTEXT_PREFIXES)}, "context-module", model_dir
+    )
+    _load_into(
+        sam,
+        {k[len(SAM_PREFIX) :]: v for k, v in tensors.items() if k.startswith(SAM_PREFIX)},
+        "SAM2",
+        model_dir,
+        ignore=IGNORED_SAM2_KEY_PREFIXES,
+    )
 
 
-def build_from_base(base_mllm: str | os.PathLike, sam_checkpoint: str | os.PathLike | None, lens_config: LensConfig,
-                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+def build_from_base(
+    base_mllm: str | os.PathLike,
+    sam_checkpoint: str | os.PathLike | None,
+    lens_config: LensConfig,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+):
     """A new LENS model for stage-1 training: pretrained MLLM (Hub id or directory, e.g.
     Qwen/Qwen2.5-VL-3B-Instruct) + official SAM2 `.pt` weights + a freshly initialised context module.
     sam_checkpoint=None keeps SAM2 randomly initialised (tests and synthetic experiments only).
@@ -271,9 +308,13 @@ def build_from_base(base_mllm: str | os.PathLike, sam_checkpoint: str | os.PathL
     try:
         mllm_config = AutoConfig.from_pretrained(model_dir)
     except Exception as exc:
-        raise CheckpointError(f"cannot read the base model config in {model_dir}: {str(exc).splitlines()[0][:300]}") from None
+        raise CheckpointError(
+            f"cannot read the base model config in {model_dir}: {str(exc).splitlines()[0][:300]}"
+        ) from None
     if mllm_config.model_type not in MLLM_CLASSES:
-        raise CheckpointError(f"{model_dir} is a {mllm_config.model_type!r} model; LENS builds on {sorted(MLLM_CLASSES)}")
+        raise CheckpointError(
+            f"{model_dir} is a {mllm_config.model_type!r} model; LENS builds on {sorted(MLLM_CLASSES)}"
+        )
     mllm = _load_mllm(model_dir, mllm_config, dtype)
     sam = build_sam(lens_config.sam)
     if sam_checkpoint is not None:
@@ -291,7 +332,9 @@ def load_processor_from(model_dir: Path, lens_config: LensConfig):
     try:
         processor = AutoProcessor.from_pretrained(model_dir)
     except Exception as exc:
-        raise CheckpointError(f"cannot load the processor/tokenizer files from {model_dir}: {str(exc).splitlines()[0][:300]}") from None
+        raise CheckpointError(
+            f"cannot load the processor/tokenizer files from {model_dir}: {str(exc).splitlines()[0][:300]}"
+        ) from None
     # The released scripts bound the MLLM image size by max_pixels; keep processor and config in agreement.
     processor.image_processor.size = {"shortest_edge": lens_config.min_pixels, "longest_edge": lens_config.max_pixels}
     return processor

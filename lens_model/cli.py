@@ -4,6 +4,7 @@
 the commands built on the packages above the library (`bag`, `plot-run`) and dispatches. Building the parser
 imports neither torch nor transformers: each command imports what it needs when it runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,9 @@ DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N (default: auto)"
 
 def add_model_argument(p) -> None:
     """--model: a checkpoint directory or Hub id (shared by the commands that load a model)."""
-    p.add_argument("--model", default=DEFAULT_MODEL_ID, help=f"checkpoint directory or Hub id (default: {DEFAULT_MODEL_ID})")
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL_ID, help=f"checkpoint directory or Hub id (default: {DEFAULT_MODEL_ID})"
+    )
 
 
 def add_device_dtype_arguments(p, device_help: str = DEVICE_HELP, dtype_help: str | None = None) -> None:
@@ -35,61 +38,109 @@ def _add_overrides(p, context_pass_help: str, answer_format_help: str) -> None:
 
 
 def _add_segment(sub) -> None:
-    p = sub.add_parser("segment", help="segment an image from a text prompt and print the result as JSON",
-                       description="Reason about the prompt with the MLLM, then segment with SAM2. Prints box, score, "
-                                   "generated text, image size and per-stage timings as JSON.")
-    p.add_argument("--model", default=DEFAULT_MODEL_ID,
-                   help=f"checkpoint directory or Hugging Face Hub id (default: {DEFAULT_MODEL_ID}, the released LENS)")
-    p.add_argument("--image", required=True, help="input image file (JPEG, PNG, ...); grayscale/RGBA/16-bit are converted")
+    p = sub.add_parser(
+        "segment",
+        help="segment an image from a text prompt and print the result as JSON",
+        description="Reason about the prompt with the MLLM, then segment with SAM2. Prints box, score, "
+        "generated text, image size and per-stage timings as JSON.",
+    )
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL_ID,
+        help=f"checkpoint directory or Hugging Face Hub id (default: {DEFAULT_MODEL_ID}, the released LENS)",
+    )
+    p.add_argument(
+        "--image", required=True, help="input image file (JPEG, PNG, ...); grayscale/RGBA/16-bit are converted"
+    )
     p.add_argument("--prompt", required=True, help="referring expression or command, e.g. 'the red cup on the left'")
     p.add_argument("--out-mask", type=Path, help="write the mask as a PNG (0/255, same size as the image)")
     p.add_argument("--out-overlay", type=Path, help="write the image with the tinted mask, the box and the prompt")
     p.add_argument("--json", type=Path, help="also write the JSON result to this file")
     add_device_dtype_arguments(p, dtype_help="weights dtype (default: auto = bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="generation budget of the MLLM (default: 256)")
-    _add_overrides(p, "override the checkpoint's context-pass mode (released checkpoints need 'official')",
-                   "override the prompt/answer format (think_answer for the CoT checkpoints)")
-    p.add_argument("--backend", choices=BACKENDS, default="torch",
-                   help="what runs SAM2 + the context head: torch (default), or the graphs/engines that `lens export` "
-                        "wrote to --backend-dir (the MLLM always runs in torch)")
+    _add_overrides(
+        p,
+        "override the checkpoint's context-pass mode (released checkpoints need 'official')",
+        "override the prompt/answer format (think_answer for the CoT checkpoints)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="what runs SAM2 + the context head: torch (default), or the graphs/engines that `lens export` "
+        "wrote to --backend-dir (the MLLM always runs in torch)",
+    )
     p.add_argument("--backend-dir", type=Path, help="export directory for --backend onnxruntime|tensorrt")
-    p.add_argument("--depth", type=Path, help="depth image registered to --image (16-bit PNG in millimetres, float32 "
-                                              "TIFF in metres, or .npy): also print the object's 3D point and box")
+    p.add_argument(
+        "--depth",
+        type=Path,
+        help="depth image registered to --image (16-bit PNG in millimetres, float32 "
+        "TIFF in metres, or .npy): also print the object's 3D point and box",
+    )
     p.add_argument("--camera-info", type=Path, help="camera_calibration YAML of the camera (with --depth)")
-    p.add_argument("--depth-scale", type=float, default=0.001,
-                   help="metres per unit of a 16-bit depth (default: 0.001, millimetres)")
+    p.add_argument(
+        "--depth-scale",
+        type=float,
+        default=0.001,
+        help="metres per unit of a 16-bit depth (default: 0.001, millimetres)",
+    )
     p.set_defaults(func=cmd_segment)
 
 
 def _add_export(sub) -> None:
     from .export import DEFAULT_OPSET, SUPPORTED_OPSETS
 
-    p = sub.add_parser("export", help="export SAM2 + context head to ONNX (and TensorRT engines) for per-frame inference",
-                       description="Writes three ONNX graphs (SAM2 image encoder, context head, mask decoder; dynamic "
-                                   "batch) and lens_export.json (names, shapes, normalisation, weights hash, versions) to "
-                                   "--out. --format tensorrt also builds TensorRT engines for this machine's GPU. Run "
-                                   "them with: lens segment --backend onnxruntime|tensorrt --backend-dir OUT")
+    p = sub.add_parser(
+        "export",
+        help="export SAM2 + context head to ONNX (and TensorRT engines) for per-frame inference",
+        description="Writes three ONNX graphs (SAM2 image encoder, context head, mask decoder; dynamic "
+        "batch) and lens_export.json (names, shapes, normalisation, weights hash, versions) to "
+        "--out. --format tensorrt also builds TensorRT engines for this machine's GPU. Run "
+        "them with: lens segment --backend onnxruntime|tensorrt --backend-dir OUT",
+    )
     add_model_argument(p)
     p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx",
-                   help="onnx (default), or tensorrt: ONNX plus engines built here (needs a CUDA GPU and tensorrt)")
-    p.add_argument("--fp16", action="store_true",
-                   help="graphs (and engines) that compute in float16, normalisation layers in float32; inputs and "
-                        "outputs stay float32 (for GPUs: TensorRT, or onnxruntime-gpu)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                   help=f"ONNX opset, one of {list(SUPPORTED_OPSETS)} (default: {DEFAULT_OPSET})")
-    p.add_argument("--image-size", type=int, help="SAM2 input side, a multiple of 32 (default: the model's, 1024 as released)")
-    p.add_argument("--max-batch", type=int, default=8,
-                   help="TensorRT: largest batch (images or prompts) per engine call; larger ones run in chunks (default: 8)")
-    p.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace limit in GB (default: 4)")
+    p.add_argument(
+        "--format",
+        choices=["onnx", "tensorrt"],
+        default="onnx",
+        help="onnx (default), or tensorrt: ONNX plus engines built here (needs a CUDA GPU and tensorrt)",
+    )
+    p.add_argument(
+        "--fp16",
+        action="store_true",
+        help="graphs (and engines) that compute in float16, normalisation layers in float32; inputs and "
+        "outputs stay float32 (for GPUs: TensorRT, or onnxruntime-gpu)",
+    )
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset, one of {list(SUPPORTED_OPSETS)} (default: {DEFAULT_OPSET})",
+    )
+    p.add_argument(
+        "--image-size", type=int, help="SAM2 input side, a multiple of 32 (default: the model's, 1024 as released)"
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=8,
+        help="TensorRT: largest batch (images or prompts) per engine call; larger ones run in chunks (default: 8)",
+    )
+    p.add_argument(
+        "--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace limit in GB (default: 4)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace the export files in an existing output directory")
     p.set_defaults(func=cmd_export)
 
 
 def _add_make_tiny(sub) -> None:
-    p = sub.add_parser("make-tiny", help="write a tiny, randomly initialised LENS checkpoint for tests and demos",
-                       description="Builds a complete small LENS checkpoint (tiny Qwen2.5-VL, local tokenizer with the "
-                                   "Qwen special tokens and chat template, small SAM2) in seconds on a CPU. Untrained.")
+    p = sub.add_parser(
+        "make-tiny",
+        help="write a tiny, randomly initialised LENS checkpoint for tests and demos",
+        description="Builds a complete small LENS checkpoint (tiny Qwen2.5-VL, local tokenizer with the "
+        "Qwen special tokens and chat template, small SAM2) in seconds on a CPU. Untrained.",
+    )
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default: 0)")
     p.add_argument("--num-queries", type=int, default=8, help="number of context queries (default: 8)")
@@ -101,35 +152,52 @@ def _add_make_tiny(sub) -> None:
 def _add_eval(sub) -> None:
     from .data import DATASET_NAMES
 
-    p = sub.add_parser("eval", help="gIoU/cIoU of a model on a dataset split (resumable; shard with torchrun)",
-                       description="Evaluates with the LISA/LENS protocol and prints dataset, split, N, gIoU, cIoU, P@0.5. "
-                                   "Per-sample results stream to OUT/samples-rank*.jsonl; re-running the same command "
-                                   "resumes. Shard over processes/GPUs with: torchrun --nproc_per_node K -m lens_cli eval ...")
+    p = sub.add_parser(
+        "eval",
+        help="gIoU/cIoU of a model on a dataset split (resumable; shard with torchrun)",
+        description="Evaluates with the LISA/LENS protocol and prints dataset, split, N, gIoU, cIoU, P@0.5. "
+        "Per-sample results stream to OUT/samples-rank*.jsonl; re-running the same command "
+        "resumes. Shard over processes/GPUs with: torchrun --nproc_per_node K -m lens_cli eval ...",
+    )
     add_model_argument(p)
     p.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset name")
     p.add_argument("--data-root", required=True, type=Path, help="dataset root (see README: Datasets)")
-    p.add_argument("--split", required=True, help="refcoco/refcoco+: val testA testB; refcocog: val test; "
-                                                  "reasonseg: val test; groundingsuite: eval; synthetic: as written")
+    p.add_argument(
+        "--split",
+        required=True,
+        help="refcoco/refcoco+: val testA testB; refcocog: val test; "
+        "reasonseg: val test; groundingsuite: eval; synthetic: as written",
+    )
     p.add_argument("--image-dir", type=Path, help="image folder, when not in the standard place under --data-root")
     p.add_argument("--limit", type=int, help="evaluate only the first N samples of the split")
     p.add_argument("--batch-size", type=int, default=1, help="samples per forward pass per process (default: 1)")
     p.add_argument("--out", type=Path, help="output folder (default: runs/eval/DATASET-SPLIT)")
-    p.add_argument("--save-vis", type=int, default=0, metavar="K", help="save K GT|prediction overlay images (default: 0)")
-    p.add_argument("--max-length", type=int, default=768, help="prompt + completion token budget (default: 768, as released)")
+    p.add_argument(
+        "--save-vis", type=int, default=0, metavar="K", help="save K GT|prediction overlay images (default: 0)"
+    )
+    p.add_argument(
+        "--max-length", type=int, default=768, help="prompt + completion token budget (default: 768, as released)"
+    )
     add_device_dtype_arguments(p, device_help="auto, cpu, cuda (with torchrun: each rank uses cuda:LOCAL_RANK)")
     _add_overrides(p, "override the checkpoint's context-pass mode", "override the answer format")
-    p.add_argument("--ignore-as-background", action="store_true",
-                   help="ReasonSeg: count 'ignore' regions as background, as the released LENS script does "
-                        "(default: leave them out of I and U, as LISA does)")
+    p.add_argument(
+        "--ignore-as-background",
+        action="store_true",
+        help="ReasonSeg: count 'ignore' regions as background, as the released LENS script does "
+        "(default: leave them out of I and U, as LISA does)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(func=cmd_eval)
 
 
 def _add_make_synthetic(sub) -> None:
-    p = sub.add_parser("make-synthetic", help="render synthetic referring scenes in the REFER layout",
-                       description="Images of coloured shapes with referring expressions that need attributes and "
-                                   "spatial relations, written like RefCOCO (refs(unc).p, instances.json, images/). "
-                                   "Evaluate with: lens eval --dataset synthetic --data-root DIR --split val")
+    p = sub.add_parser(
+        "make-synthetic",
+        help="render synthetic referring scenes in the REFER layout",
+        description="Images of coloured shapes with referring expressions that need attributes and "
+        "spatial relations, written like RefCOCO (refs(unc).p, instances.json, images/). "
+        "Evaluate with: lens eval --dataset synthetic --data-root DIR --split val",
+    )
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--n", type=int, default=200, help="number of images (default: 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -167,9 +235,16 @@ def cmd_segment(args) -> int:
     for out in (args.out_mask, args.out_overlay, args.json):
         if out is not None and not out.parent.exists():
             raise LensError(f"output folder does not exist: {out.parent}")
-    pipe = LensPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype, context_pass=args.context_pass,
-                                        answer_format=args.answer_format, max_new_tokens=args.max_new_tokens,
-                                        backend=args.backend, backend_dir=args.backend_dir)
+    pipe = LensPipeline.from_pretrained(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        context_pass=args.context_pass,
+        answer_format=args.answer_format,
+        max_new_tokens=args.max_new_tokens,
+        backend=args.backend,
+        backend_dir=args.backend_dir,
+    )
     result = pipe(rgb, prompt)
     data = result.to_json_dict()
     data.update(image=str(args.image), model=str(args.model), backend=args.backend)
@@ -205,19 +280,26 @@ def cmd_export(args) -> int:
     meta = export_model(args.model, args.out, options)
     if engine_options is not None:
         meta = build_engines(args.out, engine_options)
+
     def shapes(specs) -> str:
         return ", ".join(f"{t.name} {tuple(t.shape)}" for t in specs)
 
     for name, graph in meta.graphs.items():
         _, problems = check_file(args.out / graph.onnx)
         size = sum(f.stat().st_size for f in args.out.glob(f"{graph.onnx}*")) / 1e6
-        print(f"{name}: {args.out / graph.onnx} ({size:.1f} MB){' + ' + graph.engine if graph.engine else ''}\n"
-              f"    {shapes(graph.inputs)} -> {shapes(graph.outputs)}")
+        print(
+            f"{name}: {args.out / graph.onnx} ({size:.1f} MB){' + ' + graph.engine if graph.engine else ''}\n"
+            f"    {shapes(graph.inputs)} -> {shapes(graph.outputs)}"
+        )
         for problem in problems:
             print(f"    warning: {TENSORRT_TARGET} may not parse this graph: {problem}", file=sys.stderr)
-    print(f"precision {meta.precision}; model weights sha256 {meta.model_hash}; metadata: {args.out / 'lens_export.json'}")
-    print(f"run: lens segment --model {args.model} --backend {'tensorrt' if meta.tensorrt else 'onnxruntime'} "
-          f"--backend-dir {args.out} --image IMAGE --prompt TEXT")
+    print(
+        f"precision {meta.precision}; model weights sha256 {meta.model_hash}; metadata: {args.out / 'lens_export.json'}"
+    )
+    print(
+        f"run: lens segment --model {args.model} --backend {'tensorrt' if meta.tensorrt else 'onnxruntime'} "
+        f"--backend-dir {args.out} --image IMAGE --prompt TEXT"
+    )
     return 0
 
 
@@ -254,21 +336,37 @@ def cmd_eval(args) -> int:
 
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
     pipe = LensPipeline.from_pretrained(
-        str(args.model), device=device, dtype=args.dtype, context_pass=args.context_pass, answer_format=args.answer_format,
+        str(args.model),
+        device=device,
+        dtype=args.dtype,
+        context_pass=args.context_pass,
+        answer_format=args.answer_format,
         mllm_longest_side=REASONSEG_MLLM_LONGEST_SIDE if args.dataset == "reasonseg" else None,
     )
     out = args.out or Path("runs") / "eval" / f"{args.dataset}-{args.split}"
-    meta = {"dataset": args.dataset, "split": args.split, "model": str(args.model),
-            "context_pass": pipe.config.context_pass, "max_length": args.max_length,
-            "ignore_regions": "background" if args.ignore_as_background else "excluded"}
-    options = EvalOptions(batch_size=args.batch_size, save_vis=args.save_vis, max_length=args.max_length,
-                          progress=not args.no_progress, ignore_as_background=args.ignore_as_background)
+    meta = {
+        "dataset": args.dataset,
+        "split": args.split,
+        "model": str(args.model),
+        "context_pass": pipe.config.context_pass,
+        "max_length": args.max_length,
+        "ignore_regions": "background" if args.ignore_as_background else "excluded",
+    }
+    options = EvalOptions(
+        batch_size=args.batch_size,
+        save_vis=args.save_vis,
+        max_length=args.max_length,
+        progress=not args.no_progress,
+        ignore_as_background=args.ignore_as_background,
+    )
     results = run_eval(pipe, records, out, options, rank=rank, world=world, meta=meta)
     if results is not None:
         print(format_table(results))
         if results["failed"]:
-            print(f"{results['failed']} sample(s) failed and are not in the numbers; see {out / 'results.json'}",
-                  file=sys.stderr)
+            print(
+                f"{results['failed']} sample(s) failed and are not in the numbers; see {out / 'results.json'}",
+                file=sys.stderr,
+            )
         print(f"results: {out / 'results.json'}")
     return 0
 

@@ -6,6 +6,7 @@ transformers) can therefore still read the directory as a plain Qwen2.5-VL check
 Released checkpoints (hustvl/LENS) carry ``num_of_query`` / ``if_use_qwen_connector`` at the top level
 instead; :meth:`LensConfig.from_released` maps them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +17,7 @@ from .vocab import ANSWER_FORMATS, CONTEXT_PASS_MODES
 
 DEFAULT_MODEL_ID = "OuyBin/LENS"  # the released LENS (Qwen2.5-VL-3B) on the Hugging Face Hub
 
-# Prompt templates of the released checkpoints (facts from hustvl/LENS, see SPEC.md).
+# Prompt templates of the released checkpoints (docs/design.md, "Prompt and answer formats").
 QWEN_SYSTEM_PROMPT = "You are a helpful assistant. "
 GROUNDING_QUESTION = "Output the bounding box of the {question} in the image."
 THINK_ANSWER_QUESTION = (  # sentences joined without spaces, exactly as the released template
@@ -37,7 +38,7 @@ class PromptConfig:
     question_template: str = GROUNDING_QUESTION
 
     @classmethod
-    def for_format(cls, answer_format: str) -> "PromptConfig":
+    def for_format(cls, answer_format: str) -> PromptConfig:
         if answer_format == "grounding":
             return cls()
         if answer_format == "think_answer":
@@ -88,7 +89,7 @@ class LensConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LensConfig":
+    def from_dict(cls, data: dict[str, Any]) -> LensConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -96,7 +97,7 @@ class LensConfig:
         return cls(**data)
 
     @classmethod
-    def from_released(cls, mllm_config: dict[str, Any]) -> "LensConfig":
+    def from_released(cls, mllm_config: dict[str, Any]) -> LensConfig:
         """Config of a released hustvl/LENS checkpoint: SAM2.0 Hiera-L, official context pass."""
         return cls(
             num_queries=int(mllm_config.get("num_of_query") or 64),

@@ -3,6 +3,7 @@
 Parameter names match the released hustvl/LENS checkpoints (`learnable_query`, `connector.*`,
 `conv_1d.*`, `proj_to_sam.*`) so their tensors load without renaming.
 """
+
 from __future__ import annotations
 
 import torch
@@ -81,9 +82,16 @@ class ContextHead(nn.Module):
         self.num_queries = n
         self.learnable_query = nn.Parameter(torch.empty(1, n, hidden_size).normal_(0.0, 0.02))
         self.connector = (
-            Connector(hidden_size, n, config.connector_depth, config.connector_heads,
-                      config.connector_mlp_ratio, config.connector_act)
-            if config.use_connector else None
+            Connector(
+                hidden_size,
+                n,
+                config.connector_depth,
+                config.connector_heads,
+                config.connector_mlp_ratio,
+                config.connector_act,
+            )
+            if config.use_connector
+            else None
         )
         # Collapses the N states to one token (kernel spans the whole query sequence).
         self.conv_1d = nn.Conv1d(hidden_size, hidden_size, kernel_size=n)
@@ -100,7 +108,8 @@ class ContextHead(nn.Module):
         """(B, N, hidden) last-layer states of the queries -> (B, 1, 256) SAM2 sparse prompt embedding."""
         if query_states.shape[1:] != self.learnable_query.shape[1:]:
             raise ValueError(
-                f"context head expects query states of shape (B, {self.num_queries}, {self.learnable_query.shape[-1]}), "
+                f"context head expects query states of shape "
+                f"(B, {self.num_queries}, {self.learnable_query.shape[-1]}), "
                 f"got {tuple(query_states.shape)}"
             )
         x = query_states.to(self.conv_1d.weight.dtype)

@@ -1,4 +1,5 @@
 """The few torch.distributed calls the library and the trainers share; every one is a no-op in one process."""
+
 from __future__ import annotations
 
 import os

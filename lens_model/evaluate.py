@@ -9,14 +9,15 @@ Each process appends one JSON line per finished sample to OUT/samples-rank{R}.js
 samples already in any of those files. The split's numbers are computed from the per-sample intersections
 and unions of all files, so N processes give exactly the single-process cIoU.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -64,11 +65,13 @@ def read_finished(out_dir: Path) -> dict[str, dict]:
 
 def _batches(records: Sequence[Record], size: int) -> Iterator[list[Record]]:
     for start in range(0, len(records), size):
-        yield list(records[start:start + size])
+        yield list(records[start : start + size])
 
 
 # ---------------------------------------------------------------------------- one batch
-def _evaluate_batch(pipe, batch: list[Record], options: EvalOptions) -> list[tuple[dict, np.ndarray | None, np.ndarray | None]]:
+def _evaluate_batch(
+    pipe, batch: list[Record], options: EvalOptions
+) -> list[tuple[dict, np.ndarray | None, np.ndarray | None]]:
     """-> per record: (JSON row, predicted mask, GT mask); failed records carry an "error" and no masks."""
     out: list = [None] * len(batch)
     images: dict[Path, np.ndarray] = {}
@@ -85,19 +88,28 @@ def _evaluate_batch(pipe, batch: list[Record], options: EvalOptions) -> list[tup
             out[i] = ({"sample_id": record.sample_id, "error": str(exc)}, None, None)
     if ready:
         paths = list(dict.fromkeys(batch[i].image_path for i, _, _ in ready))
-        results = pipe.segment_batch([images[p] for p in paths], [batch[i].expression for i, _, _ in ready],
-                                     [paths.index(batch[i].image_path) for i, _, _ in ready], max_length=options.max_length)
+        results = pipe.segment_batch(
+            [images[p] for p in paths],
+            [batch[i].expression for i, _, _ in ready],
+            [paths.index(batch[i].image_path) for i, _, _ in ready],
+            max_length=options.max_length,
+        )
         for (i, gt, ignore), result in zip(ready, results):
             record = batch[i]
             score = score_sample(result.mask, gt, result.box, record.box, ignore=ignore)
             row = {
-                "sample_id": record.sample_id, "expression": record.expression,
-                "intersection": score.intersection, "union": score.union,
-                "gt_pixels": int(gt.sum()), "pred_pixels": int(result.mask.sum()),
+                "sample_id": record.sample_id,
+                "expression": record.expression,
+                "intersection": score.intersection,
+                "union": score.union,
+                "gt_pixels": int(gt.sum()),
+                "pred_pixels": int(result.mask.sum()),
                 "ignored_pixels": 0 if ignore is None else int(ignore.sum()),
                 "pred_box": None if result.box is None else [round(v, 2) for v in result.box],
                 "gt_box": None if record.box is None else [round(v, 2) for v in record.box],
-                "box_iou": score.box_iou, "score": round(result.score, 5), "format_ok": result.format_ok,
+                "box_iou": score.box_iou,
+                "score": round(result.score, 5),
+                "format_ok": result.format_ok,
                 "text": result.text,
             }
             out[i] = (row, result.mask, gt)
@@ -128,13 +140,27 @@ def summarize(records: Sequence[Record], finished: dict[str, dict]) -> tuple[dic
         if "error" in row:
             failed.append({"sample_id": row["sample_id"], "error": row["error"]})
             continue
-        metrics.add(SampleScore(row["intersection"], row["union"], row["box_iou"],
-                                has_gt_box=row["gt_box"] is not None, has_pred_box=row["pred_box"] is not None))
+        metrics.add(
+            SampleScore(
+                row["intersection"],
+                row["union"],
+                row["box_iou"],
+                has_gt_box=row["gt_box"] is not None,
+                has_pred_box=row["pred_box"] is not None,
+            )
+        )
     return metrics.summary(), failed
 
 
-def run_eval(pipe, records: Sequence[Record], out_dir: str | Path, options: EvalOptions,
-             rank: int = 0, world: int = 1, meta: dict | None = None) -> dict | None:
+def run_eval(
+    pipe,
+    records: Sequence[Record],
+    out_dir: str | Path,
+    options: EvalOptions,
+    rank: int = 0,
+    world: int = 1,
+    meta: dict | None = None,
+) -> dict | None:
     """Evaluate this process's shard; rank 0 returns (and writes) the split's results after all shards finish."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -146,8 +172,13 @@ def run_eval(pipe, records: Sequence[Record], out_dir: str | Path, options: Eval
     from tqdm import tqdm
 
     vis_left = options.save_vis - (len(list((out / "vis").glob("*.png"))) if (out / "vis").exists() else 0)
-    bar = tqdm(total=len(todo), desc=f"eval rank {rank}" if world > 1 else "eval", unit="sample",
-               disable=not options.progress, position=rank)
+    bar = tqdm(
+        total=len(todo),
+        desc=f"eval rank {rank}" if world > 1 else "eval",
+        unit="sample",
+        disable=not options.progress,
+        position=rank,
+    )
     with own.open("a") as stream:
         for batch in _batches(todo, options.batch_size):
             for record, (row, pred, gt) in zip(batch, _evaluate_batch(pipe, batch, options)):
@@ -168,8 +199,16 @@ def run_eval(pipe, records: Sequence[Record], out_dir: str | Path, options: Eval
 
 
 def format_table(results: dict) -> str:
-    cols = [("dataset", "{}"), ("split", "{}"), ("n", "{}"), ("gIoU", "{:.4f}"), ("cIoU", "{:.4f}"), ("P@0.5", "{:.4f}"),
-            ("box_acc", "{:.4f}"), ("failed", "{}")]
+    cols = [
+        ("dataset", "{}"),
+        ("split", "{}"),
+        ("n", "{}"),
+        ("gIoU", "{:.4f}"),
+        ("cIoU", "{:.4f}"),
+        ("P@0.5", "{:.4f}"),
+        ("box_acc", "{:.4f}"),
+        ("failed", "{}"),
+    ]
     cells = [fmt.format(results.get(k, "")) if results.get(k) is not None else "-" for k, fmt in cols]
     widths = [max(len(k), len(c)) for (k, _), c in zip(cols, cells)]
     head = "  ".join(k.ljust(w) for (k, _), w in zip(cols, widths))

@@ -11,6 +11,7 @@ For R prompt rows over I distinct images (row r shows image rows[r]; prompts lef
 `LensPipeline.segment_batch` (inference), `training.rollout` (in-process GRPO sampling) and
 `training.vllm_rollout` (completions from vLLM) all call `generate_and_segment`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,11 +21,11 @@ import torch
 
 from .answer import ParsedAnswer, parse_answer
 from .backends import SegmentationBackend, TorchBackend
-from .vocab import CONTEXT_PASS_MODES
 from .modeling import ContextInputs, LensModel, completion_mask
 from .prompting import decode_completions
 from .sam import SamImageFeatures, upsample_logits
 from .timing import StageTimer
+from .vocab import CONTEXT_PASS_MODES
 
 
 @dataclass
@@ -72,12 +73,15 @@ def check_context_pass(model: LensModel, context_pass: str | None) -> None:
     if context_pass not in CONTEXT_PASS_MODES:
         raise ValueError(f"context_pass must be one of {CONTEXT_PASS_MODES}, got {context_pass!r}")
     if context_pass != model.lens_config.context_pass:
-        raise ValueError(f"context_pass {context_pass!r} was asked for, but the model runs its own "
-                         f"({model.lens_config.context_pass!r}, lens_config.context_pass)")
+        raise ValueError(
+            f"context_pass {context_pass!r} was asked for, but the model runs its own "
+            f"({model.lens_config.context_pass!r}, lens_config.context_pass)"
+        )
 
 
-def completion_state(completion: torch.Tensor, eos_token_ids: list[int],
-                     lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_state(
+    completion: torch.Tensor, eos_token_ids: list[int], lengths: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(R, T) ids -> (valid (R, T) long: 1 up to and including the first end token, ended (R,) bool).
 
     `lengths` (R,): only the first lengths[r] tokens are the answer; the rest is padding, which must not count as
@@ -91,10 +95,19 @@ def completion_state(completion: torch.Tensor, eos_token_ids: list[int],
 
 
 @torch.no_grad()
-def generate_and_segment(model: LensModel, tokenizer, prompts: PromptRows, pad_token_id: int,
-                         eos_token_ids: list[int], *, generation_kwargs: dict | None = None,
-                         completions: Completions | None = None, segmenter: SegmentationBackend | None = None,
-                         streamer=None, timer: StageTimer | None = None) -> GenerationOutput:
+def generate_and_segment(
+    model: LensModel,
+    tokenizer,
+    prompts: PromptRows,
+    pad_token_id: int,
+    eos_token_ids: list[int],
+    *,
+    generation_kwargs: dict | None = None,
+    completions: Completions | None = None,
+    segmenter: SegmentationBackend | None = None,
+    streamer=None,
+    timer: StageTimer | None = None,
+) -> GenerationOutput:
     """Prompts -> answers, their masks and parsed boxes (see the module docstring).
 
     Without `completions` the MLLM generates with `generation_kwargs` (max_new_tokens or max_length, do_sample,
@@ -115,9 +128,16 @@ def generate_and_segment(model: LensModel, tokenizer, prompts: PromptRows, pad_t
     if completions is None:
         with timer.stage("generate"):
             gen = model.mllm.generate(
-                input_ids=ids, attention_mask=attention, mm_token_type_ids=types, image_grid_thw=grid[rows],
-                mm_encoder_outputs={"image": image_outputs}, **(generation_kwargs or {}),
-                eos_token_id=eos_token_ids, pad_token_id=pad_token_id, return_dict_in_generate=True, use_cache=True,
+                input_ids=ids,
+                attention_mask=attention,
+                mm_token_type_ids=types,
+                image_grid_thw=grid[rows],
+                mm_encoder_outputs={"image": image_outputs},
+                **(generation_kwargs or {}),
+                eos_token_id=eos_token_ids,
+                pad_token_id=pad_token_id,
+                return_dict_in_generate=True,
+                use_cache=True,
                 **({"streamer": streamer} if streamer is not None else {}),
             )
         sequences, cache = gen.sequences, gen.cache
@@ -128,17 +148,31 @@ def generate_and_segment(model: LensModel, tokenizer, prompts: PromptRows, pad_t
     completion = sequences[:, prompt_length:]
     with timer.stage("context"):
         valid, ended = completion_state(completion, eos_token_ids, lengths)
-        ctx = ContextInputs(sequences, torch.cat([attention, valid], 1),
-                            torch.cat([types, torch.zeros_like(completion)], 1), grid[rows])
+        ctx = ContextInputs(
+            sequences, torch.cat([attention, valid], 1), torch.cat([types, torch.zeros_like(completion)], 1), grid[rows]
+        )
         states = model.query_states(ctx, image_outputs, cache)  # (R, N, hidden)
     with timer.stage("sam_encode"):
         features = segmenter.encode_images(prompts.sam_images.to(device))
     with timer.stage("sam_decode"):
         low_res, scores = segmenter.masks_from_query_states(states, features.select(rows))  # (R, 1, S/4, S/4)
-        masks = [(upsample_logits(low_res[r:r + 1], prompts.image_sizes[i])[0] > 0).cpu().numpy()
-                 for r, i in enumerate(rows.tolist())]
+        masks = [
+            (upsample_logits(low_res[r : r + 1], prompts.image_sizes[i])[0] > 0).cpu().numpy()
+            for r, i in enumerate(rows.tolist())
+        ]
     with timer.stage("postprocess"):
         texts = decode_completions(tokenizer, completion, pad_token_id, eos_token_ids)
         answers = [parse_answer(t, model.lens_config.prompt.answer_format) for t in texts]
-    return GenerationOutput(sequences, ctx.attention_mask, ctx.mm_token_type_ids, valid, prompt_length, ended, texts,
-                            answers, masks, scores, features)
+    return GenerationOutput(
+        sequences,
+        ctx.attention_mask,
+        ctx.mm_token_type_ids,
+        valid,
+        prompt_length,
+        ended,
+        texts,
+        answers,
+        masks,
+        scores,
+        features,
+    )

@@ -6,6 +6,7 @@ not composited, so the colour values the camera recorded are kept; 16-bit graysc
 CMYK/YCbCr/LAB/HSV go through PIL's RGB conversion; EXIF orientation is applied so that the mask lines up
 with the picture the user sees.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,10 @@ def _from_pil(image: Image.Image, source: str) -> np.ndarray:
     if image.mode in _SIXTEEN_BIT_MODES:
         return gray_to_rgb(uint16_high_byte(np.asarray(image)))
     if image.mode == "F":
-        raise ImageError(f"{source} is a floating-point (mode F) image; expected 8-bit RGB or 8/16-bit grayscale "
-                         "(scale it to 0..255 and save as uint8)")
+        raise ImageError(
+            f"{source} is a floating-point (mode F) image; expected 8-bit RGB or 8/16-bit grayscale "
+            "(scale it to 0..255 and save as uint8)"
+        )
     try:
         rgb = image.convert("RGB")  # L, 1, P, LA, RGBA, CMYK, YCbCr ... ; alpha is dropped
     except ValueError:
@@ -83,8 +86,9 @@ def _from_path(path: Path) -> np.ndarray:
     except PermissionError:
         raise ImageError(f"cannot read image file {path}: permission denied") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path} is not a readable image (unknown or unsupported format; "
-                         "use JPEG, PNG, BMP, TIFF or WebP)") from None
+        raise ImageError(
+            f"{path} is not a readable image (unknown or unsupported format; use JPEG, PNG, BMP, TIFF or WebP)"
+        ) from None
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{path} is too large to load safely: {_one_line(exc)}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -97,8 +101,10 @@ def _from_array(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.uint16:
         array = uint16_high_byte(array)
     if array.dtype != np.uint8:
-        raise ImageError(f"image array has dtype {array.dtype} and shape {array.shape}; {_EXPECTED} "
-                         "(scale floats to 0..255 and cast with .astype(np.uint8))")
+        raise ImageError(
+            f"image array has dtype {array.dtype} and shape {array.shape}; {_EXPECTED} "
+            "(scale floats to 0..255 and cast with .astype(np.uint8))"
+        )
     if array.ndim == 2:
         return gray_to_rgb(array)
     if array.ndim == 3 and array.shape[2] == 1:
@@ -118,15 +124,17 @@ def load_image(image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarra
         return _from_opened(image)
     if isinstance(image, np.ndarray):
         return _from_array(image)
-    raise ImageError(f"unsupported image type {type(image).__name__}; "
-                     "pass a file path, a PIL image or an HxWx3 uint8 numpy array")
+    raise ImageError(
+        f"unsupported image type {type(image).__name__}; pass a file path, a PIL image or an HxWx3 uint8 numpy array"
+    )
 
 
 def read_prompt(prompt: Any) -> str:
     """The text command, stripped; PromptError when there is none."""
     if prompt is not None and not isinstance(prompt, str):
-        raise PromptError(f"prompt must be text (str), got {type(prompt).__name__}; "
-                          "pass a text command such as 'the red cup'")
+        raise PromptError(
+            f"prompt must be text (str), got {type(prompt).__name__}; pass a text command such as 'the red cup'"
+        )
     if prompt is None or not prompt.strip():
         raise PromptError("prompt is empty: pass a text command such as 'the red cup'")
     return prompt.strip()

@@ -5,6 +5,7 @@ Per sample: I = |P ∧ G|, U = |P ∨ G| at the original resolution.
   gIoU = mean of I / (U + 1e-5), where U = 0 (empty prediction and empty target) counts 1.0
 Split statistics are sums, so shards merge exactly (intersections and unions add; per-rank IoUs don't).
 """
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,9 @@ class SampleScore:
         return self.box_iou is not None and self.box_iou >= BOX_HIT_IOU
 
 
-def score_sample(pred_mask: np.ndarray, gt_mask: np.ndarray, pred_box=None, gt_box=None,
-                 ignore: np.ndarray | None = None) -> SampleScore:
+def score_sample(
+    pred_mask: np.ndarray, gt_mask: np.ndarray, pred_box=None, gt_box=None, ignore: np.ndarray | None = None
+) -> SampleScore:
     """I and U of one sample. `ignore` (H, W) bool: pixels left out of both (LISA's ignore_index=255)."""
     if pred_mask.shape != gt_mask.shape:
         raise ValueError(f"prediction shape {pred_mask.shape} does not match ground-truth shape {gt_mask.shape}")
@@ -54,8 +56,13 @@ def score_sample(pred_mask: np.ndarray, gt_mask: np.ndarray, pred_box=None, gt_b
         keep = ~ignore.astype(bool)
         pred, gt = pred & keep, gt & keep
     iou = _box_iou(pred_box, gt_box) if pred_box is not None and gt_box is not None else None
-    return SampleScore(int(np.count_nonzero(pred & gt)), int(np.count_nonzero(pred | gt)), iou,
-                       has_gt_box=gt_box is not None, has_pred_box=pred_box is not None)
+    return SampleScore(
+        int(np.count_nonzero(pred & gt)),
+        int(np.count_nonzero(pred | gt)),
+        iou,
+        has_gt_box=gt_box is not None,
+        has_pred_box=pred_box is not None,
+    )
 
 
 @dataclass
@@ -79,19 +86,27 @@ class SplitMetrics:
             self.precision_hits[k] += int(iou >= threshold)
         self.box_hits += int(score.box_hit)
 
-    def merge(self, other: "SplitMetrics") -> "SplitMetrics":
+    def merge(self, other: SplitMetrics) -> SplitMetrics:
         return SplitMetrics.from_array(self.to_array() + other.to_array())
 
     def to_array(self) -> np.ndarray:
         """float64 vector of the sums (integers stay exact below 2**53), e.g. for an all-reduce."""
-        return np.array([self.n, self.sum_intersection, self.sum_union, self.sum_giou, *self.precision_hits, self.box_hits],
-                        dtype=np.float64)
+        return np.array(
+            [self.n, self.sum_intersection, self.sum_union, self.sum_giou, *self.precision_hits, self.box_hits],
+            dtype=np.float64,
+        )
 
     @classmethod
-    def from_array(cls, values: np.ndarray) -> "SplitMetrics":
+    def from_array(cls, values: np.ndarray) -> SplitMetrics:
         k = len(PRECISION_THRESHOLDS)
-        return cls(int(values[0]), int(values[1]), int(values[2]), float(values[3]),
-                   [int(v) for v in values[4:4 + k]], int(values[4 + k]))
+        return cls(
+            int(values[0]),
+            int(values[1]),
+            int(values[2]),
+            float(values[3]),
+            [int(v) for v in values[4 : 4 + k]],
+            int(values[4 + k]),
+        )
 
     def summary(self) -> dict[str, float | int]:
         ratio = (lambda x: x / self.n) if self.n else (lambda x: math.nan)

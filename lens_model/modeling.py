@@ -7,6 +7,7 @@ Data flow for one batch of prompts (B rows, left-padded prompt length P, T gener
     context pass: queries appended after prompt + completion -> last-layer states (B, N, hidden)
     context head -> (B, 1, 256) sparse prompt -> SAM2 mask decoder -> low-res logits (B, 1, S/4, S/4)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,8 +51,9 @@ def positions_1d(attention_mask: torch.Tensor) -> torch.Tensor:
     return pos.unsqueeze(0).expand(3, -1, -1)
 
 
-def image_features_per_row(mllm, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor,
-                           rows: torch.Tensor | None = None):
+def image_features_per_row(
+    mllm, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, rows: torch.Tensor | None = None
+):
     """Vision encoder once per image; with `rows`, its output repeated (shared tensors) for every row of that
     image, in row order, as `embed_with_images` expects."""
     outputs = mllm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
@@ -61,8 +63,9 @@ def image_features_per_row(mllm, pixel_values: torch.Tensor, image_grid_thw: tor
     return outputs
 
 
-def embed_with_images(mllm, input_ids: torch.Tensor, image_outputs,
-                      mm_token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+def embed_with_images(
+    mllm, input_ids: torch.Tensor, image_outputs, mm_token_type_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """(B, L) ids -> (B, L, hidden) token embeddings with the image features (one entry of
     `image_outputs.pooler_output` per row) scattered into the image placeholder tokens. With
     `mm_token_type_ids` only the prompt's image slots (type 1) are filled: a sampled completion may itself
@@ -73,12 +76,14 @@ def embed_with_images(mllm, input_ids: torch.Tensor, image_outputs,
         slots = (input_ids == mllm.config.image_token_id) if mm_token_type_ids is None else (mm_token_type_ids == 1)
         image_mask = slots.unsqueeze(-1)
         if int(image_mask.sum()) != image_embeds.shape[0]:
-            raise ValueError(f"{int(image_mask.sum())} image tokens in the prompt but {image_embeds.shape[0]} image features")
+            raise ValueError(
+                f"{int(image_mask.sum())} image tokens in the prompt but {image_embeds.shape[0]} image features"
+            )
         embeds = embeds.masked_scatter(image_mask.expand_as(embeds), image_embeds)
     return embeds
 
 
-def mrope_positions(mllm, ctx: "ContextInputs", extra: int) -> tuple[torch.Tensor, torch.Tensor]:
+def mrope_positions(mllm, ctx: ContextInputs, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
     """M-RoPE positions (3, B, L+extra) for prompt + completion + `extra` text tokens, and the full mask —
     the positions generation used for every valid token."""
     b = ctx.input_ids.shape[0]
@@ -87,7 +92,9 @@ def mrope_positions(mllm, ctx: "ContextInputs", extra: int) -> tuple[torch.Tenso
     ids = torch.cat([ctx.input_ids, ctx.input_ids.new_zeros(b, extra)], dim=1)
     types = torch.cat([ctx.mm_token_type_ids, ctx.mm_token_type_ids.new_zeros(b, extra)], dim=1)
     mask = torch.cat([ctx.attention_mask, ctx.attention_mask.new_ones(b, extra)], dim=1)
-    pos, _ = mllm.model.get_rope_index(ids, mm_token_type_ids=types, image_grid_thw=ctx.image_grid_thw, attention_mask=mask)
+    pos, _ = mllm.model.get_rope_index(
+        ids, mm_token_type_ids=types, image_grid_thw=ctx.image_grid_thw, attention_mask=mask
+    )
     return pos.to(device), mask
 
 
@@ -102,7 +109,9 @@ class ContextInputs:
 
 
 class LensModel(nn.Module):
-    def __init__(self, mllm_config, lens_config: LensConfig, mllm: nn.Module | None = None, sam: nn.Module | None = None):
+    def __init__(
+        self, mllm_config, lens_config: LensConfig, mllm: nn.Module | None = None, sam: nn.Module | None = None
+    ):
         super().__init__()
         self.lens_config = lens_config
         self.mllm = mllm if mllm is not None else mllm_class(mllm_config.model_type)(mllm_config)
@@ -112,7 +121,7 @@ class LensModel(nn.Module):
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod
-    def from_pretrained(cls, name_or_path, **kwargs) -> "LensModel":
+    def from_pretrained(cls, name_or_path, **kwargs) -> LensModel:
         from .checkpoint import load_model
 
         return load_model(name_or_path, **kwargs)[0]
@@ -131,13 +140,16 @@ class LensModel(nn.Module):
         return self.context.learnable_query.dtype
 
     # ------------------------------------------------------------------ MLLM
-    def encode_mllm_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor,
-                           rows: torch.Tensor | None = None):
+    def encode_mllm_images(
+        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, rows: torch.Tensor | None = None
+    ):
         """Run the MLLM vision encoder once per image; the result feeds generation and the context pass.
         `rows` (R,): the image of each prompt row — the output then holds one (shared) entry per row."""
         return image_features_per_row(self.mllm, pixel_values, image_grid_thw, rows)
 
-    def _embed(self, input_ids: torch.Tensor, image_outputs, mm_token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def _embed(
+        self, input_ids: torch.Tensor, image_outputs, mm_token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return embed_with_images(self.mllm, input_ids, image_outputs, mm_token_type_ids)
 
     def mrope_positions(self, ctx: ContextInputs, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +157,8 @@ class LensModel(nn.Module):
 
     def context_positions(self, ctx: ContextInputs, positions: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions (3, B, L+N) and attention mask (B, L+N) of prompt + completion + the N queries:
-        "1d" as the released checkpoints saw them (see SPEC.md), "mrope" continuing the sampling positions."""
+        "1d" as the released checkpoints saw them (docs/design.md, "Context positions"), "mrope" continuing the
+        sampling positions."""
         n = self.context.num_queries
         if positions == "mrope":
             return self.mrope_positions(ctx, n)
@@ -156,7 +169,7 @@ class LensModel(nn.Module):
 
     @property
     def query_positions(self) -> str:
-        """"1d" or "mrope": where this model's queries sit, in inference and in training (from its context pass)."""
+        """ "1d" or "mrope": where this model's queries sit, in inference and in training (from its context pass)."""
         return QUERY_POSITIONS[self.lens_config.context_pass]
 
     def query_states(self, ctx: ContextInputs, image_outputs, cache=None) -> torch.Tensor:
@@ -170,14 +183,17 @@ class LensModel(nn.Module):
     def query_states_full(self, ctx: ContextInputs, image_outputs, positions: str) -> torch.Tensor:
         """One LLM pass over prompt + completion + queries -> (B, N, hidden) last-layer query states.
 
-        positions="1d" reproduces the released checkpoints (see SPEC.md); "mrope" continues the M-RoPE sequence.
+        positions="1d" reproduces the released checkpoints (docs/design.md, "Context positions"); "mrope" continues
+        the M-RoPE sequence.
         The vision encoder is not run: `image_outputs` come from `encode_mllm_images`.
         """
         n = self.context.num_queries
         embeds = self._embed(ctx.input_ids, image_outputs, ctx.mm_token_type_ids)
         embeds = torch.cat([embeds, self.context.query_embeds(embeds.shape[0], embeds.dtype)], dim=1)
         pos, mask = self.context_positions(ctx, positions)
-        out = self.mllm.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False)
+        out = self.mllm.model.language_model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False
+        )
         return out.last_hidden_state[:, -n:]
 
     def query_states_after_prefix(self, ctx: ContextInputs, image_outputs, positions: str) -> torch.Tensor:
@@ -193,11 +209,20 @@ class LensModel(nn.Module):
         length = ctx.input_ids.shape[1]
         lm = self.mllm.model.language_model
         with torch.no_grad():
-            prefix = lm(inputs_embeds=self._embed(ctx.input_ids, image_outputs, ctx.mm_token_type_ids), attention_mask=mask[:, :length],
-                        position_ids=pos[:, :, :length], use_cache=True)
+            prefix = lm(
+                inputs_embeds=self._embed(ctx.input_ids, image_outputs, ctx.mm_token_type_ids),
+                attention_mask=mask[:, :length],
+                position_ids=pos[:, :, :length],
+                use_cache=True,
+            )
         queries = self.context.query_embeds(b, self.dtype)
-        out = lm(inputs_embeds=queries, attention_mask=mask, position_ids=pos[:, :, length:], cache=prefix.cache,
-                 use_cache=True)
+        out = lm(
+            inputs_embeds=queries,
+            attention_mask=mask,
+            position_ids=pos[:, :, length:],
+            cache=prefix.cache,
+            use_cache=True,
+        )
         return out.last_hidden_state[:, -n:]
 
     def query_states_cached(self, ctx: ContextInputs, cache) -> torch.Tensor:
@@ -209,19 +234,29 @@ class LensModel(nn.Module):
         n = self.context.num_queries
         b, length = ctx.input_ids.shape
         if cache.get_seq_length() != length - 1:
-            raise ValueError(f"KV cache holds {cache.get_seq_length()} tokens, expected {length - 1} (prompt + completion - 1)")
+            raise ValueError(
+                f"KV cache holds {cache.get_seq_length()} tokens, expected {length - 1} (prompt + completion - 1)"
+            )
         last = self.mllm.get_input_embeddings()(ctx.input_ids[:, -1:])
         embeds = torch.cat([last, self.context.query_embeds(b, last.dtype)], dim=1)
         pos, mask = self.mrope_positions(ctx, n)
         out = self.mllm.model.language_model(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=pos[:, :, -(n + 1):], cache=cache, use_cache=True
+            inputs_embeds=embeds, attention_mask=mask, position_ids=pos[:, :, -(n + 1) :], cache=cache, use_cache=True
         )
         return out.last_hidden_state[:, -n:]
 
     # ------------------------------------------------------------------ training forward
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mm_token_type_ids: torch.Tensor,
-                pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, sam_images: torch.Tensor,
-                positions: str | None = None, mllm_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mm_token_type_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.Tensor,
+        sam_images: torch.Tensor,
+        positions: str | None = None,
+        mllm_grad: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced pass used in training: (B, L) prompt + answer ids with one image per row -> low-res
         mask logits (B, 1, S/4, S/4) and SAM2's IoU predictions (B, 1).
 
@@ -264,7 +299,9 @@ class LensModel(nn.Module):
         with self.sam_autocast():
             return encode_image(self.sam, sam_images.float())
 
-    def masks_from_query_states(self, query_states: torch.Tensor, features: SamImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    def masks_from_query_states(
+        self, query_states: torch.Tensor, features: SamImageFeatures
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N, hidden) query states + per-row SAM features -> low-res logits (B, 1, h, w), IoU scores (B, 1)."""
         prompt = self.context(query_states)  # (B, 1, 256)
         with self.sam_autocast():

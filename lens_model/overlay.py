@@ -1,4 +1,5 @@
 """Picture of a result: tinted mask with its outline, the box, and the prompt as a caption."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -77,8 +78,14 @@ def _draw_caption(canvas: Image.Image, prompt: str, scale: int) -> None:
     draw.text((pad, (band - (bottom - top)) / 2 - top), text, fill=CAPTION_TEXT, font=font)
 
 
-def draw_overlay(image_rgb: np.ndarray, mask: np.ndarray | None, box: Sequence[float] | None = None,
-                 prompt: str | None = None, color: Sequence[int] = (255, 64, 64), alpha: float = 0.45) -> Image.Image:
+def draw_overlay(
+    image_rgb: np.ndarray,
+    mask: np.ndarray | None,
+    box: Sequence[float] | None = None,
+    prompt: str | None = None,
+    color: Sequence[int] = (255, 64, 64),
+    alpha: float = 0.45,
+) -> Image.Image:
     """Image with the mask tinted (`alpha` blend toward `color`) and outlined, the box in green and the prompt
     in a dark band along the top. Output has the input's size."""
     _check_image(image_rgb)

@@ -1,8 +1,10 @@
 """Inference: image + text prompt(s) -> mask, box, score, generated text, per-stage timings."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -10,14 +12,14 @@ from PIL import Image
 
 from .backends import SegmentationBackend, TorchBackend, check_backend_args, open_backend
 from .config import LensConfig
-from .errors import LensError, PromptError
+from .devices import resolve_device, resolve_dtype
+from .errors import PromptError
 from .generation import PromptRows, generate_and_segment
 from .image_io import load_image, read_prompt
 from .modeling import LensModel
 from .prompting import box_in_image, build_chat, mllm_image, special_token_ids
 from .sam import preprocess_for_sam
 from .timing import StageTimer
-from .vocab import canonical_dtype
 
 DEFAULT_MAX_PROMPT_TOKENS = 2048  # released training/eval bound on the prompt length
 
@@ -45,26 +47,18 @@ class SegmentationResult:
         return data
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LensError(f"--device {device} requested but no CUDA GPU is available; use --device cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, canonical_dtype(dtype))
-
-
 class LensPipeline:
     """`LensPipeline.from_pretrained(model)(image, "the red cup")` -> SegmentationResult."""
 
-    def __init__(self, model: LensModel, processor, max_new_tokens: int = 256,
-                 max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, mllm_longest_side: int | None = None,
-                 backend: SegmentationBackend | None = None) -> None:
+    def __init__(
+        self,
+        model: LensModel,
+        processor,
+        max_new_tokens: int = 256,
+        max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+        mllm_longest_side: int | None = None,
+        backend: SegmentationBackend | None = None,
+    ) -> None:
         self.model = model.eval()
         # Runs SAM2 + the context head (see lens_model.backends); the MLLM always runs in transformers.
         self.backend = backend if backend is not None else TorchBackend(self.model)
@@ -77,9 +71,17 @@ class LensPipeline:
         self.pad_token_id, self.eos_token_ids = special_token_ids(processor.tokenizer)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, device: str = "auto", dtype: str = "auto",
-                        context_pass: str | None = None, answer_format: str | None = None,
-                        backend: str = "torch", backend_dir: str | None = None, **kwargs) -> "LensPipeline":
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        context_pass: str | None = None,
+        answer_format: str | None = None,
+        backend: str = "torch",
+        backend_dir: str | None = None,
+        **kwargs,
+    ) -> LensPipeline:
         """`backend`: torch, onnxruntime or tensorrt for SAM2 + the context head; the last two run the export in
         `backend_dir` (`lens export`), which must come from the same weights (sha256 of the weight files)."""
         from .checkpoint import load_model, resolve_model_dir
@@ -87,8 +89,13 @@ class LensPipeline:
         dev = resolve_device(device)
         backend_choice = check_backend_args(backend, backend_dir)  # before loading a multi-GB model
         model_dir = resolve_model_dir(name_or_path)
-        model, processor = load_model(model_dir, device=dev, dtype=resolve_dtype(dtype, dev),
-                                      context_pass=context_pass, answer_format=answer_format)
+        model, processor = load_model(
+            model_dir,
+            device=dev,
+            dtype=resolve_dtype(dtype, dev),
+            context_pass=context_pass,
+            answer_format=answer_format,
+        )
         segmenter = open_backend(backend_choice, model, model_dir=model_dir)
         return cls(model, processor, backend=segmenter, **kwargs)
 
@@ -115,9 +122,15 @@ class LensPipeline:
         return rgb, mllm_image(rgb, self.config, self.mllm_longest_side)
 
     @torch.inference_mode()
-    def segment_batch(self, images: Sequence, prompts: Sequence[str], image_index: Sequence[int],
-                      max_new_tokens: int | None = None, max_length: int | None = None,
-                      streamer=None) -> list[SegmentationResult]:
+    def segment_batch(
+        self,
+        images: Sequence,
+        prompts: Sequence[str],
+        image_index: Sequence[int],
+        max_new_tokens: int | None = None,
+        max_length: int | None = None,
+        streamer=None,
+    ) -> list[SegmentationResult]:
         """Row i segments prompts[i] in images[image_index[i]]; each distinct image is encoded once (MLLM and SAM2).
 
         max_length bounds prompt + completion tokens instead of max_new_tokens (the released evaluation uses 768).
@@ -125,8 +138,10 @@ class LensPipeline:
         if streamer is not None and len(prompts) != 1:
             raise ValueError(f"a streamer follows one prompt, got {len(prompts)}")
         if len(prompts) != len(image_index) or not prompts:
-            raise PromptError(f"need one image index per prompt and at least one prompt; got {len(prompts)} prompts, "
-                              f"{len(image_index)} indices")
+            raise PromptError(
+                f"need one image index per prompt and at least one prompt; got {len(prompts)} prompts, "
+                f"{len(image_index)} indices"
+            )
         if min(image_index) < 0 or max(image_index) >= len(images):
             raise ValueError(f"image_index must lie in [0, {len(images) - 1}], got {sorted(set(image_index))}")
         device = self.model.device
@@ -135,34 +150,62 @@ class LensPipeline:
             prompts = [read_prompt(p) for p in prompts]
             prepared = [self._prepare_image(image) for image in images]
             texts = [self.build_chat(p) for p in prompts]
-            batch = self.processor(text=texts, images=[prepared[i][1] for i in image_index], padding=True, return_tensors="pt")
+            batch = self.processor(
+                text=texts, images=[prepared[i][1] for i in image_index], padding=True, return_tensors="pt"
+            )
             longest = int(batch["attention_mask"].sum(1).max())
             if longest > self.max_prompt_tokens:
-                raise PromptError(f"prompt is {longest} tokens with the image; this model accepts at most {self.max_prompt_tokens}")
+                raise PromptError(
+                    f"prompt is {longest} tokens with the image; this model accepts at most {self.max_prompt_tokens}"
+                )
             if max_length and batch["input_ids"].shape[1] >= max_length:
                 raise PromptError(f"prompt is {batch['input_ids'].shape[1]} tokens, not below max_length={max_length}")
             unique = self.processor.image_processor(images=[llm for _, llm in prepared], return_tensors="pt")
             grid = unique["image_grid_thw"]  # (num_images, 3)
             patch = self.processor.image_processor.patch_size
             sam_images = torch.stack([preprocess_for_sam(rgb, self.backend.image_size) for rgb, _ in prepared])
-            rows = PromptRows(batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"],
-                              unique["pixel_values"], grid, torch.tensor(image_index), sam_images,
-                              [rgb.shape[:2] for rgb, _ in prepared])
+            rows = PromptRows(
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["mm_token_type_ids"],
+                unique["pixel_values"],
+                grid,
+                torch.tensor(image_index),
+                sam_images,
+                [rgb.shape[:2] for rgb, _ in prepared],
+            )
         length = {"max_length": max_length} if max_length else {"max_new_tokens": max_new_tokens or self.max_new_tokens}
-        out = generate_and_segment(self.model, self.processor.tokenizer, rows, self.pad_token_id, self.eos_token_ids,
-                                   generation_kwargs=dict(length, do_sample=False), segmenter=self.backend,
-                                   streamer=streamer, timer=timer)
+        out = generate_and_segment(
+            self.model,
+            self.processor.tokenizer,
+            rows,
+            self.pad_token_id,
+            self.eos_token_ids,
+            generation_kwargs=dict(length, do_sample=False),
+            segmenter=self.backend,
+            streamer=streamer,
+            timer=timer,
+        )
         with timer.stage("postprocess"):
             results = []
             for i, (prompt, j) in enumerate(zip(prompts, image_index)):
                 image_hw = prepared[j][0].shape[:2]
                 llm_hw = (int(grid[j, 1]) * patch, int(grid[j, 2]) * patch)  # the size the MLLM actually saw
                 box, box_error = box_in_image(out.answers[i], llm_hw, image_hw)
-                results.append(SegmentationResult(
-                    prompt=prompt, mask=out.masks[i], box=box, score=float(out.scores[i, 0]), text=out.texts[i],
-                    num_tokens=int(out.completion_mask[i].sum()), image_size=tuple(image_hw), mllm_image_size=llm_hw,
-                    box_error=box_error, format_ok=out.answers[i].format_ok,
-                ))
+                results.append(
+                    SegmentationResult(
+                        prompt=prompt,
+                        mask=out.masks[i],
+                        box=box,
+                        score=float(out.scores[i, 0]),
+                        text=out.texts[i],
+                        num_tokens=int(out.completion_mask[i].sum()),
+                        image_size=tuple(image_hw),
+                        mllm_image_size=llm_hw,
+                        box_error=box_error,
+                        format_ok=out.answers[i].format_ok,
+                    )
+                )
         timer.times["total"] = sum(timer.times.values())
         for r in results:
             r.timings = dict(timer.times)

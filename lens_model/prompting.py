@@ -4,7 +4,10 @@ the decoded completion and the box in the original image.
 Shared by inference (`LensPipeline`), the training data (teacher-forced answers) and the GRPO rollouts, so that
 every caller builds exactly the prompt the released models were trained on.
 """
+
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -44,15 +47,21 @@ def mllm_image(rgb: np.ndarray, config: LensConfig, longest_side: int | None = N
     return image.resize((w, h), Image.BICUBIC)
 
 
-def decode_completions(tokenizer, completion: torch.Tensor, pad_token_id: int, eos_token_ids: list[int]) -> list[str]:
-    """(R, T) completion ids -> R texts without padding and end tokens (other special tokens kept)."""
+def decode_completion(tokenizer, ids: Sequence[int], pad_token_id: int, eos_token_ids: Sequence[int]) -> str:
+    """One completion's ids (all of them, or those generated so far) -> its text without padding and end tokens
+    (other special tokens kept: the answer format is written in them)."""
     drop = {pad_token_id, *eos_token_ids}
-    return [tokenizer.decode([t for t in row.tolist() if t not in drop], skip_special_tokens=False)
-            for row in completion]
+    return tokenizer.decode([t for t in ids if t not in drop], skip_special_tokens=False)
 
 
-def box_in_image(parsed: ParsedAnswer, mllm_hw: tuple[int, int],
-                 image_hw: tuple[int, int]) -> tuple[Box | None, str | None]:
+def decode_completions(tokenizer, completion: torch.Tensor, pad_token_id: int, eos_token_ids: list[int]) -> list[str]:
+    """(R, T) completion ids -> R texts (`decode_completion` of each row)."""
+    return [decode_completion(tokenizer, row.tolist(), pad_token_id, eos_token_ids) for row in completion]
+
+
+def box_in_image(
+    parsed: ParsedAnswer, mllm_hw: tuple[int, int], image_hw: tuple[int, int]
+) -> tuple[Box | None, str | None]:
     """A parsed answer's box (MLLM image pixels) -> (box in original-image pixels or None, why None)."""
     if parsed.box is None:
         return None, parsed.error

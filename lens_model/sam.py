@@ -3,6 +3,7 @@
 The MLLM's context token replaces SAM2's point/box prompts: it is the single sparse prompt embedding,
 the dense embedding is SAM2's "no mask" embedding.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,8 +27,12 @@ def build_sam(config: SamConfig, device: str | torch.device = "cpu"):
     from sam2.build_sam import build_sam2
 
     model = build_sam2(
-        config.config_name, ckpt_path=None, device=str(device), mode="eval",
-        hydra_overrides_extra=list(config.overrides), apply_postprocessing=config.apply_postprocessing,
+        config.config_name,
+        ckpt_path=None,
+        device=str(device),
+        mode="eval",
+        hydra_overrides_extra=list(config.overrides),
+        apply_postprocessing=config.apply_postprocessing,
     )
     for name in MEMORY_MODULES:
         if hasattr(model, name):
@@ -53,7 +58,7 @@ class SamImageFeatures:
     image_embed: torch.Tensor  # (B, 256, S/16, S/16), with `no_mem_embed` added
     high_res_feats: list[torch.Tensor]  # [(B, 32, S/4, S/4), (B, 64, S/8, S/8)]
 
-    def select(self, index: torch.Tensor) -> "SamImageFeatures":
+    def select(self, index: torch.Tensor) -> SamImageFeatures:
         """Features per prompt row: index (P,) holds the image of each row."""
         return SamImageFeatures(self.image_embed[index], [f[index] for f in self.high_res_feats])
 

@@ -35,6 +35,7 @@ Target
 
 Shapes and units are checked: a depth image of another size than the mask or camera raises DepthError.
 """
+
 from __future__ import annotations
 
 import functools
@@ -67,15 +68,18 @@ class PinholeCamera:
         model = self.distortion_model or "none"
         if model not in DISTORTION_MODELS:
             if np.any(self.d):
-                raise DepthError(f"distortion model {model!r} is not supported (supported: "
-                                 f"{', '.join(DISTORTION_MODELS)}); rectify the images or use a pinhole calibration")
+                raise DepthError(
+                    f"distortion model {model!r} is not supported (supported: "
+                    f"{', '.join(DISTORTION_MODELS)}); rectify the images or use a pinhole calibration"
+                )
             model = "none"  # e.g. "" with all-zero D: no distortion whatever the name
         object.__setattr__(self, "distortion_model", model)
 
     # -- construction --
     @classmethod
-    def from_matrices(cls, width: int, height: int, k, d=(), distortion_model: str = "plumb_bob", p=None,
-                      rectified: bool = False) -> "PinholeCamera":
+    def from_matrices(
+        cls, width: int, height: int, k, d=(), distortion_model: str = "plumb_bob", p=None, rectified: bool = False
+    ) -> PinholeCamera:
         """K, D and P as ROS gives them (9, n and 12 numbers); rectified images use P[:, :3] (or K when P is zero)."""
         k = np.asarray(k, np.float64).reshape(-1)
         if k.size != 9:
@@ -87,14 +91,15 @@ class PinholeCamera:
         return cls(int(width), int(height), k, np.asarray(d, np.float64), distortion_model or "none")
 
     @classmethod
-    def from_camera_info(cls, msg: Any, rectified: bool = False) -> "PinholeCamera":
+    def from_camera_info(cls, msg: Any, rectified: bool = False) -> PinholeCamera:
         """sensor_msgs/CameraInfo (ROS 2 field names k, d, p; ROS 1's K, D, P also accepted)."""
         get = lambda name: list(getattr(msg, name) if hasattr(msg, name) else getattr(msg, name.upper()))  # noqa: E731
-        return cls.from_matrices(int(msg.width), int(msg.height), get("k"), get("d"), str(msg.distortion_model),
-                                 get("p"), rectified)
+        return cls.from_matrices(
+            int(msg.width), int(msg.height), get("k"), get("d"), str(msg.distortion_model), get("p"), rectified
+        )
 
     @classmethod
-    def from_calibration_yaml(cls, path: str | os.PathLike, rectified: bool = False) -> "PinholeCamera":
+    def from_calibration_yaml(cls, path: str | os.PathLike, rectified: bool = False) -> PinholeCamera:
         """The camera_calibration / camera_info_manager YAML (image_width, camera_matrix: {rows, cols, data}, ...)."""
         import yaml
 
@@ -123,11 +128,15 @@ class PinholeCamera:
         missing = [name for name in ("image_width", "image_height", "camera_matrix") if name not in data]
         if missing:
             raise DepthError(f"camera calibration {path} lacks {', '.join(missing)}")
-        return cls.from_matrices(data["image_width"], data["image_height"], matrix("camera_matrix", 9),
-                                 matrix("distortion_coefficients", None, required=False)
-                                 if data.get("distortion_coefficients") else (),
-                                 str(data.get("distortion_model") or "none"),
-                                 matrix("projection_matrix", 12, required=False), rectified)
+        return cls.from_matrices(
+            data["image_width"],
+            data["image_height"],
+            matrix("camera_matrix", 9),
+            matrix("distortion_coefficients", None, required=False) if data.get("distortion_coefficients") else (),
+            str(data.get("distortion_model") or "none"),
+            matrix("projection_matrix", 12, required=False),
+            rectified,
+        )
 
     # -- use --
     @property
@@ -138,16 +147,20 @@ class PinholeCamera:
     def check(self, height: int, width: int, what: str = "depth image") -> None:
         fx, fy = self.k[0, 0], self.k[1, 1]
         if not np.all(np.isfinite(self.k)) or fx <= 0 or fy <= 0:
-            raise DepthError(f"camera_info is unusable: K has fx={fx:g}, fy={fy:g} (an uncalibrated camera sends "
-                             "K all zero); calibrate the camera or publish its intrinsics")
+            raise DepthError(
+                f"camera_info is unusable: K has fx={fx:g}, fy={fy:g} (an uncalibrated camera sends "
+                "K all zero); calibrate the camera or publish its intrinsics"
+            )
         if (self.width, self.height) != (int(width), int(height)):
-            raise DepthError(f"camera_info is for {self.width}x{self.height} images but the {what} is "
-                             f"{int(width)}x{int(height)}; use the camera_info of the registered (aligned) depth "
-                             "stream")
+            raise DepthError(
+                f"camera_info is for {self.width}x{self.height} images but the {what} is "
+                f"{int(width)}x{int(height)}; use the camera_info of the registered (aligned) depth "
+                "stream"
+            )
 
     @functools.cached_property
     def _rays(self) -> np.ndarray:
-        v, u = np.mgrid[0:self.height, 0:self.width].astype(np.float64)  # (H, W) each
+        v, u = np.mgrid[0 : self.height, 0 : self.width].astype(np.float64)  # (H, W) each
         if self.undistorts:
             points = np.stack([u.ravel(), v.ravel()], axis=-1).reshape(-1, 1, 2)
             normalised = cv2.undistortPoints(points, self.k, self.d).reshape(self.height, self.width, 2)
@@ -223,18 +236,23 @@ class DepthInput:
     camera: PinholeCamera
 
     @classmethod
-    def from_files(cls, depth_path, camera_yaml, image_hw: tuple[int, int], scale: float = 0.001,
-                   rectified: bool = False) -> "DepthInput":
+    def from_files(
+        cls, depth_path, camera_yaml, image_hw: tuple[int, int], scale: float = 0.001, rectified: bool = False
+    ) -> DepthInput:
         if not depth_path or not camera_yaml:
-            raise DepthError("--depth and --camera-info go together: the depth image registered to --image and the "
-                             "camera_calibration YAML of that camera")
+            raise DepthError(
+                "--depth and --camera-info go together: the depth image registered to --image and the "
+                "camera_calibration YAML of that camera"
+            )
         depth = load_depth(depth_path, scale)
         camera = PinholeCamera.from_calibration_yaml(camera_yaml, rectified)
         camera.check(*depth.shape)
         if depth.shape != tuple(image_hw):
-            raise DepthError(f"depth image {depth_path} is {_size(depth)} but the image is "
-                             f"{image_hw[1]}x{image_hw[0]}; "
-                             "the depth must be registered (aligned) to the colour image")
+            raise DepthError(
+                f"depth image {depth_path} is {_size(depth)} but the image is "
+                f"{image_hw[1]}x{image_hw[0]}; "
+                "the depth must be registered (aligned) to the colour image"
+            )
         return cls(depth, camera)
 
     def target(self, mask: np.ndarray, options: TargetOptions | None = None) -> Target3D:
@@ -269,10 +287,16 @@ class Target3D:
 
     def to_json_dict(self) -> dict[str, Any]:
         as_list = lambda a: None if a is None else [round(float(v), 5) for v in a]  # noqa: E731
-        return {"ok": self.ok, "reason": self.reason, "point": as_list(self.centroid),
-                "box_center": as_list(self.box_center), "box_size": as_list(self.box_size),
-                "median_depth": None if not np.isfinite(self.median_depth) else round(float(self.median_depth), 5),
-                "num_points": int(self.num_points), "valid_fraction": round(float(self.valid_fraction), 4)}
+        return {
+            "ok": self.ok,
+            "reason": self.reason,
+            "point": as_list(self.centroid),
+            "box_center": as_list(self.box_center),
+            "box_size": as_list(self.box_size),
+            "median_depth": None if not np.isfinite(self.median_depth) else round(float(self.median_depth), 5),
+            "num_points": int(self.num_points),
+            "valid_fraction": round(float(self.valid_fraction), 4),
+        }
 
 
 def _eroded(mask: np.ndarray, erosion_px: int) -> np.ndarray:
@@ -282,14 +306,17 @@ def _eroded(mask: np.ndarray, erosion_px: int) -> np.ndarray:
     return cv2.erode(mask.view(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0).view(bool)
 
 
-def estimate_target(mask: np.ndarray, depth_m: np.ndarray, camera: PinholeCamera,
-                    options: TargetOptions = TargetOptions()) -> Target3D:
+def estimate_target(
+    mask: np.ndarray, depth_m: np.ndarray, camera: PinholeCamera, options: TargetOptions = TargetOptions()
+) -> Target3D:
     """The object's 3D points, centroid and box (module docstring); never raises for an empty or depthless mask."""
     mask = np.asarray(mask)
     depth_m = np.asarray(depth_m)
     if mask.ndim != 2 or depth_m.shape != mask.shape:
-        raise DepthError(f"depth image is {_size(depth_m)} but the mask (colour image) is {_size(mask)}; the depth "
-                         "must be registered (aligned) to the colour image")
+        raise DepthError(
+            f"depth image is {_size(depth_m)} but the mask (colour image) is {_size(mask)}; the depth "
+            "must be registered (aligned) to the colour image"
+        )
     if depth_m.dtype != np.float32:
         raise DepthError(f"depth must be float32 metres (depth_to_metres), got {depth_m.dtype}")
     camera.check(*mask.shape)
@@ -298,7 +325,7 @@ def estimate_target(mask: np.ndarray, depth_m: np.ndarray, camera: PinholeCamera
         return Target3D(False, "the mask is empty: nothing to measure")
     x, y, w, h = cv2.boundingRect(mask.view(np.uint8))  # work on the mask's box (one pixel wider) only
     top, left = max(y - 1, 0), max(x - 1, 0)
-    window = np.s_[top:y + h + 1, left:x + w + 1]
+    window = np.s_[top : y + h + 1, left : x + w + 1]
     crop, depth_crop = np.ascontiguousarray(mask[window]), depth_m[window]
     measured = _eroded(crop, options.erosion_px)
     has_depth = np.isfinite(depth_crop) & (depth_crop > 0)
@@ -317,17 +344,32 @@ def estimate_target(mask: np.ndarray, depth_m: np.ndarray, camera: PinholeCamera
     inlier = deviation <= options.mad_k * sigma
     rows, cols, z = rows[inlier] + top, cols[inlier] + left, z[inlier]
     if z.size < options.min_points:
-        return Target3D(False, f"only {z.size} valid depth points inside the mask (at least {options.min_points} "
-                               "needed)", median_depth=median, num_points=int(z.size), valid_fraction=valid_fraction)
+        return Target3D(
+            False,
+            f"only {z.size} valid depth points inside the mask (at least {options.min_points} needed)",
+            median_depth=median,
+            num_points=int(z.size),
+            valid_fraction=valid_fraction,
+        )
     points = camera.backproject(rows, cols, z)  # (N, 3) float32
     sample = _spread(points)
-    low, high = np.array([np.percentile(sample[:, i], [options.trim_percent, 100.0 - options.trim_percent])
-                          for i in range(3)]).T  # (3,) each
+    low, high = np.array(
+        [np.percentile(sample[:, i], [options.trim_percent, 100.0 - options.trim_percent]) for i in range(3)]
+    ).T  # (3,) each
     centroid = np.array([np.sum(points[:, i], dtype=np.float64) for i in range(3)]) / len(points)  # per column:
     # numpy's reduction along axis 0 of an (N, 3) array is several times slower
-    return Target3D(True, "", centroid=centroid, box_center=(low + high) / 2, box_size=high - low,
-                    median_depth=median, num_points=int(z.size), valid_fraction=valid_fraction, points=points,
-                    pixels=np.stack([rows, cols]).T)
+    return Target3D(
+        True,
+        "",
+        centroid=centroid,
+        box_center=(low + high) / 2,
+        box_size=high - low,
+        median_depth=median,
+        num_points=int(z.size),
+        valid_fraction=valid_fraction,
+        points=points,
+        pixels=np.stack([rows, cols]).T,
+    )
 
 
 STATISTICS_SAMPLE = 20_000  # median, MAD and percentiles from at most this many evenly spread values
@@ -344,5 +386,13 @@ def _size(array: np.ndarray) -> str:
     return f"{array.shape[1]}x{array.shape[0]}" if array.ndim >= 2 else f"shape {array.shape}"
 
 
-__all__ = ["DISTORTION_MODELS", "DepthInput", "PinholeCamera", "TargetOptions", "Target3D", "depth_to_metres",
-           "load_depth", "estimate_target"]
+__all__ = [
+    "DISTORTION_MODELS",
+    "DepthInput",
+    "PinholeCamera",
+    "TargetOptions",
+    "Target3D",
+    "depth_to_metres",
+    "load_depth",
+    "estimate_target",
+]

@@ -1,5 +1,6 @@
 """Wall-clock time per named stage, with the device synchronised at both ends so GPU work is counted where
 it is launched (CUDA kernels run asynchronously)."""
+
 from __future__ import annotations
 
 import time

@@ -4,6 +4,7 @@
 tokens and chat template, image processor) that loads through the same `LensModel.from_pretrained`
 path as a released checkpoint. The weights are random: the model is untrained.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,16 +15,27 @@ from .config import LensConfig, SamConfig
 
 # Qwen2-VL / Qwen2.5-VL special tokens, in their released order.
 QWEN_SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
-    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
-    "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
-    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 ]
 
 # Same rendering as the Qwen2.5-VL chat template for system/user/assistant turns with images.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for item in message['content'] %}"
@@ -36,10 +48,12 @@ CHAT_TEMPLATE = (
 
 _CORPUS = [
     "Output the bounding box of the red cup in the image.",
-    "the small red circle left of the blue square", "the person on the left", "the green bottle",
+    "the small red circle left of the blue square",
+    "the person on the left",
+    "the green bottle",
     "<think>The user asks for the object. I compare the candidates.</think><answer>[10, 20, 30, 40]</answer>",
     "Locate the object, report the bbox coordinates in JSON format.",
-    "You are a helpful assistant. 0123456789 (12,34),(56,78) {\"bbox_2d\": [1, 2, 3, 4]}",
+    'You are a helpful assistant. 0123456789 (12,34),(56,78) {"bbox_2d": [1, 2, 3, 4]}',
 ]
 
 
@@ -50,19 +64,26 @@ def build_tiny_tokenizer(vocab_size: int = 600):
 
     tok = Tokenizer(models.BPE())
     # Qwen splits digits one by one; byte-level BPE for everything else.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=QWEN_SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=QWEN_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        additional_special_tokens=QWEN_SPECIAL_TOKENS[1:], chat_template=CHAT_TEMPLATE,
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=QWEN_SPECIAL_TOKENS[1:],
+        chat_template=CHAT_TEMPLATE,
         padding_side="left",
     )
 
@@ -75,7 +96,8 @@ def build_tiny_processor(min_pixels: int = 56 * 56, max_pixels: int = 224 * 224)
     return Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(size=size),
         video_processor=Qwen2VLVideoProcessor(size=size),
-        tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
     )
 
 
@@ -88,24 +110,51 @@ def tiny_mllm_config(tokenizer, hidden: int = 128, mllm_type: str = "qwen2_5_vl"
     half = hidden // heads // 2  # rotary frequencies per head, split over (t, h, w) like Qwen's [16, 24, 24]
     mrope_section = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
     text = dict(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=heads, num_key_value_heads=2, max_position_embeddings=4096,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section},
-        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
         tie_word_embeddings=False,
     )
     special = dict(
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
     if mllm_type == "qwen2_5_vl":
-        vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=hidden,
-                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1])
+        vision = dict(
+            depth=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_heads=2,
+            out_hidden_size=hidden,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[1],
+        )
         return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **special)
     if mllm_type == "qwen2_vl":
-        vision = dict(depth=2, embed_dim=64, hidden_size=hidden, mlp_ratio=2, num_heads=2,
-                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+        vision = dict(
+            depth=2,
+            embed_dim=64,
+            hidden_size=hidden,
+            mlp_ratio=2,
+            num_heads=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        )
         return Qwen2VLConfig(text_config=text, vision_config=vision, **special)
     raise ValueError(f"unknown mllm_type {mllm_type!r}; expected 'qwen2_5_vl' or 'qwen2_vl'")
 
@@ -122,13 +171,21 @@ def tiny_lens_config(num_queries: int = 8, sam_image_size: int = 256) -> LensCon
         "++model.image_encoder.neck.backbone_channel_list=[256,128,64,32]",
     ]
     return LensConfig(
-        num_queries=num_queries, connector_heads=4, context_pass="cached", max_pixels=224 * 224,
+        num_queries=num_queries,
+        connector_heads=4,
+        context_pass="cached",
+        max_pixels=224 * 224,
         sam=SamConfig(config_name="configs/sam2/sam2_hiera_t.yaml", overrides=sam_overrides, image_size=sam_image_size),
     )
 
 
-def make_tiny(out_dir: str | Path, seed: int = 0, num_queries: int = 8, context_pass: str = "cached",
-              mllm_type: str = "qwen2_5_vl") -> Path:
+def make_tiny(
+    out_dir: str | Path,
+    seed: int = 0,
+    num_queries: int = 8,
+    context_pass: str = "cached",
+    mllm_type: str = "qwen2_5_vl",
+) -> Path:
     """Build, randomly initialise (seeded) and save a tiny LENS checkpoint; returns its directory."""
     from .modeling import LensModel
 

@@ -3,6 +3,7 @@
 The CLI, the ROS node's parameters, the model config and the training configs import these tuples instead of
 retyping them.
 """
+
 from __future__ import annotations
 
 # What runs SAM2 + the context head: the loaded torch model, or the graphs / engines `lens export` wrote.

@@ -43,6 +43,7 @@ input bag.
 vision_msgs is not in rosbags' built-in type stores: `lens_typestore()` registers the vision_msgs 4.x
 definitions (Humble and Jazzy) kept in VISION_MSGS_DEFINITIONS.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,10 +61,8 @@ from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.base import TypesysError
 
-from lens_model.errors import ImageError
+from lens_model.errors import ImageError, LensError
 from lens_model.image_io import read_prompt
-
-from lens_model.errors import LensError
 from lens_model.target3d import Target3D, TargetOptions
 
 from .conversions import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, image_message_to_rgb, stamp_to_seconds
@@ -78,21 +77,28 @@ VISION_MSGS_DEFINITIONS: dict[str, str] = {
     "vision_msgs/msg/BoundingBox2D": "vision_msgs/Pose2D center\nfloat64 size_x\nfloat64 size_y\n",
     "vision_msgs/msg/ObjectHypothesis": "string class_id\nfloat64 score\n",
     "vision_msgs/msg/ObjectHypothesisWithPose": "ObjectHypothesis hypothesis\ngeometry_msgs/PoseWithCovariance pose\n",
-    "vision_msgs/msg/Detection2D": ("std_msgs/Header header\nObjectHypothesisWithPose[] results\nBoundingBox2D bbox\n"
-                                    "string id\n"),
+    "vision_msgs/msg/Detection2D": (
+        "std_msgs/Header header\nObjectHypothesisWithPose[] results\nBoundingBox2D bbox\nstring id\n"
+    ),
     "vision_msgs/msg/Detection2DArray": "std_msgs/Header header\nDetection2D[] detections\n",
     "vision_msgs/msg/BoundingBox3D": "geometry_msgs/Pose center\ngeometry_msgs/Vector3 size\n",
-    "vision_msgs/msg/Detection3D": ("std_msgs/Header header\nObjectHypothesisWithPose[] results\nBoundingBox3D bbox\n"
-                                    "string id\n"),
+    "vision_msgs/msg/Detection3D": (
+        "std_msgs/Header header\nObjectHypothesisWithPose[] results\nBoundingBox3D bbox\nstring id\n"
+    ),
     "vision_msgs/msg/Detection3DArray": "std_msgs/Header header\nDetection3D[] detections\n",
 }
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 BAG_VERSION = 8  # the oldest version rosbags writes (QoS stored as numbers; version 9 switched to names)
-OUTPUT_TYPES = {"mask": IMAGE_TYPE, "detections": "vision_msgs/msg/Detection2DArray",
-                "reasoning": "std_msgs/msg/String", "overlay": IMAGE_TYPE,
-                "target_point": "geometry_msgs/msg/PointStamped", "detections_3d": "vision_msgs/msg/Detection3DArray",
-                "target_cloud": "sensor_msgs/msg/PointCloud2"}
+OUTPUT_TYPES = {
+    "mask": IMAGE_TYPE,
+    "detections": "vision_msgs/msg/Detection2DArray",
+    "reasoning": "std_msgs/msg/String",
+    "overlay": IMAGE_TYPE,
+    "target_point": "geometry_msgs/msg/PointStamped",
+    "detections_3d": "vision_msgs/msg/Detection3DArray",
+    "target_cloud": "sensor_msgs/msg/PointCloud2",
+}
 TARGET_OUTPUTS = ("target_point", "detections_3d", "target_cloud")
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 MAX_PENDING_TARGETS = 100  # frames waiting for depth; beyond, the oldest is paired with what has arrived
@@ -184,12 +190,16 @@ def _check_topic(reader: Reader, in_bag: Path, image_topic: str, out_topics: lis
         raise BagError(f"topic {image_topic!r} is not in {in_bag}; its topics: {_topic_list(reader)}")
     types = {c.msgtype for c in topics[image_topic].connections}
     if not types <= set(IMAGE_TYPES) or len(types) != 1:
-        raise BagError(f"topic {image_topic} has type {', '.join(sorted(types))}; expected {IMAGE_TYPE} or "
-                       f"{COMPRESSED_IMAGE_TYPE}. Image topics in the bag: "
-                       + (", ".join(t for t, i in sorted(topics.items()) if i.msgtype in IMAGE_TYPES) or "none"))
+        raise BagError(
+            f"topic {image_topic} has type {', '.join(sorted(types))}; expected {IMAGE_TYPE} or "
+            f"{COMPRESSED_IMAGE_TYPE}. Image topics in the bag: "
+            + (", ".join(t for t, i in sorted(topics.items()) if i.msgtype in IMAGE_TYPES) or "none")
+        )
     if clash := sorted(set(out_topics) & set(topics)):
-        raise BagError(f"input bag already has output topic(s) {', '.join(clash)} (was it made by lens bag?); "
-                       "use the original bag or another output prefix")
+        raise BagError(
+            f"input bag already has output topic(s) {', '.join(clash)} (was it made by lens bag?); "
+            "use the original bag or another output prefix"
+        )
     return types.pop()
 
 
@@ -233,11 +243,24 @@ def _load_pipeline(model: str, device: str, dtype: str, max_new_tokens: int):
     return LensPipeline.from_pretrained(str(model), device=device, dtype=dtype, max_new_tokens=max_new_tokens)
 
 
-def process_bag(in_bag: str | os.PathLike, out_bag: str | os.PathLike, image_topic: str, prompt: str, *,
-                every: int = 1, pipeline: Callable | None = None, model: str | os.PathLike | None = None,
-                device: str = "auto", dtype: str = "auto", max_new_tokens: int = 256, overlay: bool = False,
-                storage: str | None = None, progress: bool = True, out_prefix: str = "/lens",
-                depth: DepthInputs | None = None) -> BagSummary:
+def process_bag(
+    in_bag: str | os.PathLike,
+    out_bag: str | os.PathLike,
+    image_topic: str,
+    prompt: str,
+    *,
+    every: int = 1,
+    pipeline: Callable | None = None,
+    model: str | os.PathLike | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    max_new_tokens: int = 256,
+    overlay: bool = False,
+    storage: str | None = None,
+    progress: bool = True,
+    out_prefix: str = "/lens",
+    depth: DepthInputs | None = None,
+) -> BagSummary:
     """Segment every `every`-th frame of `image_topic` in `in_bag` and write `out_bag` (module docstring)."""
     from tqdm.auto import tqdm
 
@@ -268,9 +291,17 @@ def process_bag(in_bag: str | os.PathLike, out_bag: str | os.PathLike, image_top
         image_type = _check_topic(reader, in_bag, image_topic, list(out_topics.values()))
         if depth is not None:
             _check_depth_topics(reader, in_bag, depth)
-        summary = BagSummary(str(in_bag), str(out_bag), storage, image_topic, image_type, prompt, int(every),
-                             depth_topic=depth and depth.depth_topic,
-                             camera_info_topic=depth and depth.camera_info_topic)
+        summary = BagSummary(
+            str(in_bag),
+            str(out_bag),
+            storage,
+            image_topic,
+            image_type,
+            prompt,
+            int(every),
+            depth_topic=depth and depth.depth_topic,
+            camera_info_topic=depth and depth.camera_info_topic,
+        )
         total = reader.message_count
         if pipeline is None:
             if model is None:
@@ -282,9 +313,16 @@ def process_bag(in_bag: str | os.PathLike, out_bag: str | os.PathLike, image_top
         try:
             target = staging / out_bag.name
             try:
-                _write(reader, Writer(target, version=BAG_VERSION, storage_plugin=STORAGES[storage]), typestore,
-                       summary, pipeline, out_topics,
-                       tqdm(total=total, unit="msg", desc="lens bag", disable=not progress), depth)
+                _write(
+                    reader,
+                    Writer(target, version=BAG_VERSION, storage_plugin=STORAGES[storage]),
+                    typestore,
+                    summary,
+                    pipeline,
+                    out_topics,
+                    tqdm(total=total, unit="msg", desc="lens bag", disable=not progress),
+                    depth,
+                )
             except (WriterError, ReaderError) as exc:
                 raise BagError(f"cannot convert {in_bag} to {out_bag}: {' '.join(str(exc).split())}") from None
             if out_bag.exists():
@@ -308,8 +346,16 @@ class _PendingTarget:
     rgb: Any
 
 
-def _write(reader: Reader, writer: Writer, typestore, summary: BagSummary, pipeline, out_topics: dict[str, str],
-           bar, depth: DepthInputs | None = None) -> None:
+def _write(
+    reader: Reader,
+    writer: Writer,
+    typestore,
+    summary: BagSummary,
+    pipeline,
+    out_topics: dict[str, str],
+    bar,
+    depth: DepthInputs | None = None,
+) -> None:
     written: Counter = Counter()
     buffer = DepthBuffer(depth.slop_s, history=60) if depth is not None else None
     cameras = CameraCache()
@@ -321,8 +367,10 @@ def _write(reader: Reader, writer: Writer, typestore, summary: BagSummary, pipel
             if out is None:
                 summary.skipped_topics.append(conn.topic)
             connections[conn.id] = out
-        outputs = {name: writer.add_connection(topic, OUTPUT_TYPES[name], typestore=typestore)
-                   for name, topic in out_topics.items()}
+        outputs = {
+            name: writer.add_connection(topic, OUTPUT_TYPES[name], typestore=typestore)
+            for name, topic in out_topics.items()
+        }
         for conn, timestamp, raw in reader.messages():
             if (out := connections.get(conn.id)) is not None:
                 writer.write(out, timestamp, raw)
@@ -331,15 +379,17 @@ def _write(reader: Reader, writer: Writer, typestore, summary: BagSummary, pipel
                 index = summary.frames
                 summary.frames += 1
                 if index % summary.every == 0:
-                    segmented = _segment_frame(typestore, conn.msgtype, raw, timestamp, index, summary, pipeline,
-                                               writer, outputs, written)
+                    segmented = _segment_frame(
+                        typestore, conn.msgtype, raw, timestamp, index, summary, pipeline, writer, outputs, written
+                    )
                     if segmented is not None and buffer is not None:
                         pending.append(_PendingTarget(index, timestamp, *segmented))
             elif buffer is not None and conn.topic in (depth.depth_topic, depth.camera_info_topic):
                 _buffer_depth(typestore, conn, raw, buffer, depth)
             if pending:
-                _write_targets(pending, buffer, cameras, depth, typestore, summary, writer, outputs, written,
-                               final=False)
+                _write_targets(
+                    pending, buffer, cameras, depth, typestore, summary, writer, outputs, written, final=False
+                )
             bar.update(1)
             bar.set_postfix(segmented=summary.segmented, failed=len(summary.failed), refresh=False)
         if pending:
@@ -347,8 +397,18 @@ def _write(reader: Reader, writer: Writer, typestore, summary: BagSummary, pipel
     summary.topics = dict(sorted(written.items()))
 
 
-def _segment_frame(typestore, msgtype: str, raw, timestamp: int, index: int, summary: BagSummary, pipeline,
-                   writer: Writer, outputs: dict, written: Counter) -> tuple[Any, Any, Any] | None:
+def _segment_frame(
+    typestore,
+    msgtype: str,
+    raw,
+    timestamp: int,
+    index: int,
+    summary: BagSummary,
+    pipeline,
+    writer: Writer,
+    outputs: dict,
+    written: Counter,
+) -> tuple[Any, Any, Any] | None:
     """Segment one frame and write its 2D outputs; -> (header, result, rgb), or None when it could not be read."""
     try:
         msg = typestore.deserialize_cdr(raw, msgtype)
@@ -357,8 +417,7 @@ def _segment_frame(typestore, msgtype: str, raw, timestamp: int, index: int, sum
         summary.failed.append({"frame": index, "stamp_ns": timestamp, "error": " ".join(str(exc).split())})
         return None
     result = pipeline(rgb, summary.prompt)
-    messages = fill_result(result_fields(result, msg.header, rgb if "overlay" in outputs else None),
-                          typestore.types)
+    messages = fill_result(result_fields(result, msg.header, rgb if "overlay" in outputs else None), typestore.types)
     for name, conn in outputs.items():
         if name not in TARGET_OUTPUTS:
             writer.write(conn, timestamp, typestore.serialize_cdr(getattr(messages, name), conn.msgtype))
@@ -379,9 +438,18 @@ def _buffer_depth(typestore, conn, raw, buffer: DepthBuffer, depth: DepthInputs)
         buffer.put_camera_info(msg)
 
 
-def _write_targets(pending: list[_PendingTarget], buffer: DepthBuffer, cameras: CameraCache, depth: DepthInputs,
-                   typestore,
-                   summary: BagSummary, writer: Writer, outputs: dict, written: Counter, final: bool) -> None:
+def _write_targets(
+    pending: list[_PendingTarget],
+    buffer: DepthBuffer,
+    cameras: CameraCache,
+    depth: DepthInputs,
+    typestore,
+    summary: BagSummary,
+    writer: Writer,
+    outputs: dict,
+    written: Counter,
+    final: bool,
+) -> None:
     """Measure and write the 3D targets of the pending frames whose depth pairing is settled (all when `final`)."""
     while pending:
         frame = pending[0]
@@ -393,8 +461,14 @@ def _write_targets(pending: list[_PendingTarget], buffer: DepthBuffer, cameras: 
         try:
             if not match.ok:
                 raise LensError(match.reason)
-            target = measure(frame.result.mask, match, depth.scale, depth.rectified,
-                             TargetOptions(erosion_px=depth.erosion_px), cameras)
+            target = measure(
+                frame.result.mask,
+                match,
+                depth.scale,
+                depth.rectified,
+                TargetOptions(erosion_px=depth.erosion_px),
+                cameras,
+            )
             frame_id = match.depth.header.frame_id or match.camera_info.header.frame_id or frame_id
         except LensError as exc:
             target = Target3D(False, str(exc))
@@ -402,15 +476,31 @@ def _write_targets(pending: list[_PendingTarget], buffer: DepthBuffer, cameras: 
             summary.with_3d += 1
         else:
             summary.failed_3d.append({"frame": frame.index, "stamp_ns": frame.timestamp, "error": target.reason})
-        messages = fill_target(target, target_header(frame.header, frame_id, typestore.types), frame.result.prompt,
-                               frame.result.score, frame.rgb if depth.cloud else None, typestore.types)
-        for name, msg in (("detections_3d", messages.detections), ("target_point", messages.point),
-                          ("target_cloud", messages.cloud)):
+        messages = fill_target(
+            target,
+            target_header(frame.header, frame_id, typestore.types),
+            frame.result.prompt,
+            frame.result.score,
+            frame.rgb if depth.cloud else None,
+            typestore.types,
+        )
+        for name, msg in (
+            ("detections_3d", messages.detections),
+            ("target_point", messages.point),
+            ("target_cloud", messages.cloud),
+        ):
             if msg is not None and name in outputs:
                 conn = outputs[name]
                 writer.write(conn, frame.timestamp, typestore.serialize_cdr(msg, conn.msgtype))
                 written[conn.topic] += 1
 
 
-__all__ = ["BagSummary", "DepthInputs", "depth_inputs", "VISION_MSGS_DEFINITIONS", "lens_typestore", "process_bag",
-           "BagError"]
+__all__ = [
+    "BagSummary",
+    "DepthInputs",
+    "depth_inputs",
+    "VISION_MSGS_DEFINITIONS",
+    "lens_typestore",
+    "process_bag",
+    "BagError",
+]

@@ -40,6 +40,7 @@ Stamps
 
 Every problem with a message raises `lens_ros.errors.ImageConversionError` with a one-line reason.
 """
+
 from __future__ import annotations
 
 import array
@@ -87,8 +88,9 @@ IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
 
 
-def encoding_spec(encoding: str, encodings: Mapping[str, EncodingSpec] = ENCODINGS,
-                  what: str = "image") -> EncodingSpec:
+def encoding_spec(
+    encoding: str, encodings: Mapping[str, EncodingSpec] = ENCODINGS, what: str = "image"
+) -> EncodingSpec:
     spec = encodings.get(encoding)
     if spec is None:
         raise ImageConversionError(f"unsupported {what} encoding {encoding!r}; supported: {', '.join(encodings)}")
@@ -121,16 +123,19 @@ def image_to_array(msg: Any, encodings: Mapping[str, EncodingSpec] = ENCODINGS, 
     if step < row_bytes:
         raise ImageConversionError(
             f"step {step} is smaller than width × bytes per pixel = {width} × {spec.bytes_per_pixel} = {row_bytes} "
-            f"({encoding}); the message is inconsistent")
+            f"({encoding}); the message is inconsistent"
+        )
     buffer = _byte_buffer(msg.data, "image")
     expected = step * height
     if buffer.size < expected:
         raise ImageConversionError(
-            f"image data is truncated: {buffer.size} bytes, expected step × height = {step} × {height} = {expected}")
+            f"image data is truncated: {buffer.size} bytes, expected step × height = {step} × {height} = {expected}"
+        )
     if buffer.size > expected:
         raise ImageConversionError(
             f"image data has {buffer.size} bytes, more than step × height = {step} × {height} = {expected}; "
-            "the message is inconsistent")
+            "the message is inconsistent"
+        )
     rows = buffer.reshape(height, step)[:, :row_bytes].copy()  # drops the padding; never aliases the message
     dtype = np.dtype(spec.dtype)
     if dtype.itemsize > 1:
@@ -178,7 +183,8 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
     if "compresseddepth" in fmt.lower():
         raise ImageConversionError(
             f"compressed image format {fmt!r} (image_transport compressedDepth) is not supported; "
-            "subscribe to the raw depth image (sensor_msgs/Image 16UC1) instead")
+            "subscribe to the raw depth image (sensor_msgs/Image 16UC1) instead"
+        )
     data = _byte_buffer(msg.data, "compressed image")
     if data.size == 0:
         raise ImageConversionError(f"compressed image (format {fmt!r}) has no data (0 bytes)")
@@ -187,14 +193,16 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
             image.load()
             return load_image(image)
     except UnidentifiedImageError:
-        raise ImageConversionError(f"compressed image data (format {fmt!r}, {data.size} bytes) is not a JPEG or PNG "
-                                   "image") from None
+        raise ImageConversionError(
+            f"compressed image data (format {fmt!r}, {data.size} bytes) is not a JPEG or PNG image"
+        ) from None
     except ImageError as exc:
         raise ImageConversionError(f"compressed image (format {fmt!r}): {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ImageConversionError(f"compressed image (format {fmt!r}, {data.size} bytes) is corrupt or truncated: "
-                                   f"{reason}") from None
+        raise ImageConversionError(
+            f"compressed image (format {fmt!r}, {data.size} bytes) is corrupt or truncated: {reason}"
+        ) from None
 
 
 def is_compressed(msg: Any) -> bool:
@@ -241,8 +249,15 @@ def array_to_fields(array_: np.ndarray, encoding: str, header: Any) -> ImageFiel
     if values.dtype.itemsize > 1:
         values = values.astype(values.dtype.newbyteorder("<"))
     data = np.frombuffer(np.ascontiguousarray(values).tobytes(), dtype=np.uint8).copy()
-    return ImageFields(header=header, height=int(height), width=int(width), encoding=encoding, is_bigendian=0,
-                       step=int(width * spec.bytes_per_pixel), data=data)
+    return ImageFields(
+        header=header,
+        height=int(height),
+        width=int(width),
+        encoding=encoding,
+        is_bigendian=0,
+        step=int(width * spec.bytes_per_pixel),
+        data=data,
+    )
 
 
 def message_class(name: str, types: Mapping[str, type] | None = None) -> type:
@@ -256,8 +271,9 @@ def message_class(name: str, types: Mapping[str, type] | None = None) -> type:
     try:
         return getattr(importlib.import_module(f"{package}.{kind}"), cls)
     except (ImportError, AttributeError) as exc:
-        raise ImportError(f"cannot import message type {name} ({exc}); source the ROS 2 workspace that provides "
-                          f"{package}") from None
+        raise ImportError(
+            f"cannot import message type {name} ({exc}); source the ROS 2 workspace that provides {package}"
+        ) from None
 
 
 def byte_sequence(cls: type, data: np.ndarray) -> Any:
@@ -271,8 +287,15 @@ def byte_sequence(cls: type, data: np.ndarray) -> Any:
 def fill_image(fields: ImageFields, types: Mapping[str, type] | None = None) -> Any:
     """ImageFields -> a sensor_msgs/msg/Image message (class from `types`, see the module docstring)."""
     cls = message_class(IMAGE_TYPE, types)
-    return cls(header=fields.header, height=int(fields.height), width=int(fields.width), encoding=fields.encoding,
-               is_bigendian=int(fields.is_bigendian), step=int(fields.step), data=byte_sequence(cls, fields.data))
+    return cls(
+        header=fields.header,
+        height=int(fields.height),
+        width=int(fields.width),
+        encoding=fields.encoding,
+        is_bigendian=int(fields.is_bigendian),
+        step=int(fields.step),
+        data=byte_sequence(cls, fields.data),
+    )
 
 
 def array_to_image(array_: np.ndarray, encoding: str, header: Any, types: Mapping[str, type] | None = None) -> Any:

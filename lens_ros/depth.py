@@ -28,6 +28,7 @@ the measurement (lens_model.target3d) for one segmented frame.
 Stamps are the messages' header stamps (lens_ros.conversions.stamp_to_seconds); the colour and depth images of an
 RGB-D camera carry the same or nearly the same stamp.
 """
+
 from __future__ import annotations
 
 import threading
@@ -78,8 +79,15 @@ class CameraCache:
 
     def get(self, msg: Any, rectified: bool = False) -> PinholeCamera:
         try:
-            key = (int(msg.width), int(msg.height), str(msg.distortion_model), tuple(np.asarray(msg.k, float)),
-                   tuple(np.asarray(msg.d, float)), tuple(np.asarray(msg.p, float)), bool(rectified))
+            key = (
+                int(msg.width),
+                int(msg.height),
+                str(msg.distortion_model),
+                tuple(np.asarray(msg.k, float)),
+                tuple(np.asarray(msg.d, float)),
+                tuple(np.asarray(msg.p, float)),
+                bool(rectified),
+            )
         except (AttributeError, TypeError, ValueError) as exc:
             raise DepthError(f"camera_info is malformed: {exc}") from None
         with self._lock:
@@ -135,9 +143,14 @@ class DepthBuffer:
         if abs(offset) > self.slop_s + 1e-9:
             if not settled:
                 return DepthMatch("wait", reason="waiting for the depth image of this frame")
-            return DepthMatch("refused", offset_s=offset, reason=(
-                f"no depth image within depth_slop_s={self.slop_s:g} s of the colour image (nearest: "
-                f"{offset:+.3f} s); are the depth and colour streams synchronised?"))
+            return DepthMatch(
+                "refused",
+                offset_s=offset,
+                reason=(
+                    f"no depth image within depth_slop_s={self.slop_s:g} s of the colour image (nearest: "
+                    f"{offset:+.3f} s); are the depth and colour streams synchronised?"
+                ),
+            )
         if not settled:
             return DepthMatch("wait", reason="waiting for a depth image at or after this frame")
         if self._camera_info is None:
@@ -155,13 +168,27 @@ class DepthBuffer:
                 self._cond.wait(left)
 
 
-def measure(mask: np.ndarray, match: DepthMatch, scale: float = 0.001, rectified: bool = False,
-            options: TargetOptions = TargetOptions(), cameras: CameraCache | None = None) -> Target3D:
+def measure(
+    mask: np.ndarray,
+    match: DepthMatch,
+    scale: float = 0.001,
+    rectified: bool = False,
+    options: TargetOptions | None = None,
+    cameras: CameraCache | None = None,
+) -> Target3D:
     """The 3D target of `mask` (the colour image's size) from a DepthMatch with status ok."""
     depth = depth_message_to_metres(match.depth, scale)
     camera = (cameras or CameraCache()).get(match.camera_info, rectified)
     camera.check(*depth.shape)
-    return estimate_target(mask, depth, camera, options)
+    return estimate_target(mask, depth, camera, options or TargetOptions())
 
 
-__all__ = ["DEPTH_ENCODINGS", "CameraCache", "DepthBuffer", "DepthMatch", "camera_from_info", "depth_message_to_metres", "measure"]
+__all__ = [
+    "DEPTH_ENCODINGS",
+    "CameraCache",
+    "DepthBuffer",
+    "DepthMatch",
+    "camera_from_info",
+    "depth_message_to_metres",
+    "measure",
+]

@@ -22,6 +22,7 @@ Outcome(success=False, message=reason), is logged, and the worker goes on with t
 `SpokenCommands` does the same for audio: chunks in (`feed`), utterances cut by lens_ros.whisper's end-pointer
 and transcribed on their own thread, each transcript submitted as a command.
 """
+
 from __future__ import annotations
 
 import logging
@@ -90,14 +91,25 @@ class Request:
 
     def wait(self, timeout: float | None = None) -> Outcome:
         if not self._done.wait(timeout):
-            return Outcome(False, f"no result within {timeout:g} s (service_timeout_s); the command is still queued "
-                                  "or running", self.prompt, self.source)
+            return Outcome(
+                False,
+                f"no result within {timeout:g} s (service_timeout_s); the command is still queued or running",
+                self.prompt,
+                self.source,
+            )
         return self._outcome
 
 
 class SegmentationEngine:
-    def __init__(self, pipeline, settings: NodeSettings, publish: Callable[[Outcome], None] | None = None,
-                 log=LOG, clock: Clock = time.time, types: Mapping[str, type] | None = None) -> None:
+    def __init__(
+        self,
+        pipeline,
+        settings: NodeSettings,
+        publish: Callable[[Outcome], None] | None = None,
+        log=LOG,
+        clock: Clock = time.time,
+        types: Mapping[str, type] | None = None,
+    ) -> None:
         self.pipeline = pipeline  # called as pipeline(rgb, prompt[, streamer=...]) -> SegmentationResult
         self.settings = settings
         self.publish = publish
@@ -140,8 +152,13 @@ class SegmentationEngine:
         if self.depth is not None:
             self.depth.put_camera_info(msg)
 
-    def submit(self, prompt: Any, image: Any = None, feedback: Callable[[str, int], None] | None = None,
-               source: str = "command") -> Request:
+    def submit(
+        self,
+        prompt: Any,
+        image: Any = None,
+        feedback: Callable[[str, int], None] | None = None,
+        source: str = "command",
+    ) -> Request:
         """Queue a command; the returned Request completes with its Outcome (at once when it is refused)."""
         request = Request(prompt if isinstance(prompt, str) else "", source, image, feedback)
         if self._stop.is_set() or self._thread is None:
@@ -174,8 +191,9 @@ class SegmentationEngine:
         self._stop.set()
         for command in self.queue.close():
             if command.payload is not None:
-                command.payload.complete(Outcome(False, "the node is shutting down", command.text,
-                                                 command.payload.source))
+                command.payload.complete(
+                    Outcome(False, "the node is shutting down", command.text, command.payload.source)
+                )
         if self._thread is not None:
             self._thread.join(timeout)
         self._thread = None
@@ -221,29 +239,32 @@ class SegmentationEngine:
             fields = result_fields(result, header, rgb if self.settings.publish_overlay else None)
             messages = fill_result(fields, self.types)
             target, messages.target = self._measure_3d(result, header, rgb, source)
-            result_msg = fill_segmentation_result(result, header, messages, self.types, target,
-                                                  "" if target is None else target.reason)
+            result_msg = fill_segmentation_result(
+                result, header, messages, self.types, target, "" if target is None else target.reason
+            )
         except LensError as exc:  # bad image, stale or missing frame, unusable prompt, checkpoint problems
             self.failed += 1
             self.log.error(f"{source} {command.text!r} failed: {exc}")
             return Outcome(False, str(exc), command.text, source)
         except Exception as exc:  # noqa: BLE001 - a model error must not take the node down
             self.failed += 1
-            self.log.error(f"{source} {command.text!r}: model error: {type(exc).__name__}: {exc}\n"
-                           f"{traceback.format_exc()}")
+            self.log.error(
+                f"{source} {command.text!r}: model error: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+            )
             return Outcome(False, f"model error: {type(exc).__name__}: {exc}", command.text, source)
         self.processed += 1
         outcome = Outcome(True, "", command.text, source, result, messages, result_msg, header, target=target)
         box = "no box" if result.box is None else "box [" + ", ".join(f"{v:.0f}" for v in result.box) + "]"
-        self.log.info(f"{source} {command.text!r}: {box}, score {result.score:.2f}, "
-                      f"{int(result.mask.sum())} mask pixels, {result.timings.get('total', 0.0):.2f} s")
+        self.log.info(
+            f"{source} {command.text!r}: {box}, score {result.score:.2f}, "
+            f"{int(result.mask.sum())} mask pixels, {result.timings.get('total', 0.0):.2f} s"
+        )
         if self.publish is not None:
             try:
                 self.publish(outcome)
             except Exception as exc:  # noqa: BLE001 - a failed publish still answers the caller
                 self.log.error(f"publishing the result of {command.text!r} failed: {exc!r}")
         return outcome
-
 
     def _measure_3d(self, result, header: Any, rgb, source: str) -> tuple[Target3D | None, TargetMessages | None]:
         """The frame's 3D target and its messages (None, None without depth_enabled). A failure is a target that is
@@ -256,19 +277,33 @@ class SegmentationEngine:
             match = self.depth.wait_for_match(stamp_to_seconds(header), timeout=s.depth_slop_s + DEPTH_WAIT_S)
             if not match.ok:
                 raise DepthError(match.reason)
-            target = measure(result.mask, match, s.depth_scale, s.depth_rectified,
-                             TargetOptions(erosion_px=s.depth_edge_erosion_px), self.cameras)
+            target = measure(
+                result.mask,
+                match,
+                s.depth_scale,
+                s.depth_rectified,
+                TargetOptions(erosion_px=s.depth_edge_erosion_px),
+                self.cameras,
+            )
             frame_id = match.depth.header.frame_id or match.camera_info.header.frame_id or frame_id
         except LensError as exc:
             target = Target3D(False, str(exc))
         if target.ok:
             c = target.centroid
-            self.log.info(f"{source} {result.prompt!r}: 3D target ({c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f}) m in "
-                          f"{frame_id!r}, {target.num_points} points")
+            self.log.info(
+                f"{source} {result.prompt!r}: 3D target ({c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f}) m in "
+                f"{frame_id!r}, {target.num_points} points"
+            )
         else:
             self.log.warning(f"{source} {result.prompt!r}: no 3D target: {target.reason}")
-        messages = fill_target(target, target_header(header, frame_id, self.types), result.prompt, result.score,
-                               rgb if s.publish_target_cloud else None, self.types)
+        messages = fill_target(
+            target,
+            target_header(header, frame_id, self.types),
+            result.prompt,
+            result.score,
+            rgb if s.publish_target_cloud else None,
+            self.types,
+        )
         return target, messages
 
 
@@ -280,8 +315,14 @@ class SpokenCommands:
     `set_format` (an audio_common_msgs/AudioInfo) or a WAV header says otherwise.
     """
 
-    def __init__(self, transcriber, settings: NodeSettings, on_text: Callable[[str], None], log=LOG,
-                 max_pending_chunks: int = 2000) -> None:
+    def __init__(
+        self,
+        transcriber,
+        settings: NodeSettings,
+        on_text: Callable[[str], None],
+        log=LOG,
+        max_pending_chunks: int = 2000,
+    ) -> None:
         self.transcriber = transcriber
         self.settings = settings
         self.on_text = on_text
@@ -298,8 +339,12 @@ class SpokenCommands:
 
     def _new_segmenter(self) -> UtteranceSegmenter:
         s = self.settings
-        return UtteranceSegmenter(self.sample_rate, threshold=s.audio_threshold, silence_s=s.audio_silence_s,
-                                  max_utterance_s=s.audio_max_utterance_s)
+        return UtteranceSegmenter(
+            self.sample_rate,
+            threshold=s.audio_threshold,
+            silence_s=s.audio_silence_s,
+            max_utterance_s=s.audio_max_utterance_s,
+        )
 
     def set_format(self, sample_rate: int, channels: int, sample_format: str) -> None:
         """The stream's layout (from audio_common_msgs/AudioInfo); a change restarts the end-pointer."""
@@ -349,8 +394,9 @@ class SpokenCommands:
                 elif kind == "format":
                     self.sample_rate, self.channels, self.sample_format = value
                     self._segmenter = self._new_segmenter()
-                    self.log.info(f"audio format: {self.sample_rate} Hz, {self.channels} channel(s), "
-                                  f"{self.sample_format}")
+                    self.log.info(
+                        f"audio format: {self.sample_rate} Hz, {self.channels} channel(s), {self.sample_format}"
+                    )
                 else:
                     for utterance in self._segmenter.feed(self._decode(value)):
                         self._transcribe(utterance)
@@ -362,9 +408,15 @@ class SpokenCommands:
     def _decode(self, data: bytes):
         header, payload = split_wav_header(data)
         if header is not None and (header["sample_rate"], header["channels"], header["sample_format"]) != (
-                self.sample_rate, self.channels, self.sample_format):
-            self.sample_rate, self.channels, self.sample_format = (header["sample_rate"], header["channels"],
-                                                                   header["sample_format"])
+            self.sample_rate,
+            self.channels,
+            self.sample_format,
+        ):
+            self.sample_rate, self.channels, self.sample_format = (
+                header["sample_rate"],
+                header["channels"],
+                header["sample_format"],
+            )
             self._segmenter = self._new_segmenter()
         return pcm_to_float(payload, self.sample_format, self.channels)
 

@@ -5,6 +5,7 @@ and the node can log `str(exc)` and answer `success=false` with it.
     ├── ImageConversionError(LensRosError, ImageError)   a sensor_msgs/Image or CompressedImage we cannot read
     └── BagError(LensRosError)                           a rosbag2 we cannot read or write (lens bag)
 """
+
 from lens_model.errors import ImageError, LensError
 
 

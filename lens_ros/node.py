@@ -36,12 +36,14 @@ exclusive callback group and the service/action in a reentrant one, on a MultiTh
 keeps receiving frames and answering while the model works. No input can kill it: a bad frame, an empty
 command, a stale frame or a model error is logged and answered with success=false.
 """
+
 from __future__ import annotations
 
 import os
 
 try:
     import rclpy
+    from geometry_msgs.msg import PointStamped
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
     from rclpy.action import ActionServer, CancelResponse, GoalResponse
     from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -53,20 +55,23 @@ try:
     from rclpy.qos import QoSProfile, qos_profile_sensor_data
     from rclpy.service import Service
     from rclpy.subscription import Subscription
-    from geometry_msgs.msg import PointStamped
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
     from std_msgs.msg import String
     from vision_msgs.msg import Detection2DArray, Detection3DArray
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(f"lens_node needs ROS 2 ({exc}): source /opt/ros/<distro>/setup.bash and the workspace's "
-                      "install/setup.bash first") from exc
+    raise ImportError(
+        f"lens_node needs ROS 2 ({exc}): source /opt/ros/<distro>/setup.bash and the workspace's "
+        "install/setup.bash first"
+    ) from exc
 try:
     from lens_interfaces.action import Segment as SegmentAction
     from lens_interfaces.msg import SegmentationResult
     from lens_interfaces.srv import Segment
 except ImportError as exc:  # pragma: no cover
-    raise ImportError(f"lens_node needs the lens_interfaces package ({exc}): build it with "
-                      "`colcon build --packages-up-to lens_ros` (see the README) and source install/setup.bash") from exc
+    raise ImportError(
+        f"lens_node needs the lens_interfaces package ({exc}): build it with "
+        "`colcon build --packages-up-to lens_ros` (see the README) and source install/setup.bash"
+    ) from exc
 
 from .engine import Outcome, SegmentationEngine, SpokenCommands
 from .params import PARAMETERS, NodeSettings, ParamSpec
@@ -88,8 +93,9 @@ def descriptor(spec: ParamSpec) -> ParameterDescriptor:
         if isinstance(spec.default, int) and not isinstance(spec.default, bool):
             d.integer_range = [IntegerRange(from_value=int(spec.range[0]), to_value=int(spec.range[1]), step=1)]
         else:
-            d.floating_point_range = [FloatingPointRange(from_value=float(spec.range[0]),
-                                                         to_value=float(spec.range[1]), step=0.0)]
+            d.floating_point_range = [
+                FloatingPointRange(from_value=float(spec.range[0]), to_value=float(spec.range[1]), step=0.0)
+            ]
     return d
 
 
@@ -128,15 +134,18 @@ class LensNode(LifecycleNode):
             self.pipeline = LensPipeline.from_pretrained(s.model, **s.pipeline_kwargs())
             self.transcriber = None
             if s.audio_enabled and AudioData is None:
-                log.warning("audio_enabled but audio_common_msgs is not installed: spoken commands are off "
-                            "(apt install ros-$ROS_DISTRO-audio-common-msgs)")
+                log.warning(
+                    "audio_enabled but audio_common_msgs is not installed: spoken commands are off "
+                    "(apt install ros-$ROS_DISTRO-audio-common-msgs)"
+                )
             elif s.audio_enabled:
                 from .whisper import WhisperTranscriber
 
                 log.info(f"loading Whisper {s.audio_model}")
                 try:
                     self.transcriber = WhisperTranscriber.from_pretrained(
-                        s.audio_model, device=s.audio_device or s.device, language=s.audio_language or None)
+                        s.audio_model, device=s.audio_device or s.device, language=s.audio_language or None
+                    )
                 except Exception as exc:  # noqa: BLE001 - text commands and the service work without it
                     log.error(f"spoken commands are off: Whisper {s.audio_model} did not load: {exc}")
         except Exception as exc:  # noqa: BLE001 - a failed configure leaves the node alive and unconfigured
@@ -153,8 +162,10 @@ class LensNode(LifecycleNode):
             self.get_logger().error(f"activate failed: {exc}")
             self.stop_io()
             return TransitionCallbackReturn.FAILURE
-        self.get_logger().info(f"active: service {self.resolve_service_name('~/segment')}, image topic "
-                               f"{self.resolve_topic_name(self.settings.image_topic)}")
+        self.get_logger().info(
+            f"active: service {self.resolve_service_name('~/segment')}, image topic "
+            f"{self.resolve_topic_name(self.settings.image_topic)}"
+        )
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
@@ -197,29 +208,50 @@ class LensNode(LifecycleNode):
                 self._pubs["target_cloud"] = self.create_publisher(PointCloud2, s.target_cloud_topic, reliable)
         self._entities = list(self._pubs.values())
         image_type = CompressedImage if s.image_compressed else Image
-        self._entities.append(self.create_subscription(image_type, s.image_topic, self._on_image,
-                                                       qos_profile_sensor_data, callback_group=self._inputs))
-        self._entities.append(self.create_subscription(String, s.command_topic, self._on_command, reliable,
-                                                       callback_group=self._inputs))
+        self._entities.append(
+            self.create_subscription(
+                image_type, s.image_topic, self._on_image, qos_profile_sensor_data, callback_group=self._inputs
+            )
+        )
+        self._entities.append(
+            self.create_subscription(String, s.command_topic, self._on_command, reliable, callback_group=self._inputs)
+        )
         if s.depth_enabled:
             depth_qos = qos_profile_sensor_data if s.depth_qos == "sensor_data" else reliable
-            self._entities.append(self.create_subscription(Image, s.depth_topic, self._on_depth, depth_qos,
-                                                           callback_group=self._inputs))
-            self._entities.append(self.create_subscription(CameraInfo, s.camera_info_topic, self._on_camera_info,
-                                                           depth_qos, callback_group=self._inputs))
+            self._entities.append(
+                self.create_subscription(Image, s.depth_topic, self._on_depth, depth_qos, callback_group=self._inputs)
+            )
+            self._entities.append(
+                self.create_subscription(
+                    CameraInfo, s.camera_info_topic, self._on_camera_info, depth_qos, callback_group=self._inputs
+                )
+            )
         if self.transcriber is not None:
             self.spoken = SpokenCommands(self.transcriber, s, self._on_transcript, log=log)
             audio_qos = QoSProfile(depth=200, reliability=qos_profile_sensor_data.reliability)
-            self._entities.append(self.create_subscription(AudioData, s.audio_topic, self._on_audio, audio_qos,
-                                                           callback_group=self._inputs))
-            self._entities.append(self.create_subscription(AudioInfo, s.audio_info_topic, self._on_audio_info,
-                                                           reliable, callback_group=self._inputs))
+            self._entities.append(
+                self.create_subscription(
+                    AudioData, s.audio_topic, self._on_audio, audio_qos, callback_group=self._inputs
+                )
+            )
+            self._entities.append(
+                self.create_subscription(
+                    AudioInfo, s.audio_info_topic, self._on_audio_info, reliable, callback_group=self._inputs
+                )
+            )
             self.spoken.start()
-        self._entities.append(self.create_service(Segment, "~/segment", self._on_segment,
-                                                  callback_group=self._requests))
+        self._entities.append(
+            self.create_service(Segment, "~/segment", self._on_segment, callback_group=self._requests)
+        )
         self._action_server = ActionServer(
-            self, SegmentAction, "~/segment_action", self._execute_goal, callback_group=self._requests,
-            goal_callback=lambda goal: GoalResponse.ACCEPT, cancel_callback=lambda handle: CancelResponse.REJECT)
+            self,
+            SegmentAction,
+            "~/segment_action",
+            self._execute_goal,
+            callback_group=self._requests,
+            goal_callback=lambda goal: GoalResponse.ACCEPT,
+            cancel_callback=lambda handle: CancelResponse.REJECT,
+        )
         self.engine.start()
 
     def stop_io(self) -> None:
@@ -316,7 +348,8 @@ class LensNode(LifecycleNode):
         if engine is None:
             return Outcome(False, "the node is not active", prompt, source)
         return engine.submit(prompt, image=image, feedback=feedback, source=source).wait(
-            self.settings.service_timeout_s)
+            self.settings.service_timeout_s
+        )
 
     def _on_segment(self, request, response):
         try:
@@ -358,8 +391,10 @@ def main(args=None) -> None:
             if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 node.trigger_activate()
             else:
-                node.get_logger().error("not configured: fix the parameters, then "
-                                        f"`ros2 lifecycle set {node.get_fully_qualified_name()} configure`")
+                node.get_logger().error(
+                    "not configured: fix the parameters, then "
+                    f"`ros2 lifecycle set {node.get_fully_qualified_name()} configure`"
+                )
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -5,6 +5,7 @@ point range, choices in the description), `config/lens.yaml` lists every one wit
 parameter table is written from them. `NodeSettings.from_values(values)` checks a full set of values (as read
 back from the node) and returns them typed; an invalid value raises `ParameterError` naming the parameter.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -61,11 +62,14 @@ class ParamSpec:
         if type(value) is not kind:
             raise ParameterError(f"parameter {self.name} must be a {self.type_name}, got {value!r}")
         if self.range is not None and not self.range[0] <= value <= self.range[1]:
-            raise ParameterError(f"parameter {self.name} must lie in [{self.range[0]:g}, {self.range[1]:g}], "
-                                 f"got {value!r}")
+            raise ParameterError(
+                f"parameter {self.name} must lie in [{self.range[0]:g}, {self.range[1]:g}], got {value!r}"
+            )
         if self.choices and not (value in self.choices or (self.allow_empty and value == "")):
-            raise ParameterError(f"parameter {self.name} must be one of {', '.join(self.choices)}"
-                                 f"{' (or empty)' if self.allow_empty else ''}, got {value!r}")
+            raise ParameterError(
+                f"parameter {self.name} must be one of {', '.join(self.choices)}"
+                f"{' (or empty)' if self.allow_empty else ''}, got {value!r}"
+            )
         if kind is str and not self.allow_empty and not self.choices and not value.strip():
             raise ParameterError(f"parameter {self.name} must not be empty")
         return value
@@ -73,52 +77,128 @@ class ParamSpec:
 
 PARAMETERS: tuple[ParamSpec, ...] = (
     # model
-    ParamSpec("model", DEFAULT_MODEL_ID, "LENS checkpoint: a Hugging Face Hub id or a local model directory; loaded "
-              "on configure"),
+    ParamSpec(
+        "model",
+        DEFAULT_MODEL_ID,
+        "LENS checkpoint: a Hugging Face Hub id or a local model directory; loaded on configure",
+    ),
     ParamSpec("device", "auto", "where the model runs: auto (CUDA if available), cpu, cuda or cuda:N"),
     ParamSpec("dtype", "auto", "weights dtype; auto = bfloat16 on CUDA, float32 on CPU", choices=DTYPES),
-    ParamSpec("backend", "torch", "what runs SAM2 + the context head; onnxruntime and tensorrt run the export in "
-              "backend_dir (lens export); the MLLM always runs in torch", choices=BACKENDS),
+    ParamSpec(
+        "backend",
+        "torch",
+        "what runs SAM2 + the context head; onnxruntime and tensorrt run the export in "
+        "backend_dir (lens export); the MLLM always runs in torch",
+        choices=BACKENDS,
+    ),
     ParamSpec("backend_dir", "", "export directory for backend onnxruntime or tensorrt", allow_empty=True),
-    ParamSpec("context_pass", "", "override the checkpoint's context-pass mode; empty = the checkpoint's",
-              choices=CONTEXT_PASS_MODES, allow_empty=True),
-    ParamSpec("answer_format", "", "override the checkpoint's answer format; empty = the checkpoint's "
-              "(think_answer for the CoT checkpoints)", choices=ANSWER_FORMATS, allow_empty=True),
+    ParamSpec(
+        "context_pass",
+        "",
+        "override the checkpoint's context-pass mode; empty = the checkpoint's",
+        choices=CONTEXT_PASS_MODES,
+        allow_empty=True,
+    ),
+    ParamSpec(
+        "answer_format",
+        "",
+        "override the checkpoint's answer format; empty = the checkpoint's (think_answer for the CoT checkpoints)",
+        choices=ANSWER_FORMATS,
+        allow_empty=True,
+    ),
     ParamSpec("max_new_tokens", 256, "generation budget of the MLLM per command", range=(1, 4096)),
     # inputs
-    ParamSpec("image_topic", "image", "camera topic (sensor_msgs/Image, or CompressedImage when image_compressed); "
-              "sensor-data QoS"),
-    ParamSpec("image_compressed", False, "subscribe to sensor_msgs/CompressedImage (JPEG/PNG) instead of "
-              "sensor_msgs/Image; point image_topic at e.g. image/compressed"),
-    ParamSpec("scale16", "high_byte", "how 16-bit images (mono16/16UC1) become 8 bits: high_byte (value >> 8) or "
-              "minmax (per frame)", choices=SCALE16_MODES),
+    ParamSpec(
+        "image_topic",
+        "image",
+        "camera topic (sensor_msgs/Image, or CompressedImage when image_compressed); sensor-data QoS",
+    ),
+    ParamSpec(
+        "image_compressed",
+        False,
+        "subscribe to sensor_msgs/CompressedImage (JPEG/PNG) instead of "
+        "sensor_msgs/Image; point image_topic at e.g. image/compressed",
+    ),
+    ParamSpec(
+        "scale16",
+        "high_byte",
+        "how 16-bit images (mono16/16UC1) become 8 bits: high_byte (value >> 8) or minmax (per frame)",
+        choices=SCALE16_MODES,
+    ),
     ParamSpec("command_topic", "command", "text commands (std_msgs/String), e.g. 'the red cup'"),
-    ParamSpec("frame_selection", "latest", "which frame a command segments: latest (the newest received) or next "
-              "(the first frame stamped at or after the command)", choices=FRAME_MODES),
-    ParamSpec("max_frame_age_s", 1.0, "staleness bound in seconds: with latest, a frame older than the command by "
-              "more is refused; with next, the longest wait for a frame; 0 = no bound", range=(0.0, 3600.0)),
-    ParamSpec("queue_policy", "queue", "commands arriving while the model is busy: queue (keep the newest "
-              "queue_size, dropping the oldest) or drop (refuse them); every drop is logged", choices=QUEUE_POLICIES),
+    ParamSpec(
+        "frame_selection",
+        "latest",
+        "which frame a command segments: latest (the newest received) or next "
+        "(the first frame stamped at or after the command)",
+        choices=FRAME_MODES,
+    ),
+    ParamSpec(
+        "max_frame_age_s",
+        1.0,
+        "staleness bound in seconds: with latest, a frame older than the command by "
+        "more is refused; with next, the longest wait for a frame; 0 = no bound",
+        range=(0.0, 3600.0),
+    ),
+    ParamSpec(
+        "queue_policy",
+        "queue",
+        "commands arriving while the model is busy: queue (keep the newest "
+        "queue_size, dropping the oldest) or drop (refuse them); every drop is logged",
+        choices=QUEUE_POLICIES,
+    ),
     ParamSpec("queue_size", 1, "pending commands kept with queue_policy queue", range=(1, 100)),
-    ParamSpec("service_timeout_s", 120.0, "longest a /lens/segment call or Segment goal waits for its result "
-              "(queueing + inference) before answering success=false", range=(1.0, 3600.0)),
+    ParamSpec(
+        "service_timeout_s",
+        120.0,
+        "longest a /lens/segment call or Segment goal waits for its result "
+        "(queueing + inference) before answering success=false",
+        range=(1.0, 3600.0),
+    ),
     # depth: the 3D target
-    ParamSpec("depth_enabled", False, "measure the object's 3D target from a registered depth image and its "
-              "camera_info; publishes target_point, detections_3d (and target_cloud)"),
-    ParamSpec("depth_topic", "depth", "depth image registered (aligned) to the colour image: sensor_msgs/Image 16UC1 "
-              "(units of depth_scale) or 32FC1 (metres), e.g. aligned_depth_to_color/image_raw"),
-    ParamSpec("camera_info_topic", "camera_info", "sensor_msgs/CameraInfo of the depth image (for registered depth: "
-              "the colour camera's)"),
-    ParamSpec("depth_qos", "sensor_data", "QoS of depth_topic and camera_info_topic: sensor_data (best effort) or "
-              "reliable", choices=DEPTH_QOS),
-    ParamSpec("depth_scale", 0.001, "metres per unit of 16UC1 depth (0.001: millimetres); 32FC1 is metres",
-              range=(1e-6, 1.0)),
-    ParamSpec("depth_rectified", False, "the depth image is rectified: use camera_info's P and ignore D; false: K, "
-              "and D through cv2.undistortPoints"),
-    ParamSpec("depth_edge_erosion_px", 2, "pixels eroded off the mask's edge before measuring depth (flying pixels)",
-              range=(0, 50)),
-    ParamSpec("depth_slop_s", 0.05, "largest stamp difference between the colour image and the depth image it is "
-              "paired with, seconds", range=(0.0, 10.0)),
+    ParamSpec(
+        "depth_enabled",
+        False,
+        "measure the object's 3D target from a registered depth image and its "
+        "camera_info; publishes target_point, detections_3d (and target_cloud)",
+    ),
+    ParamSpec(
+        "depth_topic",
+        "depth",
+        "depth image registered (aligned) to the colour image: sensor_msgs/Image 16UC1 "
+        "(units of depth_scale) or 32FC1 (metres), e.g. aligned_depth_to_color/image_raw",
+    ),
+    ParamSpec(
+        "camera_info_topic",
+        "camera_info",
+        "sensor_msgs/CameraInfo of the depth image (for registered depth: the colour camera's)",
+    ),
+    ParamSpec(
+        "depth_qos",
+        "sensor_data",
+        "QoS of depth_topic and camera_info_topic: sensor_data (best effort) or reliable",
+        choices=DEPTH_QOS,
+    ),
+    ParamSpec(
+        "depth_scale", 0.001, "metres per unit of 16UC1 depth (0.001: millimetres); 32FC1 is metres", range=(1e-6, 1.0)
+    ),
+    ParamSpec(
+        "depth_rectified",
+        False,
+        "the depth image is rectified: use camera_info's P and ignore D; false: K, and D through cv2.undistortPoints",
+    ),
+    ParamSpec(
+        "depth_edge_erosion_px",
+        2,
+        "pixels eroded off the mask's edge before measuring depth (flying pixels)",
+        range=(0, 50),
+    ),
+    ParamSpec(
+        "depth_slop_s",
+        0.05,
+        "largest stamp difference between the colour image and the depth image it is paired with, seconds",
+        range=(0.0, 10.0),
+    ),
     # outputs
     ParamSpec("mask_topic", "mask", "mono8 mask (255 = object), with the source image's header"),
     ParamSpec("detections_topic", "detections", "vision_msgs/Detection2DArray: box, score, prompt as class_id"),
@@ -127,37 +207,71 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("result_topic", "result", "lens_interfaces/SegmentationResult: everything above in one message"),
     ParamSpec("transcript_topic", "transcript", "std_msgs/String: what Whisper heard (each spoken command)"),
     ParamSpec("publish_overlay", True, "draw and publish the overlay image (costs a few ms per command)"),
-    ParamSpec("target_point_topic", "target_point", "geometry_msgs/PointStamped: the object's 3D centroid in the depth "
-              "frame (depth_enabled)"),
-    ParamSpec("detections_3d_topic", "detections_3d", "vision_msgs/Detection3DArray: 3D centroid, box, score, prompt "
-              "as class_id (depth_enabled)"),
-    ParamSpec("target_cloud_topic", "target_cloud", "sensor_msgs/PointCloud2 (x y z rgb) of the object's points "
-              "(publish_target_cloud)"),
+    ParamSpec(
+        "target_point_topic",
+        "target_point",
+        "geometry_msgs/PointStamped: the object's 3D centroid in the depth frame (depth_enabled)",
+    ),
+    ParamSpec(
+        "detections_3d_topic",
+        "detections_3d",
+        "vision_msgs/Detection3DArray: 3D centroid, box, score, prompt as class_id (depth_enabled)",
+    ),
+    ParamSpec(
+        "target_cloud_topic",
+        "target_cloud",
+        "sensor_msgs/PointCloud2 (x y z rgb) of the object's points (publish_target_cloud)",
+    ),
     ParamSpec("publish_target_cloud", False, "publish the object's point cloud on target_cloud_topic"),
     # spoken commands
-    ParamSpec("audio_enabled", True, "transcribe spoken commands from audio_topic with Whisper; needs "
-              "audio_common_msgs (the subscription is skipped with a warning when it is missing)"),
-    ParamSpec("audio_model", "openai/whisper-small", "Whisper model: a Hugging Face Hub id or a local directory "
-              "(transformers WhisperForConditionalGeneration)"),
+    ParamSpec(
+        "audio_enabled",
+        True,
+        "transcribe spoken commands from audio_topic with Whisper; needs "
+        "audio_common_msgs (the subscription is skipped with a warning when it is missing)",
+    ),
+    ParamSpec(
+        "audio_model",
+        "openai/whisper-small",
+        "Whisper model: a Hugging Face Hub id or a local directory (transformers WhisperForConditionalGeneration)",
+    ),
     ParamSpec("audio_device", "", "device of the Whisper model; empty = device", allow_empty=True),
-    ParamSpec("audio_language", "", "spoken language for multilingual Whisper models, e.g. en or de; empty = "
-              "detected", allow_empty=True),
-    ParamSpec("audio_topic", "audio", "raw PCM chunks (audio_common_msgs/AudioData, as audio_capture publishes "
-              "with format wave)"),
-    ParamSpec("audio_info_topic", "audio_info", "audio_common_msgs/AudioInfo; when received it overrides the "
-              "three audio_* layout parameters below"),
+    ParamSpec(
+        "audio_language",
+        "",
+        "spoken language for multilingual Whisper models, e.g. en or de; empty = detected",
+        allow_empty=True,
+    ),
+    ParamSpec(
+        "audio_topic",
+        "audio",
+        "raw PCM chunks (audio_common_msgs/AudioData, as audio_capture publishes with format wave)",
+    ),
+    ParamSpec(
+        "audio_info_topic",
+        "audio_info",
+        "audio_common_msgs/AudioInfo; when received it overrides the three audio_* layout parameters below",
+    ),
     ParamSpec("audio_sample_rate", 16000, "sample rate of audio_topic in Hz", range=(1000, 384000)),
     ParamSpec("audio_channels", 1, "interleaved channels of audio_topic (averaged to mono)", range=(1, 32)),
     ParamSpec("audio_sample_format", "S16LE", "sample format of audio_topic", choices=AUDIO_SAMPLE_FORMATS),
-    ParamSpec("audio_threshold", 0.02, "speech detection: RMS level (full scale 1.0) that starts an utterance",
-              range=(0.0, 1.0)),
-    ParamSpec("audio_silence_s", 0.8, "speech detection: silence that ends an utterance, seconds",
-              range=(0.05, 10.0)),
-    ParamSpec("audio_max_utterance_s", 20.0, "longest utterance, seconds (Whisper hears at most 30)",
-              range=(1.0, 30.0)),
+    ParamSpec(
+        "audio_threshold",
+        0.02,
+        "speech detection: RMS level (full scale 1.0) that starts an utterance",
+        range=(0.0, 1.0),
+    ),
+    ParamSpec("audio_silence_s", 0.8, "speech detection: silence that ends an utterance, seconds", range=(0.05, 10.0)),
+    ParamSpec(
+        "audio_max_utterance_s", 20.0, "longest utterance, seconds (Whisper hears at most 30)", range=(1.0, 30.0)
+    ),
     # lifecycle
-    ParamSpec("autostart", True, "configure and activate on startup; false leaves the node unconfigured for a "
-              "lifecycle manager (ros2 lifecycle set /lens configure)"),
+    ParamSpec(
+        "autostart",
+        True,
+        "configure and activate on startup; false leaves the node unconfigured for a "
+        "lifecycle manager (ros2 lifecycle set /lens configure)",
+    ),
 )
 
 PARAMETER_NAMES: tuple[str, ...] = tuple(p.name for p in PARAMETERS)
@@ -220,7 +334,7 @@ class NodeSettings:
     autostart: bool
 
     @classmethod
-    def from_values(cls, values: dict[str, Any]) -> "NodeSettings":
+    def from_values(cls, values: dict[str, Any]) -> NodeSettings:
         unknown = set(values) - set(_BY_NAME)
         if unknown:
             raise ParameterError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
@@ -236,9 +350,15 @@ class NodeSettings:
 
     def pipeline_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of LensPipeline.from_pretrained."""
-        return {"device": self.device, "dtype": self.dtype, "backend": self.backend,
-                "backend_dir": self.backend_dir or None, "context_pass": self.context_pass or None,
-                "answer_format": self.answer_format or None, "max_new_tokens": self.max_new_tokens}
+        return {
+            "device": self.device,
+            "dtype": self.dtype,
+            "backend": self.backend,
+            "backend_dir": self.backend_dir or None,
+            "context_pass": self.context_pass or None,
+            "answer_format": self.answer_format or None,
+            "max_new_tokens": self.max_new_tokens,
+        }
 
 
 assert [f.name for f in fields(NodeSettings)] == list(PARAMETER_NAMES), "NodeSettings must mirror PARAMETERS"

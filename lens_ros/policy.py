@@ -32,6 +32,7 @@ Frames
         wait_for_frame(command_stamp, timeout=None) -> FrameChoice   select(), blocking while it says "wait"
     max_frame_age_s=None disables the bound ("next" then waits until `timeout`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -133,8 +134,10 @@ class CommandQueue:
             waiting = len(self._pending)
             self._cond.notify_all()
         if dropped:
-            reason = (f"queued command {_quote(command.text)}; queue full (size {self.size}): dropped the oldest "
-                      f"pending command {_quote(dropped[0].text)}")
+            reason = (
+                f"queued command {_quote(command.text)}; queue full (size {self.size}): dropped the oldest "
+                f"pending command {_quote(dropped[0].text)}"
+            )
             LOG.warning(reason)
         else:
             reason = f"queued command {_quote(command.text)} ({waiting} pending)"
@@ -184,8 +187,9 @@ class FrameChoice:
 class FrameBuffer:
     """The most recent frames and the rule that picks one for a command; see the module docstring."""
 
-    def __init__(self, mode: str = "latest", max_frame_age_s: float | None = 1.0, history: int = 8,
-                 clock: Clock = time.time) -> None:
+    def __init__(
+        self, mode: str = "latest", max_frame_age_s: float | None = 1.0, history: int = 8, clock: Clock = time.time
+    ) -> None:
         if mode not in FRAME_MODES:
             raise ValueError(f"frame mode must be one of {', '.join(FRAME_MODES)}, got {mode!r}")
         if max_frame_age_s is not None and not max_frame_age_s > 0:
@@ -227,16 +231,20 @@ class FrameBuffer:
             frame = self._frames[-1]
             age = command_stamp - frame.stamp
             if bound is not None and age > bound:
-                return FrameChoice("refused", None, f"latest image is {age:.3f} s older than the command "
-                                                    f"(max_frame_age_s={bound:g})")
+                return FrameChoice(
+                    "refused", None, f"latest image is {age:.3f} s older than the command (max_frame_age_s={bound:g})"
+                )
             return FrameChoice("ok", frame)
         for frame in self._frames:  # oldest first: the first frame at or after the command
             if frame.stamp >= command_stamp:
                 return FrameChoice("ok", frame)
         waited = self._clock() - command_stamp
         if bound is not None and waited >= bound:
-            return FrameChoice("refused", None, f"no image arrived within max_frame_age_s={bound:g} s after the command "
-                                                f"({waited:.3f} s passed)")
+            return FrameChoice(
+                "refused",
+                None,
+                f"no image arrived within max_frame_age_s={bound:g} s after the command ({waited:.3f} s passed)",
+            )
         return FrameChoice("wait", None, f"waiting for the next image ({waited:.3f} s since the command)")
 
     def wait_for_frame(self, command_stamp: float, timeout: float | None = None) -> FrameChoice:

@@ -42,6 +42,7 @@ The header object is passed through untouched, so output messages carry the sour
         cloud:      PointCloud2 of the target's points coloured from `colours_rgb` ((H, W, 3) uint8 image the
                     mask came from), only when given and the target is ok
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -60,30 +61,61 @@ if TYPE_CHECKING:  # lens_model.pipeline imports torch; these helpers only read 
     from lens_model.target3d import Target3D
 
 __all__ = [
-    "DetectionFields", "DetectionArrayFields", "ResultFields", "ResultMessages", "mask_fields", "detection_fields",
-    "overlay_fields", "result_fields", "fill_image", "fill_detections", "fill_string", "fill_result", "MESSAGE_TYPES",
-    "CloudFields", "TargetMessages", "target_header", "cloud_fields", "cloud_to_arrays", "fill_point_cloud",
-    "fill_detection_3d", "fill_target",
+    "DetectionFields",
+    "DetectionArrayFields",
+    "ResultFields",
+    "ResultMessages",
+    "mask_fields",
+    "detection_fields",
+    "overlay_fields",
+    "result_fields",
+    "fill_image",
+    "fill_detections",
+    "fill_string",
+    "fill_result",
+    "MESSAGE_TYPES",
+    "CloudFields",
+    "TargetMessages",
+    "target_header",
+    "cloud_fields",
+    "cloud_to_arrays",
+    "fill_point_cloud",
+    "fill_detection_3d",
+    "fill_target",
 ]
 
 DETECTION_ARRAY_TYPE = "vision_msgs/msg/Detection2DArray"
 # Every class fill_detections builds, by full name.
 MESSAGE_TYPES = (
-    "sensor_msgs/msg/Image", "std_msgs/msg/String", DETECTION_ARRAY_TYPE, "vision_msgs/msg/Detection2D",
-    "vision_msgs/msg/BoundingBox2D", "vision_msgs/msg/Pose2D", "vision_msgs/msg/Point2D",
-    "vision_msgs/msg/ObjectHypothesisWithPose", "vision_msgs/msg/ObjectHypothesis",
-    "geometry_msgs/msg/PoseWithCovariance", "geometry_msgs/msg/Pose", "geometry_msgs/msg/Point",
+    "sensor_msgs/msg/Image",
+    "std_msgs/msg/String",
+    DETECTION_ARRAY_TYPE,
+    "vision_msgs/msg/Detection2D",
+    "vision_msgs/msg/BoundingBox2D",
+    "vision_msgs/msg/Pose2D",
+    "vision_msgs/msg/Point2D",
+    "vision_msgs/msg/ObjectHypothesisWithPose",
+    "vision_msgs/msg/ObjectHypothesis",
+    "geometry_msgs/msg/PoseWithCovariance",
+    "geometry_msgs/msg/Pose",
+    "geometry_msgs/msg/Point",
     "geometry_msgs/msg/Quaternion",
 )
 # Every class fill_target builds.
 TARGET_MESSAGE_TYPES = (
-    "std_msgs/msg/Header", "geometry_msgs/msg/PointStamped", "vision_msgs/msg/Detection3DArray",
-    "vision_msgs/msg/Detection3D", "vision_msgs/msg/BoundingBox3D", "geometry_msgs/msg/Vector3",
-    "sensor_msgs/msg/PointCloud2", "sensor_msgs/msg/PointField",
+    "std_msgs/msg/Header",
+    "geometry_msgs/msg/PointStamped",
+    "vision_msgs/msg/Detection3DArray",
+    "vision_msgs/msg/Detection3D",
+    "vision_msgs/msg/BoundingBox3D",
+    "geometry_msgs/msg/Vector3",
+    "sensor_msgs/msg/PointCloud2",
+    "sensor_msgs/msg/PointField",
 )
 POINTFIELD_FLOAT32 = 7  # sensor_msgs/PointField.FLOAT32
-CLOUD_DTYPE = np.dtype({"names": ["x", "y", "z", "rgb"], "formats": ["<f4", "<f4", "<f4", "<u4"],
-                        "offsets": [0, 4, 8, 12], "itemsize": 16})
+CLOUD_DTYPE = np.dtype(
+    {"names": ["x", "y", "z", "rgb"], "formats": ["<f4", "<f4", "<f4", "<u4"], "offsets": [0, 4, 8, 12], "itemsize": 16}
+)
 
 
 @dataclass
@@ -158,8 +190,15 @@ def detection_fields(result: SegmentationResult, header: Any) -> DetectionArrayF
     if result.box is None:
         return DetectionArrayFields(header, [])
     x1, y1, x2, y2 = (float(v) for v in result.box)
-    detection = DetectionFields(header=header, class_id=result.prompt, score=float(result.score),
-                                center_x=(x1 + x2) / 2, center_y=(y1 + y2) / 2, size_x=x2 - x1, size_y=y2 - y1)
+    detection = DetectionFields(
+        header=header,
+        class_id=result.prompt,
+        score=float(result.score),
+        center_x=(x1 + x2) / 2,
+        center_y=(y1 + y2) / 2,
+        size_x=x2 - x1,
+        size_y=y2 - y1,
+    )
     return DetectionArrayFields(header, [detection])
 
 
@@ -169,23 +208,33 @@ def overlay_fields(image_rgb: np.ndarray, result: SegmentationResult, header: An
 
 
 def result_fields(result: SegmentationResult, header: Any, image_rgb: np.ndarray | None = None) -> ResultFields:
-    return ResultFields(mask=mask_fields(result.mask, header), detections=detection_fields(result, header),
-                        reasoning=result.text,
-                        overlay=None if image_rgb is None else overlay_fields(image_rgb, result, header))
+    return ResultFields(
+        mask=mask_fields(result.mask, header),
+        detections=detection_fields(result, header),
+        reasoning=result.text,
+        overlay=None if image_rgb is None else overlay_fields(image_rgb, result, header),
+    )
 
 
 def _detection(d: DetectionFields, types: Mapping[str, type] | None) -> Any:
     t = lambda name: message_class(name, types)  # noqa: E731
     pose = t("geometry_msgs/msg/PoseWithCovariance")(
-        pose=t("geometry_msgs/msg/Pose")(position=t("geometry_msgs/msg/Point")(x=0.0, y=0.0, z=0.0),
-                                         orientation=t("geometry_msgs/msg/Quaternion")(x=0.0, y=0.0, z=0.0, w=1.0)),
-        covariance=np.zeros(36, dtype=np.float64))
+        pose=t("geometry_msgs/msg/Pose")(
+            position=t("geometry_msgs/msg/Point")(x=0.0, y=0.0, z=0.0),
+            orientation=t("geometry_msgs/msg/Quaternion")(x=0.0, y=0.0, z=0.0, w=1.0),
+        ),
+        covariance=np.zeros(36, dtype=np.float64),
+    )
     hypothesis = t("vision_msgs/msg/ObjectHypothesisWithPose")(
-        hypothesis=t("vision_msgs/msg/ObjectHypothesis")(class_id=str(d.class_id), score=float(d.score)), pose=pose)
+        hypothesis=t("vision_msgs/msg/ObjectHypothesis")(class_id=str(d.class_id), score=float(d.score)), pose=pose
+    )
     bbox = t("vision_msgs/msg/BoundingBox2D")(
-        center=t("vision_msgs/msg/Pose2D")(position=t("vision_msgs/msg/Point2D")(x=float(d.center_x), y=float(d.center_y)),
-                                           theta=float(d.theta)),
-        size_x=float(d.size_x), size_y=float(d.size_y))
+        center=t("vision_msgs/msg/Pose2D")(
+            position=t("vision_msgs/msg/Point2D")(x=float(d.center_x), y=float(d.center_y)), theta=float(d.theta)
+        ),
+        size_x=float(d.size_x),
+        size_y=float(d.size_y),
+    )
     return t("vision_msgs/msg/Detection2D")(header=d.header, results=[hypothesis], bbox=bbox, id=str(d.id))
 
 
@@ -199,9 +248,12 @@ def fill_string(text: str, types: Mapping[str, type] | None = None) -> Any:
 
 
 def fill_result(fields: ResultFields, types: Mapping[str, type] | None = None) -> ResultMessages:
-    return ResultMessages(mask=fill_image(fields.mask, types), detections=fill_detections(fields.detections, types),
-                          reasoning=fill_string(fields.reasoning, types),
-                          overlay=None if fields.overlay is None else fill_image(fields.overlay, types))
+    return ResultMessages(
+        mask=fill_image(fields.mask, types),
+        detections=fill_detections(fields.detections, types),
+        reasoning=fill_string(fields.reasoning, types),
+        overlay=None if fields.overlay is None else fill_image(fields.overlay, types),
+    )
 
 
 # -- 3D target --
@@ -217,10 +269,14 @@ def cloud_fields(points: np.ndarray, header: Any, colours: np.ndarray | None = N
         rgb = np.asarray(colours, np.uint32).reshape(-1, 3)
         cloud["rgb"] = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
     names = CLOUD_DTYPE.names
-    return CloudFields(header=header, width=len(points),
-                       fields=[(n, CLOUD_DTYPE.fields[n][1], POINTFIELD_FLOAT32, 1) for n in names],
-                       point_step=CLOUD_DTYPE.itemsize, row_step=CLOUD_DTYPE.itemsize * len(points),
-                       data=cloud.view(np.uint8).reshape(-1))
+    return CloudFields(
+        header=header,
+        width=len(points),
+        fields=[(n, CLOUD_DTYPE.fields[n][1], POINTFIELD_FLOAT32, 1) for n in names],
+        point_step=CLOUD_DTYPE.itemsize,
+        row_step=CLOUD_DTYPE.itemsize * len(points),
+        data=cloud.view(np.uint8).reshape(-1),
+    )
 
 
 def cloud_to_arrays(msg: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -228,8 +284,14 @@ def cloud_to_arrays(msg: Any) -> tuple[np.ndarray, np.ndarray]:
     (N, 3) uint8 colours."""
     offsets = {f.name: int(f.offset) for f in msg.fields}
     n = int(msg.width) * int(msg.height)
-    dtype = np.dtype({"names": ["x", "y", "z", "rgb"], "formats": ["<f4", "<f4", "<f4", "<u4"],
-                      "offsets": [offsets[k] for k in ("x", "y", "z", "rgb")], "itemsize": int(msg.point_step)})
+    dtype = np.dtype(
+        {
+            "names": ["x", "y", "z", "rgb"],
+            "formats": ["<f4", "<f4", "<f4", "<u4"],
+            "offsets": [offsets[k] for k in ("x", "y", "z", "rgb")],
+            "itemsize": int(msg.point_step),
+        }
+    )
     cloud = np.frombuffer(np.asarray(msg.data, np.uint8).tobytes(), dtype, count=n)
     rgb = cloud["rgb"]
     colours = np.stack([(rgb >> 16) & 255, (rgb >> 8) & 255, rgb & 255], axis=1).astype(np.uint8)
@@ -239,15 +301,22 @@ def cloud_to_arrays(msg: Any) -> tuple[np.ndarray, np.ndarray]:
 def fill_point_cloud(fields: CloudFields, types: Mapping[str, type] | None = None) -> Any:
     cls = message_class("sensor_msgs/msg/PointCloud2", types)
     point_field = message_class("sensor_msgs/msg/PointField", types)
-    return cls(header=fields.header, height=int(fields.height), width=int(fields.width),
-               fields=[point_field(name=n, offset=int(o), datatype=int(d), count=int(c))
-                       for n, o, d, c in fields.fields],
-               is_bigendian=bool(fields.is_bigendian), point_step=int(fields.point_step),
-               row_step=int(fields.row_step), data=byte_sequence(cls, fields.data), is_dense=bool(fields.is_dense))
+    return cls(
+        header=fields.header,
+        height=int(fields.height),
+        width=int(fields.width),
+        fields=[point_field(name=n, offset=int(o), datatype=int(d), count=int(c)) for n, o, d, c in fields.fields],
+        is_bigendian=bool(fields.is_bigendian),
+        point_step=int(fields.point_step),
+        row_step=int(fields.row_step),
+        data=byte_sequence(cls, fields.data),
+        is_dense=bool(fields.is_dense),
+    )
 
 
-def fill_detection_3d(target: Target3D, header: Any, prompt: str, score: float,
-                      types: Mapping[str, type] | None = None) -> Any:
+def fill_detection_3d(
+    target: Target3D, header: Any, prompt: str, score: float, types: Mapping[str, type] | None = None
+) -> Any:
     """One vision_msgs/Detection3D (all zero when the target is not ok; the hypothesis is filled either way)."""
     t = lambda name: message_class(name, types)  # noqa: E731
     zero = np.zeros(3)
@@ -257,20 +326,30 @@ def fill_detection_3d(target: Target3D, header: Any, prompt: str, score: float,
     identity = lambda: t("geometry_msgs/msg/Quaternion")(x=0.0, y=0.0, z=0.0, w=1.0)  # noqa: E731
     pose = t("geometry_msgs/msg/PoseWithCovariance")(
         pose=t("geometry_msgs/msg/Pose")(position=point(centroid), orientation=identity()),
-        covariance=np.zeros(36, dtype=np.float64))
+        covariance=np.zeros(36, dtype=np.float64),
+    )
     hypothesis = t("vision_msgs/msg/ObjectHypothesisWithPose")(
-        hypothesis=t("vision_msgs/msg/ObjectHypothesis")(class_id=str(prompt), score=float(score)), pose=pose)
+        hypothesis=t("vision_msgs/msg/ObjectHypothesis")(class_id=str(prompt), score=float(score)), pose=pose
+    )
     bbox = t("vision_msgs/msg/BoundingBox3D")(
         center=t("geometry_msgs/msg/Pose")(position=point(center), orientation=identity()),
-        size=t("geometry_msgs/msg/Vector3")(x=float(size[0]), y=float(size[1]), z=float(size[2])))
+        size=t("geometry_msgs/msg/Vector3")(x=float(size[0]), y=float(size[1]), z=float(size[2])),
+    )
     return t("vision_msgs/msg/Detection3D")(header=header, results=[hypothesis], bbox=bbox, id="")
 
 
-def fill_target(target: Target3D, header: Any, prompt: str, score: float, colours_rgb: np.ndarray | None = None,
-                types: Mapping[str, type] | None = None) -> TargetMessages:
+def fill_target(
+    target: Target3D,
+    header: Any,
+    prompt: str,
+    score: float,
+    colours_rgb: np.ndarray | None = None,
+    types: Mapping[str, type] | None = None,
+) -> TargetMessages:
     detections = [fill_detection_3d(target, header, prompt, score, types)] if target.ok else []
-    messages = TargetMessages(header, message_class("vision_msgs/msg/Detection3DArray", types)(
-        header=header, detections=detections))
+    messages = TargetMessages(
+        header, message_class("vision_msgs/msg/Detection3DArray", types)(header=header, detections=detections)
+    )
     if not target.ok:
         return messages
     c = target.centroid

@@ -4,13 +4,16 @@
 num_tokens)` while the MLLM generates, at most every `min_interval_s` seconds and once more at the end; the final
 text equals the result's `text`.
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from transformers.generation.streamers import BaseStreamer
+
+from lens_model.prompting import decode_completion
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +21,7 @@ log = logging.getLogger(__name__)
 class TextSoFarStreamer(BaseStreamer):
     def __init__(self, pipeline, callback: Callable[[str, int], None], min_interval_s: float = 0.1) -> None:
         self.tokenizer = pipeline.processor.tokenizer
-        self.drop = {pipeline.pad_token_id, *pipeline.eos_token_ids}  # as LensPipeline decodes its result
+        self.pad_token_id, self.eos_token_ids = pipeline.pad_token_id, pipeline.eos_token_ids
         self.callback = callback
         self.min_interval_s = min_interval_s
         self.tokens: list[int] = []
@@ -30,7 +33,7 @@ class TextSoFarStreamer(BaseStreamer):
 
     @property
     def text(self) -> str:
-        return self.tokenizer.decode(self.tokens, skip_special_tokens=False)
+        return decode_completion(self.tokenizer, self.tokens, self.pad_token_id, self.eos_token_ids)  # as the result
 
     def put(self, value) -> None:
         ids = value.reshape(-1).tolist()
@@ -38,7 +41,7 @@ class TextSoFarStreamer(BaseStreamer):
             self._prompt_seen = True
             return
         self.num_tokens += len(ids)
-        self.tokens.extend(t for t in ids if t not in self.drop)
+        self.tokens.extend(ids)
         now = time.monotonic()
         if now - self._last_sent >= self.min_interval_s:
             self._last_sent = now

@@ -10,6 +10,7 @@ ros-drivers/audio_common's `audio_capture` publishes (run it with `format:=wave`
 * `UtteranceSegmenter`: cuts a continuous stream into utterances with an energy end-pointer;
 * `WhisperTranscriber`: an utterance -> text (`WhisperForConditionalGeneration` + `WhisperProcessor`).
 """
+
 from __future__ import annotations
 
 import struct
@@ -35,16 +36,18 @@ def split_wav_header(data: bytes) -> tuple[dict | None, bytes]:
         return None, data
     pos, fmt = 12, None
     while pos + 8 <= len(data):
-        chunk_id, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        chunk_id, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
         body = pos + 8
         if chunk_id == b"fmt ":
             if size < 16 or body + 16 > len(data):
                 raise AudioError("WAV header: 'fmt ' chunk is truncated")
-            code, channels, rate, _, _, bits = struct.unpack("<HHIIHH", data[body:body + 16])
+            code, channels, rate, _, _, bits = struct.unpack("<HHIIHH", data[body : body + 16])
             kinds = {(1, 8): "U8", (1, 16): "S16LE", (1, 32): "S32LE", (3, 32): "F32LE"}
             if (code, bits) not in kinds:
-                raise AudioError(f"WAV header: unsupported encoding (format code {code}, {bits} bits); "
-                                 f"supported: {sorted(kinds.values())}")
+                raise AudioError(
+                    f"WAV header: unsupported encoding (format code {code}, {bits} bits); "
+                    f"supported: {sorted(kinds.values())}"
+                )
             fmt = {"channels": channels, "sample_rate": rate, "sample_format": kinds[code, bits]}
         elif chunk_id == b"data":
             if fmt is None:
@@ -66,8 +69,9 @@ def pcm_to_float(data, sample_format: str = "S16LE", channels: int = 1) -> np.nd
         dtype = np.dtype(SAMPLE_FORMATS[fmt])
         frame = dtype.itemsize * channels
         if len(data) % frame:
-            raise AudioError(f"{len(data)} bytes is not a whole number of {fmt} frames of {channels} channel(s) "
-                             f"({frame} bytes each)")
+            raise AudioError(
+                f"{len(data)} bytes is not a whole number of {fmt} frames of {channels} channel(s) ({frame} bytes each)"
+            )
         samples = np.frombuffer(bytes(data), dtype=dtype).reshape(-1, channels)
     else:
         samples = np.asarray(data)
@@ -113,8 +117,16 @@ class UtteranceSegmenter:
     Bursts shorter than `min_speech_s` of loud frames (clicks, bumps) are dropped.
     """
 
-    def __init__(self, sample_rate: int, threshold: float = 0.02, silence_s: float = 0.8, min_speech_s: float = 0.25,
-                 max_utterance_s: float = 20.0, frame_s: float = 0.03, pre_roll_s: float = 0.3) -> None:
+    def __init__(
+        self,
+        sample_rate: int,
+        threshold: float = 0.02,
+        silence_s: float = 0.8,
+        min_speech_s: float = 0.25,
+        max_utterance_s: float = 20.0,
+        frame_s: float = 0.03,
+        pre_roll_s: float = 0.3,
+    ) -> None:
         if sample_rate <= 0:
             raise AudioError(f"sample_rate must be positive, got {sample_rate}")
         self.sample_rate = sample_rate
@@ -143,14 +155,14 @@ class UtteranceSegmenter:
         self._pending = data[whole:]
         done = []
         for start in range(0, whole, self.frame):
-            frame = data[start:start + self.frame]
+            frame = data[start : start + self.frame]
             loud = float(np.sqrt(np.mean(frame.astype(np.float64) ** 2))) >= self.threshold
             if not self._frames:
                 if loud:
                     self._frames = [*self._pre_roll, frame]
                     self._pre_roll, self._loud, self._quiet_run = [], 1, 0
                 elif self.pre_roll_frames:
-                    self._pre_roll = (self._pre_roll + [frame])[-self.pre_roll_frames:]
+                    self._pre_roll = (self._pre_roll + [frame])[-self.pre_roll_frames :]
                 continue
             self._frames.append(frame)
             self._loud += loud
@@ -168,7 +180,7 @@ class UtteranceSegmenter:
     def _finish(self) -> np.ndarray | None:
         frames, loud = self._frames, self._loud
         if self._quiet_run:
-            frames = frames[:len(frames) - max(0, self._quiet_run - self.pre_roll_frames)]  # keep a short tail
+            frames = frames[: len(frames) - max(0, self._quiet_run - self.pre_roll_frames)]  # keep a short tail
         self._frames, self._loud, self._quiet_run = [], 0, 0
         return np.concatenate(frames) if loud >= self.min_speech_frames else None
 
@@ -176,8 +188,9 @@ class UtteranceSegmenter:
 class WhisperTranscriber:
     """`WhisperTranscriber.from_pretrained("openai/whisper-small").transcribe(pcm_bytes, 48000)` -> "the red cup"."""
 
-    def __init__(self, model, processor, language: str | None = None, task: str = "transcribe",
-                 max_new_tokens: int = 96) -> None:
+    def __init__(
+        self, model, processor, language: str | None = None, task: str = "transcribe", max_new_tokens: int = 96
+    ) -> None:
         self.model = model.eval()
         self.processor = processor
         self.language = self._check_language(language or None)
@@ -192,8 +205,9 @@ class WhisperTranscriber:
             return None
         lang_to_id = getattr(self.model.generation_config, "lang_to_id", None) or {}
         if not getattr(self.model.generation_config, "is_multilingual", False) or not lang_to_id:
-            raise AudioError(f"audio language {language!r} given, but this Whisper model is English-only; "
-                             "leave the language empty")
+            raise AudioError(
+                f"audio language {language!r} given, but this Whisper model is English-only; leave the language empty"
+            )
         from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
         code = TO_LANGUAGE_CODE.get(language.lower(), language.lower())
@@ -203,11 +217,12 @@ class WhisperTranscriber:
         return code
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, device: str = "auto", dtype: str = "auto",
-                        **kwargs) -> "WhisperTranscriber":
+    def from_pretrained(
+        cls, name_or_path: str | Path, device: str = "auto", dtype: str = "auto", **kwargs
+    ) -> WhisperTranscriber:
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-        from lens_model.pipeline import resolve_device, resolve_dtype
+        from lens_model.devices import resolve_device, resolve_dtype
 
         dev = resolve_device(device)
         processor = WhisperProcessor.from_pretrained(str(name_or_path))
@@ -220,7 +235,11 @@ class WhisperTranscriber:
         if isinstance(audio, (bytes, bytearray, memoryview)):
             header, payload = split_wav_header(bytes(audio))
             if header is not None:
-                sample_rate, sample_format, channels = header["sample_rate"], header["sample_format"], header["channels"]
+                sample_rate, sample_format, channels = (
+                    header["sample_rate"],
+                    header["sample_format"],
+                    header["channels"],
+                )
             audio = pcm_to_float(payload, sample_format, channels)
         else:
             audio = pcm_to_float(audio)
@@ -228,9 +247,13 @@ class WhisperTranscriber:
             raise AudioError("no audio samples to transcribe")
         audio = resample(audio, sample_rate, self.sample_rate)
         if audio.shape[0] > self.max_seconds * self.sample_rate:
-            raise AudioError(f"utterance is {audio.shape[0] / self.sample_rate:.1f} s; Whisper hears at most "
-                             f"{self.max_seconds:.0f} s at a time")
-        return self.processor.feature_extractor(audio, sampling_rate=self.sample_rate, return_tensors="pt").input_features
+            raise AudioError(
+                f"utterance is {audio.shape[0] / self.sample_rate:.1f} s; Whisper hears at most "
+                f"{self.max_seconds:.0f} s at a time"
+            )
+        return self.processor.feature_extractor(
+            audio, sampling_rate=self.sample_rate, return_tensors="pt"
+        ).input_features
 
     def transcribe(self, audio, sample_rate: int, sample_format: str = "S16LE", channels: int = 1) -> str:
         """Audio as `input_features` takes it -> text."""

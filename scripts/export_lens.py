@@ -3,8 +3,9 @@
 without installing the `lens` command: the same options as `lens export`.
 
     python scripts/export_lens.py --model ~/models/LENS --out ~/models/LENS-onnx
-    python scripts/export_lens.py --model ~/models/LENS --out ~/models/LENS-trt --format tensorrt --fp16   # on the robot's GPU
+    python scripts/export_lens.py --model ~/models/LENS --out ~/models/LENS-trt --format tensorrt --fp16  # robot GPU
 """
+
 import sys
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """Analytic RGB-D scenes for the 3D-target tests: a box in front of a tilted plane, seen by a known pinhole camera,
 ray-cast into a depth image (z along the optical axis, metres) with the box's mask and true surface points."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -65,8 +66,9 @@ def render_distorted(d, center, size, k=K, width=WIDTH, height=HEIGHT, oversampl
     won = order[first]  # the nearest sample of each pixel
     assert pixel.size == width * height, "oversample more: some pixels got no sample"
     depth, mask, seen = t[won], on_box[won], points[won]
-    return Scene(depth.reshape(height, width).astype(np.float32), mask.reshape(height, width),
-                 seen.reshape(height, width, 3))
+    return Scene(
+        depth.reshape(height, width).astype(np.float32), mask.reshape(height, width), seen.reshape(height, width, 3)
+    )
 
 
 def rgb_of(scene: Scene) -> np.ndarray:

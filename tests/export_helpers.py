@@ -1,4 +1,5 @@
 """Shared by the export tests: one ONNX export of a tiny checkpoint per test session (exports take seconds)."""
+
 from pathlib import Path
 
 import numpy as np

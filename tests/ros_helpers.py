@@ -1,6 +1,7 @@
 """Shared by the lens_ros tests: rosbags message classes (vision_msgs and lens_interfaces registered), so that
 the node's messages are built and serialised as real ROS 2 messages without a ROS installation; WAV bytes and a
 tiny random-weight Whisper for the spoken-command tests."""
+
 import io
 import json
 from pathlib import Path
@@ -45,6 +46,7 @@ def image_msg(store, rgb: np.ndarray, sec=100, nanosec=0, frame="camera_optical"
 
 # --- audio ---
 
+
 def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
     """Mono float audio -> a 16-bit PCM WAV file's bytes (what audio_capture's `wave` format starts with)."""
     import wave
@@ -59,10 +61,25 @@ def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-_WHISPER_SPECIAL = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|de|>", "<|translate|>", "<|transcribe|>",
-                    "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
-_CORPUS = ["pick up the red cup", "segment the mug left of the laptop", "the astronaut's helmet",
-           "something to cut bread with", "the green apple on the table"]
+_WHISPER_SPECIAL = [
+    "<|endoftext|>",
+    "<|startoftranscript|>",
+    "<|en|>",
+    "<|de|>",
+    "<|translate|>",
+    "<|transcribe|>",
+    "<|startoflm|>",
+    "<|startofprev|>",
+    "<|nocaptions|>",
+    "<|notimestamps|>",
+]
+_CORPUS = [
+    "pick up the red cup",
+    "segment the mug left of the laptop",
+    "the astronaut's helmet",
+    "something to cut bread with",
+    "the green apple on the table",
+]
 
 
 def make_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
@@ -70,14 +87,24 @@ def make_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
     `out_dir`: loads with `WhisperTranscriber.from_pretrained`. Its transcripts are meaningless; no download."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer)
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(_CORPUS * 4, trainer=trainers.BpeTrainer(
-        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    bpe.train_from_iterator(
+        _CORPUS * 4,
+        trainer=trainers.BpeTrainer(
+            vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        ),
+    )
     spec = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in spec["merges"]]
     tokenizer = WhisperTokenizer(vocab=spec["vocab"], merges=merges, additional_special_tokens=_WHISPER_SPECIAL[1:])
@@ -85,20 +112,36 @@ def make_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
     eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
     processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
     config = WhisperConfig(
-        vocab_size=len(tokenizer), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-        max_source_positions=1500, max_target_positions=64,
-        pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=sot,
+        vocab_size=len(tokenizer),
+        num_mel_bins=80,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_source_positions=1500,
+        max_target_positions=64,
+        pad_token_id=eot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        decoder_start_token_id=sot,
     )
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig(
-        decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
-        no_timestamps_token_id=ids["<|notimestamps|>"], is_multilingual=True,
+        decoder_start_token_id=sot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        is_multilingual=True,
         lang_to_id={"<|en|>": ids["<|en|>"], "<|de|>": ids["<|de|>"]},
         task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
         # random weights: keep the special tokens out of the transcript so that it holds words
-        begin_suppress_tokens=[eot], suppress_tokens=sorted(set(ids.values()) - {eot}),
+        begin_suppress_tokens=[eot],
+        suppress_tokens=sorted(set(ids.values()) - {eot}),
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

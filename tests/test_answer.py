@@ -1,4 +1,5 @@
 """Answer parsing (both formats), smart resize against transformers, box transforms."""
+
 import random
 
 import pytest
@@ -6,51 +7,74 @@ import pytest
 from lens_model.answer import ANSWER_FORMATS, box_iou, clip_box, parse_answer, rescale_box, smart_resize
 
 
-@pytest.mark.parametrize("text, box", [
-    ("<|object_ref_start|>the red cup<|object_ref_end|><|box_start|>(12,34),(56,78)<|box_end|><|im_end|>", (12, 34, 56, 78)),
-    ("<|box_start|>( 12 , 34 ) , ( 56.5 , 78.25 )<|box_end|>", (12, 34, 56.5, 78.25)),
-    ("<|box_start|>(-5,-3),(10,20)<|box_end|>", (-5, -3, 10, 20)),
-    ("<|box_start|>(1,2),(3,4)<|box_end|> and <|box_start|>(10,20),(30,40)<|box_end|>", (1, 2, 3, 4)),
-])
+@pytest.mark.parametrize(
+    "text, box",
+    [
+        (
+            "<|object_ref_start|>the red cup<|object_ref_end|><|box_start|>(12,34),(56,78)<|box_end|><|im_end|>",
+            (12, 34, 56, 78),
+        ),
+        ("<|box_start|>( 12 , 34 ) , ( 56.5 , 78.25 )<|box_end|>", (12, 34, 56.5, 78.25)),
+        ("<|box_start|>(-5,-3),(10,20)<|box_end|>", (-5, -3, 10, 20)),
+        ("<|box_start|>(1,2),(3,4)<|box_end|> and <|box_start|>(10,20),(30,40)<|box_end|>", (1, 2, 3, 4)),
+    ],
+)
 def test_grounding_tokens(text, box):
     parsed = parse_answer(text, "grounding")
     assert parsed.box == box and parsed.format_ok and parsed.error is None
 
 
 def test_grounding_object_ref_is_returned():
-    parsed = parse_answer("<|object_ref_start|>the red cup.<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>", "grounding")
+    parsed = parse_answer(
+        "<|object_ref_start|>the red cup.<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>", "grounding"
+    )
     assert parsed.object_ref == "the red cup."
 
 
-@pytest.mark.parametrize("text, box", [
-    ("the box is [10, 20, 30, 40] I think", (10, 20, 30, 40)),
-    ("(1.5,2,3,4)", (1.5, 2, 3, 4)),
-    ("at (10,20),(30,40).", (10, 20, 30, 40)),
-    ("first (5,6),(7,8) then [1,2,3,4]", (5, 6, 7, 8)),
-])
+@pytest.mark.parametrize(
+    "text, box",
+    [
+        ("the box is [10, 20, 30, 40] I think", (10, 20, 30, 40)),
+        ("(1.5,2,3,4)", (1.5, 2, 3, 4)),
+        ("at (10,20),(30,40).", (10, 20, 30, 40)),
+        ("first (5,6),(7,8) then [1,2,3,4]", (5, 6, 7, 8)),
+    ],
+)
 def test_grounding_fallback_takes_the_first_box_anywhere(text, box):
     parsed = parse_answer(text, "grounding")
     assert parsed.box == box and not parsed.format_ok
 
 
-@pytest.mark.parametrize("text, error", [
-    ("<|box_start|>(50,20),(10,40)<|box_end|>", "box has x2 <= x1 (10 <= 50)"),
-    ("<|box_start|>(10,40),(50,40)<|box_end|>", "box has y2 <= y1 (40 <= 40)"),
-    ("I don't see any cup here.", "no box found in model output"),
-    ("<|box_start|>(1,2),(3", "no box found in model output"),
-    ("", "no box found in model output"),
-])
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ("<|box_start|>(50,20),(10,40)<|box_end|>", "box has x2 <= x1 (10 <= 50)"),
+        ("<|box_start|>(10,40),(50,40)<|box_end|>", "box has y2 <= y1 (40 <= 40)"),
+        ("I don't see any cup here.", "no box found in model output"),
+        ("<|box_start|>(1,2),(3", "no box found in model output"),
+        ("", "no box found in model output"),
+    ],
+)
 def test_grounding_invalid_or_missing_box(text, error):
     parsed = parse_answer(text, "grounding")
     assert parsed.box is None and parsed.error == error
 
 
-@pytest.mark.parametrize("text, box", [
-    ('<think>The cup on the left is red.</think><answer>{"bbox_2d": [10, 20, 30, 40], "label": "cup"}</answer>', (10, 20, 30, 40)),
-    ('<think>x</think>\n<answer>[{"bbox_2d": [1, 2, 3, 4]}, {"bbox_2d": [5, 6, 7, 8]}]</answer><|im_end|>', (1, 2, 3, 4)),
-    ("<think>x</think><answer>[1.5, 2, 3, 4]</answer>", (1.5, 2, 3, 4)),
-    ("<thinking>paper spelling</thinking><answer>[1, 2, 3, 4]</answer>", (1, 2, 3, 4)),
-])
+@pytest.mark.parametrize(
+    "text, box",
+    [
+        (
+            '<think>The cup on the left is red.</think><answer>{"bbox_2d": [10, 20, 30, 40], "label": "cup"}</answer>',
+            (10, 20, 30, 40),
+        ),
+        (
+            '<think>x</think>\n<answer>[{"bbox_2d": [1, 2, 3, 4]}, {"bbox_2d": [5, 6, 7, 8]}]</answer><|im_end|>',
+            (1, 2, 3, 4),
+        ),
+        ("<think>x</think><answer>[1.5, 2, 3, 4]</answer>", (1.5, 2, 3, 4)),
+        ("<thinking>paper spelling</thinking><answer>[1, 2, 3, 4]</answer>", (1, 2, 3, 4)),
+    ],
+)
 def test_think_answer_json(text, box):
     parsed = parse_answer(text, "think_answer")
     assert parsed.box == box and parsed.format_ok and parsed.error is None
@@ -61,14 +85,27 @@ def test_think_answer_keeps_reasoning_and_answer_text():
     assert parsed.reasoning == "left one" and parsed.answer_text == "[1, 2, 3, 4]"
 
 
-@pytest.mark.parametrize("text, box, format_ok, error", [
-    ("<think>x</think><answer>{bbox: [1, 2, 3, 4]}</answer>", (1, 2, 3, 4), True, None),  # invalid JSON, box still readable
-    ("<think>x</think><answer>no idea</answer>", None, True, "answer is not valid JSON"),
-    ('<think>x</think><answer>{"label": "cup"}</answer>', None, True, "no box in the JSON answer"),
-    ("<think>x</think><answer>[1, 2, 3, 4]", None, False, "no <answer>...</answer> block in model output"),
-    ("<answer>[1, 2, 3, 4]</answer>", (1, 2, 3, 4), False, None),  # no reasoning block: box kept, format not followed
-    ("<think>x</think><answer>[5, 2, 3, 4]</answer>", None, True, "box has x2 <= x1 (3 <= 5)"),
-])
+@pytest.mark.parametrize(
+    "text, box, format_ok, error",
+    [
+        (
+            "<think>x</think><answer>{bbox: [1, 2, 3, 4]}</answer>",
+            (1, 2, 3, 4),
+            True,
+            None,
+        ),  # invalid JSON, box still readable
+        ("<think>x</think><answer>no idea</answer>", None, True, "answer is not valid JSON"),
+        ('<think>x</think><answer>{"label": "cup"}</answer>', None, True, "no box in the JSON answer"),
+        ("<think>x</think><answer>[1, 2, 3, 4]", None, False, "no <answer>...</answer> block in model output"),
+        (
+            "<answer>[1, 2, 3, 4]</answer>",
+            (1, 2, 3, 4),
+            False,
+            None,
+        ),  # no reasoning block: box kept, format not followed
+        ("<think>x</think><answer>[5, 2, 3, 4]</answer>", None, True, "box has x2 <= x1 (3 <= 5)"),
+    ],
+)
 def test_think_answer_malformed(text, box, format_ok, error):
     parsed = parse_answer(text, "think_answer")
     assert (parsed.box, parsed.format_ok, parsed.error) == (box, format_ok, error)

@@ -1,4 +1,5 @@
 """save_pretrained / from_pretrained round trips, the Qwen2-VL (LENS-2B) family, SAM2 .pt loading, bad checkpoints."""
+
 import json
 import shutil
 
@@ -34,8 +35,9 @@ def test_make_tiny_is_deterministic_per_seed(tmp_path):
 
 
 def test_qwen2_vl_family_builds_saves_and_runs_the_context_pass(tmp_path):
-    from lens_model.pipeline import LensPipeline
     import numpy as np
+
+    from lens_model.pipeline import LensPipeline
 
     path = make_tiny(tmp_path / "lens2b-tiny", mllm_type="qwen2_vl")
     pipe = LensPipeline.from_pretrained(str(path), device="cpu", max_new_tokens=4)

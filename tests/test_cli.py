@@ -1,4 +1,5 @@
 """`lens` CLI end to end on the bundled photo, and every bad input the user can give it."""
+
 import json
 import os
 import shutil
@@ -7,25 +8,46 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO, SAMPLE_PHOTO
 from PIL import Image
 
 from lens_cli import main
-
-from conftest import REPO, SAMPLE_PHOTO
 
 
 def run_cli(*args):
     """The installed entry point in a subprocess: exit code, stdout, stderr."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "lens_cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lens_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_segment_sample_photo_end_to_end(tiny_dir, tmp_path):
-    code, out, err = run_cli("segment", "--model", tiny_dir, "--image", SAMPLE_PHOTO, "--prompt", "the astronaut's helmet",
-                             "--out-mask", tmp_path / "mask.png", "--out-overlay", tmp_path / "overlay.png",
-                             "--json", tmp_path / "result.json", "--device", "cpu", "--max-new-tokens", "6")
+    code, out, err = run_cli(
+        "segment",
+        "--model",
+        tiny_dir,
+        "--image",
+        SAMPLE_PHOTO,
+        "--prompt",
+        "the astronaut's helmet",
+        "--out-mask",
+        tmp_path / "mask.png",
+        "--out-overlay",
+        tmp_path / "overlay.png",
+        "--json",
+        tmp_path / "result.json",
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "6",
+    )
     assert code == 0, err
     data = json.loads(out)
     assert data == json.loads((tmp_path / "result.json").read_text())
@@ -50,8 +72,9 @@ def test_help_lists_commands_and_options():
 def test_help_lists_the_library_commands_and_those_built_on_training_and_lens_ros():
     code, out, _ = run_cli("--help")
     commands = out.split("positional arguments:")[1].split("options:")[0]
-    listed = [line.split()[0] for line in commands.splitlines()
-              if line.startswith("    ") and not line.startswith("     ")]  # command names, not wrapped help
+    listed = [
+        line.split()[0] for line in commands.splitlines() if line.startswith("    ") and not line.startswith("     ")
+    ]  # command names, not wrapped help
     assert code == 0 and listed == ["segment", "make-tiny", "export", "eval", "make-synthetic", "plot-run", "bag"]
 
 
@@ -100,7 +123,9 @@ def test_empty_prompt(capsys, seg):
 
 
 def test_prompt_longer_than_the_model_accepts(capsys, seg):
-    _expect_user_error(capsys, seg + ["--image", SAMPLE_PHOTO, "--prompt", "cup " * 2500], "this model accepts at most 2048")
+    _expect_user_error(
+        capsys, seg + ["--image", SAMPLE_PHOTO, "--prompt", "cup " * 2500], "this model accepts at most 2048"
+    )
 
 
 def test_model_directory_missing_or_incomplete(capsys, tiny_dir, tmp_path):
@@ -119,14 +144,20 @@ def test_weights_that_do_not_match_the_config(capsys, tiny_dir, tmp_path):
     cfg = json.loads((bad / "config.json").read_text())
     cfg["text_config"]["hidden_size"] = 96
     (bad / "config.json").write_text(json.dumps(cfg))
-    _expect_user_error(capsys, ["segment", "--model", bad, "--image", SAMPLE_PHOTO, "--prompt", "cup", "--device", "cpu"],
-                       "do not match")
+    _expect_user_error(
+        capsys,
+        ["segment", "--model", bad, "--image", SAMPLE_PHOTO, "--prompt", "cup", "--device", "cpu"],
+        "do not match",
+    )
 
 
 def test_default_model_unreachable_offline_says_what_to_do(capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    _expect_user_error(capsys, ["segment", "--image", SAMPLE_PHOTO, "--prompt", "cup", "--device", "cpu"],
-                       "could not fetch 'OuyBin/LENS'")
+    _expect_user_error(
+        capsys,
+        ["segment", "--image", SAMPLE_PHOTO, "--prompt", "cup", "--device", "cpu"],
+        "could not fetch 'OuyBin/LENS'",
+    )
 
 
 def test_cuda_requested_without_gpu(capsys, seg):
@@ -134,8 +165,11 @@ def test_cuda_requested_without_gpu(capsys, seg):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    _expect_user_error(capsys, ["segment", "--model", seg[2], "--image", SAMPLE_PHOTO, "--prompt", "cup", "--device", "cuda"],
-                       "no CUDA GPU is available")
+    _expect_user_error(
+        capsys,
+        ["segment", "--model", seg[2], "--image", SAMPLE_PHOTO, "--prompt", "cup", "--device", "cuda"],
+        "no CUDA GPU is available",
+    )
 
 
 def test_make_tiny_refuses_to_overwrite(capsys, tmp_path):

@@ -3,6 +3,7 @@
 Tolerance: 1e-4 absolute on mask logits and 1e-4 on query states; both sides run the same float32
 kernels, so differences come only from summation order (KV cache vs one pass).
 """
+
 import numpy as np
 import pytest
 import torch
@@ -21,8 +22,18 @@ def _inputs(processor, prompts, hw=(120, 160), seed=0):
     image = Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8))
     texts = [
         processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"Output the bounding box of the {p} in the image."}]}],
-            tokenize=False, add_generation_prompt=True)
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image"},
+                        {"type": "text", "text": f"Output the bounding box of the {p} in the image."},
+                    ],
+                }
+            ],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
         for p in prompts
     ]
     processor.tokenizer.padding_side = "left"
@@ -31,15 +42,23 @@ def _inputs(processor, prompts, hw=(120, 160), seed=0):
 
 def _generate(model, batch, image_outputs, max_new_tokens, eos, **sampling):
     return model.mllm.generate(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], mm_token_type_ids=batch["mm_token_type_ids"],
-        image_grid_thw=batch["image_grid_thw"], mm_encoder_outputs={"image": image_outputs},
-        max_new_tokens=max_new_tokens, do_sample=bool(sampling), eos_token_id=eos, **sampling, pad_token_id=eos[-1],
-        return_dict_in_generate=True, use_cache=True,
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        mm_token_type_ids=batch["mm_token_type_ids"],
+        image_grid_thw=batch["image_grid_thw"],
+        mm_encoder_outputs={"image": image_outputs},
+        max_new_tokens=max_new_tokens,
+        do_sample=bool(sampling),
+        eos_token_id=eos,
+        **sampling,
+        pad_token_id=eos[-1],
+        return_dict_in_generate=True,
+        use_cache=True,
     )
 
 
 def _ctx(batch, gen, eos):
-    completion = gen.sequences[:, batch["input_ids"].shape[1]:]
+    completion = gen.sequences[:, batch["input_ids"].shape[1] :]
     return ContextInputs(
         input_ids=gen.sequences,
         attention_mask=torch.cat([batch["attention_mask"], completion_mask(completion, eos)], 1),
@@ -141,16 +160,23 @@ def test_cached_pass_with_rows_ending_at_different_steps(loaded):
         torch.manual_seed(0)
         gen = _generate(model, batch, image_outputs, 8, eos_test, temperature=5.0, top_k=0)
         ctx = _ctx(batch, gen, eos_test)
-        assert ctx.attention_mask[0, prompt_len:].tolist()[: stop_at + 2] == [1] * (stop_at + 1) + [0]  # row 0 ended early
+        assert ctx.attention_mask[0, prompt_len:].tolist()[: stop_at + 2] == [1] * (stop_at + 1) + [
+            0
+        ]  # row 0 ended early
         assert ctx.attention_mask[1, prompt_len:].sum() > stop_at + 1  # row 1 went on
         cached = model.query_states_cached(ctx, gen.cache)
         full = model.query_states_full(ctx, image_outputs, positions="mrope")
         # reference for row 0 alone without any padding after its end token
         keep = ctx.attention_mask[0].bool()
-        alone = ContextInputs(ctx.input_ids[:1, keep], ctx.attention_mask[:1, keep], ctx.mm_token_type_ids[:1, keep],
-                              ctx.image_grid_thw[:1])
-        single_outputs = model.encode_mllm_images(batch["pixel_values"][: int(batch["image_grid_thw"][0].prod())],
-                                                  batch["image_grid_thw"][:1])
+        alone = ContextInputs(
+            ctx.input_ids[:1, keep],
+            ctx.attention_mask[:1, keep],
+            ctx.mm_token_type_ids[:1, keep],
+            ctx.image_grid_thw[:1],
+        )
+        single_outputs = model.encode_mllm_images(
+            batch["pixel_values"][: int(batch["image_grid_thw"][0].prod())], batch["image_grid_thw"][:1]
+        )
         row0_states = model.query_states_full(alone, single_outputs, positions="mrope")
     torch.testing.assert_close(cached, full, atol=ATOL, rtol=0)
     torch.testing.assert_close(cached[:1], row0_states, atol=ATOL, rtol=0)

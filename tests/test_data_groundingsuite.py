@@ -1,5 +1,6 @@
 """GroundingSuite-Eval reader on a JSONL fixture in the released format (idx, image_path, class_id, label,
 caption, box xyxy, segmentation as compressed COCO RLE) with COCO unlabeled2017 images."""
+
 import json
 import re
 
@@ -43,8 +44,15 @@ def gs_root(tmp_path):
     part_a[1:3, 1:4] = True
     part_b[10:15, 6:11] = True
     lines = [
-        _line(0, "000000000267.jpg", "The cat is on the mat; there are two.", first,
-              box=[2.5, 3.25, 20.75, 9.0], class_id=4, label="the cat"),
+        _line(
+            0,
+            "000000000267.jpg",
+            "The cat is on the mat; there are two.",
+            first,
+            box=[2.5, 3.25, 20.75, 9.0],
+            class_id=4,
+            label="the cat",
+        ),
         "",  # blank lines are skipped
         _line(1, "000000000615.jpg", "Two separate parts", [_rle(part_a), _rle(part_b)], box=None),
         _line(2, "000000000267.jpg", "  Spaces kept as written ", first, box="tight"),
@@ -60,14 +68,25 @@ def test_every_line_is_a_sample_with_its_caption_mask_and_box(gs_root):
     images = root / "coco" / "unlabeled2017"
     assert [r.sample_id for r in records] == ["0", "1", "2"]
     # captions as written: no `.replace('is','').replace('are','')`, no lower-casing, no stripping
-    assert [r.expression for r in records] == ["The cat is on the mat; there are two.", "Two separate parts",
-                                               "  Spaces kept as written "]
-    assert [r.image_path for r in records] == [images / "000000000267.jpg", images / "000000000615.jpg",
-                                               images / "000000000267.jpg"]
+    assert [r.expression for r in records] == [
+        "The cat is on the mat; there are two.",
+        "Two separate parts",
+        "  Spaces kept as written ",
+    ]
+    assert [r.image_path for r in records] == [
+        images / "000000000267.jpg",
+        images / "000000000615.jpg",
+        images / "000000000267.jpg",
+    ]
     assert all(r.image_path.exists() and r.dataset == "groundingsuite" and r.split == "eval" for r in records)
     assert [r.image_size for r in records] == [(20, 30), (16, 12), (20, 30)]
-    assert records[0].ids == {"idx": 0, "line": 1, "image": "unlabeled2017/000000000267.jpg", "label": "the cat",
-                              "class_id": 4}
+    assert records[0].ids == {
+        "idx": 0,
+        "line": 1,
+        "image": "unlabeled2017/000000000267.jpg",
+        "label": "the cat",
+        "class_id": 4,
+    }
     assert records[1].ids["line"] == 3  # line numbers of the file, blank line counted
     assert np.array_equal(records[0].mask(), first) and records[0].mask().sum() == 5 * 17
     assert np.array_equal(records[1].mask(), union)  # a list of RLEs is their union
@@ -111,22 +130,37 @@ def _bad(tmp_path, *lines):
 GOOD = _line(0, "a.jpg", "a caption", np.ones((4, 5), bool))
 
 
-@pytest.mark.parametrize("lines, expected", [
-    ((GOOD, '{"idx": 1, "caption": "cut'), r"line 2 is not valid JSON"),
-    ((GOOD, "[1, 2]"), r"line 2: expected a JSON object"),
-    ((json.dumps({k: v for k, v in json.loads(GOOD).items() if k != "caption"}),), r"line 1: missing field 'caption'"),
-    ((json.dumps({k: v for k, v in json.loads(GOOD).items() if k != "image_path"}),), r"line 1: missing field 'image_path'"),
-    ((json.dumps({k: v for k, v in json.loads(GOOD).items() if k != "segmentation"}),),
-     r"line 1: missing field 'segmentation'"),
-    ((json.dumps({**json.loads(GOOD), "caption": " "}),), r"line 1: field 'caption' must be a non-empty string"),
-    ((json.dumps({**json.loads(GOOD), "box": [1, 2, 3]}),), r"line 1: field 'box' must be \[x1, y1, x2, y2\]"),
-    ((json.dumps({**json.loads(GOOD), "segmentation": [[0, 0, 3, 0, 3, 3]]}),),
-     r"line 1: field 'segmentation' must be a COCO RLE"),
-    ((json.dumps({**json.loads(GOOD), "segmentation": {"size": [4], "counts": "x"}}),),
-     r"line 1: field 'segmentation\.size' must be \[H, W\]"),
-    ((GOOD, GOOD), r"line 2: sample id '0' \(field 'idx'\) repeats line 1"),
-    (("",), r"no samples"),
-])
+@pytest.mark.parametrize(
+    "lines, expected",
+    [
+        ((GOOD, '{"idx": 1, "caption": "cut'), r"line 2 is not valid JSON"),
+        ((GOOD, "[1, 2]"), r"line 2: expected a JSON object"),
+        (
+            (json.dumps({k: v for k, v in json.loads(GOOD).items() if k != "caption"}),),
+            r"line 1: missing field 'caption'",
+        ),
+        (
+            (json.dumps({k: v for k, v in json.loads(GOOD).items() if k != "image_path"}),),
+            r"line 1: missing field 'image_path'",
+        ),
+        (
+            (json.dumps({k: v for k, v in json.loads(GOOD).items() if k != "segmentation"}),),
+            r"line 1: missing field 'segmentation'",
+        ),
+        ((json.dumps({**json.loads(GOOD), "caption": " "}),), r"line 1: field 'caption' must be a non-empty string"),
+        ((json.dumps({**json.loads(GOOD), "box": [1, 2, 3]}),), r"line 1: field 'box' must be \[x1, y1, x2, y2\]"),
+        (
+            (json.dumps({**json.loads(GOOD), "segmentation": [[0, 0, 3, 0, 3, 3]]}),),
+            r"line 1: field 'segmentation' must be a COCO RLE",
+        ),
+        (
+            (json.dumps({**json.loads(GOOD), "segmentation": {"size": [4], "counts": "x"}}),),
+            r"line 1: field 'segmentation\.size' must be \[H, W\]",
+        ),
+        ((GOOD, GOOD), r"line 2: sample id '0' \(field 'idx'\) repeats line 1"),
+        (("",), r"no samples"),
+    ],
+)
 def test_bad_lines_name_the_file_line_and_field(tmp_path, lines, expected):
     anno = _bad(tmp_path, *lines)
     with pytest.raises(LensError, match=re.escape(str(anno)) + ".*" + expected):

@@ -1,4 +1,5 @@
 """REFER-layout reader (RefCOCO / RefCOCO+ / RefCOCOg) on fixture files in the real format."""
+
 import json
 import pickle
 
@@ -43,26 +44,70 @@ def refcoco_root(tmp_path):
     rle_mask = np.zeros((30, 50), bool)
     rle_mask[5:15, 10:30] = True
     instances = {
-        "images": [{"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "height": 40, "width": 60},
-                   {"id": 2, "file_name": "COCO_train2014_000000000002.jpg", "height": 30, "width": 50}],
+        "images": [
+            {"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "height": 40, "width": 60},
+            {"id": 2, "file_name": "COCO_train2014_000000000002.jpg", "height": 30, "width": 50},
+        ],
         "annotations": [
-            {"id": 10, "image_id": 1, "category_id": 1, "bbox": [10, 5, 20, 10], "iscrowd": 0,
-             "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]]},
-            {"id": 11, "image_id": 2, "category_id": 1, "bbox": [10, 5, 20, 10], "iscrowd": 1, "segmentation": _rle(rle_mask)},
-            {"id": 12, "image_id": 1, "category_id": 2, "bbox": [0, 0, 50, 30], "iscrowd": 0,
-             "segmentation": [[0, 0, 10, 0, 10, 10, 0, 10], [40, 20, 50, 20, 50, 30, 40, 30]]},
+            {
+                "id": 10,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [10, 5, 20, 10],
+                "iscrowd": 0,
+                "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]],
+            },
+            {
+                "id": 11,
+                "image_id": 2,
+                "category_id": 1,
+                "bbox": [10, 5, 20, 10],
+                "iscrowd": 1,
+                "segmentation": _rle(rle_mask),
+            },
+            {
+                "id": 12,
+                "image_id": 1,
+                "category_id": 2,
+                "bbox": [0, 0, 50, 30],
+                "iscrowd": 0,
+                "segmentation": [[0, 0, 10, 0, 10, 10, 0, 10], [40, 20, 50, 20, 50, 30, 40, 30]],
+            },
         ],
         "categories": [{"id": 1, "name": "cup"}, {"id": 2, "name": "book"}],
     }
     (ann_dir / "instances.json").write_text(json.dumps(instances))
     refs = [
-        {"ref_id": 100, "ann_id": 10, "image_id": 1, "split": "val", "category_id": 1, "sent_ids": [1, 2],
-         "sentences": [{"sent_id": 1, "sent": "red cup", "raw": "Red cup", "tokens": ["red", "cup"]},
-                       {"sent_id": 2, "sent": "the cup on the left", "raw": "", "tokens": []}]},
-        {"ref_id": 101, "ann_id": 11, "image_id": 2, "split": "val", "category_id": 1, "sent_ids": [3],
-         "sentences": [{"sent_id": 3, "sent": "crowd of cups", "raw": "", "tokens": []}]},
-        {"ref_id": 102, "ann_id": 12, "image_id": 1, "split": "testA", "category_id": 2, "sent_ids": [4],
-         "sentences": [{"sent_id": 4, "sent": "two books", "raw": "", "tokens": []}]},
+        {
+            "ref_id": 100,
+            "ann_id": 10,
+            "image_id": 1,
+            "split": "val",
+            "category_id": 1,
+            "sent_ids": [1, 2],
+            "sentences": [
+                {"sent_id": 1, "sent": "red cup", "raw": "Red cup", "tokens": ["red", "cup"]},
+                {"sent_id": 2, "sent": "the cup on the left", "raw": "", "tokens": []},
+            ],
+        },
+        {
+            "ref_id": 101,
+            "ann_id": 11,
+            "image_id": 2,
+            "split": "val",
+            "category_id": 1,
+            "sent_ids": [3],
+            "sentences": [{"sent_id": 3, "sent": "crowd of cups", "raw": "", "tokens": []}],
+        },
+        {
+            "ref_id": 102,
+            "ann_id": 12,
+            "image_id": 1,
+            "split": "testA",
+            "category_id": 2,
+            "sent_ids": [4],
+            "sentences": [{"sent_id": 4, "sent": "two books", "raw": "", "tokens": []}],
+        },
     ]
     (ann_dir / "refs(unc).p").write_bytes(pickle.dumps(refs))
     return root, rle_mask

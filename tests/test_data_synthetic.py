@@ -3,6 +3,7 @@
 The checks re-derive each object's attributes from the written files (colour from the image pixels, shape from
 the category, size from the box) and parse each sentence independently of the generator's own code.
 """
+
 import json
 import pickle
 import re
@@ -44,13 +45,21 @@ def _objects_from_files(root):
         size = "small" if w / 2 <= 0.11 * SIDE + 0.01 else "large"
         assert w / 2 <= 0.11 * SIDE + 0.01 or w / 2 >= 0.15 * SIDE - 0.01
         objects.setdefault(ann["image_id"], []).append(
-            {"ann_id": ann["id"], "shape": names[ann["category_id"]], "color": colour[0], "size": size,
-             "box": (x, y, x + w, y + h)})
+            {
+                "ann_id": ann["id"],
+                "shape": names[ann["category_id"]],
+                "color": colour[0],
+                "size": size,
+                "box": (x, y, x + w, y + h),
+            }
+        )
     return objects
 
 
-SENTENCE = re.compile(r"^(?:the )?(?P<noun>[a-z ]+?)(?: (?:that is )?(?P<rel>left of|right of|above|below) the "
-                      r"(?P<anchor>[a-z ]+))?$")
+SENTENCE = re.compile(
+    r"^(?:the )?(?P<noun>[a-z ]+?)(?: (?:that is )?(?P<rel>left of|right of|above|below) the "
+    r"(?P<anchor>[a-z ]+))?$"
+)
 
 
 def _matches(obj, noun):
@@ -59,8 +68,12 @@ def _matches(obj, noun):
 
 
 def _relation(rel, a, b):
-    return {"left of": a["box"][2] < b["box"][0], "right of": a["box"][0] > b["box"][2],
-            "above": a["box"][3] < b["box"][1], "below": a["box"][1] > b["box"][3]}[rel]
+    return {
+        "left of": a["box"][2] < b["box"][0],
+        "right of": a["box"][0] > b["box"][2],
+        "above": a["box"][3] < b["box"][1],
+        "below": a["box"][1] > b["box"][3],
+    }[rel]
 
 
 def test_every_sentence_picks_out_exactly_its_object(scenes):

@@ -1,4 +1,5 @@
 """`lens eval` on synthetic scenes with the tiny model: numbers, sharding, resume, bad input."""
+
 import json
 import os
 import signal
@@ -7,10 +8,9 @@ import sys
 import time
 
 import pytest
+from conftest import REPO
 
 from lens_cli import main
-
-from conftest import REPO
 
 LIMIT = 8
 
@@ -23,8 +23,25 @@ def synthetic_root(tmp_path_factory):
 
 
 def _eval_args(tiny_dir, root, out, *extra):
-    return ["eval", "--model", str(tiny_dir), "--dataset", "synthetic", "--data-root", str(root), "--split", "train",
-            "--limit", str(LIMIT), "--out", str(out), "--device", "cpu", "--no-progress", *map(str, extra)]
+    return [
+        "eval",
+        "--model",
+        str(tiny_dir),
+        "--dataset",
+        "synthetic",
+        "--data-root",
+        str(root),
+        "--split",
+        "train",
+        "--limit",
+        str(LIMIT),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+        *map(str, extra),
+    ]
 
 
 def _rows(out):
@@ -52,7 +69,9 @@ def test_eval_writes_per_sample_rows_and_exact_split_numbers(single_run, capsys)
     # recompute the protocol's numbers from the streamed per-sample intersections and unions
     ious = [r["intersection"] / (r["union"] + 1e-5) if r["union"] else 1.0 for r in rows]
     assert results["gIoU"] == pytest.approx(sum(ious) / len(ious), abs=1e-12)
-    assert results["cIoU"] == pytest.approx(sum(r["intersection"] for r in rows) / (sum(r["union"] for r in rows) + 1e-8), abs=1e-12)
+    assert results["cIoU"] == pytest.approx(
+        sum(r["intersection"] for r in rows) / (sum(r["union"] for r in rows) + 1e-8), abs=1e-12
+    )
     assert all(0 <= r["intersection"] <= min(r["gt_pixels"], r["pred_pixels"]) for r in rows)
     assert len(list((out / "vis").glob("*.png"))) == 2
     assert results["dataset"] == "synthetic" and results["split"] == "train"
@@ -61,8 +80,18 @@ def test_eval_writes_per_sample_rows_and_exact_split_numbers(single_run, capsys)
 def test_sharded_over_two_processes_gives_the_single_process_numbers(tiny_dir, synthetic_root, single_run, tmp_path):
     out = tmp_path / "sharded"
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
-           "-m", "lens_cli", *_eval_args(tiny_dir, synthetic_root, out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29731",
+        "-m",
+        "lens_cli",
+        *_eval_args(tiny_dir, synthetic_root, out),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sharded = json.loads((out / "results.json").read_text())
@@ -117,11 +146,43 @@ def test_corrupt_image_is_counted_listed_and_excluded(tiny_dir, synthetic_root, 
 
 
 def test_unknown_dataset_split_and_missing_root(tiny_dir, synthetic_root, tmp_path, capsys):
-    assert main(["eval", "--model", str(tiny_dir), "--dataset", "synthetic", "--data-root", str(synthetic_root),
-                 "--split", "testB", "--device", "cpu"]) == 1
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tiny_dir),
+                "--dataset",
+                "synthetic",
+                "--data-root",
+                str(synthetic_root),
+                "--split",
+                "testB",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 1
+    )
     assert "unknown split 'testB' for synthetic; valid:" in capsys.readouterr().err
-    assert main(["eval", "--model", str(tiny_dir), "--dataset", "refcoco", "--data-root", str(tmp_path / "none"),
-                 "--split", "val", "--device", "cpu"]) == 1
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tiny_dir),
+                "--dataset",
+                "refcoco",
+                "--data-root",
+                str(tmp_path / "none"),
+                "--split",
+                "val",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 1
+    )
     assert "data root not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "--dataset", "refclef", "--data-root", ".", "--split", "val"])

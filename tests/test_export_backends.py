@@ -1,5 +1,6 @@
 """The onnxruntime backend inside the pipeline and `lens segment`: the same masks as torch, and refusals of exports
 that do not belong to the model or cannot run here."""
+
 import json
 import os
 import subprocess
@@ -8,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, SAMPLE_PHOTO
+from export_helpers import MIN_MASK_AGREEMENT, assert_close, exported
 from PIL import Image
 
 from lens_cli import main
@@ -18,9 +21,6 @@ from lens_model.export.tensorrt_runtime import tensorrt_available
 from lens_model.image_io import load_image
 from lens_model.pipeline import LensPipeline
 from lens_model.sam import preprocess_for_sam
-
-from conftest import REPO, SAMPLE_PHOTO
-from export_helpers import MIN_MASK_AGREEMENT, assert_close, exported
 
 PROMPTS = ["the astronaut's helmet", "the flag on the left"]
 
@@ -37,8 +37,9 @@ def torch_pipe(tiny_dir):
 
 @pytest.fixture(scope="module")
 def ort_pipe(tiny_dir, export_dir):
-    return LensPipeline.from_pretrained(str(tiny_dir), device="cpu", max_new_tokens=6, backend="onnxruntime",
-                                       backend_dir=str(export_dir))
+    return LensPipeline.from_pretrained(
+        str(tiny_dir), device="cpu", max_new_tokens=6, backend="onnxruntime", backend_dir=str(export_dir)
+    )
 
 
 def test_onnxruntime_pipeline_gives_the_torch_masks(torch_pipe, ort_pipe):
@@ -69,8 +70,12 @@ def test_backend_stages_match_torch_on_the_photo(torch_pipe, ort_pipe):
 
 def test_backend_exported_at_another_image_size_still_gives_full_size_masks(tiny_dir, tmp_path_factory, torch_pipe):
     other = exported(tiny_dir, tmp_path_factory, image_size=512)
-    pipe = LensPipeline(torch_pipe.model, torch_pipe.processor, max_new_tokens=6,
-                        backend=load_backend("onnxruntime", torch_pipe.model, other, model_dir=tiny_dir))
+    pipe = LensPipeline(
+        torch_pipe.model,
+        torch_pipe.processor,
+        max_new_tokens=6,
+        backend=load_backend("onnxruntime", torch_pipe.model, other, model_dir=tiny_dir),
+    )
     assert pipe.backend.image_size == 512
     result = pipe(SAMPLE_PHOTO, PROMPTS[0])
     photo = Image.open(SAMPLE_PHOTO)
@@ -79,8 +84,14 @@ def test_backend_exported_at_another_image_size_still_gives_full_size_masks(tiny
 
 def run_cli(*args):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "lens_cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lens_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -88,9 +99,24 @@ def test_lens_segment_with_onnxruntime_gives_the_torch_mask(tiny_dir, export_dir
     masks = {}
     for backend in ("torch", "onnxruntime"):
         extra = ["--backend-dir", export_dir] if backend != "torch" else []
-        code, out, err = run_cli("segment", "--model", tiny_dir, "--image", SAMPLE_PHOTO, "--prompt", PROMPTS[0],
-                                 "--device", "cpu", "--max-new-tokens", "4", "--backend", backend, *extra,
-                                 "--out-mask", tmp_path / f"{backend}.png")
+        code, out, err = run_cli(
+            "segment",
+            "--model",
+            tiny_dir,
+            "--image",
+            SAMPLE_PHOTO,
+            "--prompt",
+            PROMPTS[0],
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "4",
+            "--backend",
+            backend,
+            *extra,
+            "--out-mask",
+            tmp_path / f"{backend}.png",
+        )
         assert code == 0, err
         data = json.loads(out)
         assert data["backend"] == backend
@@ -105,7 +131,11 @@ def test_lens_export_cli_writes_an_export_the_backend_runs(tiny_dir, tmp_path):
     assert code == 0, err
     assert "image_encoder" in out and "mask_decoder" in out and "warning" not in err
     assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == [
-        "context_head.onnx", "image_encoder.onnx", "lens_export.json", "mask_decoder.onnx"]
+        "context_head.onnx",
+        "image_encoder.onnx",
+        "lens_export.json",
+        "mask_decoder.onnx",
+    ]
     code, _, err = run_cli("export", "--model", tiny_dir, "--out", tmp_path / "onnx")
     assert code == 1 and "pass --overwrite" in err and "Traceback" not in err
 
@@ -121,8 +151,9 @@ def _expect_user_error(capsys, argv, pattern):
 
 def test_export_of_other_weights_is_refused(capsys, tiny_official_dir, export_dir):
     seg = ["segment", "--model", tiny_official_dir, "--image", SAMPLE_PHOTO, "--prompt", "cup", "--device", "cpu"]
-    _expect_user_error(capsys, seg + ["--backend", "onnxruntime", "--backend-dir", export_dir],
-                       "was exported from other weights")
+    _expect_user_error(
+        capsys, seg + ["--backend", "onnxruntime", "--backend-dir", export_dir], "was exported from other weights"
+    )
 
 
 def test_bad_backend_options(capsys, tiny_dir, tmp_path, export_dir):
@@ -130,15 +161,23 @@ def test_bad_backend_options(capsys, tiny_dir, tmp_path, export_dir):
     _expect_user_error(capsys, seg + ["--backend", "onnxruntime"], "--backend onnxruntime needs --backend-dir DIR")
     _expect_user_error(capsys, seg + ["--backend-dir", export_dir], "--backend-dir is only used with --backend")
     _expect_user_error(capsys, seg + ["--backend", "onnxruntime", "--backend-dir", tmp_path], "has no lens_export.json")
-    _expect_user_error(capsys, seg + ["--backend", "onnxruntime", "--backend-dir", tmp_path / "nope"],
-                       "export directory not found")
+    _expect_user_error(
+        capsys, seg + ["--backend", "onnxruntime", "--backend-dir", tmp_path / "nope"], "export directory not found"
+    )
     if not tensorrt_available():
-        _expect_user_error(capsys, seg + ["--backend", "tensorrt", "--backend-dir", export_dir],
-                           "needs a CUDA GPU with TensorRT: pip install tensorrt")
-    _expect_user_error(capsys, ["export", "--model", tiny_dir, "--out", tmp_path / "x", "--opset", "13"],
-                       "--opset must be one of [17, 18, 19, 20]")
-    _expect_user_error(capsys, ["export", "--model", tmp_path / "no-model", "--out", tmp_path / "x"],
-                       "model directory not found")
+        _expect_user_error(
+            capsys,
+            seg + ["--backend", "tensorrt", "--backend-dir", export_dir],
+            "needs a CUDA GPU with TensorRT: pip install tensorrt",
+        )
+    _expect_user_error(
+        capsys,
+        ["export", "--model", tiny_dir, "--out", tmp_path / "x", "--opset", "13"],
+        "--opset must be one of [17, 18, 19, 20]",
+    )
+    _expect_user_error(
+        capsys, ["export", "--model", tmp_path / "no-model", "--out", tmp_path / "x"], "model directory not found"
+    )
 
 
 def test_incomplete_export_and_other_model_shapes_are_refused(tmp_path, export_dir, torch_pipe):
@@ -170,6 +209,11 @@ def test_backend_choice_is_checked_once_and_carries_the_export_metadata(tiny_dir
 
 
 def test_export_script_runs_from_a_checkout_without_the_cli(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "export_lens.py"), "--help"], capture_output=True,
-                          text=True, cwd=tmp_path, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "export_lens.py"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "--format {onnx,tensorrt}" in proc.stdout and "--fp16" in proc.stdout

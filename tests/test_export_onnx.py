@@ -1,11 +1,14 @@
 """`lens export` to ONNX: files and metadata, ONNX Runtime vs torch per graph (random inputs and the sample
 photo) and chained, SAM2's dynamic multimask fallback inside the decoder graph, image-size override, bad input."""
+
 import hashlib
 import json
 
 import onnx
 import pytest
 import torch
+from conftest import SAMPLE_PHOTO
+from export_helpers import MIN_FP16_MASK_AGREEMENT, MIN_MASK_AGREEMENT, assert_close, exported, ort_run
 
 from lens_model.errors import CheckpointError
 from lens_model.export import ExportError, ExportOptions, export_model, read_metadata
@@ -15,9 +18,6 @@ from lens_model.export.op_support import check_file
 from lens_model.export.parts import load_segmentation_parts, sam_at_image_size
 from lens_model.image_io import load_image
 from lens_model.sam import PIXEL_MEAN, PIXEL_STD, decode_masks, encode_image, preprocess_for_sam, upsample_logits
-
-from conftest import SAMPLE_PHOTO
-from export_helpers import MIN_FP16_MASK_AGREEMENT, MIN_MASK_AGREEMENT, assert_close, exported, ort_run
 
 
 @pytest.fixture(scope="module")
@@ -33,21 +33,38 @@ def parts(tiny_dir):
 def test_export_writes_three_graphs_and_metadata(tiny_dir, export_dir, parts):
     meta = read_metadata(export_dir)
     assert sorted(p.name for p in export_dir.iterdir()) == [
-        "context_head.onnx", "image_encoder.onnx", "lens_export.json", "mask_decoder.onnx"]
+        "context_head.onnx",
+        "image_encoder.onnx",
+        "lens_export.json",
+        "mask_decoder.onnx",
+    ]
     weights = (tiny_dir / "model.safetensors").read_bytes()
     file_digest = hashlib.sha256(weights).hexdigest()
     assert meta.weight_files == {"model.safetensors": file_digest}
     assert meta.model_hash == hashlib.sha256(f"model.safetensors {file_digest}\n".encode()).hexdigest()
-    assert (meta.image_size, meta.num_queries, meta.hidden_size, meta.opset, meta.precision) == (256, 8, 128, 18, "fp32")
+    assert (meta.image_size, meta.num_queries, meta.hidden_size, meta.opset, meta.precision) == (
+        256,
+        8,
+        128,
+        18,
+        "fp32",
+    )
     assert meta.preprocessing["pixel_mean"] == list(PIXEL_MEAN) and meta.preprocessing["pixel_std"] == list(PIXEL_STD)
     assert meta.postprocessing["threshold"] == 0.0
-    assert meta.decoder == {"multimask_output": False, "dynamic_multimask_via_stability": True,
-                            "stability_delta": 0.05, "stability_thresh": 0.98}
+    assert meta.decoder == {
+        "multimask_output": False,
+        "dynamic_multimask_via_stability": True,
+        "stability_delta": 0.05,
+        "stability_thresh": 0.98,
+    }
     assert {"torch", "onnx", "onnxruntime", "sam2", "transformers", "python"} <= set(meta.versions)
     assert meta.tensorrt is None and "dynamo=True" in meta.exporter
     raw = json.loads((export_dir / "lens_export.json").read_text())
-    assert raw["graphs"]["mask_decoder"]["outputs"][0] == {"name": "low_res_masks", "shape": ["batch", 1, 64, 64],
-                                                           "dtype": "float32"}
+    assert raw["graphs"]["mask_decoder"]["outputs"][0] == {
+        "name": "low_res_masks",
+        "shape": ["batch", 1, 64, 64],
+        "dtype": "float32",
+    }
     # Every graph's inputs/outputs are what the metadata says, with a dynamic batch dimension.
     for name, graph in meta.graphs.items():
         model = onnx.load(str(export_dir / graph.onnx), load_external_data=False)
@@ -72,8 +89,13 @@ def test_each_graph_matches_torch_on_random_inputs(export_dir, parts, batch):
         assert_close("image_encoder", out, want)
     (got_prompt,) = ort_run(export_dir / "context_head.onnx", query_states=states)
     assert_close("context_head", got_prompt, prompt)
-    got_low, got_iou = ort_run(export_dir / "mask_decoder.onnx", prompt_embed=prompt, image_embed=features.image_embed,
-                               high_res_feat_s4=features.high_res_feats[0], high_res_feat_s8=features.high_res_feats[1])
+    got_low, got_iou = ort_run(
+        export_dir / "mask_decoder.onnx",
+        prompt_embed=prompt,
+        image_embed=features.image_embed,
+        high_res_feat_s4=features.high_res_feats[0],
+        high_res_feat_s8=features.high_res_feats[1],
+    )
     assert_close("mask_decoder", got_low, low_res)
     assert_close("mask_decoder", got_iou, iou)
 
@@ -91,9 +113,13 @@ def test_graphs_match_torch_on_the_sample_photo_and_chained(export_dir, parts):
     # Chained through ONNX Runtime only: encoder -> context head -> decoder.
     (prompt,) = ort_run(export_dir / "context_head.onnx", query_states=states)
     rows = [0, 0]
-    got_low, got_iou = ort_run(export_dir / "mask_decoder.onnx", prompt_embed=torch.from_numpy(prompt),
-                               image_embed=torch.from_numpy(embed[rows]), high_res_feat_s4=torch.from_numpy(s4[rows]),
-                               high_res_feat_s8=torch.from_numpy(s8[rows]))
+    got_low, got_iou = ort_run(
+        export_dir / "mask_decoder.onnx",
+        prompt_embed=torch.from_numpy(prompt),
+        image_embed=torch.from_numpy(embed[rows]),
+        high_res_feat_s4=torch.from_numpy(s4[rows]),
+        high_res_feat_s8=torch.from_numpy(s8[rows]),
+    )
     assert_close("mask_decoder", got_low, low_res)
     assert_close("mask_decoder", got_iou, iou)
     hw = rgb.shape[:2]
@@ -130,13 +156,19 @@ def test_fp16_export_keeps_normalisation_in_float32_and_matches_torch(tiny_dir, 
         assert_close("image_encoder", out, want, fp16=True)
     (got_prompt,) = ort_run(export_dir / "context_head.onnx", query_states=states)
     assert_close("context_head", got_prompt, prompt, fp16=True)
-    got_low, got_iou = ort_run(export_dir / "mask_decoder.onnx", prompt_embed=torch.from_numpy(got_prompt),
-                               image_embed=torch.from_numpy(embed[rows]), high_res_feat_s4=torch.from_numpy(s4[rows]),
-                               high_res_feat_s8=torch.from_numpy(s8[rows]))
+    got_low, got_iou = ort_run(
+        export_dir / "mask_decoder.onnx",
+        prompt_embed=torch.from_numpy(got_prompt),
+        image_embed=torch.from_numpy(embed[rows]),
+        high_res_feat_s4=torch.from_numpy(s4[rows]),
+        high_res_feat_s8=torch.from_numpy(s8[rows]),
+    )
     assert_close("mask_decoder", got_low, low_res, fp16=True)
     assert_close("mask_decoder", got_iou, iou, fp16=True)
     hw = rgb.shape[:2]
-    agreement = ((upsample_logits(low_res, hw) > 0) == (upsample_logits(torch.from_numpy(got_low), hw) > 0)).float().mean()
+    agreement = (
+        ((upsample_logits(low_res, hw) > 0) == (upsample_logits(torch.from_numpy(got_low), hw) > 0)).float().mean()
+    )
     assert agreement.item() >= MIN_FP16_MASK_AGREEMENT, agreement
 
 
@@ -163,8 +195,13 @@ def test_decoder_graph_reproduces_the_dynamic_multimask_fallback(tiny_dir, tmp_p
     graph = MaskDecoderGraph(parts.sam)
     inputs, outputs = graph_io(256, 8, 128)["mask_decoder"]
     export_graph(graph, inputs, outputs, tmp_path / "mask_decoder.onnx", opset=18)
-    got_low, got_iou = ort_run(tmp_path / "mask_decoder.onnx", prompt_embed=prompt, image_embed=features.image_embed,
-                               high_res_feat_s4=features.high_res_feats[0], high_res_feat_s8=features.high_res_feats[1])
+    got_low, got_iou = ort_run(
+        tmp_path / "mask_decoder.onnx",
+        prompt_embed=prompt,
+        image_embed=features.image_embed,
+        high_res_feat_s4=features.high_res_feats[0],
+        high_res_feat_s8=features.high_res_feats[1],
+    )
     assert_close("mask_decoder", got_low, low_res)
     assert_close("mask_decoder", got_iou, iou)
 
@@ -188,8 +225,13 @@ def test_export_at_another_image_size(tiny_dir, tmp_path_factory, parts):
     assert embed.shape == (2, 256, 32, 32)
     for out, want in zip((embed, s4, s8), [features.image_embed, *features.high_res_feats]):
         assert_close("image_encoder", out, want)
-    got_low, got_iou = ort_run(export_dir / "mask_decoder.onnx", prompt_embed=prompt, image_embed=features.image_embed,
-                               high_res_feat_s4=features.high_res_feats[0], high_res_feat_s8=features.high_res_feats[1])
+    got_low, got_iou = ort_run(
+        export_dir / "mask_decoder.onnx",
+        prompt_embed=prompt,
+        image_embed=features.image_embed,
+        high_res_feat_s4=features.high_res_feats[0],
+        high_res_feat_s8=features.high_res_feats[1],
+    )
     assert got_low.shape == (2, 1, 128, 128)
     assert_close("mask_decoder", got_low, low_res)
     assert_close("mask_decoder", got_iou, iou)

@@ -1,11 +1,14 @@
 """TensorRT: engines built from the tiny export run like torch (GPU with TensorRT only), and engines that cannot
 run here are refused with a clear message (everywhere)."""
+
 import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from conftest import SAMPLE_PHOTO
+from export_helpers import MIN_MASK_AGREEMENT, exported
 
 from lens_model.backends import TensorRTBackend
 from lens_model.errors import LensError
@@ -13,13 +16,10 @@ from lens_model.export import ExportError, read_metadata
 from lens_model.export.metadata import TensorRTInfo
 from lens_model.export.tensorrt_runtime import check_engines_runnable, engine_mismatch, tensorrt_available
 
-from conftest import SAMPLE_PHOTO
-from export_helpers import MIN_MASK_AGREEMENT, exported
-
 needs_tensorrt = pytest.mark.skipif(
     not tensorrt_available(),
     reason="needs a CUDA GPU with TensorRT (pip install tensorrt); this machine has "
-           + ("no CUDA GPU" if not torch.cuda.is_available() else "no tensorrt package"),
+    + ("no CUDA GPU" if not torch.cuda.is_available() else "no tensorrt package"),
 )
 # TensorRT float32 engines may use TF32 tensor cores (TensorRT's default on Ampere and newer): 10-bit mantissa
 # products, so looser than ONNX Runtime's float32. fp16 engines (from `lens export --fp16` graphs) are compared on
@@ -27,17 +27,27 @@ needs_tensorrt = pytest.mark.skipif(
 TRT_FP32_TOLERANCE = (5e-3, 5e-3)
 MIN_FP16_MASK_AGREEMENT = 0.99
 
-INFO = TensorRTInfo(version="10.3.0", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0",
-                    batch_profile=[1, 1, 8], workspace_bytes=1 << 32)
+INFO = TensorRTInfo(
+    version="10.3.0",
+    gpu_name="NVIDIA H100 80GB HBM3",
+    compute_capability="9.0",
+    batch_profile=[1, 1, 8],
+    workspace_bytes=1 << 32,
+)
 
 
 def test_engines_for_another_tensorrt_or_gpu_are_refused(tmp_path):
     assert engine_mismatch(INFO, "10.3.0", "NVIDIA H100 80GB HBM3", "9.0") is None
     assert engine_mismatch(INFO, "10.3.0", "NVIDIA H100 PCIe", "9.0") is None  # same architecture: allowed
-    assert engine_mismatch(INFO, "10.7.0", "NVIDIA H100 80GB HBM3", "9.0") == \
-        "built with TensorRT 10.3.0, but TensorRT 10.7.0 is installed"
+    assert (
+        engine_mismatch(INFO, "10.7.0", "NVIDIA H100 80GB HBM3", "9.0")
+        == "built with TensorRT 10.3.0, but TensorRT 10.7.0 is installed"
+    )
     why = engine_mismatch(INFO, "10.3.0", "Orin (nvgpu)", "8.7")
-    assert "built for NVIDIA H100 80GB HBM3 (compute capability 9.0), but this GPU is Orin (nvgpu) (compute capability 8.7)" == why
+    assert (
+        "built for NVIDIA H100 80GB HBM3 (compute capability 9.0), "
+        "but this GPU is Orin (nvgpu) (compute capability 8.7)" == why
+    )
     with pytest.raises(ExportError, match="were built with TensorRT 10.3.0, but TensorRT 10.7.0 is installed; rebuild"):
         check_engines_runnable(INFO, tmp_path, "10.7.0", "NVIDIA H100 80GB HBM3", "9.0")
     with pytest.raises(ExportError, match="holds no TensorRT engines; build them on this machine"):
@@ -99,8 +109,10 @@ def test_fp32_engines_match_torch(tiny_dir, engines, batch):
     got = backend.encode_images(images.cuda())
     got_low, got_iou = backend.masks_from_query_states(states.cuda(), got)
     atol, rtol = TRT_FP32_TOLERANCE
-    for g, w in zip([got.image_embed, *got.high_res_feats, got_low, got_iou],
-                    [want.image_embed, *want.high_res_feats, want_low, want_iou]):
+    for g, w in zip(
+        [got.image_embed, *got.high_res_feats, got_low, got_iou],
+        [want.image_embed, *want.high_res_feats, want_low, want_iou],
+    ):
         np.testing.assert_allclose(g.cpu().numpy(), w.numpy(), atol=atol, rtol=rtol)
     agreement = ((got_low.cpu() > 0) == (want_low > 0)).float().mean().item()
     assert agreement >= MIN_MASK_AGREEMENT, agreement
@@ -112,9 +124,16 @@ def test_pipeline_with_tensorrt_gives_the_torch_mask(tiny_dir, engines, precisio
     from lens_model.pipeline import LensPipeline
 
     want = LensPipeline.from_pretrained(str(tiny_dir), device="cuda", dtype="float32", max_new_tokens=4)(
-        SAMPLE_PHOTO, "the helmet")
-    pipe = LensPipeline.from_pretrained(str(tiny_dir), device="cuda", dtype="float32", max_new_tokens=4,
-                                        backend="tensorrt", backend_dir=str(engines[precision]))
+        SAMPLE_PHOTO, "the helmet"
+    )
+    pipe = LensPipeline.from_pretrained(
+        str(tiny_dir),
+        device="cuda",
+        dtype="float32",
+        max_new_tokens=4,
+        backend="tensorrt",
+        backend_dir=str(engines[precision]),
+    )
     got = pipe(SAMPLE_PHOTO, "the helmet")
     agreement = float(np.mean(got.mask == want.mask))
     print(f"tensorrt {precision}: mask agreement {agreement:.6f}, score {got.score:.5f} vs torch {want.score:.5f}")

@@ -1,7 +1,8 @@
 """The shipped stage-2 recipe (training/configs/grpo.yaml) and GRPOConfig's validation."""
-import pytest
 
+import pytest
 from conftest import REPO
+
 from training.config import ConfigError, DatasetSpec, GRPOConfig, dump_config, load_config
 
 GRPO_YAML = REPO / "training" / "configs" / "grpo.yaml"
@@ -38,11 +39,14 @@ def test_shipped_recipe_round_trips_and_takes_overrides(tmp_path):
     assert released.reward_weights == {"box_iou": 1.0, "segment_iou": 1.0} and released.lr == 1e-6
 
 
-@pytest.mark.parametrize("override, key", [
-    ("num_generations=1", "num_generations"),
-    ("rollout_backend=sglang", "rollout_backend"),
-    ("top_p=0", "top_p"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("num_generations=1", "num_generations"),
+        ("rollout_backend=sglang", "rollout_backend"),
+        ("top_p=0", "top_p"),
+    ],
+)
 def test_invalid_values_are_rejected(override, key):
     with pytest.raises(ConfigError) as e:
         load_config(GRPOConfig, GRPO_YAML, [override])
@@ -74,7 +78,10 @@ def test_a_mapping_in_the_file_replaces_the_default_one(tmp_path):
     assert load_config(GRPOConfig, path, []).reward_weights == {"box_iou": 1.0, "segment_iou": 2.0}
     # a single key of the mapping is set on the default ones
     assert load_config(GRPOConfig, None, ["reward_weights.format=0.5"]).reward_weights == {
-        "format": 0.5, "box_iou": 1.0, "segment_iou": 1.0}
+        "format": 0.5,
+        "box_iou": 1.0,
+        "segment_iou": 1.0,
+    }
 
 
 def test_stage_defaults_differ_where_the_recipes_do():
@@ -83,6 +90,7 @@ def test_stage_defaults_differ_where_the_recipes_do():
     align, grpo = AlignConfig(), GRPOConfig()
     assert (align.lr, align.lr_scheduler, align.warmup_steps, align.context_pass) == (3e-5, "cosine", 150, "official")
     assert (grpo.lr, grpo.lr_scheduler, grpo.warmup_steps, grpo.context_pass) == (3e-6, "linear", 0, None)
-    assert align.trainable == ["context"] and sorted(grpo.trainable) == sorted(["context", "mllm", "sam_decoder",
-                                                                                 "sam_prompt_encoder"])
+    assert align.trainable == ["context"] and sorted(grpo.trainable) == sorted(
+        ["context", "mllm", "sam_decoder", "sam_prompt_encoder"]
+    )
     assert not hasattr(grpo, "num_workers")  # stage 2 reads its samples in the step itself (no DataLoader)

@@ -1,4 +1,5 @@
 """training.grpo_loss: group advantages by hand, the loss against a plain-Python reference, gradients, clipping."""
+
 import math
 
 import pytest
@@ -55,8 +56,13 @@ def _reference(logp, old, ref, adv, mask, eps=0.2, eps_high=None, beta=0.04, agg
     def token_mean(k):
         return sum(tok[k] for tok in all_toks) / len(all_toks) if all_toks else 0.0
 
-    return {"loss": aggregate(0), "policy": aggregate(1), "kl": token_mean(2), "clip_fraction": token_mean(4),
-            "ratio_mean": token_mean(3)}
+    return {
+        "loss": aggregate(0),
+        "policy": aggregate(1),
+        "kl": token_mean(2),
+        "clip_fraction": token_mean(4),
+        "ratio_mean": token_mean(3),
+    }
 
 
 # --------------------------------------------------------------------------------------------- advantages
@@ -70,7 +76,7 @@ def test_advantages_by_hand():
 def test_advantages_groups_are_consecutive_and_independent():
     r = torch.tensor([1.0, 2.0, 3.0, 6.0, 10.0, 10.0, 10.0, 14.0], dtype=torch.float64)
     adv = group_advantages(r, group_size=4, eps=0.0)
-    std2 = (3 * 1.0 ** 2 + 3.0 ** 2) / 3  # second group: mean 11, deviations −1, −1, −1, 3
+    std2 = (3 * 1.0**2 + 3.0**2) / 3  # second group: mean 11, deviations −1, −1, −1, 3
     assert adv[4:].tolist() == pytest.approx([d / math.sqrt(std2) for d in (-1, -1, -1, 3)], abs=1e-12)
     assert adv[:4].tolist() == pytest.approx([d / math.sqrt(14 / 3) for d in (-2, -1, 0, 3)], abs=1e-12)
 
@@ -137,8 +143,16 @@ def test_kl_is_exactly_zero_when_policy_equals_reference():
 def test_matches_loop_reference(aggregation, seed, eps_high, beta):
     logp, old, ref, adv, mask = _inputs(seed=seed)
     out = grpo_loss(logp, old, ref, adv, mask, clip_eps=0.2, clip_eps_high=eps_high, beta=beta, aggregation=aggregation)
-    expected = _reference(logp.tolist(), old.tolist(), ref.tolist(), adv.tolist(), mask.tolist(),
-                          eps_high=eps_high, beta=beta, agg=aggregation)
+    expected = _reference(
+        logp.tolist(),
+        old.tolist(),
+        ref.tolist(),
+        adv.tolist(),
+        mask.tolist(),
+        eps_high=eps_high,
+        beta=beta,
+        agg=aggregation,
+    )
     assert 0 < expected["clip_fraction"] < 1  # the random data exercises both branches
     for key, value in expected.items():
         assert out[key].item() == pytest.approx(value, abs=TOL), key
@@ -172,7 +186,9 @@ def _hand_weights(mask, aggregation):
     for i in range(n):
         for j in range(t):
             if mask[i, j]:
-                w[i, j] = {"sequence": 1 / (lengths[i] * nonempty), "token": 1 / total, "constant": 1 / (n * t)}[aggregation]
+                w[i, j] = {"sequence": 1 / (lengths[i] * nonempty), "token": 1 / total, "constant": 1 / (n * t)}[
+                    aggregation
+                ]
     return w
 
 

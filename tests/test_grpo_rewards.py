@@ -1,4 +1,5 @@
 """training.rewards: hand-computed rewards, the registry (names, import strings, decorator) and score()."""
+
 import math
 import sys
 
@@ -6,8 +7,17 @@ import numpy as np
 import pytest
 
 from lens_model.errors import LensError
-from training.rewards import (DEFAULT_REWARD_WEIGHTS, REWARD_FUNCTIONS, RolloutSample, box_iou_reward, format_reward,
-                              register_reward, resolve_reward, score, segment_iou_reward)
+from training.rewards import (
+    DEFAULT_REWARD_WEIGHTS,
+    REWARD_FUNCTIONS,
+    RolloutSample,
+    box_iou_reward,
+    format_reward,
+    register_reward,
+    resolve_reward,
+    score,
+    segment_iou_reward,
+)
 
 GROUNDING = "<|object_ref_start|>cup<|object_ref_end|><|box_start|>(0,0),(10,10)<|box_end|>"
 THINK = '<think>the cup is left</think><answer>{"bbox_2d": [0, 0, 10, 10]}</answer>'
@@ -44,7 +54,7 @@ def test_grounding_answer_with_trailing_im_end_still_formats():
 def test_think_answer_json():
     s = _sample(THINK, "think_answer", gt_box=(0, 0, 10, 20))
     assert format_reward(s) == 1.0
-    assert box_iou_reward(s) == pytest.approx(0.5 ** 2, abs=1e-15)  # I = 100, U = 200
+    assert box_iou_reward(s) == pytest.approx(0.5**2, abs=1e-15)  # I = 100, U = 200
 
 
 def test_think_answer_missing_think_block_is_format_0_but_box_counts():
@@ -216,12 +226,15 @@ def test_score_accepts_numpy_scalars(clean_registry):
     assert total[0] == 0.75
 
 
-@pytest.mark.parametrize("value, pattern", [
-    (float("nan"), r"reward 'bad' returned nan for sample 1; rewards must be finite"),
-    (float("inf"), r"reward 'bad' returned inf for sample 1"),
-    ("0.5", r"reward 'bad' returned str '0.5' for sample 1; expected a float"),
-    (None, r"reward 'bad' returned NoneType None for sample 1"),
-])
+@pytest.mark.parametrize(
+    "value, pattern",
+    [
+        (float("nan"), r"reward 'bad' returned nan for sample 1; rewards must be finite"),
+        (float("inf"), r"reward 'bad' returned inf for sample 1"),
+        ("0.5", r"reward 'bad' returned str '0.5' for sample 1; expected a float"),
+        (None, r"reward 'bad' returned NoneType None for sample 1"),
+    ],
+)
 def test_bad_reward_output_names_reward_and_sample(clean_registry, value, pattern):
     register_reward("bad")(lambda s: 0.0 if s.expression == "ok" else value)
     ok, broken = _sample(), _sample()

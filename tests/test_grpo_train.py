@@ -1,26 +1,26 @@
 """Stage 2 (GRPO) on CPU with tiny models and synthetic scenes: log-probs under the sampling positions,
 where gradients go, degenerate rollouts, a 2-process ZeRO-3 run, resume equivalence."""
+
 import json
 import os
 import shutil
 import subprocess
 import sys
 
-import pytest
-import torch
-from safetensors.torch import load_file
-
-from conftest import REPO
-
 # installed by the setup: a broken install must fail here, not skip these tests
 import deepspeed  # noqa: F401
+import pytest
+import torch
+from conftest import REPO
+from safetensors.torch import load_file
 
 from lens_model.checkpoint import load_model  # noqa: E402
 from lens_model.data import load_dataset  # noqa: E402
 from lens_model.modeling import ContextInputs, embed_with_images, image_features_per_row  # noqa: E402
 from lens_model.prompting import special_token_ids  # noqa: E402
 from training.config import GRPOConfig  # noqa: E402
-from training.grpo import ScoredRollout, main as grpo_main, micro_loss, rollout_ious, rollout_samples  # noqa: E402
+from training.grpo import ScoredRollout, micro_loss, rollout_ious, rollout_samples  # noqa: E402
+from training.grpo import main as grpo_main
 from training.grpo_loss import group_advantages  # noqa: E402
 from training.policy import PolicyModel, sequence_logprobs  # noqa: E402
 from training.rewards import score  # noqa: E402
@@ -52,8 +52,19 @@ def _rollout(model, processor, scenes, max_new_tokens=10, seed=0):
     assert not failed
     pad, eos = special_token_ids(processor.tokenizer)
     torch.manual_seed(seed)
-    ro = generate_rollouts(model, processor, prompts, G, max_new_tokens=max_new_tokens, temperature=0.9, top_p=0.9,
-                           top_k=50, eos_token_ids=eos, pad_token_id=pad, context_pass=model.lens_config.context_pass)
+    ro = generate_rollouts(
+        model,
+        processor,
+        prompts,
+        G,
+        max_new_tokens=max_new_tokens,
+        temperature=0.9,
+        top_p=0.9,
+        top_k=50,
+        eos_token_ids=eos,
+        pad_token_id=pad,
+        context_pass=model.lens_config.context_pass,
+    )
     return prompts, ro
 
 
@@ -85,24 +96,40 @@ def test_logprobs_use_the_sampling_positions(policy, scenes):
     torch.manual_seed(0)
     with torch.no_grad():
         gen = model.mllm.generate(
-            input_ids=prompts.input_ids[rows], attention_mask=prompts.attention_mask[rows],
-            mm_token_type_ids=prompts.mm_token_type_ids[rows], image_grid_thw=grid[rows],
-            mm_encoder_outputs={"image": images}, max_new_tokens=8, do_sample=True, temperature=0.7, top_k=None,
-            top_p=None, eos_token_id=eos, pad_token_id=pad, return_dict_in_generate=True, output_logits=True)
+            input_ids=prompts.input_ids[rows],
+            attention_mask=prompts.attention_mask[rows],
+            mm_token_type_ids=prompts.mm_token_type_ids[rows],
+            image_grid_thw=grid[rows],
+            mm_encoder_outputs={"image": images},
+            max_new_tokens=8,
+            do_sample=True,
+            temperature=0.7,
+            top_k=None,
+            top_p=None,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
         p = prompts.input_ids.shape[1]
         completion = gen.sequences[:, p:]
         sampled = torch.stack(gen.logits, 1).float().div(0.7).log_softmax(-1)
         expected = sampled.gather(-1, completion.unsqueeze(-1)).squeeze(-1)  # (K·G, T)
-        ctx = ContextInputs(gen.sequences, torch.cat([prompts.attention_mask[rows], torch.ones_like(completion)], 1),
-                            torch.cat([prompts.mm_token_type_ids[rows], torch.zeros_like(completion)], 1), grid[rows])
+        ctx = ContextInputs(
+            gen.sequences,
+            torch.cat([prompts.attention_mask[rows], torch.ones_like(completion)], 1),
+            torch.cat([prompts.mm_token_type_ids[rows], torch.zeros_like(completion)], 1),
+            grid[rows],
+        )
         logp, _ = sequence_logprobs(model.mllm, ctx, images, p, temperature=0.7)
         torch.testing.assert_close(logp, expected, rtol=1e-4, atol=1e-4)
         embeds = embed_with_images(model.mllm, gen.sequences, images, ctx.mm_token_type_ids)
         from lens_model.modeling import positions_1d
 
-        hidden = model.mllm.model.language_model(inputs_embeds=embeds, attention_mask=ctx.attention_mask,
-                                                 position_ids=positions_1d(ctx.attention_mask)).last_hidden_state
-        released = model.mllm.lm_head(hidden[:, p - 1:-1]).float().div(0.7).log_softmax(-1)
+        hidden = model.mllm.model.language_model(
+            inputs_embeds=embeds, attention_mask=ctx.attention_mask, position_ids=positions_1d(ctx.attention_mask)
+        ).last_hidden_state
+        released = model.mllm.lm_head(hidden[:, p - 1 : -1]).float().div(0.7).log_softmax(-1)
         released = released.gather(-1, completion.unsqueeze(-1)).squeeze(-1)
         assert (released - expected).abs().max() > 1e-3
 
@@ -165,9 +192,19 @@ def test_empty_ground_truth_mask(policy, scenes):
 
 # ---------------------------------------------------------------------------- the trainer
 def _overrides(init, scenes, out, *extra):
-    return [f"init_from={init}", f"datasets=[{{name: synthetic, root: {scenes}}}]", "global_batch_size=2",
-            f"num_generations={G}", "max_completion_length=8", "max_steps=4", "lr=1e-3",
-            "save_every=2", "keep_last=3", f"output_dir={out}", *extra]
+    return [
+        f"init_from={init}",
+        f"datasets=[{{name: synthetic, root: {scenes}}}]",
+        "global_batch_size=2",
+        f"num_generations={G}",
+        "max_completion_length=8",
+        "max_steps=4",
+        "lr=1e-3",
+        "save_every=2",
+        "keep_last=3",
+        f"output_dir={out}",
+        *extra,
+    ]
 
 
 def _curve(out):
@@ -183,8 +220,19 @@ def official_init(tmp_path_factory):
 
 def test_zero3_two_processes(official_init, scenes, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29655",
-           "-m", "training.grpo", *_overrides(official_init, scenes, out, "zero_stage=3"), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29655",
+        "-m",
+        "training.grpo",
+        *_overrides(official_init, scenes, out, "zero_stage=3"),
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "2 ranks × 1 prompts × 1 accumulation = 2 prompts × G=4 answers per step" in proc.stderr
@@ -192,16 +240,31 @@ def test_zero3_two_processes(official_init, scenes, tmp_path):
     assert [r["step"] for r in curve] == [1, 2, 3, 4]
     assert curve[0]["kl"] == 0.0  # policy = reference before the first update
     assert curve[-1]["kl"] > 0.0
-    for key in ("reward", "reward_format", "reward_box_iou", "reward_segment_iou", "mask_iou", "box_iou",
-                "completion_length", "clip_fraction", "kl", "policy", "seg", "time_generate", "time_train"):
+    for key in (
+        "reward",
+        "reward_format",
+        "reward_box_iou",
+        "reward_segment_iou",
+        "mask_iou",
+        "box_iou",
+        "completion_length",
+        "clip_fraction",
+        "kl",
+        "policy",
+        "seg",
+        "time_generate",
+        "time_train",
+    ):
         assert key in curve[0], key
     assert curve[0]["completion_length"] == 8.0 and curve[0]["truncated_fraction"] == 1.0
     before, after = load_file(official_init / "model.safetensors"), load_file(out / "final" / "model.safetensors")
     encoder = [k for k in before if k.startswith("sam.image_encoder.")]
     assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
     assert not torch.equal(before["learnable_query"], after["learnable_query"])
-    assert not torch.equal(before["model.language_model.layers.0.mlp.up_proj.weight"],
-                           after["model.language_model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(
+        before["model.language_model.layers.0.mlp.up_proj.weight"],
+        after["model.language_model.layers.0.mlp.up_proj.weight"],
+    )
 
 
 def test_resumed_run_matches_the_uninterrupted_one(official_init, scenes, tmp_path):

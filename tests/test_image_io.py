@@ -1,15 +1,15 @@
 """Image loading: conversions checked pixel by pixel, every bad input with its one-line message."""
+
 import io
 import re
 
 import numpy as np
 import pytest
+from conftest import SAMPLE_PHOTO
 from PIL import Image
 
 from lens_model.errors import ImageError, LensError, PromptError
 from lens_model.image_io import load_image, read_prompt
-
-from conftest import SAMPLE_PHOTO
 
 EXIF_ORIENTATION = 0x0112
 
@@ -25,6 +25,7 @@ def _jpeg_bytes(rgb: np.ndarray) -> bytes:
 
 
 # --- accepted inputs and conversions ---------------------------------------------------------------------------
+
 
 def test_rgb_path_pil_and_array_agree(tmp_path):
     rgb = _random_rgb(20, 30)
@@ -133,6 +134,7 @@ def test_sample_photo_is_a_real_photo():
 
 # --- bad files --------------------------------------------------------------------------------------------------
 
+
 def test_missing_file_names_the_path(tmp_path):
     path = tmp_path / "missing.jpg"
     with pytest.raises(ImageError, match=f"^image file not found: {re.escape(str(path))}$"):
@@ -153,11 +155,14 @@ def test_empty_file(tmp_path):
         load_image(path)
 
 
-@pytest.mark.parametrize("name, content", [
-    ("noise.png", np.random.default_rng(0).bytes(500)),
-    ("notes.jpg", b"not an image at all\n"),
-    ("doc.pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n"),
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("noise.png", np.random.default_rng(0).bytes(500)),
+        ("notes.jpg", b"not an image at all\n"),
+        ("doc.pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n"),
+    ],
+)
 def test_unidentifiable_files(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)
@@ -199,28 +204,41 @@ def test_messages_are_one_line(tmp_path):
 
 # --- bad PIL images and arrays ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("image, message", [
-    (Image.new("RGB", (0, 5)), r"^image is empty \(0x5 pixels\)"),
-    (Image.new("F", (4, 4)), r"^image is a floating-point \(mode F\) image; expected 8-bit RGB or 8/16-bit grayscale"),
-    (Image.new("La", (4, 4)), r"^image has unsupported image mode La; expected RGB, RGBA or grayscale$"),
-])
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (Image.new("RGB", (0, 5)), r"^image is empty \(0x5 pixels\)"),
+        (
+            Image.new("F", (4, 4)),
+            r"^image is a floating-point \(mode F\) image; expected 8-bit RGB or 8/16-bit grayscale",
+        ),
+        (Image.new("La", (4, 4)), r"^image has unsupported image mode La; expected RGB, RGBA or grayscale$"),
+    ],
+)
 def test_bad_pil_images(image, message):
     with pytest.raises(ImageError, match=message):
         load_image(image)
 
 
-@pytest.mark.parametrize("array, message", [
-    (np.zeros((4, 4, 3), np.float32), r"^image array has dtype float32 and shape \(4, 4, 3\); expected HxWx3 uint8 RGB"),
-    (np.ones((5, 6, 3), np.float64), r"dtype float64 and shape \(5, 6, 3\); expected HxWx3 uint8"),
-    (np.zeros((4, 4, 3), bool), r"dtype bool and shape \(4, 4, 3\); expected HxWx3 uint8"),
-    (np.zeros((4, 4, 3), np.int64), r"dtype int64 .*expected HxWx3 uint8"),
-    (np.zeros((4, 4, 2), np.uint8), r"^image array has shape \(4, 4, 2\); expected HxWx3 uint8 RGB"),
-    (np.zeros((4, 4, 5), np.uint16), r"shape \(4, 4, 5\); expected HxWx3 uint8"),
-    (np.zeros((2, 4, 4, 3), np.uint8), r"shape \(2, 4, 4, 3\); expected HxWx3 uint8"),
-    (np.zeros(12, np.uint8), r"shape \(12,\); expected HxWx3 uint8"),
-    (np.zeros((0, 4, 3), np.uint8), r"^image array is empty \(shape \(0, 4, 3\)\)"),
-    (np.zeros((4, 0), np.uint8), r"^image array is empty \(shape \(4, 0\)\)"),
-])
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (
+            np.zeros((4, 4, 3), np.float32),
+            r"^image array has dtype float32 and shape \(4, 4, 3\); expected HxWx3 uint8 RGB",
+        ),
+        (np.ones((5, 6, 3), np.float64), r"dtype float64 and shape \(5, 6, 3\); expected HxWx3 uint8"),
+        (np.zeros((4, 4, 3), bool), r"dtype bool and shape \(4, 4, 3\); expected HxWx3 uint8"),
+        (np.zeros((4, 4, 3), np.int64), r"dtype int64 .*expected HxWx3 uint8"),
+        (np.zeros((4, 4, 2), np.uint8), r"^image array has shape \(4, 4, 2\); expected HxWx3 uint8 RGB"),
+        (np.zeros((4, 4, 5), np.uint16), r"shape \(4, 4, 5\); expected HxWx3 uint8"),
+        (np.zeros((2, 4, 4, 3), np.uint8), r"shape \(2, 4, 4, 3\); expected HxWx3 uint8"),
+        (np.zeros(12, np.uint8), r"shape \(12,\); expected HxWx3 uint8"),
+        (np.zeros((0, 4, 3), np.uint8), r"^image array is empty \(shape \(0, 4, 3\)\)"),
+        (np.zeros((4, 0), np.uint8), r"^image array is empty \(shape \(4, 0\)\)"),
+    ],
+)
 def test_bad_arrays(array, message):
     with pytest.raises(ImageError, match=message):
         load_image(array)
@@ -233,6 +251,7 @@ def test_unsupported_types(value, name):
 
 
 # --- prompts ----------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("prompt", [None, "", "   \n\t"])
 def test_empty_prompts(prompt):

@@ -1,12 +1,12 @@
 """Import structure: light modules import no torch/transformers/sam2 (a machine without them can still read the ROS
 parameters and build the `lens` parser), the library never imports the packages built on it, and no module imports
 another module's private names."""
+
 import ast
 import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 HEAVY = ("torch", "transformers", "sam2")
@@ -35,8 +35,17 @@ def test_package_names_load_on_first_use():
     assert "torch" in _heavy_modules_after("from lens_model import LensPipeline")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["segment", "--help"], ["export", "--help"], ["eval", "--help"],
-                                  ["bag", "--help"], ["plot-run", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["segment", "--help"],
+        ["export", "--help"],
+        ["eval", "--help"],
+        ["bag", "--help"],
+        ["plot-run", "--help"],
+    ],
+)
 def test_lens_help_imports_no_torch(argv):
     code = f"from lens_cli import main\ntry:\n    main({argv!r})\nexcept SystemExit as exc:\n    assert exc.code == 0"
     assert _heavy_modules_after(code) == []
@@ -67,10 +76,12 @@ def _imported_modules(tree: ast.AST, path) -> list[tuple[int, str, list[str]]]:
 
 @pytest.mark.parametrize("package", sorted(LAYERS))
 def test_no_upward_imports(package):
-    found = [f"{path.relative_to(REPO)}:{line} imports {module}"
-             for path in _python_files(package)
-             for line, module, _ in _imported_modules(ast.parse(path.read_text()), path)
-             if module.split(".")[0] in LAYERS[package]]
+    found = [
+        f"{path.relative_to(REPO)}:{line} imports {module}"
+        for path in _python_files(package)
+        for line, module, _ in _imported_modules(ast.parse(path.read_text()), path)
+        if module.split(".")[0] in LAYERS[package]
+    ]
     assert found == []
 
 

@@ -1,8 +1,9 @@
 """gIoU / cIoU / P@IoU / box accuracy (lens_model.metrics), checked against numbers worked out by hand.
 
-Protocol (SPEC "Evaluation"): per sample I = |P ∧ G|, U = |P ∨ G|;
+Protocol (docs/design.md, "Evaluation"): per sample I = |P ∧ G|, U = |P ∨ G|;
 cIoU = ΣI / (ΣU + 1e-8) over a split; gIoU = mean of I / (U + 1e-5), a sample with U = 0 counting 1.0.
 """
+
 import math
 import random
 
@@ -51,12 +52,8 @@ def _assert_summaries_identical(a: dict, b: dict) -> None:
 
 
 def test_counts_iou_and_giou_term_on_a_small_mask():
-    pred = np.array([[1, 1, 0, 0],
-                     [1, 1, 0, 0],
-                     [0, 0, 0, 0]], bool)
-    gt = np.array([[0, 1, 1, 0],
-                   [0, 1, 1, 0],
-                   [0, 1, 1, 0]], bool)
+    pred = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]], bool)
+    gt = np.array([[0, 1, 1, 0], [0, 1, 1, 0], [0, 1, 1, 0]], bool)
     s = score_sample(pred, gt)
     # pred has 4 pixels, gt 6; they share (0,1) and (1,1): I = 2; U = 4 + 6 - 2 = 8
     assert (s.intersection, s.union) == (2, 8)
@@ -111,10 +108,8 @@ def test_shape_mismatch_raises_naming_both_shapes():
 
 @pytest.mark.parametrize("dtype, on", [(np.uint8, 1), (np.uint8, 255), (np.int64, 1), (np.float32, 1.0)])
 def test_non_bool_masks_are_treated_as_bool(dtype, on):
-    pred = np.array([[on, on, 0],
-                     [0, on, 0]], dtype)
-    gt = np.array([[on, 0, 0],
-                   [0, on, on]], dtype)
+    pred = np.array([[on, on, 0], [0, on, 0]], dtype)
+    gt = np.array([[on, 0, 0], [0, on, on]], dtype)
     # nonzero = True: pred {(0,0),(0,1),(1,1)}, gt {(0,0),(1,1),(1,2)}; I = 2 ((0,0),(1,1)); U = 3 + 3 - 2 = 4
     s = score_sample(pred, gt)
     assert (s.intersection, s.union) == (2, 4)
@@ -138,10 +133,19 @@ def _reference_counts(pred, gt, ignore=None):
     return inter, union
 
 
-@pytest.mark.parametrize("seed, shape, density", [
-    (0, (1, 1), 0.5), (1, (1, 17), 0.3), (2, (13, 1), 0.7), (3, (5, 8), 0.5),
-    (4, (32, 24), 0.1), (5, (64, 48), 0.5), (6, (7, 9), 0.95), (7, (20, 30), 0.02),
-])
+@pytest.mark.parametrize(
+    "seed, shape, density",
+    [
+        (0, (1, 1), 0.5),
+        (1, (1, 17), 0.3),
+        (2, (13, 1), 0.7),
+        (3, (5, 8), 0.5),
+        (4, (32, 24), 0.1),
+        (5, (64, 48), 0.5),
+        (6, (7, 9), 0.95),
+        (7, (20, 30), 0.02),
+    ],
+)
 def test_score_sample_matches_loop_reference(seed, shape, density):
     rng = random.Random(seed)
     h, w = shape
@@ -215,10 +219,10 @@ def test_no_gt_box_but_a_predicted_box_is_a_miss():
 
 def test_split_giou_and_ciou_differ_and_match_hand_computation():
     scores = [
-        _score(1, 2, pred_box=(0, 0, 10, 10), gt_box=(0, 0, 10, 20)),   # iou 0.5,   box IoU 0.5  -> hit
+        _score(1, 2, pred_box=(0, 0, 10, 10), gt_box=(0, 0, 10, 20)),  # iou 0.5,   box IoU 0.5  -> hit
         _score(9, 10, pred_box=(0, 0, 10, 10), gt_box=(5, 5, 15, 15)),  # iou 0.9,   box IoU 1/7  -> miss
-        _score(0, 0),                                                    # U = 0 -> 1.0, no boxes   -> hit
-        _score(0, 5, gt_box=(0, 0, 4, 4)),                               # iou 0,     no pred box  -> miss
+        _score(0, 0),  # U = 0 -> 1.0, no boxes   -> hit
+        _score(0, 5, gt_box=(0, 0, 4, 4)),  # iou 0,     no pred box  -> miss
     ]
     m = _split(scores)
     assert (m.n, m.sum_intersection, m.sum_union) == (4, 1 + 9 + 0 + 0, 2 + 10 + 0 + 5)  # 4, 10, 17
@@ -272,8 +276,8 @@ def test_empty_split_is_nan():
 
 
 def test_merge_reduces_sums_not_per_shard_ious():
-    a = [_score(1, 10), _score(0, 0)]   # shard A: ΣI = 1,  ΣU = 10 -> cIoU 0.1
-    b = [_score(90, 100)]               # shard B: ΣI = 90, ΣU = 100 -> cIoU 0.9
+    a = [_score(1, 10), _score(0, 0)]  # shard A: ΣI = 1,  ΣU = 10 -> cIoU 0.1
+    b = [_score(90, 100)]  # shard B: ΣI = 90, ΣU = 100 -> cIoU 0.9
     shard_a, shard_b = _split(a), _split(b)
     merged = shard_a.merge(shard_b)
     whole = _split(a + b)
@@ -308,8 +312,13 @@ def test_merge_of_shards_equals_single_pass_exactly():
     # arbitrary shards: integer sums and all integer-derived values exact, gIoU up to float reassociation
     shards = [scores[0::3], scores[1::3], scores[2::3]]
     merged = _split(shards[0]).merge(_split(shards[1])).merge(_split(shards[2]))
-    assert (merged.n, merged.sum_intersection, merged.sum_union, merged.precision_hits, merged.box_hits) == \
-           (whole.n, whole.sum_intersection, whole.sum_union, whole.precision_hits, whole.box_hits)
+    assert (merged.n, merged.sum_intersection, merged.sum_union, merged.precision_hits, merged.box_hits) == (
+        whole.n,
+        whole.sum_intersection,
+        whole.sum_union,
+        whole.precision_hits,
+        whole.box_hits,
+    )
     mo, wo = merged.summary(), whole.summary()
     for k in SUMMARY_KEYS - {"gIoU"}:
         assert mo[k] == wo[k], k
@@ -341,7 +350,7 @@ def test_to_array_from_array_round_trip():
 
 
 def test_large_integer_sums_stay_exact():
-    big = 10 ** 12
+    big = 10**12
     scores = [SampleScore(big - 1, big), SampleScore(big // 2, big), SampleScore(7, big + 3)]
     m = _split(scores)
     # ΣI = (10^12 - 1) + 5*10^11 + 7 = 1_500_000_000_006; ΣU = 3*10^12 + 3
@@ -360,10 +369,8 @@ def test_large_integer_sums_stay_exact():
 
 
 def test_ignore_excludes_predicted_pixels_from_union():
-    pred = np.array([[1, 1, 1, 0],
-                     [0, 0, 0, 0]], bool)
-    gt = np.array([[1, 0, 0, 0],
-                   [0, 0, 0, 0]], bool)
+    pred = np.array([[1, 1, 1, 0], [0, 0, 0, 0]], bool)
+    gt = np.array([[1, 0, 0, 0], [0, 0, 0, 0]], bool)
     ignore = np.zeros_like(pred)
     ignore[0, 2] = True  # a false-positive pixel inside the ignore region
     assert (score_sample(pred, gt).intersection, score_sample(pred, gt).union) == (1, 3)  # without: I 1, U 3
@@ -374,12 +381,9 @@ def test_ignore_excludes_predicted_pixels_from_union():
 
 
 def test_ignore_excludes_gt_pixels_from_intersection_and_union():
-    pred = np.array([[1, 1, 0],
-                     [0, 0, 0]], bool)
-    gt = np.array([[1, 1, 1],
-                   [1, 0, 0]], bool)
-    ignore = np.array([[0, 1, 1],
-                       [0, 0, 0]], bool)
+    pred = np.array([[1, 1, 0], [0, 0, 0]], bool)
+    gt = np.array([[1, 1, 1], [1, 0, 0]], bool)
+    ignore = np.array([[0, 1, 1], [0, 0, 0]], bool)
     # without ignore: I = 2 ((0,0),(0,1)); U = 4
     # ignoring (0,1) (pred and gt) and (0,2) (gt only): I = 1 ((0,0)); U = |{(0,0),(1,0)}| = 2
     s = score_sample(pred, gt, ignore=ignore)

@@ -5,19 +5,18 @@ The fixture writes random tensors under exactly the key names and shapes of the 
 in the transformers-4.51 style that class saved, and tokenizer files; `load_model` must load it with
 no missing/unexpected keys and every tensor equal to its source.
 """
-from pathlib import Path
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from safetensors.torch import save_file
 
 from lens_model.checkpoint import load_model, state_dict_for_saving
 from lens_model.errors import CheckpointError
 from lens_model.tiny import QWEN_SPECIAL_TOKENS, build_tiny_processor
-
-from conftest import REPO
 
 TSV = REPO / "tests" / "data" / "released-lens-state-dict-tiny.tsv"  # copy of shared/reference
 # Where each released name lives in our model (`state_dict_for_saving` names). Qwen keys are renamed
@@ -28,7 +27,7 @@ QWEN_RENAMES = (("visual.", "model.visual."), ("model.", "model.language_model."
 def released_to_ours(key: str) -> str:
     for old, new in QWEN_RENAMES:
         if key.startswith(old):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     return key
 
 
@@ -48,18 +47,43 @@ def released_config(tokenizer) -> dict:
     return {
         "architectures": ["SAMR1ForConditionalGeneration_qwen2p5"],
         "model_type": "qwen2_vl",
-        "vocab_size": 1000, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "silu", "rms_norm_eps": 1e-6,
-        "max_position_embeddings": 4096, "rope_theta": 1000000.0, "tie_word_embeddings": False,
+        "vocab_size": 1000,
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 4096,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": False,
         "rope_scaling": {"type": "mrope", "mrope_section": [4, 6, 6]},
-        "vision_config": {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "out_hidden_size": 128,
-                          "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
-                          "fullatt_block_indexes": [1], "in_chans": 3, "hidden_act": "silu", "tokens_per_second": 2},
-        "image_token_id": ids["<|image_pad|>"], "video_token_id": ids["<|video_pad|>"],
-        "vision_start_token_id": ids["<|vision_start|>"], "vision_end_token_id": ids["<|vision_end|>"],
-        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
-        "torch_dtype": "bfloat16", "transformers_version": "4.51.3",
-        "num_of_query": 64, "if_use_qwen_connector": True,
+        "vision_config": {
+            "depth": 2,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_heads": 2,
+            "out_hidden_size": 128,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [1],
+            "in_chans": 3,
+            "hidden_act": "silu",
+            "tokens_per_second": 2,
+        },
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.51.3",
+        "num_of_query": 64,
+        "if_use_qwen_connector": True,
     }
 
 
@@ -81,7 +105,13 @@ def released_dir(tmp_path_factory):
 def test_reference_table_is_present_and_complete():
     shapes = read_tsv(TSV)
     assert len(shapes) > 800
-    assert {"learnable_query", "conv_1d.weight", "connector.pos_embed", "proj_to_sam.2.weight", "lm_head.weight"} <= set(shapes)
+    assert {
+        "learnable_query",
+        "conv_1d.weight",
+        "connector.pos_embed",
+        "proj_to_sam.2.weight",
+        "lm_head.weight",
+    } <= set(shapes)
     assert not any(k.startswith(("sam.memory_attention", "sam.memory_encoder", "sam.maskmem_tpos_enc")) for k in shapes)
 
 
@@ -115,7 +145,9 @@ def test_released_weights_with_wrong_shapes_are_rejected(released_dir, tmp_path)
         if f.name != "model.safetensors":
             (target / f.name).write_bytes(f.read_bytes())
     save_file(bad, str(target / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(CheckpointError, match=r"conv_1d\.weight: checkpoint \(128, 128, 32\) vs config \(128, 128, 64\)"):
+    with pytest.raises(
+        CheckpointError, match=r"conv_1d\.weight: checkpoint \(128, 128, 32\) vs config \(128, 128, 64\)"
+    ):
         load_model(target)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from lens_model.overlay import BOX_COLOR, ELLIPSIS, fit_text, draw_overlay
+from lens_model.overlay import BOX_COLOR, ELLIPSIS, draw_overlay, fit_text
 
 RED = (255, 64, 64)
 BAND = 18  # caption band height at scale 1 (images up to ~600 px)
@@ -55,10 +55,10 @@ def test_pixels_away_from_mask_box_and_caption_are_unchanged():
     touched = np.zeros(mask.shape, bool)
     touched[:BAND] = True
     touched[79:151, 49:121] = True
-    touched[y0 - 1:y1 + 2, x0 - 1:x0 + 3] = touched[y0 - 1:y1 + 2, x1 - 2:x1 + 2] = True
-    touched[y0 - 1:y0 + 3, x0 - 1:x1 + 2] = touched[y1 - 2:y1 + 2, x0 - 1:x1 + 2] = True
+    touched[y0 - 1 : y1 + 2, x0 - 1 : x0 + 3] = touched[y0 - 1 : y1 + 2, x1 - 2 : x1 + 2] = True
+    touched[y0 - 1 : y0 + 3, x0 - 1 : x1 + 2] = touched[y1 - 2 : y1 + 2, x0 - 1 : x1 + 2] = True
     assert np.array_equal(out[~touched], image[~touched])
-    assert np.array_equal(out[120, x0 + 5:x1 - 5], image[120, x0 + 5:x1 - 5])  # box interior untouched
+    assert np.array_equal(out[120, x0 + 5 : x1 - 5], image[120, x0 + 5 : x1 - 5])  # box interior untouched
 
 
 def test_caption_band_is_dark_with_white_text():
@@ -67,7 +67,7 @@ def test_caption_band_is_dark_with_white_text():
     assert (band.max(axis=2) < 40).mean() > 0.8  # mostly dark across the full width
     assert (band.min(axis=2) > 200).sum() > 20  # white text pixels
     assert (band[:, -60:] < 40).all()  # a short prompt leaves the right of the band plain dark
-    assert np.array_equal(out[BAND:BAND + 20, :40], image[BAND:BAND + 20, :40])
+    assert np.array_equal(out[BAND : BAND + 20, :40], image[BAND : BAND + 20, :40])
 
 
 def test_caption_also_readable_on_a_dark_image():

@@ -1,4 +1,5 @@
 """The repository is both a pip package and the `lens_ros` ament_python package."""
+
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -7,8 +8,10 @@ from conftest import REPO
 
 
 def test_packages_import_from_anywhere_and_resolve_to_this_repository(tmp_path):
-    code = ("import lens_model, training, lens_ros, lens_cli; print(lens_model.__file__); print(training.__file__); "
-            "print(lens_ros.__file__); print(lens_cli.__file__)")
+    code = (
+        "import lens_model, training, lens_ros, lens_cli; print(lens_model.__file__); print(training.__file__); "
+        "print(lens_ros.__file__); print(lens_cli.__file__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
     for line in out.split():
         assert line.startswith(str(REPO)), out  # sam2's stray top-level `training` must not shadow ours

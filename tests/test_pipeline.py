@@ -1,7 +1,9 @@
 """LensPipeline end to end on CPU with the tiny model: shapes through every stage, sharing, coordinates."""
+
 import numpy as np
 import pytest
 import torch
+from conftest import SAMPLE_PHOTO
 from PIL import Image
 
 from lens_model.answer import smart_resize
@@ -9,8 +11,6 @@ from lens_model.errors import ImageError, PromptError
 from lens_model.pipeline import LensPipeline
 from lens_model.prompting import box_from_answer
 from lens_model.sam import preprocess_for_sam
-
-from conftest import SAMPLE_PHOTO
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,16 @@ def test_result_fields_and_shapes(pipe):
     assert 1 <= result.num_tokens <= 8 and isinstance(result.text, str)
     assert result.box is None and result.box_error  # an untrained model does not answer with a box
     assert -1.5 < result.score < 1.5
-    assert set(result.timings) == {"preprocess", "mllm_vision", "generate", "context", "sam_encode", "sam_decode",
-                                   "postprocess", "total"}
+    assert set(result.timings) == {
+        "preprocess",
+        "mllm_vision",
+        "generate",
+        "context",
+        "sam_encode",
+        "sam_decode",
+        "postprocess",
+        "total",
+    }
     assert result.timings["total"] == pytest.approx(sum(v for k, v in result.timings.items() if k != "total"))
 
 
@@ -79,7 +87,9 @@ def test_shapes_through_every_stage(pipe):
         assert prompt.shape == (2, 1, 256)
         low_res, iou = model.masks_from_query_states(states, feats)
         assert low_res.shape == (2, 1, s // 4, s // 4) and iou.shape == (2, 1)
-        with pytest.raises(ValueError, match=rf"expects query states of shape \(B, {n}, {hidden}\), got \(2, {n + 1}, {hidden}\)"):
+        with pytest.raises(
+            ValueError, match=rf"expects query states of shape \(B, {n}, {hidden}\), got \(2, {n + 1}, {hidden}\)"
+        ):
             model.context(torch.randn(2, n + 1, hidden))
 
 
@@ -99,19 +109,34 @@ def test_bad_inputs(pipe, tmp_path):
         pipe(np.zeros((32, 32, 3), np.uint8), "cup " * 3000)
 
 
-@pytest.mark.parametrize("text, fmt, expected", [
-    # MLLM saw 224x336 (h, w); original is 448x1008: x scales by 3, y by 2
-    ("<|object_ref_start|>cup<|object_ref_end|><|box_start|>(10,20),(110,120)<|box_end|>", "grounding", (30.0, 40.0, 330.0, 240.0)),
-    ('<think>left one</think><answer>{"bbox_2d": [0, 0, 336, 224]}</answer>', "think_answer", (0.0, 0.0, 1008.0, 448.0)),
-    ("<|box_start|>(300,200),(400,300)<|box_end|>", "grounding", (900.0, 400.0, 1008.0, 448.0)),  # clipped
-])
+@pytest.mark.parametrize(
+    "text, fmt, expected",
+    [
+        # MLLM saw 224x336 (h, w); original is 448x1008: x scales by 3, y by 2
+        (
+            "<|object_ref_start|>cup<|object_ref_end|><|box_start|>(10,20),(110,120)<|box_end|>",
+            "grounding",
+            (30.0, 40.0, 330.0, 240.0),
+        ),
+        (
+            '<think>left one</think><answer>{"bbox_2d": [0, 0, 336, 224]}</answer>',
+            "think_answer",
+            (0.0, 0.0, 1008.0, 448.0),
+        ),
+        ("<|box_start|>(300,200),(400,300)<|box_end|>", "grounding", (900.0, 400.0, 1008.0, 448.0)),  # clipped
+    ],
+)
 def test_box_from_answer_rescales_to_original_pixels(text, fmt, expected):
     box, error, format_ok = box_from_answer(text, fmt, (224, 336), (448, 1008))
     assert box == pytest.approx(expected) and error is None and format_ok
 
 
 def test_box_from_answer_reports_missing_and_outside_boxes():
-    assert box_from_answer("I cannot see it", "grounding", (224, 224), (448, 448)) == (None, "no box found in model output", False)
+    assert box_from_answer("I cannot see it", "grounding", (224, 224), (448, 448)) == (
+        None,
+        "no box found in model output",
+        False,
+    )
     box, error, _ = box_from_answer("<|box_start|>(500,500),(600,600)<|box_end|>", "grounding", (224, 224), (448, 448))
     assert box is None and error == "box lies outside the image"
 

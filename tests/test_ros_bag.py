@@ -1,4 +1,5 @@
 """`lens bag` end to end on small rosbag2 files written here with rosbags (mcap and sqlite3), read back with rosbags."""
+
 import io
 import json
 import shutil
@@ -6,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from PIL import Image
+import ros_helpers  # noqa: E402
 
 # installed by the setup: a broken install must fail here, not skip these tests
 import rosbags  # noqa: F401
+import yaml
+from PIL import Image
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer  # noqa: E402
 from rosbags.typesys import get_types_from_msg  # noqa: E402
 
@@ -20,8 +22,6 @@ from lens_model.errors import PromptError  # noqa: E402
 from lens_model.pipeline import LensPipeline  # noqa: E402
 from lens_ros.bag import BagError, lens_typestore, process_bag  # noqa: E402
 from lens_ros.conversions import array_to_image, image_to_array  # noqa: E402
-
-import ros_helpers  # noqa: E402
 
 H, W = 24, 32
 PROMPT = "the red cup"
@@ -74,19 +74,29 @@ def write_bag(path: Path, ts, storage="mcap", n=4, compressed=False, bad_frames=
         msgtype = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
         cam = writer.add_connection(topic, msgtype, typestore=ts)
         chat = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=ts)
-        writer.write(chat, bag_time(0) - 1, bytes(ts.serialize_cdr(t["std_msgs/msg/String"](data="start"), "std_msgs/msg/String")))
+        writer.write(
+            chat,
+            bag_time(0) - 1,
+            bytes(ts.serialize_cdr(t["std_msgs/msg/String"](data="start"), "std_msgs/msg/String")),
+        )
         for i in range(n):
             if compressed:
                 buffer = io.BytesIO()
                 Image.fromarray(frame(i)).save(buffer, format="JPEG" if i % 2 else "PNG")
                 data = buffer.getvalue()[: 40 if i in bad_frames else None]
-                msg = t[msgtype](header=header(ts, i), format="jpeg" if i % 2 else "png", data=np.frombuffer(data, np.uint8))
+                msg = t[msgtype](
+                    header=header(ts, i), format="jpeg" if i % 2 else "png", data=np.frombuffer(data, np.uint8)
+                )
             else:
                 msg = array_to_image(frame(i), "rgb8", header(ts, i), t)
                 if i in bad_frames:
                     msg.encoding = "yuv422"
             writer.write(cam, bag_time(i), bytes(ts.serialize_cdr(msg, msgtype)))
-            writer.write(chat, bag_time(i) + 1, bytes(ts.serialize_cdr(t["std_msgs/msg/String"](data=f"msg {i}"), "std_msgs/msg/String")))
+            writer.write(
+                chat,
+                bag_time(i) + 1,
+                bytes(ts.serialize_cdr(t["std_msgs/msg/String"](data=f"msg {i}"), "std_msgs/msg/String")),
+            )
     return path
 
 
@@ -99,8 +109,15 @@ def write_custom_bag(path: Path, version: int, storage: str, topic: str, msgtype
         cam = writer.add_connection(CAMERA, "sensor_msgs/msg/Image", typestore=custom)
         conn = writer.add_connection(topic, msgtype, typestore=custom)
         writer.write(conn, 1, bytes(custom.serialize_cdr(custom.types[msgtype](**values), msgtype)))
-        writer.write(cam, 2, bytes(custom.serialize_cdr(array_to_image(frame(0), "rgb8", header(custom, 0), custom.types),
-                                                        "sensor_msgs/msg/Image")))
+        writer.write(
+            cam,
+            2,
+            bytes(
+                custom.serialize_cdr(
+                    array_to_image(frame(0), "rgb8", header(custom, 0), custom.types), "sensor_msgs/msg/Image"
+                )
+            ),
+        )
     return custom
 
 
@@ -125,23 +142,54 @@ def run(capsys, *args):
 def test_lens_bag_end_to_end(capsys, tmp_path, ts, box_model_dir, storage, every, n):
     src = write_bag(tmp_path / "in", ts, storage=storage, n=n)
     out = tmp_path / "out"
-    code, stdout, err = run(capsys, "--in", src, "--out", out, "--image-topic", CAMERA, "--prompt", PROMPT,
-                            "--every", every, "--model", box_model_dir, "--device", "cpu", "--max-new-tokens", "24")
+    code, stdout, err = run(
+        capsys,
+        "--in",
+        src,
+        "--out",
+        out,
+        "--image-topic",
+        CAMERA,
+        "--prompt",
+        PROMPT,
+        "--every",
+        every,
+        "--model",
+        box_model_dir,
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "24",
+    )
     assert code == 0, err
     segmented = list(range(0, n, every))
     summary = json.loads(stdout)
-    assert (summary["frames"], summary["segmented"], summary["with_box"], summary["failed"]) == (n, len(segmented), len(segmented), [])
+    assert (summary["frames"], summary["segmented"], summary["with_box"], summary["failed"]) == (
+        n,
+        len(segmented),
+        len(segmented),
+        [],
+    )
     assert summary["storage"] == storage and summary["image_type"] == "sensor_msgs/msg/Image"
 
     got, types, got_storage = read_bag(out, ts)
     source, _, _ = read_bag(src, ts)
     assert got_storage == storage
-    assert types == {CAMERA: "sensor_msgs/msg/Image", "/chatter": "std_msgs/msg/String",
-                     "/lens/mask": "sensor_msgs/msg/Image", "/lens/detections": "vision_msgs/msg/Detection2DArray",
-                     "/lens/reasoning": "std_msgs/msg/String"}
+    assert types == {
+        CAMERA: "sensor_msgs/msg/Image",
+        "/chatter": "std_msgs/msg/String",
+        "/lens/mask": "sensor_msgs/msg/Image",
+        "/lens/detections": "vision_msgs/msg/Detection2DArray",
+        "/lens/reasoning": "std_msgs/msg/String",
+    }
     counts = {topic: len(messages) for topic, messages in got.items()}
-    assert counts == {CAMERA: n, "/chatter": n + 1, "/lens/mask": len(segmented), "/lens/detections": len(segmented),
-                      "/lens/reasoning": len(segmented)}
+    assert counts == {
+        CAMERA: n,
+        "/chatter": n + 1,
+        "/lens/mask": len(segmented),
+        "/lens/detections": len(segmented),
+        "/lens/reasoning": len(segmented),
+    }
     assert summary["topics"] == counts
     for topic in (CAMERA, "/chatter"):  # input messages copied byte for byte, same bag timestamps
         assert [(t, raw) for t, _, raw in got[topic]] == [(t, raw) for t, _, raw in source[topic]]
@@ -185,7 +233,11 @@ def test_compressed_topic_with_a_corrupt_frame_and_overlay(tmp_path, ts, tiny_pi
     got, _, storage = read_bag(out, ts)
     assert storage == "mcap"
     assert {t: len(m) for t, m in got.items() if t.startswith("/lens")} == {
-        "/lens/mask": 3, "/lens/detections": 3, "/lens/reasoning": 3, "/lens/overlay": 3}
+        "/lens/mask": 3,
+        "/lens/detections": 3,
+        "/lens/reasoning": 3,
+        "/lens/overlay": 3,
+    }
     assert [m.header.stamp.sec for _, m, _ in got["/lens/detections"]] == [1000, 1002, 1003]
     assert all(m.detections == [] for _, m, _ in got["/lens/detections"])
     for _, overlay, _ in got["/lens/overlay"]:
@@ -204,8 +256,16 @@ def test_bad_raw_frame_is_skipped(tmp_path, ts, tiny_pipe):
 
 def test_custom_message_types_are_copied_with_their_definition(tmp_path, ts, tiny_pipe):
     src = tmp_path / "in"
-    custom = write_custom_bag(src, 9, "mcap", "/reading", "my_robot_msgs/msg/Reading", "string label\nfloat64[] values\n",
-                              label="arm", values=np.array([1.5, 2.5]))
+    custom = write_custom_bag(
+        src,
+        9,
+        "mcap",
+        "/reading",
+        "my_robot_msgs/msg/Reading",
+        "string label\nfloat64[] values\n",
+        label="arm",
+        values=np.array([1.5, 2.5]),
+    )
     process_bag(src, tmp_path / "out", CAMERA, PROMPT, pipeline=tiny_pipe, progress=False)
     with Reader(src) as a, Reader(tmp_path / "out") as b:
         (ca,) = [c for c in a.connections if c.topic == "/reading"]
@@ -248,10 +308,13 @@ def test_input_errors_are_reported_before_loading_the_model(capsys, tmp_path, ts
         return err
 
     base = ["--image-topic", CAMERA, "--prompt", PROMPT]
-    assert f"input bag not found: {tmp_path / 'nope'}" in error("--in", tmp_path / "nope", "--out", tmp_path / "o", *base)
+    assert f"input bag not found: {tmp_path / 'nope'}" in error(
+        "--in", tmp_path / "nope", "--out", tmp_path / "o", *base
+    )
     (tmp_path / "not-a-bag").mkdir()
-    assert "is not a rosbag2 directory (no metadata.yaml)" in error("--in", tmp_path / "not-a-bag", "--out",
-                                                                    tmp_path / "o", *base)
+    assert "is not a rosbag2 directory (no metadata.yaml)" in error(
+        "--in", tmp_path / "not-a-bag", "--out", tmp_path / "o", *base
+    )
     err = error("--in", src, "--out", tmp_path / "o", "--image-topic", "/camera/color", "--prompt", PROMPT)
     assert "topic '/camera/color' is not in" in err
     assert "its topics: /camera/image_raw (sensor_msgs/msg/Image), /chatter (std_msgs/msg/String)" in err
@@ -272,8 +335,9 @@ def test_output_topics_already_in_the_input_are_refused(tmp_path, ts, tiny_pipe)
     assert once.segmented == 1
     with pytest.raises(BagError, match=r"input bag already has output topic\(s\) /lens/detections, /lens/mask"):
         process_bag(tmp_path / "once", tmp_path / "twice", CAMERA, PROMPT, pipeline=tiny_pipe, progress=False)
-    again = process_bag(tmp_path / "once", tmp_path / "twice", CAMERA, PROMPT, pipeline=tiny_pipe, progress=False,
-                        out_prefix="/lens2")
+    again = process_bag(
+        tmp_path / "once", tmp_path / "twice", CAMERA, PROMPT, pipeline=tiny_pipe, progress=False, out_prefix="/lens2"
+    )
     assert again.topics["/lens2/mask"] == 1 and again.topics["/lens/mask"] == 1
 
 

@@ -1,25 +1,35 @@
 """sensor_msgs/Image and CompressedImage <-> numpy, checked on real ROS 2 messages serialised with rosbags' CDR."""
+
 import array
 import importlib.util
 import io
 
 import numpy as np
 import pytest
-from PIL import Image
+import ros_helpers  # noqa: E402
 
 # installed by the setup: a broken install must fail here, not skip these tests
 import rosbags  # noqa: F401
+from PIL import Image
+from ros_helpers import cdr  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
 
 from lens_model.errors import ImageError, LensError  # noqa: E402
 from lens_ros.conversions import (  # noqa: E402
-    SUPPORTED_ENCODINGS, ImageFields, array_to_fields, array_to_image, compressed_to_rgb, fill_image,
-    image_message_to_rgb, image_to_array, message_class, stamp_to_ns, stamp_to_seconds, to_rgb,
+    SUPPORTED_ENCODINGS,
+    ImageFields,
+    array_to_fields,
+    array_to_image,
+    compressed_to_rgb,
+    fill_image,
+    image_message_to_rgb,
+    image_to_array,
+    message_class,
+    stamp_to_ns,
+    stamp_to_seconds,
+    to_rgb,
 )
 from lens_ros.errors import ImageConversionError, LensRosError  # noqa: E402
-
-import ros_helpers  # noqa: E402
-from ros_helpers import cdr  # noqa: E402
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
@@ -41,8 +51,15 @@ def header(ts, sec=1712345678, nanosec=123456789, frame_id="camera_color_optical
 
 def raw_image(ts, data: bytes, height, width, encoding, step, is_bigendian=0, hdr=None):
     """An Image built field by field (not by the code under test)."""
-    return ts.types[IMAGE](header=hdr or header(ts), height=height, width=width, encoding=encoding,
-                           is_bigendian=is_bigendian, step=step, data=np.frombuffer(data, dtype=np.uint8).copy())
+    return ts.types[IMAGE](
+        header=hdr or header(ts),
+        height=height,
+        width=width,
+        encoding=encoding,
+        is_bigendian=is_bigendian,
+        step=step,
+        data=np.frombuffer(data, dtype=np.uint8).copy(),
+    )
 
 
 RNG = np.random.default_rng(0)
@@ -226,12 +243,15 @@ def test_truncated_and_oversized_data(humble):
         image_to_array(raw_image(humble, bytes(19), 3, 2, "rgb8", 6))
 
 
-@pytest.mark.parametrize("data,fmt,match", [
-    (b"", "jpeg", r"has no data \(0 bytes\)"),
-    (b"definitely not an image" * 4, "jpeg", r"is not a JPEG or PNG image"),
-    (b"\x89PNG\r\n\x1a\n" + bytes(40), "png", r"corrupt or truncated|not a JPEG or PNG"),
-    (bytes(12) + b"\x89PNG\r\n\x1a\n", "16UC1; compressedDepth png", r"compressedDepth\) is not supported"),
-])
+@pytest.mark.parametrize(
+    "data,fmt,match",
+    [
+        (b"", "jpeg", r"has no data \(0 bytes\)"),
+        (b"definitely not an image" * 4, "jpeg", r"is not a JPEG or PNG image"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(40), "png", r"corrupt or truncated|not a JPEG or PNG"),
+        (bytes(12) + b"\x89PNG\r\n\x1a\n", "16UC1; compressedDepth png", r"compressedDepth\) is not supported"),
+    ],
+)
 def test_bad_compressed_images(humble, data, fmt, match):
     with pytest.raises(ImageConversionError, match=match):
         compressed_to_rgb(cdr(humble, compressed(humble, data, fmt), COMPRESSED))

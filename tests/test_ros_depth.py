@@ -1,6 +1,7 @@
 """The 3D target in the ROS layer, without rclpy: depth and camera_info messages (rosbags classes), pairing by
 stamp (lens_ros.depth), the output messages (PointStamped, Detection3DArray, PointCloud2 through CDR), bad input,
 and the engine with a tiny LENS model on a colour + depth + camera_info triple."""
+
 import threading
 import time
 
@@ -35,21 +36,36 @@ def depth_msg(store, depth_m, encoding="16UC1", sec=100, nanosec=0, frame="depth
     values = values.astype(values.dtype.newbyteorder(">" if bigendian else "<"))
     data = np.frombuffer(values.tobytes(), np.uint8).copy()
     return store.types["sensor_msgs/msg/Image"](
-        header=header(store, sec, nanosec, frame), height=values.shape[0], width=values.shape[1], encoding=encoding,
-        is_bigendian=int(bigendian), step=values.shape[1] * values.itemsize, data=data)
+        header=header(store, sec, nanosec, frame),
+        height=values.shape[0],
+        width=values.shape[1],
+        encoding=encoding,
+        is_bigendian=int(bigendian),
+        step=values.shape[1] * values.itemsize,
+        data=data,
+    )
 
 
 def camera_info(store, k=K4, d=(), model="plumb_bob", width=W4, height=H4, frame="depth_optical", sec=100):
     t = store.types
     p = np.hstack([np.asarray(k, float), np.zeros((3, 1))]).ravel()
     return t["sensor_msgs/msg/CameraInfo"](
-        header=header(store, sec, 0, frame), height=height, width=width, distortion_model=model,
-        d=np.asarray(d, np.float64), k=np.asarray(k, np.float64).ravel(), r=np.eye(3).ravel(), p=p,
-        binning_x=0, binning_y=0, roi=t["sensor_msgs/msg/RegionOfInterest"](
-            x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+        header=header(store, sec, 0, frame),
+        height=height,
+        width=width,
+        distortion_model=model,
+        d=np.asarray(d, np.float64),
+        k=np.asarray(k, np.float64).ravel(),
+        r=np.eye(3).ravel(),
+        p=p,
+        binning_x=0,
+        binning_y=0,
+        roi=t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+    )
 
 
 # --- depth messages and camera_info ---
+
 
 @pytest.mark.parametrize("bigendian", [False, True])
 def test_16uc1_and_32fc1_messages_give_the_same_metres(store, scene, bigendian):
@@ -81,6 +97,7 @@ def test_the_camera_is_built_once_per_calibration(store):
 
 
 # --- pairing by stamp ---
+
 
 def test_depth_is_paired_with_the_nearest_stamp_within_the_slop(store):
     buffer = DepthBuffer(slop_s=0.02)
@@ -119,6 +136,7 @@ def test_a_frame_waits_for_its_depth_image_until_the_timeout(store):
 
 # --- output messages ---
 
+
 def _target(scene):
     return estimate_target(scene.mask, scene.depth, PinholeCamera(W4, H4, K4))
 
@@ -126,8 +144,9 @@ def _target(scene):
 def test_target_messages_carry_the_source_stamp_and_the_depth_frame(store, scene):
     source = header(store, sec=1234, nanosec=5678, frame="color_optical")
     target = _target(scene)
-    out = fill_target(target, target_header(source, "depth_optical", store.types), "the red box", 0.75,
-                      rgb_of(scene), store.types)
+    out = fill_target(
+        target, target_header(source, "depth_optical", store.types), "the red box", 0.75, rgb_of(scene), store.types
+    )
     point = cdr(store, out.point, "geometry_msgs/msg/PointStamped")
     detections = cdr(store, out.detections, "vision_msgs/msg/Detection3DArray")
     for msg in (point, detections, detections.detections[0]):
@@ -149,7 +168,11 @@ def test_point_cloud_layout_and_cdr_round_trip(store, scene):
     out = fill_target(target, target_header(header(store), "depth_optical", store.types), "box", 1.0, rgb, store.types)
     cloud = cdr(store, out.cloud, "sensor_msgs/msg/PointCloud2")
     assert [(f.name, f.offset, f.datatype, f.count) for f in cloud.fields] == [
-        ("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 1), ("rgb", 12, 7, 1)]  # 7 = PointField.FLOAT32
+        ("x", 0, 7, 1),
+        ("y", 4, 7, 1),
+        ("z", 8, 7, 1),
+        ("rgb", 12, 7, 1),
+    ]  # 7 = PointField.FLOAT32
     n = target.num_points
     assert (cloud.height, cloud.width, cloud.point_step, cloud.row_step) == (1, n, 16, 16 * n)
     assert len(cloud.data) == 16 * n and not cloud.is_bigendian and cloud.is_dense
@@ -163,13 +186,15 @@ def test_point_cloud_layout_and_cdr_round_trip(store, scene):
 def test_a_target_that_is_not_ok_publishes_an_empty_detection_array_and_no_point(store, scene):
     holes = np.where(scene.mask, np.float32(np.nan), scene.depth)
     target = estimate_target(scene.mask, holes, PinholeCamera(W4, H4, K4))
-    out = fill_target(target, target_header(header(store), "depth_optical", store.types), "box", 1.0, rgb_of(scene),
-                      store.types)
+    out = fill_target(
+        target, target_header(header(store), "depth_optical", store.types), "box", 1.0, rgb_of(scene), store.types
+    )
     assert out.point is None and out.cloud is None and list(out.detections.detections) == []
     assert out.detections.header.frame_id == "depth_optical"
 
 
 # --- bad input: one clear reason each ---
+
 
 def _match(store, depth, info):
     return DepthMatch("ok", depth, info)
@@ -183,8 +208,9 @@ def test_bad_camera_info_depth_size_and_encoding_are_refused(store, scene):
         measure(scene.mask, _match(store, depth, camera_info(store, width=320, height=240)))
     small = depth_msg(store, scene.depth[::2, ::2])
     with pytest.raises(DepthError, match="depth image is 80x60 but the mask .colour image. is 160x120"):
-        measure(scene.mask, _match(store, small, camera_info(store, k=K4 / 2 + np.diag([0, 0, 0.5]), width=80,
-                                                            height=60)))
+        measure(
+            scene.mask, _match(store, small, camera_info(store, k=K4 / 2 + np.diag([0, 0, 0.5]), width=80, height=60))
+        )
     rgb = image_msg(store, rgb_of(scene))
     with pytest.raises(DepthError, match="unsupported depth encoding 'rgb8'; supported: 16UC1, mono16, 32FC1"):
         measure(scene.mask, _match(store, rgb, camera_info(store)))
@@ -194,15 +220,20 @@ def test_bad_camera_info_depth_size_and_encoding_are_refused(store, scene):
 
 def test_measure_equals_the_library_on_the_same_arrays(store, scene):
     info = camera_info(store, d=[-0.1, 0.01, 0.0, 0.0, 0.0])
-    target = measure(scene.mask, _match(store, depth_msg(store, scene.depth), info),
-                     options=TargetOptions(erosion_px=1))
-    expected = estimate_target(scene.mask, depth_to_metres(np.rint(scene.depth * 1000).astype(np.uint16)),
-                               PinholeCamera(W4, H4, K4, [-0.1, 0.01, 0.0, 0.0, 0.0], "plumb_bob"),
-                               TargetOptions(erosion_px=1))
+    target = measure(
+        scene.mask, _match(store, depth_msg(store, scene.depth), info), options=TargetOptions(erosion_px=1)
+    )
+    expected = estimate_target(
+        scene.mask,
+        depth_to_metres(np.rint(scene.depth * 1000).astype(np.uint16)),
+        PinholeCamera(W4, H4, K4, [-0.1, 0.01, 0.0, 0.0, 0.0], "plumb_bob"),
+        TargetOptions(erosion_px=1),
+    )
     assert np.allclose(target.centroid, expected.centroid) and target.num_points == expected.num_points
 
 
 # --- the engine: colour + depth + camera_info -> the 3D result (tiny LENS, random weights) ---
+
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_dir):
@@ -217,9 +248,16 @@ def engine(store, pipeline):
     from lens_ros.params import NodeSettings
 
     published = []
-    settings = NodeSettings.from_values({"audio_enabled": False, "service_timeout_s": 60.0, "depth_enabled": True,
-                                         "publish_target_cloud": True, "depth_slop_s": 0.02,
-                                         "max_frame_age_s": 0.0})
+    settings = NodeSettings.from_values(
+        {
+            "audio_enabled": False,
+            "service_timeout_s": 60.0,
+            "depth_enabled": True,
+            "publish_target_cloud": True,
+            "depth_slop_s": 0.02,
+            "max_frame_age_s": 0.0,
+        }
+    )
     engine = SegmentationEngine(pipeline, settings, publish=published.append, clock=lambda: 100.0, types=store.types)
     engine.published = published
     engine.start()
@@ -240,8 +278,9 @@ def test_the_engine_measures_the_3d_target_of_the_mask_it_returns(engine, store,
     assert outcome.success, outcome.message
     mask = outcome.result.mask
     assert mask.any(), "the tiny model returned an empty mask: the 3D numbers below would not be tested"
-    expected = estimate_target(mask, depth_to_metres(np.rint(scene.depth * 1000).astype(np.uint16)),
-                               PinholeCamera(W4, H4, K4))
+    expected = estimate_target(
+        mask, depth_to_metres(np.rint(scene.depth * 1000).astype(np.uint16)), PinholeCamera(W4, H4, K4)
+    )
     target = outcome.target
     assert target.ok and np.allclose(target.centroid, expected.centroid)
     assert np.allclose(target.box_size, expected.box_size) and target.num_points == expected.num_points
@@ -261,14 +300,17 @@ def test_the_engine_measures_the_3d_target_of_the_mask_it_returns(engine, store,
     assert np.allclose([published.point.point.x, published.point.point.y, published.point.point.z], target.centroid)
 
 
-@pytest.mark.parametrize("case,reason", [
-    ("late depth", "no depth image within depth_slop_s=0.02 s of the colour image (nearest: +0.500 s)"),
-    ("K zero", "camera_info is unusable: K has fx=0, fy=0"),
-    ("camera_info size", "camera_info is for 320x240 images but the depth image is 160x120"),
-    ("depth size", "depth image is 80x60 but the mask (colour image) is 160x120"),
-    ("encoding", "unsupported depth encoding 'bgr8'"),
-    ("no valid depth", "no valid depth inside the mask (all 0 or NaN)"),
-])
+@pytest.mark.parametrize(
+    "case,reason",
+    [
+        ("late depth", "no depth image within depth_slop_s=0.02 s of the colour image (nearest: +0.500 s)"),
+        ("K zero", "camera_info is unusable: K has fx=0, fy=0"),
+        ("camera_info size", "camera_info is for 320x240 images but the depth image is 160x120"),
+        ("depth size", "depth image is 80x60 but the mask (colour image) is 160x120"),
+        ("encoding", "unsupported depth encoding 'bgr8'"),
+        ("no valid depth", "no valid depth inside the mask (all 0 or NaN)"),
+    ],
+)
 def test_bad_depth_input_is_reported_in_the_result_and_the_engine_goes_on(engine, store, scene, case, reason):
     depth, info, depth_nanosec = None, None, 10_000_000
     if case == "late depth":

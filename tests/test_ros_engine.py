@@ -1,6 +1,7 @@
 """What the node does, without rclpy: lens_ros.engine with a tiny LENS model (random weights, built here) and
 real ROS 2 message classes from rosbags. Commands, frames, service-style requests, bad input, policies,
 streamed reasoning and spoken commands."""
+
 import io
 import threading
 import time
@@ -53,8 +54,9 @@ def make_engine(store, pipeline):
 
     def make(clock=None, pipe=None, **values):
         published = Published()
-        engine = SegmentationEngine(pipe or pipeline, settings(**values), publish=published, clock=clock or Clock(),
-                                    types=store.types)
+        engine = SegmentationEngine(
+            pipe or pipeline, settings(**values), publish=published, clock=clock or Clock(), types=store.types
+        )
         engine.published = published
         engine.start()
         engines.append(engine)
@@ -133,18 +135,24 @@ def _bad_images(store):
     Image.fromarray(RGB).save(buf, format="JPEG")
     jpeg = buf.getvalue()
     return {
-        "unsupported image encoding 'yuv422'": image(header=h, height=48, width=64, encoding="yuv422", is_bigendian=0,
-                                                     step=128, data=data[:48 * 128].copy()),
-        "step 100 is smaller than": image(header=h, height=48, width=64, encoding="rgb8", is_bigendian=0, step=100,
-                                          data=data[:4800].copy()),
-        "truncated": image(header=h, height=48, width=64, encoding="rgb8", is_bigendian=0, step=192,
-                           data=data[:1000].copy()),
-        "image is empty": image(header=h, height=0, width=0, encoding="rgb8", is_bigendian=0, step=0,
-                                data=np.zeros(0, np.uint8)),
+        "unsupported image encoding 'yuv422'": image(
+            header=h, height=48, width=64, encoding="yuv422", is_bigendian=0, step=128, data=data[: 48 * 128].copy()
+        ),
+        "step 100 is smaller than": image(
+            header=h, height=48, width=64, encoding="rgb8", is_bigendian=0, step=100, data=data[:4800].copy()
+        ),
+        "truncated": image(
+            header=h, height=48, width=64, encoding="rgb8", is_bigendian=0, step=192, data=data[:1000].copy()
+        ),
+        "image is empty": image(
+            header=h, height=0, width=0, encoding="rgb8", is_bigendian=0, step=0, data=np.zeros(0, np.uint8)
+        ),
         "corrupt or truncated": t["sensor_msgs/msg/CompressedImage"](
-            header=h, format="jpeg", data=np.frombuffer(jpeg[:len(jpeg) // 2], np.uint8).copy()),
+            header=h, format="jpeg", data=np.frombuffer(jpeg[: len(jpeg) // 2], np.uint8).copy()
+        ),
         "is not a JPEG or PNG image": t["sensor_msgs/msg/CompressedImage"](
-            header=h, format="jpeg", data=np.frombuffer(b"\x00" * 40, np.uint8).copy()),
+            header=h, format="jpeg", data=np.frombuffer(b"\x00" * 40, np.uint8).copy()
+        ),
     }
 
 
@@ -165,8 +173,10 @@ def test_bad_frames_are_logged_answered_and_the_engine_keeps_going(make_engine, 
 def test_a_model_error_mid_request_is_answered_and_the_worker_survives(make_engine, store, tiny_dir, caplog):
     from lens_model.pipeline import LensPipeline
 
-    for kwargs, reason in (({"max_prompt_tokens": 10}, "this model accepts at most 10"),
-                           ({"max_new_tokens": 0}, "model error: ValueError")):
+    for kwargs, reason in (
+        ({"max_prompt_tokens": 10}, "this model accepts at most 10"),
+        ({"max_new_tokens": 0}, "model error: ValueError"),
+    ):
         broken = LensPipeline.from_pretrained(str(tiny_dir), device="cpu", **kwargs)
         engine = make_engine(pipe=broken)
         engine.on_image(image_msg(store, RGB))
@@ -242,8 +252,9 @@ def test_stop_answers_pending_requests_and_refuses_new_ones(make_engine, store):
 def test_spoken_commands_become_segmentations(make_engine, store, tmp_path):
     from lens_ros.whisper import WhisperTranscriber
 
-    transcriber = WhisperTranscriber.from_pretrained(make_tiny_whisper(tmp_path / "whisper"), device="cpu",
-                                                     max_new_tokens=4)
+    transcriber = WhisperTranscriber.from_pretrained(
+        make_tiny_whisper(tmp_path / "whisper"), device="cpu", max_new_tokens=4
+    )
     engine = make_engine()
     engine.on_image(image_msg(store, RGB))
     heard = []
@@ -257,7 +268,7 @@ def test_spoken_commands_become_segmentations(make_engine, store, tmp_path):
         mono = np.concatenate([np.zeros(rate // 4), word, np.zeros(rate // 2)])
         pcm = (np.repeat(mono[:, None], 2, axis=1) * 32767).astype("<i2").tobytes()
         for start in range(0, len(pcm), 4096):  # as audio_capture sends it: 1024 stereo frames per chunk
-            spoken.feed(pcm[start:start + 4096])
+            spoken.feed(pcm[start : start + 4096])
         spoken.feed(b"\x00")  # a broken chunk is logged and skipped
         spoken.drain(60)
     finally:

@@ -1,5 +1,6 @@
 """lens_interfaces: every .msg/.srv/.action parses with the real rosidl parsers, the package's build files name
 what the definitions use, and the messages the node fills serialise as ROS 2 CDR (rosbags) and read back."""
+
 import re
 import shutil
 import subprocess
@@ -8,18 +9,20 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-
 from conftest import REPO
 
 IFACE = REPO / "lens_interfaces"
-DEFINITIONS = sorted(p.relative_to(IFACE).as_posix() for kind in ("msg", "srv", "action")
-                     for p in (IFACE / kind).glob(f"*.{kind}"))
+DEFINITIONS = sorted(
+    p.relative_to(IFACE).as_posix() for kind in ("msg", "srv", "action") for p in (IFACE / kind).glob(f"*.{kind}")
+)
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin") or "/usr/bin/python3"
 
 
 def _system_python_has(module: str) -> bool:
     try:
-        return subprocess.run([SYSTEM_PYTHON, "-c", f"import {module}"], capture_output=True, timeout=60).returncode == 0
+        return (
+            subprocess.run([SYSTEM_PYTHON, "-c", f"import {module}"], capture_output=True, timeout=60).returncode == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -27,7 +30,8 @@ def _system_python_has(module: str) -> bool:
 needs_rosidl = pytest.mark.skipif(
     not _system_python_has("rosidl_adapter.parser"),
     reason="rosidl parsers not available: install Debian's python3-rosidl (apt-get install python3-rosidl "
-           "python3-empy; .ci/run does) — it provides rosidl_adapter and rosidl_parser for /usr/bin/python3")
+    "python3-empy; .ci/run does) — it provides rosidl_adapter and rosidl_parser for /usr/bin/python3",
+)
 
 
 def test_the_package_has_the_result_message_the_service_and_the_action():
@@ -57,16 +61,20 @@ def test_rosidl_adapter_parses_every_definition_with_the_expected_fields():
                 out[rel] = [fields(spec.goal), fields(spec.result), fields(spec.feedback)]
         print(json.dumps(out))
     """)
-    proc = subprocess.run([SYSTEM_PYTHON, "-c", script, str(IFACE), *DEFINITIONS], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [SYSTEM_PYTHON, "-c", script, str(IFACE), *DEFINITIONS], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     import json
 
     parsed = json.loads(proc.stdout)
     names = {rel: [[f[3] for f in part] for part in parts] for rel, parts in parsed.items()}
     assert names["srv/Segment.srv"] == [["prompt", "has_image", "image"], ["success", "message", "result"]]
-    assert names["action/Segment.action"] == [["prompt", "has_image", "image"], ["success", "message", "result"],
-                                              ["reasoning", "num_tokens"]]
+    assert names["action/Segment.action"] == [
+        ["prompt", "has_image", "image"],
+        ["success", "message", "result"],
+        ["reasoning", "num_tokens"],
+    ]
     result_fields = {f[3]: f for f in parsed["msg/SegmentationResult.msg"][0]}
     assert result_fields["header"][:2] == ["std_msgs", "Header"]
     assert result_fields["mask"][:2] == ["sensor_msgs", "Image"]
@@ -80,8 +88,10 @@ def test_rosidl_adapter_parses_every_definition_with_the_expected_fields():
 @needs_rosidl
 def test_rosidl_generates_idl_and_rosidl_parser_reads_it_as_rosidl_generate_interfaces_does(tmp_path):
     if not _system_python_has("em"):
-        pytest.skip("empy not available for /usr/bin/python3 (apt-get install python3-empy): rosidl_adapter needs it "
-                    "to write .idl files")
+        pytest.skip(
+            "empy not available for /usr/bin/python3 (apt-get install python3-empy): rosidl_adapter needs it "
+            "to write .idl files"
+        )
     script = textwrap.dedent("""
         import json, pathlib, sys
         from rosidl_adapter import convert_to_idl
@@ -100,8 +110,12 @@ def test_rosidl_generates_idl_and_rosidl_parser_reads_it_as_rosidl_generate_inte
                 __import__("rosidl_parser.definition", fromlist=["Include"]).Include))
         print(json.dumps(result))
     """)
-    proc = subprocess.run([SYSTEM_PYTHON, "-c", script, str(IFACE), str(tmp_path), *DEFINITIONS],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [SYSTEM_PYTHON, "-c", script, str(IFACE), str(tmp_path), *DEFINITIONS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     import json
 
@@ -147,10 +161,13 @@ def test_build_files_declare_every_package_the_definitions_use():
 
 def test_lens_ros_depends_on_the_interfaces_package():
     root = ET.parse(REPO / "package.xml").getroot()
-    assert {"lens_interfaces", "rclpy", "lifecycle_msgs", "audio_common_msgs"} <= {e.text for e in root.findall("exec_depend")}
+    assert {"lens_interfaces", "rclpy", "lifecycle_msgs", "audio_common_msgs"} <= {
+        e.text for e in root.findall("exec_depend")
+    }
 
 
 # --- the messages the node fills, through ROS 2 CDR (rosbags), no ROS installation ---
+
 
 @pytest.fixture(scope="module")
 def typestore():
@@ -170,10 +187,19 @@ def _result(box=(10.0, 20.0, 50.0, 40.0)):
 
     mask = np.zeros((48, 64), bool)
     mask[20:40, 10:50] = True
-    return SegmentationResult(prompt="the red cup", mask=mask, box=box, score=0.875, text="<think>red</think> box",
-                              num_tokens=7, image_size=(48, 64), mllm_image_size=(56, 56),
-                              box_error=None if box else "no box in the answer", format_ok=bool(box),
-                              timings={"generate": 0.5, "total": 0.75})
+    return SegmentationResult(
+        prompt="the red cup",
+        mask=mask,
+        box=box,
+        score=0.875,
+        text="<think>red</think> box",
+        num_tokens=7,
+        image_size=(48, 64),
+        mllm_image_size=(56, 56),
+        box_error=None if box else "no box in the answer",
+        format_ok=bool(box),
+        timings={"generate": 0.5, "total": 0.75},
+    )
 
 
 @pytest.mark.parametrize("box", [(10.0, 20.0, 50.0, 40.0), None])
@@ -222,9 +248,11 @@ def test_service_and_action_parts_serialise_with_the_filled_result(typestore):
 
     result = _result()
     msg = fill_segmentation_result(result, header, fill_result(result_fields(result, header), t), t)
-    for name, values in (("lens_interfaces/srv/Segment_Response", {"success": True, "message": "", "result": msg}),
-                         ("lens_interfaces/action/Segment_Result", {"success": True, "message": "", "result": msg}),
-                         ("lens_interfaces/action/Segment_Feedback", {"reasoning": "<think>re", "num_tokens": 3})):
+    for name, values in (
+        ("lens_interfaces/srv/Segment_Response", {"success": True, "message": "", "result": msg}),
+        ("lens_interfaces/action/Segment_Result", {"success": True, "message": "", "result": msg}),
+        ("lens_interfaces/action/Segment_Feedback", {"reasoning": "<think>re", "num_tokens": 3}),
+    ):
         name = names[name]
         data = typestore.serialize_cdr(t[name](**values), name)
         again = typestore.deserialize_cdr(data, name)
@@ -244,17 +272,36 @@ def test_segmentation_result_appends_the_3d_fields_after_the_2d_ones():
         spec = parse_message_string("lens_interfaces", path.stem, path.read_text(encoding="utf-8"))
         print(json.dumps([[f.type.pkg_name, f.type.type, f.name] for f in spec.fields]))
     """)
-    proc = subprocess.run([SYSTEM_PYTHON, "-c", script, str(IFACE / "msg" / "SegmentationResult.msg")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [SYSTEM_PYTHON, "-c", script, str(IFACE / "msg" / "SegmentationResult.msg")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     import json
 
     fields = json.loads(proc.stdout)
     names = [f[2] for f in fields]
     # appended: the fields of the 2D result keep their order and come first (compatible for existing users)
-    assert names[:names.index("timing_seconds") + 1] == [
-        "header", "prompt", "mask", "has_box", "detection", "box_error", "score", "reasoning", "format_ok",
-        "num_tokens", "timing_names", "timing_seconds"]
-    assert fields[names.index("timing_seconds") + 1:] == [
-        [None, "bool", "has_3d"], [None, "string", "error_3d"], ["vision_msgs", "Detection3D", "detection_3d"],
-        [None, "uint32", "num_points_3d"], [None, "float32", "valid_depth_fraction"]]
+    assert names[: names.index("timing_seconds") + 1] == [
+        "header",
+        "prompt",
+        "mask",
+        "has_box",
+        "detection",
+        "box_error",
+        "score",
+        "reasoning",
+        "format_ok",
+        "num_tokens",
+        "timing_names",
+        "timing_seconds",
+    ]
+    assert fields[names.index("timing_seconds") + 1 :] == [
+        [None, "bool", "has_3d"],
+        [None, "string", "error_3d"],
+        ["vision_msgs", "Detection3D", "detection_3d"],
+        [None, "uint32", "num_points_3d"],
+        [None, "float32", "valid_depth_fraction"],
+    ]

@@ -1,6 +1,7 @@
 """The rclpy node itself, with a tiny LENS model: lifecycle, /lens/segment, the command topic and the outputs.
 Needs a sourced ROS 2 (Humble or Jazzy) environment with lens_interfaces built (see the README); skips
 otherwise — everything the node does is also tested without ROS in test_ros_engine.py."""
+
 import importlib
 import importlib.util
 import threading
@@ -13,16 +14,19 @@ import pytest
 def _missing() -> list[str]:
     missing = [m for m in ("rclpy", "sensor_msgs", "vision_msgs") if importlib.util.find_spec(m) is None]
     try:  # the source folder lens_interfaces/ imports as an empty namespace package: ask for the generated class
-        importlib.import_module("lens_interfaces.srv").Segment
+        _ = importlib.import_module("lens_interfaces.srv").Segment
     except (ImportError, AttributeError):
         missing.append("lens_interfaces")
     return missing
 
 
 MISSING = _missing()
-pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs ROS 2 with lens_interfaces built ({', '.join(MISSING)} "
-                                                      "not importable): source /opt/ros/<distro>/setup.bash and the "
-                                                      "workspace's install/setup.bash")
+pytestmark = pytest.mark.skipif(
+    bool(MISSING),
+    reason=f"needs ROS 2 with lens_interfaces built ({', '.join(MISSING)} "
+    "not importable): source /opt/ros/<distro>/setup.bash and the "
+    "workspace's install/setup.bash",
+)
 
 RGB = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
 
@@ -46,10 +50,15 @@ def ros(tiny_dir):
     from lens_ros.node import LensNode
 
     rclpy.init()
-    node = LensNode(parameter_overrides=[
-        Parameter("model", value=str(tiny_dir)), Parameter("device", value="cpu"),
-        Parameter("audio_enabled", value=False), Parameter("max_new_tokens", value=8),
-        Parameter("max_frame_age_s", value=30.0)])
+    node = LensNode(
+        parameter_overrides=[
+            Parameter("model", value=str(tiny_dir)),
+            Parameter("device", value="cpu"),
+            Parameter("audio_enabled", value=False),
+            Parameter("max_new_tokens", value=8),
+            Parameter("max_frame_age_s", value=30.0),
+        ]
+    )
     client = rclpy.create_node("lens_test_client")
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)

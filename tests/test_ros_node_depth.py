@@ -1,6 +1,7 @@
 """The rclpy node's 3D target: a colour + depth + camera_info triple published on the node's topics comes back as
 `target_point` and `detections_3d`. Needs a sourced ROS 2 (Humble or Jazzy) with lens_interfaces built; skips
 otherwise — the same path is tested without ROS in test_ros_depth.py (engine, messages, bad input)."""
+
 import threading
 import time
 
@@ -9,9 +10,12 @@ import pytest
 from depth_scenes import render, rgb_of
 from test_ros_node import MISSING
 
-pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs ROS 2 with lens_interfaces built ({', '.join(MISSING)} "
-                                                      "not importable): source /opt/ros/<distro>/setup.bash and the "
-                                                      "workspace's install/setup.bash")
+pytestmark = pytest.mark.skipif(
+    bool(MISSING),
+    reason=f"needs ROS 2 with lens_interfaces built ({', '.join(MISSING)} "
+    "not importable): source /opt/ros/<distro>/setup.bash and the "
+    "workspace's install/setup.bash",
+)
 
 K4 = np.array([[131.25, 0.0, 79.5], [0.0, 131.25, 59.5], [0.0, 0.0, 1.0]])
 
@@ -35,11 +39,18 @@ def ros(tiny_dir):
     from lens_ros.node import LensNode
 
     rclpy.init()
-    node = LensNode(parameter_overrides=[
-        Parameter("model", value=str(tiny_dir)), Parameter("device", value="cpu"),
-        Parameter("audio_enabled", value=False), Parameter("max_new_tokens", value=8),
-        Parameter("max_frame_age_s", value=30.0), Parameter("depth_enabled", value=True),
-        Parameter("depth_qos", value="reliable"), Parameter("depth_slop_s", value=0.05)])
+    node = LensNode(
+        parameter_overrides=[
+            Parameter("model", value=str(tiny_dir)),
+            Parameter("device", value="cpu"),
+            Parameter("audio_enabled", value=False),
+            Parameter("max_new_tokens", value=8),
+            Parameter("max_frame_age_s", value=30.0),
+            Parameter("depth_enabled", value=True),
+            Parameter("depth_qos", value="reliable"),
+            Parameter("depth_slop_s", value=0.05),
+        ]
+    )
     client = rclpy.create_node("lens_depth_test_client")
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
@@ -72,11 +83,24 @@ def test_a_colour_depth_camera_info_triple_gives_target_point_and_detections_3d(
     stamp = client.get_clock().now().to_msg()
     colour = array_to_image(rgb_of(scene), "rgb8", Header(stamp=stamp, frame_id="color_optical"))
     millimetres = np.rint(scene.depth * 1000).astype("<u2")
-    depth = Image(header=Header(stamp=stamp, frame_id="depth_optical"), height=120, width=160, encoding="16UC1",
-                  is_bigendian=0, step=320, data=millimetres.tobytes())
-    info = CameraInfo(header=Header(stamp=stamp, frame_id="depth_optical"), height=120, width=160,
-                      distortion_model="plumb_bob", d=[0.0] * 5, k=K4.ravel().tolist(),
-                      p=np.hstack([K4, np.zeros((3, 1))]).ravel().tolist())
+    depth = Image(
+        header=Header(stamp=stamp, frame_id="depth_optical"),
+        height=120,
+        width=160,
+        encoding="16UC1",
+        is_bigendian=0,
+        step=320,
+        data=millimetres.tobytes(),
+    )
+    info = CameraInfo(
+        header=Header(stamp=stamp, frame_id="depth_optical"),
+        height=120,
+        width=160,
+        distortion_model="plumb_bob",
+        d=[0.0] * 5,
+        k=K4.ravel().tolist(),
+        p=np.hstack([K4, np.zeros((3, 1))]).ravel().tolist(),
+    )
     points, detections = [], []
     client.create_subscription(PointStamped, "/target_point", points.append, 10)
     client.create_subscription(Detection3DArray, "/detections_3d", detections.append, 10)

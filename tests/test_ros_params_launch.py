@@ -1,13 +1,14 @@
 """The node's parameters, config/lens.yaml, the launch file and the README tables agree — checked without ROS
 (node.py and the launch file are read with `ast`; the launch file is also imported when `launch` is installed)."""
+
 import ast
 import importlib.util
 import re
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from lens_ros.params import DEFAULTS, PARAMETER_NAMES, PARAMETERS, NodeSettings, ParameterError
 
 NODE = REPO / "lens_ros" / "node.py"
@@ -27,8 +28,13 @@ def test_config_lists_every_parameter_with_its_default_and_type():
 
 
 def _declared_parameters(tree: ast.Module) -> list[ast.Call]:
-    return [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and node.func.attr in ("declare_parameter", "declare_parameters")]
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("declare_parameter", "declare_parameters")
+    ]
 
 
 def test_node_declares_exactly_the_parameter_table_with_descriptors():
@@ -66,30 +72,41 @@ def test_every_default_satisfies_its_own_range_and_choices():
             assert isinstance(spec.default, (int, float)) and not isinstance(spec.default, bool)
 
 
-@pytest.mark.parametrize("values,match", [
-    ({"queue_size": 0}, r"queue_size must lie in \[1, 100\]"),
-    ({"max_new_tokens": 1.5}, "max_new_tokens must be a integer"),
-    ({"backend": "openvino"}, "backend must be one of torch, onnxruntime, tensorrt"),
-    ({"dtype": "int8"}, "dtype must be one of"),
-    ({"queue_policy": "latest"}, "queue_policy must be one of queue, drop"),
-    ({"frame_selection": "oldest"}, "frame_selection must be one of latest, next"),
-    ({"max_frame_age_s": -1.0}, "max_frame_age_s must lie in"),
-    ({"image_compressed": "yes"}, "image_compressed must be a bool"),
-    ({"model": " "}, "model must not be empty"),
-    ({"backend": "tensorrt"}, "backend tensorrt needs backend_dir"),
-    ({"modle": "x"}, "unknown parameter"),
-])
+@pytest.mark.parametrize(
+    "values,match",
+    [
+        ({"queue_size": 0}, r"queue_size must lie in \[1, 100\]"),
+        ({"max_new_tokens": 1.5}, "max_new_tokens must be a integer"),
+        ({"backend": "openvino"}, "backend must be one of torch, onnxruntime, tensorrt"),
+        ({"dtype": "int8"}, "dtype must be one of"),
+        ({"queue_policy": "latest"}, "queue_policy must be one of queue, drop"),
+        ({"frame_selection": "oldest"}, "frame_selection must be one of latest, next"),
+        ({"max_frame_age_s": -1.0}, "max_frame_age_s must lie in"),
+        ({"image_compressed": "yes"}, "image_compressed must be a bool"),
+        ({"model": " "}, "model must not be empty"),
+        ({"backend": "tensorrt"}, "backend tensorrt needs backend_dir"),
+        ({"modle": "x"}, "unknown parameter"),
+    ],
+)
 def test_bad_parameter_values_are_refused_naming_the_parameter(values, match):
     with pytest.raises(ParameterError, match=match):
         NodeSettings.from_values(values)
 
 
 def test_settings_convert_for_the_pipeline_and_the_policies():
-    s = NodeSettings.from_values({"max_frame_age_s": 0, "backend": "onnxruntime", "backend_dir": "/x",
-                                  "context_pass": "official"})
+    s = NodeSettings.from_values(
+        {"max_frame_age_s": 0, "backend": "onnxruntime", "backend_dir": "/x", "context_pass": "official"}
+    )
     assert s.max_frame_age_s == 0.0 and s.frame_age_bound is None  # 0 = no bound
-    assert s.pipeline_kwargs() == {"device": "auto", "dtype": "auto", "backend": "onnxruntime", "backend_dir": "/x",
-                                   "context_pass": "official", "answer_format": None, "max_new_tokens": 256}
+    assert s.pipeline_kwargs() == {
+        "device": "auto",
+        "dtype": "auto",
+        "backend": "onnxruntime",
+        "backend_dir": "/x",
+        "context_pass": "official",
+        "answer_format": None,
+        "max_new_tokens": 256,
+    }
 
 
 def _choices(name: str) -> tuple:
@@ -104,8 +121,8 @@ def test_every_parameter_choice_is_accepted_by_the_code_that_uses_it():
 
     from lens_model.backends import check_backend_args
     from lens_model.config import DEFAULT_MODEL_ID
+    from lens_model.devices import resolve_dtype
     from lens_model.errors import LensError
-    from lens_model.pipeline import resolve_dtype
     from lens_ros.conversions import to_rgb
     from lens_ros.whisper import AudioError, pcm_to_float
 
@@ -129,6 +146,7 @@ def test_every_parameter_choice_is_accepted_by_the_code_that_uses_it():
 
 # --- launch file ---
 
+
 def _launch_tree():
     return ast.parse(LAUNCH.read_text())
 
@@ -148,18 +166,22 @@ def test_launch_file_declares_the_arguments_and_starts_the_installed_executable(
     assert f"{executable} = lens_ros.node:main" in (REPO / "setup.py").read_text()
     assert ast.unparse(_keyword(node, "remappings")) == "[('image', value('image'))]"
     # arguments that become parameters are real parameter names
-    overrides = next(n for n in ast.walk(tree) if isinstance(n, ast.Assign)
-                     and ast.unparse(n.targets[0]) == "PARAMETER_ARGUMENTS")
+    overrides = next(
+        n for n in ast.walk(tree) if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "PARAMETER_ARGUMENTS"
+    )
     names = ast.literal_eval(overrides.value)
     assert set(names) <= set(PARAMETER_NAMES) and set(names) <= arguments
     # the default params file is the installed config/lens.yaml
     assert 'get_package_share_directory("lens_ros"), "config", "lens.yaml"' in LAUNCH.read_text()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("launch") is None or importlib.util.find_spec("launch_ros") is None,
-                    reason="ROS 2 launch / launch_ros not installed (source a ROS 2 workspace to run this)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("launch") is None or importlib.util.find_spec("launch_ros") is None,
+    reason="ROS 2 launch / launch_ros not installed (source a ROS 2 workspace to run this)",
+)
 def test_launch_file_builds_a_launch_description(monkeypatch):
     import ament_index_python.packages as index
+
     from launch import LaunchDescription
 
     monkeypatch.setattr(index, "get_package_share_directory", lambda name: str(REPO))
@@ -174,9 +196,10 @@ def test_launch_file_builds_a_launch_description(monkeypatch):
 
 # --- README ---
 
+
 def _readme_section() -> str:
     text = (REPO / "README.md").read_text()
-    return text[text.index("## In a ROS 2 workspace"):][len("## In a ROS 2 workspace"):].split("\n## ", 1)[0]
+    return text[text.index("## In a ROS 2 workspace") :][len("## In a ROS 2 workspace") :].split("\n## ", 1)[0]
 
 
 def test_readme_parameter_table_lists_every_parameter_with_its_default():
@@ -190,8 +213,18 @@ def test_readme_parameter_table_lists_every_parameter_with_its_default():
 
 def test_readme_topic_table_and_service_call():
     section = _readme_section()
-    for topic in ("image", "command", "audio", "audio_info", "mask", "detections", "reasoning", "overlay", "result",
-                  "transcript"):
+    for topic in (
+        "image",
+        "command",
+        "audio",
+        "audio_info",
+        "mask",
+        "detections",
+        "reasoning",
+        "overlay",
+        "result",
+        "transcript",
+    ):
         assert re.search(rf"^\| `{topic}` \|", section, re.M), topic
     assert "ros2 service call /lens/segment lens_interfaces/srv/Segment \"{prompt: 'the red cup'}\"" in section
     assert "ros2 launch lens_ros segment.launch.py" in section
@@ -199,20 +232,26 @@ def test_readme_topic_table_and_service_call():
 
 def test_readme_topic_table_lists_the_depth_inputs_and_3d_outputs():
     section = _readme_section()
-    for topic, kind in (("depth", "sensor_msgs/Image"), ("camera_info", "sensor_msgs/CameraInfo"),
-                        ("target_point", "geometry_msgs/PointStamped"),
-                        ("detections_3d", "vision_msgs/Detection3DArray"),
-                        ("target_cloud", "sensor_msgs/PointCloud2")):
+    for topic, kind in (
+        ("depth", "sensor_msgs/Image"),
+        ("camera_info", "sensor_msgs/CameraInfo"),
+        ("target_point", "geometry_msgs/PointStamped"),
+        ("detections_3d", "vision_msgs/Detection3DArray"),
+        ("target_cloud", "sensor_msgs/PointCloud2"),
+    ):
         assert re.search(rf"^\| `{topic}` \| {kind} \|", section, re.M), topic
 
 
-@pytest.mark.parametrize("values,match", [
-    ({"depth_qos": "best_effort"}, "depth_qos must be one of sensor_data, reliable"),
-    ({"depth_scale": 0.0}, r"depth_scale must lie in \[1e-06, 1\]"),
-    ({"depth_slop_s": -0.1}, "depth_slop_s must lie in"),
-    ({"depth_edge_erosion_px": 2.0}, "depth_edge_erosion_px must be a integer"),
-    ({"depth_enabled": 1}, "depth_enabled must be a bool"),
-])
+@pytest.mark.parametrize(
+    "values,match",
+    [
+        ({"depth_qos": "best_effort"}, "depth_qos must be one of sensor_data, reliable"),
+        ({"depth_scale": 0.0}, r"depth_scale must lie in \[1e-06, 1\]"),
+        ({"depth_slop_s": -0.1}, "depth_slop_s must lie in"),
+        ({"depth_edge_erosion_px": 2.0}, "depth_edge_erosion_px must be a integer"),
+        ({"depth_enabled": 1}, "depth_enabled must be a bool"),
+    ],
+)
 def test_bad_depth_parameter_values_are_refused(values, match):
     with pytest.raises(ParameterError, match=match):
         NodeSettings.from_values(values)
@@ -221,10 +260,13 @@ def test_bad_depth_parameter_values_are_refused(values, match):
 def test_node_subscribes_to_depth_and_publishes_3d_outputs_only_when_enabled():
     text = NODE.read_text()
     start = text.index("def _start_io")
-    body = text[start:text.index("def stop_io")]
+    body = re.sub(r"\s+", " ", text[start : text.index("def stop_io")]).replace("( ", "(")  # layout-free
     assert "if s.depth_enabled:" in body
-    for call in ("create_subscription(Image, s.depth_topic", "create_subscription(CameraInfo, s.camera_info_topic",
-                 "create_publisher(PointStamped, s.target_point_topic",
-                 "create_publisher(Detection3DArray, s.detections_3d_topic",
-                 "create_publisher(PointCloud2, s.target_cloud_topic"):
+    for call in (
+        "create_subscription(Image, s.depth_topic",
+        "create_subscription(CameraInfo, s.camera_info_topic",
+        "create_publisher(PointStamped, s.target_point_topic",
+        "create_publisher(Detection3DArray, s.detections_3d_topic",
+        "create_publisher(PointCloud2, s.target_cloud_topic",
+    ):
         assert call in body, call

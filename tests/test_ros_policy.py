@@ -1,4 +1,5 @@
 """Command queueing/dropping, frame choice and staleness, with fake clocks (no sleeping)."""
+
 import logging
 import threading
 

@@ -1,11 +1,14 @@
 """SegmentationResult -> output message fields and real messages (rosbags CDR; rclpy-style classes)."""
+
 import array
 
 import numpy as np
 import pytest
+import ros_helpers  # noqa: E402
 
 # installed by the setup: a broken install must fail here, not skip these tests
 import rosbags  # noqa: F401
+from ros_helpers import cdr  # noqa: E402
 
 from lens_model.overlay import draw_overlay  # noqa: E402
 from lens_model.pipeline import SegmentationResult  # noqa: E402
@@ -13,12 +16,16 @@ from lens_ros.bag import lens_typestore  # noqa: E402
 from lens_ros.conversions import image_to_array  # noqa: E402
 from lens_ros.errors import ImageConversionError  # noqa: E402
 from lens_ros.results import (  # noqa: E402
-    MESSAGE_TYPES, DetectionArrayFields, detection_fields, fill_detections, fill_result, fill_string, mask_fields,
-    overlay_fields, result_fields,
+    MESSAGE_TYPES,
+    DetectionArrayFields,
+    detection_fields,
+    fill_detections,
+    fill_result,
+    fill_string,
+    mask_fields,
+    overlay_fields,
+    result_fields,
 )
-
-import ros_helpers  # noqa: E402
-from ros_helpers import cdr  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +40,16 @@ def header(ts, sec=1700000000, nanosec=250, frame_id="head_camera"):
 def result(box=(10.0, 20.0, 50.0, 80.0), score=0.875, prompt="the red cup"):
     mask = np.zeros((90, 120), bool)
     mask[20:80, 10:50] = True
-    return SegmentationResult(prompt=prompt, mask=mask, box=box, score=score,
-                              text="<|object_ref_start|>the red cup<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>",
-                              num_tokens=12, image_size=(90, 120), mllm_image_size=(84, 112))
-
+    return SegmentationResult(
+        prompt=prompt,
+        mask=mask,
+        box=box,
+        score=score,
+        text="<|object_ref_start|>the red cup<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>",
+        num_tokens=12,
+        image_size=(90, 120),
+        mllm_image_size=(84, 112),
+    )
 
 
 def test_detection_fields_box_arithmetic(ts):
@@ -62,7 +75,13 @@ def test_mask_is_mono8_0_255_with_the_source_header(ts):
     hdr = header(ts)
     r = result()
     fields = mask_fields(r.mask, hdr)
-    assert (fields.encoding, fields.height, fields.width, fields.step, fields.is_bigendian) == ("mono8", 90, 120, 120, 0)
+    assert (fields.encoding, fields.height, fields.width, fields.step, fields.is_bigendian) == (
+        "mono8",
+        90,
+        120,
+        120,
+        0,
+    )
     assert fields.header is hdr
     values = image_to_array(fields)
     assert set(np.unique(values)) == {0, 255} and np.array_equal(values == 255, r.mask)
@@ -112,6 +131,7 @@ def test_without_an_image_there_is_no_overlay(ts):
 
 def test_fill_with_rclpy_style_classes():
     """rclpy message classes take keyword arguments and are not dataclasses; uint8[] gets array.array('B')."""
+
     def message_type(name):
         return type(name.rsplit("/", 1)[1], (), {"__init__": lambda self, **kw: self.__dict__.update(kw)})
 

@@ -1,14 +1,20 @@
 """Spoken commands without ROS: PCM decoding, resampling, the utterance end-pointer, and a tiny Whisper built
 here (random weights, no download) transcribing through the real transformers model and processor."""
+
 import struct
 
 import numpy as np
 import pytest
-
-from lens_ros.whisper import (AudioError, UtteranceSegmenter, WhisperTranscriber, pcm_to_float, resample,
-                              split_wav_header)
-
 from ros_helpers import make_tiny_whisper, wav_bytes
+
+from lens_ros.whisper import (
+    AudioError,
+    UtteranceSegmenter,
+    WhisperTranscriber,
+    pcm_to_float,
+    resample,
+    split_wav_header,
+)
 
 
 def _tone(freq, seconds, rate, amplitude=0.5):
@@ -23,13 +29,16 @@ def _peak_hz(audio, rate):
 
 # --- decoding ---
 
+
 def test_s16le_bytes_become_float_in_minus_one_to_one():
     pcm = np.array([0, 16384, -32768, 32767], "<i2").tobytes()
     assert np.allclose(pcm_to_float(pcm, "S16LE"), [0.0, 0.5, -1.0, 32767 / 32768])
 
 
-@pytest.mark.parametrize("fmt,dtype,scale,offset", [("S32LE", "<i4", 2 ** 31, 0), ("F32LE", "<f4", 1, 0),
-                                                     ("U8", "u1", 128, 128), ("S8", "i1", 128, 0)])
+@pytest.mark.parametrize(
+    "fmt,dtype,scale,offset",
+    [("S32LE", "<i4", 2**31, 0), ("F32LE", "<f4", 1, 0), ("U8", "u1", 128, 128), ("S8", "i1", 128, 0)],
+)
 def test_other_sample_formats(fmt, dtype, scale, offset):
     values = np.array([0.25, -0.5, 0.0])
     raw = (values * scale + offset).astype(dtype).tobytes()
@@ -46,13 +55,16 @@ def test_arrays_are_accepted_as_they_are():
     assert np.allclose(pcm_to_float(np.array([[0.2, 0.4]], np.float32)), [0.3])
 
 
-@pytest.mark.parametrize("data,kwargs,match", [
-    (b"\x00\x01\x02", {}, "not a whole number of S16LE frames"),
-    (b"\x00" * 6, {"channels": 4}, "not a whole number"),
-    (b"\x00\x00", {"sample_format": "MP3"}, "unsupported sample format"),
-    (np.zeros((2, 2, 2)), {}, "1-D or"),
-    (np.array([np.nan], np.float32), {}, "NaN"),
-])
+@pytest.mark.parametrize(
+    "data,kwargs,match",
+    [
+        (b"\x00\x01\x02", {}, "not a whole number of S16LE frames"),
+        (b"\x00" * 6, {"channels": 4}, "not a whole number"),
+        (b"\x00\x00", {"sample_format": "MP3"}, "unsupported sample format"),
+        (np.zeros((2, 2, 2)), {}, "1-D or"),
+        (np.array([np.nan], np.float32), {}, "NaN"),
+    ],
+)
 def test_bad_audio_is_refused_with_the_reason(data, kwargs, match):
     with pytest.raises(AudioError, match=match):
         pcm_to_float(data, **kwargs)
@@ -71,19 +83,20 @@ def test_wav_header_is_split_off_and_read():
 
 # --- resampling ---
 
+
 @pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
 def test_resampling_to_16k_keeps_length_and_pitch(rate):
     audio = _tone(440, 1.0, rate)
     out = resample(audio, rate, 16000)
     assert out.dtype == np.float32 and out.shape == (16000,)
     assert abs(_peak_hz(out, 16000) - 440) < 2
-    assert np.sqrt(np.mean(out ** 2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.02)
+    assert np.sqrt(np.mean(out**2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.02)
 
 
 def test_downsampling_removes_content_above_the_new_nyquist_instead_of_aliasing_it():
     audio = _tone(11000, 1.0, 48000)  # above 8 kHz: naive decimation would fold it to 5 kHz
     out = resample(audio, 48000, 16000)
-    assert np.sqrt(np.mean(out ** 2)) < 0.01
+    assert np.sqrt(np.mean(out**2)) < 0.01
 
 
 def test_resample_is_identity_at_the_same_rate_and_refuses_bad_rates():
@@ -94,6 +107,7 @@ def test_resample_is_identity_at_the_same_rate_and_refuses_bad_rates():
 
 
 # --- end-pointing a continuous stream ---
+
 
 def _stream(rate):
     silence = np.zeros(int(0.5 * rate), np.float32)
@@ -110,7 +124,7 @@ def test_segmenter_finds_the_utterances_whatever_the_chunk_size_and_drops_clicks
     stream = _stream(rate)
     found = []
     for start in range(0, stream.size, chunk):
-        found += seg.feed(stream[start:start + chunk])
+        found += seg.feed(stream[start : start + chunk])
     assert len(found) == 1  # the first word; the click is too short; the second word has not ended yet
     assert seg.in_utterance
     last = seg.flush()
@@ -118,7 +132,7 @@ def test_segmenter_finds_the_utterances_whatever_the_chunk_size_and_drops_clicks
     for utterance in (found[0], last):
         seconds = utterance.size / rate
         assert 0.6 <= seconds <= 0.6 + 0.1 + 0.15  # the word, its pre-roll and a short tail; no long silence
-        assert np.sqrt(np.mean(utterance ** 2)) > 0.1
+        assert np.sqrt(np.mean(utterance**2)) > 0.1
 
 
 def test_segmenter_cuts_an_endless_utterance_at_the_maximum():
@@ -129,6 +143,7 @@ def test_segmenter_cuts_an_endless_utterance_at_the_maximum():
 
 
 # --- Whisper ---
+
 
 @pytest.fixture(scope="module")
 def tiny_whisper(tmp_path_factory):
@@ -169,8 +184,12 @@ def test_every_audio_path_reaches_the_model_as_the_same_features(tiny_whisper):
         assert _feature_gap(features, reference) < 0.01, name
     # ... and the features do depend on the sound: silence, noise, another pitch and a louder tone all differ
     rng = np.random.default_rng(0)
-    others = {"silence": np.zeros(16000, np.float32), "noise": (0.3 * rng.standard_normal(16000)).astype(np.float32),
-              "880 Hz": _tone(880, 1.0, 16000, amplitude=0.3), "shorter": _tone(440, 0.5, 16000, amplitude=0.3)}
+    others = {
+        "silence": np.zeros(16000, np.float32),
+        "noise": (0.3 * rng.standard_normal(16000)).astype(np.float32),
+        "880 Hz": _tone(880, 1.0, 16000, amplitude=0.3),
+        "shorter": _tone(440, 0.5, 16000, amplitude=0.3),
+    }
     for name, audio in others.items():
         assert _feature_gap(tiny_whisper.input_features(audio, 16000), reference) > 0.5, name
 
@@ -187,8 +206,9 @@ def test_whisper_language_is_checked_and_reaches_generation(tiny_whisper):
         transcriber = WhisperTranscriber(model, processor, language=language, max_new_tokens=4)
         assert transcriber.language == code, language
     assert WhisperTranscriber(model, processor, language="").language is None  # empty: detected
-    assert isinstance(WhisperTranscriber(model, processor, language="de", max_new_tokens=4).transcribe(audio, 16000),
-                      str)
+    assert isinstance(
+        WhisperTranscriber(model, processor, language="de", max_new_tokens=4).transcribe(audio, 16000), str
+    )
     with pytest.raises(AudioError, match="unknown audio language 'xx'.*de, en"):
         WhisperTranscriber(model, processor, language="xx")
     # generate() is handed the language: an unchecked unknown code fails inside transformers

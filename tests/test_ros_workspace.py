@@ -2,6 +2,7 @@
 find both packages, and `colcon build --packages-select lens_ros` installs the node, the CLI, the launch file
 and the config where `ros2 run` / `ros2 launch` look. (lens_interfaces needs ament_cmake and rosidl's generators
 to build, which only a ROS installation has; its definitions are checked in test_ros_interfaces.py.)"""
+
 import importlib.util
 import os
 import shutil
@@ -10,32 +11,42 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("colcon_core") is None or importlib.util.find_spec("colcon_ros") is None,
-    reason="colcon is not installed: pip install colcon-common-extensions (.ci/run does)")
+    reason="colcon is not installed: pip install colcon-common-extensions (.ci/run does)",
+)
 
 COLCON = [sys.executable, "-m", "colcon"]
 
 
 def _readme_workspace_commands() -> list[str]:
     text = (REPO / "README.md").read_text()
-    section = text[text.index("## In a ROS 2 workspace"):]
-    block = section[section.index("```bash") + len("```bash"):]
-    block = block[:block.index("```")]
+    section = text[text.index("## In a ROS 2 workspace") :]
+    block = section[section.index("```bash") + len("```bash") :]
+    block = block[: block.index("```")]
     return [line.split("#", 1)[0].strip() for line in block.strip().splitlines() if line.split("#", 1)[0].strip()]
 
 
 def _copy_checkout(dest: Path) -> None:
     """What `git clone` gives: the tracked and not-ignored files of this checkout."""
     try:
-        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
-                               capture_output=True).stdout.decode().split("\0")
+        files = (
+            subprocess.run(
+                ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True, capture_output=True
+            )
+            .stdout.decode()
+            .split("\0")
+        )
     except (OSError, subprocess.CalledProcessError):
-        shutil.copytree(REPO, dest, ignore=shutil.ignore_patterns(".venv", ".git", "build", "install", "log", "runs",
-                                                                  "__pycache__", "*.egg-info"))
+        shutil.copytree(
+            REPO,
+            dest,
+            ignore=shutil.ignore_patterns(
+                ".venv", ".git", "build", "install", "log", "runs", "__pycache__", "*.egg-info"
+            ),
+        )
         return
     for rel in filter(None, files):
         src = REPO / rel
@@ -60,8 +71,14 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def _colcon(ws: Path, *args: str) -> str:
-    proc = subprocess.run([*COLCON, *args], cwd=ws, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "COLCON_HOME": str(ws / ".colcon")})
+    proc = subprocess.run(
+        [*COLCON, *args],
+        cwd=ws,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLCON_HOME": str(ws / ".colcon")},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -87,8 +104,10 @@ def test_rosdeps_crawler_finds_both_packages(workspace):
     from catkin_pkg.packages import find_packages
 
     packages = find_packages(str(workspace / "src"))  # what `rosdep install --from-paths src` reads
-    assert {pkg.name: path for path, pkg in packages.items()} == {"lens_ros": "lens",
-                                                                  "lens_interfaces": "lens_interfaces"}
+    assert {pkg.name: path for path, pkg in packages.items()} == {
+        "lens_ros": "lens",
+        "lens_interfaces": "lens_interfaces",
+    }
     assert "lens_interfaces" in {d.name for d in packages["lens"].exec_depends}
 
 
@@ -120,22 +139,41 @@ def test_colcon_build_installs_the_node_cli_launch_file_and_config(plain_workspa
     site = next(prefix.glob("lib/python3*/site-packages"))
     entry_points = next(site.glob("lens_ros-*-info/entry_points.txt")).read_text()
     assert "lens_node = lens_ros.node:main" in entry_points and "lens = lens_cli:main" in entry_points
-    for module in ("lens_ros/node.py", "lens_ros/engine.py", "lens_model/pipeline.py", "training/__init__.py",
-                   "lens_cli/commands.py"):
+    for module in (
+        "lens_ros/node.py",
+        "lens_ros/engine.py",
+        "lens_model/pipeline.py",
+        "training/__init__.py",
+        "lens_cli/commands.py",
+    ):
         assert (site / module).is_file(), module
 
     # `source install/setup.bash`, then the installed CLI runs from the install tree
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AMENT_PREFIX_PATH")}
-    script = ("source install/setup.bash && echo AMENT=$AMENT_PREFIX_PATH && "
-              "python -c 'import lens_ros; print(lens_ros.__file__)' && install/lens_ros/lib/lens_ros/lens --help")
-    proc = subprocess.run(["bash", "-c", script], cwd=workspace, capture_output=True, text=True, timeout=300,
-                          env={**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"})
+    script = (
+        "source install/setup.bash && echo AMENT=$AMENT_PREFIX_PATH && "
+        "python -c 'import lens_ros; print(lens_ros.__file__)' && install/lens_ros/lib/lens_ros/lens --help"
+    )
+    proc = subprocess.run(
+        ["bash", "-c", script],
+        cwd=workspace,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert str(prefix) in proc.stdout  # AMENT_PREFIX_PATH: ros2 launch finds share/lens_ros through it
     assert str(site / "lens_ros" / "__init__.py") in proc.stdout
     assert "segment" in proc.stdout and "make-tiny" in proc.stdout
 
     if importlib.util.find_spec("rclpy") is None:  # the node script reaches lens_ros.node and says what is missing
-        proc = subprocess.run(["bash", "-c", "source install/setup.bash && install/lens_ros/lib/lens_ros/lens_node"],
-                              cwd=workspace, capture_output=True, text=True, timeout=300, env=env)
+        proc = subprocess.run(
+            ["bash", "-c", "source install/setup.bash && install/lens_ros/lib/lens_ros/lens_node"],
+            cwd=workspace,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
         assert proc.returncode != 0 and "lens_node needs ROS 2" in proc.stderr, proc.stderr

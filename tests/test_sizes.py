@@ -1,12 +1,12 @@
 """Module sizes of LENS-3B / LENS-2B against the paper (Table A4), built on the meta device (no memory, no download)."""
+
 import pytest
 import torch
+from paper_configs import paper_lens_config, qwen2_5_vl_3b_config, qwen2_vl_2b_config
 
 from lens_model.modeling import LensModel
 from lens_model.sam import MEMORY_MODULES, build_sam
 from lens_model.tiny import tiny_lens_config
-
-from paper_configs import paper_lens_config, qwen2_5_vl_3b_config, qwen2_vl_2b_config
 
 
 def _millions(module) -> float:
@@ -33,8 +33,12 @@ def test_lens_3b_module_sizes_match_paper_table_a4(lens_3b):
 
     full = build_sam2(m.lens_config.sam.config_name, device="cpu")
     assert _millions(full) == pytest.approx(224.4, abs=0.05)
-    memory = sum(_millions(getattr(full, name)) if isinstance(getattr(full, name), torch.nn.Module)
-                 else getattr(full, name).numel() / 1e6 for name in MEMORY_MODULES)
+    memory = sum(
+        _millions(getattr(full, name))
+        if isinstance(getattr(full, name), torch.nn.Module)
+        else getattr(full, name).numel() / 1e6
+        for name in MEMORY_MODULES
+    )
     assert _millions(m.sam) == pytest.approx(_millions(full) - memory, abs=1e-6)
     assert memory == pytest.approx(7.31, abs=0.01)
     assert tuple(m.context.conv_1d.weight.shape) == (2048, 2048, 64)

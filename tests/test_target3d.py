@@ -1,10 +1,11 @@
 """lens_model.target3d on analytic scenes (tests/depth_scenes.py): a box in front of a tilted wall rendered into
 depth with a known pinhole camera, with and without lens distortion, noise and flying pixels."""
+
 import cv2
 import numpy as np
 import pytest
 import yaml
-from depth_scenes import HEIGHT, K, WIDTH, render, render_distorted
+from depth_scenes import HEIGHT, WIDTH, K, render, render_distorted
 
 from lens_model.errors import DepthError
 from lens_model.target3d import PinholeCamera, TargetOptions, depth_to_metres, estimate_target, load_depth
@@ -40,7 +41,8 @@ def test_noise_flying_pixels_and_a_loose_mask_stay_within_2_cm(scene):
     depth = scene.depth + rng.normal(0, 0.004, scene.depth.shape).astype(np.float32)  # 4 mm sensor noise
     # flying pixels: a 3-pixel band around the box with depths between the box and the wall
     band = cv2.dilate(scene.mask.view(np.uint8), np.ones((7, 7), np.uint8)).view(bool) & ~cv2.erode(
-        scene.mask.view(np.uint8), np.ones((3, 3), np.uint8)).view(bool)
+        scene.mask.view(np.uint8), np.ones((3, 3), np.uint8)
+    ).view(bool)
     mix = rng.uniform(0, 1, band.sum()).astype(np.float32)
     depth[band] = 0.95 * (1 - mix) + scene.depth[band] * mix
     depth[rng.random(depth.shape) < 0.05] = 0  # 5 % holes
@@ -128,7 +130,9 @@ def test_camera_from_camera_info_fields_and_calibration_yaml(tmp_path):
     assert np.allclose(from_info.d, D_PLUMB_BOB) and from_info.distortion_model == "plumb_bob"
 
     calibration = {  # what camera_calibration writes (ost.yaml)
-        "image_width": 640, "image_height": 480, "camera_name": "narrow_stereo",
+        "image_width": 640,
+        "image_height": 480,
+        "camera_name": "narrow_stereo",
         "camera_matrix": {"rows": 3, "cols": 3, "data": K.ravel().tolist()},
         "distortion_model": "plumb_bob",
         "distortion_coefficients": {"rows": 1, "cols": 5, "data": D_PLUMB_BOB},

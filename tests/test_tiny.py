@@ -1,4 +1,5 @@
 """The locally built tokenizer/processor behave like Qwen2.5-VL's for everything LENS relies on."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -23,12 +24,20 @@ def test_special_tokens_are_single_tokens(processor):
 def test_chat_template_renders_the_qwen_format(processor):
     messages = [
         {"role": "system", "content": "You are a helpful assistant. "},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Output the bounding box of the cup in the image."}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image"},
+                {"type": "text", "text": "Output the bounding box of the cup in the image."},
+            ],
+        },
     ]
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert text == ("<|im_start|>system\nYou are a helpful assistant. <|im_end|>\n"
-                    "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
-                    "Output the bounding box of the cup in the image.<|im_end|>\n<|im_start|>assistant\n")
+    assert text == (
+        "<|im_start|>system\nYou are a helpful assistant. <|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+        "Output the bounding box of the cup in the image.<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_digits_are_split_and_text_round_trips(processor):

@@ -1,19 +1,18 @@
 """Stage-1 training end to end on CPU with a tiny LENS and synthetic scenes: DeepSpeed ZeRO-3 over 2
 processes, frozen parts untouched, resume equivalence, the exported model in `lens segment`, bad input."""
+
 import json
 import os
 import shutil
 import subprocess
 import sys
 
-import pytest
-import torch
-from safetensors.torch import load_file
-
-from conftest import REPO
-
 # installed by the setup: a broken install must fail here, not skip these tests
 import deepspeed  # noqa: F401
+import pytest
+import torch
+from conftest import REPO
+from safetensors.torch import load_file
 
 from lens_cli import main as lens_main  # noqa: E402
 from training.align import main as align_main  # noqa: E402
@@ -38,10 +37,23 @@ def init_dir(tmp_path_factory):
 
 
 def _overrides(init_dir, scenes, out, *extra):
-    return [f"init_from={init_dir}", f"datasets=[{{name: synthetic, root: {scenes}}}]",
-            f"val_dataset={{name: synthetic, root: {scenes}, split: train}}", "val_samples=4", f"eval_every={STEPS}",
-            "global_batch_size=4", f"max_steps={STEPS}", "warmup_steps=0", "lr=2e-3", "num_workers=0",
-            "log_every=1", "save_every=3", "keep_last=3", f"output_dir={out}", *extra]
+    return [
+        f"init_from={init_dir}",
+        f"datasets=[{{name: synthetic, root: {scenes}}}]",
+        f"val_dataset={{name: synthetic, root: {scenes}, split: train}}",
+        "val_samples=4",
+        f"eval_every={STEPS}",
+        "global_batch_size=4",
+        f"max_steps={STEPS}",
+        "warmup_steps=0",
+        "lr=2e-3",
+        "num_workers=0",
+        "log_every=1",
+        "save_every=3",
+        "keep_last=3",
+        f"output_dir={out}",
+        *extra,
+    ]
 
 
 def _curve(out, split="train"):
@@ -53,8 +65,19 @@ def _curve(out, split="train"):
 def zero3_run(init_dir, scenes, tmp_path_factory):
     """2 ranks × 2 samples, ZeRO-3, the way a cluster job is launched (torchrun)."""
     out = tmp_path_factory.mktemp("zero3") / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29645",
-           "-m", "training.align", *_overrides(init_dir, scenes, out, "zero_stage=3"), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29645",
+        "-m",
+        "training.align",
+        *_overrides(init_dir, scenes, out, "zero_stage=3"),
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, proc.stderr
@@ -78,8 +101,16 @@ def test_zero3_two_process_run_lowers_the_loss_and_logs_curves(zero3_run):
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/dice", "train/pixel", "train/lr", "train/grad_norm", "train/samples_per_s",
-            "val/gIoU", "val/cIoU"} <= tags
+    assert {
+        "train/loss",
+        "train/dice",
+        "train/pixel",
+        "train/lr",
+        "train/grad_norm",
+        "train/samples_per_s",
+        "val/gIoU",
+        "val/cIoU",
+    } <= tags
     assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([r["loss"] for r in curve], rel=1e-6)
     assert (out / "loss.png").stat().st_size > 1000 and (out / "config.yaml").is_file()
 
@@ -103,8 +134,23 @@ def test_frozen_weights_are_bit_identical_and_trained_ones_moved(zero3_run, init
 def test_exported_model_runs_in_lens_segment(zero3_run, scenes, tmp_path, capsys):
     out, _ = zero3_run
     image = next((scenes / "images").glob("*.png"))
-    code = lens_main(["segment", "--model", str(out / "final"), "--image", str(image), "--prompt", "the red circle",
-                      "--device", "cpu", "--json", str(tmp_path / "r.json"), "--out-mask", str(tmp_path / "m.png")])
+    code = lens_main(
+        [
+            "segment",
+            "--model",
+            str(out / "final"),
+            "--image",
+            str(image),
+            "--prompt",
+            "the red circle",
+            "--device",
+            "cpu",
+            "--json",
+            str(tmp_path / "r.json"),
+            "--out-mask",
+            str(tmp_path / "m.png"),
+        ]
+    )
     assert code == 0
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["image_size"] == [96, 96] and (tmp_path / "m.png").is_file()
@@ -169,8 +215,17 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(ini
 def test_bad_config_key_and_missing_dataset(init_dir, scenes, tmp_path, capsys):
     assert _single(init_dir, scenes, tmp_path / "a", "learning_rate=1e-4") == 1
     assert "unknown config key 'learning_rate'" in capsys.readouterr().err
-    assert align_main(["--no-progress", f"init_from={init_dir}", f"output_dir={tmp_path / 'b'}",
-                       f"datasets=[{{name: refcoco, root: {tmp_path / 'nowhere'}}}]"]) == 1
+    assert (
+        align_main(
+            [
+                "--no-progress",
+                f"init_from={init_dir}",
+                f"output_dir={tmp_path / 'b'}",
+                f"datasets=[{{name: refcoco, root: {tmp_path / 'nowhere'}}}]",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "datasets[0] (refcoco train)" in err and "data root not found" in err and str(tmp_path / "nowhere") in err
     assert not (tmp_path / "b").exists()  # nothing started

@@ -1,13 +1,20 @@
 """training.config: YAML + overrides -> dataclasses, error messages, batch derivation, LR schedule."""
+
 import math
 from dataclasses import dataclass, field
 
 import pytest
-
 from conftest import REPO
+
 from lens_model.errors import LensError
 from training.config import (
-    AlignConfig, ConfigError, DatasetSpec, derive_batch, dump_config, load_config, total_steps,
+    AlignConfig,
+    ConfigError,
+    DatasetSpec,
+    derive_batch,
+    dump_config,
+    load_config,
+    total_steps,
 )
 from training.schedule import lr_at
 
@@ -35,17 +42,32 @@ def test_defaults_without_a_file():
 
 
 def test_yaml_and_overrides_build_nested_values(tmp_path):
-    path = _write(tmp_path, """
+    path = _write(
+        tmp_path,
+        """
 lr: 1e-4            # YAML 1.1 would read this as a string
 epochs: 3           # int -> float
 adam_betas: [0.8, 0.95]
 datasets:
   - {name: refcoco, root: /a}
   - {name: refcocog, root: /a, split: train, ratio: 2}
-""")
-    cfg = load_config(AlignConfig, path, ["datasets.1.root=/data", "trainable=[context,mllm]", "max_steps=100",
-                                          "val_dataset.name=refcocog", "val_dataset.root=/v", "val_dataset.split=val",
-                                          "output_dir=2024", "per_device_batch_size=null", "gradient_checkpointing=false"])
+""",
+    )
+    cfg = load_config(
+        AlignConfig,
+        path,
+        [
+            "datasets.1.root=/data",
+            "trainable=[context,mllm]",
+            "max_steps=100",
+            "val_dataset.name=refcocog",
+            "val_dataset.root=/v",
+            "val_dataset.split=val",
+            "output_dir=2024",
+            "per_device_batch_size=null",
+            "gradient_checkpointing=false",
+        ],
+    )
     assert cfg.lr == 1e-4 and isinstance(cfg.epochs, float) and cfg.epochs == 3.0
     assert cfg.adam_betas == (0.8, 0.95)
     assert cfg.datasets == [DatasetSpec("refcoco", "/a"), DatasetSpec("refcocog", "/data", "train", 2.0)]
@@ -66,8 +88,17 @@ def test_empty_file_gives_defaults(tmp_path):
 
 
 def test_round_trip(tmp_path):
-    cfg = load_config(AlignConfig, None, ["lr=3e-5", "val_dataset={name: refcoco, root: /d, split: val}",
-                                          "output_dir=1e-4", "init_from=runs/x", "adam_betas=[0.9, 0.95]"])
+    cfg = load_config(
+        AlignConfig,
+        None,
+        [
+            "lr=3e-5",
+            "val_dataset={name: refcoco, root: /d, split: val}",
+            "output_dir=1e-4",
+            "init_from=runs/x",
+            "adam_betas=[0.9, 0.95]",
+        ],
+    )
     again = load_config(AlignConfig, _write(tmp_path, dump_config(cfg)), [])
     assert again == cfg and again.output_dir == "1e-4"
 
@@ -118,17 +149,20 @@ def test_override_without_equals_and_bad_paths():
     assert "no sub-key" in _error(None, ["lr.x=1"])
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("lr=fast", "lr: expected float, got 'fast'"),
-    ("num_queries=6.5", "num_queries: expected int, got 6.5"),
-    ("gradient_checkpointing=1", "gradient_checkpointing: expected bool, got 1"),
-    ("per_device_batch_size=many", "per_device_batch_size: expected int or null, got 'many'"),
-    ("adam_betas=[0.9]", "adam_betas: expected tuple[float, float] (2 items)"),
-    ("trainable=context", "trainable: expected list[str], got 'context'"),
-    ("datasets.0.ratio=x", "datasets.0.ratio: expected float, got 'x'"),
-    ("val_dataset=5", "val_dataset: expected mapping (DatasetSpec) or null, got 5"),
-    ("lr=null", "lr: expected float, got null"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("lr=fast", "lr: expected float, got 'fast'"),
+        ("num_queries=6.5", "num_queries: expected int, got 6.5"),
+        ("gradient_checkpointing=1", "gradient_checkpointing: expected bool, got 1"),
+        ("per_device_batch_size=many", "per_device_batch_size: expected int or null, got 'many'"),
+        ("adam_betas=[0.9]", "adam_betas: expected tuple[float, float] (2 items)"),
+        ("trainable=context", "trainable: expected list[str], got 'context'"),
+        ("datasets.0.ratio=x", "datasets.0.ratio: expected float, got 'x'"),
+        ("val_dataset=5", "val_dataset: expected mapping (DatasetSpec) or null, got 5"),
+        ("lr=null", "lr: expected float, got null"),
+    ],
+)
 def test_type_errors_name_key_type_and_value(override, expected):
     msg = _error(None, [override])
     assert expected in msg and f"override {override!r}" in msg
@@ -141,22 +175,25 @@ def test_type_error_in_file_names_the_file(tmp_path):
     assert load_config(AlignConfig, path, ["seed=1"]).seed == 1  # an override can fix the file
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("context_pass=fast", "context_pass: expected one of official, cached"),
-    ("trainable=[context,sam]", "trainable: expected one of context, sam_decoder, sam_prompt_encoder, mllm"),
-    ("trainable=[]", "trainable: expected at least one of"),
-    ("pixel_loss=l2", "pixel_loss: expected one of bce, focal"),
-    ("lr_scheduler=step", "lr_scheduler: expected one of cosine, linear, constant"),
-    ("precision=int8", "precision: expected one of auto, bf16, fp16, fp32"),
-    ("zero_stage=4", "zero_stage: expected one of 0, 1, 2, 3"),
-    ("global_batch_size=0", "global_batch_size: expected > 0"),
-    ("lr=0", "lr: expected > 0"),
-    ("max_steps=0", "max_steps: expected > 0 or null"),
-    ("val_samples=-1", "val_samples: expected >= 0"),
-    ("datasets.1.name=coco", "datasets.1.name: expected one of refcoco, refcoco+, refcocog, reasonseg"),
-    ("datasets.0.ratio=0", "datasets.0.ratio: expected > 0"),
-    ("val_dataset.name=refcoco", "val_dataset.root: missing required value"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("context_pass=fast", "context_pass: expected one of official, cached"),
+        ("trainable=[context,sam]", "trainable: expected one of context, sam_decoder, sam_prompt_encoder, mllm"),
+        ("trainable=[]", "trainable: expected at least one of"),
+        ("pixel_loss=l2", "pixel_loss: expected one of bce, focal"),
+        ("lr_scheduler=step", "lr_scheduler: expected one of cosine, linear, constant"),
+        ("precision=int8", "precision: expected one of auto, bf16, fp16, fp32"),
+        ("zero_stage=4", "zero_stage: expected one of 0, 1, 2, 3"),
+        ("global_batch_size=0", "global_batch_size: expected > 0"),
+        ("lr=0", "lr: expected > 0"),
+        ("max_steps=0", "max_steps: expected > 0 or null"),
+        ("val_samples=-1", "val_samples: expected >= 0"),
+        ("datasets.1.name=coco", "datasets.1.name: expected one of refcoco, refcoco+, refcocog, reasonseg"),
+        ("datasets.0.ratio=0", "datasets.0.ratio: expected > 0"),
+        ("val_dataset.name=refcoco", "val_dataset.root: missing required value"),
+    ],
+)
 def test_value_validation_names_key_and_valid_values(override, expected):
     assert expected in _error(None, [override])
 
@@ -190,26 +227,33 @@ def test_shipped_align_yaml_is_the_paper_recipe():
     assert cfg.warmup_steps == 150 and cfg.epochs == 25 and cfg.zero_stage == 3 and cfg.precision == "bf16"
     assert cfg.max_pixels == 1_000_000 and cfg.gradient_checkpointing and cfg.trainable == ["context"]
     assert cfg.sam_overrides == [] and cfg.sam_checkpoint.endswith("sam2_hiera_large.pt")
-    assert [(d.name, d.split) for d in cfg.datasets] == [("refcoco", "train"), ("refcoco+", "train"), ("refcocog", "train")]
+    assert [(d.name, d.split) for d in cfg.datasets] == [
+        ("refcoco", "train"),
+        ("refcoco+", "train"),
+        ("refcocog", "train"),
+    ]
     assert cfg.global_batch_size == 128  # Table A1
     assert derive_batch(cfg.global_batch_size, 16, cfg.per_device_batch_size) == (8, 1)
     assert derive_batch(1024, 16, 32) == (32, 2)  # the released run: 16 GPUs × 32 × grad-accum 2
 
 
 # ---------------------------------------------------------------------------------------------- batch
-@pytest.mark.parametrize("global_batch, world, per_device, max_per_device, expected", [
-    (128, 16, None, 32, (8, 1)),
-    (1024, 16, 32, 32, (32, 2)),
-    (1024, 16, None, 32, (32, 2)),
-    (1024, 8, None, 32, (32, 4)),
-    (128, 1, None, 32, (32, 4)),
-    (128, 1, None, 6, (4, 32)),
-    (96, 4, None, 32, (24, 1)),
-    (60, 2, None, 8, (6, 5)),
-    (7, 1, None, 32, (7, 1)),
-    (128, 1, 128, 32, (128, 1)),  # an explicit per-device size may exceed max_per_device
-    (64, 2, 4, 32, (4, 8)),
-])
+@pytest.mark.parametrize(
+    "global_batch, world, per_device, max_per_device, expected",
+    [
+        (128, 16, None, 32, (8, 1)),
+        (1024, 16, 32, 32, (32, 2)),
+        (1024, 16, None, 32, (32, 2)),
+        (1024, 8, None, 32, (32, 4)),
+        (128, 1, None, 32, (32, 4)),
+        (128, 1, None, 6, (4, 32)),
+        (96, 4, None, 32, (24, 1)),
+        (60, 2, None, 8, (6, 5)),
+        (7, 1, None, 32, (7, 1)),
+        (128, 1, 128, 32, (128, 1)),  # an explicit per-device size may exceed max_per_device
+        (64, 2, 4, 32, (4, 8)),
+    ],
+)
 def test_derive_batch(global_batch, world, per_device, max_per_device, expected):
     per, accum = derive_batch(global_batch, world, per_device, max_per_device)
     assert (per, accum) == expected and per * world * accum == global_batch

@@ -1,4 +1,5 @@
 """Stage-1 building blocks: sample order, teacher-forced examples, the training forward, building from base."""
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,7 @@ def test_epoch_order_follows_the_ratios_and_covers_each_dataset():
         drawn = order[order[:, 0] == k, 1]
         assert drawn.min() >= 0 and drawn.max() < size
         # a permutation per pass: no record repeats before all of them were drawn
-        first_pass = drawn[:min(len(drawn), size)]
+        first_pass = drawn[: min(len(drawn), size)]
         assert len(set(first_pass.tolist())) == len(first_pass)
     assert np.array_equal(order, epoch_order([50, 200], [1.0, 3.0], seed=42, epoch=0))
     assert not np.array_equal(order, epoch_order([50, 200], [1.0, 3.0], seed=42, epoch=1))
@@ -32,11 +33,11 @@ def test_ranks_and_micro_batches_partition_the_single_process_order():
     for step in range(steps):
         for micro in range(2):
             # global slice of (step, micro) = the ranks' samples side by side
-            expected = single[step * 8 + micro * 4: step * 8 + micro * 4 + 4]
+            expected = single[step * 8 + micro * 4 : step * 8 + micro * 4 + 4]
             got = [per_rank[r][step * 2 + micro] for r in range(4)]
             assert got == expected
     # resuming at step 5 yields exactly the tail of the full order
-    assert one.rank_positions(0, 5, steps) == single[5 * 8:]
+    assert one.rank_positions(0, 5, steps) == single[5 * 8 :]
 
 
 def test_answer_format_parses_back_to_the_box():
@@ -96,8 +97,16 @@ def test_frozen_prefix_pass_gives_the_full_pass_gradients(tiny_dir, scenes, posi
     grads, logits = [], []
     for mllm_grad in (True, False):
         model.zero_grad()
-        low, _ = model(batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"], batch["pixel_values"],
-                       batch["image_grid_thw"], batch["sam_images"], positions=positions, mllm_grad=mllm_grad)
+        low, _ = model(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["mm_token_type_ids"],
+            batch["pixel_values"],
+            batch["image_grid_thw"],
+            batch["sam_images"],
+            positions=positions,
+            mllm_grad=mllm_grad,
+        )
         mask_loss(low, batch["gt_masks"])["loss"].backward()
         logits.append(low.detach())
         grads.append({n: p.grad.clone() for n, p in model.context.named_parameters()})
@@ -110,19 +119,31 @@ def test_frozen_prefix_pass_gives_the_full_pass_gradients(tiny_dir, scenes, posi
 def test_stage1_from_base_mllm_and_official_sam2_checkpoint(tmp_path, scenes):
     """The real start of stage 1: a plain Qwen2.5-VL directory + SAM2 .pt, through the training entry point."""
     from safetensors.torch import load_file
+    from tiny_base import make_tiny_base
 
     from training.align import main
-
-    from tiny_base import make_tiny_base
 
     mllm_dir, sam_pt, lens_config = make_tiny_base(tmp_path / "base")
     overrides = ",".join(f"'{o}'" for o in lens_config.sam.overrides)
     out = tmp_path / "run"
-    code = main(["--no-progress", f"base_mllm={mllm_dir}", f"sam_checkpoint={sam_pt}",
-                 f"sam_config={lens_config.sam.config_name}", f"sam_overrides=[{overrides}]",
-                 f"sam_image_size={lens_config.sam.image_size}", "num_queries=4", "max_pixels=50176",
-                 f"datasets=[{{name: synthetic, root: {scenes}}}]", "global_batch_size=2", "max_steps=1",
-                 "warmup_steps=0", "num_workers=0", f"output_dir={out}"])
+    code = main(
+        [
+            "--no-progress",
+            f"base_mllm={mllm_dir}",
+            f"sam_checkpoint={sam_pt}",
+            f"sam_config={lens_config.sam.config_name}",
+            f"sam_overrides=[{overrides}]",
+            f"sam_image_size={lens_config.sam.image_size}",
+            "num_queries=4",
+            "max_pixels=50176",
+            f"datasets=[{{name: synthetic, root: {scenes}}}]",
+            "global_batch_size=2",
+            "max_steps=1",
+            "warmup_steps=0",
+            "num_workers=0",
+            f"output_dir={out}",
+        ]
+    )
     assert code == 0
     saved = load_file(out / "final" / "model.safetensors")
     sam_official = torch.load(sam_pt, weights_only=True)["model"]

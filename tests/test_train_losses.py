@@ -1,4 +1,5 @@
 """training.losses: closed forms on tiny tensors, independent references, gradients, batching."""
+
 import math
 
 import pytest
@@ -69,8 +70,9 @@ def test_focal_matches_torchvision(alpha, gamma):
 
 def test_focal_with_gamma_0_and_no_alpha_is_bce():
     logits, target = _rand((2, 5, 5), seed=2)
-    assert torch.allclose(sigmoid_focal_loss(logits, target, alpha=-1, gamma=0), sigmoid_bce_loss(logits, target),
-                          atol=1e-6)
+    assert torch.allclose(
+        sigmoid_focal_loss(logits, target, alpha=-1, gamma=0), sigmoid_bce_loss(logits, target), atol=1e-6
+    )
 
 
 def test_dice_matches_an_independent_formula():
@@ -99,8 +101,7 @@ def test_gradcheck(fn):
 
 def test_mask_loss_gradient_is_finite_even_for_extreme_logits():
     low = torch.tensor([[[[200.0, -200.0], [0.0, 50.0]]]], requires_grad=True)
-    out = mask_loss(low, [torch.tensor([[0, 1, 1], [1, 0, 0], [0, 0, 1]], dtype=torch.bool)],
-                    pixel_loss="focal")
+    out = mask_loss(low, [torch.tensor([[0, 1, 1], [1, 0, 0], [0, 0, 1]], dtype=torch.bool)], pixel_loss="focal")
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and torch.isfinite(low.grad).all() and low.grad.abs().sum() > 0
 
@@ -113,7 +114,7 @@ def test_mask_loss_resizes_each_sample_to_its_gt_and_averages():
     out = mask_loss(low, gts, dice_weight=2.0, pixel_weight=0.5)
     dice, bce = [], []
     for i, gt in enumerate(gts):
-        x = F.interpolate(low[i:i + 1], size=gt.shape, mode="bilinear", align_corners=False)[0]
+        x = F.interpolate(low[i : i + 1], size=gt.shape, mode="bilinear", align_corners=False)[0]
         dice.append(dice_loss(x, gt[None].float()))
         bce.append(F.binary_cross_entropy_with_logits(x[0], gt.float()))
     assert out["dice"].item() == pytest.approx(torch.cat(dice).mean().item(), abs=1e-6)
@@ -136,16 +137,21 @@ def test_mask_loss_focal_option():
 
 def test_per_sample_independence():
     low, _ = _rand((3, 1, 8, 8), seed=9)
-    gts = [torch.rand(s, generator=torch.Generator().manual_seed(10 + i)) > 0.5 for i, s in enumerate([(9, 9), (4, 11), (8, 8)])]
-    per_sample = [mask_loss(low[i:i + 1], [gts[i]]) for i in range(3)]
+    gts = [
+        torch.rand(s, generator=torch.Generator().manual_seed(10 + i)) > 0.5
+        for i, s in enumerate([(9, 9), (4, 11), (8, 8)])
+    ]
+    per_sample = [mask_loss(low[i : i + 1], [gts[i]]) for i in range(3)]
     batch = mask_loss(low, gts)
     for key in ("dice", "pixel", "loss"):
         assert batch[key].item() == pytest.approx(sum(s[key].item() for s in per_sample) / 3, abs=1e-6)
+
     # changing another sample leaves a sample's gradient unchanged (up to the 1/B of the mean)
     def grad_of_first(other):
         x = torch.cat([low[:1], other]).clone().requires_grad_(True)
         mask_loss(x, gts)["loss"].backward()
         return x.grad[0]
+
     assert torch.allclose(grad_of_first(low[1:]), grad_of_first(-low[1:] * 5), atol=1e-7)
 
 
@@ -154,16 +160,21 @@ def test_mask_loss_under_bf16_logits_and_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = mask_loss(low.bfloat16(), list(target[:, 0]))
     assert out["loss"].dtype == torch.float32
-    assert out["loss"].item() == pytest.approx(mask_loss(low.bfloat16().float(), list(target[:, 0]))["loss"].item(), abs=1e-6)
+    assert out["loss"].item() == pytest.approx(
+        mask_loss(low.bfloat16().float(), list(target[:, 0]))["loss"].item(), abs=1e-6
+    )
 
 
-@pytest.mark.parametrize("low_shape, gt_shapes, match", [
-    ((2, 1, 4, 4), [(4, 4)], r"1 GT masks for logits of batch 2 \(shape \(2, 1, 4, 4\)\)"),
-    ((2, 3, 4, 4), [(4, 4), (4, 4)], r"\(B, 1, h, w\).*\(2, 3, 4, 4\)"),
-    ((2, 4, 4), [(4, 4), (4, 4)], r"\(2, 4, 4\)"),
-    ((0, 1, 4, 4), [], r"B >= 1"),
-    ((1, 1, 4, 4), [(1, 4, 4)], r"gt_masks\[0\] must be \(H, W\), got \(1, 4, 4\)"),
-])
+@pytest.mark.parametrize(
+    "low_shape, gt_shapes, match",
+    [
+        ((2, 1, 4, 4), [(4, 4)], r"1 GT masks for logits of batch 2 \(shape \(2, 1, 4, 4\)\)"),
+        ((2, 3, 4, 4), [(4, 4), (4, 4)], r"\(B, 1, h, w\).*\(2, 3, 4, 4\)"),
+        ((2, 4, 4), [(4, 4), (4, 4)], r"\(2, 4, 4\)"),
+        ((0, 1, 4, 4), [], r"B >= 1"),
+        ((1, 1, 4, 4), [(1, 4, 4)], r"gt_masks\[0\] must be \(H, W\), got \(1, 4, 4\)"),
+    ],
+)
 def test_mask_loss_shape_errors(low_shape, gt_shapes, match):
     with pytest.raises(ValueError, match=match):
         mask_loss(torch.zeros(low_shape), [torch.zeros(s) for s in gt_shapes])

@@ -1,4 +1,5 @@
 """training.schedule: the scheduler the engine steps follows the closed-form warm-up + decay of each lr_scheduler."""
+
 import math
 
 import pytest
@@ -47,8 +48,10 @@ def test_stepped_schedule_is_the_closed_form(kind, min_ratio):
 
 def test_released_recipes_are_transformers_own_schedules():
     """min_lr_ratio 0 (both shipped recipes): exactly transformers' cosine / linear schedules, as released."""
-    for cfg, make in ((AlignConfig(lr=LR, warmup_steps=WARMUP), get_cosine_schedule_with_warmup),
-                      (GRPOConfig(lr=LR, warmup_steps=WARMUP), get_linear_schedule_with_warmup)):
+    for cfg, make in (
+        (AlignConfig(lr=LR, warmup_steps=WARMUP), get_cosine_schedule_with_warmup),
+        (GRPOConfig(lr=LR, warmup_steps=WARMUP), get_linear_schedule_with_warmup),
+    ):
         reference = make(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR), WARMUP, TOTAL)
         steps = range(TOTAL + 1)
         assert [lr_at(s, cfg, TOTAL) for s in steps] == [reference.lr_lambdas[0](s) for s in steps]

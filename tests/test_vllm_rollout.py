@@ -1,6 +1,7 @@
 """training.vllm_rollout on CPU without vLLM: the install/device errors, the conversion of sampled token ids
 into the in-process backend's Rollout (bit-identical for an `official` tiny model), and `generate` end to end
 against a stand-in engine (requests, SamplingParams arguments, weight sync, prompt-alignment check)."""
+
 import importlib.util
 import json
 import sys
@@ -42,12 +43,26 @@ def setup(tmp_path_factory):
     assert not failed and len(prompts) == 2
     pad, eos = special_token_ids(processor.tokenizer)
     im_end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    hook = model.mllm.lm_head.register_forward_hook(lambda m, i, out: out.index_add(
-        -1, torch.tensor([im_end]), torch.full((*out.shape[:-1], 1), EOS_BIAS, dtype=out.dtype)))
+    hook = model.mllm.lm_head.register_forward_hook(
+        lambda m, i, out: out.index_add(
+            -1, torch.tensor([im_end]), torch.full((*out.shape[:-1], 1), EOS_BIAS, dtype=out.dtype)
+        )
+    )
     try:
         torch.manual_seed(0)
-        ro = generate_rollouts(model, processor, prompts, G, max_new_tokens=MAX_NEW, temperature=0.9, top_p=0.9,
-                               top_k=50, eos_token_ids=eos, pad_token_id=pad, context_pass="official")
+        ro = generate_rollouts(
+            model,
+            processor,
+            prompts,
+            G,
+            max_new_tokens=MAX_NEW,
+            temperature=0.9,
+            top_p=0.9,
+            top_k=50,
+            eos_token_ids=eos,
+            pad_token_id=pad,
+            context_pass="official",
+        )
     finally:
         hook.remove()
     assert ro.truncated.any() and not ro.truncated.all()  # both kinds of answer are covered
@@ -59,12 +74,12 @@ def _answers(ro, eos):
     out = []
     for row in ro.completion_ids.tolist():
         ends = [j for j, t in enumerate(row) if t in eos]
-        out.append(row[:ends[0] + 1] if ends else row)
+        out.append(row[: ends[0] + 1] if ends else row)
     return out
 
 
 def _grouped(rows):
-    return [rows[k * G:(k + 1) * G] for k in range(len(rows) // G)]
+    return [rows[k * G : (k + 1) * G] for k in range(len(rows) // G)]
 
 
 def _assert_same_rollout(got, want):
@@ -97,8 +112,16 @@ def test_refuses_a_non_cuda_device(setup, monkeypatch):
 # ---------------------------------------------------------------------------- the pure conversion
 def test_completion_ids_give_the_in_process_rollout(setup):
     model, processor, prompts, ro, pad, eos = setup
-    got = rollout_from_completions(model, processor, prompts, _grouped(_answers(ro, eos)), eos_token_ids=eos,
-                                   pad_token_id=pad, context_pass="official", max_new_tokens=MAX_NEW)
+    got = rollout_from_completions(
+        model,
+        processor,
+        prompts,
+        _grouped(_answers(ro, eos)),
+        eos_token_ids=eos,
+        pad_token_id=pad,
+        context_pass="official",
+        max_new_tokens=MAX_NEW,
+    )
     _assert_same_rollout(got, ro)
     assert set(got.timings) == {"context_sam"}
 
@@ -107,32 +130,49 @@ def test_tokens_after_the_end_are_ignored(setup):
     model, processor, prompts, ro, pad, eos = setup
     answers = _answers(ro, eos)
     noisy = [a + [7, 8, pad, 9] if a[-1] in eos else a + [7] * 3 for a in answers]  # junk / over the limit
-    got = rollout_from_completions(model, processor, prompts, _grouped(noisy), eos_token_ids=eos, pad_token_id=pad,
-                                   context_pass="official", max_new_tokens=MAX_NEW)
+    got = rollout_from_completions(
+        model,
+        processor,
+        prompts,
+        _grouped(noisy),
+        eos_token_ids=eos,
+        pad_token_id=pad,
+        context_pass="official",
+        max_new_tokens=MAX_NEW,
+    )
     _assert_same_rollout(got, ro)
 
 
 def test_an_answer_cut_short_without_end_token_is_truncated_and_padding_stays_out_of_the_mask(setup):
     model, processor, prompts, ro, pad, eos = setup
     answers = [[5, 6, 7], [5, 6, eos[-1]]] + [[9] * MAX_NEW] * (2 * G - 2)  # row 0: stopped by the length cap
-    got = rollout_from_completions(model, processor, prompts, _grouped(answers), eos_token_ids=eos, pad_token_id=pad,
-                                   context_pass="official")
+    got = rollout_from_completions(
+        model, processor, prompts, _grouped(answers), eos_token_ids=eos, pad_token_id=pad, context_pass="official"
+    )
     assert got.completion_ids.shape == (2 * G, MAX_NEW)
     assert got.completion_ids[0, 3:].eq(pad).all()  # pad is an end token for Qwen: it must not count as one
     assert got.completion_mask[0].tolist() == [1, 1, 1] + [0] * (MAX_NEW - 3)
     assert got.completion_mask[1].tolist() == [1, 1, 1] + [0] * (MAX_NEW - 3)
     assert got.truncated.tolist()[:3] == [True, False, True]
-    assert torch.equal(got.attention_mask[:, got.prompt_length:], got.completion_mask)
+    assert torch.equal(got.attention_mask[:, got.prompt_length :], got.completion_mask)
 
 
 def test_conversion_rejects_uneven_groups(setup):
     model, processor, prompts, ro, pad, eos = setup
     with pytest.raises(ValueError, match="same number"):
-        rollout_from_completions(model, processor, prompts, [[[1]] * G, [[1]] * (G - 1)], eos_token_ids=eos,
-                                 pad_token_id=pad, context_pass="official")
+        rollout_from_completions(
+            model,
+            processor,
+            prompts,
+            [[[1]] * G, [[1]] * (G - 1)],
+            eos_token_ids=eos,
+            pad_token_id=pad,
+            context_pass="official",
+        )
     with pytest.raises(ValueError, match="completion groups"):
-        rollout_from_completions(model, processor, prompts, [[[1]] * G], eos_token_ids=eos, pad_token_id=pad,
-                                 context_pass="official")
+        rollout_from_completions(
+            model, processor, prompts, [[[1]] * G], eos_token_ids=eos, pad_token_id=pad, context_pass="official"
+        )
 
 
 def test_prompt_alignment_names_both_image_token_counts(setup):
@@ -167,7 +207,7 @@ class FakeEngineModel:
 
     def load_weights(self, weights):
         self.loads.append(list(weights))
-        return set(self.names[self.drop:])
+        return set(self.names[self.drop :])
 
 
 class FakeLLM:
@@ -193,15 +233,27 @@ class FakeLLM:
                 stop = None
                 if ended and g == 1:  # an engine that leaves the stop token out of token_ids
                     stop = ids.pop()
-                completions.append(SimpleNamespace(index=g, token_ids=ids, finish_reason="stop" if ended else "length",
-                                                   stop_reason=stop))
+                completions.append(
+                    SimpleNamespace(
+                        index=g, token_ids=ids, finish_reason="stop" if ended else "length", stop_reason=stop
+                    )
+                )
             out.append(SimpleNamespace(prompt_token_ids=self.prompt_ids[k], outputs=completions[::-1]))
         return out
 
 
 def _cfg(**kw):
-    values = dict(rollout_backend="vllm", num_generations=G, max_completion_length=MAX_NEW, max_prompt_length=500,
-                  temperature=0.9, top_p=0.9, top_k=50, seed=7, vllm_gpu_memory_utilization=0.25)
+    values = dict(
+        rollout_backend="vllm",
+        num_generations=G,
+        max_completion_length=MAX_NEW,
+        max_prompt_length=500,
+        temperature=0.9,
+        top_p=0.9,
+        top_k=50,
+        seed=7,
+        vllm_gpu_memory_utilization=0.25,
+    )
     return GRPOConfig(**{**values, **kw})
 
 
@@ -214,8 +266,14 @@ def _engine(setup, prompt_ids=None, drop=0, cfg=None):
         made.append(FakeLLM(_grouped(_answers(ro, eos)), prompt_ids or ours, eos, drop, **kwargs))
         return made[-1]
 
-    engine = VLLMRollouts(cfg or _cfg(), model, processor, torch.device("cpu"), llm_factory=factory,
-                          sampling_params_factory=FakeSamplingParams)
+    engine = VLLMRollouts(
+        cfg or _cfg(),
+        model,
+        processor,
+        torch.device("cpu"),
+        llm_factory=factory,
+        sampling_params_factory=FakeSamplingParams,
+    )
     return engine, made[0]
 
 
@@ -246,7 +304,7 @@ def test_generate_samples_with_the_configured_parameters_and_returns_the_same_ro
     got = engine.generate(prompts, G)
     _assert_same_rollout(got, ro)  # incl. the answer whose stop token the engine left out
     assert {"generate", "context_sam", "sync_weights"} <= set(got.timings)
-    (requests, params, use_tqdm), = llm.calls
+    ((requests, params, use_tqdm),) = llm.calls
     assert use_tqdm is False
     assert params.kwargs == dict(n=G, temperature=0.9, top_p=0.9, top_k=50, max_tokens=MAX_NEW, stop_token_ids=eos)
     assert len(requests) == 2

@@ -1,13 +1,14 @@
 """Each vocabulary has one home; the code that implements a choice covers exactly its vocabulary."""
+
 import pytest
 import torch
 
 from lens_model.config import PromptConfig
-from lens_model.pipeline import resolve_dtype
+from lens_model.devices import resolve_dtype
 from lens_model.vocab import ANSWER_FORMATS, DTYPE_ALIASES, DTYPES, canonical_dtype
-from training.runner import TRAINABLE_MODULES
 from training.config import PRECISIONS, AlignConfig
 from training.engine import resolve_precision
+from training.runner import TRAINABLE_MODULES
 from training.vocab import TRAINABLE_PARTS
 
 

@@ -1,4 +1,5 @@
 """A tiny base for the stage-1 tests: a plain Qwen2.5-VL directory and a SAM2 `.pt` (the library needs neither)."""
+
 from pathlib import Path
 
 import torch
@@ -23,8 +24,13 @@ def make_tiny_base(out_dir: str | Path, seed: int = 0, mllm_type: str = "qwen2_5
     mllm.save_pretrained(mllm_dir)
     processor.save_pretrained(mllm_dir)
     lens_config = tiny_lens_config()
-    sam = build_sam2(lens_config.sam.config_name, ckpt_path=None, device="cpu", mode="eval",
-                     hydra_overrides_extra=list(lens_config.sam.overrides))
+    sam = build_sam2(
+        lens_config.sam.config_name,
+        ckpt_path=None,
+        device="cpu",
+        mode="eval",
+        hydra_overrides_extra=list(lens_config.sam.overrides),
+    )
     sam_path = out / "sam2_tiny.pt"
     torch.save({"model": sam.state_dict()}, sam_path)
     return mllm_dir, sam_path, lens_config

@@ -1,1 +1,1 @@
-"""training: stage-1 alignment (python -m training.align) and stage-2 GRPO (python -m training.grpo), built in the training issues."""
+"""training: stage-1 alignment (python -m training.align) and stage-2 GRPO (python -m training.grpo)."""

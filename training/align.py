@@ -1,5 +1,6 @@
 """Stage 1, alignment: train the context module (queries, connector, reduction, projection) with the MLLM and
-SAM2 frozen, on teacher-forced answers, with dice + BCE (or focal) on the masks (paper Table A1, SPEC.md).
+SAM2 frozen, on teacher-forced answers, with dice + BCE (or focal) on the masks (paper Table A1; docs/design.md,
+"Stage 1").
 
     python -m training.align --config training/configs/align.yaml [key=value ...]       # one process
     deepspeed --num_gpus 8 --module training.align --config ... [--hostfile hosts]     # one node / cluster
@@ -13,6 +14,7 @@ N queries, whose last-layer states become SAM2's prompt. Outputs in OUT (= outpu
 metrics.jsonl + tensorboard/ (loss parts, lr, grad norm, samples/s, validation gIoU/cIoU), loss.png,
 checkpoints/step-*/ (DeepSpeed state + model/ for `lens segment`), final/ (the trained model).
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,12 +43,17 @@ def build_model(cfg: AlignConfig, dtype: torch.dtype):
     if cfg.init_from:
         model, processor = load_model(cfg.init_from, dtype=dtype)
         if model.context.num_queries != cfg.num_queries:
-            log.info("init_from has %d context queries (num_queries=%d applies only to new models)",
-                     model.context.num_queries, cfg.num_queries)
+            log.info(
+                "init_from has %d context queries (num_queries=%d applies only to new models)",
+                model.context.num_queries,
+                cfg.num_queries,
+            )
         model.lens_config.context_pass = cfg.context_pass
     else:
         lens_config = LensConfig(
-            num_queries=cfg.num_queries, context_pass=cfg.context_pass, min_pixels=cfg.min_pixels,
+            num_queries=cfg.num_queries,
+            context_pass=cfg.context_pass,
+            min_pixels=cfg.min_pixels,
             max_pixels=cfg.max_pixels,
             sam=SamConfig(config_name=cfg.sam_config, overrides=list(cfg.sam_overrides), image_size=cfg.sam_image_size),
         )
@@ -59,19 +66,30 @@ def mask_logits(engine, batch: dict, device: torch.device, mllm_grad: bool = Fal
     """Teacher-forced forward of a collated batch -> low-res mask logits (B, 1, S/4, S/4); the query positions
     are the model's own (those of the context pass it is trained for)."""
     low_res, _ = engine(
-        batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["mm_token_type_ids"].to(device),
-        batch["pixel_values"].to(device), batch["image_grid_thw"].to(device), batch["sam_images"].to(device),
+        batch["input_ids"].to(device),
+        batch["attention_mask"].to(device),
+        batch["mm_token_type_ids"].to(device),
+        batch["pixel_values"].to(device),
+        batch["image_grid_thw"].to(device),
+        batch["sam_images"].to(device),
         mllm_grad=mllm_grad,
     )
     return low_res
 
 
-def forward_loss(engine, batch: dict, cfg: AlignConfig, mllm_grad: bool,
-                 device: torch.device) -> dict[str, torch.Tensor]:
+def forward_loss(
+    engine, batch: dict, cfg: AlignConfig, mllm_grad: bool, device: torch.device
+) -> dict[str, torch.Tensor]:
     low_res = mask_logits(engine, batch, device, mllm_grad)
-    return mask_loss(low_res, [m.to(device) for m in batch["gt_masks"]], dice_weight=cfg.dice_weight,
-                     pixel_weight=cfg.pixel_weight, pixel_loss=cfg.pixel_loss, focal_alpha=cfg.focal_alpha,
-                     focal_gamma=cfg.focal_gamma)
+    return mask_loss(
+        low_res,
+        [m.to(device) for m in batch["gt_masks"]],
+        dice_weight=cfg.dice_weight,
+        pixel_weight=cfg.pixel_weight,
+        pixel_loss=cfg.pixel_loss,
+        focal_alpha=cfg.focal_alpha,
+        focal_gamma=cfg.focal_gamma,
+    )
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -92,32 +110,63 @@ class AlignStage(TrainingStage):
         return self.lens, counts
 
     def init_info(self, cfg: AlignConfig) -> dict:
-        return ({"init_from": cfg.init_from} if cfg.init_from else
-                {"base_mllm": cfg.base_mllm, "sam_checkpoint": cfg.sam_checkpoint})
+        return (
+            {"init_from": cfg.init_from}
+            if cfg.init_from
+            else {"base_mllm": cfg.base_mllm, "sam_checkpoint": cfg.sam_checkpoint}
+        )
 
     def describe(self, run: Run, counts: dict[str, int], num_samples: int) -> str:
         frozen = sum(p.numel() for p in self.lens.parameters() if not p.requires_grad)
-        return (f"training {', '.join(f'{k} {v / 1e6:.2f}M' for k, v in counts.items())} "
-                f"({sum(counts.values()) / 1e6:.2f}M trainable parameters), {frozen / 1e6:.2f}M frozen; {run.world} "
-                f"ranks × {run.per_device} per device × {run.accum} accumulation = global batch "
-                f"{run.cfg.global_batch_size}; {num_samples} samples, {run.steps} steps"
-                + (f", resuming at step {run.start_step}" if run.start_step else ""))
+        return (
+            f"training {', '.join(f'{k} {v / 1e6:.2f}M' for k, v in counts.items())} "
+            f"({sum(counts.values()) / 1e6:.2f}M trainable parameters), {frozen / 1e6:.2f}M frozen; {run.world} "
+            f"ranks × {run.per_device} per device × {run.accum} accumulation = global batch "
+            f"{run.cfg.global_batch_size}; {num_samples} samples, {run.steps} steps"
+            + (f", resuming at step {run.start_step}" if run.start_step else "")
+        )
 
     def after_engine(self, run: Run, datasets: list, val_records: list) -> None:
         """This rank's samples for steps [start_step, steps), in order; the validation examples."""
         cfg = run.cfg
-        schedule = Schedule(tuple(len(d) for d in datasets), tuple(s.ratio for s in cfg.datasets), cfg.seed,
-                            cfg.global_batch_size, run.per_device, run.world, run.accum)
+        schedule = Schedule(
+            tuple(len(d) for d in datasets),
+            tuple(s.ratio for s in cfg.datasets),
+            cfg.seed,
+            cfg.global_batch_size,
+            run.per_device,
+            run.world,
+            run.accum,
+        )
         max_length = cfg.max_prompt_length + cfg.max_completion_length
-        train_set = AlignExamples(datasets, schedule.rank_positions(run.rank, run.start_step, run.steps),
-                                  self.processor, self.lens.lens_config, max_length)
+        train_set = AlignExamples(
+            datasets,
+            schedule.rank_positions(run.rank, run.start_step, run.steps),
+            self.processor,
+            self.lens.lens_config,
+            max_length,
+        )
         self.collate = Collator(self.processor.tokenizer.pad_token_id)
-        loader = torch.utils.data.DataLoader(train_set, batch_size=run.per_device, shuffle=False,
-                                             collate_fn=self.collate, num_workers=cfg.num_workers,
-                                             persistent_workers=cfg.num_workers > 0)
+        loader = torch.utils.data.DataLoader(
+            train_set,
+            batch_size=run.per_device,
+            shuffle=False,
+            collate_fn=self.collate,
+            num_workers=cfg.num_workers,
+            persistent_workers=cfg.num_workers > 0,
+        )
         self.batches = iter(loader)
-        self.val_set = (AlignExamples([val_records], [(0, i) for i in range(len(val_records))], self.processor,
-                                      self.lens.lens_config, max_length) if val_records else None)
+        self.val_set = (
+            AlignExamples(
+                [val_records],
+                [(0, i) for i in range(len(val_records))],
+                self.processor,
+                self.lens.lens_config,
+                max_length,
+            )
+            if val_records
+            else None
+        )
 
     def step(self, run: Run, step: int) -> StepResult:
         parts = {"loss": 0.0, "dice": 0.0, "pixel": 0.0}
@@ -138,9 +187,11 @@ class AlignStage(TrainingStage):
 
     def report(self, run: Run, done: int, values: dict[str, float]) -> tuple[dict[str, str], str]:
         postfix = dict(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", sps=f"{values['samples_per_s']:.1f}")
-        line = (f"step {done}/{run.steps} loss {values['loss']:.4f} (dice {values['dice']:.4f}, {run.cfg.pixel_loss} "
-                f"{values['pixel']:.4f}) lr {values['lr']:.3g} grad-norm {values['grad_norm']:.3g} "
-                f"{values['samples_per_s']:.1f} samples/s")
+        line = (
+            f"step {done}/{run.steps} loss {values['loss']:.4f} (dice {values['dice']:.4f}, {run.cfg.pixel_loss} "
+            f"{values['pixel']:.4f}) lr {values['lr']:.3g} grad-norm {values['grad_norm']:.3g} "
+            f"{values['samples_per_s']:.1f} samples/s"
+        )
         return postfix, line
 
     def has_validation(self) -> bool:
@@ -167,23 +218,33 @@ class AlignStage(TrainingStage):
             return score_sample(pred, gt), [failed]
 
         summary, (failed,) = sharded_validation(len(val_set), run, score_one, 1)
-        return {"gIoU": summary["gIoU"], "cIoU": summary["cIoU"], "P@0.5": summary["P@0.5"], "n": summary["n"],
-                "failed": int(failed)}
+        return {
+            "gIoU": summary["gIoU"],
+            "cIoU": summary["cIoU"],
+            "P@0.5": summary["P@0.5"],
+            "n": summary["n"],
+            "failed": int(failed),
+        }
 
     def report_validation(self, done: int, val: dict) -> str:
-        return (f"step {done} validation: gIoU {val['gIoU']:.4f} cIoU {val['cIoU']:.4f} P@0.5 {val['P@0.5']:.4f} "
-                f"({int(val['n'])} samples)")
+        return (
+            f"step {done} validation: gIoU {val['gIoU']:.4f} cIoU {val['cIoU']:.4f} P@0.5 {val['P@0.5']:.4f} "
+            f"({int(val['n'])} samples)"
+        )
 
     def done_message(self, run: Run) -> str:
         final = run.out / "final"
-        return (f"done: model in {final} (lens segment --model {final} --image IMAGE --prompt PROMPT); curves in "
-                f"{run.out / 'metrics.jsonl'} and {run.out / 'tensorboard'}")
+        return (
+            f"done: model in {final} (lens segment --model {final} --image IMAGE --prompt PROMPT); curves in "
+            f"{run.out / 'metrics.jsonl'} and {run.out / 'tensorboard'}"
+        )
 
 
 # ---------------------------------------------------------------------------- main
 def main(argv=None) -> int:
-    return stage_main(argv, "python -m training.align", __doc__, "training/configs/align.yaml",
-                      "lr=1e-4 datasets.0.root=/data", train)
+    return stage_main(
+        argv, "python -m training.align", __doc__, "training/configs/align.yaml", "lr=1e-4 datasets.0.root=/data", train
+    )
 
 
 def train(args) -> int:

@@ -10,6 +10,7 @@ A key set by the file or an override replaces the value before it as a whole: a 
 is not merged into the default one, a list is not merged item by item, and `seed=1` also replaces a bad `seed`
 in the file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -101,10 +102,12 @@ def _unknown_key(key: str, prefix: str, valid: list[str]) -> ConfigError:
     full = _join(prefix, key)
     close = _close_matches(key, valid)
     if close:
-        return ConfigError(f"unknown config key '{full}'; did you mean: {', '.join(_join(prefix, c) for c in close)}?",
-                           key=full)
-    return ConfigError(f"unknown config key '{full}'; valid keys{' under ' + prefix if prefix else ''}: "
-                       f"{', '.join(valid)}", key=full)
+        return ConfigError(
+            f"unknown config key '{full}'; did you mean: {', '.join(_join(prefix, c) for c in close)}?", key=full
+        )
+    return ConfigError(
+        f"unknown config key '{full}'; valid keys{' under ' + prefix if prefix else ''}: {', '.join(valid)}", key=full
+    )
 
 
 def _dotted(omegaconf_key: str) -> str:
@@ -175,8 +178,11 @@ def _slot(node: Any, part: str, prefix: str) -> Any:
     full = _join(prefix, part)
     if isinstance(node, ListConfig):
         if not part.isdigit() or int(part) >= len(node):
-            raise ConfigError(f"{full}: '{prefix}' has {len(node)} items; index must be 0..{len(node) - 1}"
-                              f" (set '{prefix}=[...]' to change the length)", key=full)
+            raise ConfigError(
+                f"{full}: '{prefix}' has {len(node)} items; index must be 0..{len(node) - 1}"
+                f" (set '{prefix}=[...]' to change the length)",
+                key=full,
+            )
         return int(part)
     if isinstance(node, DictConfig):
         if _dataclass_of(node) is not None and part not in node.keys():
@@ -330,8 +336,9 @@ def dump_config(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def derive_batch(global_batch: int, world_size: int, per_device: int | None,
-                 max_per_device: int = 32) -> tuple[int, int]:
+def derive_batch(
+    global_batch: int, world_size: int, per_device: int | None, max_per_device: int = 32
+) -> tuple[int, int]:
     """(per-device batch, gradient-accumulation steps) with global == per_device * world_size * accum.
 
     per_device None: the largest divisor of global/world_size that fits `max_per_device` (fewest accum steps).
@@ -343,8 +350,10 @@ def derive_batch(global_batch: int, world_size: int, per_device: int | None,
     if global_batch % world_size:
         lo, hi = (global_batch // world_size) * world_size, (global_batch // world_size + 1) * world_size
         near = " or ".join(str(n) for n in (lo, hi) if n > 0)
-        raise ConfigError(f"global_batch_size {global_batch} is not divisible by the world size {world_size};"
-                          f" use a multiple of {world_size} (e.g. {near})")
+        raise ConfigError(
+            f"global_batch_size {global_batch} is not divisible by the world size {world_size};"
+            f" use a multiple of {world_size} (e.g. {near})"
+        )
     per_rank = global_batch // world_size
     divisors = [d for d in range(1, per_rank + 1) if per_rank % d == 0]
     if per_device is None:
@@ -352,9 +361,11 @@ def derive_batch(global_batch: int, world_size: int, per_device: int | None,
     elif not isinstance(per_device, int) or isinstance(per_device, bool) or per_device < 1:
         raise ConfigError(f"per_device_batch_size: expected a positive int or null, got {per_device!r}")
     elif per_rank % per_device:
-        raise ConfigError(f"global_batch_size {global_batch} over {world_size} ranks is {per_rank} samples per rank,"
-                          f" not divisible by per_device_batch_size {per_device};"
-                          f" valid per_device_batch_size: {', '.join(map(str, divisors))} (or null to choose)")
+        raise ConfigError(
+            f"global_batch_size {global_batch} over {world_size} ranks is {per_rank} samples per rank,"
+            f" not divisible by per_device_batch_size {per_device};"
+            f" valid per_device_batch_size: {', '.join(map(str, divisors))} (or null to choose)"
+        )
     return per_device, per_rank // per_device
 
 
@@ -470,16 +481,39 @@ class StageConfig:
         _choice(self.lr_scheduler, "lr_scheduler", LR_SCHEDULERS)
         _choice(self.precision, "precision", PRECISIONS)
         _choice(self.zero_stage, "zero_stage", ZERO_STAGES)
-        _positive(self, "max_prompt_length", "max_completion_length", "global_batch_size", "epochs", "lr",
-                  "log_every", "save_every", "keep_last", "eval_every")
+        _positive(
+            self,
+            "max_prompt_length",
+            "max_completion_length",
+            "global_batch_size",
+            "epochs",
+            "lr",
+            "log_every",
+            "save_every",
+            "keep_last",
+            "eval_every",
+        )
         _positive(self, "per_device_batch_size", "max_steps", allow_none=True)
-        _non_negative(self, "val_samples", "warmup_steps", "weight_decay", "grad_clip", "seed", "dice_weight",
-                      "pixel_weight", "focal_gamma")
+        _non_negative(
+            self,
+            "val_samples",
+            "warmup_steps",
+            "weight_decay",
+            "grad_clip",
+            "seed",
+            "dice_weight",
+            "pixel_weight",
+            "focal_gamma",
+        )
         _require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"expected 0..1, got {self.min_lr_ratio!r}")
-        _require(self.focal_alpha <= 1.0, "focal_alpha",
-                 f"expected <= 1 (< 0: no class weighting), got {self.focal_alpha!r}")
-        _require(all(0.0 <= b < 1.0 for b in self.adam_betas), "adam_betas",
-                 f"expected two values in [0, 1), got {self.adam_betas!r}")
+        _require(
+            self.focal_alpha <= 1.0, "focal_alpha", f"expected <= 1 (< 0: no class weighting), got {self.focal_alpha!r}"
+        )
+        _require(
+            all(0.0 <= b < 1.0 for b in self.adam_betas),
+            "adam_betas",
+            f"expected two values in [0, 1), got {self.adam_betas!r}",
+        )
 
 
 @dataclass(kw_only=True)
@@ -515,8 +549,11 @@ class AlignConfig(StageConfig):
     def __post_init__(self):
         super().__post_init__()
         _positive(self, "sam_image_size", "num_queries", "min_pixels")
-        _require(self.max_pixels >= self.min_pixels, "max_pixels",
-                 f"expected >= min_pixels ({self.min_pixels}), got {self.max_pixels}")
+        _require(
+            self.max_pixels >= self.min_pixels,
+            "max_pixels",
+            f"expected >= min_pixels ({self.min_pixels}), got {self.max_pixels}",
+        )
         _non_negative(self, "num_workers")
         _require(self.dice_weight + self.pixel_weight > 0, "dice_weight", "dice_weight and pixel_weight are both 0")
 
@@ -570,14 +607,28 @@ class GRPOConfig(StageConfig):
         _positive(self, "num_generations", "temperature", "num_iterations", "advantage_eps")
         _non_negative(self, "beta", "clip_eps", "seg_loss_weight", "top_k")
         _require(0.0 < self.top_p <= 1.0, "top_p", f"expected in (0, 1], got {self.top_p!r}")
-        _require(self.num_generations >= 2, "num_generations",
-                 f"GRPO compares completions within a group: expected >= 2, got {self.num_generations}")
+        _require(
+            self.num_generations >= 2,
+            "num_generations",
+            f"GRPO compares completions within a group: expected >= 2, got {self.num_generations}",
+        )
         _require(self.reward_weights != {}, "reward_weights", "expected at least one reward")
-        _require(0.0 < self.vllm_gpu_memory_utilization < 1.0, "vllm_gpu_memory_utilization",
-                 f"expected in (0, 1), got {self.vllm_gpu_memory_utilization!r}")
+        _require(
+            0.0 < self.vllm_gpu_memory_utilization < 1.0,
+            "vllm_gpu_memory_utilization",
+            f"expected in (0, 1), got {self.vllm_gpu_memory_utilization!r}",
+        )
 
 
 __all__ = [
-    "AlignConfig", "ConfigError", "DatasetSpec", "GRPOConfig", "PRECISIONS", "StageConfig", "derive_batch",
-    "dump_config", "load_config", "total_steps",
+    "AlignConfig",
+    "ConfigError",
+    "DatasetSpec",
+    "GRPOConfig",
+    "PRECISIONS",
+    "StageConfig",
+    "derive_batch",
+    "dump_config",
+    "load_config",
+    "total_steps",
 ]

@@ -3,11 +3,12 @@
 The whole run's sample order is a pure function of (seed, dataset sizes, ratios, global batch, world size),
 so a resumed run sees exactly the samples the uninterrupted run would have seen from that step on.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ def epoch_order(sizes: Sequence[int], ratios: Sequence[float], seed: int, epoch:
     for k, size in enumerate(sizes):
         slots = np.nonzero(which == k)[0]
         perm = np.concatenate([rng.permutation(size) for _ in range(-(-len(slots) // size) or 1)])
-        order[slots, 1] = perm[:len(slots)]
+        order[slots, 1] = perm[: len(slots)]
     return order
 
 
@@ -104,8 +105,14 @@ class AlignExamples(Dataset):
     so one bad file does not kill a multi-day run; the trainer logs and counts it.
     """
 
-    def __init__(self, datasets: list[list[Record]], positions: list[tuple[int, int]], processor,
-                 lens_config: LensConfig, max_length: int) -> None:
+    def __init__(
+        self,
+        datasets: list[list[Record]],
+        positions: list[tuple[int, int]],
+        processor,
+        lens_config: LensConfig,
+        max_length: int,
+    ) -> None:
         self.datasets, self.positions = datasets, positions
         self.processor, self.lens_config, self.max_length = processor, lens_config, max_length
 
@@ -126,8 +133,11 @@ class AlignExamples(Dataset):
             raise ValueError("empty target: stage 1 needs a box to put in the answer")
         llm = mllm_image(rgb, self.lens_config)
         box = rescale_box(record.box, rgb.shape[:2], (llm.height, llm.width))
-        text = (build_chat(self.processor, self.lens_config.prompt, record.expression)
-                + format_answer(record.expression, box, self.lens_config.prompt.answer_format) + END_OF_TURN)
+        text = (
+            build_chat(self.processor, self.lens_config.prompt, record.expression)
+            + format_answer(record.expression, box, self.lens_config.prompt.answer_format)
+            + END_OF_TURN
+        )
         enc = self.processor(text=[text], images=[llm], return_tensors="pt")
         length = enc["input_ids"].shape[1]
         if length > self.max_length:
@@ -160,14 +170,17 @@ class Collator:
         attention = torch.zeros((len(good), length), dtype=torch.long)
         for row, e in enumerate(good):
             n = len(e["input_ids"])
-            ids[row, length - n:] = e["input_ids"]
-            types[row, length - n:] = e["mm_token_type_ids"]
-            attention[row, length - n:] = 1
+            ids[row, length - n :] = e["input_ids"]
+            types[row, length - n :] = e["mm_token_type_ids"]
+            attention[row, length - n :] = 1
         batch.update(
-            input_ids=ids, attention_mask=attention, mm_token_type_ids=types,
+            input_ids=ids,
+            attention_mask=attention,
+            mm_token_type_ids=types,
             pixel_values=torch.cat([e["pixel_values"] for e in good]),
             image_grid_thw=torch.cat([e["image_grid_thw"] for e in good]),
             sam_images=torch.stack([e["sam_image"] for e in good]),
-            gt_masks=[e["gt_mask"] for e in good], sample_ids=[e["sample_id"] for e in good],
+            gt_masks=[e["gt_mask"] for e in good],
+            sample_ids=[e["sample_id"] for e in good],
         )
         return batch

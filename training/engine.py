@@ -3,6 +3,7 @@
 Launch any stage with `deepspeed`, `torchrun` or plain `python` (one process). On machines without CUDA set
 DS_ACCELERATOR=cpu: DeepSpeed then runs ZeRO over the gloo backend (tests, CI).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,9 @@ import torch
 import torch.distributed as dist
 
 from lens_model.checkpoint import save_model
+from lens_model.devices import resolve_dtype
 from lens_model.distributed import all_sum, barrier
 from lens_model.errors import CheckpointError, LensError
-from lens_model.vocab import canonical_dtype
 
 log = logging.getLogger(__name__)
 RUN_FILE = "lens_run.json"  # written next to every DeepSpeed checkpoint: step + what model it belongs to
@@ -74,16 +75,16 @@ def enable_activation_checkpointing(mllm) -> None:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    dtype = getattr(torch, canonical_dtype(precision))
+    """The config's precision -> the training dtype; reduced precision only on CUDA."""
+    dtype = resolve_dtype(precision, device)
     if dtype != torch.float32 and device.type != "cuda":
         raise LensError(f"precision={precision} needs a CUDA GPU; on CPU use precision=fp32 (or auto)")
     return dtype
 
 
-def deepspeed_config(zero_stage: int, per_device: int, grad_accum: int, world: int, dtype: torch.dtype,
-                     grad_clip: float) -> dict:
+def deepspeed_config(
+    zero_stage: int, per_device: int, grad_accum: int, world: int, dtype: torch.dtype, grad_clip: float
+) -> dict:
     """The engine config, derived from the run config (no separate JSON to keep in sync)."""
     zero: dict = {"stage": zero_stage}
     if zero_stage == 3:
@@ -98,12 +99,20 @@ def deepspeed_config(zero_stage: int, per_device: int, grad_accum: int, world: i
         "bf16": {"enabled": dtype == torch.bfloat16},
         "fp16": {"enabled": dtype == torch.float16, "initial_scale_power": 16},
         "zero_allow_untested_optimizer": True,  # torch AdamW over the trainable parameters only
-        "steps_per_print": 10 ** 9,  # our own logging
+        "steps_per_print": 10**9,  # our own logging
     }
 
 
-def build_engine(model: torch.nn.Module, cfg, per_device: int, grad_accum: int, world: int, dtype: torch.dtype,
-                 total_updates: int, resume_from: tuple[Path, str] | None):
+def build_engine(
+    model: torch.nn.Module,
+    cfg,
+    per_device: int,
+    grad_accum: int,
+    world: int,
+    dtype: torch.dtype,
+    total_updates: int,
+    resume_from: tuple[Path, str] | None,
+):
     """DeepSpeed engine over `model` with AdamW on its trainable parameters only (frozen ones never get optimizer
     state) and the config's warm-up + decay schedule; restores a checkpoint when resuming. -> (engine, scheduler)"""
     import deepspeed
@@ -114,8 +123,11 @@ def build_engine(model: torch.nn.Module, cfg, per_device: int, grad_accum: int, 
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
     scheduler = build_lr_scheduler(optimizer, cfg, total_updates)
     engine, _, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler,
-        config=deepspeed_config(cfg.zero_stage, per_device, grad_accum, world, dtype, cfg.grad_clip))
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(cfg.zero_stage, per_device, grad_accum, world, dtype, cfg.grad_clip),
+    )
     if cfg.zero_stage == 3:  # parameters read outside their own module's forward must be gathered for ours
         for param in model.external_parameters():
             deepspeed.zero.register_external_parameter(engine.module, param)
@@ -143,13 +155,24 @@ def gathered(module: torch.nn.Module, zero_stage: int):
 def stage_main(argv, prog: str, doc: str, recipe: str, example_override: str, train) -> int:
     """The shared `python -m training.<stage>` front end: parse, set up logging, run `train(args)`, and turn
     LensError (bad config, data, checkpoint) into one `error:` line and exit status 1."""
-    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=f"Defaults follow the paper; see {recipe}.")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"Defaults follow the paper; see {recipe}.",
+    )
     parser.add_argument("--config", type=Path, help="YAML run config (default: the dataclass defaults)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {example_override}")
-    parser.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
-                        help="continue from OUT/checkpoints/latest, or from the given checkpoints/step-* directory")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)  # deepspeed launcher
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="CHECKPOINT",
+        help="continue from OUT/checkpoints/latest, or from the given checkpoints/step-* directory",
+    )
+    parser.add_argument(
+        "--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS
+    )  # deepspeed launcher
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -166,16 +189,22 @@ def zero_loss(engine) -> torch.Tensor:
     return sum(p.sum() * 0.0 for p in engine.module.parameters() if p.requires_grad)
 
 
-def stop_if_not_finite(loss: torch.Tensor, step: int, rank: int, world: int, device: torch.device, out_dir: Path,
-                       last_saved: int | None) -> None:
+def stop_if_not_finite(
+    loss: torch.Tensor, step: int, rank: int, world: int, device: torch.device, out_dir: Path, last_saved: int | None
+) -> None:
     """All ranks agree whether `loss` is finite before anyone updates; if not, stop naming the (1-based) step
     and the last checkpoint, which the update never touched."""
     finite = all_sum(torch.tensor([float(torch.isfinite(loss.detach()).all())], device=device), world)
     if float(finite) < world:
-        where = (f"last good checkpoint: {out_dir / 'checkpoints' / step_tag(last_saved)}" if last_saved
-                 else "no checkpoint was saved yet")
-        raise TrainingError(f"non-finite loss at step {step} (loss={float(loss.detach()):.4g} on rank {rank}); "
-                            f"stopped before the update; {where}. Lower lr or check the data of this step.")
+        where = (
+            f"last good checkpoint: {out_dir / 'checkpoints' / step_tag(last_saved)}"
+            if last_saved
+            else "no checkpoint was saved yet"
+        )
+        raise TrainingError(
+            f"non-finite loss at step {step} (loss={float(loss.detach()):.4g} on rank {rank}); "
+            f"stopped before the update; {where}. Lower lr or check the data of this step."
+        )
 
 
 def log_failed_samples(path: Path, step: int, failed: list[tuple[str, str]]) -> None:
@@ -196,15 +225,27 @@ def step_tag(step: int) -> str:
 def full_state_dict(engine, zero_stage: int, prefix: str = "") -> dict[str, torch.Tensor] | None:
     """The engine module's state dict gathered from all ranks (a collective under ZeRO-3: every rank must call
     it), keys under `prefix` only, with the prefix removed; the full dict on rank 0, None elsewhere under ZeRO-3."""
-    state = (engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3
-             else {k: v.detach().cpu() for k, v in engine.module.state_dict().items()})
+    state = (
+        engine._zero3_consolidated_16bit_state_dict()
+        if zero_stage == 3
+        else {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}
+    )
     if state is None:
         return None
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def save_checkpoint(engine, out_dir: Path, step: int, run_info: dict, processor, rank: int, zero_stage: int,
-                    keep_last: int, lens_attr: str | None = None) -> Path:
+def save_checkpoint(
+    engine,
+    out_dir: Path,
+    step: int,
+    run_info: dict,
+    processor,
+    rank: int,
+    zero_stage: int,
+    keep_last: int,
+    lens_attr: str | None = None,
+) -> Path:
     """DeepSpeed state for --resume + the model exported with save_pretrained (loadable by `lens segment`).
     `lens_attr`: where the LensModel sits inside the engine module (None: it is the module)."""
     ckpt_root = out_dir / "checkpoints"
@@ -236,13 +277,17 @@ def resolve_resume(resume: str, out_dir: Path) -> tuple[Path, str]:
         root = out_dir / "checkpoints"
         latest = root / "latest"
         if not latest.is_file():
-            raise CheckpointError(f"--resume: no checkpoint to resume in {root} (expected a 'latest' file); "
-                                  "start without --resume or pass --resume PATH/step-NNNNNNN")
+            raise CheckpointError(
+                f"--resume: no checkpoint to resume in {root} (expected a 'latest' file); "
+                "start without --resume or pass --resume PATH/step-NNNNNNN"
+            )
         return root, latest.read_text().strip()
     path = Path(resume)
     if not (path / RUN_FILE).is_file():
-        raise CheckpointError(f"--resume {path}: not a training checkpoint (no {RUN_FILE}); "
-                              f"pass a directory like {out_dir / 'checkpoints' / step_tag(500)}")
+        raise CheckpointError(
+            f"--resume {path}: not a training checkpoint (no {RUN_FILE}); "
+            f"pass a directory like {out_dir / 'checkpoints' / step_tag(500)}"
+        )
     return path.parent, path.name
 
 
@@ -265,8 +310,10 @@ def check_compatible(run_file: Path, run_info: dict) -> int:
     for key in ("model_signature", "trainable", "init"):
         if saved.get(key) != run_info.get(key):
             diff = _first_difference(saved.get(key), run_info.get(key))
-            raise TrainingError(f"{run_file.parent} was written by a run with a different {key.replace('_', ' ')} "
-                                f"({diff}); resume with the config it was trained with, or start a new output_dir")
+            raise TrainingError(
+                f"{run_file.parent} was written by a run with a different {key.replace('_', ' ')} "
+                f"({diff}); resume with the config it was trained with, or start a new output_dir"
+            )
     return int(saved["step"])
 
 
@@ -290,13 +337,18 @@ class MetricLog:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.path.exists():  # a resumed run replaces what came after its checkpoint
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and _step_of(line) is not None and _step_of(line) <= resume_step]
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and _step_of(line) is not None and _step_of(line) <= resume_step
+            ]
             self.path.write_text("".join(line + "\n" for line in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+            self.writer = SummaryWriter(
+                str(out_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None
+            )
         except ImportError:
             log.warning("tensorboard is not installed: curves go to %s only (pip install tensorboard)", self.path)
 

@@ -1,10 +1,10 @@
 """Stage 2, GRPO with unified rewards: sample G answers per prompt, reward each with format + box IoU² +
 mask IoU² (weights configurable, custom rewards by name), group-normalise, and update the MLLM with the clipped
 policy-gradient objective + β·KL(k3) to a frozen reference, plus λ·(dice + BCE/focal) on every answer's mask
-(which trains the context module and SAM2's decoder) — paper Table A2, SPEC.md.
+(which trains the context module and SAM2's decoder) — paper Table A2; docs/design.md, "Stage 2".
 
     python -m training.grpo --config training/configs/grpo.yaml [key=value ...]
-    torchrun --nproc_per_node 8 -m training.grpo --config ...        # or: deepspeed [--hostfile H] --module training.grpo
+    torchrun --nproc_per_node 8 -m training.grpo --config ...   # or: deepspeed [--hostfile H] --module training.grpo
     DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 -m training.grpo ...   # CPU (tests)
     python -m training.grpo --config ... --resume                    # continue OUT/checkpoints/latest
 
@@ -14,6 +14,7 @@ so group statistics need no communication. Outputs as stage 1: config.yaml, metr
 (every reward component, KL, clip fraction, completion length, box/mask IoU, timings), curves.png,
 checkpoints/step-*/, final/.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,9 @@ log = logging.getLogger("training.grpo")
 def load_policy(cfg: GRPOConfig, dtype: torch.dtype):
     from lens_model.checkpoint import load_model
 
-    lens, processor = load_model(cfg.init_from, dtype=dtype, context_pass=cfg.context_pass,
-                                 answer_format=cfg.answer_format)
+    lens, processor = load_model(
+        cfg.init_from, dtype=dtype, context_pass=cfg.context_pass, answer_format=cfg.answer_format
+    )
     return lens, processor
 
 
@@ -64,8 +66,12 @@ def load_reference(cfg: GRPOConfig, dtype: torch.dtype, device: torch.device, ze
     if zero_stage == 3:
         import deepspeed
 
-        ds = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3},
-              "bf16": {"enabled": dtype == torch.bfloat16}, "fp16": {"enabled": dtype == torch.float16}}
+        ds = {
+            "train_micro_batch_size_per_gpu": 1,
+            "zero_optimization": {"stage": 3},
+            "bf16": {"enabled": dtype == torch.bfloat16},
+            "fp16": {"enabled": dtype == torch.float16},
+        }
         return deepspeed.initialize(model=mllm, config=ds)[0].module
     return mllm.to(device)
 
@@ -87,10 +93,18 @@ class ScoredRollout:
 def rollout_samples(prompts: PromptBatch, rollout: Rollout, answer_format: str) -> list[RolloutSample]:
     """One RolloutSample per answer, carrying the rollout's parsed answer (parsed once, when sampled)."""
     rows = rollout.rows.tolist()
-    return [RolloutSample(text=rollout.texts[r], answer_format=answer_format, gt_box=prompts.gt_boxes_llm[i],
-                          gt_mask=prompts.gt_masks[i], pred_mask=rollout.pred_masks[r],
-                          expression=prompts.records[i].expression, answer=rollout.answers[r])
-            for r, i in enumerate(rows)]
+    return [
+        RolloutSample(
+            text=rollout.texts[r],
+            answer_format=answer_format,
+            gt_box=prompts.gt_boxes_llm[i],
+            gt_mask=prompts.gt_masks[i],
+            pred_mask=rollout.pred_masks[r],
+            expression=prompts.records[i].expression,
+            answer=rollout.answers[r],
+        )
+        for r, i in enumerate(rows)
+    ]
 
 
 def rollout_ious(samples: list[RolloutSample]) -> tuple[np.ndarray, np.ndarray]:
@@ -110,13 +124,23 @@ def reference_logp(reference, ro: Rollout, prompts: PromptBatch, temperature: fl
 
 def policy_forward(engine, item: ScoredRollout, temperature: float, vision_grad: bool):
     ro, prompts, device = item.rollout, item.prompts, item.rollout.sequences.device
-    return engine(ro.sequences, ro.attention_mask, ro.mm_token_type_ids, prompts.pixel_values.to(device),
-                  prompts.image_grid_thw.to(device), ro.rows, ro.prompt_length, ro.sam_features, temperature,
-                  vision_grad=vision_grad)
+    return engine(
+        ro.sequences,
+        ro.attention_mask,
+        ro.mm_token_type_ids,
+        prompts.pixel_values.to(device),
+        prompts.image_grid_thw.to(device),
+        ro.rows,
+        ro.prompt_length,
+        ro.sam_features,
+        temperature,
+        vision_grad=vision_grad,
+    )
 
 
-def micro_loss(engine, item: ScoredRollout, cfg: GRPOConfig, context_pass: str | None = None,
-               vision_grad: bool = True) -> dict:
+def micro_loss(
+    engine, item: ScoredRollout, cfg: GRPOConfig, context_pass: str | None = None, vision_grad: bool = True
+) -> dict:
     """One scored micro-batch -> GRPO + segmentation losses. `context_pass`, when given, must be the policy's
     own (the model decides its context pass)."""
     check_context_pass(getattr(engine, "module", engine).lens, context_pass)
@@ -124,14 +148,37 @@ def micro_loss(engine, item: ScoredRollout, cfg: GRPOConfig, context_pass: str |
     ro = item.rollout
     mask = ro.completion_mask.to(logp.dtype)
     old = item.old_logp if item.old_logp is not None else logp.detach()
-    policy = grpo_loss(logp, old, item.ref_logp, item.advantages.to(logp.device), mask, clip_eps=cfg.clip_eps,
-                       clip_eps_high=cfg.clip_eps_high, beta=cfg.beta, aggregation=cfg.loss_aggregation)
+    policy = grpo_loss(
+        logp,
+        old,
+        item.ref_logp,
+        item.advantages.to(logp.device),
+        mask,
+        clip_eps=cfg.clip_eps,
+        clip_eps_high=cfg.clip_eps_high,
+        beta=cfg.beta,
+        aggregation=cfg.loss_aggregation,
+    )
     gt = [torch.from_numpy(item.prompts.gt_masks[i]).to(logp.device) for i in ro.rows.tolist()]
-    seg = mask_loss(low_res, gt, dice_weight=cfg.dice_weight, pixel_weight=cfg.pixel_weight,
-                    pixel_loss=cfg.pixel_loss, focal_alpha=cfg.focal_alpha, focal_gamma=cfg.focal_gamma)
+    seg = mask_loss(
+        low_res,
+        gt,
+        dice_weight=cfg.dice_weight,
+        pixel_weight=cfg.pixel_weight,
+        pixel_loss=cfg.pixel_loss,
+        focal_alpha=cfg.focal_alpha,
+        focal_gamma=cfg.focal_gamma,
+    )
     total = policy["loss"] + cfg.seg_loss_weight * seg["loss"]
-    return {"loss": total, "policy": policy["policy"], "kl": policy["kl"], "clip_fraction": policy["clip_fraction"],
-            "seg": seg["loss"], "dice": seg["dice"], "pixel": seg["pixel"]}
+    return {
+        "loss": total,
+        "policy": policy["policy"],
+        "kl": policy["kl"],
+        "clip_fraction": policy["clip_fraction"],
+        "seg": seg["loss"],
+        "dice": seg["dice"],
+        "pixel": seg["pixel"],
+    }
 
 
 def score_rollout(prompts: PromptBatch, ro: Rollout, cfg: GRPOConfig, answer_format: str) -> ScoredRollout:
@@ -147,21 +194,35 @@ def score_rollout(prompts: PromptBatch, ro: Rollout, cfg: GRPOConfig, answer_for
 def step_statistics(items: list[ScoredRollout], world: int, device: torch.device) -> dict[str, float]:
     """Means over every answer of the step on all ranks (sums and counts are all-reduced)."""
     names = sorted({k for it in items for k in it.components})
-    rows = [np.concatenate([it.rewards.numpy()[:, None]]
-                           + [it.components[k][:, None] for k in names]
-                           + [it.mask_iou[:, None], it.box_iou[:, None],
-                              it.rollout.completion_mask.sum(1).cpu().numpy()[:, None],
-                              it.rollout.truncated.cpu().numpy()[:, None],
-                              it.rewards.view(-1, it.rollout.group_size).std(1).repeat_interleave(
-                                  it.rollout.group_size).numpy()[:, None]], axis=1) for it in items]
+    rows = [
+        np.concatenate(
+            [it.rewards.numpy()[:, None]]
+            + [it.components[k][:, None] for k in names]
+            + [
+                it.mask_iou[:, None],
+                it.box_iou[:, None],
+                it.rollout.completion_mask.sum(1).cpu().numpy()[:, None],
+                it.rollout.truncated.cpu().numpy()[:, None],
+                it.rewards.view(-1, it.rollout.group_size)
+                .std(1)
+                .repeat_interleave(it.rollout.group_size)
+                .numpy()[:, None],
+            ],
+            axis=1,
+        )
+        for it in items
+    ]
     width = 1 + len(names) + 5
     block = np.concatenate(rows) if rows else np.zeros((0, width))
     sums = torch.tensor(np.append(block.sum(0), len(block)), dtype=torch.float64, device=device)
     sums = all_sum(sums, world)
     n = max(float(sums[-1]), 1.0)
     means = (sums[:-1] / n).tolist()
-    keys = ["reward"] + [f"reward_{k}" for k in names] + ["mask_iou", "box_iou", "completion_length",
-                                                          "truncated_fraction", "reward_group_std"]
+    keys = (
+        ["reward"]
+        + [f"reward_{k}" for k in names]
+        + ["mask_iou", "box_iou", "completion_length", "truncated_fraction", "reward_group_std"]
+    )
     return dict(zip(keys, means))
 
 
@@ -193,11 +254,12 @@ class GRPOStage(TrainingStage):
 
     def describe(self, run: Run, counts: dict[str, int], num_samples: int) -> str:
         cfg, config = run.cfg, self.lens.lens_config
-        return (f"GRPO on {', '.join(f'{k} {v / 1e6:.2f}M' for k, v in counts.items())} ({cfg.init_from}; context pass "
-                f"{config.context_pass}, answers {config.prompt.answer_format}); {run.world} ranks × {run.per_device} "
-                f"prompts × {run.accum} accumulation = {cfg.global_batch_size} prompts × G={cfg.num_generations} "
-                f"answers per step; {run.steps} steps"
-                + (f", resuming at step {run.start_step}" if run.start_step else ""))
+        return (
+            f"GRPO on {', '.join(f'{k} {v / 1e6:.2f}M' for k, v in counts.items())} ({cfg.init_from}; context pass "
+            f"{config.context_pass}, answers {config.prompt.answer_format}); {run.world} ranks × {run.per_device} "
+            f"prompts × {run.accum} accumulation = {cfg.global_batch_size} prompts × G={cfg.num_generations} "
+            f"answers per step; {run.steps} steps" + (f", resuming at step {run.start_step}" if run.start_step else "")
+        )
 
     def updates_per_step(self, cfg: GRPOConfig) -> int:
         return cfg.num_iterations  # num_iterations optimizer updates per step: the schedule counts updates
@@ -216,13 +278,27 @@ class GRPOStage(TrainingStage):
             return gathered(run.engine.module, cfg.zero_stage)
 
         if cfg.rollout_backend != "vllm":
-            self.sampler = InProcessRollouts(self.lens, self.processor, max_new_tokens=cfg.max_completion_length,
-                                             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                             gather=gather)
-        self.greedy = InProcessRollouts(self.lens, self.processor, max_new_tokens=cfg.max_completion_length,
-                                        do_sample=False, gather=gather)
-        schedule = Schedule(tuple(len(d) for d in datasets), tuple(s.ratio for s in cfg.datasets), cfg.seed,
-                            cfg.global_batch_size, run.per_device, run.world, run.accum)
+            self.sampler = InProcessRollouts(
+                self.lens,
+                self.processor,
+                max_new_tokens=cfg.max_completion_length,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                top_k=cfg.top_k,
+                gather=gather,
+            )
+        self.greedy = InProcessRollouts(
+            self.lens, self.processor, max_new_tokens=cfg.max_completion_length, do_sample=False, gather=gather
+        )
+        schedule = Schedule(
+            tuple(len(d) for d in datasets),
+            tuple(s.ratio for s in cfg.datasets),
+            cfg.seed,
+            cfg.global_batch_size,
+            run.per_device,
+            run.world,
+            run.accum,
+        )
         self.datasets, self.val_records = datasets, val_records
         self.positions = schedule.rank_positions(run.rank, run.start_step, run.steps)
         self.cursor = 0
@@ -230,7 +306,7 @@ class GRPOStage(TrainingStage):
     def rollout(self, run: Run, step: int) -> tuple[ScoredRollout | None, dict[str, float]]:
         """The next micro-batch's prompts -> sampled, scored answers (None when none of its samples loads)."""
         cfg, times = run.cfg, {"generate": 0.0, "context_sam": 0.0, "rewards": 0.0}
-        records = [self.datasets[k][i] for k, i in self.positions[self.cursor:self.cursor + run.per_device]]
+        records = [self.datasets[k][i] for k, i in self.positions[self.cursor : self.cursor + run.per_device]]
         self.cursor += run.per_device
         prompts, failed = prepare_prompts(records, self.processor, self.lens.lens_config, cfg.max_prompt_length)
         log_failed_samples(run.failed_log, step + 1, failed)
@@ -288,10 +364,12 @@ class GRPOStage(TrainingStage):
     def report(self, run: Run, done: int, values: dict[str, float]) -> tuple[dict[str, str], str]:
         postfix = dict(reward=f"{values['reward']:.3f}", kl=f"{values.get('kl', 0.0):.4f}")
         names = ", ".join(f"{k} {values['reward_' + k]:.3f}" for k in run.cfg.reward_weights)
-        line = (f"step {done}/{run.steps} reward {values['reward']:.4f} ({names}) mask IoU {values['mask_iou']:.3f} "
-                f"box IoU {values['box_iou']:.3f} kl {values.get('kl', 0.0):.4g} clip "
-                f"{values.get('clip_fraction', 0.0):.3f} len {values['completion_length']:.1f} loss "
-                f"{values['loss']:.4f} seg {values.get('seg', 0.0):.4f}")
+        line = (
+            f"step {done}/{run.steps} reward {values['reward']:.4f} ({names}) mask IoU {values['mask_iou']:.3f} "
+            f"box IoU {values['box_iou']:.3f} kl {values.get('kl', 0.0):.4g} clip "
+            f"{values.get('clip_fraction', 0.0):.3f} len {values['completion_length']:.1f} loss "
+            f"{values['loss']:.4f} seg {values.get('seg', 0.0):.4f}"
+        )
         return postfix, line
 
     def has_validation(self) -> bool:
@@ -317,12 +395,18 @@ class GRPOStage(TrainingStage):
             return score_sample(sample[0].pred_mask, sample[0].gt_mask), [reward, 1.0]
 
         summary, (reward_sum, n_reward) = sharded_validation(len(records), run, score_one, 2)
-        return {"gIoU": summary["gIoU"], "cIoU": summary["cIoU"], "n": summary["n"],
-                "reward": float(reward_sum / max(float(n_reward), 1.0))}
+        return {
+            "gIoU": summary["gIoU"],
+            "cIoU": summary["cIoU"],
+            "n": summary["n"],
+            "reward": float(reward_sum / max(float(n_reward), 1.0)),
+        }
 
     def report_validation(self, done: int, val: dict) -> str:
-        return (f"step {done} validation (greedy): gIoU {val['gIoU']:.4f} cIoU {val['cIoU']:.4f} reward "
-                f"{val['reward']:.4f} ({int(val['n'])} samples)")
+        return (
+            f"step {done} validation (greedy): gIoU {val['gIoU']:.4f} cIoU {val['cIoU']:.4f} reward "
+            f"{val['reward']:.4f} ({int(val['n'])} samples)"
+        )
 
     def done_message(self, run: Run) -> str:
         return f"done: model in {run.out / 'final'}; curves in {run.out / 'curves.png'} (lens plot-run {run.out})"
@@ -330,8 +414,9 @@ class GRPOStage(TrainingStage):
 
 # ---------------------------------------------------------------------------- main
 def main(argv=None) -> int:
-    return stage_main(argv, "python -m training.grpo", __doc__, "training/configs/grpo.yaml",
-                      "beta=0 num_generations=4", train)
+    return stage_main(
+        argv, "python -m training.grpo", __doc__, "training/configs/grpo.yaml", "beta=0 num_generations=4", train
+    )
 
 
 def train(args) -> int:

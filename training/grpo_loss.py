@@ -4,6 +4,7 @@ Per prompt, G completions are sampled; their rewards are normalised within the g
 completion token gets the PPO clipped surrogate min(ρ·Â, clip(ρ, 1−ε, 1+ε_high)·Â) with ρ = π/π_old, minus
 β times the k3 estimate of KL(π‖π_ref). Shapes: N = prompts·G rows, T = padded completion length.
 """
+
 from __future__ import annotations
 
 import torch
@@ -11,7 +12,6 @@ import torch
 from lens_model.errors import LensError
 
 from .vocab import LOSS_AGGREGATIONS
-
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4, scale: bool = True) -> torch.Tensor:
@@ -26,7 +26,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4, 
     if not isinstance(group_size, int) or group_size < 1:
         raise LensError(f"group_size must be a positive integer, got {group_size!r}")
     if rewards.shape[0] % group_size:
-        raise ValueError(f"{rewards.shape[0]} rewards do not split into groups of {group_size} (shape {tuple(rewards.shape)})")
+        raise ValueError(
+            f"{rewards.shape[0]} rewards do not split into groups of {group_size} (shape {tuple(rewards.shape)})"
+        )
     r = rewards if rewards.is_floating_point() else rewards.double()
     if not torch.isfinite(r).all():
         bad = torch.nonzero(~torch.isfinite(r)).flatten().tolist()
@@ -82,10 +84,18 @@ def aggregation_weights(mask: torch.Tensor, aggregation: str, constant_length: i
     raise LensError(f"unknown loss aggregation {aggregation!r}; valid: {', '.join(LOSS_AGGREGATIONS)}")
 
 
-def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None, advantages: torch.Tensor,
-              completion_mask: torch.Tensor, clip_eps: float = 0.2, clip_eps_high: float | None = None,
-              beta: float = 0.04, aggregation: str = "sequence",
-              constant_length: int | None = None) -> dict[str, torch.Tensor]:
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    completion_mask: torch.Tensor,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
+    beta: float = 0.04,
+    aggregation: str = "sequence",
+    constant_length: int | None = None,
+) -> dict[str, torch.Tensor]:
     """Clipped-surrogate GRPO loss with a k3 KL penalty.
 
     logp, old_logp, ref_logp (N, T): log-probs of the sampled tokens under the policy being trained, the rollout
@@ -104,7 +114,9 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     if clip_eps < 0 or (clip_eps_high is not None and clip_eps_high < 0) or beta < 0:
         raise LensError(f"clip_eps ({clip_eps}), clip_eps_high ({clip_eps_high}) and beta ({beta}) must be >= 0")
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
-    dtype = logp.dtype if logp.dtype in (torch.float32, torch.float64) else torch.float32  # exp(Δ) in bf16 is too coarse
+    dtype = (
+        logp.dtype if logp.dtype in (torch.float32, torch.float64) else torch.float32
+    )  # exp(Δ) in bf16 is too coarse
     keep = completion_mask > 0  # (N, T) bool
     mask = keep.to(dtype)
     zero = torch.zeros((), dtype=dtype, device=logp.device)

@@ -5,6 +5,7 @@ the mean BCE-with-logits over pixels (named `sigmoid_bce_loss` there; the paper 
 `pixel_loss="focal"`); each averaged over the batch, summed with weights 1.
 All per-sample functions return (B,) so callers can weight or mask samples.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,7 +38,9 @@ def sigmoid_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return F.binary_cross_entropy_with_logits(x, y, reduction="none").flatten(1).mean(1)
 
 
-def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+def sigmoid_focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
     """logits, target (B, H, W) -> (B,): mean over pixels of the RetinaNet focal loss.
 
     FL = α_t·(1 − p_t)^γ·BCE, p_t = σ(x) for y=1 and 1 − σ(x) for y=0; α < 0 drops α_t (torchvision's convention).
@@ -63,15 +66,24 @@ def _check_batch(low_res_logits: torch.Tensor, gt_masks) -> None:
     if low_res_logits.dim() != 4 or low_res_logits.shape[1] != 1 or low_res_logits.shape[0] == 0:
         raise ValueError(f"low_res_logits must be (B, 1, h, w) with B >= 1, got {tuple(low_res_logits.shape)}")
     if len(gt_masks) != low_res_logits.shape[0]:
-        raise ValueError(f"{len(gt_masks)} GT masks for logits of batch {low_res_logits.shape[0]}"
-                         f" (shape {tuple(low_res_logits.shape)})")
+        raise ValueError(
+            f"{len(gt_masks)} GT masks for logits of batch {low_res_logits.shape[0]}"
+            f" (shape {tuple(low_res_logits.shape)})"
+        )
     for i, gt in enumerate(gt_masks):
         if gt.dim() != 2:
             raise ValueError(f"gt_masks[{i}] must be (H, W), got {tuple(gt.shape)}")
 
 
-def mask_loss(low_res_logits: torch.Tensor, gt_masks, dice_weight: float = 1.0, pixel_weight: float = 1.0,
-              pixel_loss: str = "bce", focal_alpha: float = 0.25, focal_gamma: float = 2.0) -> dict[str, torch.Tensor]:
+def mask_loss(
+    low_res_logits: torch.Tensor,
+    gt_masks,
+    dice_weight: float = 1.0,
+    pixel_weight: float = 1.0,
+    pixel_loss: str = "bce",
+    focal_alpha: float = 0.25,
+    focal_gamma: float = 2.0,
+) -> dict[str, torch.Tensor]:
     """SAM2 low-res logits (B, 1, h, w) and B GT masks (H_i, W_i) (bool/float, sizes may differ) -> scalar losses.
 
     Each sample's logits are resized to its own GT size first (GT masks stay at full resolution, as released).
@@ -82,7 +94,7 @@ def mask_loss(low_res_logits: torch.Tensor, gt_masks, dice_weight: float = 1.0, 
     _check_batch(low_res_logits, gt_masks)
     dice, pixel = [], []
     for i, gt in enumerate(gt_masks):
-        x = _resize_to(low_res_logits[i:i + 1], tuple(gt.shape))[None]  # (1, H_i, W_i)
+        x = _resize_to(low_res_logits[i : i + 1], tuple(gt.shape))[None]  # (1, H_i, W_i)
         y = gt.to(device=x.device, dtype=x.dtype)[None]  # (1, H_i, W_i)
         dice.append(dice_loss(x, y))
         if pixel_loss == "bce":

@@ -1,4 +1,5 @@
 """Training-curve pictures drawn with PIL (no plotting library needed on a training server)."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,16 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 PANEL_W, PANEL_H, MARGIN = 520, 300, 48
-COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75),
-          (227, 119, 194), (23, 190, 207)]
+COLORS = [
+    (31, 119, 180),
+    (214, 39, 40),
+    (44, 160, 44),
+    (148, 103, 189),
+    (255, 127, 14),
+    (140, 86, 75),
+    (227, 119, 194),
+    (23, 190, 207),
+]
 
 
 def read_curves(metrics_file: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -67,7 +76,9 @@ def plot_curves(metrics_file: Path, out_png: Path) -> Path:
     """Loss parts (train) and validation scores side by side in one PNG."""
     curves = read_curves(metrics_file)
     train = curves.get("train", {})
-    panels = [_panel("train loss", {k: v for k, v in train.items() if k in ("loss", "dice", "pixel", "policy", "kl", "seg")})]
+    panels = [
+        _panel("train loss", {k: v for k, v in train.items() if k in ("loss", "dice", "pixel", "policy", "kl", "seg")})
+    ]
     if "reward" in train or any(k.startswith("reward") for k in train):
         panels.append(_panel("rewards", {k: v for k, v in train.items() if k.startswith("reward")}))
     if "val" in curves:

@@ -3,6 +3,7 @@
 `PolicyModel` is the module DeepSpeed wraps in stage 2 (so ZeRO-3 gathers weights inside its forward);
 `sequence_logprobs` also serves the frozen reference policy, which is a bare Qwen-VL model.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,14 @@ def token_logprobs(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tens
     return torch.stack(rows)
 
 
-def sequence_logprobs(mllm, ctx: ContextInputs, image_outputs, prompt_length: int, temperature: float,
-                      extra_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def sequence_logprobs(
+    mllm,
+    ctx: ContextInputs,
+    image_outputs,
+    prompt_length: int,
+    temperature: float,
+    extra_embeds: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (B, T) of the completion tokens of prompt + completion under the M-RoPE positions generation
     used. `extra_embeds` (B, N, hidden) are appended after the sequence (the context queries of a `cached`
     model, which continue the same positions); their last-layer states are returned too (else None)."""
@@ -35,12 +42,14 @@ def sequence_logprobs(mllm, ctx: ContextInputs, image_outputs, prompt_length: in
     if n:
         embeds = torch.cat([embeds, extra_embeds.to(embeds.dtype)], dim=1)
     pos, mask = mrope_positions(mllm, ctx, n)
-    hidden = mllm.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
-                                       use_cache=False).last_hidden_state
+    hidden = mllm.model.language_model(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False
+    ).last_hidden_state
     length = ctx.input_ids.shape[1]
     # the state at position i predicts token i + 1: completion tokens P..L-1 come from states P-1..L-2
-    logp = token_logprobs(mllm.lm_head, hidden[:, prompt_length - 1:length - 1], ctx.input_ids[:, prompt_length:],
-                          temperature)
+    logp = token_logprobs(
+        mllm.lm_head, hidden[:, prompt_length - 1 : length - 1], ctx.input_ids[:, prompt_length:], temperature
+    )
     return logp, (hidden[:, length:] if n else None)
 
 
@@ -52,10 +61,19 @@ class PolicyModel(nn.Module):
         super().__init__()
         self.lens = lens
 
-    def forward(self, sequences: torch.Tensor, attention_mask: torch.Tensor, mm_token_type_ids: torch.Tensor,
-                pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, rows: torch.Tensor, prompt_length: int,
-                sam_features: SamImageFeatures, temperature: float,
-                vision_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        sequences: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mm_token_type_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.Tensor,
+        rows: torch.Tensor,
+        prompt_length: int,
+        sam_features: SamImageFeatures,
+        temperature: float,
+        vision_grad: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """sequences (K·G, P+T) with `rows` (K·G,) naming each row's image among the K in pixel_values /
         image_grid_thw (K, 3) and sam_features (K images, frozen encoder) -> log-probs (K·G, T) float32 and
         low-res mask logits (K·G, 1, S/4, S/4). The query states follow the model's context pass."""

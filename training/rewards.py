@@ -10,6 +10,7 @@ Squaring keeps the reward small for loose boxes/masks so that the group-normalis
 Rewards are plain functions `RolloutSample -> float`; `register_reward` adds one under a name, and
 `resolve_reward` also accepts "package.module:function" so configs can name rewards defined outside this file.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -43,7 +44,9 @@ class RolloutSample:
 
     def __post_init__(self) -> None:
         if self.answer_format not in ANSWER_FORMATS:
-            raise LensError(f"RolloutSample.answer_format is {self.answer_format!r}; valid: {', '.join(ANSWER_FORMATS)}")
+            raise LensError(
+                f"RolloutSample.answer_format is {self.answer_format!r}; valid: {', '.join(ANSWER_FORMATS)}"
+            )
         if self.gt_box is not None:
             if len(self.gt_box) != 4:
                 raise LensError(f"RolloutSample.gt_box must be (x1, y1, x2, y2), got {self.gt_box!r}")
@@ -74,11 +77,15 @@ REWARD_FUNCTIONS: dict[str, RewardFn] = {}
 def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
     """Decorator: `@register_reward("my_reward")` makes the function available to `score` under that name."""
     if not isinstance(name, str) or not name or ":" in name:
-        raise LensError(f"reward name must be a non-empty string without ':' (reserved for import strings), got {name!r}")
+        raise LensError(
+            f"reward name must be a non-empty string without ':' (reserved for import strings), got {name!r}"
+        )
 
     def decorator(fn: RewardFn) -> RewardFn:
         if name in REWARD_FUNCTIONS:
-            raise LensError(f"reward {name!r} is already registered (by {_qualname(REWARD_FUNCTIONS[name])}); pick another name")
+            raise LensError(
+                f"reward {name!r} is already registered (by {_qualname(REWARD_FUNCTIONS[name])}); pick another name"
+            )
         if not callable(fn):
             raise LensError(f"reward {name!r} must be callable, got {type(fn).__name__}")
         REWARD_FUNCTIONS[name] = fn
@@ -97,8 +104,10 @@ def resolve_reward(name: str) -> RewardFn:
         raise LensError(f"reward must be named by a string, got {type(name).__name__}")
     if ":" not in name:
         if name not in REWARD_FUNCTIONS:
-            raise LensError(f"unknown reward {name!r}; registered: {', '.join(sorted(REWARD_FUNCTIONS))}"
-                            " (or give an import string 'package.module:function')")
+            raise LensError(
+                f"unknown reward {name!r}; registered: {', '.join(sorted(REWARD_FUNCTIONS))}"
+                " (or give an import string 'package.module:function')"
+            )
         return REWARD_FUNCTIONS[name]
     module_name, _, attr = name.partition(":")
     if not module_name or not attr:
@@ -133,13 +142,13 @@ def box_iou_reward(s: RolloutSample) -> float:
     """
     if s.gt_box is None:
         return 1.0 if s.answer.box is None else 0.0
-    return 0.0 if s.box_iou is None else s.box_iou ** 2
+    return 0.0 if s.box_iou is None else s.box_iou**2
 
 
 @register_reward("segment_iou")
 def segment_iou_reward(s: RolloutSample) -> float:
     """IoU(pred_mask, gt_mask)²; both empty -> 1 (the gIoU metric's convention)."""
-    return s.mask_iou ** 2
+    return s.mask_iou**2
 
 
 DEFAULT_REWARD_WEIGHTS: dict[str, float] = {"format": 1.0, "box_iou": 1.0, "segment_iou": 1.0}
@@ -151,15 +160,18 @@ def _as_reward_value(value, name: str, index: int) -> float:
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # 0-d numpy array / torch tensor
         value = value.item()
     if not isinstance(value, numbers.Real):
-        raise LensError(f"reward {name!r} returned {type(value).__name__} {value!r:.60} for sample {index}; expected a float")
+        raise LensError(
+            f"reward {name!r} returned {type(value).__name__} {value!r:.60} for sample {index}; expected a float"
+        )
     value = float(value)
     if not math.isfinite(value):
         raise LensError(f"reward {name!r} returned {value} for sample {index}; rewards must be finite")
     return value
 
 
-def score(samples: list[RolloutSample], weights: dict[str, float] | None = None
-          ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def score(
+    samples: list[RolloutSample], weights: dict[str, float] | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Total reward (N,) float64 = Σ_name weight·component, and each component (N,) float64 for logging.
 
     `weights` maps reward names (registered or import strings) to weights; zero weights are still computed
@@ -172,8 +184,10 @@ def score(samples: list[RolloutSample], weights: dict[str, float] | None = None
         if not isinstance(w, numbers.Real) or not math.isfinite(float(w)):
             raise LensError(f"weight of reward {name!r} must be a finite number, got {w!r}")
     fns = {name: resolve_reward(name) for name in weights}
-    components = {name: np.array([_as_reward_value(fn(s), name, i) for i, s in enumerate(samples)], dtype=np.float64)
-                  for name, fn in fns.items()}
+    components = {
+        name: np.array([_as_reward_value(fn(s), name, i) for i, s in enumerate(samples)], dtype=np.float64)
+        for name, fn in fns.items()
+    }
     total = np.zeros(len(samples), dtype=np.float64)  # (N,)
     for name, values in components.items():
         total += float(weights[name]) * values

@@ -8,12 +8,14 @@ Everything here runs without autograd; the training forward recomputes what need
 A sampler is anything with `generate(prompts: PromptBatch, group_size: int) -> Rollout` (`RolloutSampler`):
 `InProcessRollouts` here (transformers' `generate`) and `training.vllm_rollout.VLLMRollouts`.
 """
+
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import ContextManager, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -50,8 +52,9 @@ class PromptBatch:
         return len(self.records)
 
 
-def prepare_prompts(records: list[Record], processor, lens_config: LensConfig,
-                    max_prompt_length: int) -> tuple[PromptBatch | None, list[tuple[str, str]]]:
+def prepare_prompts(
+    records: list[Record], processor, lens_config: LensConfig, max_prompt_length: int
+) -> tuple[PromptBatch | None, list[tuple[str, str]]]:
     """Records -> PromptBatch of the usable ones, and (sample_id, error) for the others."""
     chats, images, rgbs, masks, boxes, sizes, kept, failed = [], [], [], [], [], [], [], []
     for record in records:
@@ -76,15 +79,29 @@ def prepare_prompts(records: list[Record], processor, lens_config: LensConfig,
     too_long = [i for i, n in enumerate(lengths.tolist()) if n > max_prompt_length]
     if too_long:  # rare: drop them and re-encode the rest
         for i in too_long:
-            failed.append((kept[i].sample_id, f"{kept[i].sample_id}: prompt of {int(lengths[i])} tokens exceeds "
-                                              f"max_prompt_length={max_prompt_length}"))
+            failed.append(
+                (
+                    kept[i].sample_id,
+                    f"{kept[i].sample_id}: prompt of {int(lengths[i])} tokens exceeds "
+                    f"max_prompt_length={max_prompt_length}",
+                )
+            )
         keep = [i for i in range(len(kept)) if i not in too_long]
         batch, more = prepare_prompts([kept[i] for i in keep], processor, lens_config, max_prompt_length)
         return batch, failed + more
     sam_size = lens_config.sam.image_size
-    return PromptBatch(kept, enc["input_ids"], enc["attention_mask"], enc["mm_token_type_ids"], enc["pixel_values"],
-                       enc["image_grid_thw"], torch.stack([preprocess_for_sam(r, sam_size) for r in rgbs]),
-                       masks, boxes, sizes), failed
+    return PromptBatch(
+        kept,
+        enc["input_ids"],
+        enc["attention_mask"],
+        enc["mm_token_type_ids"],
+        enc["pixel_values"],
+        enc["image_grid_thw"],
+        torch.stack([preprocess_for_sam(r, sam_size) for r in rgbs]),
+        masks,
+        boxes,
+        sizes,
+    ), failed
 
 
 @dataclass
@@ -107,7 +124,7 @@ class Rollout:
 
     @property
     def completion_ids(self) -> torch.Tensor:  # (K·G, T)
-        return self.sequences[:, self.prompt_length:]
+        return self.sequences[:, self.prompt_length :]
 
 
 class RolloutSampler(Protocol):
@@ -121,42 +138,94 @@ class RolloutSampler(Protocol):
 def prompt_rows(prompts: PromptBatch, group_size: int) -> PromptRows:
     """K prompts -> K·G generation rows (each prompt repeated G times, images kept once each)."""
     rows = torch.arange(len(prompts)).repeat_interleave(group_size)  # (K·G,)
-    return PromptRows(prompts.input_ids[rows], prompts.attention_mask[rows], prompts.mm_token_type_ids[rows],
-                      prompts.pixel_values, prompts.image_grid_thw, rows, prompts.sam_images,
-                      [mask.shape for mask in prompts.gt_masks])
+    return PromptRows(
+        prompts.input_ids[rows],
+        prompts.attention_mask[rows],
+        prompts.mm_token_type_ids[rows],
+        prompts.pixel_values,
+        prompts.image_grid_thw,
+        rows,
+        prompts.sam_images,
+        [mask.shape for mask in prompts.gt_masks],
+    )
 
 
-def rollout_from_output(out: GenerationOutput, group_size: int, rows: torch.Tensor,
-                        timings: dict[str, float]) -> Rollout:
+def rollout_from_output(
+    out: GenerationOutput, group_size: int, rows: torch.Tensor, timings: dict[str, float]
+) -> Rollout:
     sam = out.sam_features
     features = SamImageFeatures(sam.image_embed.detach(), [f.detach() for f in sam.high_res_feats])
-    return Rollout(group_size, out.sequences, out.attention_mask, out.mm_token_type_ids, out.completion_mask,
-                   out.prompt_length, out.texts, out.answers, out.masks, features, rows.to(out.sequences.device),
-                   ~out.ended, timings)
+    return Rollout(
+        group_size,
+        out.sequences,
+        out.attention_mask,
+        out.mm_token_type_ids,
+        out.completion_mask,
+        out.prompt_length,
+        out.texts,
+        out.answers,
+        out.masks,
+        features,
+        rows.to(out.sequences.device),
+        ~out.ended,
+        timings,
+    )
 
 
 @torch.no_grad()
-def generate_rollouts(model: LensModel, processor, prompts: PromptBatch, group_size: int, max_new_tokens: int,
-                      temperature: float, top_p: float, top_k: int, eos_token_ids: list[int], pad_token_id: int,
-                      context_pass: str | None = None, do_sample: bool = True) -> Rollout:
+def generate_rollouts(
+    model: LensModel,
+    processor,
+    prompts: PromptBatch,
+    group_size: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    eos_token_ids: list[int],
+    pad_token_id: int,
+    context_pass: str | None = None,
+    do_sample: bool = True,
+) -> Rollout:
     """K prompts -> K·G answers sampled by the model itself (greedy with do_sample=False), with their masks.
     `context_pass`, when given, must be the model's own (the model decides: `LensModel.query_states`)."""
     check_context_pass(model, context_pass)
     timer = StageTimer(model.device)
     rows = prompt_rows(prompts, group_size)
-    sampling = (dict(temperature=temperature, top_p=top_p, top_k=top_k or None) if do_sample else
-                dict(temperature=None, top_p=None, top_k=None))
-    out = generate_and_segment(model, processor.tokenizer, rows, pad_token_id, eos_token_ids, timer=timer,
-                               generation_kwargs=dict(max_new_tokens=max_new_tokens, do_sample=do_sample, **sampling))
-    timings = {"generate": timer.total(("mllm_vision", "generate")),
-               "context_sam": timer.total(("context", "sam_encode", "sam_decode"))}
+    sampling = (
+        dict(temperature=temperature, top_p=top_p, top_k=top_k or None)
+        if do_sample
+        else dict(temperature=None, top_p=None, top_k=None)
+    )
+    out = generate_and_segment(
+        model,
+        processor.tokenizer,
+        rows,
+        pad_token_id,
+        eos_token_ids,
+        timer=timer,
+        generation_kwargs=dict(max_new_tokens=max_new_tokens, do_sample=do_sample, **sampling),
+    )
+    timings = {
+        "generate": timer.total(("mllm_vision", "generate")),
+        "context_sam": timer.total(("context", "sam_encode", "sam_decode")),
+    }
     return rollout_from_output(out, group_size, rows.rows, timings)
 
 
 @torch.no_grad()
-def rollout_from_completions(lens: LensModel, processor, prompts: PromptBatch, completions: list[list[list[int]]], *,
-                             eos_token_ids: list[int], pad_token_id: int, context_pass: str | None = None,
-                             max_new_tokens: int | None = None, timings: dict[str, float] | None = None) -> Rollout:
+def rollout_from_completions(
+    lens: LensModel,
+    processor,
+    prompts: PromptBatch,
+    completions: list[list[list[int]]],
+    *,
+    eos_token_ids: list[int],
+    pad_token_id: int,
+    context_pass: str | None = None,
+    max_new_tokens: int | None = None,
+    timings: dict[str, float] | None = None,
+) -> Rollout:
     """Completion token ids from any sampler -> the `Rollout` the in-process sampler would have built.
 
     completions[k][g] is the g-th answer to prompt k (plain ints; anything after its first end token is
@@ -171,18 +240,26 @@ def rollout_from_completions(lens: LensModel, processor, prompts: PromptBatch, c
         raise ValueError(f"{len(completions)} completion groups for {k} prompts")
     group_size = len(completions[0]) if completions else 0
     if group_size == 0 or any(len(group) != group_size for group in completions):
-        raise ValueError(f"every prompt needs the same number (>= 1) of completions; got "
-                         f"{[len(group) for group in completions]}")
+        raise ValueError(
+            f"every prompt needs the same number (>= 1) of completions; got {[len(group) for group in completions]}"
+        )
     timer = StageTimer(lens.device)
     eos = set(eos_token_ids)
     answers = [cut_completion(ids, eos, max_new_tokens) for group in completions for ids in group]
     width = max(len(a) for a in answers)
     ids = torch.full((len(answers), width), pad_token_id, dtype=torch.long)  # (K·G, T)
     for r, answer in enumerate(answers):
-        ids[r, :len(answer)] = torch.tensor(answer, dtype=torch.long)
+        ids[r, : len(answer)] = torch.tensor(answer, dtype=torch.long)
     rows = prompt_rows(prompts, group_size)
-    out = generate_and_segment(lens, processor.tokenizer, rows, pad_token_id, eos_token_ids, timer=timer,
-                               completions=Completions(ids, torch.tensor([len(a) for a in answers])))
+    out = generate_and_segment(
+        lens,
+        processor.tokenizer,
+        rows,
+        pad_token_id,
+        eos_token_ids,
+        timer=timer,
+        completions=Completions(ids, torch.tensor([len(a) for a in answers])),
+    )
     times = dict(timings or {})
     times["context_sam"] = timer.total(("mllm_vision", "context", "sam_encode", "sam_decode"))
     return rollout_from_output(out, group_size, rows.rows, times)
@@ -195,7 +272,7 @@ def cut_completion(ids: list[int], eos: set[int], max_new_tokens: int | None) ->
         ids = ids[:max_new_tokens]
     for j, token in enumerate(ids):
         if token in eos:
-            return ids[:j + 1]
+            return ids[: j + 1]
     return ids
 
 
@@ -203,20 +280,37 @@ class InProcessRollouts:
     """`RolloutSampler` over the policy itself (transformers' `generate`). `gather`: a context-manager factory
     that makes the full weights available while sampling (ZeRO-3), e.g. `training.engine.gathered`."""
 
-    def __init__(self, model: LensModel, processor, *, max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, top_k: int = 0, do_sample: bool = True,
-                 gather: Callable[[], ContextManager] | None = None) -> None:
+    def __init__(
+        self,
+        model: LensModel,
+        processor,
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        do_sample: bool = True,
+        gather: Callable[[], AbstractContextManager] | None = None,
+    ) -> None:
         self.model, self.processor = model, processor
         self.pad_token_id, self.eos_token_ids = special_token_ids(processor.tokenizer)
-        self.options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                            do_sample=do_sample)
+        self.options = dict(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, do_sample=do_sample
+        )
         self.gather = gather or contextlib.nullcontext
         self.policy_version: int | None = None  # the weights are the policy's own: nothing to sync
 
     def generate(self, prompts: PromptBatch, group_size: int) -> Rollout:
         with self.gather():
-            return generate_rollouts(self.model, self.processor, prompts, group_size, eos_token_ids=self.eos_token_ids,
-                                     pad_token_id=self.pad_token_id, **self.options)
+            return generate_rollouts(
+                self.model,
+                self.processor,
+                prompts,
+                group_size,
+                eos_token_ids=self.eos_token_ids,
+                pad_token_id=self.pad_token_id,
+                **self.options,
+            )
 
 
 def sequential_rollouts(model: LensModel, processor, prompts: PromptBatch, group_size: int, **kwargs) -> list[Rollout]:
@@ -225,9 +319,17 @@ def sequential_rollouts(model: LensModel, processor, prompts: PromptBatch, group
     out = []
     for i in range(len(prompts)):
         single = PromptBatch(
-            [prompts.records[i]], prompts.input_ids[i:i + 1], prompts.attention_mask[i:i + 1],
-            prompts.mm_token_type_ids[i:i + 1], _image_patches(prompts, i), prompts.image_grid_thw[i:i + 1],
-            prompts.sam_images[i:i + 1], [prompts.gt_masks[i]], [prompts.gt_boxes_llm[i]], [prompts.mllm_sizes[i]])
+            [prompts.records[i]],
+            prompts.input_ids[i : i + 1],
+            prompts.attention_mask[i : i + 1],
+            prompts.mm_token_type_ids[i : i + 1],
+            _image_patches(prompts, i),
+            prompts.image_grid_thw[i : i + 1],
+            prompts.sam_images[i : i + 1],
+            [prompts.gt_masks[i]],
+            [prompts.gt_boxes_llm[i]],
+            [prompts.mllm_sizes[i]],
+        )
         for _ in range(group_size):
             out.append(generate_rollouts(model, processor, single, 1, **kwargs))
     return out
@@ -236,6 +338,4 @@ def sequential_rollouts(model: LensModel, processor, prompts: PromptBatch, group
 def _image_patches(prompts: PromptBatch, i: int) -> torch.Tensor:
     counts = prompts.image_grid_thw.prod(-1).tolist()
     start = sum(counts[:i])
-    return prompts.pixel_values[start:start + counts[i]]
-
-
+    return prompts.pixel_values[start : start + counts[i]]

@@ -12,6 +12,7 @@
 A stage (`TrainingStage`) supplies only what differs: how its model is built, how a step's micro-batches
 become losses, what it validates and what it logs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -69,9 +70,13 @@ def freeze_all_but(model, parts: list[str]) -> dict[str, int]:
 def model_signature(model) -> dict:
     """What a checkpoint must agree on to be resumed into this run."""
     text = model.mllm.config.get_text_config()
-    return {"mllm_type": model.mllm.config.model_type, "hidden_size": text.hidden_size,
-            "num_hidden_layers": text.num_hidden_layers, "vocab_size": text.vocab_size,
-            "lens": model.lens_config.to_dict()}
+    return {
+        "mllm_type": model.mllm.config.model_type,
+        "hidden_size": text.hidden_size,
+        "num_hidden_layers": text.num_hidden_layers,
+        "vocab_size": text.vocab_size,
+        "lens": model.lens_config.to_dict(),
+    }
 
 
 @dataclass
@@ -180,33 +185,48 @@ def run_stage(stage: TrainingStage, args) -> int:
     cfg = load_config(stage.config_class, args.config, args.overrides)
     stage.check(cfg)
     datasets = load_mixture(cfg.datasets)  # before the model: a wrong path fails in seconds, not minutes
-    val_records = load_mixture([cfg.val_dataset])[0][:cfg.val_samples] if cfg.val_dataset and cfg.val_samples else []
+    val_records = load_mixture([cfg.val_dataset])[0][: cfg.val_samples] if cfg.val_dataset and cfg.val_samples else []
     dist_info = init_distributed()
     per_device, accum = derive_batch(cfg.global_batch_size, dist_info.world, cfg.per_device_batch_size)
     num_samples = sum(len(d) for d in datasets)
-    run = Run(args, cfg, dist_info.rank, dist_info.world, dist_info.device, Path(cfg.output_dir), per_device, accum,
-              total_steps(cfg, num_samples), resolve_precision(cfg.precision, dist_info.device))
+    run = Run(
+        args,
+        cfg,
+        dist_info.rank,
+        dist_info.world,
+        dist_info.device,
+        Path(cfg.output_dir),
+        per_device,
+        accum,
+        total_steps(cfg, num_samples),
+        resolve_precision(cfg.precision, dist_info.device),
+    )
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     module, counts = stage.build(run)
-    run_info = {"model_signature": model_signature(stage.lens), "trainable": sorted(cfg.trainable),
-                "init": stage.init_info(cfg)}
+    run_info = {
+        "model_signature": model_signature(stage.lens),
+        "trainable": sorted(cfg.trainable),
+        "init": stage.init_info(cfg),
+    }
     run.start_step, resume_from = start_run(args.resume, run.out, run_info, dump_config(cfg), run.rank)
     run.last_saved = run.start_step or None
     if run.rank == 0:
         stage.log.info(stage.describe(run, counts, num_samples))
     stage.before_engine(run)
-    run.engine, scheduler = build_engine(module, cfg, per_device, accum, run.world, run.dtype,
-                                         run.steps * stage.updates_per_step(cfg), resume_from)
+    run.engine, scheduler = build_engine(
+        module, cfg, per_device, accum, run.world, run.dtype, run.steps * stage.updates_per_step(cfg), resume_from
+    )
     stage.after_engine(run, datasets, val_records)
     stage.train_mode(run)
 
     curves = MetricLog(run.out, enabled=run.rank == 0, resume_step=run.start_step)
     from tqdm import tqdm
 
-    bar = tqdm(total=run.steps, initial=run.start_step, desc=stage.name, unit="step",
-               disable=run.rank != 0 or args.no_progress)
+    bar = tqdm(
+        total=run.steps, initial=run.start_step, desc=stage.name, unit="step", disable=run.rank != 0 or args.no_progress
+    )
     throughput = Throughput()
     for step in range(run.start_step, run.steps):
         step_lr = scheduler.get_last_lr()[0]  # the rate this step's update uses
@@ -218,9 +238,12 @@ def run_stage(stage: TrainingStage, args) -> int:
             values = stage.statistics(run, result)
             values.update({k: run.mean(v) for k, v in result.parts.items()})
             grad_norm = run.engine.get_global_grad_norm()
-            values.update(lr=step_lr, grad_norm=float(grad_norm) if grad_norm is not None else math.nan,
-                          samples_per_s=run.mean(throughput.rate()) * run.world,
-                          **{f"time_{k}": run.mean(v) for k, v in result.timings.items()})
+            values.update(
+                lr=step_lr,
+                grad_norm=float(grad_norm) if grad_norm is not None else math.nan,
+                samples_per_s=run.mean(throughput.rate()) * run.world,
+                **{f"time_{k}": run.mean(v) for k, v in result.timings.items()},
+            )
             throughput.reset()
             curves.log(done, values)
             postfix, line = stage.report(run, done, values)
@@ -235,13 +258,31 @@ def run_stage(stage: TrainingStage, args) -> int:
             if run.rank == 0:
                 stage.log.info(stage.report_validation(done, val))
         if done % cfg.save_every == 0 and done != run.steps:
-            save_checkpoint(run.engine, run.out, done, run_info, stage.processor, run.rank, cfg.zero_stage,
-                            cfg.keep_last, stage.lens_attr)
+            save_checkpoint(
+                run.engine,
+                run.out,
+                done,
+                run_info,
+                stage.processor,
+                run.rank,
+                cfg.zero_stage,
+                cfg.keep_last,
+                stage.lens_attr,
+            )
             run.last_saved = done
     bar.close()
 
-    final_ckpt = save_checkpoint(run.engine, run.out, run.steps, run_info, stage.processor, run.rank, cfg.zero_stage,
-                                 cfg.keep_last, stage.lens_attr)
+    final_ckpt = save_checkpoint(
+        run.engine,
+        run.out,
+        run.steps,
+        run_info,
+        stage.processor,
+        run.rank,
+        cfg.zero_stage,
+        cfg.keep_last,
+        stage.lens_attr,
+    )
     if run.rank == 0:
         shutil.copytree(final_ckpt / "model", run.out / "final", dirs_exist_ok=True)
         curves.close()
@@ -262,8 +303,9 @@ def shard_rounds(num_samples: int, rank: int, world: int) -> Iterator[tuple[int,
         yield (mine[k] if real else (mine[-1] if mine else 0)), real
 
 
-def sharded_validation(num_samples: int, run: Run, score_one: Callable[[int, bool], tuple[SampleScore | None, list]],
-                       num_extras: int) -> tuple[dict, np.ndarray]:
+def sharded_validation(
+    num_samples: int, run: Run, score_one: Callable[[int, bool], tuple[SampleScore | None, list]], num_extras: int
+) -> tuple[dict, np.ndarray]:
     """`score_one(index, real)` on this rank's share (see `shard_rounds`) -> (its mask score or None when not
     scored, `num_extras` numbers to sum). Intersections, unions and extras are summed over ranks, so cIoU is
     exact. -> (SplitMetrics summary, summed extras (num_extras,) float64)."""
@@ -274,6 +316,9 @@ def sharded_validation(num_samples: int, run: Run, score_one: Callable[[int, boo
         if score is not None:
             metrics.add(score)
         extras += np.asarray(more, dtype=np.float64)
-    totals = all_sum(torch.tensor(np.append(metrics.to_array(), extras), dtype=torch.float64, device=run.device),
-                     run.world).cpu().numpy()
+    totals = (
+        all_sum(torch.tensor(np.append(metrics.to_array(), extras), dtype=torch.float64, device=run.device), run.world)
+        .cpu()
+        .numpy()
+    )
     return SplitMetrics.from_array(totals[:-num_extras]).summary(), totals[-num_extras:]

@@ -6,6 +6,7 @@ ending at the floor instead of 0), constant -> `constant_with_warmup`. With min_
 setting, these are the schedules the released transformers Trainer runs used. Past `total_steps` the rate holds
 its final value (transformers' cosine would rise again).
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,15 +36,22 @@ def _held_after_end(step: int, *, schedule, total_steps: int) -> float:
     return schedule(min(step, total_steps))
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int
-                       ) -> torch.optim.lr_scheduler.LambdaLR:
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """The run's scheduler over `optimizer` (whose lr is cfg.lr): step s (0-based optimizer steps) multiplies the
     learning rate by s / warmup_steps during the warm-up, then decays it to cfg.min_lr_ratio at `total_steps`."""
     name, kwargs = _transformers_schedule(cfg.lr_scheduler, cfg.min_lr_ratio, optimizer.defaults["lr"])
-    scheduler = get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps,
-                              scheduler_specific_kwargs=kwargs)
-    scheduler.lr_lambdas = [functools.partial(_held_after_end, schedule=f, total_steps=total_steps)
-                            for f in scheduler.lr_lambdas]
+    scheduler = get_scheduler(
+        name,
+        optimizer,
+        num_warmup_steps=cfg.warmup_steps,
+        num_training_steps=total_steps,
+        scheduler_specific_kwargs=kwargs,
+    )
+    scheduler.lr_lambdas = [
+        functools.partial(_held_after_end, schedule=f, total_steps=total_steps) for f in scheduler.lr_lambdas
+    ]
     return scheduler
 
 

@@ -29,6 +29,7 @@ identical answers.
 This backend needs vLLM on a CUDA machine; it was written against the documented vLLM API and the released
 code's usage and is exercised here only with a stand-in engine (tests/test_vllm_rollout.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,9 @@ import os
 import shutil
 import tempfile
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -81,7 +83,8 @@ def check_prompt_alignment(prompts: PromptBatch, engine_prompt_ids: list[list[in
             f"vLLM tokenized the prompt of {record.dataset}/{record.sample_id} into {len(theirs)} tokens with {what} "
             f"(ours: {len(ours)} tokens, image grid {prompts.image_grid_thw[i].tolist()}); its completions would not "
             f"line up with the training sequence. Make vLLM's image preprocessing match the processor's "
-            f"(min_pixels/max_pixels) or set rollout_backend=generate")
+            f"(min_pixels/max_pixels) or set rollout_backend=generate"
+        )
     return checked
 
 
@@ -102,8 +105,12 @@ def _engine_completions(outputs, k: int, group_size: int, eos: set[int]) -> tupl
             # A stop token ends the answer like EOS does; should an engine leave it out of token_ids, put it
             # back so the completion (and its log-prob) ends where sampling ended.
             reason = getattr(answer, "stop_reason", None)
-            if getattr(answer, "finish_reason", None) == "stop" and isinstance(reason, int) and reason in eos \
-                    and (not ids or ids[-1] != reason):
+            if (
+                getattr(answer, "finish_reason", None) == "stop"
+                and isinstance(reason, int)
+                and reason in eos
+                and (not ids or ids[-1] != reason)
+            ):
                 ids.append(reason)
             group.append(ids)
         completions.append(group)
@@ -126,16 +133,25 @@ class VLLMRollouts:
     `llm_factory` / `sampling_params_factory` replace `vllm.LLM` / `vllm.SamplingParams` (tests).
     """
 
-    def __init__(self, cfg, lens: LensModel, processor, device, llm_factory: Callable[..., Any] | None = None,
-                 sampling_params_factory: Callable[..., Any] | None = None):
+    def __init__(
+        self,
+        cfg,
+        lens: LensModel,
+        processor,
+        device,
+        llm_factory: Callable[..., Any] | None = None,
+        sampling_params_factory: Callable[..., Any] | None = None,
+    ):
         if llm_factory is None or sampling_params_factory is None:
             try:
                 import vllm
             except ImportError as exc:
                 raise LensError(f"{INSTALL_HINT} ({exc})") from None
             if torch.device(device).type != "cuda":
-                raise LensError(f"rollout_backend=vllm runs vLLM on a CUDA GPU, but this rank's device is {device}; "
-                                f"set rollout_backend=generate to sample in-process")
+                raise LensError(
+                    f"rollout_backend=vllm runs vLLM on a CUDA GPU, but this rank's device is {device}; "
+                    f"set rollout_backend=generate to sample in-process"
+                )
             llm_factory = llm_factory or vllm.LLM
             sampling_params_factory = sampling_params_factory or vllm.SamplingParams
         self.cfg = cfg
@@ -172,12 +188,18 @@ class VLLMRollouts:
             raise LensError(f"rollout_backend=vllm: unsupported policy dtype {dtype}")
         max_model_len = cfg.max_prompt_length + cfg.max_completion_length
         return dict(
-            model=str(self.model_dir), tokenizer=str(self.model_dir), dtype=_DTYPE_NAMES[dtype],
-            load_format="dummy", seed=cfg.seed + self.rank, tensor_parallel_size=1,
+            model=str(self.model_dir),
+            tokenizer=str(self.model_dir),
+            dtype=_DTYPE_NAMES[dtype],
+            load_format="dummy",
+            seed=cfg.seed + self.rank,
+            tensor_parallel_size=1,
             distributed_executor_backend="external_launcher",  # engine inside this rank's process
-            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, max_model_len=max_model_len,
+            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+            max_model_len=max_model_len,
             max_num_batched_tokens=max(4096, max_model_len),  # the V1 profiler overestimates at its default
-            limit_mm_per_prompt={"image": 1, "video": 0}, enable_prefix_caching=True,
+            limit_mm_per_prompt={"image": 1, "video": 0},
+            enable_prefix_caching=True,
         )
 
     def _engine_model(self):
@@ -192,11 +214,14 @@ class VLLMRollouts:
             return model.load_weights(weights), {name for name, _ in model.named_parameters()}
         if hasattr(self.llm, "apply_model"):  # newer vLLM: run a function on the worker's model
             results = self.llm.apply_model(
-                lambda m: (m.load_weights(weights), {name for name, _ in m.named_parameters()}))
+                lambda m: (m.load_weights(weights), {name for name, _ in m.named_parameters()})
+            )
             return results[0] if isinstance(results, list) else results
-        raise LensError(f"cannot reach the model inside this vLLM version to update its weights (neither "
-                        f"{_MODEL_PATH} nor LLM.apply_model exists); use a vLLM release with one of them or set "
-                        f"rollout_backend=generate")
+        raise LensError(
+            f"cannot reach the model inside this vLLM version to update its weights (neither "
+            f"{_MODEL_PATH} nor LLM.apply_model exists); use a vLLM release with one of them or set "
+            f"rollout_backend=generate"
+        )
 
     def _sync_weights(self) -> None:
         weights = [(name, param.detach()) for name, param in self.lens.mllm.named_parameters()]
@@ -205,10 +230,12 @@ class VLLMRollouts:
         if isinstance(loaded, (set, frozenset, list, tuple)) and expected:
             missing = sorted(expected - set(loaded))
             if missing:
-                raise LensError(f"vLLM kept {len(missing)} of its {len(expected)} tensors at their dummy values after "
-                                f"the weight sync (e.g. {', '.join(missing[:3])}): the policy's parameter names do not "
-                                f"map onto this vLLM version's {self.lens.mllm.config.model_type} loader; set "
-                                f"rollout_backend=generate")
+                raise LensError(
+                    f"vLLM kept {len(missing)} of its {len(expected)} tensors at their dummy values after "
+                    f"the weight sync (e.g. {', '.join(missing[:3])}): the policy's parameter names do not "
+                    f"map onto this vLLM version's {self.lens.mllm.config.model_type} loader; set "
+                    f"rollout_backend=generate"
+                )
         reset = getattr(self.llm, "reset_prefix_cache", None)
         if reset is not None:
             reset()  # cached prompt states were computed with the old weights
@@ -233,8 +260,10 @@ class VLLMRollouts:
         for i, record in enumerate(prompts.records):
             image = mllm_image(load_image(record.image_path), self.lens.lens_config)
             if (image.height, image.width) != tuple(prompts.mllm_sizes[i]):
-                raise LensError(f"{record.sample_id}: the MLLM image is now {image.height}x{image.width}, the prompt "
-                                f"was built for {prompts.mllm_sizes[i]}")
+                raise LensError(
+                    f"{record.sample_id}: the MLLM image is now {image.height}x{image.width}, the prompt "
+                    f"was built for {prompts.mllm_sizes[i]}"
+                )
             chat = build_chat(self.processor, self.lens.lens_config.prompt, record.expression)
             out.append({"prompt": chat, "multi_modal_data": {"image": image}})
         return out
@@ -242,8 +271,13 @@ class VLLMRollouts:
     def sampling_params(self, group_size: int):
         cfg = self.cfg
         return self._sampling_params_factory(
-            n=group_size, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k if cfg.top_k > 0 else -1,
-            max_tokens=cfg.max_completion_length, stop_token_ids=list(self.eos_token_ids))
+            n=group_size,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k if cfg.top_k > 0 else -1,
+            max_tokens=cfg.max_completion_length,
+            stop_token_ids=list(self.eos_token_ids),
+        )
 
     @torch.no_grad()
     def generate(self, prompts: PromptBatch, group_size: int) -> Rollout:
@@ -253,8 +287,9 @@ class VLLMRollouts:
             if self.policy_version is None or self.policy_version != self._synced_version:
                 with timer.stage("sync_weights"):
                     self.sync_weights()
-            outputs = self.llm.generate(self.requests(prompts), sampling_params=self.sampling_params(group_size),
-                                        use_tqdm=False)
+            outputs = self.llm.generate(
+                self.requests(prompts), sampling_params=self.sampling_params(group_size), use_tqdm=False
+            )
         eos = set(self.eos_token_ids)
         completions, engine_prompt_ids = _engine_completions(outputs, len(prompts), group_size, eos)
         if check_prompt_alignment(prompts, engine_prompt_ids, self.image_token_id) == 0 and not self._unchecked_warned:
@@ -262,5 +297,12 @@ class VLLMRollouts:
             self._unchecked_warned = True
         with self._gathered():
             return rollout_from_completions(
-                self.lens, self.processor, prompts, completions, eos_token_ids=self.eos_token_ids,
-                pad_token_id=self.pad_token_id, max_new_tokens=self.cfg.max_completion_length, timings=timer.times)
+                self.lens,
+                self.processor,
+                prompts,
+                completions,
+                eos_token_ids=self.eos_token_ids,
+                pad_token_id=self.pad_token_id,
+                max_new_tokens=self.cfg.max_completion_length,
+                timings=timer.times,
+            )

@@ -4,6 +4,7 @@ The config classes validate against these; the modules that implement them (loss
 schedule builder, the part freezer, the samplers) import them. Dtypes, answer formats and context-pass modes are
 the library's (`lens_model.vocab`); reward names live with the reward registry (`training.rewards`).
 """
+
 from __future__ import annotations
 
 # Parts of a LensModel that a stage can train (training.runner.TRAINABLE_MODULES maps them to submodules).

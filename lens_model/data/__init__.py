@@ -1,4 +1,5 @@
 """Dataset readers: every reader yields plain `Record`s (image path, expression, lazy GT mask, GT box, ids)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,11 @@ def _groundingsuite(data_root: Path, split: str, image_dir: Path | None) -> list
         base = anno.parent
         found = [base / d for d in _GS_IMAGE_DIRS if (base / d).is_dir()]
         if not found:
-            raise LensError("groundingsuite: image folder not found; looked in "
-                            + ", ".join(str(base / d) for d in _GS_IMAGE_DIRS) + " (COCO unlabeled2017; pass --image-dir)")
+            raise LensError(
+                "groundingsuite: image folder not found; looked in "
+                + ", ".join(str(base / d) for d in _GS_IMAGE_DIRS)
+                + " (COCO unlabeled2017; pass --image-dir)"
+            )
         image_dir = found[0]
     return read_groundingsuite(anno, image_dir, split=split)
 

@@ -17,6 +17,7 @@ images (ROOT/coco/unlabeled2017, as in the released README). So the image is `im
 file does not exist but `image_dir / image_path` does (the released script's literal join, or an image_dir one
 level up), that one is used.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,13 +35,17 @@ REQUIRED_FIELDS = ("caption", "image_path", "segmentation")
 def _rle_size(segmentation, where: str) -> tuple[int, int]:
     rles = segmentation if isinstance(segmentation, list) else [segmentation]
     if not rles or not all(isinstance(r, dict) and "size" in r and "counts" in r for r in rles):
-        raise LensError(f"{where}: field 'segmentation' must be a COCO RLE {{\"size\": [H, W], \"counts\": ...}} "
-                        f"or a list of them")
+        raise LensError(
+            f'{where}: field \'segmentation\' must be a COCO RLE {{"size": [H, W], "counts": ...}} or a list of them'
+        )
     sizes = []
     for rle in rles:
         size = rle["size"]
-        if not (isinstance(size, list) and len(size) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        if not (
+            isinstance(size, list)
+            and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+        ):
             raise LensError(f"{where}: field 'segmentation.size' must be [H, W] (two positive integers), got {size!r}")
         sizes.append((size[0], size[1]))
     if len(set(sizes)) > 1:
@@ -50,8 +55,11 @@ def _rle_size(segmentation, where: str) -> tuple[int, int]:
 
 def _box(value, where: str) -> tuple[float, float, float, float] | None:
     """xyxy box of the line; None when degenerate (the caller falls back to the mask's box)."""
-    if not (isinstance(value, list) and len(value) == 4
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+    if not (
+        isinstance(value, list)
+        and len(value) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    ):
         raise LensError(f"{where}: field 'box' must be [x1, y1, x2, y2] (four numbers), got {value!r}")
     x1, y1, x2, y2 = (float(v) for v in value)
     return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
@@ -118,12 +126,25 @@ def read_groundingsuite(anno: str | Path, image_dir: str | Path, split: str = "e
             raise LensError(f"{where}: sample id {sample_id!r} (field 'idx') repeats line {seen[sample_id]}")
         seen[sample_id] = line_no
 
-        records.append(Record(
-            sample_id=sample_id, dataset="groundingsuite", split=split,
-            image_path=_image_path(image_dir, relative, where), expression=caption, box=box, image_size=(h, w),
-            load_mask=load_mask,
-            ids={"idx": idx, "line": line_no, "image": relative, "label": row.get("label"), "class_id": row.get("class_id")},
-        ))
+        records.append(
+            Record(
+                sample_id=sample_id,
+                dataset="groundingsuite",
+                split=split,
+                image_path=_image_path(image_dir, relative, where),
+                expression=caption,
+                box=box,
+                image_size=(h, w),
+                load_mask=load_mask,
+                ids={
+                    "idx": idx,
+                    "line": line_no,
+                    "image": relative,
+                    "label": row.get("label"),
+                    "class_id": row.get("class_id"),
+                },
+            )
+        )
     if not records:
         raise LensError(f"{anno}: no samples (the file is empty)")
     return records

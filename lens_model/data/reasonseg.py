@@ -16,6 +16,7 @@ Samples: val and test use the first sentence of each image (the released protoco
 sample_id NAME; train gives one record per sentence, sample_id NAME/k. The image size is read from the image
 header (EXIF orientation applied, as cv2.imread does in LISA and as the pipeline's image loading does).
 """
+
 from __future__ import annotations
 
 import json
@@ -137,15 +138,25 @@ def _image_size(image_path: Path, anno: dict, json_path: Path) -> tuple[int, int
         with Image.open(image_path) as image:
             width, height = image.size
             # JPEG keeps EXIF in its header; other formats only when already parsed (no full decode)
-            if (image.format == "JPEG" or "exif" in image.info) and image.getexif().get(0x0112) in _SWAPPED_ORIENTATIONS:
+            if (image.format == "JPEG" or "exif" in image.info) and image.getexif().get(
+                0x0112
+            ) in _SWAPPED_ORIENTATIONS:
                 width, height = height, width
         return int(height), int(width)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         h, w = anno.get("imageHeight"), anno.get("imageWidth")
-        if isinstance(h, int) and isinstance(w, int) and not isinstance(h, bool) and not isinstance(w, bool) and h > 0 and w > 0:
+        if (
+            isinstance(h, int)
+            and isinstance(w, int)
+            and not isinstance(h, bool)
+            and not isinstance(w, bool)
+            and h > 0
+            and w > 0
+        ):
             return h, w
-        raise LensError(f"cannot read the size of {image_path} ({exc}) and {json_path} has no valid "
-                        f"imageHeight/imageWidth") from None
+        raise LensError(
+            f"cannot read the size of {image_path} ({exc}) and {json_path} has no valid imageHeight/imageWidth"
+        ) from None
 
 
 def _find_image(json_path: Path) -> Path:
@@ -153,8 +164,9 @@ def _find_image(json_path: Path) -> Path:
         for candidate in (json_path.with_suffix(ext), json_path.with_suffix(ext.upper())):
             if candidate.is_file():
                 return candidate
-    raise LensError(f"{json_path}: no image next to it (looked for {json_path.stem} with "
-                    f"{', '.join(IMAGE_EXTENSIONS)})")
+    raise LensError(
+        f"{json_path}: no image next to it (looked for {json_path.stem} with {', '.join(IMAGE_EXTENSIONS)})"
+    )
 
 
 def read_reasonseg(root: str | Path, split: str) -> list[Record]:
@@ -164,17 +176,22 @@ def read_reasonseg(root: str | Path, split: str) -> list[Record]:
     candidates = split_dir_candidates(root, split)
     folder = next((c for c in candidates if c.is_dir()), None)
     if folder is None:
-        raise LensError(f"reasonseg: split folder not found; looked in {', '.join(str(c) for c in candidates)} "
-                        f"(expected the LISA layout: NAME.jpg + NAME.json)")
+        raise LensError(
+            f"reasonseg: split folder not found; looked in {', '.join(str(c) for c in candidates)} "
+            f"(expected the LISA layout: NAME.jpg + NAME.json)"
+        )
     json_paths = sorted(folder.glob("*.json"), key=lambda p: p.stem)
     if not json_paths:
         raise LensError(f"reasonseg: no annotation (*.json) in {folder}")
     stems = {p.stem for p in json_paths}
-    orphans = sorted(p for p in folder.iterdir()
-                     if p.suffix.lower() in IMAGE_EXTENSIONS and p.stem not in stems and p.is_file())
+    orphans = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.stem not in stems and p.is_file()
+    )
     if orphans:
-        raise LensError(f"reasonseg: image {orphans[0]} has no annotation {orphans[0].with_suffix('.json').name}"
-                        + (f" (and {len(orphans) - 1} more images without one)" if len(orphans) > 1 else ""))
+        raise LensError(
+            f"reasonseg: image {orphans[0]} has no annotation {orphans[0].with_suffix('.json').name}"
+            + (f" (and {len(orphans) - 1} more images without one)" if len(orphans) > 1 else "")
+        )
 
     records = []
     for json_path in json_paths:
@@ -197,10 +214,22 @@ def read_reasonseg(root: str | Path, split: str) -> list[Record]:
         stem = json_path.stem
         chosen = list(enumerate(sentences)) if split == "train" else [(0, sentences[0])]
         for k, sentence in chosen:
-            records.append(Record(
-                sample_id=f"{stem}/{k}" if split == "train" else stem, dataset="reasonseg", split=split,
-                image_path=image_path, expression=sentence, box=box, image_size=(h, w), load_mask=load_mask,
-                ids={"image": stem, "sent_index": k, "is_sentence": is_sentence if isinstance(is_sentence, bool) else None},
-                load_ignore=load_ignore if has_ignore else None,
-            ))
+            records.append(
+                Record(
+                    sample_id=f"{stem}/{k}" if split == "train" else stem,
+                    dataset="reasonseg",
+                    split=split,
+                    image_path=image_path,
+                    expression=sentence,
+                    box=box,
+                    image_size=(h, w),
+                    load_mask=load_mask,
+                    ids={
+                        "image": stem,
+                        "sent_index": k,
+                        "is_sentence": is_sentence if isinstance(is_sentence, bool) else None,
+                    },
+                    load_ignore=load_ignore if has_ignore else None,
+                )
+            )
     return records

@@ -1,9 +1,10 @@
 """The plain record every dataset reader yields: one (image, referring expression) pair with its target."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -32,7 +33,9 @@ class Record:
 
     def _checked(self, mask: np.ndarray, what: str) -> np.ndarray:
         if mask.shape != tuple(self.image_size):
-            raise ValueError(f"{self.dataset}/{self.sample_id}: {what} shape {mask.shape} != image size {self.image_size}")
+            raise ValueError(
+                f"{self.dataset}/{self.sample_id}: {what} shape {mask.shape} != image size {self.image_size}"
+            )
         return mask.astype(bool, copy=False)
 
 

@@ -8,6 +8,7 @@
 Every sentence of every ref in the split is one sample (the LISA/LENS protocol); the target is the union of
 the annotation's decoded polygons / RLEs; the GT box is the annotation's bbox.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,11 @@ from ..errors import LensError
 from .records import Record
 
 SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd", "synthetic": "unc"}
-SPLITS = {"refcoco": ("train", "val", "testA", "testB"), "refcoco+": ("train", "val", "testA", "testB"),
-          "refcocog": ("train", "val", "test")}
+SPLITS = {
+    "refcoco": ("train", "val", "testA", "testB"),
+    "refcoco+": ("train", "val", "testA", "testB"),
+    "refcocog": ("train", "val", "test"),
+}
 _IMAGE_DIRS = ("refer_seg/images/mscoco/images/train2014", "images/mscoco/images/train2014", "images", "train2014")
 
 
@@ -53,8 +57,11 @@ def _find_annotation_dir(root: Path, dataset: str) -> Path:
     for folder in candidates:
         if (folder / ref_file).exists():
             return folder
-    raise LensError(f"{dataset}: annotation file {ref_file} not found; looked in "
-                    + ", ".join(str(c) for c in candidates) + " (expected the REFER layout with instances.json)")
+    raise LensError(
+        f"{dataset}: annotation file {ref_file} not found; looked in "
+        + ", ".join(str(c) for c in candidates)
+        + " (expected the REFER layout with instances.json)"
+    )
 
 
 def _find_image_dir(root: Path, annotation_dir: Path, image_dir: Path | None) -> Path:
@@ -66,8 +73,11 @@ def _find_image_dir(root: Path, annotation_dir: Path, image_dir: Path | None) ->
     for folder in candidates:
         if folder.is_dir():
             return folder
-    raise LensError("image folder not found; looked in " + ", ".join(str(c) for c in candidates)
-                    + " (COCO train2014 images; pass --image-dir)")
+    raise LensError(
+        "image folder not found; looked in "
+        + ", ".join(str(c) for c in candidates)
+        + " (COCO train2014 images; pass --image-dir)"
+    )
 
 
 def read_refer(data_root: str | Path, dataset: str, split: str, image_dir: str | Path | None = None) -> list[Record]:
@@ -102,9 +112,11 @@ def read_refer(data_root: str | Path, dataset: str, split: str, image_dir: str |
             continue
         ann, image = anns.get(ref["ann_id"]), images.get(ref["image_id"])
         if ann is None or image is None:
-            raise LensError(f"{ref_file}: ref {ref['ref_id']} points at a missing "
-                            f"{'annotation ' + str(ref['ann_id']) if ann is None else 'image ' + str(ref['image_id'])} "
-                            f"in {instances_file}")
+            raise LensError(
+                f"{ref_file}: ref {ref['ref_id']} points at a missing "
+                f"{'annotation ' + str(ref['ann_id']) if ann is None else 'image ' + str(ref['image_id'])} "
+                f"in {instances_file}"
+            )
         h, w = int(image["height"]), int(image["width"])
         x, y, bw, bh = (float(v) for v in ann["bbox"])
 
@@ -112,13 +124,27 @@ def read_refer(data_root: str | Path, dataset: str, split: str, image_dir: str |
             try:
                 return decode_segmentation(seg, h, w)
             except Exception as exc:
-                raise LensError(f"{dataset}: cannot decode the mask of ref {ref_id} (annotation {ann_id}): {exc}") from None
+                raise LensError(
+                    f"{dataset}: cannot decode the mask of ref {ref_id} (annotation {ann_id}): {exc}"
+                ) from None
 
         for sentence in ref["sentences"]:
-            records.append(Record(
-                sample_id=f"{ref['ref_id']}/{sentence['sent_id']}", dataset=dataset, split=split,
-                image_path=folder / image["file_name"], expression=sentence["sent"],
-                box=(x, y, x + bw, y + bh) if bw > 0 and bh > 0 else None, image_size=(h, w), load_mask=load_mask,
-                ids={"ref_id": ref["ref_id"], "ann_id": ref["ann_id"], "image_id": ref["image_id"], "sent_id": sentence["sent_id"]},
-            ))
+            records.append(
+                Record(
+                    sample_id=f"{ref['ref_id']}/{sentence['sent_id']}",
+                    dataset=dataset,
+                    split=split,
+                    image_path=folder / image["file_name"],
+                    expression=sentence["sent"],
+                    box=(x, y, x + bw, y + bh) if bw > 0 and bh > 0 else None,
+                    image_size=(h, w),
+                    load_mask=load_mask,
+                    ids={
+                        "ref_id": ref["ref_id"],
+                        "ann_id": ref["ann_id"],
+                        "image_id": ref["image_id"],
+                        "sent_id": sentence["sent_id"],
+                    },
+                )
+            )
     return records

@@ -10,6 +10,7 @@
 Every expression picks out exactly one object of its scene ("the small red circle left of the blue square").
 The image is painted from the same polygons that pycocotools decodes, so GT masks match the pixels exactly.
 """
+
 from __future__ import annotations
 
 import json
@@ -135,8 +136,9 @@ def render(objects: list[SceneObject], size: int, rng: np.random.Generator) -> t
     return image, masks
 
 
-def _sentences(rng: np.random.Generator, plain: list[str], relational: list[tuple[str, str, str]],
-               relation_rate: float) -> list[str]:
+def _sentences(
+    rng: np.random.Generator, plain: list[str], relational: list[tuple[str, str, str]], relation_rate: float
+) -> list[str]:
     """One or two phrasings of one unique description; a relational one is chosen at `relation_rate`."""
     if relational and (not plain or rng.random() < relation_rate):
         noun, relation, anchor = relational[int(rng.integers(len(relational)))]
@@ -144,11 +146,17 @@ def _sentences(rng: np.random.Generator, plain: list[str], relational: list[tupl
     else:
         noun = plain[int(rng.integers(len(plain)))]
         variants = [f"the {noun}", noun]
-    return variants[:1 + int(rng.random() < 0.5)]
+    return variants[: 1 + int(rng.random() < 0.5)]
 
 
-def make_synthetic(out: str | Path, n_images: int, seed: int = 0, image_size: int = 128,
-                   relation_rate: float = 0.5, progress: bool = False) -> Path:
+def make_synthetic(
+    out: str | Path,
+    n_images: int,
+    seed: int = 0,
+    image_size: int = 128,
+    relation_rate: float = 0.5,
+    progress: bool = False,
+) -> Path:
     """Render `n_images` scenes into `out` (REFER layout, dataset name "synthetic"); returns `out`."""
     if n_images < 1:
         raise LensError(f"number of images (--n) must be at least 1, got {n_images}")
@@ -176,20 +184,39 @@ def make_synthetic(out: str | Path, n_images: int, seed: int = 0, image_size: in
         for k, (obj, mask) in enumerate(zip(objects, masks)):
             ann_id = len(annotations) + 1
             x0, y0, x1, y1 = obj.bbox
-            annotations.append({"id": ann_id, "image_id": image_id, "category_id": CATEGORY_IDS[obj.shape],
-                                "segmentation": [list(obj.polygon)], "area": int(mask.sum()),
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "category_id": CATEGORY_IDS[obj.shape],
+                    "segmentation": [list(obj.polygon)],
+                    "area": int(mask.sum()),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "iscrowd": 0,
+                }
+            )
             plain, relational = plain_descriptions(objects, k), relational_descriptions(objects, k)
             if not plain and not relational:
                 continue  # an object no expression can single out (e.g. two identical unrelatable shapes)
             sentences = _sentences(rng, plain, relational, relation_rate)
             ref_id = len(refs) + 1
-            refs.append({"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "split": split,
-                         "category_id": CATEGORY_IDS[obj.shape], "file_name": file_name,
-                         "sentences": [{"sent_id": ref_id * 10 + j, "sent": s, "raw": s, "tokens": s.split()}
-                                       for j, s in enumerate(sentences)]})
+            refs.append(
+                {
+                    "ref_id": ref_id,
+                    "ann_id": ann_id,
+                    "image_id": image_id,
+                    "split": split,
+                    "category_id": CATEGORY_IDS[obj.shape],
+                    "file_name": file_name,
+                    "sentences": [
+                        {"sent_id": ref_id * 10 + j, "sent": s, "raw": s, "tokens": s.split()}
+                        for j, s in enumerate(sentences)
+                    ],
+                }
+            )
     categories = [{"id": i, "name": name, "supercategory": "shape"} for name, i in CATEGORY_IDS.items()]
-    (ann_dir / "instances.json").write_text(json.dumps({"images": images, "annotations": annotations,
-                                                        "categories": categories}))
+    (ann_dir / "instances.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
     (ann_dir / "refs(unc).p").write_bytes(pickle.dumps(refs))
     return out

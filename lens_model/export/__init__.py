@@ -6,6 +6,7 @@ The MLLM is not exported: it reasons once per command in transformers; the expor
 (`lens_model.backends` runs them inside the pipeline). The names below are imported on first use (PEP 562):
 reading an export's metadata or the opset constants does not import torch.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -13,9 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 # public name -> module that defines it
 _EXPORTS = {
-    "METADATA_FILE": "metadata", "ExportError": "metadata", "ExportMetadata": "metadata", "read_metadata": "metadata",
-    "DEFAULT_OPSET": "op_support", "SUPPORTED_OPSETS": "op_support",
-    "ExportOptions": "onnx_export", "export_model": "onnx_export", "export_parts": "onnx_export",
+    "METADATA_FILE": "metadata",
+    "ExportError": "metadata",
+    "ExportMetadata": "metadata",
+    "read_metadata": "metadata",
+    "DEFAULT_OPSET": "op_support",
+    "SUPPORTED_OPSETS": "op_support",
+    "ExportOptions": "onnx_export",
+    "export_model": "onnx_export",
+    "export_parts": "onnx_export",
 }
 
 __all__ = sorted(_EXPORTS)

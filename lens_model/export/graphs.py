@@ -1,7 +1,8 @@
 """The three graphs LENS exports, as torch modules with plain tensor inputs and outputs.
 
     image_encoder  images (B, 3, S, S) normalised   -> image_embed (B, 256, S/16, S/16),
-                                                       high_res_feat_s4 (B, 32, S/4, S/4), high_res_feat_s8 (B, 64, S/8, S/8)
+                                                       high_res_feat_s4 (B, 32, S/4, S/4),
+                                                       high_res_feat_s8 (B, 64, S/8, S/8)
     context_head   query_states (B, N, hidden)      -> prompt_embed (B, 1, 256)
     mask_decoder   prompt_embed + the three features -> low_res_masks (B, 1, S/4, S/4), iou_scores (B, 1)
 
@@ -12,6 +13,7 @@ With fp16=True a graph computes in float16 except its normalisation layers (mean
 which stay float32; inputs and outputs stay float32. The precision is then part of the ONNX graph itself, which
 is what TensorRT's strongly typed networks (the only kind in TensorRT 11) build from, and what ONNX Runtime runs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -111,8 +113,13 @@ class MaskDecoderGraph(nn.Module):
         self.register_buffer("image_pe", image_pe.detach().clone().to(self.dtype))  # (1, 256, S/16, S/16)
         self.register_buffer("no_mask_dense", no_mask_dense.detach().clone().to(self.dtype))  # (1, 256, S/16, S/16)
 
-    def forward(self, prompt_embed: torch.Tensor, image_embed: torch.Tensor, high_res_feat_s4: torch.Tensor,
-                high_res_feat_s8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        prompt_embed: torch.Tensor,
+        image_embed: torch.Tensor,
+        high_res_feat_s4: torch.Tensor,
+        high_res_feat_s8: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         b = prompt_embed.shape[0]
         low_res, iou, _, _ = self.decoder(
             image_embeddings=image_embed.to(self.dtype),
@@ -141,8 +148,10 @@ def graph_io(image_size: int, num_queries: int, hidden_size: int, embed_dim: int
     return {
         "image_encoder": ([TensorSpec("images", [BATCH, 3, s, s])], features),
         "context_head": ([TensorSpec("query_states", [BATCH, num_queries, hidden_size])], [prompt]),
-        "mask_decoder": ([prompt, *features], [TensorSpec("low_res_masks", [BATCH, 1, s // 4, s // 4]),
-                                                TensorSpec("iou_scores", [BATCH, 1])]),
+        "mask_decoder": (
+            [prompt, *features],
+            [TensorSpec("low_res_masks", [BATCH, 1, s // 4, s // 4]), TensorSpec("iou_scores", [BATCH, 1])],
+        ),
     }
 
 

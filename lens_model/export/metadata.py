@@ -4,6 +4,7 @@ prepared, which model the graphs came from (hash of its weight files), and the l
 Runtime backends read it back to feed the graphs and to refuse graphs or engines that do not belong to the
 loaded model, or engines built for another TensorRT version or GPU.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -100,18 +101,24 @@ def read_metadata(export_dir: str | Path) -> ExportMetadata:
     """Read DIR/lens_export.json, with errors that say which file and what is wrong."""
     export_dir = Path(export_dir)
     if not export_dir.is_dir():
-        raise ExportError(f"export directory not found: {export_dir} (create it with `lens export --model M --out DIR`)")
+        raise ExportError(
+            f"export directory not found: {export_dir} (create it with `lens export --model M --out DIR`)"
+        )
     path = export_dir / METADATA_FILE
     if not path.is_file():
-        raise ExportError(f"{export_dir} has no {METADATA_FILE}: not a lens export directory "
-                          f"(create one with `lens export --model M --out {export_dir}`)")
+        raise ExportError(
+            f"{export_dir} has no {METADATA_FILE}: not a lens export directory "
+            f"(create one with `lens export --model M --out {export_dir}`)"
+        )
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ExportError(f"{path} is not valid JSON: {exc}") from None
     if data.get("format_version") != FORMAT_VERSION:
-        raise ExportError(f"{path} has format_version {data.get('format_version')!r}; this lens reads {FORMAT_VERSION}: "
-                          "export the model again")
+        raise ExportError(
+            f"{path} has format_version {data.get('format_version')!r}; this lens reads {FORMAT_VERSION}: "
+            "export the model again"
+        )
     known = {f.name for f in dataclasses.fields(ExportMetadata)}
     try:
         meta = ExportMetadata(**{k: v for k, v in data.items() if k in known})
@@ -175,6 +182,18 @@ POSTPROCESSING = {
 
 
 __all__ = [
-    "BATCH", "ExportError", "ExportMetadata", "GRAPH_NAMES", "GraphSpec", "METADATA_FILE", "TensorRTInfo", "TensorSpec",
-    "POSTPROCESSING", "default_preprocessing", "file_sha256", "library_versions", "model_hash", "read_metadata",
+    "BATCH",
+    "ExportError",
+    "ExportMetadata",
+    "GRAPH_NAMES",
+    "GraphSpec",
+    "METADATA_FILE",
+    "TensorRTInfo",
+    "TensorSpec",
+    "POSTPROCESSING",
+    "default_preprocessing",
+    "file_sha256",
+    "library_versions",
+    "model_hash",
+    "read_metadata",
 ]

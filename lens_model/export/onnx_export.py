@@ -8,6 +8,7 @@ or into NAME.onnx.data next to it when a graph is over 2 GB (the LENS-3B context
 `fp16` exports graphs that compute in float16 with float32 normalisation layers (see graphs.py); their inputs
 and outputs stay float32, so every runtime feeds them the same way.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,19 @@ import torch
 
 from ..errors import LensError
 from .graphs import ContextHeadGraph, ImageEncoderGraph, MaskDecoderGraph, example_inputs, graph_io
-from .metadata import (BATCH, GRAPH_NAMES, METADATA_FILE, POSTPROCESSING, ExportError, ExportMetadata, GraphSpec,
-                       TensorSpec, default_preprocessing, library_versions, model_hash)
+from .metadata import (
+    BATCH,
+    GRAPH_NAMES,
+    METADATA_FILE,
+    POSTPROCESSING,
+    ExportError,
+    ExportMetadata,
+    GraphSpec,
+    TensorSpec,
+    default_preprocessing,
+    library_versions,
+    model_hash,
+)
 from .op_support import DEFAULT_OPSET, SUPPORTED_OPSETS, main_opset
 from .parts import SegmentationParts, load_segmentation_parts, sam_at_image_size
 
@@ -40,11 +52,15 @@ class ExportOptions:
 
     def validate(self) -> None:
         if self.opset not in SUPPORTED_OPSETS:
-            raise ExportError(f"--opset must be one of {list(SUPPORTED_OPSETS)} (TensorRT 10 parses opsets 9-20; "
-                              f"LayerNormalization needs 17), got {self.opset}")
+            raise ExportError(
+                f"--opset must be one of {list(SUPPORTED_OPSETS)} (TensorRT 10 parses opsets 9-20; "
+                f"LayerNormalization needs 17), got {self.opset}"
+            )
         if self.image_size is not None and (self.image_size < 64 or self.image_size % 32):
-            raise ExportError(f"--image-size must be a multiple of 32 and at least 64 (SAM2's Hiera downsamples by 32), "
-                              f"got {self.image_size}")
+            raise ExportError(
+                f"--image-size must be a multiple of 32 and at least 64 (SAM2's Hiera downsamples by 32), "
+                f"got {self.image_size}"
+            )
 
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -52,8 +68,9 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"output path {out_dir} is a file; pass a directory to --out")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise ExportError(f"output directory {out_dir} already exists and is not empty; pass --overwrite to replace "
-                          "the export in it")
+        raise ExportError(
+            f"output directory {out_dir} already exists and is not empty; pass --overwrite to replace the export in it"
+        )
 
 
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -68,7 +85,8 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 
 def _check_saved_graph(path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], opset: int) -> None:
-    """The saved graph has the promised names, static dimensions and opset (export bugs surface here, not at runtime)."""
+    """The saved graph has the promised names, static dimensions and opset (export bugs surface here, not at
+    runtime)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -82,8 +100,9 @@ def _check_saved_graph(path: Path, inputs: list[TensorSpec], outputs: list[Tenso
             raise ExportError(f"{path.name}: graph {kind}s {got} do not match the expected {want}")
 
 
-def export_graph(module: torch.nn.Module, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path,
-                 opset: int) -> None:
+def export_graph(
+    module: torch.nn.Module, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path, opset: int
+) -> None:
     """One module -> one ONNX file with a dynamic batch dimension on every input and output."""
     module = module.eval()
     args = example_inputs(inputs, batch=2)  # batch 2: torch.export specialises dimensions of size 1
@@ -93,16 +112,26 @@ def export_graph(module: torch.nn.Module, inputs: list[TensorSpec], outputs: lis
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dimension renaming notes, deprecation notes of dependencies
         program = torch.onnx.export(
-            module, args, dynamo=True, opset_version=opset, verbose=False,
-            input_names=[s.name for s in inputs], output_names=[s.name for s in outputs],
+            module,
+            args,
+            dynamo=True,
+            opset_version=opset,
+            verbose=False,
+            input_names=[s.name for s in inputs],
+            output_names=[s.name for s in outputs],
             dynamic_shapes=tuple({0: batch} for _ in inputs),
         )
     program.save(str(path))
     _check_saved_graph(path, inputs, outputs, opset)
 
 
-def export_parts(parts: SegmentationParts, out_dir: str | Path, options: ExportOptions, source_model: str = "",
-                 weights: tuple[str, dict[str, str]] = ("", {})) -> ExportMetadata:
+def export_parts(
+    parts: SegmentationParts,
+    out_dir: str | Path,
+    options: ExportOptions,
+    source_model: str = "",
+    weights: tuple[str, dict[str, str]] = ("", {}),
+) -> ExportMetadata:
     """SAM2 + context head -> DIR/{image_encoder,context_head,mask_decoder}.onnx + DIR/lens_export.json.
     `weights` = (model hash, {file: sha256}) of the checkpoint the parts came from."""
     options.validate()
@@ -112,8 +141,11 @@ def export_parts(parts: SegmentationParts, out_dir: str | Path, options: ExportO
     sam = sam_at_image_size(parts.sam, parts.config, image_size)
     io = graph_io(image_size, parts.config.num_queries, parts.hidden_size, parts.config.sam_embed_dim)
     fp16 = options.fp16
-    modules = {"image_encoder": ImageEncoderGraph(sam, image_size, fp16),
-               "context_head": ContextHeadGraph(parts.context, fp16), "mask_decoder": MaskDecoderGraph(sam, fp16)}
+    modules = {
+        "image_encoder": ImageEncoderGraph(sam, image_size, fp16),
+        "context_head": ContextHeadGraph(parts.context, fp16),
+        "mask_decoder": MaskDecoderGraph(sam, fp16),
+    }
     graphs = {}
     for name in GRAPH_NAMES:
         inputs, outputs = io[name]
@@ -122,13 +154,25 @@ def export_parts(parts: SegmentationParts, out_dir: str | Path, options: ExportO
         graphs[name] = GraphSpec(name, f"{name}.onnx", inputs, outputs)
     decoder = sam.sam_mask_decoder
     meta = ExportMetadata(
-        source_model=source_model, model_hash=weights[0], weight_files=weights[1], image_size=image_size,
-        num_queries=parts.config.num_queries, hidden_size=parts.hidden_size, sam_embed_dim=parts.config.sam_embed_dim,
-        opset=options.opset, exporter=EXPORTER, precision="fp16" if fp16 else "fp32", graphs=graphs,
-        preprocessing=default_preprocessing(image_size), postprocessing=dict(POSTPROCESSING),
-        decoder={"multimask_output": False, "dynamic_multimask_via_stability": bool(decoder.dynamic_multimask_via_stability),
-                 "stability_delta": float(decoder.dynamic_multimask_stability_delta),
-                 "stability_thresh": float(decoder.dynamic_multimask_stability_thresh)},
+        source_model=source_model,
+        model_hash=weights[0],
+        weight_files=weights[1],
+        image_size=image_size,
+        num_queries=parts.config.num_queries,
+        hidden_size=parts.hidden_size,
+        sam_embed_dim=parts.config.sam_embed_dim,
+        opset=options.opset,
+        exporter=EXPORTER,
+        precision="fp16" if fp16 else "fp32",
+        graphs=graphs,
+        preprocessing=default_preprocessing(image_size),
+        postprocessing=dict(POSTPROCESSING),
+        decoder={
+            "multimask_output": False,
+            "dynamic_multimask_via_stability": bool(decoder.dynamic_multimask_via_stability),
+            "stability_delta": float(decoder.dynamic_multimask_stability_delta),
+            "stability_thresh": float(decoder.dynamic_multimask_stability_thresh),
+        },
         versions=library_versions(),
     )
     meta.save(out_dir)
@@ -152,5 +196,6 @@ def export_model(model: str | Path, out_dir: str | Path, options: ExportOptions 
     except Exception as exc:  # an exporter failure: keep no half-written export around
         for path in out_dir.glob("*.onnx*"):
             path.unlink()
-        raise ExportError(f"ONNX export of {model} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
-
+        raise ExportError(
+            f"ONNX export of {model} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        ) from exc

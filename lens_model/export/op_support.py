@@ -6,6 +6,7 @@ TensorRT would reject: operators it marks unsupported or does not list, operator
 domain, tensor types it does not take, an opset outside 9-20, and the restrictions of the table that a graph
 can be checked for statically (constant `axes`, Resize modes, TopK `sorted`, LayerNormalization outputs).
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,7 +23,17 @@ DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = (17, 18, 19, 20)
 
 # ONNX TensorProto element types -> the names the table uses.
-_TYPE_NAMES = {1: "FP32", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "FP16", 11: "DOUBLE", 16: "BF16"}
+_TYPE_NAMES = {
+    1: "FP32",
+    2: "UINT8",
+    3: "INT8",
+    6: "INT32",
+    7: "INT64",
+    9: "BOOL",
+    10: "FP16",
+    11: "DOUBLE",
+    16: "BF16",
+}
 # Types TensorRT takes for tensors inside a network (INT8/FP8/INT4 only through quantisation, DOUBLE cast down).
 NETWORK_TYPES = {"FP32", "FP16", "BF16", "INT32", "INT64", "BOOL"}
 # Input index whose type the table's "supported types" describe, where it is not input 0 (None: the output).
@@ -31,7 +42,11 @@ _DATA_INPUT = {"Where": 1, "Constant": None, "ConstantOfShape": None, "Cast": No
 _ANY_INPUT_TYPE = {"Shape", "Size", "Identity"}
 # Inputs that the table says must be build-time constants: op -> input index.
 _CONSTANT_INPUTS = {
-    "Slice": 3, "Squeeze": 1, "Unsqueeze": 1, "CumSum": 1, "Pad": 3,
+    "Slice": 3,
+    "Squeeze": 1,
+    "Unsqueeze": 1,
+    "CumSum": 1,
+    "Pad": 3,
     **{f"Reduce{k}": 1 for k in ("L1", "L2", "LogSum", "LogSumExp", "Max", "Mean", "Min", "Prod", "Sum", "SumSquare")},
 }
 _RESIZE_COORDINATE_MODES = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
@@ -53,7 +68,9 @@ def load_operator_table(path: Path = TABLE) -> dict[str, OperatorSupport]:
     table = {}
     for row in csv.DictReader(rows, delimiter="\t"):
         types = frozenset(t.strip() for t in (row["types"] or "").split(",") if t.strip())
-        table[row["operator"]] = OperatorSupport(row["operator"], row["supported"] == "Y", types, row["restrictions"] or "")
+        table[row["operator"]] = OperatorSupport(
+            row["operator"], row["supported"] == "Y", types, row["restrictions"] or ""
+        )
     return table
 
 
@@ -137,7 +154,9 @@ def check_tensorrt_support(model) -> list[str]:
     if opset is None or not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
         problems.append(f"opset {opset} is outside {TENSORRT_TARGET}'s range {OPSET_RANGE[0]}-{OPSET_RANGE[1]}")
     if len(model.functions):
-        problems.append(f"model-local functions {[f.name for f in model.functions]} (TensorRT parses no ONNX functions)")
+        problems.append(
+            f"model-local functions {[f.name for f in model.functions]} (TensorRT parses no ONNX functions)"
+        )
     types = _tensor_types(model)
     constants = {i.name for i in model.graph.initializer}
     constants |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
@@ -152,15 +171,19 @@ def check_tensorrt_support(model) -> list[str]:
             continue
         support = table.get(node.op_type)
         if support is None or not support.supported:
-            problems.append(f"{where}: {'not in' if support is None else 'marked unsupported in'} the {TENSORRT_TARGET} "
-                            "operator table")
+            problems.append(
+                f"{where}: {'not in' if support is None else 'marked unsupported in'} the {TENSORRT_TARGET} "
+                "operator table"
+            )
             continue
         if node.op_type not in _ANY_INPUT_TYPE:
             index = _DATA_INPUT.get(node.op_type, 0)
             tensor = node.output[0] if index is None else (node.input[index] if len(node.input) > index else "")
             type_name = types.get(tensor)
             if tensor and type_name is not None and support.types and type_name not in support.types:
-                problems.append(f"{where}: type {type_name} of {tensor} (supported: {', '.join(sorted(support.types))})")
+                problems.append(
+                    f"{where}: type {type_name} of {tensor} (supported: {', '.join(sorted(support.types))})"
+                )
         problems += [f"{where}: {p}" for p in _restriction_problems(node, constants, consumed)]
     return problems
 

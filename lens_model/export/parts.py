@@ -3,6 +3,7 @@
 Exporting needs only these two modules; loading them alone keeps the export of LENS-3B within a few GB of
 memory instead of the ~15 GB the float32 MLLM would take.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -42,7 +43,9 @@ def sam_at_image_size(sam: torch.nn.Module, config: LensConfig, image_size: int)
     if image_size == config.sam.image_size:
         return sam
     if image_size < 64 or image_size % 32:
-        raise ValueError(f"SAM2 image size must be a multiple of 32 and at least 64 (Hiera downsamples by 32), got {image_size}")
+        raise ValueError(
+            f"SAM2 image size must be a multiple of 32 and at least 64 (Hiera downsamples by 32), got {image_size}"
+        )
     overrides = [o for o in config.sam.overrides if not o.lstrip("+").startswith("model.image_size=")]
     sam_config = replace(config.sam, overrides=[*overrides, f"++model.image_size={image_size}"], image_size=image_size)
     resized = build_sam(sam_config)

@@ -9,6 +9,7 @@ GPU reuse its kernel timings. Engines are written as DIR/NAME.engine and describ
 version, GPU, profile). Engines only run on the TensorRT version and GPU architecture they were built with: build
 them on the target machine (e.g. the robot's Jetson) from the ONNX export.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,9 @@ def _strongly_typed_flags(trt) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
-def build_engine(trt, logger, onnx_path: Path, graph: GraphSpec, options: EngineOptions,
-                 timing_cache: bytes) -> tuple[bytes, bytes]:
+def build_engine(
+    trt, logger, onnx_path: Path, graph: GraphSpec, options: EngineOptions, timing_cache: bytes
+) -> tuple[bytes, bytes]:
     """One ONNX graph -> (serialised engine, updated timing cache)."""
     builder = trt.Builder(logger)
     network = builder.create_network(_strongly_typed_flags(trt))
@@ -63,8 +65,12 @@ def build_engine(trt, logger, onnx_path: Path, graph: GraphSpec, options: Engine
     config.set_timing_cache(cache, ignore_mismatch=False)
     profile = builder.create_optimization_profile()
     for spec in graph.inputs:
-        profile.set_shape(spec.name, _profile_dims(spec.shape, 1), _profile_dims(spec.shape, options.opt_batch),
-                          _profile_dims(spec.shape, options.max_batch))
+        profile.set_shape(
+            spec.name,
+            _profile_dims(spec.shape, 1),
+            _profile_dims(spec.shape, options.opt_batch),
+            _profile_dims(spec.shape, options.max_batch),
+        )
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -92,9 +98,13 @@ def build_engines(export_dir: str | Path, options: EngineOptions | None = None) 
     cache_path.write_bytes(cache)
     gpu_name, capability = gpu_identity(torch.cuda.current_device())
     meta.tensorrt = TensorRTInfo(
-        version=trt.__version__, gpu_name=gpu_name, compute_capability=capability,
-        batch_profile=[1, options.opt_batch, options.max_batch], workspace_bytes=int(options.workspace_gb * (1 << 30)),
-        tf32=options.tf32, timing_cache=TIMING_CACHE,
+        version=trt.__version__,
+        gpu_name=gpu_name,
+        compute_capability=capability,
+        batch_profile=[1, options.opt_batch, options.max_batch],
+        workspace_bytes=int(options.workspace_gb * (1 << 30)),
+        tf32=options.tf32,
+        timing_cache=TIMING_CACHE,
     )
     meta.versions["tensorrt"] = trt.__version__
     meta.save(export_dir)

@@ -1,5 +1,6 @@
 """Running serialised TensorRT engines from torch CUDA tensors (TensorRT 10 Python API), and the checks that an
 engine may run here at all. Importing this module does not import tensorrt; `require_tensorrt` does."""
+
 from __future__ import annotations
 
 import logging
@@ -27,13 +28,17 @@ def require_tensorrt():
     except ImportError:
         trt = None
     if not torch.cuda.is_available():
-        raise TensorRTUnavailable(f"TensorRT {INSTALL_HINT} (this machine has no CUDA GPU"
-                                  f"{'' if trt is not None else ' and no tensorrt package'})")
+        raise TensorRTUnavailable(
+            f"TensorRT {INSTALL_HINT} (this machine has no CUDA GPU"
+            f"{'' if trt is not None else ' and no tensorrt package'})"
+        )
     if trt is None:
         raise TensorRTUnavailable(f"TensorRT {INSTALL_HINT} (the tensorrt package is not installed)")
     if int(trt.__version__.split(".")[0]) < MIN_MAJOR:
-        raise TensorRTUnavailable(f"TensorRT {trt.__version__} is installed; lens needs TensorRT {MIN_MAJOR} or newer: "
-                                  f"pip install 'tensorrt>={MIN_MAJOR}'")
+        raise TensorRTUnavailable(
+            f"TensorRT {trt.__version__} is installed; lens needs TensorRT {MIN_MAJOR} or newer: "
+            f"pip install 'tensorrt>={MIN_MAJOR}'"
+        )
     return trt
 
 
@@ -59,23 +64,35 @@ def engine_mismatch(info: TensorRTInfo, trt_version: str, gpu_name: str, capabil
     if info.version != trt_version:
         return f"built with TensorRT {info.version}, but TensorRT {trt_version} is installed"
     if info.compute_capability != capability:
-        return (f"built for {info.gpu_name} (compute capability {info.compute_capability}), but this GPU is "
-                f"{gpu_name} (compute capability {capability})")
+        return (
+            f"built for {info.gpu_name} (compute capability {info.compute_capability}), but this GPU is "
+            f"{gpu_name} (compute capability {capability})"
+        )
     return None
 
 
-def check_engines_runnable(info: TensorRTInfo | None, export_dir: Path, trt_version: str, gpu_name: str,
-                           capability: str) -> None:
+def check_engines_runnable(
+    info: TensorRTInfo | None, export_dir: Path, trt_version: str, gpu_name: str, capability: str
+) -> None:
     if info is None:
-        raise ExportError(f"{export_dir} holds no TensorRT engines; build them on this machine with "
-                          f"`lens export --model M --out DIR --format tensorrt`")
+        raise ExportError(
+            f"{export_dir} holds no TensorRT engines; build them on this machine with "
+            f"`lens export --model M --out DIR --format tensorrt`"
+        )
     why = engine_mismatch(info, trt_version, gpu_name, capability)
     if why:
-        raise ExportError(f"the TensorRT engines in {export_dir} were {why}; rebuild them on this machine with "
-                          f"`lens export --model M --out DIR --format tensorrt --overwrite`")
+        raise ExportError(
+            f"the TensorRT engines in {export_dir} were {why}; rebuild them on this machine with "
+            f"`lens export --model M --out DIR --format tensorrt --overwrite`"
+        )
     if info.gpu_name != gpu_name:
-        log.warning("TensorRT engines in %s were built on %s and run on %s (same architecture); rebuild them here "
-                    "for the best kernels", export_dir, info.gpu_name, gpu_name)
+        log.warning(
+            "TensorRT engines in %s were built on %s and run on %s (same architecture); rebuild them here "
+            "for the best kernels",
+            export_dir,
+            info.gpu_name,
+            gpu_name,
+        )
 
 
 class TensorRTEngine:
@@ -88,21 +105,30 @@ class TensorRTEngine:
         runtime = trt.Runtime(logger)
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
-            raise ExportError(f"TensorRT {trt.__version__} could not load the engine {path} (built for another "
-                              "TensorRT version or GPU?); rebuild it with `lens export ... --format tensorrt --overwrite`")
+            raise ExportError(
+                f"TensorRT {trt.__version__} could not load the engine {path} (built for another "
+                "TensorRT version or GPU?); rebuild it with `lens export ... --format tensorrt --overwrite`"
+            )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
         _, _, max_shape = self.engine.get_tensor_profile_shape(self.inputs[0], 0)
         self.max_batch = int(max_shape[0])
-        self._dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
-                        trt.int64: torch.int64, trt.bool: torch.bool}
+        self._dtypes = {
+            trt.float32: torch.float32,
+            trt.float16: torch.float16,
+            trt.int32: torch.int32,
+            trt.int64: torch.int64,
+            trt.bool: torch.bool,
+        }
 
     def __call__(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Inputs with batch B (any B: run in chunks of the profile's maximum) -> outputs with batch B."""
         b = next(iter(feeds.values())).shape[0]
-        chunks = [self._run({k: v[i:i + self.max_batch] for k, v in feeds.items()}) for i in range(0, b, self.max_batch)]
+        chunks = [
+            self._run({k: v[i : i + self.max_batch] for k, v in feeds.items()}) for i in range(0, b, self.max_batch)
+        ]
         return {name: torch.cat([c[name] for c in chunks]) for name in self.outputs}
 
     def _run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
