@@ -27,7 +27,7 @@ from lens_model.metrics import score_sample
 from lens_model.sam import upsample_logits
 
 from .config import AlignConfig
-from .data import AlignExamples, Collator, Schedule
+from .data import AlignExamples, Collator
 from .engine import enable_activation_checkpointing, log_failed_samples, stage_main, zero_loss
 from .losses import mask_loss
 from .runner import Run, StepResult, TrainingStage, freeze_all_but, run_stage, sharded_validation
@@ -129,19 +129,10 @@ class AlignStage(TrainingStage):
     def after_engine(self, run: Run, datasets: list, val_records: list) -> None:
         """This rank's samples for steps [start_step, steps), in order; the validation examples."""
         cfg = run.cfg
-        schedule = Schedule(
-            tuple(len(d) for d in datasets),
-            tuple(s.ratio for s in cfg.datasets),
-            cfg.seed,
-            cfg.global_batch_size,
-            run.per_device,
-            run.world,
-            run.accum,
-        )
         max_length = cfg.max_prompt_length + cfg.max_completion_length
         train_set = AlignExamples(
             datasets,
-            schedule.rank_positions(run.rank, run.start_step, run.steps),
+            run.sample_positions(datasets),
             self.processor,
             self.lens.lens_config,
             max_length,

@@ -31,7 +31,6 @@ from lens_model.metrics import score_sample
 from lens_model.modeling import ContextInputs, image_features_per_row
 
 from .config import GRPOConfig
-from .data import Schedule
 from .engine import enable_activation_checkpointing, gathered, log_failed_samples, stage_main, zero_loss
 from .grpo_loss import group_advantages, grpo_loss
 from .losses import mask_loss
@@ -290,17 +289,8 @@ class GRPOStage(TrainingStage):
         self.greedy = InProcessRollouts(
             self.lens, self.processor, max_new_tokens=cfg.max_completion_length, do_sample=False, gather=gather
         )
-        schedule = Schedule(
-            tuple(len(d) for d in datasets),
-            tuple(s.ratio for s in cfg.datasets),
-            cfg.seed,
-            cfg.global_batch_size,
-            run.per_device,
-            run.world,
-            run.accum,
-        )
         self.datasets, self.val_records = datasets, val_records
-        self.positions = schedule.rank_positions(run.rank, run.start_step, run.steps)
+        self.positions = run.sample_positions(datasets)
         self.cursor = 0
 
     def rollout(self, run: Run, step: int) -> tuple[ScoredRollout | None, dict[str, float]]:

@@ -30,7 +30,7 @@ from lens_model.distributed import all_mean, all_sum, barrier
 from lens_model.metrics import SampleScore, SplitMetrics
 
 from .config import derive_batch, dump_config, load_config, total_steps
-from .data import load_mixture
+from .data import Schedule, load_mixture
 from .engine import (
     MetricLog,
     Throughput,
@@ -109,6 +109,21 @@ class Run:
 
     def mean(self, value: float) -> float:
         return all_mean(value, self.world, self.device)
+
+    def sample_positions(self, datasets: list) -> list[tuple[int, int]]:
+        """This rank's (dataset, sample) positions for steps [start_step, steps), in order: the seeded mixture of
+        the config's datasets and ratios, split across ranks and micro-batches (training.data.Schedule)."""
+        cfg = self.cfg
+        schedule = Schedule(
+            tuple(len(d) for d in datasets),
+            tuple(s.ratio for s in cfg.datasets),
+            cfg.seed,
+            cfg.global_batch_size,
+            self.per_device,
+            self.world,
+            self.accum,
+        )
+        return schedule.rank_positions(self.rank, self.start_step, self.steps)
 
 
 @dataclass
