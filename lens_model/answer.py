@@ -25,16 +25,25 @@ _ANY_BOX = re.compile(
 _THINK_ANSWER = re.compile(r"\s*<(think|thinking)>(.*?)</\1>\s*<answer>(.*?)</answer>\s*", re.S)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
 _TRAILING_SPECIAL = re.compile(r"(?:<\|im_end\|>|<\|endoftext\|>)+\s*$")
+# The released format rewards' templates (docs/design.md, "Prompt and answer formats"). grounding: the answer is
+# exactly object ref + box tokens, from its first character to its end token, each part on one line (any box text:
+# the box reward judges the box); think_answer: it starts with <think>…</think>, then <answer>…</answer>, and
+# anything may follow.
+_GROUNDING_TEMPLATE = re.compile(
+    r"<\|object_ref_start\|>[^\n]*?<\|object_ref_end\|><\|box_start\|>[^\n]*?<\|box_end\|>"
+)
+_THINK_TEMPLATE = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.S)
 
 
 @dataclass
 class ParsedAnswer:
     box: Box | None  # in the MLLM's (resized) image pixels
-    format_ok: bool  # the text follows the answer format's template
+    format_ok: bool  # the box was read from the format's own markup (box tokens / <think>…<answer> blocks)
     reasoning: str | None = None
     answer_text: str | None = None
     object_ref: str | None = None
     error: str | None = None  # why `box` is None
+    template_ok: bool = False  # the text follows the format's template as the released format reward checks it
 
 
 def _validate(numbers) -> tuple[Box | None, str | None]:
@@ -94,7 +103,8 @@ def parse_answer(text: str, answer_format: str) -> ParsedAnswer:
     if answer_format == "grounding":
         match = _GROUNDING_BOX.search(text)
         box, error = _validate(match.groups()) if match else _first_box_anywhere(text)
-        return ParsedAnswer(box, match is not None, object_ref=object_ref, error=error)
+        template_ok = _GROUNDING_TEMPLATE.fullmatch(text) is not None
+        return ParsedAnswer(box, match is not None, object_ref=object_ref, error=error, template_ok=template_ok)
     full = _THINK_ANSWER.fullmatch(text)
     answer = full.group(3) if full else (m.group(1) if (m := _ANSWER.search(text)) else None)
     reasoning = full.group(2).strip() if full else None
@@ -105,7 +115,10 @@ def parse_answer(text: str, answer_format: str) -> ParsedAnswer:
         if box is None and error != "no box in the JSON answer":
             fallback, fallback_error = _first_box_anywhere(answer)
             box, error = (fallback, None) if fallback else (None, error)
-    return ParsedAnswer(box, full is not None, reasoning, answer.strip() if answer else None, object_ref, error)
+    template_ok = _THINK_TEMPLATE.match(text) is not None
+    return ParsedAnswer(
+        box, full is not None, reasoning, answer.strip() if answer else None, object_ref, error, template_ok
+    )
 
 
 def format_answer(expression: str, box_llm: Box, answer_format: str = "grounding") -> str:

@@ -22,10 +22,10 @@ import torch
 from .answer import ParsedAnswer, parse_answer
 from .backends import SegmentationBackend, TorchBackend
 from .modeling import ContextInputs, LensModel, completion_mask
-from .prompting import decode_completions
+from .prompting import EndTokenIds, decode_completions, end_token_ids
 from .sam import SamImageFeatures, upsample_logits
 from .timing import StageTimer
-from .vocab import CONTEXT_PASS_MODES
+from .vocab import COMPLETION_ENDS, CONTEXT_PASS_MODES
 
 
 @dataclass
@@ -53,9 +53,9 @@ class Completions:
 @dataclass
 class GenerationOutput:
     sequences: torch.Tensor  # (R, P + T) prompt + completion ids
-    attention_mask: torch.Tensor  # (R, P + T): prompt padding and post-end tokens 0
+    attention_mask: torch.Tensor  # (R, P + T): what the context pass attended (`CompletionMasks.attended`)
     mm_token_type_ids: torch.Tensor  # (R, P + T)
-    completion_mask: torch.Tensor  # (R, T) long: 1 up to and including the first end token
+    completion_mask: torch.Tensor  # (R, T) long: the answer's tokens (`CompletionMasks.valid`)
     prompt_length: int  # P
     ended: torch.Tensor  # (R,) bool: the answer has an end token (else it hit the length limit)
     texts: list[str]  # R decoded completions (padding and end tokens dropped)
@@ -79,19 +79,42 @@ def check_context_pass(model: LensModel, context_pass: str | None) -> None:
         )
 
 
-def completion_state(
-    completion: torch.Tensor, eos_token_ids: list[int], lengths: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(R, T) ids -> (valid (R, T) long: 1 up to and including the first end token, ended (R,) bool).
+@dataclass
+class CompletionMasks:
+    """How the generated part of R rows is read (T completion columns)."""
 
-    `lengths` (R,): only the first lengths[r] tokens are the answer; the rest is padding, which must not count as
-    an end token even when the padding id is one (Qwen's <|endoftext|>)."""
+    valid: torch.Tensor  # (R, T) long: the answer's tokens (what GRPO's loss counts)
+    attended: torch.Tensor  # (R, T) long: what the context pass attends (valid without <|endoftext|> for first_end)
+    ended: torch.Tensor  # (R,) bool: the answer has an end token (else it hit the length limit)
+
+
+def completion_masks(
+    completion: torch.Tensor,
+    end_ids: EndTokenIds,
+    lengths: torch.Tensor | None = None,
+    completion_end: str = "first_end",
+) -> CompletionMasks:
+    """(R, T) ids -> `CompletionMasks` by the `completion_end` rule (lens_model.vocab.COMPLETION_ENDS).
+
+    first_end: valid up to and including the first end token; attended = valid minus every <|endoftext|> (the
+    released evaluation/demo set the mask to 0 on that token before appending the queries). `lengths` (R,): only
+    the first lengths[r] tokens are the answer; the rest is padding, which must not count as an end token even
+    when the padding id is one (Qwen's <|endoftext|>).
+    im_end_only (released stage 2): valid = attended = up to and including the first <|im_end|>, else the whole
+    row — padding after an answer that stopped at <|endoftext|> is counted and attended, as released."""
+    if completion_end not in COMPLETION_ENDS:
+        raise ValueError(f"completion_end must be one of {COMPLETION_ENDS}, got {completion_end!r}")
+    eos = list(end_ids.eos)
     within = torch.ones_like(completion, dtype=torch.bool)
     if lengths is not None:
         within = torch.arange(completion.shape[1], device=completion.device)[None] < lengths[:, None]
-    is_eos = torch.isin(completion, torch.tensor(eos_token_ids, device=completion.device)) & within
-    valid = completion_mask(completion, eos_token_ids) * within.long()
-    return valid, is_eos.any(1)
+    ended = (torch.isin(completion, torch.tensor(eos, device=completion.device)) & within).any(1)
+    if completion_end == "im_end_only":
+        valid = completion_mask(completion, [end_ids.im_end])
+        return CompletionMasks(valid, valid, ended)
+    valid = completion_mask(completion, eos) * within.long()
+    attended = valid * (completion != end_ids.endoftext).long()
+    return CompletionMasks(valid, attended, ended)
 
 
 @torch.no_grad()
@@ -107,13 +130,16 @@ def generate_and_segment(
     segmenter: SegmentationBackend | None = None,
     streamer=None,
     timer: StageTimer | None = None,
+    completion_end: str = "first_end",
 ) -> GenerationOutput:
     """Prompts -> answers, their masks and parsed boxes (see the module docstring).
 
     Without `completions` the MLLM generates with `generation_kwargs` (max_new_tokens or max_length, do_sample,
     temperature, ...); with them, their ids are the answers and the context pass re-runs the whole sequence.
     `segmenter` runs SAM2 + the context head (default: the model itself). Stages are timed into `timer`:
-    mllm_vision, generate, context, sam_encode, sam_decode, postprocess."""
+    mllm_vision, generate, context, sam_encode, sam_decode, postprocess. `completion_end` (COMPLETION_ENDS) says
+    where an answer ends and what the context pass attends (`completion_masks`): this is the one place the context
+    inputs are built, for both context-pass modes."""
     device = model.device
     timer = timer if timer is not None else StageTimer(device)
     segmenter = segmenter if segmenter is not None else TorchBackend(model)
@@ -147,9 +173,12 @@ def generate_and_segment(
     prompt_length = ids.shape[1]
     completion = sequences[:, prompt_length:]
     with timer.stage("context"):
-        valid, ended = completion_state(completion, eos_token_ids, lengths)
+        read = completion_masks(completion, end_token_ids(tokenizer, eos_token_ids), lengths, completion_end)
         ctx = ContextInputs(
-            sequences, torch.cat([attention, valid], 1), torch.cat([types, torch.zeros_like(completion)], 1), grid[rows]
+            sequences,
+            torch.cat([attention, read.attended], 1),
+            torch.cat([types, torch.zeros_like(completion)], 1),
+            grid[rows],
         )
         states = model.query_states(ctx, image_outputs, cache)  # (R, N, hidden)
     with timer.stage("sam_encode"):
@@ -167,9 +196,9 @@ def generate_and_segment(
         sequences,
         ctx.attention_mask,
         ctx.mm_token_type_ids,
-        valid,
+        read.valid,
         prompt_length,
-        ended,
+        read.ended,
         texts,
         answers,
         masks,

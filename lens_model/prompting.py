@@ -8,6 +8,7 @@ every caller builds exactly the prompt the released models were trained on.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,6 +23,24 @@ def special_token_ids(tok) -> tuple[int, list[int]]:
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.convert_tokens_to_ids("<|endoftext|>")
     eos = sorted({tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")} - {None, tok.unk_token_id})
     return pad, eos
+
+
+@dataclass(frozen=True)
+class EndTokenIds:
+    """The end-of-answer tokens of a Qwen tokenizer: <|im_end|> closes the assistant turn, <|endoftext|> ends a
+    document (and pads); `eos` are the ids generation stops at."""
+
+    im_end: int
+    endoftext: int
+    eos: tuple[int, ...]
+
+
+def end_token_ids(tok, eos_token_ids: Sequence[int] | None = None) -> EndTokenIds:
+    """`eos_token_ids`: the ids generation stops at (default: both end tokens, as `special_token_ids`)."""
+    eos = special_token_ids(tok)[1] if eos_token_ids is None else eos_token_ids
+    return EndTokenIds(
+        tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>"), tuple(int(t) for t in eos)
+    )
 
 
 def build_chat(processor, prompt_config: PromptConfig, question_text: str) -> str:

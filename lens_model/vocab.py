@@ -22,6 +22,13 @@ ANSWER_FORMATS = ("grounding", "think_answer")
 # positions (the released checkpoints); "cached" reuses the generation KV cache with M-RoPE positions.
 CONTEXT_PASS_MODES = ("official", "cached")
 
+# Where a generated answer ends and what the context pass attends (docs/design.md, "Context positions"):
+# "first_end" (inference, lens training): the answer ends at its first <|im_end|> or <|endoftext|>, and no
+# <|endoftext|> is attended (as the released evaluation and demo); "im_end_only" (the released stage-2 trainer,
+# GRPO `compat: released`): only <|im_end|> ends an answer, and everything up to it — or the whole padded row —
+# counts and is attended, <|endoftext|> padding included.
+COMPLETION_ENDS = ("first_end", "im_end_only")
+
 
 def canonical_dtype(name: str) -> str:
     """A dtype name or alias -> its name in DTYPES ("bf16" -> "bfloat16"); ValueError for anything else."""
@@ -31,4 +38,12 @@ def canonical_dtype(name: str) -> str:
     return name
 
 
-__all__ = ["ANSWER_FORMATS", "BACKENDS", "CONTEXT_PASS_MODES", "DTYPES", "DTYPE_ALIASES", "canonical_dtype"]
+__all__ = [
+    "ANSWER_FORMATS",
+    "BACKENDS",
+    "COMPLETION_ENDS",
+    "CONTEXT_PASS_MODES",
+    "DTYPES",
+    "DTYPE_ALIASES",
+    "canonical_dtype",
+]

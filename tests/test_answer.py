@@ -155,3 +155,43 @@ def test_box_iou():
     assert box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
     assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
     assert box_iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0
+
+
+REF = "<|object_ref_start|>the red cup.<|object_ref_end|>"
+
+
+@pytest.mark.parametrize(
+    "text, ok",
+    [
+        (REF + "<|box_start|>(12,34),(56,78)<|box_end|>", True),
+        (REF + "<|box_start|>(12,34),(56,78)<|box_end|><|im_end|>", True),
+        (REF + "<|box_start|>(12,34),(56,78)<|box_end|><|im_end|><|endoftext|><|endoftext|>", True),  # padding
+        (REF + "<|box_start|>somewhere left<|box_end|>", True),  # the box reward judges the box, not the format
+        ("<|box_start|>(12,34),(56,78)<|box_end|>", False),  # no object ref
+        (" " + REF + "<|box_start|>(12,34),(56,78)<|box_end|>", False),  # must start with the template
+        (REF + "<|box_start|>(12,34),(56,78)<|box_end|> there", False),  # nothing between box and end token
+        (REF + " <|box_start|>(12,34),(56,78)<|box_end|>", False),  # box tokens right after the ref
+        ("<|object_ref_start|>the red\ncup<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>", False),  # 1 line
+        ("<|object_ref_start|>cup<|box_start|>(1,2),(3,4)<|box_end|>", False),
+        ("the cup is at [12, 34, 56, 78]", False),
+    ],
+)
+def test_grounding_template_as_the_released_format_reward(text, ok):
+    assert parse_answer(text, "grounding").template_ok is ok
+
+
+@pytest.mark.parametrize(
+    "text, ok",
+    [
+        ("<think>x</think><answer>[1, 2, 3, 4]</answer>", True),
+        ("<think>two\nlines</think>\n\n<answer>no box at all</answer>", True),  # content is not checked
+        ("<think>x</think><answer>[1, 2, 3, 4]</answer> and more", True),  # anything may follow
+        ("<thinking>x</thinking><answer>[1, 2, 3, 4]</answer>", False),  # read, but not the released template
+        (" <think>x</think><answer>[1, 2, 3, 4]</answer>", False),  # must start with <think>
+        ("<answer>[1, 2, 3, 4]</answer>", False),
+        ("<think>x</think> so <answer>[1, 2, 3, 4]</answer>", False),
+        ("<think>x</think><answer>[1, 2, 3, 4]", False),
+    ],
+)
+def test_think_template_as_the_released_format_reward(text, ok):
+    assert parse_answer(text, "think_answer").template_ok is ok

@@ -180,3 +180,132 @@ def test_cached_pass_with_rows_ending_at_different_steps(loaded):
         row0_states = model.query_states_full(alone, single_outputs, positions="mrope")
     torch.testing.assert_close(cached, full, atol=ATOL, rtol=0)
     torch.testing.assert_close(cached[:1], row0_states, atol=ATOL, rtol=0)
+
+
+def _rows(batch, rgb, model):
+    from lens_model.generation import PromptRows
+
+    r = batch["input_ids"].shape[0]
+    return PromptRows(
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["mm_token_type_ids"],
+        batch["pixel_values"],
+        batch["image_grid_thw"],
+        torch.arange(r),
+        preprocess_for_sam(rgb, model.lens_config.sam.image_size)[None].expand(r, -1, -1, -1),
+        [rgb.shape[:2]] * r,
+    )
+
+
+def _states_of(model, run):
+    """The query states the context head receives while `run()` segments (observed with a forward hook)."""
+    seen = []
+    hook = model.context.register_forward_hook(lambda module, args, out: seen.append(args[0].detach()))
+    try:
+        out = run()
+    finally:
+        hook.remove()
+    assert len(seen) == 1
+    return seen[0], out
+
+
+def _released_eval_ctx(sequences, batch, pad_id):
+    """The released evaluation/demo: attention 1 everywhere except on the padding id (<|endoftext|>)."""
+    completion = sequences[:, batch["input_ids"].shape[1] :]
+    return ContextInputs(
+        sequences,
+        (sequences != pad_id).long(),
+        torch.cat([batch["mm_token_type_ids"], torch.zeros_like(completion)], 1),
+        batch["image_grid_thw"],
+    )
+
+
+def test_official_pass_ignores_endoftext_like_the_released_evaluation(tiny_official_dir):
+    """Answers that end on <|endoftext|> (forced as the last generated token) and answers given as ids (one
+    ending on <|im_end|>, one on <|endoftext|>): the official pass equals the released evaluation's, which sets
+    the attention mask to 0 on every <|endoftext|> before appending the queries."""
+    from lens_model.generation import Completions, generate_and_segment
+    from lens_model.prompting import special_token_ids
+
+    model, processor = load_model(tiny_official_dir)
+    tok = processor.tokenizer
+    pad, eos = special_token_ids(tok)
+    endoftext, im_end = tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids("<|im_end|>")
+    assert pad == endoftext
+    batch, rgb = _inputs(processor, ["green bottle", "a person on the left"], seed=7)
+    rows = _rows(batch, rgb, model)
+    with torch.no_grad():
+        states, out = _states_of(
+            model,
+            lambda: generate_and_segment(
+                model,
+                tok,
+                rows,
+                pad,
+                eos,
+                generation_kwargs=dict(max_new_tokens=6, do_sample=False, forced_eos_token_id=endoftext),
+            ),
+        )
+        completion = out.sequences[:, batch["input_ids"].shape[1] :]
+        assert (completion[:, -1] == endoftext).all() and out.ended.all()
+        assert out.completion_mask.sum(1).tolist() == [6, 6]  # the end token is part of the answer (GRPO's loss)
+        released = _released_style_states(
+            model, _released_eval_ctx(out.sequences, batch, pad), batch["pixel_values"], batch["image_grid_thw"]
+        )
+        torch.testing.assert_close(states, released, atol=ATOL, rtol=0)
+        # attending the end token (lens before this rule) moves every query by one position: the check can fail
+        attended = ContextInputs(
+            out.sequences, (out.sequences != pad).long(), out.mm_token_type_ids, rows.image_grid_thw
+        )
+        attended.attention_mask[:, -1] = 1
+        shifted = _released_style_states(model, attended, batch["pixel_values"], batch["image_grid_thw"])
+        assert (shifted - released).abs().max() > 1e-3
+
+        body = completion[0, :3].tolist()
+        ids = torch.tensor([body + [endoftext, pad, pad], body + [7, 8, im_end]])  # padded with <|endoftext|>
+        given, _ = _states_of(
+            model,
+            lambda: generate_and_segment(
+                model, tok, rows, pad, eos, completions=Completions(ids, torch.tensor([4, 6]))
+            ),
+        )
+        sequences = torch.cat([batch["input_ids"], ids], 1)
+        released = _released_style_states(
+            model, _released_eval_ctx(sequences, batch, pad), batch["pixel_values"], batch["image_grid_thw"]
+        )
+    torch.testing.assert_close(given, released, atol=ATOL, rtol=0)
+
+
+def test_cached_pass_attends_what_the_official_pass_attends(loaded):
+    """`cached` reuses the KV cache and reads the same tokens as `official` — never <|endoftext|> — at the M-RoPE
+    positions that continue generation: it equals a full M-RoPE pass under the released evaluation's mask."""
+    from lens_model.generation import generate_and_segment
+    from lens_model.prompting import special_token_ids
+
+    model, processor, _ = loaded
+    tok = processor.tokenizer
+    pad, eos = special_token_ids(tok)
+    endoftext = tok.convert_tokens_to_ids("<|endoftext|>")
+    batch, rgb = _inputs(processor, ["red cup", "the small blue square"], seed=8)
+    rows = _rows(batch, rgb, model)
+    with torch.no_grad():
+        states, out = _states_of(
+            model,
+            lambda: generate_and_segment(
+                model,
+                tok,
+                rows,
+                pad,
+                eos,
+                generation_kwargs=dict(max_new_tokens=5, do_sample=False, forced_eos_token_id=endoftext),
+            ),
+        )
+        assert (out.sequences[:, -1] == endoftext).all()
+        image_outputs = model.encode_mllm_images(batch["pixel_values"], batch["image_grid_thw"])
+        ctx = _released_eval_ctx(out.sequences, batch, pad)
+        full = model.query_states_full(ctx, image_outputs, positions="mrope")
+        ctx.attention_mask[:, -1] = 1
+        attending_end = model.query_states_full(ctx, image_outputs, positions="mrope")
+    torch.testing.assert_close(states, full, atol=ATOL, rtol=0)
+    assert (attending_end - full).abs().max() > 1e-3

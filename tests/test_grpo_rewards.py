@@ -250,3 +250,10 @@ def test_bad_weights():
         score([_sample()], {"format": math.nan})
     with pytest.raises(LensError, match="unknown reward"):
         score([_sample()], {"fromat": 1.0})
+
+
+def test_format_reward_needs_the_whole_template():
+    # a box-only answer reads a box (box reward) but is not the template (released format reward: 0)
+    s = _sample("<|box_start|>(0,0),(10,10)<|box_end|>", gt_box=(0, 0, 10, 10))
+    assert s.answer.format_ok and format_reward(s) == 0.0 and box_iou_reward(s) == 1.0
+    assert format_reward(_sample("<thinking>x</thinking><answer>[0, 0, 10, 10]</answer>", "think_answer")) == 0.0

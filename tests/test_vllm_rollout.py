@@ -349,3 +349,40 @@ def test_generate_refuses_misaligned_engine_prompts(setup):
 def test_weights_the_engine_did_not_take_are_an_error(setup):
     with pytest.raises(LensError, match="kept 2 of its 5 tensors at their dummy values"):
         _engine(setup, drop=2)
+
+
+def test_compat_released_reads_answers_as_the_released_trainer(setup):
+    """`compat: released`: answers that stop on <|endoftext|> are not ended — their padding (up to the longest
+    answer) is counted and attended by the mask step; answers ending on <|im_end|> read the same in both settings."""
+    model, processor, prompts, ro, pad, eos = setup
+    tok = processor.tokenizer
+    im_end, endoftext = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
+    answers = _answers(ro, eos)
+    answers = [a[:-1] + [endoftext] if r % 2 and a[-1] == im_end else a for r, a in enumerate(answers)]
+    switched = [r for r, a in enumerate(answers) if a[-1] == endoftext]
+    width = max(len(a) for a in answers)
+    assert switched and any(len(answers[r]) < width for r in switched)  # some of them are padded
+
+    ours = [prompts.input_ids[i][prompts.attention_mask[i].bool()].tolist() for i in range(len(prompts))]
+
+    def run(compat):
+        engine = VLLMRollouts(
+            _cfg(compat=compat),
+            model,
+            processor,
+            torch.device("cpu"),
+            llm_factory=lambda **kw: FakeLLM(_grouped(answers), ours, eos, **kw),
+            sampling_params_factory=FakeSamplingParams,
+        )
+        return engine.generate(prompts, G)
+
+    released, lens = run("released"), run("lens")
+    p = released.prompt_length
+    for r, answer in enumerate(answers):
+        ends = [j for j, t in enumerate(answer) if t == im_end]
+        counted = ends[0] + 1 if ends else width  # up to <|im_end|>, else the whole padded row
+        assert released.completion_mask[r].tolist() == [1] * counted + [0] * (width - counted), r
+        assert released.attention_mask[r, p:].tolist() == released.completion_mask[r].tolist()
+        assert lens.completion_mask[r].sum() == len(answer)
+        assert lens.attention_mask[r, p:].sum() == len(answer) - (answer[-1] == endoftext)
+    assert torch.equal(released.sequences, lens.sequences)

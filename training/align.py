@@ -126,6 +126,13 @@ class AlignStage(TrainingStage):
             + (f", resuming at step {run.start_step}" if run.start_step else "")
         )
 
+    def train_mode(self, run: Run) -> None:
+        """The context module trains; SAM2 stays in eval mode, as in the released stage 1 (its SAM2 is built in
+        eval mode and never switched): the mask decoder's eval-time stability fallback (single-mask output
+        replaced by the most stable multimask output) is on while the queries learn to prompt it."""
+        super().train_mode(run)
+        self.lens.sam.eval()
+
     def after_engine(self, run: Run, datasets: list, val_records: list) -> None:
         """This rank's samples for steps [start_step, steps), in order; the validation examples."""
         cfg = run.cfg

@@ -31,7 +31,15 @@ from lens_model.errors import LensError
 from lens_model.vocab import ANSWER_FORMATS, CONTEXT_PASS_MODES, DTYPE_ALIASES, DTYPES
 
 from .rewards import DEFAULT_REWARD_WEIGHTS
-from .vocab import LOSS_AGGREGATIONS, LR_SCHEDULERS, PIXEL_LOSSES, ROLLOUT_BACKENDS, TRAINABLE_PARTS, ZERO_STAGES
+from .vocab import (
+    COMPAT_MODES,
+    LOSS_AGGREGATIONS,
+    LR_SCHEDULERS,
+    PIXEL_LOSSES,
+    ROLLOUT_BACKENDS,
+    TRAINABLE_PARTS,
+    ZERO_STAGES,
+)
 
 T = TypeVar("T")
 
@@ -586,6 +594,9 @@ class GRPOConfig(StageConfig):
     scale_advantages: bool = True  # divide by the group std (False: Dr.GRPO)
     num_iterations: int = 1  # policy updates per rollout (1: ratio = 1, as released)
     seg_loss_weight: float = 1.0
+    # lens: log-probs under the sampling distribution (M-RoPE, / temperature), answers end at their first end
+    # token, float GT boxes; released: the released trainer's objective exactly (docs/design.md, "Stage 2")
+    compat: str = "lens"  # one of COMPAT_MODES
     # optimisation: global batch counts prompts (each brings G completions)
     global_batch_size: int = 64
     epochs: float = 16.0
@@ -604,6 +615,13 @@ class GRPOConfig(StageConfig):
             _choice(self.answer_format, "answer_format", ANSWER_FORMATS)
         _choice(self.rollout_backend, "rollout_backend", ROLLOUT_BACKENDS)
         _choice(self.loss_aggregation, "loss_aggregation", LOSS_AGGREGATIONS)
+        _choice(self.compat, "compat", COMPAT_MODES)
+        _require(
+            self.compat != "released" or self.context_pass in (None, "official"),
+            "compat",
+            f"compat: released reproduces the released trainer, whose query states use 1-D positions: it needs "
+            f"context_pass official (or null with an official checkpoint), got {self.context_pass!r}",
+        )
         _positive(self, "num_generations", "temperature", "num_iterations", "advantage_eps")
         _non_negative(self, "beta", "clip_eps", "seg_loss_weight", "top_k")
         _require(0.0 < self.top_p <= 1.0, "top_p", f"expected in (0, 1], got {self.top_p!r}")

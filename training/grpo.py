@@ -8,8 +8,9 @@ policy-gradient objective + β·KL(k3) to a frozen reference, plus λ·(dice + B
     DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 -m training.grpo ...   # CPU (tests)
     python -m training.grpo --config ... --resume                    # continue OUT/checkpoints/latest
 
-Token log-probs are computed under the M-RoPE positions used when sampling (the released code used 1-D
-positions there); the context pass follows the checkpoint's mode. All G answers of a prompt stay on one rank,
+Token log-probs are computed under the M-RoPE positions used when sampling, divided by the sampling temperature
+(the released code used 1-D positions and no temperature; `compat: released` reproduces its objective exactly);
+the context pass follows the checkpoint's mode. All G answers of a prompt stay on one rank,
 so group statistics need no communication. Outputs as stage 1: config.yaml, metrics.jsonl, tensorboard/
 (every reward component, KL, clip fraction, completion length, box/mask IoU, timings), curves.png,
 checkpoints/step-*/, final/.
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from lens_model.distributed import all_sum
+from lens_model.errors import LensError
 from lens_model.generation import check_context_pass
 from lens_model.metrics import score_sample
 from lens_model.modeling import ContextInputs, image_features_per_row
@@ -36,7 +38,7 @@ from .grpo_loss import group_advantages, grpo_loss
 from .losses import mask_loss
 from .policy import PolicyModel, sequence_logprobs
 from .rewards import RolloutSample, resolve_reward, score
-from .rollout import InProcessRollouts, PromptBatch, Rollout, RolloutSampler, prepare_prompts
+from .rollout import InProcessRollouts, PromptBatch, Rollout, RolloutSampler, completion_end_for, prepare_prompts
 from .runner import Run, StepResult, TrainingStage, freeze_all_but, run_stage, sharded_validation
 
 log = logging.getLogger("training.grpo")
@@ -75,6 +77,30 @@ def load_reference(cfg: GRPOConfig, dtype: torch.dtype, device: torch.device, ze
     return mllm.to(device)
 
 
+# ---------------------------------------------------------------------------- released-compatible objective
+@dataclass(frozen=True)
+class LogprobSetup:
+    """How the GRPO step takes token log-probs (docs/design.md, "Stage 2")."""
+
+    policy_positions: str  # "mrope" (the sampling positions) | "1d"
+    reference_positions: str
+    temperature: float  # logits are divided by it (1.0: not divided)
+
+
+def logprob_setup(cfg: GRPOConfig) -> LogprobSetup:
+    """lens: the sampling distribution for both policies. released: the policy's pass gets only embeddings (1-D
+    positions), the reference (a plain Qwen-VL called with token ids) gets M-RoPE, and neither divides by the
+    temperature — so the KL is not 0 at step 1 even with identical weights."""
+    if cfg.compat == "released":
+        return LogprobSetup("1d", "mrope", 1.0)
+    return LogprobSetup("mrope", "mrope", cfg.temperature)
+
+
+def released_gt_box(box):
+    """The released dataset writes the GT box in the MLLM image's pixels rounded to integers (Python's round)."""
+    return None if box is None else tuple(float(round(v)) for v in box)
+
+
 # ---------------------------------------------------------------------------- one micro-batch
 @dataclass
 class ScoredRollout:
@@ -89,14 +115,17 @@ class ScoredRollout:
     ref_logp: torch.Tensor | None = None
 
 
-def rollout_samples(prompts: PromptBatch, rollout: Rollout, answer_format: str) -> list[RolloutSample]:
-    """One RolloutSample per answer, carrying the rollout's parsed answer (parsed once, when sampled)."""
+def rollout_samples(
+    prompts: PromptBatch, rollout: Rollout, answer_format: str, round_gt_boxes: bool = False
+) -> list[RolloutSample]:
+    """One RolloutSample per answer, carrying the rollout's parsed answer (parsed once, when sampled).
+    `round_gt_boxes`: GT boxes rounded to integers, as the released dataset wrote them (`compat: released`)."""
     rows = rollout.rows.tolist()
     return [
         RolloutSample(
             text=rollout.texts[r],
             answer_format=answer_format,
-            gt_box=prompts.gt_boxes_llm[i],
+            gt_box=released_gt_box(prompts.gt_boxes_llm[i]) if round_gt_boxes else prompts.gt_boxes_llm[i],
             gt_mask=prompts.gt_masks[i],
             pred_mask=rollout.pred_masks[r],
             expression=prompts.records[i].expression,
@@ -112,16 +141,20 @@ def rollout_ious(samples: list[RolloutSample]) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray([s.mask_iou for s in samples]), np.asarray(boxes)
 
 
-def reference_logp(reference, ro: Rollout, prompts: PromptBatch, temperature: float) -> torch.Tensor:
+def reference_logp(
+    reference, ro: Rollout, prompts: PromptBatch, temperature: float, positions: str = "mrope"
+) -> torch.Tensor:
+    """(K·G, T) log-probs of the sampled tokens under the frozen reference policy (`LogprobSetup`'s
+    temperature and reference positions)."""
     device = ro.sequences.device
     grid = prompts.image_grid_thw.to(device)
     with torch.no_grad():
         images = image_features_per_row(reference, prompts.pixel_values.to(device, reference.dtype), grid, ro.rows)
         ctx = ContextInputs(ro.sequences, ro.attention_mask, ro.mm_token_type_ids, grid[ro.rows])
-        return sequence_logprobs(reference, ctx, images, ro.prompt_length, temperature)[0]
+        return sequence_logprobs(reference, ctx, images, ro.prompt_length, temperature, positions=positions)[0]
 
 
-def policy_forward(engine, item: ScoredRollout, temperature: float, vision_grad: bool):
+def policy_forward(engine, item: ScoredRollout, setup: LogprobSetup, vision_grad: bool):
     ro, prompts, device = item.rollout, item.prompts, item.rollout.sequences.device
     return engine(
         ro.sequences,
@@ -132,8 +165,9 @@ def policy_forward(engine, item: ScoredRollout, temperature: float, vision_grad:
         ro.rows,
         ro.prompt_length,
         ro.sam_features,
-        temperature,
+        setup.temperature,
         vision_grad=vision_grad,
+        logp_positions=setup.policy_positions,
     )
 
 
@@ -143,7 +177,7 @@ def micro_loss(
     """One scored micro-batch -> GRPO + segmentation losses. `context_pass`, when given, must be the policy's
     own (the model decides its context pass)."""
     check_context_pass(getattr(engine, "module", engine).lens, context_pass)
-    logp, low_res = policy_forward(engine, item, cfg.temperature, vision_grad)
+    logp, low_res = policy_forward(engine, item, logprob_setup(cfg), vision_grad)
     ro = item.rollout
     mask = ro.completion_mask.to(logp.dtype)
     old = item.old_logp if item.old_logp is not None else logp.detach()
@@ -182,7 +216,7 @@ def micro_loss(
 
 def score_rollout(prompts: PromptBatch, ro: Rollout, cfg: GRPOConfig, answer_format: str) -> ScoredRollout:
     """Rewards, group-normalised advantages and the logged IoUs of one micro-batch's answers."""
-    samples = rollout_samples(prompts, ro, answer_format)
+    samples = rollout_samples(prompts, ro, answer_format, round_gt_boxes=cfg.compat == "released")
     total, components = score(samples, dict(cfg.reward_weights))
     rewards = torch.as_tensor(total, dtype=torch.float32)
     advantages = group_advantages(rewards, cfg.num_generations, eps=cfg.advantage_eps, scale=cfg.scale_advantages)
@@ -240,6 +274,11 @@ class GRPOStage(TrainingStage):
     def build(self, run: Run):
         cfg = run.cfg
         self.lens, self.processor = load_policy(cfg, run.dtype)
+        if cfg.compat == "released" and self.lens.lens_config.context_pass != "official":
+            raise LensError(
+                f"compat: released needs an official-mode model (1-D query positions, as the released trainer); "
+                f"{cfg.init_from} runs context_pass {self.lens.lens_config.context_pass!r} (set context_pass=official)"
+            )
         counts = freeze_all_but(self.lens, cfg.trainable)
         self.lens.sam.image_encoder.requires_grad_(False)  # never trained: its embeddings come from the rollout
         self.mllm_trained = "mllm" in cfg.trainable
@@ -285,6 +324,7 @@ class GRPOStage(TrainingStage):
                 top_p=cfg.top_p,
                 top_k=cfg.top_k,
                 gather=gather,
+                completion_end=completion_end_for(cfg.compat),
             )
         self.greedy = InProcessRollouts(
             self.lens, self.processor, max_new_tokens=cfg.max_completion_length, do_sample=False, gather=gather
@@ -314,10 +354,11 @@ class GRPOStage(TrainingStage):
         start = time.perf_counter()
         item = score_rollout(prompts, ro, cfg, self.lens.lens_config.prompt.answer_format)
         if self.reference is not None:
-            item.ref_logp = reference_logp(self.reference, ro, prompts, cfg.temperature)
+            setup = logprob_setup(cfg)
+            item.ref_logp = reference_logp(self.reference, ro, prompts, setup.temperature, setup.reference_positions)
         if cfg.num_iterations > 1:
             with torch.no_grad():
-                item.old_logp = policy_forward(run.engine, item, cfg.temperature, False)[0].detach()
+                item.old_logp = policy_forward(run.engine, item, logprob_setup(cfg), False)[0].detach()
         times["rewards"] += time.perf_counter() - start
         return item, times
 

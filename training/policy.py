@@ -1,4 +1,5 @@
-"""Stage-2 forward passes with autograd: completion log-probs under the sampling positions, mask logits.
+"""Stage-2 forward passes with autograd: completion log-probs (under the sampling positions, or the released
+trainer's 1-D ones), mask logits.
 
 `PolicyModel` is the module DeepSpeed wraps in stage 2 (so ZeRO-3 gathers weights inside its forward);
 `sequence_logprobs` also serves the frozen reference policy, which is a bare Qwen-VL model.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lens_model.modeling import ContextInputs, LensModel, embed_with_images, mrope_positions
+from lens_model.modeling import ContextInputs, LensModel, embed_with_images, mrope_positions, positions_1d
 from lens_model.sam import SamImageFeatures
 
 
@@ -33,15 +34,23 @@ def sequence_logprobs(
     prompt_length: int,
     temperature: float,
     extra_embeds: torch.Tensor | None = None,
+    positions: str = "mrope",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (B, T) of the completion tokens of prompt + completion under the M-RoPE positions generation
-    used. `extra_embeds` (B, N, hidden) are appended after the sequence (the context queries of a `cached`
-    model, which continue the same positions); their last-layer states are returned too (else None)."""
+    """Log-probs (B, T) of the completion tokens of prompt + completion, under the M-RoPE positions generation
+    used (`positions="1d"`: the 1-D positions of the released trainer's policy pass). `extra_embeds` (B, N, hidden)
+    are appended after the sequence (the context queries, at the same positions scheme); their last-layer states
+    are returned too (else None)."""
     embeds = embed_with_images(mllm, ctx.input_ids, image_outputs, ctx.mm_token_type_ids)
     n = 0 if extra_embeds is None else extra_embeds.shape[1]
     if n:
         embeds = torch.cat([embeds, extra_embeds.to(embeds.dtype)], dim=1)
-    pos, mask = mrope_positions(mllm, ctx, n)
+    if positions == "mrope":
+        pos, mask = mrope_positions(mllm, ctx, n)
+    elif positions == "1d":
+        mask = torch.cat([ctx.attention_mask, ctx.attention_mask.new_ones(ctx.input_ids.shape[0], n)], dim=1)
+        pos = positions_1d(mask)
+    else:
+        raise ValueError(f"positions must be 'mrope' or '1d', got {positions!r}")
     hidden = mllm.model.language_model(
         inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False
     ).last_hidden_state
@@ -73,19 +82,26 @@ class PolicyModel(nn.Module):
         sam_features: SamImageFeatures,
         temperature: float,
         vision_grad: bool = True,
+        logp_positions: str = "mrope",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """sequences (K·G, P+T) with `rows` (K·G,) naming each row's image among the K in pixel_values /
         image_grid_thw (K, 3) and sam_features (K images, frozen encoder) -> log-probs (K·G, T) float32 and
-        low-res mask logits (K·G, 1, S/4, S/4). The query states follow the model's context pass."""
+        low-res mask logits (K·G, 1, S/4, S/4). The log-probs are taken under `logp_positions` ("mrope": the
+        sampling positions; "1d": the released trainer's) with logits / `temperature`; the query states follow
+        the model's context pass."""
         lens = self.lens
         ctx = ContextInputs(sequences, attention_mask, mm_token_type_ids, image_grid_thw[rows])
         with torch.set_grad_enabled(vision_grad and torch.is_grad_enabled()):
             image_outputs = lens.encode_mllm_images(pixel_values.to(lens.dtype), image_grid_thw, rows)
-        if lens.query_positions == "mrope":  # queries continue the sampling positions: one pass gives both
+        if logp_positions == lens.query_positions:  # log-probs and queries share positions: one pass gives both
             queries = lens.context.query_embeds(sequences.shape[0], lens.dtype)
-            logp, states = sequence_logprobs(lens.mllm, ctx, image_outputs, prompt_length, temperature, queries)
-        else:  # released checkpoints: log-probs under M-RoPE (as sampled), query states at their own positions
-            logp, _ = sequence_logprobs(lens.mllm, ctx, image_outputs, prompt_length, temperature)
+            logp, states = sequence_logprobs(
+                lens.mllm, ctx, image_outputs, prompt_length, temperature, queries, logp_positions
+            )
+        else:  # e.g. released checkpoints under lens: log-probs under M-RoPE (as sampled), queries at 1-D positions
+            logp, _ = sequence_logprobs(
+                lens.mllm, ctx, image_outputs, prompt_length, temperature, positions=logp_positions
+            )
             states = lens.query_states_full(ctx, image_outputs, lens.query_positions)
         low_res, _ = lens.masks_from_query_states(states, sam_features.select(rows))
         return logp, low_res

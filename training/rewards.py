@@ -1,7 +1,8 @@
 """Stage-2 (GRPO) rewards: one float per sampled completion, from its text and its context pass's mask.
 
 Paper: r = r_format + r_box + r_seg, each weighted 1.0 (`DEFAULT_REWARD_WEIGHTS`).
-- format:      1 when the completion follows its answer format's template (`answer.format_ok`).
+- format:      1 when the completion follows its answer format's template, by the released format rewards' rule
+               (`answer.template_ok`: object ref + box tokens and nothing else / <think>…</think> then <answer>).
 - box_iou:     IoU(predicted box, GT box)², the box parsed as at inference (incl. the released fallback to the
                first [a,b,c,d] / (a,b,c,d) / (a,b),(c,d) in the text), both in the MLLM image's pixels.
 - segment_iou: IoU(predicted mask, GT mask)² at the original image size.
@@ -129,8 +130,8 @@ def resolve_reward(name: str) -> RewardFn:
 # ------------------------------------------------------------------------------------------------- rewards
 @register_reward("format")
 def format_reward(s: RolloutSample) -> float:
-    """1 when the completion follows the answer format's template, else 0."""
-    return 1.0 if s.answer.format_ok else 0.0
+    """1 when the completion follows the answer format's template (`ParsedAnswer.template_ok`), else 0."""
+    return 1.0 if s.answer.template_ok else 0.0
 
 
 @register_reward("box_iou")

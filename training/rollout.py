@@ -127,6 +127,12 @@ class Rollout:
         return self.sequences[:, self.prompt_length :]
 
 
+def completion_end_for(compat: str) -> str:
+    """GRPO's `compat` setting -> how its rollouts read the end of an answer (lens_model.vocab.COMPLETION_ENDS):
+    the released trainer ends answers only at <|im_end|> and attends their <|endoftext|> padding."""
+    return "im_end_only" if compat == "released" else "first_end"
+
+
 class RolloutSampler(Protocol):
     """What the GRPO trainer samples with; `policy_version` changes when the policy's weights do."""
 
@@ -186,9 +192,11 @@ def generate_rollouts(
     pad_token_id: int,
     context_pass: str | None = None,
     do_sample: bool = True,
+    completion_end: str = "first_end",
 ) -> Rollout:
     """K prompts -> K·G answers sampled by the model itself (greedy with do_sample=False), with their masks.
-    `context_pass`, when given, must be the model's own (the model decides: `LensModel.query_states`)."""
+    `context_pass`, when given, must be the model's own (the model decides: `LensModel.query_states`);
+    `completion_end`: where answers end and what their context pass attends (lens_model.vocab.COMPLETION_ENDS)."""
     check_context_pass(model, context_pass)
     timer = StageTimer(model.device)
     rows = prompt_rows(prompts, group_size)
@@ -205,6 +213,7 @@ def generate_rollouts(
         eos_token_ids,
         timer=timer,
         generation_kwargs=dict(max_new_tokens=max_new_tokens, do_sample=do_sample, **sampling),
+        completion_end=completion_end,
     )
     timings = {
         "generate": timer.total(("mllm_vision", "generate")),
@@ -225,13 +234,15 @@ def rollout_from_completions(
     context_pass: str | None = None,
     max_new_tokens: int | None = None,
     timings: dict[str, float] | None = None,
+    completion_end: str = "first_end",
 ) -> Rollout:
     """Completion token ids from any sampler -> the `Rollout` the in-process sampler would have built.
 
     completions[k][g] is the g-th answer to prompt k (plain ints; anything after its first end token is
     dropped, so padding may be left on). The result: sequences = our left-padded prompt ids (each prompt
     repeated G times) + completions right-padded with pad_token_id to the longest one; completion_mask 1 up to
-    and including the first end token and never on padding; truncated = no end token; masks from a full
+    and including the first end token and never on padding (`completion_end="im_end_only"`: the released
+    trainer's rule, see `lens_model.generation.completion_masks`); truncated = no end token; masks from a full
     context pass at the model's positions (no KV cache to reuse).
     """
     check_context_pass(lens, context_pass)
@@ -259,6 +270,7 @@ def rollout_from_completions(
         eos_token_ids,
         timer=timer,
         completions=Completions(ids, torch.tensor([len(a) for a in answers])),
+        completion_end=completion_end,
     )
     times = dict(timings or {})
     times["context_sam"] = timer.total(("mllm_vision", "context", "sam_encode", "sam_decode"))
@@ -291,11 +303,17 @@ class InProcessRollouts:
         top_k: int = 0,
         do_sample: bool = True,
         gather: Callable[[], AbstractContextManager] | None = None,
+        completion_end: str = "first_end",
     ) -> None:
         self.model, self.processor = model, processor
         self.pad_token_id, self.eos_token_ids = special_token_ids(processor.tokenizer)
         self.options = dict(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, do_sample=do_sample
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            do_sample=do_sample,
+            completion_end=completion_end,
         )
         self.gather = gather or contextlib.nullcontext
         self.policy_version: int | None = None  # the weights are the policy's own: nothing to sync

@@ -51,7 +51,7 @@ from lens_model.prompting import build_chat, mllm_image, special_token_ids
 from lens_model.timing import StageTimer
 
 from .engine import gathered
-from .rollout import PromptBatch, Rollout, rollout_from_completions
+from .rollout import PromptBatch, Rollout, completion_end_for, rollout_from_completions
 
 log = logging.getLogger("training.vllm_rollout")
 
@@ -305,4 +305,5 @@ class VLLMRollouts:
                 pad_token_id=self.pad_token_id,
                 max_new_tokens=self.cfg.max_completion_length,
                 timings=timer.times,
+                completion_end=completion_end_for(self.cfg.compat),
             )

@@ -17,7 +17,18 @@ LR_SCHEDULERS = ("cosine", "linear", "constant")
 LOSS_AGGREGATIONS = ("sequence", "token", "constant")
 # Who samples GRPO's completions: generate (in-process, KV cache) | vllm (GPU servers).
 ROLLOUT_BACKENDS = ("generate", "vllm")
+# Stage 2's objective: lens (corrected, the default) | released (the released stage-2 trainer exactly; docs/design.md,
+# "Stage 2").
+COMPAT_MODES = ("lens", "released")
 # DeepSpeed ZeRO stages.
 ZERO_STAGES = (0, 1, 2, 3)
 
-__all__ = ["LOSS_AGGREGATIONS", "LR_SCHEDULERS", "PIXEL_LOSSES", "ROLLOUT_BACKENDS", "TRAINABLE_PARTS", "ZERO_STAGES"]
+__all__ = [
+    "COMPAT_MODES",
+    "LOSS_AGGREGATIONS",
+    "LR_SCHEDULERS",
+    "PIXEL_LOSSES",
+    "ROLLOUT_BACKENDS",
+    "TRAINABLE_PARTS",
+    "ZERO_STAGES",
+]
