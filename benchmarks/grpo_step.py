@@ -14,9 +14,17 @@ Runs the stage-2 step of `training.grpo` piece by piece, without DeepSpeed, on a
                      gradient clipping and an AdamW step (trainable: MLLM, context module, SAM2 prompt
                      encoder and mask decoder; SAM2 image encoder frozen, as training.grpo)
 
-Then it times the per-sample loop a naive implementation would run for the same K·G completions
-(training.rollout.sequential_rollouts: one prompt, one completion per call) on the same prompts, and prints the
-speed-up of the batched rollout over it. Example:
+Then it times the batched rollout against two per-completion loops over the same K·G completions, on the same
+prompts, in back-to-back rounds:
+
+  per-row loop, shared encoders: the K images encoded once (MLLM vision encoder and SAM2 image encoder, as the
+                     batched rollout does), then generate -> context pass -> mask decoder per completion
+                     (`per_row_rollouts` below): the ratio to it is what batching alone buys
+  naive per-sample loop: training.rollout.sequential_rollouts, one prompt and one completion per call, which
+                     re-runs both image encoders for every completion (K·G times instead of K): the ratio to it
+                     is batching plus encoder reuse
+
+Example:
     python benchmarks/grpo_step.py        # K=4 x G=8, 32 new tokens, hidden 256, 4 layers (~1 min, 2 cores)
     python benchmarks/grpo_step.py --prompts 8 --max-new-tokens 64 --context-pass official
     python benchmarks/grpo_step.py --device cuda --dtype bfloat16 --hidden 2048 --layers 36 --max-new-tokens 128
@@ -25,12 +33,15 @@ speed-up of the batched rollout over it. Example:
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from lens_model.vocab import CONTEXT_PASS_MODES
 
@@ -68,6 +79,68 @@ def distinct_images(records, k: int):
     raise SystemExit(f"only {len(out)} distinct images in the synthetic scenes; lower --prompts")
 
 
+def per_row_rollouts(lens, processor, prompts, group_size: int, sampling: dict) -> list[tuple[int, bool, np.ndarray]]:
+    """The batched rollout's work one completion at a time, with the images encoded once: the K images through the
+    MLLM vision encoder and the SAM2 image encoder (as `generate_and_segment` does), then for each of the K·G
+    completions its own generate -> context pass -> mask decoder -> mask at the image size -> text.
+    -> per completion (tokens up to its end, ended with an end token, mask). With do_sample=False in `sampling`
+    the completions and masks equal `generate_rollouts`' greedy ones (checked when this loop was written)."""
+    import torch
+
+    from lens_model.answer import parse_answer
+    from lens_model.backends import TorchBackend
+    from lens_model.generation import completion_state
+    from lens_model.modeling import ContextInputs
+    from lens_model.prompting import decode_completions
+    from lens_model.sam import upsample_logits
+
+    device = lens.device
+    eos, pad = sampling["eos_token_ids"], sampling["pad_token_id"]
+    generation = {k: sampling[k] for k in ("max_new_tokens", "temperature", "top_p", "top_k")}
+    grid = prompts.image_grid_thw.to(device)
+    segmenter = TorchBackend(lens)
+    images = lens.encode_mllm_images(prompts.pixel_values.to(device, lens.dtype), grid)  # K images, once
+    per_image = tuple(images.pooler_output)
+    sam_features = segmenter.encode_images(prompts.sam_images.to(device))  # K images, once
+    out = []
+    for k in range(len(prompts)):
+        image_k = copy.copy(images)  # this image's features alone, as one prompt row sees them
+        image_k.pooler_output = (per_image[k],)
+        features_k = sam_features.select(torch.tensor([k], device=device))
+        ids = prompts.input_ids[k : k + 1].to(device)
+        attention = prompts.attention_mask[k : k + 1].to(device)
+        types = prompts.mm_token_type_ids[k : k + 1].to(device)
+        for _ in range(group_size):
+            gen = lens.mllm.generate(
+                input_ids=ids,
+                attention_mask=attention,
+                mm_token_type_ids=types,
+                image_grid_thw=grid[k : k + 1],
+                mm_encoder_outputs={"image": image_k},
+                do_sample=sampling.get("do_sample", True),
+                **generation,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                return_dict_in_generate=True,
+                use_cache=True,
+            )
+            completion = gen.sequences[:, ids.shape[1] :]
+            valid, ended = completion_state(completion, eos)
+            ctx = ContextInputs(
+                gen.sequences,
+                torch.cat([attention, valid], 1),
+                torch.cat([types, torch.zeros_like(completion)], 1),
+                grid[k : k + 1],
+            )
+            states = lens.query_states(ctx, image_k, gen.cache)  # (1, N, hidden)
+            low_res, _ = segmenter.masks_from_query_states(states, features_k)
+            mask = (upsample_logits(low_res, prompts.gt_masks[k].shape)[0] > 0).cpu().numpy()
+            text = decode_completions(processor.tokenizer, completion, pad, eos)[0]
+            parse_answer(text, lens.lens_config.prompt.answer_format)
+            out.append((int(valid.sum()), bool(ended[0]), mask))
+    return out
+
+
 def main() -> int:
     args = parse_args()
     work = Path(tempfile.mkdtemp(prefix="grpo_step-"))
@@ -88,7 +161,7 @@ def parse_args() -> argparse.Namespace:
         "--loop-repeats",
         type=int,
         default=2,
-        help="timed runs of the per-sample loop (default 2; 0 skips the comparison)",
+        help="timed rounds of the batched rollout vs the two per-completion loops (default 2; 0 skips them)",
     )
     parser.add_argument(
         "--context-pass", default="cached", choices=CONTEXT_PASS_MODES, help="the model's context pass (default cached)"
@@ -120,7 +193,6 @@ def run(args: argparse.Namespace, work: Path) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import numpy as np
     import torch
     import transformers
 
@@ -260,26 +332,31 @@ def run(args: argparse.Namespace, work: Path) -> int:
     times = {name: statistics.median(r[0][name] for r in runs) for name in runs[0][0]}
     info = runs[-1][1]
 
-    # Batched rollout and per-sample loop back to back, pair by pair, so that a load change on the machine hits
-    # both alike; same prompts, same model (the weights the timed steps left).
-    batched_times, loop_times, loop_lengths, loop_ended, batched_lengths, batched_ended = [], [], [], 0, [], 0
+    # Batched rollout and the two per-completion loops back to back, round by round, so that a load change on the
+    # machine hits all alike; same prompts, same model (the weights the timed steps left).
+    modes = ("batched rollout", "per-row loop, shared encoders", "naive per-sample loop")
+    loop_times = {name: [] for name in modes}
+    loop_lengths = {name: [] for name in modes}
+    loop_ended = {name: 0 for name in modes}
     if args.loop_repeats > 0:
         prompts = info["prompts"]
         lens.eval()
         for i in range(args.loop_repeats):
-            torch.manual_seed(args.seed + i)
-            start = time.perf_counter()
-            ro = generate_rollouts(lens, processor, prompts, G, **sampling)
-            sync()
-            batched_times.append(time.perf_counter() - start)
-            batched_lengths += ro.completion_mask.sum(1).tolist()
-            batched_ended += int((~ro.truncated).sum())
-            start = time.perf_counter()
-            outs = sequential_rollouts(lens, processor, prompts, G, **sampling)
-            sync()
-            loop_times.append(time.perf_counter() - start)
-            loop_lengths += [float(o.completion_mask.sum()) for o in outs]
-            loop_ended += sum(int((~o.truncated).sum()) for o in outs)
+            for name in modes:
+                torch.manual_seed(args.seed + i)
+                start = time.perf_counter()
+                if name == "batched rollout":
+                    ro = generate_rollouts(lens, processor, prompts, G, **sampling)
+                    done = list(zip(ro.completion_mask.sum(1).tolist(), (~ro.truncated).tolist(), ro.pred_masks))
+                elif name == "per-row loop, shared encoders":
+                    done = per_row_rollouts(lens, processor, prompts, G, sampling)
+                else:
+                    outs = sequential_rollouts(lens, processor, prompts, G, **sampling)
+                    done = [(float(o.completion_mask.sum()), bool((~o.truncated).all()), None) for o in outs]
+                sync()
+                loop_times[name].append(time.perf_counter() - start)
+                loop_lengths[name] += [n for n, _, _ in done]
+                loop_ended[name] += sum(e for _, e, _ in done)
 
     text = lens.mllm.config.text_config
     n_rows = args.prompts * G
@@ -313,25 +390,30 @@ def run(args: argparse.Namespace, work: Path) -> int:
         f"token; reward mean {float(np.mean(info['rewards'])):.3f}; loss {info['loss']:.4f}"
     )
 
-    if loop_times:
-        batched, loop = statistics.median(batched_times), statistics.median(loop_times)
+    if args.loop_repeats > 0:
+        median = {name: statistics.median(times) for name, times in loop_times.items()}
         print(
             f"\nrollout of {n_rows} completions (generate + context pass + SAM2 masks), same prompts and model, "
-            f"{len(loop_times)} back-to-back pair{'s' if len(loop_times) > 1 else ''} (medians):"
+            f"{args.loop_repeats} back-to-back round{'s' if args.loop_repeats > 1 else ''} (medians):"
         )
-        for name, lengths, ended in (
-            ("batched rollout", batched_lengths, batched_ended),
-            ("per-sample loop", loop_lengths, loop_ended),
-        ):
+        encodes = {
+            "batched rollout": f"{args.prompts} image encodings",
+            "per-row loop, shared encoders": f"{args.prompts} image encodings",
+            "naive per-sample loop": f"{n_rows} image encodings",
+        }
+        for name in modes:
+            lengths = loop_lengths[name]
             print(
-                f"  {name}: mean completion {np.mean(lengths):.1f} tokens, {ended}/{len(lengths)} ended with an "
-                f"end token"
+                f"  {name:<30} {median[name]:>7.2f} s  ({encodes[name]}; mean completion {np.mean(lengths):.1f} "
+                f"tokens, {loop_ended[name]}/{len(lengths)} ended with an end token)"
             )
-        print(f"  batched rollout {batched:.2f} s vs per-sample loop {loop:.2f} s: {loop / batched:.1f}x")
+        batched = median["batched rollout"]
+        print(f"  batching alone (per-row loop, shared encoders / batched): {median[modes[1]] / batched:.1f}x")
+        print(f"  batching + encoder reuse (naive per-sample loop / batched): {median[modes[2]] / batched:.1f}x")
         print(
             "  note: the untrained tiny model rarely emits an end token, so completions run (nearly) to "
-            "--max-new-tokens in both modes: a fair comparison. A trained model's answers end early and unevenly;"
-            " the batched generate then runs to its longest row, while the loop stops each row at its own end."
+            "--max-new-tokens in every mode: a fair comparison. A trained model's answers end early and unevenly;"
+            " the batched generate then runs to its longest row, while the loops stop each row at its own end."
         )
     return 0
 

@@ -1,12 +1,17 @@
 #!/usr/bin/env python
 """Does stage-1 training learn? Train a tiny LENS on synthetic scenes on CPU through the real entry point
-(`training.align`, DeepSpeed ZeRO-2, one process) and print validation gIoU/cIoU over steps next to trivial
-baselines on the same validation samples: an empty mask, a full-image mask, and a mask filling the GT box.
+(`training.align`, DeepSpeed ZeRO-2, one process) and print teacher-forced validation gIoU/cIoU at step 0 (the
+untrained model) and every --eval-every steps, next to baselines on the same validation samples.
+
+Validation is teacher-forced like training: the GT answer, and with it the GT box, is in the model's context. So
+the reference to beat is the GT-box mask (a model that only reads the box off its context and fills it); the empty
+and full-image masks are printed as sanity floors. Also printed: the all-objects mask (every shape in the scene:
+segmenting shapes without picking the referred one) and, at step 0 and at the end, how often the predicted mask
+overlaps the referred object more than any other object of the scene (referred-object accuracy).
 
 A tiny model starts untrained (random MLLM and SAM2), so besides the context module this benchmark also
 trains the SAM2 mask decoder and prompt encoder and the tiny MLLM by default (--trainable); the SAM2 image
-encoder stays frozen and random. Validation is teacher-forced like training (the GT answer is in the context),
-so the GT-box mask is the reference a model that only read the box off the answer would reach. Example:
+encoder stays frozen and random. Example:
 
     .venv/bin/python benchmarks/learn_align.py                      # ~13 min on 2 CPU cores
     .venv/bin/python benchmarks/learn_align.py --steps 100 --eval-every 25 --trainable context   # quick look
@@ -22,26 +27,87 @@ from pathlib import Path
 import numpy as np
 
 
-def baselines(records) -> dict[str, dict[str, float]]:
+def scene_objects(records) -> dict[int, dict[int, np.ndarray]]:
+    """image_id -> {ann_id: (H, W) bool} of every object in the scenes of `records` (instances.json)."""
+    from lens_model.data.refer import decode_segmentation
+
+    instances = json.loads((records[0].image_path.parents[1] / "synthetic" / "instances.json").read_text())
+    wanted = {r.ids["image_id"] for r in records}
+    sizes = {im["id"]: (im["height"], im["width"]) for im in instances["images"] if im["id"] in wanted}
+    objects: dict[int, dict[int, np.ndarray]] = {i: {} for i in wanted}
+    for ann in instances["annotations"]:
+        if ann["image_id"] in wanted:
+            objects[ann["image_id"]][ann["id"]] = decode_segmentation(ann["segmentation"], *sizes[ann["image_id"]])
+    return objects
+
+
+def referred_object_accuracy(preds, records, objects) -> float:
+    """Share of samples whose predicted mask has its largest IoU with the referred object (0 when it overlaps
+    nothing): did the model pick the right shape, however well it outlined it."""
+    hits = 0
+    for pred, record in zip(preds, records):
+        if pred is None or not pred.any():
+            continue
+        ious = {ann: (pred & mask).sum() / (pred | mask).sum() for ann, mask in objects[record.ids["image_id"]].items()}
+        hits += max(ious, key=ious.get) == record.ids["ann_id"]
+    return hits / len(records)
+
+
+def summarize(preds, records) -> dict[str, float]:
     from lens_model.metrics import SplitMetrics, score_sample
 
-    out = {}
-    for name in ("empty mask", "full-image mask", "GT-box mask"):
-        metrics = SplitMetrics()
-        for record in records:
-            gt = record.mask()
-            if name == "empty mask":
-                pred = np.zeros_like(gt)
-            elif name == "full-image mask":
-                pred = np.ones_like(gt)
-            else:
-                pred = np.zeros_like(gt)
-                x1, y1, x2, y2 = (int(round(v)) for v in record.box)
-                pred[y1:y2, x1:x2] = True
-            metrics.add(score_sample(pred, gt))
-        summary = metrics.summary()
-        out[name] = {"gIoU": summary["gIoU"], "cIoU": summary["cIoU"]}
-    return out
+    metrics = SplitMetrics()
+    for pred, record in zip(preds, records):
+        gt = record.mask()
+        metrics.add(score_sample(pred if pred is not None else np.zeros_like(gt), gt))
+    summary = metrics.summary()
+    return {"gIoU": summary["gIoU"], "cIoU": summary["cIoU"]}
+
+
+def baselines(records, objects) -> dict[str, dict[str, float]]:
+    """Masks built without a model: empty, full image, every object of the scene, the GT box filled."""
+    preds: dict[str, list[np.ndarray]] = {"empty mask": [], "full-image mask": [], "all-objects mask": []}
+    preds["GT-box mask"] = []
+    for record in records:
+        gt = record.mask()
+        preds["empty mask"].append(np.zeros_like(gt))
+        preds["full-image mask"].append(np.ones_like(gt))
+        preds["all-objects mask"].append(np.logical_or.reduce(list(objects[record.ids["image_id"]].values())))
+        box = np.zeros_like(gt)
+        x1, y1, x2, y2 = (int(round(v)) for v in record.box)
+        box[y1:y2, x1:x2] = True
+        preds["GT-box mask"].append(box)
+    return {name: summarize(p, records) for name, p in preds.items()}
+
+
+def teacher_forced_masks(model_dir: Path, records) -> list[np.ndarray | None]:
+    """Predicted masks of the model in `model_dir` on `records`, computed as training's validation computes them
+    (training.align: AlignExamples + Collator + mask_logits, the model in eval mode, its stage-1 context pass)."""
+    import torch
+
+    from lens_model.checkpoint import load_model
+    from lens_model.sam import upsample_logits
+    from training.align import mask_logits
+    from training.config import AlignConfig
+    from training.data import AlignExamples, Collator
+
+    model, processor = load_model(model_dir, device=torch.device("cpu"), dtype=torch.float32)
+    model.lens_config.context_pass = AlignConfig.context_pass  # as training.align sets it
+    model.eval()
+    max_length = AlignConfig.max_prompt_length + AlignConfig.max_completion_length
+    examples = AlignExamples([records], [(0, i) for i in range(len(records))], processor, model.lens_config, max_length)
+    collate = Collator(processor.tokenizer.pad_token_id)
+    preds = []
+    with torch.no_grad():
+        for i in range(len(records)):
+            batch = collate([examples[i]])
+            if batch["size"] == 0:  # a sample that cannot be built: no prediction, as validation counts it
+                preds.append(None)
+                continue
+            low_res = mask_logits(model, batch, torch.device("cpu"))
+            gt = batch["gt_masks"][0].numpy()
+            preds.append((upsample_logits(low_res, gt.shape)[0] > 0).cpu().numpy())
+    return preds
 
 
 def main() -> int:
@@ -69,13 +135,17 @@ def main() -> int:
 
     work, scenes, init = prepare(args.workdir, "learn_align-", args.train_images, 0, args.image_size, args.threads)
     val_records = load_dataset("synthetic", scenes, "val")[: args.val_samples]
-    reference = baselines(val_records)
+    objects = scene_objects(val_records)
+    reference = baselines(val_records, objects)
     trainable = [p for p in args.trainable.split(",") if p]
     print(
         f"training {', '.join(trainable)} of a tiny LENS (SAM2 image encoder frozen) on "
         f"{len(load_dataset('synthetic', scenes, 'train'))} synthetic expressions; "
         f"validating on {len(val_records)} (teacher-forced)"
     )
+    start_preds = teacher_forced_masks(init, val_records)
+    step0 = summarize(start_preds, val_records)
+    step0_referred = referred_object_accuracy(start_preds, val_records, objects)
     out = work / "run"
     overrides = [
         f"init_from={init}",
@@ -101,8 +171,13 @@ def main() -> int:
     if code != 0:
         return code
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    val = [r for r in rows if r["split"] == "val"]
+    val = [{"step": 0, **step0}] + [r for r in rows if r["split"] == "val"]
     train = {r["step"]: r for r in rows if r["split"] == "train"}
+    final_preds = teacher_forced_masks(out / "final", val_records)
+    final_referred = referred_object_accuracy(final_preds, val_records, objects)
+    recomputed = summarize(final_preds, val_records)  # must equal training's last validation: same computation
+    if abs(recomputed["gIoU"] - val[-1]["gIoU"]) > 1e-4:
+        print(f"warning: final gIoU recomputed here {recomputed['gIoU']:.4f} != training's {val[-1]['gIoU']:.4f}")
 
     print(f"\n{'step':>6} {'train loss':>11} {'val gIoU':>9} {'val cIoU':>9}")
     for r in val:
@@ -111,12 +186,17 @@ def main() -> int:
     print(f"\n{'baseline':<18} {'gIoU':>7} {'cIoU':>7}")
     for name, values in reference.items():
         print(f"{name:<18} {values['gIoU']:>7.4f} {values['cIoU']:>7.4f}")
-    final = val[-1]
-    trivial = max(reference["empty mask"]["gIoU"], reference["full-image mask"]["gIoU"])
+    final, box = val[-1], reference["GT-box mask"]
     print(
-        f"\nfinal val gIoU {final['gIoU']:.4f} = {final['gIoU'] / max(trivial, 1e-9):.1f}x the best trivial baseline "
-        f"({trivial:.4f}); {final['gIoU'] / reference['GT-box mask']['gIoU']:.2f} of the GT-box mask; "
-        f"wall time {wall / 60:.1f} min for {args.steps} steps; curves: {out / 'loss.png'}"
+        f"\nreferred-object accuracy: step 0 {step0_referred:.3f}, step {args.steps} {final_referred:.3f} "
+        f"(largest IoU with the referred object rather than another shape of the scene)"
+    )
+    print(
+        f"final val gIoU {final['gIoU']:.4f} / cIoU {final['cIoU']:.4f} = {final['gIoU'] / box['gIoU']:.2f} / "
+        f"{final['cIoU'] / box['cIoU']:.2f} of the GT-box mask ({box['gIoU']:.4f} / {box['cIoU']:.4f}), the "
+        f"baseline a teacher-forced model can reach by filling the box in its context; step 0: "
+        f"{step0['gIoU']:.4f} / {step0['cIoU']:.4f}; wall time {wall / 60:.1f} min for {args.steps} steps; "
+        f"curves: {out / 'loss.png'}"
     )
     return 0
 

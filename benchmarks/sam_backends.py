@@ -4,6 +4,11 @@
 and tensorrt are present), with the speed-up over torch. Builds what it measures (random weights), exports it with
 `lens_model.export`, checks the outputs agree, then times each graph with the same inputs.
 
+Torch runs in the precision the pipeline uses on the device (--torch-dtype auto): on CUDA the bf16 pipeline's
+(SAM2's float32 weights under bf16 autocast, the context head in bf16), on CPU float32. Every backend output is
+compared with torch's within a tolerance that depends on the two precisions (printed); the script exits with
+status 1 when one is exceeded, or when fewer than MIN_MASK_AGREEMENT of the mask pixels (logit > 0) agree.
+
     python benchmarks/sam_backends.py     # tiny SAM2 at 256 px, context head 128 wide, 8 queries
     python benchmarks/sam_backends.py --sam sam2_hiera_t --image-size 1024 --hidden 2048 --queries 64  # Hiera-T
     python benchmarks/sam_backends.py --sam sam2_hiera_l --image-size 1024 --hidden 2048 --queries 64 --device cuda
@@ -12,7 +17,9 @@ and tensorrt are present), with the speed-up over torch. Builds what it measures
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +34,28 @@ from lens_model.export.parts import SegmentationParts
 from lens_model.export.tensorrt_runtime import tensorrt_available
 from lens_model.sam import build_sam, decode_masks, encode_image
 from lens_model.tiny import tiny_lens_config
+
+# (atol, rtol) of np.allclose-style checks: |backend - torch| <= atol + rtol * |torch| for every element.
+# float32 graphs against float32 torch: as tests/export_helpers.py (observed ~2e-6 features, ~5e-7 logits).
+FP32_TOLERANCE = {"image_encoder": (1e-4, 1e-4), "context_head": (1e-5, 1e-4), "mask_decoder": (1e-4, 1e-4)}
+# Either side in float16 (--fp16 graphs) or torch in bf16/fp16: 16-bit rounding (bf16 keeps 8 mantissa bits,
+# 2^-8 = 3.9e-3) accumulated over the encoder's layers. Not measured on a GPU yet.
+LOW_PRECISION_TOLERANCE = {"float16": (1e-2, 1e-2), "bfloat16": (5e-2, 5e-2)}
+MIN_MASK_AGREEMENT = 0.99  # fraction of low-res mask pixels (logit > 0) on which a backend agrees with torch
+
+
+def tolerance(graph: str, fp16_graphs: bool, torch_dtype: torch.dtype) -> tuple[float, float]:
+    if torch_dtype == torch.bfloat16:
+        return LOW_PRECISION_TOLERANCE["bfloat16"]
+    if fp16_graphs or torch_dtype == torch.float16:
+        return LOW_PRECISION_TOLERANCE["float16"]
+    return FP32_TOLERANCE[graph]
+
+
+def excess(got: torch.Tensor, want: torch.Tensor, atol: float, rtol: float) -> tuple[float, float]:
+    """(max |got - want|, max of |got - want| - (atol + rtol |want|)): the second is > 0 when out of tolerance."""
+    diff = (got.float() - want.float()).abs()
+    return float(diff.max()), float((diff - (atol + rtol * want.float().abs())).max())
 
 
 def build_parts(sam_name: str, image_size: int, hidden: int, queries: int) -> SegmentationParts:
@@ -62,7 +91,7 @@ def timed(fn, repeats: int, warmup: int, cuda: bool) -> list[float]:
     return times
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--sam",
@@ -74,7 +103,14 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=8, help="context queries (LENS: 64)")
     parser.add_argument("--images", type=int, default=1, help="images per encoder call (default 1)")
     parser.add_argument("--prompts", type=int, default=1, help="prompts per context-head/decoder call (default 1)")
-    parser.add_argument("--fp16", action="store_true", help="export float16 graphs (torch stays float32)")
+    parser.add_argument("--fp16", action="store_true", help="export float16 graphs (inputs and outputs float32)")
+    parser.add_argument(
+        "--torch-dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="precision of the torch reference: auto = the pipeline's (bfloat16 on CUDA, float32 on CPU); "
+        "bf16/fp16 run SAM2 under autocast and the context head in that dtype, as the pipeline does",
+    )
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (onnxruntime uses its CUDA provider if installed)")
@@ -94,7 +130,20 @@ def main() -> None:
         parts, out_dir, ExportOptions(fp16=args.fp16, overwrite=True)
     )  # on the CPU, where build_parts made them
     print(f"exported to {out_dir} in {time.perf_counter() - start:.1f} s")
-    sam, context = parts.sam.to(device), parts.context.to(device)
+    torch_dtype = getattr(torch, args.torch_dtype) if args.torch_dtype != "auto" else None
+    torch_dtype = torch_dtype or (torch.bfloat16 if cuda else torch.float32)
+    # As LensModel: SAM2 keeps float32 weights and runs under autocast; the context head is cast to the dtype.
+    sam, context = parts.sam.to(device), parts.context.to(device, torch_dtype)
+    low_precision = torch_dtype != torch.float32
+    autocast = (lambda: torch.autocast(device.type, dtype=torch_dtype)) if low_precision else contextlib.nullcontext
+
+    def encode(x):
+        with autocast():
+            return encode_image(sam, x)
+
+    def decode(features, prompt_embed):
+        with autocast():
+            return decode_masks(sam, features, prompt_embed)
 
     backends = {"onnxruntime": OnnxRuntimeBackend(out_dir, device=device)}
     if cuda and tensorrt_available():
@@ -110,47 +159,69 @@ def main() -> None:
     else:
         print("tensorrt: skipped (needs a CUDA GPU with TensorRT: pip install tensorrt)")
 
+    failures = []
     with torch.inference_mode():
-        features = encode_image(sam, images)
-        prompt = context(states)
+        features = encode(images)
+        torch_states = states.to(torch_dtype)
+        prompt = context(torch_states)
         row_features = features.select(rows)
         torch_fns = {
-            "image_encoder": lambda: encode_image(sam, images),
-            "context_head": lambda: context(states),
-            "mask_decoder": lambda: decode_masks(sam, row_features, prompt),
+            "image_encoder": lambda: encode(images),
+            "context_head": lambda: context(torch_states),
+            "mask_decoder": lambda: decode(row_features, prompt),
         }
         want = {
             "image_encoder": [features.image_embed, *features.high_res_feats],
             "context_head": [prompt],
-            "mask_decoder": list(decode_masks(sam, row_features, prompt)),
+            "mask_decoder": list(decode(row_features, prompt)),
         }
+        # Every backend gets the torch reference's own inputs (as float32 tensors), so each graph is compared alone.
         feeds = {
             "image_encoder": {"images": images},
-            "context_head": {"query_states": states},
-            "mask_decoder": mask_decoder_feeds(prompt, row_features),
+            "context_head": {"query_states": torch_states.float()},
+            "mask_decoder": {k: v.float() for k, v in mask_decoder_feeds(prompt, row_features).items()},
         }
         print(
             f"\n{args.sam} SAM2 at {s}px, context head {args.hidden} wide x {args.queries} queries, "
             f"{args.images} image(s), {args.prompts} prompt(s), {'fp16' if args.fp16 else 'fp32'} graphs, "
-            f"{device} ({torch.get_num_threads()} torch threads)"
+            f"{device} ({torch.get_num_threads()} torch threads); torch in {str(torch_dtype).split('.')[-1]}"
+            + (" (SAM2 under autocast, context head cast)" if low_precision else "")
         )
-        print(f"{'graph':<14}{'backend':<13}{'median ms':>10}{'min ms':>9}{'vs torch':>10}{'max |diff|':>12}")
+        header = f"{'graph':<14}{'backend':<13}{'median ms':>10}{'min ms':>9}{'vs torch':>10}{'max |diff|':>12}"
+        print(header + f"{'tolerance (atol, rtol)':>26}")
         for graph, fn in torch_fns.items():
             base = timed(fn, args.repeats, args.warmup, cuda)
             print(
                 f"{graph:<14}{'torch':<13}{statistics.median(base) * 1e3:>10.2f}{min(base) * 1e3:>9.2f}"
                 f"{'1.00x':>10}{'':>12}"
             )
+            atol, rtol = tolerance(graph, args.fp16, torch_dtype)
             for name, backend in backends.items():
-                outs = backend.run(graph, feeds[graph])
-                diff = max(float((o.float().to(device) - w.float()).abs().max()) for o, w in zip(outs, want[graph]))
+                outs = [o.to(device) for o in backend.run(graph, feeds[graph])]
+                checked = [excess(o, w, atol, rtol) for o, w in zip(outs, want[graph])]
+                diff, over = max(c[0] for c in checked), max(c[1] for c in checked)
                 t = timed(lambda: backend.run(graph, feeds[graph]), args.repeats, args.warmup, cuda)
                 ratio = statistics.median(base) / statistics.median(t)
+                verdict = "ok" if over <= 0 else "EXCEEDED"
                 print(
                     f"{'':<14}{name:<13}{statistics.median(t) * 1e3:>10.2f}{min(t) * 1e3:>9.2f}"
-                    f"{ratio:>9.2f}x{diff:>12.2e}"
+                    f"{ratio:>9.2f}x{diff:>12.2e}{f'({atol:.0e}, {rtol:.0e}) {verdict}':>26}"
                 )
+                if over > 0:
+                    failures.append(
+                        f"{graph} on {name}: max |diff| {diff:.2e} beyond atol {atol:.0e} + rtol {rtol:.0e}"
+                    )
+                if graph == "mask_decoder":
+                    agree = float(((outs[0] > 0) == (want[graph][0] > 0)).float().mean())
+                    print(
+                        f"{'':<14}{name:<13}mask pixels agreeing with torch: {agree:.4%} (min {MIN_MASK_AGREEMENT:.0%})"
+                    )
+                    if agree < MIN_MASK_AGREEMENT:
+                        failures.append(f"mask on {name}: {agree:.4%} of pixels agree, below {MIN_MASK_AGREEMENT:.0%}")
+    for failure in failures:
+        print(f"parity check failed: {failure}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

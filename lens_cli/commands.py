@@ -74,7 +74,7 @@ def _add_plot_run(sub) -> None:
         description="Reads RUN_DIR/metrics.jsonl written by python -m training.align / training.grpo.",
     )
     p.add_argument("run_dir", type=Path, help="the run's output_dir")
-    p.add_argument("--out", type=Path, help="PNG to write (default: RUN_DIR/curves.png)")
+    p.add_argument("--out", type=Path, help="image to write, e.g. a .png (default: RUN_DIR/curves.png)")
     p.set_defaults(func=cmd_plot_run)
 
 
@@ -127,12 +127,21 @@ def cmd_bag(args) -> int:
 
 
 def cmd_plot_run(args) -> int:
-    from training.plots import plot_curves
+    from lens_model.cli import IMAGE_SUFFIXES, check_output_file
+    from training.plots import draw_curves, read_metrics
 
     metrics = args.run_dir / "metrics.jsonl"
+    check_output_file(args.out, "--out", IMAGE_SUFFIXES)
     if not metrics.is_file():
         raise LensError(f"{metrics} not found: pass the output_dir of a training run")
-    out = plot_curves(metrics, args.out or args.run_dir / "curves.png")
+    read = read_metrics(metrics)
+    if read.torn_line is not None:
+        print(
+            f"lens plot-run: warning: {metrics} line {read.torn_line} is cut off (a run stopped while writing it); "
+            f"plotting the {len(read.rows)} complete line(s)",
+            file=sys.stderr,
+        )
+    out = draw_curves(read.rows, args.out or args.run_dir / "curves.png", str(metrics))
     print(f"wrote {out}")
     return 0
 

@@ -174,7 +174,14 @@ class OnnxRuntimeBackend(ExportedBackend):
             path = self.export_dir / graph.onnx
             if not path.is_file():
                 raise ExportError(f"{path} is missing: the export in {self.export_dir} is incomplete; export again")
-            session = ort.InferenceSession(str(path), options, providers=providers)
+            try:
+                session = ort.InferenceSession(str(path), options, providers=providers)
+            except Exception as exc:  # onnxruntime's InvalidProtobuf, InvalidArgument, Fail ... derive from Exception
+                reason = " ".join(str(exc).split())[:300]
+                raise ExportError(
+                    f"{path} is not a loadable ONNX graph ({reason}); export the model again: "
+                    f"lens export --model M --out {self.export_dir} --overwrite"
+                ) from None
             names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
             want = ([t.name for t in graph.inputs], [t.name for t in graph.outputs])
             if sorted(names[0]) != sorted(want[0]) or sorted(names[1]) != sorted(want[1]):

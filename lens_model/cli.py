@@ -16,6 +16,24 @@ from .errors import LensError
 from .vocab import ANSWER_FORMATS, BACKENDS, CONTEXT_PASS_MODES, DTYPES
 
 DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N (default: auto)"
+# Masks are written losslessly so that they keep exactly 0 and 255; overlays may also be lossy pictures.
+MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (*MASK_SUFFIXES, ".jpg", ".jpeg", ".webp")
+
+
+def check_output_file(path: Path | None, option: str, suffixes: tuple[str, ...] | None = None) -> None:
+    """Refuse an output file that cannot be written, before any expensive work: a directory, a file in a folder
+    that does not exist, or (with `suffixes`) a name whose extension is not one of them."""
+    if path is None:
+        return
+    if path.is_dir():
+        example = f" such as {path / ('out' + suffixes[0])}" if suffixes else ""
+        raise LensError(f"{option} {path} is a directory; pass a file name{example}")
+    if not path.parent.is_dir():
+        raise LensError(f"{option} {path}: folder {path.parent} does not exist; create it first")
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        got = f"extension {path.suffix!r}" if path.suffix else "no extension"
+        raise LensError(f"{option} {path} has {got}; expected a file name ending in {', '.join(suffixes)}")
 
 
 def add_model_argument(p) -> None:
@@ -53,8 +71,16 @@ def _add_segment(sub) -> None:
         "--image", required=True, help="input image file (JPEG, PNG, ...); grayscale/RGBA/16-bit are converted"
     )
     p.add_argument("--prompt", required=True, help="referring expression or command, e.g. 'the red cup on the left'")
-    p.add_argument("--out-mask", type=Path, help="write the mask as a PNG (0/255, same size as the image)")
-    p.add_argument("--out-overlay", type=Path, help="write the image with the tinted mask, the box and the prompt")
+    p.add_argument(
+        "--out-mask",
+        type=Path,
+        help=f"write the mask (0/255, same size as the image) to this {'/'.join(MASK_SUFFIXES)} file (lossless)",
+    )
+    p.add_argument(
+        "--out-overlay",
+        type=Path,
+        help=f"write the image with the tinted mask, the box and the prompt ({'/'.join(IMAGE_SUFFIXES)})",
+    )
     p.add_argument("--json", type=Path, help="also write the JSON result to this file")
     add_device_dtype_arguments(p, dtype_help="weights dtype (default: auto = bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="generation budget of the MLLM (default: 256)")
@@ -221,20 +247,22 @@ def cmd_segment(args) -> int:
     from .image_io import load_image, read_prompt
     from .overlay import draw_overlay
     from .pipeline import LensPipeline
+    from .prompting import check_mllm_aspect_ratio
 
     if args.max_new_tokens < 1:
         raise LensError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     # Validate the cheap inputs before loading a multi-GB model (from_pretrained checks the backend first).
+    check_output_file(args.out_mask, "--out-mask", MASK_SUFFIXES)
+    check_output_file(args.out_overlay, "--out-overlay", IMAGE_SUFFIXES)
+    check_output_file(args.json, "--json")
     rgb = load_image(args.image)
+    check_mllm_aspect_ratio(rgb.shape[:2], str(args.image))
     prompt = read_prompt(args.prompt)
     depth = None
     if args.depth or args.camera_info:
         from .target3d import DepthInput
 
         depth = DepthInput.from_files(args.depth, args.camera_info, rgb.shape[:2], args.depth_scale)
-    for out in (args.out_mask, args.out_overlay, args.json):
-        if out is not None and not out.parent.exists():
-            raise LensError(f"output folder does not exist: {out.parent}")
     pipe = LensPipeline.from_pretrained(
         args.model,
         device=args.device,
@@ -306,6 +334,12 @@ def cmd_export(args) -> int:
 def cmd_make_tiny(args) -> int:
     from .tiny import make_tiny
 
+    if args.num_queries < 1:
+        raise LensError(
+            f"--num-queries must be >= 1 (the context queries SAM2's prompt is read from), got {args.num_queries}"
+        )
+    if args.out.exists() and not args.out.is_dir():
+        raise LensError(f"--out {args.out} is a file; pass a directory to write the checkpoint into")
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise LensError(f"output directory {args.out} is not empty; pass --overwrite to replace it")
     path = make_tiny(args.out, seed=args.seed, num_queries=args.num_queries, context_pass=args.context_pass)
@@ -321,7 +355,7 @@ def cmd_eval(args) -> int:
     from .evaluate import REASONSEG_MLLM_LONGEST_SIDE, EvalOptions, format_table, run_eval
     from .pipeline import LensPipeline
 
-    for name in ("limit", "batch_size"):
+    for name in ("limit", "batch_size", "max_length"):  # max_length 0 must not mean "no bound"
         value = getattr(args, name)
         if value is not None and value < 1:
             raise LensError(f"--{name.replace('_', '-')} must be >= 1, got {value}")

@@ -135,6 +135,8 @@ class LensPipeline:
 
         max_length bounds prompt + completion tokens instead of max_new_tokens (the released evaluation uses 768).
         """
+        if max_length is not None and max_length < 1:
+            raise ValueError(f"max_length must be >= 1 (prompt + completion tokens), got {max_length}")
         if streamer is not None and len(prompts) != 1:
             raise ValueError(f"a streamer follows one prompt, got {len(prompts)}")
         if len(prompts) != len(image_index) or not prompts:
@@ -158,7 +160,7 @@ class LensPipeline:
                 raise PromptError(
                     f"prompt is {longest} tokens with the image; this model accepts at most {self.max_prompt_tokens}"
                 )
-            if max_length and batch["input_ids"].shape[1] >= max_length:
+            if max_length is not None and batch["input_ids"].shape[1] >= max_length:
                 raise PromptError(f"prompt is {batch['input_ids'].shape[1]} tokens, not below max_length={max_length}")
             unique = self.processor.image_processor(images=[llm for _, llm in prepared], return_tensors="pt")
             grid = unique["image_grid_thw"]  # (num_images, 3)
@@ -174,7 +176,11 @@ class LensPipeline:
                 sam_images,
                 [rgb.shape[:2] for rgb, _ in prepared],
             )
-        length = {"max_length": max_length} if max_length else {"max_new_tokens": max_new_tokens or self.max_new_tokens}
+        length = (
+            {"max_length": max_length}
+            if max_length is not None
+            else {"max_new_tokens": max_new_tokens or self.max_new_tokens}
+        )
         out = generate_and_segment(
             self.model,
             self.processor.tokenizer,

@@ -7,6 +7,7 @@ every caller builds exactly the prompt the released models were trained on.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,10 @@ from PIL import Image
 
 from .answer import Box, ParsedAnswer, clip_box, parse_answer, rescale_box, smart_resize
 from .config import LensConfig, PromptConfig
+from .errors import CheckpointError, ImageError
+
+# Qwen2-VL's image processor refuses images whose long side exceeds 200 times the short side.
+MAX_MLLM_ASPECT_RATIO = 200
 
 
 def special_token_ids(tok) -> tuple[int, list[int]]:
@@ -48,6 +53,11 @@ def build_chat(processor, prompt_config: PromptConfig, question_text: str) -> st
     question = prompt_config.question_template.format(question=question_text)
     if not question.endswith("."):  # the released data pipeline ends every question with a period
         question += "."
+    if getattr(processor, "chat_template", None) is None:
+        raise CheckpointError(
+            "the processor has no chat template: the model directory needs chat_template.jinja (or "
+            "chat_template.json), as `lens make-tiny` and the released checkpoints have"
+        )
     messages = [
         {"role": "system", "content": prompt_config.system_prompt},
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
@@ -55,9 +65,25 @@ def build_chat(processor, prompt_config: PromptConfig, question_text: str) -> st
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def check_mllm_aspect_ratio(hw: tuple[int, int], source: str = "image") -> None:
+    """Refuse an (H, W) image the MLLM cannot take. Refused rather than padded: padding would change the picture
+    the model reasons about and the box coordinates it answers in; cropping or padding is the user's choice."""
+    h, w = hw
+    ratio = max(h, w) / min(h, w)
+    if ratio > MAX_MLLM_ASPECT_RATIO:
+        short = "height" if h < w else "width"
+        raise ImageError(
+            f"{source} is {w}x{h} pixels (aspect ratio {ratio:.0f}:1); the MLLM (Qwen2.5-VL) takes at most "
+            f"{MAX_MLLM_ASPECT_RATIO}:1: crop it, or pad its {short} to at least "
+            f"{math.ceil(max(h, w) / MAX_MLLM_ASPECT_RATIO)} pixels"
+        )
+
+
 def mllm_image(rgb: np.ndarray, config: LensConfig, longest_side: int | None = None) -> Image.Image:
     """HxWx3 uint8 -> the PIL image the MLLM sees: optionally capped to `longest_side`, then smart-resized
-    (multiples of 28 within the config's pixel bounds), so that box coordinates are pixels of this image."""
+    (multiples of 28 within the config's pixel bounds), so that box coordinates are pixels of this image.
+    ImageError for an aspect ratio above MAX_MLLM_ASPECT_RATIO."""
+    check_mllm_aspect_ratio(rgb.shape[:2])
     image = Image.fromarray(rgb)
     if longest_side and max(image.size) != longest_side:
         scale = longest_side / max(image.size)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from lens_model.errors import LensError
 
 PANEL_W, PANEL_H, MARGIN = 520, 300, 48
 COLORS = [
@@ -21,13 +24,47 @@ COLORS = [
 ]
 
 
-def read_curves(metrics_file: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """metrics.jsonl -> {split: {name: [(step, value), ...]}} (non-finite values dropped)."""
-    curves: dict = {}
-    for line in Path(metrics_file).read_text().splitlines():
+@dataclass
+class MetricRows:
+    """The rows of a metrics.jsonl."""
+
+    rows: list[dict]  # one JSON object per line, each with an integer "step"
+    torn_line: int | None = None  # number of a cut-off last line (a run killed mid-write): left out
+
+
+def read_metrics(metrics_file: Path) -> MetricRows:
+    """metrics.jsonl -> its rows; LensError naming the line of a corrupt one. A last line that lacks its newline and
+    does not parse is what a run killed mid-write leaves: it is left out and reported in `torn_line`."""
+    path = Path(metrics_file)
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise LensError(f"{path} is not text: expected JSON lines as training writes them") from None
+    lines = text.splitlines()
+    rows, torn = [], None
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines) and not text.endswith("\n"):
+                torn = number
+                continue
+            raise LensError(
+                f"{path} line {number} is not valid JSON ({exc.msg} at column {exc.colno}); expected one JSON "
+                "object per line as training writes them"
+            ) from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise LensError(f"{path} line {number}: expected a JSON object with an integer 'step', got {line[:80]!r}")
+        rows.append(row)
+    return MetricRows(rows, torn)
+
+
+def read_curves(rows: list[dict]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """metrics rows -> {split: {name: [(step, value), ...]}} (non-finite values dropped)."""
+    curves: dict = {}
+    for row in rows:
         split = row.get("split", "train")
         for key, value in row.items():
             if key in ("step", "split") or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -72,9 +109,13 @@ def _panel(title: str, series: dict[str, list[tuple[int, float]]]) -> Image.Imag
     return image
 
 
-def plot_curves(metrics_file: Path, out_png: Path) -> Path:
-    """Loss parts (train) and validation scores side by side in one PNG."""
-    curves = read_curves(metrics_file)
+def draw_curves(rows: list[dict], out_png: Path, source: str = "the metrics") -> Path:
+    """Loss parts (train) and validation scores side by side in one PNG; LensError, writing nothing, when the
+    rows hold no value to plot (`source` names them in the message)."""
+    curves = read_curves(rows)
+    if not curves:
+        what = "no rows" if not rows else f"{len(rows)} row(s) but no finite numeric value"
+        raise LensError(f"nothing to plot: {source} has {what}; no figure written")
     train = curves.get("train", {})
     panels = [
         _panel("train loss", {k: v for k, v in train.items() if k in ("loss", "dice", "pixel", "policy", "kl", "seg")})
@@ -88,3 +129,8 @@ def plot_curves(metrics_file: Path, out_png: Path) -> Path:
         canvas.paste(panel, (i * PANEL_W, 0))
     canvas.save(out_png)
     return out_png
+
+
+def plot_curves(metrics_file: Path, out_png: Path) -> Path:
+    """A run's metrics.jsonl -> its curves PNG (`read_metrics` + `draw_curves`)."""
+    return draw_curves(read_metrics(metrics_file).rows, out_png, str(metrics_file))

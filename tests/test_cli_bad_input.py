@@ -1,0 +1,221 @@
+"""Every bad input of `lens segment`, `lens plot-run`, `lens make-tiny` and `lens eval`: one line on stderr naming
+the file or option and what was expected, exit status 1, no traceback; output paths refused before a model loads.
+
+Cases that must fail before loading a model pass a model directory that does not exist: reaching the model would
+print "model directory not found" instead of the expected message."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, SAMPLE_PHOTO
+from export_helpers import exported
+from PIL import Image
+
+from training.plots import read_metrics
+
+
+def run_cli(*args):
+    """`python -m lens_cli ARGS` in a subprocess: exit code, stdout, stderr."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "lens_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def assert_one_error(command: str, code: int, err: str, expected: str) -> str:
+    """Exit 1, exactly one `lens COMMAND: error:` line (model-loading progress bars may precede it), no traceback."""
+    assert code == 1, err
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith(f"lens {command}: error: ")]
+    assert len(errors) == 1, err
+    assert expected in errors[0], err
+    return errors[0]
+
+
+def _image(tmp_path, name: str, height: int, width: int):
+    path = tmp_path / name
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _model_without(tiny_dir, tmp_path, name: str):
+    model = tmp_path / f"model-without-{name}"
+    shutil.copytree(tiny_dir, model)
+    (model / name).unlink()
+    return model
+
+
+def _corrupt_export(tiny_dir, tmp_path, tmp_path_factory):
+    export = tmp_path / "export"
+    shutil.copytree(exported(tiny_dir, tmp_path_factory), export)
+    (export / "mask_decoder.onnx").write_bytes(b"not an onnx graph" * 8)
+    return export
+
+
+# id -> (extra arguments given (tiny_dir, tmp_path, tmp_path_factory); whether the model must load; expected text)
+SEGMENT_CASES = {
+    "tokenizer-missing": (
+        lambda d, t, f: ["--model", _model_without(d, t, "tokenizer.json")],
+        True,
+        "tokenizer",
+    ),
+    "chat-template-missing": (
+        lambda d, t, f: ["--model", _model_without(d, t, "chat_template.jinja")],
+        True,
+        "chat template",
+    ),
+    "device-tpu": (lambda d, t, f: ["--device", "tpu"], False, "unknown device 'tpu'; use auto, cpu, cuda or cuda:N"),
+    "aspect-5000x10": (
+        lambda d, t, f: ["--image", _image(t, "wide.png", 10, 5000)],
+        False,
+        "is 5000x10 pixels (aspect ratio 500:1); the MLLM (Qwen2.5-VL) takes at most 200:1: crop it, or pad its "
+        "height to at least 25 pixels",
+    ),
+    "aspect-10x5000": (
+        lambda d, t, f: ["--image", _image(t, "tall.png", 5000, 10)],
+        False,
+        "pad its width to at least 25 pixels",
+    ),
+    "out-mask-directory": (lambda d, t, f: ["--out-mask", t], False, "--out-mask {tmp} is a directory"),
+    "out-mask-no-extension": (
+        lambda d, t, f: ["--out-mask", t / "mask"],
+        False,
+        "has no extension; expected a file name ending in .png, .bmp, .tif, .tiff",
+    ),
+    "out-overlay-txt": (lambda d, t, f: ["--out-overlay", t / "x.txt"], False, "has extension '.txt'"),
+    "json-missing-folder": (
+        lambda d, t, f: ["--json", t / "missing" / "r.json"],
+        False,
+        "folder {tmp}/missing does not exist",
+    ),
+    "onnx-corrupt": (
+        lambda d, t, f: ["--backend", "onnxruntime", "--backend-dir", _corrupt_export(d, t, f)],
+        True,
+        "mask_decoder.onnx is not a loadable ONNX graph (",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SEGMENT_CASES))
+def test_segment_bad_input(case, tiny_dir, tmp_path, tmp_path_factory):
+    extra, loads_model, expected = SEGMENT_CASES[case]
+    args = {"--model": tiny_dir if loads_model else tmp_path / "no-model", "--image": SAMPLE_PHOTO, "--prompt": "cup"}
+    args |= {"--device": "cpu", "--max-new-tokens": "2"}
+    given = extra(tiny_dir, tmp_path, tmp_path_factory)
+    args |= dict(zip(given[::2], given[1::2]))
+    code, out, err = run_cli("segment", *[str(v) for kv in args.items() for v in kv])
+    assert_one_error("segment", code, err, expected.replace("{tmp}", str(tmp_path)))
+    assert out == ""
+    assert not list(tmp_path.glob("*.txt")) and not (tmp_path / "mask").exists()  # nothing written
+
+
+def test_segment_takes_the_largest_aspect_ratio_the_mllm_accepts(tiny_dir, tmp_path):
+    """200:1 is the limit: such an image is segmented, its mask at the image's size."""
+    image = _image(tmp_path, "strip.png", 10, 2000)
+    code, out, err = run_cli(
+        "segment", "--model", tiny_dir, "--image", image, "--prompt", "cup", "--device", "cpu", "--max-new-tokens", 2
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["image_size"] == [10, 2000]
+    h, w = data["mllm_image_size"]
+    assert h % 28 == 0 and w % 28 == 0 and w / h > 20  # smart-resized, still a wide strip
+
+
+def _metrics(lines: list[str], end: str = "\n") -> str:
+    return "\n".join(lines) + end
+
+
+GOOD = ['{"step": 1, "split": "train", "loss": 2.0}', '{"step": 2, "split": "train", "loss": 1.5}']
+
+# id -> (metrics.jsonl text or None, --out relative to the run folder or None, exit code, expected stderr line)
+PLOT_CASES = {
+    "corrupt-line": (
+        _metrics([GOOD[0], "not json", GOOD[1]]),
+        None,
+        1,
+        "metrics.jsonl line 2 is not valid JSON (Expecting value at column 1); expected one JSON object per line",
+    ),
+    "row-without-step": (_metrics([GOOD[0], '{"loss": 1.0}']), None, 1, "line 2: expected a JSON object with an"),
+    "torn-last-line": (
+        _metrics([*GOOD, '{"step": 3, "split": "tr'], end=""),
+        None,
+        0,
+        "metrics.jsonl line 3 is cut off (a run stopped while writing it); plotting the 2 complete line(s)",
+    ),
+    "empty": ("", None, 1, "nothing to plot: {run}/metrics.jsonl has no rows; no figure written"),
+    "no-values": (_metrics(['{"step": 1, "split": "train"}']), None, 1, "has 1 row(s) but no finite numeric value"),
+    "out-missing-folder": (_metrics(GOOD), "nope/c.png", 1, "folder {run}/nope does not exist; create it first"),
+    "out-not-an-image": (_metrics(GOOD), "curves.txt", 1, "has extension '.txt'; expected a file name ending in"),
+    "no-metrics": (None, None, 1, "metrics.jsonl not found: pass the output_dir of a training run"),
+}
+
+
+@pytest.mark.parametrize("case", list(PLOT_CASES))
+def test_plot_run_bad_input(case, tmp_path):
+    text, out_name, want_code, expected = PLOT_CASES[case]
+    run = tmp_path / "run"
+    run.mkdir()
+    if text is not None:
+        (run / "metrics.jsonl").write_text(text)
+    out = run / (out_name or "curves.png")
+    code, stdout, err = run_cli("plot-run", run, *(["--out", out] if out_name else []))
+    expected = expected.replace("{run}", str(run))
+    if want_code == 0:  # a torn last line: a warning, and the complete lines plotted
+        assert code == 0 and "Traceback" not in err, err
+        warnings = [line for line in err.splitlines() if line.startswith("lens plot-run: warning: ")]
+        assert len(warnings) == 1 and expected in warnings[0], err
+        assert stdout.strip() == f"wrote {out}" and Image.open(out).size[0] > 0
+        read = read_metrics(run / "metrics.jsonl")
+        assert read.rows == [json.loads(line) for line in GOOD] and read.torn_line == 3
+    else:
+        assert_one_error("plot-run", code, err, expected)
+        assert not out.exists() and list(run.iterdir()) == ([run / "metrics.jsonl"] if text is not None else [])
+
+
+def test_a_corrupt_last_line_with_its_newline_is_not_taken_for_a_torn_one(tmp_path):
+    """Only an unterminated last line can be a write cut short; a complete bad line is corruption."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(_metrics([*GOOD, "{broken"]))
+    code, _, err = run_cli("plot-run", tmp_path)
+    assert_one_error("plot-run", code, err, "line 3 is not valid JSON")
+
+
+MAKE_TINY_CASES = {
+    "out-is-a-file": (lambda t: ["--out", t / "file"], "--out {tmp}/file is a file; pass a directory"),
+    "out-is-a-file-overwrite": (lambda t: ["--out", t / "file", "--overwrite"], "--out {tmp}/file is a file"),
+    "num-queries-0": (lambda t: ["--out", t / "new", "--num-queries", 0], "--num-queries must be >= 1"),
+    "num-queries-negative": (lambda t: ["--out", t / "new", "--num-queries", -4], "got -4"),
+}
+
+
+@pytest.mark.parametrize("case", list(MAKE_TINY_CASES))
+def test_make_tiny_bad_input(case, tmp_path):
+    extra, expected = MAKE_TINY_CASES[case]
+    (tmp_path / "file").write_text("keep me")
+    code, _, err = run_cli("make-tiny", *extra(tmp_path))
+    assert_one_error("make-tiny", code, err, expected.replace("{tmp}", str(tmp_path)))
+    assert (tmp_path / "file").read_text() == "keep me" and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    "option, value", [("--max-length", 0), ("--max-length", -1), ("--batch-size", 0), ("--limit", 0)]
+)
+def test_eval_bad_input(option, value, tmp_path):
+    """Refused before the dataset or the model is read (neither exists here)."""
+    code, _, err = run_cli(
+        "eval", "--model", tmp_path / "no-model", "--dataset", "synthetic", "--data-root", tmp_path / "no-data",
+        "--split", "val", option, value,
+    )  # fmt: skip
+    assert_one_error("eval", code, err, f"{option} must be >= 1, got {value}")
