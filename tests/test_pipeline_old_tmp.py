@@ -1,0 +1,177 @@
+"""LensPipeline end to end on CPU with the tiny model: shapes through every stage, sharing, coordinates."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import SAMPLE_PHOTO
+from PIL import Image
+
+from lens_model.answer import smart_resize
+from lens_model.errors import ImageError, PromptError
+from lens_model.pipeline import LensPipeline
+from lens_model.prompting import box_from_answer
+from lens_model.sam import preprocess_for_sam
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_dir):
+    return LensPipeline.from_pretrained(str(tiny_dir), device="cpu", max_new_tokens=8)
+
+
+def test_result_fields_and_shapes(pipe):
+    image = np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB"))
+    result = pipe(image, "the astronaut's helmet")
+    h, w = image.shape[:2]
+    assert result.mask.shape == (h, w) and result.mask.dtype == bool
+    assert result.image_size == (h, w)
+    assert result.mllm_image_size == smart_resize(h, w, 28, pipe.config.min_pixels, pipe.config.max_pixels)
+    assert 1 <= result.num_tokens <= 8 and isinstance(result.text, str)
+    assert result.box is None and result.box_error  # an untrained model does not answer with a box
+    assert -1.5 < result.score < 1.5
+    assert set(result.timings) == {
+        "preprocess",
+        "mllm_vision",
+        "generate",
+        "context",
+        "sam_encode",
+        "sam_decode",
+        "postprocess",
+        "total",
+    }
+    assert result.timings["total"] == pytest.approx(sum(v for k, v in result.timings.items() if k != "total"))
+
+
+def test_accepts_path_pil_and_array_with_identical_results(pipe):
+    a = pipe(SAMPLE_PHOTO, "the flag")
+    b = pipe(Image.open(SAMPLE_PHOTO), "the flag")
+    c = pipe(np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB")), "the flag")
+    assert np.array_equal(a.mask, b.mask) and np.array_equal(a.mask, c.mask)
+    assert a.text == b.text == c.text
+
+
+def test_several_prompts_share_one_image_encoding_and_match_single_runs(pipe):
+    calls = {"vision": 0, "sam": 0}
+    h1 = pipe.model.mllm.model.visual.register_forward_hook(lambda *a: calls.__setitem__("vision", calls["vision"] + 1))
+    h2 = pipe.model.sam.image_encoder.register_forward_hook(lambda *a: calls.__setitem__("sam", calls["sam"] + 1))
+    try:
+        image = np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)
+        prompts = ["the red cup", "the small blue square on the left of the table"]
+        batched = pipe(image, prompts)
+        assert calls == {"vision": 1, "sam": 1}
+    finally:
+        h1.remove()
+        h2.remove()
+    for prompt, got in zip(prompts, batched):
+        alone = pipe(image, prompt)
+        assert got.text == alone.text
+        assert np.mean(got.mask == alone.mask) > 0.999  # left padding changes summation order only
+        assert got.score == pytest.approx(alone.score, abs=1e-4)
+
+
+def test_shapes_through_every_stage(pipe):
+    model = pipe.model
+    s = pipe.config.sam.image_size
+    n, hidden = model.context.num_queries, model.hidden_size
+    image = np.random.default_rng(1).integers(0, 255, (70, 130, 3), dtype=np.uint8)
+    sam_in = preprocess_for_sam(image, s)
+    assert sam_in.shape == (3, s, s) and sam_in.dtype == torch.float32
+    # normalisation: (pixel - mean) / std with ImageNet statistics in 0-255 units
+    flat = Image.fromarray(image).resize((s, s), Image.BILINEAR)
+    assert sam_in[0, 0, 0].item() == pytest.approx((np.asarray(flat)[0, 0, 0] - 123.675) / 58.395, abs=1e-5)
+    with torch.no_grad():
+        feats = model.encode_sam_images(sam_in[None].repeat(2, 1, 1, 1))
+        assert feats.image_embed.shape == (2, 256, s // 16, s // 16)
+        assert [tuple(f.shape) for f in feats.high_res_feats] == [(2, 32, s // 4, s // 4), (2, 64, s // 8, s // 8)]
+        states = torch.randn(2, n, hidden)
+        prompt = model.context(states)
+        assert prompt.shape == (2, 1, 256)
+        low_res, iou = model.masks_from_query_states(states, feats)
+        assert low_res.shape == (2, 1, s // 4, s // 4) and iou.shape == (2, 1)
+        with pytest.raises(
+            ValueError, match=rf"expects query states of shape \(B, {n}, {hidden}\), got \(2, {n + 1}, {hidden}\)"
+        ):
+            model.context(torch.randn(2, n + 1, hidden))
+
+
+def test_released_style_official_mode_runs_end_to_end(tiny_official_dir):
+    pipe = LensPipeline.from_pretrained(str(tiny_official_dir), device="cpu", max_new_tokens=4)
+    assert pipe.config.context_pass == "official"
+    result = pipe(np.zeros((50, 60, 3), np.uint8), "anything")
+    assert result.mask.shape == (50, 60)
+
+
+def test_bad_inputs(pipe, tmp_path):
+    with pytest.raises(PromptError, match="prompt is empty"):
+        pipe(np.zeros((32, 32, 3), np.uint8), "   ")
+    with pytest.raises(ImageError, match="image file not found"):
+        pipe(tmp_path / "missing.jpg", "cup")
+    with pytest.raises(PromptError, match=r"prompt is \d+ tokens with the image; this model accepts at most"):
+        pipe(np.zeros((32, 32, 3), np.uint8), "cup " * 3000)
+
+
+@pytest.mark.parametrize(
+    "text, fmt, expected",
+    [
+        # MLLM saw 224x336 (h, w); original is 448x1008: x scales by 3, y by 2
+        (
+            "<|object_ref_start|>cup<|object_ref_end|><|box_start|>(10,20),(110,120)<|box_end|>",
+            "grounding",
+            (30.0, 40.0, 330.0, 240.0),
+        ),
+        (
+            '<think>left one</think><answer>{"bbox_2d": [0, 0, 336, 224]}</answer>',
+            "think_answer",
+            (0.0, 0.0, 1008.0, 448.0),
+        ),
+        ("<|box_start|>(300,200),(400,300)<|box_end|>", "grounding", (900.0, 400.0, 1008.0, 448.0)),  # clipped
+    ],
+)
+def test_box_from_answer_rescales_to_original_pixels(text, fmt, expected):
+    box, error, format_ok = box_from_answer(text, fmt, (224, 336), (448, 1008))
+    assert box == pytest.approx(expected) and error is None and format_ok
+
+
+def test_box_from_answer_reports_missing_and_outside_boxes():
+    assert box_from_answer("I cannot see it", "grounding", (224, 224), (448, 448)) == (
+        None,
+        "no box found in model output",
+        False,
+    )
+    box, error, _ = box_from_answer("<|box_start|>(500,500),(600,600)<|box_end|>", "grounding", (224, 224), (448, 448))
+    assert box is None and error == "box lies outside the image"
+
+
+def test_sam_uses_released_decoder_postprocessing(pipe):
+    decoder = pipe.model.sam.sam_mask_decoder
+    assert decoder.dynamic_multimask_via_stability and not pipe.model.sam.training
+    assert (decoder.dynamic_multimask_stability_delta, decoder.dynamic_multimask_stability_thresh) == (0.05, 0.98)
+
+
+def test_bfloat16_path_keeps_sam_weights_float32_and_agrees_with_float32(tiny_dir, pipe):
+    """The GPU default dtype, exercised on CPU: MLLM and context head in bf16, SAM2 under bf16 autocast."""
+    bf16 = LensPipeline.from_pretrained(str(tiny_dir), device="cpu", dtype="bfloat16", max_new_tokens=8)
+    assert bf16.model.mllm.dtype == torch.bfloat16 and bf16.model.context.learnable_query.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in bf16.model.sam.parameters())
+    a, b = pipe(SAMPLE_PHOTO, "the helmet"), bf16(SAMPLE_PHOTO, "the helmet")
+    assert b.mask.shape == a.mask.shape
+    assert np.mean(a.mask == b.mask) > 0.95  # bf16 has ~3 significant digits; logits near 0 may flip
+    assert b.score == pytest.approx(a.score, abs=0.02)
+
+
+def test_batch_over_different_images_matches_single_runs(pipe):
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 255, (60, 90, 3), dtype=np.uint8), rng.integers(0, 255, (120, 80, 3), dtype=np.uint8)]
+    prompts, index = ["the cup", "the left block", "the cup"], [1, 0, 0]
+    calls = []
+    hook = pipe.model.sam.image_encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        batched = pipe.segment_batch(images, prompts, index)
+    finally:
+        hook.remove()
+    assert calls == [2]  # one SAM2 encoder call over the two distinct images
+    for result, prompt, j in zip(batched, prompts, index):
+        alone = pipe(images[j], prompt)
+        assert result.mask.shape == images[j].shape[:2] == result.image_size
+        assert result.text == alone.text and np.mean(result.mask == alone.mask) > 0.999
+    with pytest.raises(ValueError, match=r"image_index must lie in \[0, 1\]"):
+        pipe.segment_batch(images, ["a"], [2])
