@@ -265,6 +265,8 @@ def load_model(
     if answer_format is not None:
         lens_config.prompt = PromptConfig.for_format(answer_format)
     weight_files(model_dir)  # a directory without weights fails here, before the reasoning model loads
+    if load_processor:
+        check_processor_files(model_dir)  # likewise for the tokenizer, chat template and image processor
     mllm = _load_mllm(model_dir, mllm_config, dtype)
     sam = build_sam(lens_config.sam)
     model = LensModel(mllm.config, lens_config, mllm=mllm, sam=sam)
@@ -326,9 +328,44 @@ def build_from_base(
     return model, load_processor_from(model_dir, lens_config)
 
 
+_TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))  # fast tokenizer, or Qwen's BPE files
+_PROCESSOR_CONFIG_FILES = ("preprocessor_config.json", "processor_config.json")
+_CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+_CHAT_TEMPLATE_HOLDERS = ("tokenizer_config.json", "processor_config.json")  # may carry "chat_template" inline
+
+
+def _holds_chat_template(config_file: Path) -> bool:
+    try:
+        return config_file.is_file() and "chat_template" in json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False  # AutoProcessor reports the broken file itself
+
+
+def check_processor_files(model_dir: Path) -> None:
+    """The tokenizer, image-processor and chat-template files a LENS/Qwen-VL directory must hold: a missing one is
+    named here, before any weights load (transformers would fail later, or only at the first prompt)."""
+    if not any(all((model_dir / name).is_file() for name in group) for group in _TOKENIZER_FILES):
+        raise CheckpointError(
+            f"checkpoint {model_dir} has no tokenizer: expected tokenizer.json (or vocab.json and merges.txt)"
+        )
+    if not any((model_dir / name).is_file() for name in _PROCESSOR_CONFIG_FILES):
+        raise CheckpointError(
+            f"checkpoint {model_dir} has no image-processor config: expected preprocessor_config.json "
+            f"or processor_config.json"
+        )
+    if not any((model_dir / name).is_file() for name in _CHAT_TEMPLATE_FILES) and not any(
+        _holds_chat_template(model_dir / name) for name in _CHAT_TEMPLATE_HOLDERS
+    ):
+        raise CheckpointError(
+            f"checkpoint {model_dir} has no chat template: expected chat_template.jinja (or chat_template.json, "
+            f"or a 'chat_template' entry in tokenizer_config.json)"
+        )
+
+
 def load_processor_from(model_dir: Path, lens_config: LensConfig):
     from transformers import AutoProcessor
 
+    check_processor_files(model_dir)
     try:
         processor = AutoProcessor.from_pretrained(model_dir)
     except Exception as exc:

@@ -3,6 +3,12 @@
 `make_tiny(out_dir)` writes a complete checkpoint (config, safetensors, tokenizer with the Qwen special
 tokens and chat template, image processor) that loads through the same `LensModel.from_pretrained`
 path as a released checkpoint. The weights are random: the model is untrained.
+
+A random tiny model answers every image and prompt with the same token cycle and never writes a box.
+`make_tiny(..., grounding_answers=True)` gives one whose answers depend on the input and follow the grounding
+format: its reasoning-model weights are scaled up (so that image and prompt move the logits), and its
+generation_config.json carries a `sequence_bias` grammar (`grounding_answer_bias`) that `generate` reads from the
+checkpoint like any generation setting. Tests use it where equal outputs must mean something.
 """
 
 from __future__ import annotations
@@ -179,14 +185,65 @@ def tiny_lens_config(num_queries: int = 8, sam_image_size: int = 256) -> LensCon
     )
 
 
+# The grammar of `grounding_answer_bias`: "<|object_ref_start|>the WORD<|object_ref_end|>" then
+# "<|box_start|>(A0,B0),(1C0,1D0)<|box_end|><|im_end|>" with WORD, A, B, C, D chosen by the model.
+_REF_WORDS = ("Ġcup", "Ġred", "Ġperson", "Ġleft", "Ġgreen", "Ġobject", "Ġcircle", "Ġsquare", "Ġsmall", "Ġblue")
+_DIGITS = tuple("0123456789")
+GRAMMAR_BIAS = 100.0  # far above the tiny model's logits: the grammar always wins, the model picks within it
+GROUNDING_WEIGHT_SCALE = 8.0  # random weights this much larger make the answer depend on image and prompt
+
+
+def grounding_answer_bias(tokenizer, bias: float = GRAMMAR_BIAS) -> list[list]:
+    """transformers `sequence_bias` ([[token ids], bias], ...) under which greedy decoding writes
+    `<|object_ref_start|>the WORD<|object_ref_end|><|box_start|>(A0,B0),(1C0,1D0)<|box_end|><|im_end|>`:
+    each entry adds `bias` to its last token when the answer so far ends with the others. At every step exactly
+    one fixed token is favoured, or a set (WORD among a few nouns, A..D among the digits) that the model's own
+    logits decide. x1 = 10·A < 100 <= x2 = 100 + 10·C (likewise y), so every answer is a valid box."""
+
+    def ids(*tokens: str) -> list[int]:
+        out = [tokenizer.convert_tokens_to_ids(t) for t in tokens]
+        if None in out or tokenizer.unk_token_id in out:
+            raise ValueError(f"the tokenizer lacks one of {tokens}")
+        return out
+
+    rules: list[tuple[tuple[str, ...], str]] = [
+        (("Ċ",), "<|object_ref_start|>"),  # the assistant header ends with a newline; the answer has none
+        (("<|object_ref_start|>",), "the"),
+        *((("<|object_ref_start|>", "the"), word) for word in _REF_WORDS),
+        *((("the", word), "<|object_ref_end|>") for word in _REF_WORDS),
+        (("<|object_ref_end|>",), "<|box_start|>"),
+        (("<|box_start|>",), "("),
+        ((")", ","), "("),  # ")," only between the two corners
+        ((")", ",", "("), "1"),
+    ]
+    for a in _DIGITS:
+        first = ("<|box_start|>", "(", a)
+        rules += [(("<|box_start|>", "("), a), (first, "0"), ((*first, "0"), ",")]
+        for b in _DIGITS:
+            corner = (*first, "0", ",", b)
+            rules += [((*first, "0", ","), b), (corner, "0"), ((*corner, "0"), ")"), ((*corner, "0", ")"), ",")]
+    second = (")", ",", "(", "1")
+    for c in _DIGITS:
+        x2 = (*second, c, "0")
+        rules += [(second, c), ((*second, c), "0"), (x2, ","), ((*x2, ","), "1")]
+        for d in _DIGITS:
+            y2 = (*x2, ",", "1", d)
+            rules += [((*x2, ",", "1"), d), (y2, "0"), ((*y2, "0"), ")"), ((*y2, "0", ")"), "<|box_end|>")]
+    rules.append((("<|box_end|>",), "<|im_end|>"))
+    return [[ids(*context, token), bias] for context, token in rules]
+
+
 def make_tiny(
     out_dir: str | Path,
     seed: int = 0,
     num_queries: int = 8,
     context_pass: str = "cached",
     mllm_type: str = "qwen2_5_vl",
+    grounding_answers: bool = False,
 ) -> Path:
-    """Build, randomly initialise (seeded) and save a tiny LENS checkpoint; returns its directory."""
+    """Build, randomly initialise (seeded) and save a tiny LENS checkpoint; returns its directory.
+
+    grounding_answers: answers that depend on image and prompt and hold a grounding box (module docstring)."""
     from .modeling import LensModel
 
     torch.manual_seed(seed)
@@ -194,5 +251,11 @@ def make_tiny(
     lens_config = tiny_lens_config(num_queries=num_queries)
     lens_config.context_pass = context_pass
     model = LensModel(tiny_mllm_config(processor.tokenizer, mllm_type=mllm_type), lens_config)
+    if grounding_answers:
+        with torch.no_grad():
+            for weight in model.mllm.parameters():
+                if weight.dim() >= 2:  # matrices only: norms and biases keep their scale
+                    weight.mul_(GROUNDING_WEIGHT_SCALE)
+        model.mllm.generation_config.sequence_bias = grounding_answer_bias(processor.tokenizer)
     model.save_pretrained(out_dir, processor=processor)
     return Path(out_dir)

@@ -23,3 +23,12 @@ def tiny_official_dir(tmp_path_factory) -> Path:
     from lens_model.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny_official") / "lens-tiny", seed=1, context_pass="official")
+
+
+@pytest.fixture(scope="session")
+def tiny_grounding_dir(tmp_path_factory) -> Path:
+    """A tiny LENS whose answers depend on image and prompt and hold a grounding box (make_tiny grounding_answers),
+    for tests where equal texts and boxes between two paths must mean something."""
+    from lens_model.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny_grounding") / "lens-tiny", seed=0, grounding_answers=True)

@@ -138,6 +138,24 @@ def test_model_directory_missing_or_incomplete(capsys, tiny_dir, tmp_path):
     _expect_user_error(capsys, base + ["--model", partial], "has no weights")
 
 
+@pytest.mark.parametrize(
+    "missing, message",
+    [
+        ("tokenizer.json", "has no tokenizer: expected tokenizer.json (or vocab.json and merges.txt)"),
+        ("chat_template.jinja", "has no chat template: expected chat_template.jinja"),
+        ("processor_config.json", "has no image-processor config: expected preprocessor_config.json"),
+        ("model.safetensors", "has no weights: expected model.safetensors"),
+    ],
+)
+def test_each_missing_model_file_is_named(capsys, tiny_dir, tmp_path, missing, message):
+    """An otherwise complete model directory without one file: one line naming what is missing."""
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_dir, partial)
+    (partial / missing).unlink()
+    base = ["segment", "--image", SAMPLE_PHOTO, "--prompt", "cup", "--device", "cpu", "--max-new-tokens", "2"]
+    _expect_user_error(capsys, base + ["--model", partial], f"{partial} {message}")
+
+
 def test_weights_that_do_not_match_the_config(capsys, tiny_dir, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(tiny_dir, bad)

@@ -6,13 +6,26 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
+import numpy as np
 import pytest
+import torch
 from conftest import REPO
+from PIL import Image
 
 from lens_cli import main
+from lens_model.data import load_dataset
+from lens_model.pipeline import LensPipeline
 
 LIMIT = 8
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tiny_grounding_dir):
+    """The grounding tiny model: answers with boxes that depend on the input, so box numbers are not all 0 and
+    rows differ between samples."""
+    return tiny_grounding_dir
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +64,26 @@ def _rows(out):
     return rows
 
 
+@contextmanager
+def one_thread():
+    """Every run compared below uses one thread (the sharded processes get OMP_NUM_THREADS=1): the same float
+    summation order, so the same masks to the pixel (the grounding model's answers move its masks)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 NUMBERS = ("n", "gIoU", "cIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9", "box_acc")
 
 
 @pytest.fixture(scope="module")
 def single_run(tiny_dir, synthetic_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "single"
-    assert main(_eval_args(tiny_dir, synthetic_root, out, "--save-vis", 2)) == 0
+    with one_thread():
+        assert main(_eval_args(tiny_dir, synthetic_root, out, "--save-vis", 2)) == 0
     return out, json.loads((out / "results.json").read_text())
 
 
@@ -75,6 +101,82 @@ def test_eval_writes_per_sample_rows_and_exact_split_numbers(single_run, capsys)
     assert all(0 <= r["intersection"] <= min(r["gt_pixels"], r["pred_pixels"]) for r in rows)
     assert len(list((out / "vis").glob("*.png"))) == 2
     assert results["dataset"] == "synthetic" and results["split"] == "train"
+
+
+def _box_iou(a, b):
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _check_rows_against_records_and_pipeline(tiny_dir, rows, records, recompute):
+    """Each row's GT numbers come from its record's own mask and box; for the samples in `recompute`, I and U are
+    recomputed from a fresh pipeline run (the released protocol: max_length 768, greedy)."""
+    by_id = {r.sample_id: r for r in records}
+    for row in rows:
+        record = by_id[row["sample_id"]]
+        gt = record.mask()
+        assert row["gt_pixels"] == int(gt.sum()) > 0, row["sample_id"]
+        assert row["gt_box"] == pytest.approx(list(record.box), abs=0.006)
+        if row["pred_box"] is not None:
+            assert row["box_iou"] == pytest.approx(_box_iou(row["pred_box"], row["gt_box"]), abs=1e-3)
+    pipe = LensPipeline.from_pretrained(str(tiny_dir), device="cpu")
+    if "reason" in records[0].dataset:
+        from lens_model.evaluate import REASONSEG_MLLM_LONGEST_SIDE
+
+        pipe.mllm_longest_side = REASONSEG_MLLM_LONGEST_SIDE
+    for row in [r for r in rows if r["sample_id"] in recompute]:
+        record = by_id[row["sample_id"]]
+        with one_thread():
+            (result,) = pipe.segment_batch([record.image_path], [record.expression], [0], max_length=768)
+        gt = record.mask()
+        assert row["text"] == result.text
+        assert (row["intersection"], row["union"]) == (int((result.mask & gt).sum()), int((result.mask | gt).sum()))
+        assert row["pred_pixels"] == int(result.mask.sum())
+
+
+def test_eval_rows_match_the_records_and_the_pipeline(tiny_dir, synthetic_root, single_run):
+    out, results = single_run
+    rows = _rows(out)
+    records = load_dataset("synthetic", synthetic_root, "train")
+    assert any(r["pred_box"] is not None for r in rows) and len({r["text"] for r in rows}) >= 3
+    _check_rows_against_records_and_pipeline(tiny_dir, rows, records, {rows[0]["sample_id"], rows[-1]["sample_id"]})
+
+
+@pytest.fixture(scope="module")
+def large_targets_root(tmp_path_factory):
+    """ReasonSeg-layout val split whose targets fill much of the image: the grounding tiny model's boxes (corners
+    in [0, 90] and [100, 190] of the MLLM image) hit some of them (box IoU >= 0.5) and miss others."""
+    root = tmp_path_factory.mktemp("reasonseg")
+    split = root / "val"
+    split.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(split / f"scene{k}.png")
+        x0, y0 = (int(v) for v in rng.integers(0, 30, 2))
+        x1, y1 = (int(v) for v in rng.integers(80, 127, 2))
+        shape = {"label": "target", "points": [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]}
+        anno = {"text": [f"the large block number {k}"], "is_sentence": False, "shapes": [shape]}
+        (split / f"scene{k}.json").write_text(json.dumps(anno))
+    return root
+
+
+def test_box_accuracy_and_rows_on_large_targets(tiny_dir, large_targets_root, tmp_path):
+    out = tmp_path / "large"
+    args = _eval_args(tiny_dir, large_targets_root, out)
+    args[args.index("synthetic")] = "reasonseg"
+    args[args.index("train")] = "val"
+    with one_thread():
+        assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    rows = _rows(out)
+    assert results["n"] == len(rows) == 6
+    hits = [r["pred_box"] is not None and _box_iou(r["pred_box"], r["gt_box"]) >= 0.5 for r in rows]
+    assert 0 < sum(hits) < len(rows), [(r["pred_box"], r["gt_box"]) for r in rows]
+    assert results["box_acc"] == pytest.approx(sum(hits) / len(rows))
+    records = load_dataset("reasonseg", large_targets_root, "val")
+    _check_rows_against_records_and_pipeline(tiny_dir, rows, records, {rows[0]["sample_id"]})
 
 
 def test_sharded_over_two_processes_gives_the_single_process_numbers(tiny_dir, synthetic_root, single_run, tmp_path):
@@ -102,7 +204,7 @@ def test_sharded_over_two_processes_gives_the_single_process_numbers(tiny_dir, s
 
 def test_interrupted_eval_resumes_to_the_same_numbers(tiny_dir, synthetic_root, single_run, tmp_path):
     out = tmp_path / "resumed"
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "lens_cli", *_eval_args(tiny_dir, synthetic_root, out)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows_file = out / "samples-rank0.jsonl"
@@ -118,7 +220,8 @@ def test_interrupted_eval_resumes_to_the_same_numbers(tiny_dir, synthetic_root, 
     assert 2 <= done_before < LIMIT and not (out / "results.json").exists()
     with rows_file.open("a") as f:
         f.write('{"sample_id": "cut-off mid-wri')  # what a kill during a write leaves behind
-    assert main(_eval_args(tiny_dir, synthetic_root, out)) == 0
+    with one_thread():
+        assert main(_eval_args(tiny_dir, synthetic_root, out)) == 0
     rows = _rows(out)
     assert len(rows) == LIMIT and len({r["sample_id"] for r in rows}) == LIMIT  # nothing redone twice
     resumed = json.loads((out / "results.json").read_text())

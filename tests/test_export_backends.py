@@ -26,19 +26,25 @@ PROMPTS = ["the astronaut's helmet", "the flag on the left"]
 
 
 @pytest.fixture(scope="module")
-def export_dir(tiny_dir, tmp_path_factory):
-    return exported(tiny_dir, tmp_path_factory)
+def model_dir(tiny_grounding_dir):
+    """Answers that differ by prompt and hold boxes, so equal texts and boxes across backends are not constants."""
+    return tiny_grounding_dir
 
 
 @pytest.fixture(scope="module")
-def torch_pipe(tiny_dir):
-    return LensPipeline.from_pretrained(str(tiny_dir), device="cpu", max_new_tokens=6)
+def export_dir(model_dir, tmp_path_factory):
+    return exported(model_dir, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def ort_pipe(tiny_dir, export_dir):
+def torch_pipe(model_dir):
+    return LensPipeline.from_pretrained(str(model_dir), device="cpu", max_new_tokens=40)
+
+
+@pytest.fixture(scope="module")
+def ort_pipe(model_dir, export_dir):
     return LensPipeline.from_pretrained(
-        str(tiny_dir), device="cpu", max_new_tokens=6, backend="onnxruntime", backend_dir=str(export_dir)
+        str(model_dir), device="cpu", max_new_tokens=40, backend="onnxruntime", backend_dir=str(export_dir)
     )
 
 
@@ -46,6 +52,7 @@ def test_onnxruntime_pipeline_gives_the_torch_masks(torch_pipe, ort_pipe):
     assert isinstance(torch_pipe.backend, TorchBackend) and isinstance(ort_pipe.backend, OnnxRuntimeBackend)
     want = torch_pipe(SAMPLE_PHOTO, PROMPTS)
     got = ort_pipe(SAMPLE_PHOTO, PROMPTS)
+    assert want[0].text != want[1].text and all(a.box is not None for a in want), [a.text for a in want]
     for a, b in zip(want, got):
         assert a.text == b.text and a.box == b.box  # the MLLM runs in torch either way
         assert b.mask.shape == a.mask.shape
@@ -68,18 +75,21 @@ def test_backend_stages_match_torch_on_the_photo(torch_pipe, ort_pipe):
     assert_close("mask_decoder", got_iou.numpy(), want_iou)
 
 
-def test_backend_exported_at_another_image_size_still_gives_full_size_masks(tiny_dir, tmp_path_factory, torch_pipe):
-    other = exported(tiny_dir, tmp_path_factory, image_size=512)
+def test_backend_exported_at_another_image_size_still_gives_full_size_masks(model_dir, tmp_path_factory, torch_pipe):
+    other = exported(model_dir, tmp_path_factory, image_size=512)
     pipe = LensPipeline(
         torch_pipe.model,
         torch_pipe.processor,
-        max_new_tokens=6,
-        backend=load_backend("onnxruntime", torch_pipe.model, other, model_dir=tiny_dir),
+        max_new_tokens=40,
+        backend=load_backend("onnxruntime", torch_pipe.model, other, model_dir=model_dir),
     )
     assert pipe.backend.image_size == 512
     result = pipe(SAMPLE_PHOTO, PROMPTS[0])
     photo = Image.open(SAMPLE_PHOTO)
     assert result.mask.shape == (photo.height, photo.width)
+    # the box is read in the MLLM's image, whatever size SAM2 runs at
+    want = torch_pipe(SAMPLE_PHOTO, PROMPTS[0])
+    assert want.box is not None and (result.text, result.box) == (want.text, want.box)
 
 
 def run_cli(*args):
@@ -95,14 +105,14 @@ def run_cli(*args):
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def test_lens_segment_with_onnxruntime_gives_the_torch_mask(tiny_dir, export_dir, tmp_path):
+def test_lens_segment_with_onnxruntime_gives_the_torch_mask(model_dir, export_dir, tmp_path):
     masks = {}
     for backend in ("torch", "onnxruntime"):
         extra = ["--backend-dir", export_dir] if backend != "torch" else []
         code, out, err = run_cli(
             "segment",
             "--model",
-            tiny_dir,
+            model_dir,
             "--image",
             SAMPLE_PHOTO,
             "--prompt",
@@ -110,7 +120,7 @@ def test_lens_segment_with_onnxruntime_gives_the_torch_mask(tiny_dir, export_dir
             "--device",
             "cpu",
             "--max-new-tokens",
-            "4",
+            "40",
             "--backend",
             backend,
             *extra,
@@ -124,10 +134,11 @@ def test_lens_segment_with_onnxruntime_gives_the_torch_mask(tiny_dir, export_dir
     (a, da), (b, db) = masks["torch"], masks["onnxruntime"]
     assert a.shape == b.shape and np.mean(a == b) >= MIN_MASK_AGREEMENT
     assert da["mask_pixels"] > 0 and da["text"] == db["text"]
+    assert da["box"] is not None and da["box"] == db["box"] and da["score"] == pytest.approx(db["score"], abs=1e-5)
 
 
-def test_lens_export_cli_writes_an_export_the_backend_runs(tiny_dir, tmp_path):
-    code, out, err = run_cli("export", "--model", tiny_dir, "--out", tmp_path / "onnx")
+def test_lens_export_cli_writes_an_export_the_backend_runs(model_dir, tmp_path):
+    code, out, err = run_cli("export", "--model", model_dir, "--out", tmp_path / "onnx")
     assert code == 0, err
     assert "image_encoder" in out and "mask_decoder" in out and "warning" not in err
     assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == [
@@ -136,7 +147,7 @@ def test_lens_export_cli_writes_an_export_the_backend_runs(tiny_dir, tmp_path):
         "lens_export.json",
         "mask_decoder.onnx",
     ]
-    code, _, err = run_cli("export", "--model", tiny_dir, "--out", tmp_path / "onnx")
+    code, _, err = run_cli("export", "--model", model_dir, "--out", tmp_path / "onnx")
     assert code == 1 and "pass --overwrite" in err and "Traceback" not in err
 
 
@@ -156,8 +167,8 @@ def test_export_of_other_weights_is_refused(capsys, tiny_official_dir, export_di
     )
 
 
-def test_bad_backend_options(capsys, tiny_dir, tmp_path, export_dir):
-    seg = ["segment", "--model", tiny_dir, "--image", SAMPLE_PHOTO, "--prompt", "cup", "--device", "cpu"]
+def test_bad_backend_options(capsys, model_dir, tmp_path, export_dir):
+    seg = ["segment", "--model", model_dir, "--image", SAMPLE_PHOTO, "--prompt", "cup", "--device", "cpu"]
     _expect_user_error(capsys, seg + ["--backend", "onnxruntime"], "--backend onnxruntime needs --backend-dir DIR")
     _expect_user_error(capsys, seg + ["--backend-dir", export_dir], "--backend-dir is only used with --backend")
     _expect_user_error(capsys, seg + ["--backend", "onnxruntime", "--backend-dir", tmp_path], "has no lens_export.json")
@@ -172,7 +183,7 @@ def test_bad_backend_options(capsys, tiny_dir, tmp_path, export_dir):
         )
     _expect_user_error(
         capsys,
-        ["export", "--model", tiny_dir, "--out", tmp_path / "x", "--opset", "13"],
+        ["export", "--model", model_dir, "--out", tmp_path / "x", "--opset", "13"],
         "--opset must be one of [17, 18, 19, 20]",
     )
     _expect_user_error(
@@ -198,11 +209,11 @@ def test_incomplete_export_and_other_model_shapes_are_refused(tmp_path, export_d
         load_backend("openvino", torch_pipe.model)
 
 
-def test_backend_choice_is_checked_once_and_carries_the_export_metadata(tiny_dir, export_dir, torch_pipe):
+def test_backend_choice_is_checked_once_and_carries_the_export_metadata(model_dir, export_dir, torch_pipe):
     choice = check_backend_args("onnxruntime", export_dir)
     assert (choice.name, choice.export_dir) == ("onnxruntime", export_dir)
     assert choice.meta == read_metadata(export_dir)
-    backend = open_backend(choice, torch_pipe.model, model_dir=tiny_dir)
+    backend = open_backend(choice, torch_pipe.model, model_dir=model_dir)
     assert isinstance(backend, OnnxRuntimeBackend) and backend.meta is choice.meta  # not read a second time
     torch_choice = check_backend_args("torch", None)
     assert torch_choice.meta is None and isinstance(open_backend(torch_choice, torch_pipe.model), TorchBackend)

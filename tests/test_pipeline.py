@@ -1,5 +1,7 @@
 """LensPipeline end to end on CPU with the tiny model: shapes through every stage, sharing, coordinates."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from lens_model.answer import smart_resize
 from lens_model.errors import ImageError, PromptError
 from lens_model.pipeline import LensPipeline
 from lens_model.prompting import box_from_answer
-from lens_model.sam import preprocess_for_sam
+from lens_model.sam import preprocess_for_sam, upsample_logits
 
 
 @pytest.fixture(scope="module")
@@ -18,16 +20,40 @@ def pipe(tiny_dir):
     return LensPipeline.from_pretrained(str(tiny_dir), device="cpu", max_new_tokens=8)
 
 
+@pytest.fixture(scope="module")
+def gpipe(tiny_grounding_dir):
+    """Answers that differ between images and prompts and hold boxes: equal texts/boxes between paths mean
+    something here (a random tiny model answers every input alike, without a box)."""
+    return LensPipeline.from_pretrained(str(tiny_grounding_dir), device="cpu", max_new_tokens=40)
+
+
+def _assert_inputs_matter(results):
+    """Guard for the equality tests below: the answers compared there are not one constant, and boxes are compared
+    (a box whose top-left corner lies outside a small image is refused: `box_error`)."""
+    assert len({r.text for r in results}) >= 2 and any(r.box is not None for r in results), [r.text for r in results]
+
+
 def test_result_fields_and_shapes(pipe):
     image = np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB"))
-    result = pipe(image, "the astronaut's helmet")
+    decoded = []
+    hook = pipe.model.sam.sam_mask_decoder.register_forward_hook(lambda m, i, out: decoded.append(out))
+    try:
+        start = time.perf_counter()
+        result = pipe(image, "the astronaut's helmet")
+        wall = time.perf_counter() - start
+    finally:
+        hook.remove()
     h, w = image.shape[:2]
     assert result.mask.shape == (h, w) and result.mask.dtype == bool
     assert result.image_size == (h, w)
     assert result.mllm_image_size == smart_resize(h, w, 28, pipe.config.min_pixels, pipe.config.max_pixels)
     assert 1 <= result.num_tokens <= 8 and isinstance(result.text, str)
     assert result.box is None and result.box_error  # an untrained model does not answer with a box
-    assert -1.5 < result.score < 1.5
+    # the score is SAM2's IoU prediction for the very mask returned (one decoder call, one mask output)
+    assert len(decoded) == 1
+    low_res, iou = decoded[0][0], decoded[0][1]
+    assert iou.shape == (1, 1) and result.score == pytest.approx(float(iou[0, 0]), abs=1e-6)
+    assert np.array_equal(result.mask, (upsample_logits(low_res, (h, w))[0] > 0).numpy())
     assert set(result.timings) == {
         "preprocess",
         "mllm_vision",
@@ -38,18 +64,30 @@ def test_result_fields_and_shapes(pipe):
         "postprocess",
         "total",
     }
-    assert result.timings["total"] == pytest.approx(sum(v for k, v in result.timings.items() if k != "total"))
+    # every stage took time, and the stages together account for the call: untimed work would leave a gap
+    stages = {k: v for k, v in result.timings.items() if k != "total"}
+    assert all(v > 0 for v in stages.values()), stages
+    assert 0.9 * wall <= result.timings["total"] <= wall, (result.timings, wall)
 
 
-def test_accepts_path_pil_and_array_with_identical_results(pipe):
-    a = pipe(SAMPLE_PHOTO, "the flag")
-    b = pipe(Image.open(SAMPLE_PHOTO), "the flag")
-    c = pipe(np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB")), "the flag")
+def test_score_depends_on_the_input(gpipe):
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (100, 110, 3), dtype=np.uint8) for _ in range(3)]
+    scores = [gpipe(image, prompt).score for image in images for prompt in ("the cup", "the left one")]
+    assert len({round(s, 6) for s in scores}) >= 4, scores
+
+
+def test_accepts_path_pil_and_array_with_identical_results(gpipe):
+    a = gpipe(SAMPLE_PHOTO, "the flag")
+    b = gpipe(Image.open(SAMPLE_PHOTO), "the flag")
+    c = gpipe(np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB")), "the flag")
     assert np.array_equal(a.mask, b.mask) and np.array_equal(a.mask, c.mask)
-    assert a.text == b.text == c.text
+    assert a.text == b.text == c.text and a.box == b.box == c.box
+    _assert_inputs_matter([a, gpipe(np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB"))[::-1], "the flag")])
 
 
-def test_several_prompts_share_one_image_encoding_and_match_single_runs(pipe):
+def test_several_prompts_share_one_image_encoding_and_match_single_runs(gpipe):
+    pipe = gpipe
     calls = {"vision": 0, "sam": 0}
     h1 = pipe.model.mllm.model.visual.register_forward_hook(lambda *a: calls.__setitem__("vision", calls["vision"] + 1))
     h2 = pipe.model.sam.image_encoder.register_forward_hook(lambda *a: calls.__setitem__("sam", calls["sam"] + 1))
@@ -61,9 +99,10 @@ def test_several_prompts_share_one_image_encoding_and_match_single_runs(pipe):
     finally:
         h1.remove()
         h2.remove()
+    _assert_inputs_matter(batched)
     for prompt, got in zip(prompts, batched):
         alone = pipe(image, prompt)
-        assert got.text == alone.text
+        assert got.text == alone.text and got.box == alone.box
         assert np.mean(got.mask == alone.mask) > 0.999  # left padding changes summation order only
         assert got.score == pytest.approx(alone.score, abs=1e-4)
 
@@ -158,7 +197,8 @@ def test_bfloat16_path_keeps_sam_weights_float32_and_agrees_with_float32(tiny_di
     assert b.score == pytest.approx(a.score, abs=0.02)
 
 
-def test_batch_over_different_images_matches_single_runs(pipe):
+def test_batch_over_different_images_matches_single_runs(gpipe):
+    pipe = gpipe
     rng = np.random.default_rng(7)
     images = [rng.integers(0, 255, (60, 90, 3), dtype=np.uint8), rng.integers(0, 255, (120, 80, 3), dtype=np.uint8)]
     prompts, index = ["the cup", "the left block", "the cup"], [1, 0, 0]
@@ -169,9 +209,23 @@ def test_batch_over_different_images_matches_single_runs(pipe):
     finally:
         hook.remove()
     assert calls == [2]  # one SAM2 encoder call over the two distinct images
+    _assert_inputs_matter(batched)
     for result, prompt, j in zip(batched, prompts, index):
         alone = pipe(images[j], prompt)
         assert result.mask.shape == images[j].shape[:2] == result.image_size
         assert result.text == alone.text and np.mean(result.mask == alone.mask) > 0.999
+        assert result.box == alone.box and result.score == pytest.approx(alone.score, abs=1e-4)
     with pytest.raises(ValueError, match=r"image_index must lie in \[0, 1\]"):
         pipe.segment_batch(images, ["a"], [2])
+
+
+def test_bfloat16_answers_agree_with_float32(tiny_grounding_dir, gpipe):
+    """With answers that depend on the input: bf16 reads the same image and prompt into the same answer, except
+    where two digits' logits lie within bf16 rounding of each other (rare: at most one of four here)."""
+    bf16 = LensPipeline.from_pretrained(str(tiny_grounding_dir), device="cpu", dtype="bfloat16", max_new_tokens=40)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (150, 160, 3), dtype=np.uint8) for _ in range(2)]
+    pairs = [(gpipe(image, p), bf16(image, p)) for image in images for p in ("the helmet", "the flag")]
+    _assert_inputs_matter([a for a, _ in pairs])
+    assert sum(a.text == b.text and a.box == b.box for a, b in pairs) >= 3, [(a.text, b.text) for a, b in pairs]
+    assert all(np.mean(a.mask == b.mask) > 0.95 for a, b in pairs)

@@ -194,6 +194,9 @@ def test_lens_bag_end_to_end(capsys, tmp_path, ts, box_model_dir, storage, every
     for topic in (CAMERA, "/chatter"):  # input messages copied byte for byte, same bag timestamps
         assert [(t, raw) for t, _, raw in got[topic]] == [(t, raw) for t, _, raw in source[topic]]
 
+    # what the pipeline itself gives for each segmented frame: the detection carries its score, the mask its mask
+    direct = LensPipeline.from_pretrained(str(box_model_dir), device="cpu", max_new_tokens=24)
+    want = [direct(frame(i), PROMPT) for i in segmented]
     mh, mw = smart_resize(H, W, 28, *_pixel_bounds(box_model_dir))  # the MLLM's image; the answer's box is in it
     x1, y1, x2, y2 = 2 * W / mw, 3 * H / mh, 20 * W / mw, 15 * H / mh
     for k, i in enumerate(segmented):
@@ -205,9 +208,10 @@ def test_lens_bag_end_to_end(capsys, tmp_path, ts, box_model_dir, storage, every
         mask = got["/lens/mask"][k][1]
         assert (mask.encoding, mask.height, mask.width, mask.step) == ("mono8", H, W, W)
         assert image_to_array(mask).shape == (H, W) and set(np.unique(image_to_array(mask))) <= {0, 255}
+        assert np.array_equal(image_to_array(mask) == 255, want[k].mask)
         (det,) = got["/lens/detections"][k][1].detections
         hyp = det.results[0].hypothesis
-        assert hyp.class_id == PROMPT and -1.5 < hyp.score < 1.5
+        assert hyp.class_id == PROMPT and hyp.score == pytest.approx(want[k].score, abs=1e-6)
         assert det.bbox.center.position.x == pytest.approx((x1 + x2) / 2)
         assert det.bbox.center.position.y == pytest.approx((y1 + y2) / 2)
         assert (det.bbox.size_x, det.bbox.size_y) == (pytest.approx(x2 - x1), pytest.approx(y2 - y1))

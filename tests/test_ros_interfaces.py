@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+from ci_tools import skip_or_fail
 from conftest import REPO
 
 IFACE = REPO / "lens_interfaces"
@@ -27,11 +28,19 @@ def _system_python_has(module: str) -> bool:
         return False
 
 
-needs_rosidl = pytest.mark.skipif(
-    not _system_python_has("rosidl_adapter.parser"),
-    reason="rosidl parsers not available: install Debian's python3-rosidl (apt-get install python3-rosidl "
-    "python3-empy; .ci/run does) — it provides rosidl_adapter and rosidl_parser for /usr/bin/python3",
+ROSIDL_MISSING = (
+    "rosidl parsers not available: install Debian's python3-rosidl (apt-get install python3-rosidl "
+    "python3-empy; .ci/run does) — it provides rosidl_adapter and rosidl_parser for /usr/bin/python3"
 )
+
+
+@pytest.fixture(scope="module")
+def rosidl_parsers() -> None:
+    if not _system_python_has("rosidl_adapter.parser"):
+        skip_or_fail(ROSIDL_MISSING)
+
+
+needs_rosidl = pytest.mark.usefixtures("rosidl_parsers")
 
 
 def test_the_package_has_the_result_message_the_service_and_the_action():
@@ -88,7 +97,7 @@ def test_rosidl_adapter_parses_every_definition_with_the_expected_fields():
 @needs_rosidl
 def test_rosidl_generates_idl_and_rosidl_parser_reads_it_as_rosidl_generate_interfaces_does(tmp_path):
     if not _system_python_has("em"):
-        pytest.skip(
+        skip_or_fail(
             "empy not available for /usr/bin/python3 (apt-get install python3-empy): rosidl_adapter needs it "
             "to write .idl files"
         )

@@ -11,12 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from ci_tools import skip_or_fail
 from conftest import REPO
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("colcon_core") is None or importlib.util.find_spec("colcon_ros") is None,
-    reason="colcon is not installed: pip install colcon-common-extensions (.ci/run does)",
-)
+
+@pytest.fixture(autouse=True, scope="module")
+def colcon_installed() -> None:
+    if importlib.util.find_spec("colcon_core") is None or importlib.util.find_spec("colcon_ros") is None:
+        skip_or_fail("colcon is not installed: pip install colcon-common-extensions (.ci/run does)")
+
 
 COLCON = [sys.executable, "-m", "colcon"]
 

@@ -62,3 +62,26 @@ def test_tiny_checkpoint_matches_its_processor(tiny_dir):
     tok = processor.tokenizer
     assert model.mllm.config.image_token_id == tok.convert_tokens_to_ids("<|image_pad|>")
     assert model.mllm.get_input_embeddings().num_embeddings == len(tok)
+
+
+def test_grounding_tiny_answers_depend_on_the_input_and_hold_boxes(tiny_grounding_dir):
+    """The model behind the pipeline-equality tests: a random tiny model answers everything alike, this one must
+    not, or `text == text` and `box == box` between two code paths would compare constants."""
+    import json
+
+    from lens_model.pipeline import LensPipeline
+
+    config = json.loads((tiny_grounding_dir / "generation_config.json").read_text())
+    assert len(config["sequence_bias"]) > 100  # the grammar travels in the checkpoint, read by generate
+    pipe = LensPipeline.from_pretrained(str(tiny_grounding_dir), device="cpu", max_new_tokens=40)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (150, 160, 3), dtype=np.uint8) for _ in range(3)]
+    prompts = ["the red cup", "the person on the left", "a dog"]
+    results = [pipe(image, prompts) for image in images]  # results[image][prompt]
+    texts = [[r.text for r in row] for row in results]
+    assert len({row[0] for row in texts}) == 3, texts  # the same prompt over different images
+    assert all(len(set(row)) >= 2 for row in texts), texts  # different prompts on one image
+    answers = [r for row in results for r in row]
+    assert all(r.format_ok and r.box is not None and r.box_error is None for r in answers), texts
+    assert len({r.box for r in answers}) >= 5
+    assert all(r.text.startswith("<|object_ref_start|>the ") for r in answers)

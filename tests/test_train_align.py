@@ -61,10 +61,8 @@ def _curve(out, split="train"):
     return [r for r in rows if r["split"] == split]
 
 
-@pytest.fixture(scope="module")
-def zero3_run(init_dir, scenes, tmp_path_factory):
-    """2 ranks × 2 samples, ZeRO-3, the way a cluster job is launched (torchrun)."""
-    out = tmp_path_factory.mktemp("zero3") / "run"
+def _torchrun_zero3(init_dir, scenes, out, port, *extra):
+    """2 ranks × 2 samples, ZeRO-3, the way a cluster job is launched (torchrun) -> stderr."""
     cmd = [
         sys.executable,
         "-m",
@@ -72,15 +70,22 @@ def zero3_run(init_dir, scenes, tmp_path_factory):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29645",
+        str(port),
         "-m",
         "training.align",
         *_overrides(init_dir, scenes, out, "zero_stage=3"),
         "--no-progress",
+        *extra,
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return out, proc.stderr
+    return proc.stderr
+
+
+@pytest.fixture(scope="module")
+def zero3_run(init_dir, scenes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("zero3") / "run"
+    return out, _torchrun_zero3(init_dir, scenes, out, 29645)
 
 
 def test_zero3_two_process_run_lowers_the_loss_and_logs_curves(zero3_run):
@@ -154,6 +159,29 @@ def test_exported_model_runs_in_lens_segment(zero3_run, scenes, tmp_path, capsys
     assert code == 0
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["image_size"] == [96, 96] and (tmp_path / "m.png").is_file()
+
+
+def test_zero3_two_process_resume_ends_on_the_uninterrupted_curve(zero3_run, init_dir, scenes, tmp_path):
+    """Save under ZeRO-3 on 2 ranks (each holds its partition of weights and optimizer state), resume on 2 ranks:
+    steps 4-6 repeat the uninterrupted run's losses and the final weights agree."""
+    full, _ = zero3_run
+    out = tmp_path / "run"
+    shutil.copytree(full, out)
+    shutil.rmtree(out / "checkpoints" / "step-0000006")
+    shutil.rmtree(out / "final")
+    (out / "checkpoints" / "latest").write_text("step-0000003")
+    assert len(list((out / "checkpoints" / "step-0000003").rglob("*optim_states.pt"))) == 2  # one shard per rank
+    _torchrun_zero3(init_dir, scenes, out, 29647, "--resume")
+    want, got = _curve(full), _curve(out)
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1))  # steps 4-6 logged once, not twice
+    assert got[:3] == want[:3]  # steps 1-3 not re-run (their measured throughput would differ)
+    for a, b in zip(want[3:], got[3:]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), a["step"]
+        assert b["lr"] == pytest.approx(a["lr"], rel=1e-9)
+    before = load_file(full / "final" / "model.safetensors")
+    after = load_file(out / "final" / "model.safetensors")
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], rtol=1e-5, atol=1e-6)
 
 
 def _single(init_dir, scenes, out, *extra, resume=None):
