@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_PHOTO = REPO / "assets" / "sample.jpg"
+
+
+def run_cli(*args):
+    """`python -m lens_cli ARGS` (the `lens` command) in a subprocess from the repository: exit code, stdout, stderr."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    command = [sys.executable, "-m", "lens_cli", *map(str, args)]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 @pytest.fixture(scope="session")

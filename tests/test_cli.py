@@ -1,31 +1,14 @@
 """`lens` CLI end to end on the bundled photo, and every bad input the user can give it."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, SAMPLE_PHOTO
+from conftest import SAMPLE_PHOTO, run_cli
 from PIL import Image
 
 from lens_cli import main
-
-
-def run_cli(*args):
-    """The installed entry point in a subprocess: exit code, stdout, stderr."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "lens_cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=300,
-    )
-    return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_segment_sample_photo_end_to_end(tiny_dir, tmp_path):

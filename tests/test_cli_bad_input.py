@@ -5,32 +5,15 @@ Cases that must fail before loading a model pass a model directory that does not
 print "model directory not found" instead of the expected message."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, SAMPLE_PHOTO
+from conftest import SAMPLE_PHOTO, run_cli
 from export_helpers import exported
 from PIL import Image
 
 from training.plots import read_metrics
-
-
-def run_cli(*args):
-    """`python -m lens_cli ARGS` in a subprocess: exit code, stdout, stderr."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "lens_cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=300,
-    )
-    return proc.returncode, proc.stdout, proc.stderr
 
 
 def assert_one_error(command: str, code: int, err: str, expected: str) -> str:

@@ -2,14 +2,13 @@
 that do not belong to the model or cannot run here."""
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, SAMPLE_PHOTO
+from conftest import REPO, SAMPLE_PHOTO, run_cli
 from export_helpers import MIN_MASK_AGREEMENT, assert_close, exported
 from PIL import Image
 
@@ -90,19 +89,6 @@ def test_backend_exported_at_another_image_size_still_gives_full_size_masks(mode
     # the box is read in the MLLM's image, whatever size SAM2 runs at
     want = torch_pipe(SAMPLE_PHOTO, PROMPTS[0])
     assert want.box is not None and (result.text, result.box) == (want.text, want.box)
-
-
-def run_cli(*args):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "lens_cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=300,
-    )
-    return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_lens_segment_with_onnxruntime_gives_the_torch_mask(model_dir, export_dir, tmp_path):

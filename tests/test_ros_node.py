@@ -2,79 +2,19 @@
 Needs a sourced ROS 2 (Humble or Jazzy) environment with lens_interfaces built (see the README); skips
 otherwise — everything the node does is also tested without ROS in test_ros_engine.py."""
 
-import importlib
-import importlib.util
-import threading
-import time
-
 import numpy as np
 import pytest
+from ros_helpers import needs_ros, running_node, wait_for
 
-
-def _missing() -> list[str]:
-    missing = [m for m in ("rclpy", "sensor_msgs", "vision_msgs") if importlib.util.find_spec(m) is None]
-    try:  # the source folder lens_interfaces/ imports as an empty namespace package: ask for the generated class
-        _ = importlib.import_module("lens_interfaces.srv").Segment
-    except (ImportError, AttributeError):
-        missing.append("lens_interfaces")
-    return missing
-
-
-MISSING = _missing()
-pytestmark = pytest.mark.skipif(
-    bool(MISSING),
-    reason=f"needs ROS 2 with lens_interfaces built ({', '.join(MISSING)} "
-    "not importable): source /opt/ros/<distro>/setup.bash and the "
-    "workspace's install/setup.bash",
-)
+pytestmark = needs_ros
 
 RGB = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
 
 
-def _wait(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.fixture
 def ros(tiny_dir):
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.lifecycle import TransitionCallbackReturn
-    from rclpy.parameter import Parameter
-
-    from lens_ros.node import LensNode
-
-    rclpy.init()
-    node = LensNode(
-        parameter_overrides=[
-            Parameter("model", value=str(tiny_dir)),
-            Parameter("device", value="cpu"),
-            Parameter("audio_enabled", value=False),
-            Parameter("max_new_tokens", value=8),
-            Parameter("max_frame_age_s", value=30.0),
-        ]
-    )
-    client = rclpy.create_node("lens_test_client")
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    executor.add_node(client)
-    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    try:
-        yield node, client
-    finally:
-        executor.shutdown()
-        node.stop_io()
-        node.destroy_node()
-        client.destroy_node()
-        rclpy.shutdown()
+    with running_node(tiny_dir, "lens_test_client") as started:
+        yield started
 
 
 def _image(client, rgb=RGB, frame="camera", encoding="rgb8"):
@@ -87,7 +27,7 @@ def _image(client, rgb=RGB, frame="camera", encoding="rgb8"):
 
 def _call(client, service, request, timeout=120.0):
     future = service.call_async(request)
-    assert _wait(future.done, timeout), "no answer"
+    assert wait_for(future.done, timeout), "no answer"
     return future.result()
 
 
@@ -118,13 +58,13 @@ def test_service_segments_the_latest_frame_and_the_node_survives_bad_input(ros):
     client.create_subscription(Image, "/mask", masks.append, 10)
     camera = client.create_publisher(Image, "/image", qos_profile_sensor_data)
     frame = _image(client, frame="front")
-    assert _wait(lambda: camera.publish(frame) or node.engine.frames.latest() is not None, 30)
+    assert wait_for(lambda: camera.publish(frame) or node.engine.frames.latest() is not None, 30)
 
     response = _call(client, service, Segment.Request(prompt="the red cup"))
     assert response.success, response.message
     assert response.result.header.frame_id == "front" and response.result.mask.encoding == "mono8"
     assert (response.result.mask.height, response.result.mask.width) == (48, 64)
-    assert _wait(lambda: masks, 30) and masks[0].header == response.result.header
+    assert wait_for(lambda: masks, 30) and masks[0].header == response.result.header
 
     bad = _image(client)
     bad.encoding = "yuv422"
@@ -149,8 +89,8 @@ def test_command_topic_publishes_mask_detections_and_reasoning(ros):
     camera = client.create_publisher(Image, "/image", qos_profile_sensor_data)
     commands = client.create_publisher(String, "/command", 10)
     frame = _image(client, frame="wrist")
-    assert _wait(lambda: camera.publish(frame) or node.engine.frames.latest() is not None, 30)
-    assert _wait(lambda: commands.get_subscription_count() > 0, 30)
+    assert wait_for(lambda: camera.publish(frame) or node.engine.frames.latest() is not None, 30)
+    assert wait_for(lambda: commands.get_subscription_count() > 0, 30)
     commands.publish(String(data="the red cup"))
-    assert _wait(lambda: all(got.values()), 120)
+    assert wait_for(lambda: all(got.values()), 120)
     assert got["mask"][0].header == frame.header and got["detections"][0].header == frame.header

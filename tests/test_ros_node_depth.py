@@ -2,71 +2,22 @@
 `target_point` and `detections_3d`. Needs a sourced ROS 2 (Humble or Jazzy) with lens_interfaces built; skips
 otherwise — the same path is tested without ROS in test_ros_depth.py (engine, messages, bad input)."""
 
-import threading
-import time
-
 import numpy as np
 import pytest
 from depth_scenes import render, rgb_of
-from test_ros_node import MISSING
+from ros_helpers import needs_ros, running_node, wait_for
 
-pytestmark = pytest.mark.skipif(
-    bool(MISSING),
-    reason=f"needs ROS 2 with lens_interfaces built ({', '.join(MISSING)} "
-    "not importable): source /opt/ros/<distro>/setup.bash and the "
-    "workspace's install/setup.bash",
-)
+pytestmark = needs_ros
 
 K4 = np.array([[131.25, 0.0, 79.5], [0.0, 131.25, 59.5], [0.0, 0.0, 1.0]])
 
 
-def _wait(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.fixture
 def ros(tiny_dir):
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.lifecycle import TransitionCallbackReturn
-    from rclpy.parameter import Parameter
-
-    from lens_ros.node import LensNode
-
-    rclpy.init()
-    node = LensNode(
-        parameter_overrides=[
-            Parameter("model", value=str(tiny_dir)),
-            Parameter("device", value="cpu"),
-            Parameter("audio_enabled", value=False),
-            Parameter("max_new_tokens", value=8),
-            Parameter("max_frame_age_s", value=30.0),
-            Parameter("depth_enabled", value=True),
-            Parameter("depth_qos", value="reliable"),
-            Parameter("depth_slop_s", value=0.05),
-        ]
-    )
-    client = rclpy.create_node("lens_depth_test_client")
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    executor.add_node(client)
-    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    try:
-        yield node, client
-    finally:
-        executor.shutdown()
-        node._stop_io()
-        node.destroy_node()
-        client.destroy_node()
-        rclpy.shutdown()
+    with running_node(
+        tiny_dir, "lens_depth_test_client", depth_enabled=True, depth_qos="reliable", depth_slop_s=0.05
+    ) as started:
+        yield started
 
 
 def test_a_colour_depth_camera_info_triple_gives_target_point_and_detections_3d(ros):
@@ -116,11 +67,11 @@ def test_a_colour_depth_camera_info_triple_gives_target_point_and_detections_3d(
         engine = node.engine
         return engine.frames.latest() is not None and engine.depth.select(stamp_to_seconds(stamp), final=True).ok
 
-    assert _wait(received, 30)
-    assert _wait(lambda: commands.get_subscription_count() > 0, 30)
+    assert wait_for(received, 30)
+    assert wait_for(lambda: commands.get_subscription_count() > 0, 30)
     commands.publish(String(data="the red box"))
-    assert _wait(lambda: detections, 120), "no detections_3d"
+    assert wait_for(lambda: detections, 120), "no detections_3d"
     assert detections[0].header.stamp == stamp and detections[0].header.frame_id == "depth_optical"
     if detections[0].detections:  # the tiny model's mask is arbitrary; when it has depth, a point is published too
-        assert _wait(lambda: points, 30)
+        assert wait_for(lambda: points, 30)
         assert points[0].header == detections[0].header and 0.9 < points[0].point.z < 1.6
