@@ -41,7 +41,11 @@ lists the bag's topics and types), topic not an image type, output already exist
 input bag.
 
 vision_msgs is not in rosbags' built-in type stores: `lens_typestore()` registers the vision_msgs 4.x
-definitions (Humble and Jazzy) kept in VISION_MSGS_DEFINITIONS.
+definitions (Humble and Jazzy) kept in VISION_MSGS_DEFINITIONS. Their RIHS01 type hashes, and those of the other
+types written, equal the ones a Jazzy build generates (pinned in tests/test_ros_bag_types.py). rosbags stores the
+hash in metadata.yaml (mcap and sqlite3) and in the sqlite3 tables, but not in the mcap channel records
+("topic_type_hash"), where Jazzy's mcap plugin looks for it: Jazzy reads an mcap output with empty type hashes
+(its player and `ros2 bag info` do not use them; only its recorder fills them in).
 """
 
 from __future__ import annotations
