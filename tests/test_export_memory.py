@@ -24,6 +24,7 @@ from lens_model.export import (
 from lens_model.export.memory_graphs import MemoryAttentionGraph, RotaryTable
 from lens_model.export.op_support import check_file, load_operator_table
 from lens_model.export.parts import SegmentationParts
+from lens_model.export.tensorrt_runtime import tensorrt_available
 from lens_model.tiny import tiny_lens_config
 
 IMAGE_SIZE = 128  # small: 8x8 = 64 tokens per frame
@@ -265,3 +266,52 @@ def test_drop_in_memory_attention_takes_sam2_arguments(export_dir, tracking_sam,
     np.testing.assert_allclose(got.numpy(), want.numpy(), atol=TOLERANCE[0], rtol=TOLERANCE[1])
     with pytest.raises(ValueError, match="takes curr \\(64, B, 256\\) \\(the image size 128"):
         module(**{**call, "curr": [inputs["curr"][:16]]})
+
+
+# ---------------------------------------------------------------------------- TensorRT
+def test_tensorrt_profile_covers_every_memory_size(export_dir):
+    from lens_model.export.tensorrt_build import _profile_dims
+
+    meta = read_metadata(export_dir)
+    graph = meta.graphs["memory_attention"]
+    memory = next(t for t in graph.inputs if t.name == "memory")
+    full = 7 * HW + 64  # 7 frames of spatial memory + 16 pointers of 4 tokens
+    assert [_profile_dims(graph, memory.shape, b, i) for i, b in enumerate((1, 2, 4))] == [
+        (1, 1, 64),
+        (2, full, 64),
+        (4, full, 64),
+    ]
+    assert _profile_dims(graph, [1], 4, 2) == (1,)  # the pointer count has no batch dimension
+    graph.dynamic_dims = {}
+    with pytest.raises(ExportError, match="dynamic dimension 'memory_tokens' has no range in lens_export.json"):
+        _profile_dims(graph, memory.shape, 1, 0)
+
+
+needs_tensorrt = pytest.mark.skipif(not tensorrt_available(), reason="needs a CUDA GPU with TensorRT")
+TRT_FP32_TOLERANCE = 5e-3  # TF32 matrix products (see test_export_tensorrt.py)
+
+
+@pytest.fixture(scope="module")
+def tracking_engines(export_dir, tmp_path_factory):
+    from lens_model.export.tensorrt_build import EngineOptions, build_engines
+
+    target = tmp_path_factory.mktemp("trt") / "tracking"
+    shutil.copytree(export_dir, target)
+    build_engines(target, EngineOptions(max_batch=4, workspace_gb=1))
+    return target
+
+
+@needs_tensorrt
+@pytest.mark.parametrize("frames, pointers", [(1, 4), (7, 64)])
+@pytest.mark.parametrize("batch", [1, 6])  # 6 > max batch 4: two chunks, the pointer count fed to both
+def test_tracking_engines_match_torch(tracking_engines, tracking_sam, frames, pointers, batch):
+    from lens_model.backends import TensorRTBackend
+
+    meta = read_metadata(tracking_engines)
+    assert all((tracking_engines / g.engine).is_file() for g in meta.graphs.values()) and len(meta.graphs) == 5
+    backend = TensorRTBackend(tracking_engines, device="cuda")
+    inputs = random_memory(frames, pointers, batch, seed=frames)
+    with torch.no_grad():
+        want = tracking_sam.memory_attention(**inputs, num_obj_ptr_tokens=pointers)
+    got = OnnxMemoryAttention(backend)(**{k: v.cuda() for k, v in inputs.items()}, num_obj_ptr_tokens=pointers)
+    np.testing.assert_allclose(got.cpu().numpy(), want.numpy(), atol=TRT_FP32_TOLERANCE, rtol=TRT_FP32_TOLERANCE)
