@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from export_helpers import ort_run
+from export_helpers import FP16_TOLERANCE, ort_run
 
 from lens_model.backends import OnnxRuntimeBackend
 from lens_model.context import ContextHead
@@ -22,6 +22,7 @@ from lens_model.export import (
     use_exported_memory_modules,
 )
 from lens_model.export.memory_graphs import MemoryAttentionGraph, RotaryTable
+from lens_model.export.onnx_export import export_memory_graphs
 from lens_model.export.op_support import check_file, load_operator_table
 from lens_model.export.parts import SegmentationParts
 from lens_model.export.tensorrt_runtime import tensorrt_available
@@ -149,6 +150,27 @@ def test_memory_encoder_onnx_matches_torch(export_dir, tracking_sam, batch):
     features, pos = ort_run(export_dir / "memory_encoder.onnx", pix_feat=pix_feat, masks=masks)
     np.testing.assert_allclose(features, want["vision_features"].numpy(), atol=TOLERANCE[0], rtol=TOLERANCE[1])
     np.testing.assert_allclose(pos, want["vision_pos_enc"][0].numpy(), atol=TOLERANCE[0], rtol=TOLERANCE[1])
+
+
+def test_fp16_tracking_graphs_stay_close_to_torch(tracking_sam, tmp_path):
+    """`lens export --fp16`: float16 compute (RoPE rotation and normalisation layers in float32). Observed max abs
+    diff ~1.6e-3 (memory attention, outputs of magnitude ~4.5) and ~6e-4 (memory encoder)."""
+    graphs, _ = export_memory_graphs(tracking_sam, IMAGE_SIZE, tmp_path, ExportOptions(fp16=True))
+    assert all(check_file(tmp_path / g.onnx)[1] == [] for g in graphs.values())
+    for frames, pointers in [(1, 4), (7, 64)]:
+        inputs = random_memory(frames, pointers, batch=2, seed=frames)
+        with torch.no_grad():
+            want = tracking_sam.memory_attention(**inputs, num_obj_ptr_tokens=pointers).transpose(0, 1)
+        (got,) = ort_run(tmp_path / "memory_attention.onnx", **batch_first(inputs, pointers))
+        np.testing.assert_allclose(got, want.numpy(), atol=FP16_TOLERANCE[0], rtol=FP16_TOLERANCE[1])
+    pix_feat, masks = torch.randn(2, 256, 8, 8), torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        want = tracking_sam.memory_encoder(pix_feat, masks, skip_mask_sigmoid=True)
+    features, pos = ort_run(tmp_path / "memory_encoder.onnx", pix_feat=pix_feat, masks=masks)
+    np.testing.assert_allclose(
+        features, want["vision_features"].numpy(), atol=FP16_TOLERANCE[0], rtol=FP16_TOLERANCE[1]
+    )
+    np.testing.assert_allclose(pos, want["vision_pos_enc"][0].numpy(), atol=FP16_TOLERANCE[0], rtol=FP16_TOLERANCE[1])
 
 
 # ---------------------------------------------------------------------------- files, metadata, TensorRT table
