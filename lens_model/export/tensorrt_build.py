@@ -4,7 +4,7 @@ For each graph: parse NAME.onnx into a strongly typed network (each layer runs i
 have: float32 graphs stay float32, `lens export --fp16` graphs run in float16 with their normalisation layers in
 float32 -- the precision is decided at export, where it is tested, not by the builder; TensorRT 11 only builds
 strongly typed networks), one optimisation profile over the dynamic batch dimension (min 1, opt, max), a workspace
-limit, and a timing cache shared by the three builds and kept in DIR/timing.cache so that later builds on the same
+limit, and a timing cache shared by the builds and kept in DIR/timing.cache so that later builds on the same
 GPU reuse its kernel timings. Engines are written as DIR/NAME.engine and described in lens_export.json (TensorRT
 version, GPU, profile). Engines only run on the TensorRT version and GPU architecture they were built with: build
 them on the target machine (e.g. the robot's Jetson) from the ONNX export.
