@@ -1,8 +1,10 @@
-"""Export a LENS checkpoint's segmentation part to three ONNX graphs plus `lens_export.json`.
+"""Export a LENS checkpoint's segmentation part to three ONNX graphs plus `lens_export.json`, and SAM2's two
+tracking graphs (memory attention, memory encoder; see memory_graphs.py) when its SAM2 has the memory modules.
 
 Exporter: torch.onnx.export with dynamo=True (the torch.export-based exporter, torch's default since 2.9; the
 TorchScript exporter is deprecated). Opset 18 by default; 17-20 accepted, the range TensorRT 10's ONNX parser
-reads that still has LayerNormalization. Every input and output has a dynamic batch dimension; all other
+reads that still has LayerNormalization. Every input and output has a dynamic batch dimension (except the
+memory attention's pointer-token count); the memory attention's memory length is dynamic too; all other
 dimensions are fixed by the model (image size S, N queries, hidden size). Weights go inside each .onnx file,
 or into NAME.onnx.data next to it when a graph is over 2 GB (the LENS-3B context head is close).
 `fp16` exports graphs that compute in float16 with float32 normalisation layers (see graphs.py); their inputs
