@@ -192,7 +192,8 @@ class OnnxRuntimeBackend(ExportedBackend):
 
     def run(self, graph: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         spec = self.meta.graphs[graph]
-        arrays = {k: v.detach().to("cpu", torch.float32).contiguous().numpy() for k, v in feeds.items()}
+        dtypes = {t.name: getattr(torch, t.dtype) for t in spec.inputs}  # float32, int64
+        arrays = {k: v.detach().to("cpu", dtypes[k]).contiguous().numpy() for k, v in feeds.items()}
         outs = self.sessions[graph].run([t.name for t in spec.outputs], arrays)
         return [torch.from_numpy(o).to(self.device) for o in outs]
 

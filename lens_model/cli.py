@@ -120,7 +120,8 @@ def _add_export(sub) -> None:
         "export",
         help="export SAM2 + context head to ONNX (and TensorRT engines) for per-frame inference",
         description="Writes three ONNX graphs (SAM2 image encoder, context head, mask decoder; dynamic "
-        "batch) and lens_export.json (names, shapes, normalisation, weights hash, versions) to "
+        "batch), plus SAM2's memory attention and memory encoder for tracking when the checkpoint has SAM2's "
+        "memory modules, and lens_export.json (names, shapes, normalisation, weights hash, versions) to "
         "--out. --format tensorrt also builds TensorRT engines for this machine's GPU. Run "
         "them with: lens segment --backend onnxruntime|tensorrt --backend-dir OUT",
     )
@@ -321,6 +322,13 @@ def cmd_export(args) -> int:
         )
         for problem in problems:
             print(f"    warning: {TENSORRT_TARGET} may not parse this graph: {problem}", file=sys.stderr)
+    if meta.memory is not None:
+        print(
+            f"tracking: memory_attention + memory_encoder (SAM2 memory: up to {meta.memory['num_maskmem']} frames "
+            f"and {meta.memory['max_obj_ptrs_in_encoder']} object pointers)"
+        )
+    else:
+        print("tracking: not exported (the checkpoint has no SAM2 memory modules)")
     print(
         f"precision {meta.precision}; model weights sha256 {meta.model_hash}; metadata: {args.out / 'lens_export.json'}"
     )

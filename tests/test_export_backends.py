@@ -127,6 +127,7 @@ def test_lens_export_cli_writes_an_export_the_backend_runs(model_dir, tmp_path):
     code, out, err = run_cli("export", "--model", model_dir, "--out", tmp_path / "onnx")
     assert code == 0, err
     assert "image_encoder" in out and "mask_decoder" in out and "warning" not in err
+    assert "tracking: not exported (the checkpoint has no SAM2 memory modules)" in out
     assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == [
         "context_head.onnx",
         "image_encoder.onnx",

@@ -1,4 +1,5 @@
-"""Export of the per-frame part of LENS (SAM2 image encoder, context head, mask decoder) to ONNX and TensorRT.
+"""Export of the per-frame part of LENS (SAM2 image encoder, context head, mask decoder; with SAM2's memory
+attention and memory encoder for tracking when the model has them) to ONNX and TensorRT.
 
     lens export --model M --out DIR [--format onnx|tensorrt] [--fp16] [--opset N] [--image-size S]
 
@@ -23,11 +24,15 @@ _EXPORTS = {
     "ExportOptions": "onnx_export",
     "export_model": "onnx_export",
     "export_parts": "onnx_export",
+    "OnnxMemoryAttention": "memory_runtime",
+    "OnnxMemoryEncoder": "memory_runtime",
+    "use_exported_memory_modules": "memory_runtime",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
+    from .memory_runtime import OnnxMemoryAttention, OnnxMemoryEncoder, use_exported_memory_modules
     from .metadata import METADATA_FILE, ExportError, ExportMetadata, read_metadata
     from .onnx_export import ExportOptions, export_model, export_parts
     from .op_support import DEFAULT_OPSET, SUPPORTED_OPSETS

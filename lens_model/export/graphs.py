@@ -155,7 +155,18 @@ def graph_io(image_size: int, num_queries: int, hidden_size: int, embed_dim: int
     }
 
 
-def example_inputs(specs: list[TensorSpec], batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random float32 tensors shaped like `specs` with the batch dimension set to `batch`."""
+def example_inputs(
+    specs: list[TensorSpec], batch: int = 2, seed: int = 0, dims: dict[str, int] | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Tensors shaped like `specs`: random float32, zeros for integer inputs; the batch dimension set to `batch`,
+    other named dynamic dimensions to their size in `dims`."""
     gen = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn([batch if d == BATCH else d for d in spec.shape], generator=gen) for spec in specs)
+    sizes = {**(dims or {}), BATCH: batch}
+    out = []
+    for spec in specs:
+        shape = [sizes[d] if isinstance(d, str) else d for d in spec.shape]
+        is_float = spec.dtype.startswith("float")
+        out.append(
+            torch.randn(shape, generator=gen) if is_float else torch.zeros(shape, dtype=getattr(torch, spec.dtype))
+        )
+    return tuple(out)

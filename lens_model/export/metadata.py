@@ -21,7 +21,10 @@ from ..errors import LensError
 METADATA_FILE = "lens_export.json"
 FORMAT_VERSION = 1
 GRAPH_NAMES = ("image_encoder", "context_head", "mask_decoder")
+# SAM2's tracking graphs, exported when the model has its memory modules; always both or neither.
+MEMORY_GRAPH_NAMES = ("memory_attention", "memory_encoder")
 BATCH = "batch"  # name of the dynamic batch dimension in shapes
+MEMORY_TOKENS = "memory_tokens"  # name of the dynamic memory-length dimension of the memory attention
 
 
 class ExportError(LensError):
@@ -31,8 +34,8 @@ class ExportError(LensError):
 @dataclass
 class TensorSpec:
     name: str
-    shape: list[int | str]  # BATCH marks the dynamic batch dimension
-    dtype: str = "float32"
+    shape: list[int | str]  # names mark dynamic dimensions: BATCH, MEMORY_TOKENS
+    dtype: str = "float32"  # or "int64"
 
 
 @dataclass
@@ -44,6 +47,8 @@ class GraphSpec:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     engine: str | None = None  # TensorRT engine file name, when built
+    # [min, opt, max] of each dynamic dimension other than BATCH (whose range is the engine build's batch profile)
+    dynamic_dims: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.inputs = [TensorSpec(**t) if isinstance(t, dict) else t for t in self.inputs]
@@ -80,6 +85,9 @@ class ExportMetadata:
     postprocessing: dict[str, Any]  # how to turn low-res logits into the final mask
     decoder: dict[str, Any]  # SAM2 mask-decoder settings baked into the graph
     versions: dict[str, str]
+    # SAM2 memory settings the tracking graphs were exported for (mem_dim, num_maskmem, max_obj_ptrs_in_encoder);
+    # None when the export has no tracking graphs
+    memory: dict[str, int] | None = None
     tensorrt: TensorRTInfo | None = None
     format_version: int = FORMAT_VERSION
 
@@ -127,7 +135,18 @@ def read_metadata(export_dir: str | Path) -> ExportMetadata:
     missing = [g for g in GRAPH_NAMES if g not in meta.graphs]
     if missing:
         raise ExportError(f"{path} lists no {', '.join(missing)} graph; export the model again")
+    tracking = [g for g in MEMORY_GRAPH_NAMES if g in meta.graphs]
+    if tracking and (len(tracking) != len(MEMORY_GRAPH_NAMES) or meta.memory is None):
+        raise ExportError(
+            f"{path} lists {', '.join(tracking)} without the rest of SAM2's tracking export "
+            f"({', '.join(MEMORY_GRAPH_NAMES)} and the memory settings); export the model again"
+        )
     return meta
+
+
+def has_memory_graphs(meta: ExportMetadata) -> bool:
+    """Whether the export holds SAM2's tracking graphs (memory attention and memory encoder)."""
+    return all(g in meta.graphs for g in MEMORY_GRAPH_NAMES)
 
 
 # ---------------------------------------------------------------------------- model identity
@@ -187,12 +206,15 @@ __all__ = [
     "ExportMetadata",
     "GRAPH_NAMES",
     "GraphSpec",
+    "MEMORY_GRAPH_NAMES",
+    "MEMORY_TOKENS",
     "METADATA_FILE",
     "TensorRTInfo",
     "TensorSpec",
     "POSTPROCESSING",
     "default_preprocessing",
     "file_sha256",
+    "has_memory_graphs",
     "library_versions",
     "model_hash",
     "read_metadata",

@@ -1,8 +1,10 @@
-"""Export a LENS checkpoint's segmentation part to three ONNX graphs plus `lens_export.json`.
+"""Export a LENS checkpoint's segmentation part to three ONNX graphs plus `lens_export.json`, and SAM2's two
+tracking graphs (memory attention, memory encoder; see memory_graphs.py) when its SAM2 has the memory modules.
 
 Exporter: torch.onnx.export with dynamo=True (the torch.export-based exporter, torch's default since 2.9; the
 TorchScript exporter is deprecated). Opset 18 by default; 17-20 accepted, the range TensorRT 10's ONNX parser
-reads that still has LayerNormalization. Every input and output has a dynamic batch dimension; all other
+reads that still has LayerNormalization. Every input and output has a dynamic batch dimension (except the
+memory attention's pointer-token count); the memory attention's memory length is dynamic too; all other
 dimensions are fixed by the model (image size S, N queries, hidden size). Weights go inside each .onnx file,
 or into NAME.onnx.data next to it when a graph is over 2 GB (the LENS-3B context head is close).
 `fp16` exports graphs that compute in float16 with float32 normalisation layers (see graphs.py); their inputs
@@ -20,9 +22,11 @@ import torch
 
 from ..errors import LensError
 from .graphs import ContextHeadGraph, ImageEncoderGraph, MaskDecoderGraph, example_inputs, graph_io
+from .memory_graphs import MemoryAttentionGraph, MemoryEncoderGraph, memory_graph_io, memory_token_profile
 from .metadata import (
-    BATCH,
     GRAPH_NAMES,
+    MEMORY_GRAPH_NAMES,
+    MEMORY_TOKENS,
     METADATA_FILE,
     POSTPROCESSING,
     ExportError,
@@ -96,19 +100,20 @@ def _check_saved_graph(path: Path, inputs: list[TensorSpec], outputs: list[Tenso
     for kind, values, specs in (("input", model.graph.input, inputs), ("output", model.graph.output, outputs)):
         got = [(v.name, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in values]
         want = [(s.name, s.shape) for s in specs]
-        if [(n, [d if isinstance(d, int) else BATCH for d in shape]) for n, shape in got] != want:
+        if got != want:
             raise ExportError(f"{path.name}: graph {kind}s {got} do not match the expected {want}")
 
 
 def export_graph(
     module: torch.nn.Module, inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path, opset: int
 ) -> None:
-    """One module -> one ONNX file with a dynamic batch dimension on every input and output."""
+    """One module -> one ONNX file; the dimensions named in the specs (the batch, the memory length) are dynamic."""
     module = module.eval()
-    args = example_inputs(inputs, batch=2)  # batch 2: torch.export specialises dimensions of size 1
+    # batch 2: torch.export specialises dimensions of size 1; the memory length an odd size no fixed dimension has
+    args = example_inputs(inputs, batch=2, dims={MEMORY_TOKENS: 37})
     with torch.no_grad():
         module(*args)  # fills SAM2's position-encoding caches, so the export sees constants
-    batch = torch.export.Dim(BATCH, min=1)
+    dims = {name: torch.export.Dim(name, min=1) for spec in inputs for name in spec.shape if isinstance(name, str)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dimension renaming notes, deprecation notes of dependencies
         program = torch.onnx.export(
@@ -119,7 +124,7 @@ def export_graph(
             verbose=False,
             input_names=[s.name for s in inputs],
             output_names=[s.name for s in outputs],
-            dynamic_shapes=tuple({0: batch} for _ in inputs),
+            dynamic_shapes=tuple({i: dims[d] for i, d in enumerate(s.shape) if isinstance(d, str)} for s in inputs),
         )
     program.save(str(path))
     _check_saved_graph(path, inputs, outputs, opset)
@@ -132,7 +137,8 @@ def export_parts(
     source_model: str = "",
     weights: tuple[str, dict[str, str]] = ("", {}),
 ) -> ExportMetadata:
-    """SAM2 + context head -> DIR/{image_encoder,context_head,mask_decoder}.onnx + DIR/lens_export.json.
+    """SAM2 + context head -> DIR/{image_encoder,context_head,mask_decoder}.onnx + DIR/lens_export.json, and
+    DIR/memory_{attention,encoder}.onnx when SAM2 has its memory modules (tracking).
     `weights` = (model hash, {file: sha256}) of the checkpoint the parts came from."""
     options.validate()
     out_dir = Path(out_dir)
@@ -152,6 +158,10 @@ def export_parts(
         log.info("exporting %s", name)
         export_graph(modules[name], inputs, outputs, out_dir / f"{name}.onnx", options.opset)
         graphs[name] = GraphSpec(name, f"{name}.onnx", inputs, outputs)
+    memory = None
+    if hasattr(parts.sam, "memory_attention"):  # SAM2 with its memory modules: the tracking graphs too
+        memory_graphs, memory = export_memory_graphs(parts.sam, image_size, out_dir, options)
+        graphs.update(memory_graphs)
     decoder = sam.sam_mask_decoder
     meta = ExportMetadata(
         source_model=source_model,
@@ -174,9 +184,34 @@ def export_parts(
             "stability_thresh": float(decoder.dynamic_multimask_stability_thresh),
         },
         versions=library_versions(),
+        memory=memory,
     )
     meta.save(out_dir)
     return meta
+
+
+def export_memory_graphs(
+    sam: torch.nn.Module, image_size: int, out_dir: Path, options: ExportOptions
+) -> tuple[dict[str, GraphSpec], dict[str, int]]:
+    """SAM2's memory attention and memory encoder -> DIR/memory_{attention,encoder}.onnx, for `image_size` (no
+    weight of theirs depends on it; their position encodings do). -> (graph specs, memory settings)."""
+    mem_dim = int(sam.mem_dim)
+    max_obj_ptrs = int(sam.max_obj_ptrs_in_encoder) if sam.use_obj_ptrs_in_encoder else 0
+    io = memory_graph_io(image_size, mem_dim, int(sam.hidden_dim))
+    modules = {
+        "memory_attention": MemoryAttentionGraph(sam.memory_attention, image_size, options.fp16),
+        "memory_encoder": MemoryEncoderGraph(sam.memory_encoder, options.fp16),
+    }
+    tokens = memory_token_profile(image_size, int(sam.num_maskmem), max_obj_ptrs, mem_dim, int(sam.hidden_dim))
+    graphs = {}
+    for name in MEMORY_GRAPH_NAMES:
+        inputs, outputs = io[name]
+        log.info("exporting %s", name)
+        export_graph(modules[name], inputs, outputs, out_dir / f"{name}.onnx", options.opset)
+        dynamic = {MEMORY_TOKENS: tokens} if name == "memory_attention" else {}
+        graphs[name] = GraphSpec(name, f"{name}.onnx", inputs, outputs, dynamic_dims=dynamic)
+    settings = {"mem_dim": mem_dim, "num_maskmem": int(sam.num_maskmem), "max_obj_ptrs_in_encoder": max_obj_ptrs}
+    return graphs, settings
 
 
 def export_model(model: str | Path, out_dir: str | Path, options: ExportOptions | None = None) -> ExportMetadata:

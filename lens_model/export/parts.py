@@ -13,12 +13,12 @@ import torch
 
 from ..config import LensConfig
 from ..context import ContextHead
-from ..sam import build_sam
+from ..sam import MEMORY_MODULES, build_sam
 
 
 @dataclass
 class SegmentationParts:
-    sam: torch.nn.Module  # SAM2Base without memory modules, eval mode, float32
+    sam: torch.nn.Module  # SAM2Base (with its memory modules when the checkpoint has them), eval mode, float32
     context: ContextHead  # eval mode, float32
     config: LensConfig
     hidden_size: int  # MLLM hidden size = width of the query states
@@ -39,7 +39,8 @@ def load_segmentation_parts(model_dir: str | Path) -> SegmentationParts:
 
 def sam_at_image_size(sam: torch.nn.Module, config: LensConfig, image_size: int) -> torch.nn.Module:
     """The same SAM2 weights built for another input side (position embeddings are interpolated by SAM2;
-    no weight depends on the image size). Returns `sam` itself when the size is unchanged."""
+    no weight depends on the image size), without memory modules (the export takes those from `sam`, see
+    `export_memory_graphs`). Returns `sam` itself when the size is unchanged."""
     if image_size == config.sam.image_size:
         return sam
     if image_size < 64 or image_size % 32:
@@ -49,5 +50,6 @@ def sam_at_image_size(sam: torch.nn.Module, config: LensConfig, image_size: int)
     overrides = [o for o in config.sam.overrides if not o.lstrip("+").startswith("model.image_size=")]
     sam_config = replace(config.sam, overrides=[*overrides, f"++model.image_size={image_size}"], image_size=image_size)
     resized = build_sam(sam_config)
-    resized.load_state_dict(sam.state_dict(), strict=True)
+    state = {k: v for k, v in sam.state_dict().items() if k.split(".")[0] not in MEMORY_MODULES}
+    resized.load_state_dict(state, strict=True)
     return resized.float().eval()

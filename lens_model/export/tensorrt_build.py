@@ -4,7 +4,7 @@ For each graph: parse NAME.onnx into a strongly typed network (each layer runs i
 have: float32 graphs stay float32, `lens export --fp16` graphs run in float16 with their normalisation layers in
 float32 -- the precision is decided at export, where it is tested, not by the builder; TensorRT 11 only builds
 strongly typed networks), one optimisation profile over the dynamic batch dimension (min 1, opt, max), a workspace
-limit, and a timing cache shared by the three builds and kept in DIR/timing.cache so that later builds on the same
+limit, and a timing cache shared by the builds and kept in DIR/timing.cache so that later builds on the same
 GPU reuse its kernel timings. Engines are written as DIR/NAME.engine and described in lens_export.json (TensorRT
 version, GPU, profile). Engines only run on the TensorRT version and GPU architecture they were built with: build
 them on the target machine (e.g. the robot's Jetson) from the ONNX export.
@@ -38,8 +38,20 @@ class EngineOptions:
             raise ExportError(f"--workspace-gb must be positive, got {self.workspace_gb}")
 
 
-def _profile_dims(shape: list[int | str], batch: int) -> tuple[int, ...]:
-    return tuple(batch if d == BATCH else int(d) for d in shape)
+def _profile_dims(graph: GraphSpec, shape: list[int | str], batch: int, which: int) -> tuple[int, ...]:
+    """Dimensions of one profile point (which: 0 min, 1 opt, 2 max): the batch, the graph's other dynamic
+    dimensions from its metadata (the memory length of the memory attention), the fixed ones."""
+
+    def size(d: int | str) -> int:
+        if d == BATCH:
+            return batch
+        if isinstance(d, str):
+            if d not in graph.dynamic_dims:
+                raise ExportError(f"graph {graph.name}: dynamic dimension {d!r} has no range in lens_export.json")
+            return int(graph.dynamic_dims[d][which])
+        return int(d)
+
+    return tuple(size(d) for d in shape)
 
 
 def _strongly_typed_flags(trt) -> int:
@@ -67,9 +79,9 @@ def build_engine(
     for spec in graph.inputs:
         profile.set_shape(
             spec.name,
-            _profile_dims(spec.shape, 1),
-            _profile_dims(spec.shape, options.opt_batch),
-            _profile_dims(spec.shape, options.max_batch),
+            _profile_dims(graph, spec.shape, 1, 0),
+            _profile_dims(graph, spec.shape, options.opt_batch, 1),
+            _profile_dims(graph, spec.shape, options.max_batch, 2),
         )
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
@@ -79,7 +91,8 @@ def build_engine(
 
 
 def build_engines(export_dir: str | Path, options: EngineOptions | None = None) -> ExportMetadata:
-    """ONNX export directory -> DIR/NAME.engine for the three graphs; lens_export.json updated."""
+    """ONNX export directory -> DIR/NAME.engine for every graph (the three, plus the two tracking graphs when
+    exported); lens_export.json updated."""
     options = options or EngineOptions()
     options.validate()
     trt = require_tensorrt()

@@ -113,7 +113,9 @@ class TensorRTEngine:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
-        _, _, max_shape = self.engine.get_tensor_profile_shape(self.inputs[0], 0)
+        # inputs with a dynamic batch dimension (all but the memory attention's pointer-token count)
+        self.batched = [n for n in self.inputs if list(self.engine.get_tensor_shape(n))[:1] == [-1]]
+        _, _, max_shape = self.engine.get_tensor_profile_shape(self.batched[0], 0)
         self.max_batch = int(max_shape[0])
         self._dtypes = {
             trt.float32: torch.float32,
@@ -125,9 +127,10 @@ class TensorRTEngine:
 
     def __call__(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Inputs with batch B (any B: run in chunks of the profile's maximum) -> outputs with batch B."""
-        b = next(iter(feeds.values())).shape[0]
+        b = next(v for k, v in feeds.items() if k in self.batched).shape[0]
         chunks = [
-            self._run({k: v[i : i + self.max_batch] for k, v in feeds.items()}) for i in range(0, b, self.max_batch)
+            self._run({k: v[i : i + self.max_batch] if k in self.batched else v for k, v in feeds.items()})
+            for i in range(0, b, self.max_batch)
         ]
         return {name: torch.cat([c[name] for c in chunks]) for name in self.outputs}
 
@@ -135,7 +138,8 @@ class TensorRTEngine:
         with torch.cuda.device(self.device):
             keep = []  # the input buffers must live until the stream has run
             for name in self.inputs:
-                t = feeds[name].to(device=self.device, dtype=torch.float32).contiguous()
+                dtype = self._dtypes[self.engine.get_tensor_dtype(name)]
+                t = feeds[name].to(device=self.device, dtype=dtype).contiguous()
                 keep.append(t)
                 self.context.set_input_shape(name, tuple(t.shape))
                 self.context.set_tensor_address(name, t.data_ptr())
