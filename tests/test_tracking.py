@@ -1,5 +1,8 @@
 """Streaming tracker against sam2's own SAM2VideoPredictor on a clip cut from the sample photo (seeded random SAM2)."""
 
+import dataclasses
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +15,7 @@ from lens_model.sam import MEMORY_MODULES, build_sam
 from lens_model.sam_memory import attach_memory, load_sam_memory
 from lens_model.tiny import tiny_lens_config
 from lens_model.tracking import StreamingTracker
+from lens_model.tracking_state import TrackingPolicy, TrackingStateMachine, TrackState
 
 SAM_SIZE = 128  # tiny Hiera at 128 px: 8x8 memory tokens, 32x32 low-res masks
 CLIP_HW = (150, 200)  # frames are larger than SAM's input and not square: resizing both ways is exercised
@@ -213,3 +217,68 @@ def test_memory_weights_are_never_silently_random(sam2_setup, tmp_path):
     random_a = load_sam_memory(config, allow_random=True, seed=3)
     random_b = load_sam_memory(config, allow_random=True, seed=3)
     assert torch.equal(random_a.maskmem_tpos_enc, random_b.maskmem_tpos_enc)
+
+
+def test_state_machine_follows_real_tracker_outputs(sam2_setup, caplog):
+    """idle -> tracking -> lost (score under the threshold for N frames) -> regained -> periodic re-grounding;
+    non-finite logits -> lost at once; a frame of another size -> reset with its reason; one re-grounding
+    request per need."""
+    _, checkpoint, config = sam2_setup
+    frames = clip_frames(10)
+    tracker = StreamingTracker(lens_sam_with_memory(checkpoint, config))
+    policy = TrackingPolicy(lost_score_threshold=0.0, lost_after_frames=2, reground_on_loss=True, reground_period_s=5)
+    machine = TrackingStateMachine(policy)
+    with caplog.at_level(logging.INFO, logger="lens_model.tracking_state"):
+        first = machine.observe(CLIP_HW, None, now=0.0)
+        machine.observe(CLIP_HW, None, now=0.1)
+    assert first.state is TrackState.IDLE and not first.reground and first.prompt is None
+    assert sum("no target" in r.message for r in caplog.records) == 1  # logged once, not on every frame
+
+    tracker.start("cup", start_mask(), frames[0])
+    assert machine.grounded("the cup", CLIP_HW, now=1.0).state is TrackState.TRACKING
+    outputs = [tracker.track(frame)["cup"] for frame in frames[1:]]
+    scores = [out.object_score for out in outputs]
+    assert min(scores) > 1.0  # the shifted presence head: the object is there on every frame
+
+    def observe(i, now):
+        return machine.observe(CLIP_HW, outputs[i], now)
+
+    assert observe(0, 1.1).state is TrackState.TRACKING
+    policy.lost_score_threshold = max(scores) + 1  # a stricter threshold: the same outputs now count as missing
+    still = observe(1, 1.2)
+    assert still.state is TrackState.TRACKING and not still.reground  # one missing frame is not a loss
+    lost = observe(2, 1.3)
+    assert lost.state is TrackState.LOST and lost.reground and "below" in lost.reason
+    assert not observe(3, 1.4).reground  # already asked: no second request while LENS runs
+    policy.lost_score_threshold = 0.0
+    regained = observe(4, 1.5)
+    assert regained.state is TrackState.TRACKING and regained.reason == "regained"
+    machine.grounding_failed("no box in the answer")  # the pending request ended
+    assert observe(5, 5.9).reground is False  # 4.9 s after grounding
+    periodic = observe(6, 6.0)
+    assert periodic.reground and "periodic" in periodic.reason
+    assert machine.grounded("the cup", CLIP_HW, now=6.5).state is TrackState.TRACKING
+
+    broken = dataclasses.replace(outputs[7], low_res_logits=torch.full_like(outputs[7].low_res_logits, float("nan")))
+    nonfinite = machine.observe(CLIP_HW, broken, now=6.6)
+    assert nonfinite.state is TrackState.LOST and nonfinite.reground and nonfinite.reason == "non-finite mask logits"
+    machine.grounded("the cup", CLIP_HW, now=6.7)
+
+    resized = machine.observe((100, 120), None, now=6.8)
+    assert resized.reset and resized.reground and resized.state is TrackState.LOST
+    assert "frame size changed from 200x150 to 120x100" in resized.reason
+    replaced = machine.grounded("the red bowl", (100, 120), now=7.0)
+    assert replaced.prompt == "the red bowl" and "replaces 'the cup'" in replaced.reason
+    cleared = machine.clear()
+    assert cleared.state is TrackState.IDLE and cleared.reset
+
+
+def test_state_machine_without_regrounding_only_reports():
+    machine = TrackingStateMachine(TrackingPolicy(lost_after_frames=1, reground_on_loss=False))
+    machine.grounded("the cup", CLIP_HW, now=0.0)
+    resized = machine.observe((10, 10), None, now=0.1)
+    assert resized.reset and not resized.reground and resized.state is TrackState.LOST
+    with pytest.raises(ValueError, match="lost_after_frames"):
+        TrackingPolicy(lost_after_frames=0)
+    with pytest.raises(ValueError, match="reground_period_s"):
+        TrackingPolicy(reground_period_s=0)
