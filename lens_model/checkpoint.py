@@ -6,6 +6,7 @@ Directory layout (one Hugging Face model directory):
                              `model.visual.*`, `lm_head.*`), plus `learnable_query`, `connector.*`,
                              `conv_1d.*`, `proj_to_sam.*` and `sam.*` (SAM2 without memory modules)
     tokenizer / processor / chat-template files, generation_config.json
+    sam2_memory.safetensors  optional: SAM2's video-memory modules for tracking (lens_model.sam_memory)
 
 Released checkpoints (OuyBin/LENS and siblings) use the same top-level names for the context module
 and SAM2, transformers-4.51 names for Qwen (`model.*`, `visual.*`), which transformers renames on load,
@@ -28,6 +29,7 @@ from .config import DEFAULT_MODEL_ID, LensConfig, PromptConfig, is_released_conf
 from .errors import CheckpointError
 from .modeling import MLLM_CLASSES, LensModel, mllm_class
 from .sam import MEMORY_MODULES, build_sam
+from .sam_memory import MEMORY_WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +119,14 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
 
 
 def weight_files(model_dir: Path) -> list[Path]:
-    """The checkpoint's safetensors files (the shards its index lists, else every *.safetensors), all present."""
+    """The checkpoint's safetensors files (the shards its index lists, else every *.safetensors but the optional
+    SAM2 memory weights for tracking, sam2_memory.safetensors), all present."""
     index = model_dir / "model.safetensors.index.json"
     if index.exists():
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         files = [model_dir / n for n in names]
     else:
-        files = sorted(model_dir.glob("*.safetensors"))
+        files = sorted(f for f in model_dir.glob("*.safetensors") if f.name != MEMORY_WEIGHTS_FILE)
     missing = [f for f in files if not f.exists()]
     if not files or missing:
         raise CheckpointError(
