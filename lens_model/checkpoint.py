@@ -227,7 +227,9 @@ def _load_mllm(model_dir: Path, mllm_config, dtype: torch.dtype):
     return mllm
 
 
-def _load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str, source: Path, ignore=()) -> None:
+def load_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str, source: Path, ignore=()) -> None:
+    """Load `tensors` into `module`; missing, unexpected or mis-shaped tensors (keys starting with `ignore` aside)
+    raise one CheckpointError naming them."""
     expected = module.state_dict()
     ignored = [k for k in tensors if k.startswith(ignore)]
     unexpected = sorted(k for k in tensors if k not in expected and k not in ignored)
@@ -284,10 +286,10 @@ def load_segmentation_weights(model_dir: Path, context: torch.nn.Module, sam: to
     and its `sam.*` tensors into `sam` (SAM2 memory modules ignored). Strict: missing, unexpected or mis-shaped
     tensors raise CheckpointError naming them. Used by `load_model` and by the export, which loads no MLLM."""
     tensors = _read_tensors(weight_files(model_dir), lambda k: k.startswith(CONTEXT_PREFIXES + (SAM_PREFIX,)))
-    _load_into(
+    load_strict(
         context, {k: v for k, v in tensors.items() if k.startswith(CONTEXT_PREFIXES)}, "context-module", model_dir
     )
-    _load_into(
+    load_strict(
         sam,
         {k[len(SAM_PREFIX) :]: v for k, v in tensors.items() if k.startswith(SAM_PREFIX)},
         "SAM2",
@@ -392,4 +394,4 @@ def load_sam2_checkpoint(sam: torch.nn.Module, path: str | os.PathLike) -> None:
     state = blob.get("model", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a SAM2 checkpoint: expected a dict with a 'model' state dict")
-    _load_into(sam, state, "SAM2", path, ignore=IGNORED_SAM2_KEY_PREFIXES)
+    load_strict(sam, state, "SAM2", path, ignore=IGNORED_SAM2_KEY_PREFIXES)

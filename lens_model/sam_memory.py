@@ -113,7 +113,7 @@ def load_sam_memory(
 ) -> SamMemory:
     """SamMemory for a LENS model with SAM2 config `config`, from `weights`, else `model_dir`/sam2_memory.safetensors,
     else (only with allow_random) seeded random weights. See the module docstring."""
-    from .checkpoint import _load_into
+    from .checkpoint import load_strict
 
     source = Path(weights) if weights is not None else None
     if source is None and model_dir is not None and (Path(model_dir) / MEMORY_WEIGHTS_FILE).is_file():
@@ -131,7 +131,7 @@ def load_sam_memory(
     if source is None:
         log.warning("SAM2 memory modules are randomly initialised (seed %d): untrained tracking, tests only", seed)
         return memory
-    _load_into(memory, _memory_tensors(source), "SAM2 memory", source)
+    load_strict(memory, _memory_tensors(source), "SAM2 memory", source)
     return memory
 
 
