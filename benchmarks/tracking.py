@@ -97,6 +97,9 @@ def lens_vs_tracking(args, device: torch.device) -> None:
     with torch.inference_mode(), model.sam_autocast():
         encoder_ms = statistics.median(timed(lambda: model.sam.forward_image(image), device)[0] for _ in range(2))
     lens, track = statistics.median(lens_ms), statistics.median(track_ms)
+    stats = tracker.memory_stats()
+    per_frame = (stats.tensor_bytes / stats.stored_frames) / 2**20
+    stages = ", ".join(f"{k} {v * 1e3:.0f}" for k, v in results[-1].timings.items() if k != "total")
     print(
         f"part 1: SAM2 {args.sam} at {args.sam_size} px; MLLM hidden {args.hidden} x 2 layers, "
         f"{args.mllm_image}x{args.mllm_image} image, {tokens} generated tokens; {device.type}, {dtype}, "
@@ -107,6 +110,11 @@ def lens_vs_tracking(args, device: torch.device) -> None:
     print(f"| tracked frame (one target) | {track:.0f} | {min(track_ms):.0f} | {len(track_ms)} |")
     print(f"| of which SAM2 image encoder | {encoder_ms:.0f} | | |")
     print(f"LENS query / tracked frame: {lens / track:.2f}x")
+    print(f"LENS query stages (last query, ms): {stages}")
+    print(
+        f"memory bank at {args.sam_size} px: {per_frame:.2f} MiB per stored frame, at most "
+        f"{1 + tracker.lookback()} stored = {per_frame * (1 + tracker.lookback()):.1f} MiB per target"
+    )
 
 
 def memory_bank(args) -> bool:
