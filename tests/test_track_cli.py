@@ -121,3 +121,12 @@ def test_track_bad_input_is_one_clear_line(tiny_dir, tmp_path, case, expected):
     assert not out.exists()  # nothing written before the inputs are known to be good
     if case == "no_memory":
         assert "--sam-memory-checkpoint sam2_hiera_tiny.pt" in lines[0]
+
+
+def test_track_help_lists_its_options():
+    code, stdout, _ = run_cli("track", "--help")
+    assert code == 0
+    for option in ("--video", "--prompt", "--out-dir", "--reason-every", "--sam-memory-checkpoint", "--lost-after"):
+        assert option in stdout
+    code, stdout, _ = run_cli("--help")
+    assert code == 0 and "track" in stdout
