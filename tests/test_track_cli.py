@@ -130,3 +130,22 @@ def test_track_help_lists_its_options():
         assert option in stdout
     code, stdout, _ = run_cli("--help")
     assert code == 0 and "track" in stdout
+
+
+def test_track_resets_and_regrounds_when_the_frame_size_changes(tiny_dir, tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, frame in enumerate(clip(4)):
+        Image.fromarray(frame if i < 2 else frame[:100, :140]).save(frames / f"{i}.png")
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(
+        "track", "--model", tiny_dir, "--video", frames, "--prompt", "the cup", "--out-dir", out, "--no-progress"
+    )
+    assert code == 0, stderr
+    records = read_jsonl(out / "tracks.jsonl")
+    assert [r["source"] for r in records] == ["lens", "tracker", "none", "lens"]
+    assert records[2]["state"] == "lost" and records[2]["mask_pixels"] == 0
+    assert records[2]["reason"] == "frame size changed from 160x120 to 140x100: target reset"
+    assert records[3]["state"] == "tracking" and records[3]["reason"] == "grounded"
+    assert [np.asarray(Image.open(out / r["mask_png"])).shape for r in records] == [CLIP_HW] * 2 + [(100, 140)] * 2
+    assert count_frames(out / "overlay.mp4") == 4
