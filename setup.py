@@ -56,6 +56,7 @@ setup(
         "opencv-python-headless>=4.8",  # ReasonSeg polygons are rasterised exactly as LISA does (cv2.fillPoly)
         "pyyaml>=6",  # training configs
         "omegaconf>=2.3",  # training configs: typed YAML + overrides (also a dependency of sam2, through hydra)
+        "av>=14",  # lens track: video decoding and the overlay video (FFmpeg bundled in the wheels)
     ],
     extras_require={
         # the export tests run ONNX Runtime; the ROS tests write and read rosbag2 files with rosbags

@@ -64,6 +64,18 @@ def _add_bag(sub) -> None:
     )
     p.add_argument("--camera-info-topic", help="CameraInfo topic of the depth image (with --depth-topic)")
     p.add_argument("--target-cloud", action="store_true", help="also write /lens/target_cloud (PointCloud2 x y z rgb)")
+    p.add_argument(
+        "--track",
+        action="store_true",
+        help="outputs on every frame: LENS on the first frame (and every --every N > 1 frames, and when the target "
+        "is lost), SAM2 memory tracking in between; tracked frames write no reasoning",
+    )
+    p.add_argument(
+        "--sam-memory-checkpoint",
+        type=Path,
+        help="with --track: SAM2 memory weights, the official SAM2 .pt of the model's SAM2 config (default: "
+        "sam2_memory.safetensors in the model directory)",
+    )
     p.set_defaults(func=cmd_bag)
 
 
@@ -101,6 +113,8 @@ def cmd_bag(args) -> int:
         raise LensError(
             "lens bag needs the rosbags package: pip install 'rosbags>=0.10.9' (or the [ros] extra)"
         ) from None
+    if args.sam_memory_checkpoint is not None and not args.track:
+        raise LensError("--sam-memory-checkpoint is for tracking: add --track")
     summary = process_bag(
         args.in_bag,
         args.out,
@@ -115,6 +129,8 @@ def cmd_bag(args) -> int:
         overlay=args.overlay,
         progress=not args.no_progress,
         depth=depth_inputs(args.depth_topic, args.camera_info_topic, args.target_cloud),
+        track=args.track,
+        sam_memory_checkpoint=args.sam_memory_checkpoint,
     )
     print(json.dumps(summary.to_json_dict(), indent=2))
     for failure in summary.failed:

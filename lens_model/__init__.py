@@ -24,6 +24,11 @@ _EXPORTS = {
     "LensModel": "modeling",
     "LensPipeline": "pipeline",
     "SegmentationResult": "pipeline",
+    "load_sam_memory": "sam_memory",
+    "StreamingTracker": "tracking",
+    "TrackedMask": "tracking",
+    "TrackingPolicy": "tracking_state",
+    "TrackingStateMachine": "tracking_state",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -35,6 +40,9 @@ if TYPE_CHECKING:
     from .errors import CheckpointError, ImageError, LensError, PromptError
     from .modeling import LensModel
     from .pipeline import LensPipeline, SegmentationResult
+    from .sam_memory import load_sam_memory
+    from .tracking import StreamingTracker, TrackedMask
+    from .tracking_state import TrackingPolicy, TrackingStateMachine
 
 
 def __getattr__(name: str) -> Any:

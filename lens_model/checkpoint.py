@@ -6,6 +6,7 @@ Directory layout (one Hugging Face model directory):
                              `model.visual.*`, `lm_head.*`), plus `learnable_query`, `connector.*`,
                              `conv_1d.*`, `proj_to_sam.*` and `sam.*` (SAM2 without memory modules)
     tokenizer / processor / chat-template files, generation_config.json
+    sam2_memory.safetensors  optional: SAM2's video-memory modules for tracking (lens_model.sam_memory)
 
 Released checkpoints (OuyBin/LENS and siblings) use the same top-level names for the context module
 and SAM2, transformers-4.51 names for Qwen (`model.*`, `visual.*`), which transformers renames on load,
@@ -28,6 +29,7 @@ from .config import DEFAULT_MODEL_ID, LensConfig, PromptConfig, is_released_conf
 from .errors import CheckpointError
 from .modeling import MLLM_CLASSES, LensModel, mllm_class
 from .sam import MEMORY_MODULES, build_sam
+from .sam_memory import MEMORY_WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +119,14 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
 
 
 def weight_files(model_dir: Path) -> list[Path]:
-    """The checkpoint's safetensors files (the shards its index lists, else every *.safetensors), all present."""
+    """The checkpoint's safetensors files (the shards its index lists, else every *.safetensors but the optional
+    SAM2 memory weights for tracking, sam2_memory.safetensors), all present."""
     index = model_dir / "model.safetensors.index.json"
     if index.exists():
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         files = [model_dir / n for n in names]
     else:
-        files = sorted(model_dir.glob("*.safetensors"))
+        files = sorted(f for f in model_dir.glob("*.safetensors") if f.name != MEMORY_WEIGHTS_FILE)
     missing = [f for f in files if not f.exists()]
     if not files or missing:
         raise CheckpointError(
@@ -224,7 +227,9 @@ def _load_mllm(model_dir: Path, mllm_config, dtype: torch.dtype):
     return mllm
 
 
-def _load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str, source: Path, ignore=()) -> None:
+def load_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], what: str, source: Path, ignore=()) -> None:
+    """Load `tensors` into `module`; missing, unexpected or mis-shaped tensors (keys starting with `ignore` aside)
+    raise one CheckpointError naming them."""
     expected = module.state_dict()
     ignored = [k for k in tensors if k.startswith(ignore)]
     unexpected = sorted(k for k in tensors if k not in expected and k not in ignored)
@@ -281,10 +286,10 @@ def load_segmentation_weights(model_dir: Path, context: torch.nn.Module, sam: to
     and its `sam.*` tensors into `sam` (SAM2 memory modules ignored). Strict: missing, unexpected or mis-shaped
     tensors raise CheckpointError naming them. Used by `load_model` and by the export, which loads no MLLM."""
     tensors = _read_tensors(weight_files(model_dir), lambda k: k.startswith(CONTEXT_PREFIXES + (SAM_PREFIX,)))
-    _load_into(
+    load_strict(
         context, {k: v for k, v in tensors.items() if k.startswith(CONTEXT_PREFIXES)}, "context-module", model_dir
     )
-    _load_into(
+    load_strict(
         sam,
         {k[len(SAM_PREFIX) :]: v for k, v in tensors.items() if k.startswith(SAM_PREFIX)},
         "SAM2",
@@ -389,4 +394,4 @@ def load_sam2_checkpoint(sam: torch.nn.Module, path: str | os.PathLike) -> None:
     state = blob.get("model", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a SAM2 checkpoint: expected a dict with a 'model' state dict")
-    _load_into(sam, state, "SAM2", path, ignore=IGNORED_SAM2_KEY_PREFIXES)
+    load_strict(sam, state, "SAM2", path, ignore=IGNORED_SAM2_KEY_PREFIXES)

@@ -1,4 +1,4 @@
-"""The library's `lens` commands: segment, make-tiny, export, eval, make-synthetic.
+"""The library's `lens` commands: segment, track, make-tiny, export, eval, make-synthetic.
 
 `add_commands` puts them on an argparse sub-command parser; the `lens` program itself (package `lens_cli`) adds
 the commands built on the packages above the library (`bag`, `plot-run`) and dispatches. Building the parser
@@ -111,6 +111,53 @@ def _add_segment(sub) -> None:
         help="metres per unit of a 16-bit depth (default: 0.001, millimetres)",
     )
     p.set_defaults(func=cmd_segment)
+
+
+def _add_track(sub) -> None:
+    p = sub.add_parser(
+        "track",
+        help="segment an object in a video: LENS on the first frame, SAM2 memory tracking on the rest",
+        description="Reasons about the prompt with LENS on the first frame (and every --reason-every frames, "
+        "and when the target is lost), follows the object in between with SAM2's memory attention. Writes "
+        "OUT/masks/NNNNNN.png (0/255 per frame), OUT/tracks.jsonl (frame, time, source, state, box, score) and "
+        "OUT/overlay.mp4. LENS checkpoints do not hold SAM2's memory modules: pass the official SAM2 checkpoint "
+        "of the model's SAM2 size with --sam-memory-checkpoint (sam2_hiera_large.pt for the released LENS); "
+        "tiny models from `lens make-tiny` carry their own.",
+    )
+    add_model_argument(p)
+    p.add_argument("--video", type=Path, required=True, help="video file (MP4, MKV, AVI, ...) or a folder of frames")
+    p.add_argument("--prompt", required=True, help="referring expression or command, e.g. 'the red cup on the left'")
+    p.add_argument("--out-dir", type=Path, required=True, help="output folder (created if needed)")
+    p.add_argument(
+        "--reason-every",
+        type=int,
+        metavar="K",
+        help="also run LENS on every K-th frame and restart tracking from its mask (default: first frame only)",
+    )
+    p.add_argument(
+        "--sam-memory-checkpoint",
+        type=Path,
+        help="SAM2 memory weights: the official SAM2 .pt of the model's SAM2 config (default: "
+        "sam2_memory.safetensors in the model directory)",
+    )
+    p.add_argument(
+        "--lost-after",
+        type=int,
+        default=3,
+        help="frames in a row without the object before the target is lost and LENS runs again (default: 3)",
+    )
+    p.add_argument(
+        "--fps", type=float, default=30.0, help="frame rate of a frame folder, for times and the video (default: 30)"
+    )
+    add_device_dtype_arguments(p, dtype_help="weights dtype (default: auto = bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="generation budget of the MLLM (default: 256)")
+    _add_overrides(
+        p,
+        "override the checkpoint's context-pass mode (released checkpoints need 'official')",
+        "override the prompt/answer format (think_answer for the CoT checkpoints)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_track)
 
 
 def _add_export(sub) -> None:
@@ -235,6 +282,7 @@ def _add_make_synthetic(sub) -> None:
 def add_commands(sub) -> None:
     """The library's commands, in the order `lens --help` lists them."""
     _add_segment(sub)
+    _add_track(sub)
     _add_make_tiny(sub)
     _add_export(sub)
     _add_eval(sub)
@@ -289,6 +337,57 @@ def cmd_segment(args) -> int:
     if args.json:
         args.json.write_text(text + "\n")
     print(text)
+    return 0
+
+
+def cmd_track(args) -> int:
+    from .checkpoint import read_configs, resolve_model_dir
+    from .image_io import read_prompt
+    from .pipeline import LensPipeline
+    from .sam_memory import load_sam_memory
+    from .track_video import track_video
+    from .tracking import StreamingTracker
+    from .tracking_state import TrackingPolicy
+    from .video_io import open_video
+
+    for name in ("reason_every", "lost_after", "max_new_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise LensError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if not args.fps > 0:
+        raise LensError(f"--fps must be > 0, got {args.fps}")
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        raise LensError(f"--out-dir {args.out_dir} is a file; pass a folder")
+    # Cheap checks first: the video, the prompt and the SAM2 memory weights, before the multi-GB model loads.
+    prompt = read_prompt(args.prompt)
+    video = open_video(args.video, folder_fps=args.fps)
+    model_dir = resolve_model_dir(args.model)
+    _, lens_config = read_configs(model_dir)
+    memory = load_sam_memory(lens_config.sam, model_dir=model_dir, weights=args.sam_memory_checkpoint)
+    pipe = LensPipeline.from_pretrained(
+        str(model_dir),
+        device=args.device,
+        dtype=args.dtype,
+        context_pass=args.context_pass,
+        answer_format=args.answer_format,
+        max_new_tokens=args.max_new_tokens,
+    )
+    tracker = StreamingTracker.from_lens_model(pipe.model, memory, num_frames=video.num_frames)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    summary = track_video(
+        pipe,
+        tracker,
+        video,
+        prompt,
+        args.out_dir,
+        reason_every=args.reason_every,
+        policy=TrackingPolicy(lost_after_frames=args.lost_after),
+        progress=not args.no_progress,
+    )
+    print(
+        f"{summary.frames} frames, {summary.lens_queries} LENS queries, {summary.lost_frames} frames lost; "
+        f"wrote {args.out_dir / 'masks'}, {args.out_dir / 'tracks.jsonl'}, {args.out_dir / 'overlay.mp4'}"
+    )
     return 0
 
 

@@ -241,10 +241,12 @@ def make_tiny(
     mllm_type: str = "qwen2_5_vl",
     grounding_answers: bool = False,
 ) -> Path:
-    """Build, randomly initialise (seeded) and save a tiny LENS checkpoint; returns its directory.
+    """Build, randomly initialise (seeded) and save a tiny LENS checkpoint, with SAM2 memory weights for tracking
+    (sam2_memory.safetensors); returns its directory.
 
     grounding_answers: answers that depend on image and prompt and hold a grounding box (module docstring)."""
     from .modeling import LensModel
+    from .sam_memory import build_sam_memory, save_sam_memory
 
     torch.manual_seed(seed)
     processor = build_tiny_processor()
@@ -258,4 +260,8 @@ def make_tiny(
                     weight.mul_(GROUNDING_WEIGHT_SCALE)
         model.mllm.generation_config.sequence_bias = grounding_answer_bias(processor.tokenizer)
     model.save_pretrained(out_dir, processor=processor)
+    # SAM2's video-memory modules (random, seeded apart from the model) so that `lens track` runs on tiny models
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        save_sam_memory(build_sam_memory(lens_config.sam), out_dir)
     return Path(out_dir)

@@ -34,6 +34,12 @@ The bag is written under a temporary directory next to `out_bag` and renamed to 
 an error or Ctrl-C leaves no output. A frame that cannot be decoded (bad encoding, corrupt JPEG, ...) is skipped
 and listed in BagSummary.failed; the run goes on.
 
+With `track=True` every frame gets outputs: LENS runs on the first frame (and on frames 0, N, 2N, ... when
+`every` N > 1, and again when the target is lost), SAM2's video memory tracks the object on the frames in between
+(lens_model.track_video.ReasonAndTrack); tracked frames write mask and detections (score: the object-presence
+probability) but no reasoning. The SAM2 memory weights come from `sam_memory_checkpoint` or the model directory
+(lens_model.sam_memory); without them the run stops before the model loads.
+
 `pipeline` is anything called as `pipeline(rgb, prompt) -> SegmentationResult` (a LensPipeline); without it the
 model is loaded with LensPipeline.from_pretrained(model, device, dtype, max_new_tokens) after the inputs are
 checked. Errors (lens_ros.errors.BagError): input bag missing or unreadable, topic not in the bag (the message
@@ -150,6 +156,9 @@ class BagSummary:
     camera_info_topic: str | None = None
     with_3d: int = 0  # segmented frames with a 3D target
     failed_3d: list[dict] = field(default_factory=list)  # {"frame", "stamp_ns", "error"}: no 3D target, why
+    track: bool = False
+    lens_queries: int = 0  # with track: frames LENS reasoned on (the others were tracked)
+    lost_frames: int = 0  # with track: frames on which the target was lost (no mask written)
 
     def to_json_dict(self) -> dict:
         return asdict(self)
@@ -264,8 +273,13 @@ def process_bag(
     progress: bool = True,
     out_prefix: str = "/lens",
     depth: DepthInputs | None = None,
+    track: bool = False,
+    sam_memory_checkpoint: str | os.PathLike | None = None,
+    tracker=None,
 ) -> BagSummary:
-    """Segment every `every`-th frame of `image_topic` in `in_bag` and write `out_bag` (module docstring)."""
+    """Segment every `every`-th frame of `image_topic` in `in_bag` and write `out_bag` (module docstring); with
+    `track`, reason with LENS and track in between (`tracker`: a lens_model StreamingTracker on `pipeline`'s model,
+    built from the model and its SAM2 memory weights when not given)."""
     from tqdm.auto import tqdm
 
     in_bag, out_bag = Path(in_bag), Path(out_bag)
@@ -305,14 +319,23 @@ def process_bag(
             int(every),
             depth_topic=depth and depth.depth_topic,
             camera_info_topic=depth and depth.camera_info_topic,
+            track=track,
         )
         total = reader.message_count
-        if pipeline is None:
-            if model is None:
-                from lens_model.config import DEFAULT_MODEL_ID
+        if model is None:
+            from lens_model.config import DEFAULT_MODEL_ID
 
-                model = DEFAULT_MODEL_ID
+            model = DEFAULT_MODEL_ID
+        memory = _sam_memory(pipeline, model, sam_memory_checkpoint) if track and tracker is None else None
+        if pipeline is None:
             pipeline = _load_pipeline(model, device, dtype, max_new_tokens)
+        segmenter = None
+        if track:
+            from lens_model.tracking import StreamingTracker
+
+            if tracker is None:
+                tracker = StreamingTracker.from_lens_model(pipeline.model, memory)
+            segmenter = _TrackingSegmenter(pipeline, tracker, prompt, every, summary)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_bag.name}.", suffix=".partial", dir=out_bag.parent))
         try:
             target = staging / out_bag.name
@@ -326,6 +349,7 @@ def process_bag(
                     out_topics,
                     tqdm(total=total, unit="msg", desc="lens bag", disable=not progress),
                     depth,
+                    segmenter,
                 )
             except (WriterError, ReaderError) as exc:
                 raise BagError(f"cannot convert {in_bag} to {out_bag}: {' '.join(str(exc).split())}") from None
@@ -337,6 +361,38 @@ def process_bag(
     finally:
         reader.close()
     return summary
+
+
+def _sam_memory(pipeline, model, weights):
+    """SAM2 memory weights for tracking, checked before the model loads (lens_model.sam_memory)."""
+    from lens_model.checkpoint import read_configs, resolve_model_dir
+    from lens_model.sam_memory import load_sam_memory
+
+    if pipeline is not None:
+        return load_sam_memory(pipeline.config.sam, weights=weights)
+    model_dir = resolve_model_dir(model)
+    _, lens_config = read_configs(model_dir)
+    return load_sam_memory(lens_config.sam, model_dir=model_dir, weights=weights)
+
+
+class _TrackingSegmenter:
+    """`pipeline(rgb, prompt)` for every frame of a tracked bag: LENS or SAM2 tracking (ReasonAndTrack), the bag
+    timestamp of the frame (set before each call) as the clock."""
+
+    def __init__(self, pipeline, tracker, prompt: str, every: int, summary: BagSummary) -> None:
+        from lens_model.track_video import ReasonAndTrack
+
+        self.runner = ReasonAndTrack(pipeline, tracker, prompt, reason_every=every if every > 1 else None)
+        self.summary = summary
+        self.timestamp = 0
+
+    def __call__(self, rgb, prompt: str):
+        from lens_model.tracking_state import TrackState
+
+        outcome = self.runner.step(rgb, self.timestamp * 1e-9)
+        self.summary.lens_queries += outcome.source == "lens"
+        self.summary.lost_frames += outcome.decision.state is TrackState.LOST
+        return outcome.as_segmentation(prompt)
 
 
 @dataclass
@@ -359,6 +415,7 @@ def _write(
     out_topics: dict[str, str],
     bar,
     depth: DepthInputs | None = None,
+    segmenter: _TrackingSegmenter | None = None,
 ) -> None:
     written: Counter = Counter()
     buffer = DepthBuffer(depth.slop_s, history=60) if depth is not None else None
@@ -382,9 +439,20 @@ def _write(
             if conn.topic == summary.image_topic:
                 index = summary.frames
                 summary.frames += 1
-                if index % summary.every == 0:
+                if segmenter is not None or index % summary.every == 0:
+                    if segmenter is not None:
+                        segmenter.timestamp = timestamp
                     segmented = _segment_frame(
-                        typestore, conn.msgtype, raw, timestamp, index, summary, pipeline, writer, outputs, written
+                        typestore,
+                        conn.msgtype,
+                        raw,
+                        timestamp,
+                        index,
+                        summary,
+                        segmenter or pipeline,
+                        writer,
+                        outputs,
+                        written,
                     )
                     if segmented is not None and buffer is not None:
                         pending.append(_PendingTarget(index, timestamp, *segmented))
@@ -423,6 +491,8 @@ def _segment_frame(
     result = pipeline(rgb, summary.prompt)
     messages = fill_result(result_fields(result, msg.header, rgb if "overlay" in outputs else None), typestore.types)
     for name, conn in outputs.items():
+        if name == "reasoning" and result.num_tokens == 0:
+            continue  # a tracked frame: nothing was reasoned
         if name not in TARGET_OUTPUTS:
             writer.write(conn, timestamp, typestore.serialize_cdr(getattr(messages, name), conn.msgtype))
             written[conn.topic] += 1

@@ -58,7 +58,8 @@ def test_help_lists_the_library_commands_and_those_built_on_training_and_lens_ro
     listed = [
         line.split()[0] for line in commands.splitlines() if line.startswith("    ") and not line.startswith("     ")
     ]  # command names, not wrapped help
-    assert code == 0 and listed == ["segment", "make-tiny", "export", "eval", "make-synthetic", "plot-run", "bag"]
+    library = ["segment", "track", "make-tiny", "export", "eval", "make-synthetic"]
+    assert code == 0 and listed == [*library, "plot-run", "bag"]
 
 
 def _expect_user_error(capsys, argv, pattern):

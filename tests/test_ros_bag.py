@@ -386,3 +386,51 @@ def test_humble_bag_without_type_definitions(tmp_path, ts, tiny_pipe):
     with Reader(tmp_path / "out") as reader:
         (conn,) = [c for c in reader.connections if c.topic == CAMERA]
         assert conn.digest == ts.hash_rihs01("sensor_msgs/msg/Image") and "uint8[] data" in conn.msgdef.data
+
+
+def test_lens_bag_track_writes_every_frame(capsys, tmp_path, ts, box_model_dir):
+    """--track: LENS on frame 0 (and when the target is lost), SAM2 tracking on the others; every frame gets a mask
+    and detections with its own header, reasoning only where LENS ran; the masks are the library's."""
+    from lens_model.sam_memory import load_sam_memory
+    from lens_model.track_video import ReasonAndTrack
+    from lens_model.tracking import StreamingTracker
+
+    n = 5
+    src = write_bag(tmp_path / "in", ts, n=n)
+    out = tmp_path / "out"
+    code, stdout, err = run(
+        capsys, "--in", src, "--out", out, "--image-topic", CAMERA, "--prompt", PROMPT, "--track",
+        "--model", box_model_dir, "--device", "cpu", "--max-new-tokens", "24",
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["track"] and (summary["frames"], summary["segmented"]) == (n, n)
+    got, _, _ = read_bag(out, ts)
+    assert len(got["/lens/mask"]) == len(got["/lens/detections"]) == n
+    assert len(got["/lens/reasoning"]) == summary["lens_queries"] >= 1
+    assert all(msg.data == ANSWER for _, msg, _ in got["/lens/reasoning"])
+
+    direct = LensPipeline.from_pretrained(str(box_model_dir), device="cpu", max_new_tokens=24)
+    memory = load_sam_memory(direct.config.sam, model_dir=box_model_dir)
+    runner = ReasonAndTrack(direct, StreamingTracker.from_lens_model(direct.model, memory), PROMPT)
+    want = [runner.step(frame(i), bag_time(i) * 1e-9) for i in range(n)]
+    assert [w.source for w in want][:2] == ["lens", "tracker"]
+    assert sum(w.source == "lens" for w in want) == summary["lens_queries"]
+    for i in range(n):
+        timestamp, mask, _ = got["/lens/mask"][i]
+        assert timestamp == bag_time(i)
+        assert (mask.header.stamp.sec, mask.header.stamp.nanosec) == (1000 + i, 1000 * i + 7)
+        assert np.array_equal(image_to_array(mask) == 255, want[i].mask)
+        assert len(got["/lens/detections"][i][1].detections) == (want[i].box is not None)
+
+
+def test_lens_bag_track_needs_memory_weights(capsys, tmp_path, ts, tiny_dir):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model, ignore=shutil.ignore_patterns("sam2_memory.safetensors"))
+    src = write_bag(tmp_path / "in", ts, n=1)
+    code, _, err = run(
+        capsys, "--in", src, "--out", tmp_path / "out", "--image-topic", CAMERA, "--prompt", PROMPT, "--track",
+        "--model", model,
+    )  # fmt: skip
+    assert code != 0 and "--sam-memory-checkpoint sam2_hiera_tiny.pt" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

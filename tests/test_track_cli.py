@@ -1,0 +1,151 @@
+"""`lens track` on short clips written by the tests (tiny LENS model with its SAM2 memory weights)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import SAMPLE_PHOTO, run_cli
+from PIL import Image
+
+from lens_model.video_io import VideoWriter, count_frames, open_video
+
+CLIP_HW = (120, 160)
+JSONL_FIELDS = {
+    "frame",
+    "time_s",
+    "source",
+    "state",
+    "box",
+    "score",
+    "present",
+    "mask_pixels",
+    "mask_png",
+    "reason",
+    "answer_box",
+}
+
+
+def clip(n: int) -> list[np.ndarray]:
+    photo = np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB"))
+    h, w = CLIP_HW
+    return [np.ascontiguousarray(photo[50 + 4 * i : 50 + 4 * i + h, 30 + 8 * i : 30 + 8 * i + w]) for i in range(n)]
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the subprocess' tiny models run faster on one thread
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_track_frame_folder_writes_masks_jsonl_and_video(tiny_dir, tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, frame in enumerate(clip(6)):
+        Image.fromarray(frame).save(frames / f"frame_{i}.png")  # natural order: frame_10 would follow frame_9
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(
+        "track", "--model", tiny_dir, "--video", frames, "--prompt", "the cup", "--out-dir", out,
+        "--reason-every", "4", "--fps", "10",
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "6 frames, 2 LENS queries" in stdout
+    records = read_jsonl(out / "tracks.jsonl")
+    assert [r["frame"] for r in records] == list(range(6))
+    assert all(set(r) == JSONL_FIELDS for r in records)
+    assert [r["source"] for r in records] == ["lens", "tracker", "tracker", "tracker", "lens", "tracker"]
+    assert [r["time_s"] for r in records] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+    assert all(r["state"] in ("tracking", "lost") for r in records)
+    masks = sorted((out / "masks").iterdir())
+    assert [m.name for m in masks] == [f"{i:06d}.png" for i in range(6)]
+    for record, path in zip(records, masks):
+        mask = np.asarray(Image.open(path))
+        assert mask.shape == CLIP_HW and set(np.unique(mask)) <= {0, 255}
+        assert int((mask > 0).sum()) == record["mask_pixels"]
+        if record["mask_pixels"]:
+            ys, xs = np.nonzero(mask)
+            assert record["box"] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    video = open_video(out / "overlay.mp4")
+    assert count_frames(out / "overlay.mp4") == 6 and video.fps == pytest.approx(10)
+    assert next(iter(video)).shape == (*CLIP_HW, 3)
+
+
+def test_track_video_file(tiny_dir, tmp_path):
+    source = tmp_path / "clip.mp4"
+    with VideoWriter(source, fps=15) as writer:
+        for frame in clip(4):
+            writer.write(frame)
+    assert count_frames(source) == 4
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(
+        "track", "--model", tiny_dir, "--video", source, "--prompt", "the cup", "--out-dir", out, "--no-progress"
+    )
+    assert code == 0, stderr
+    records = read_jsonl(out / "tracks.jsonl")
+    assert [r["source"] for r in records] == ["lens", "tracker", "tracker", "tracker"]
+    assert len(list((out / "masks").iterdir())) == 4 and count_frames(out / "overlay.mp4") == 4
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("garbage", "cannot decode video"),
+        ("empty_folder", "holds no frame images"),
+        ("no_memory", "has no SAM2 memory weights"),
+        ("reason_every", "--reason-every must be >= 1"),
+    ],
+)
+def test_track_bad_input_is_one_clear_line(tiny_dir, tmp_path, case, expected):
+    video, model, extra = tmp_path / "clip.mp4", tiny_dir, []
+    if case == "garbage":
+        video.write_bytes(b"this is not a video\n" * 50)
+    else:
+        frames = tmp_path / "frames"
+        frames.mkdir()
+        video = frames
+        if case != "empty_folder":
+            Image.fromarray(clip(1)[0]).save(frames / "0.png")
+    if case == "no_memory":
+        model = tmp_path / "model"
+        shutil.copytree(tiny_dir, model, ignore=shutil.ignore_patterns("sam2_memory.safetensors"))
+    if case == "reason_every":
+        extra = ["--reason-every", "0"]
+    out = tmp_path / "out"
+    code, _, stderr = run_cli("track", "--model", model, "--video", video, "--prompt", "x", "--out-dir", out, *extra)
+    assert code != 0
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], stderr
+    assert not out.exists()  # nothing written before the inputs are known to be good
+    if case == "no_memory":
+        assert "--sam-memory-checkpoint sam2_hiera_tiny.pt" in lines[0]
+
+
+def test_track_help_lists_its_options():
+    code, stdout, _ = run_cli("track", "--help")
+    assert code == 0
+    for option in ("--video", "--prompt", "--out-dir", "--reason-every", "--sam-memory-checkpoint", "--lost-after"):
+        assert option in stdout
+    code, stdout, _ = run_cli("--help")
+    assert code == 0 and "track" in stdout
+
+
+def test_track_resets_and_regrounds_when_the_frame_size_changes(tiny_dir, tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, frame in enumerate(clip(4)):
+        Image.fromarray(frame if i < 2 else frame[:100, :140]).save(frames / f"{i}.png")
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(
+        "track", "--model", tiny_dir, "--video", frames, "--prompt", "the cup", "--out-dir", out, "--no-progress"
+    )
+    assert code == 0, stderr
+    records = read_jsonl(out / "tracks.jsonl")
+    assert [r["source"] for r in records] == ["lens", "tracker", "none", "lens"]
+    assert records[2]["state"] == "lost" and records[2]["mask_pixels"] == 0
+    assert records[2]["reason"] == "frame size changed from 160x120 to 140x100: target reset"
+    assert records[3]["state"] == "tracking" and records[3]["reason"] == "grounded"
+    assert [np.asarray(Image.open(out / r["mask_png"])).shape for r in records] == [CLIP_HW] * 2 + [(100, 140)] * 2
+    assert count_frames(out / "overlay.mp4") == 4

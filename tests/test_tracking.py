@@ -1,0 +1,284 @@
+"""Streaming tracker against sam2's own SAM2VideoPredictor on a clip cut from the sample photo (seeded random SAM2)."""
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+import torch
+from conftest import SAMPLE_PHOTO
+from PIL import Image
+
+from lens_model.checkpoint import load_sam2_checkpoint
+from lens_model.errors import CheckpointError, LensError
+from lens_model.sam import MEMORY_MODULES, build_sam
+from lens_model.sam_memory import attach_memory, load_sam_memory
+from lens_model.tiny import tiny_lens_config
+from lens_model.tracking import StreamingTracker
+from lens_model.tracking_state import TrackingPolicy, TrackingStateMachine, TrackState
+
+SAM_SIZE = 128  # tiny Hiera at 128 px: 8x8 memory tokens, 32x32 low-res masks
+CLIP_HW = (150, 200)  # frames are larger than SAM's input and not square: resizing both ways is exercised
+START_MASK_BOX = (30, 100, 50, 140)  # rows, rows, cols, cols of the first-frame mask
+
+
+def clip_frames(n: int) -> list[np.ndarray]:
+    """n crops of the sample photo sliding right and down: the scene (and the object under the mask) moves."""
+    photo = np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB"))
+    h, w = CLIP_HW
+    return [np.ascontiguousarray(photo[60 + 4 * i : 60 + 4 * i + h, 20 + 9 * i : 20 + 9 * i + w]) for i in range(n)]
+
+
+def start_mask() -> np.ndarray:
+    mask = np.zeros(CLIP_HW, bool)
+    r0, r1, c0, c1 = START_MASK_BOX
+    mask[r0:r1, c0:c1] = True
+    return mask
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models do many small ops: with cores shared by other processes, one thread is far faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sam2_setup(tmp_path_factory):
+    """A seeded random SAM2 (tiny Hiera) as sam2's video predictor, and the same weights as an official-style .pt."""
+    from sam2.build_sam import build_sam2_video_predictor
+
+    config = tiny_lens_config(sam_image_size=SAM_SIZE).sam
+    torch.manual_seed(0)
+    predictor = build_sam2_video_predictor(
+        config.config_name, None, device="cpu", hydra_overrides_extra=config.overrides
+    )
+    predictor.fill_hole_area = 0  # a CUDA-only post-processing; the tracker leaves holes as the decoder made them
+    # Random weights score every object absent (logit ~ -0.01, so masks would be all "no object"): shift the
+    # presence head so that the decoder's masks come through and the comparison has something to compare.
+    with torch.no_grad():
+        predictor.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 2.0
+    checkpoint = tmp_path_factory.mktemp("sam2") / "sam2_tiny.pt"
+    torch.save({"model": predictor.state_dict()}, checkpoint)
+    return predictor, checkpoint, config
+
+
+def lens_sam_with_memory(checkpoint, config):
+    """What a tracker over a LENS model gets: SAM2 without memory (as LENS loads it) + memory from the SAM2 .pt."""
+    sam = build_sam(config)
+    load_sam2_checkpoint(sam, checkpoint)
+    assert not hasattr(sam, "memory_attention")
+    attach_memory(sam, load_sam_memory(config, weights=checkpoint))
+    return sam
+
+
+def predictor_run(predictor, frames, tmp_path):
+    """SAM2VideoPredictor on the frames written as JPEG: add_new_mask on frame 0, propagate_in_video.
+    -> (frames as decoded from the JPEGs, [(mask at frame size, low-res logits (1, S/4, S/4), object logit)])."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{i:05d}.jpg", quality=95)
+    decoded = [np.asarray(Image.open(folder / f"{i:05d}.jpg").convert("RGB")) for i in range(len(frames))]
+    state = predictor.init_state(str(folder))
+    predictor.add_new_mask(state, frame_idx=0, obj_id=1, mask=start_mask())
+    outputs = []
+    for frame_idx, _, video_masks in predictor.propagate_in_video(state):
+        stored = state["output_dict_per_obj"][0]
+        out = stored["cond_frame_outputs"].get(frame_idx) or stored["non_cond_frame_outputs"][frame_idx]
+        outputs.append(
+            ((video_masks[0, 0] > 0).numpy(), out["pred_masks"][0].float(), float(out["object_score_logits"]))
+        )
+    return decoded, outputs
+
+
+def tracker_run(tracker, frames):
+    results = [tracker.start("target", start_mask(), frames[0])]
+    results += [tracker.track(frame)["target"] for frame in frames[1:]]
+    return results
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 1.0
+
+
+def assert_parity(reference, results):
+    for i, ((mask, logits, score), got) in enumerate(zip(reference, results)):
+        assert got.frame_index == i
+        assert got.mask.shape == CLIP_HW
+        assert iou(mask, got.mask) >= 0.999, f"frame {i}: IoU {iou(mask, got.mask):.4f}"
+        diff = (logits - got.low_res_logits).abs().max().item()
+        assert diff <= 1e-4, f"frame {i}: low-res logits differ by {diff}"
+        assert got.object_score == pytest.approx(score, abs=1e-4)
+
+
+def assert_not_vacuous(reference):
+    masks = [m for m, _, _ in reference]
+    assert all(0.05 < m.mean() < 0.95 for m in masks), [round(float(m.mean()), 3) for m in masks]
+    assert all(score > 0 for _, _, score in reference)  # the object is "present": masks come from the decoder
+    # the masks follow the frames: consecutive frames give clearly different masks
+    assert min(iou(a, b) for a, b in zip(masks[1:], masks[2:])) < 0.9
+
+
+def test_tracker_matches_sam2_video_predictor_on_a_clip(sam2_setup, tmp_path):
+    predictor, checkpoint, config = sam2_setup
+    frames, reference = predictor_run(predictor, clip_frames(8), tmp_path)
+    assert_not_vacuous(reference)
+    tracker = StreamingTracker(lens_sam_with_memory(checkpoint, config), num_frames=len(frames))
+    assert_parity(reference, tracker_run(tracker, frames))
+
+
+def test_unbounded_stream_matches_predictor_past_the_memory_bank(sam2_setup, tmp_path):
+    """18 frames: the predictor reads 16 object pointers (min(frames, 16)), as a stream without a known length
+    does. From frame 16 on the tracker drops old frames; frame 17 reads pointers back to frame 2, so a pruning
+    that drops one frame too many fails there."""
+    predictor, checkpoint, config = sam2_setup
+    frames, reference = predictor_run(predictor, clip_frames(18), tmp_path)
+    tracker = StreamingTracker(lens_sam_with_memory(checkpoint, config))
+    results = tracker_run(tracker, frames)
+    assert_parity(reference, results)
+    stats = tracker.memory_stats()
+    assert stats.stored_frames == 1 + tracker.lookback() == 16  # the conditioning frame + frames 3..17
+
+
+def test_memory_stays_flat_over_a_long_stream():
+    config = tiny_lens_config(sam_image_size=64).sam  # 4x4 memory tokens: 120 frames in seconds
+    sam = build_sam(config)
+    attach_memory(sam, load_sam_memory(config, allow_random=True))
+    tracker = StreamingTracker(sam)
+    frames = clip_frames(6)
+    tracker.start("target", start_mask(), frames[0])
+    stored, nbytes = [], []
+    for i in range(120):
+        tracker.track(frames[i % len(frames)])
+        stats = tracker.memory_stats()
+        stored.append(stats.stored_frames)
+        nbytes.append(stats.tensor_bytes)
+    bound = 1 + tracker.lookback()
+    assert max(stored) == bound == 16
+    assert stored[-1] == bound and nbytes[-1] == nbytes[bound]  # flat once the bank is full
+    assert nbytes[0] < nbytes[-1]
+
+
+def test_targets_share_one_image_encoder_pass_and_track_independently(sam2_setup):
+    _, checkpoint, config = sam2_setup
+    frames = clip_frames(4)
+    other = np.zeros(CLIP_HW, bool)
+    other[80:140, 10:60] = True
+    sam = lens_sam_with_memory(checkpoint, config)
+    encoder_calls = []
+    sam.image_encoder.register_forward_hook(lambda *_: encoder_calls.append(1))
+    both = StreamingTracker(sam)
+    both.start("a", start_mask(), frames[0])
+    both.start("b", other)  # same frame: no second encoder pass
+    together = [both.track(f) for f in frames[1:]]
+    assert len(encoder_calls) == len(frames)
+    alone = StreamingTracker(sam)
+    alone.start("b", other, frames[0])
+    for out, frame in zip(together, frames[1:]):
+        single = alone.track(frame)["b"]
+        assert np.array_equal(out["b"].mask, single.mask)
+        assert not np.array_equal(out["a"].mask, out["b"].mask)
+    both.remove("a")
+    assert list(both.track(frames[0])) == ["b"]
+
+
+def test_tracker_refuses_bad_input(sam2_setup, tmp_path):
+    _, checkpoint, config = sam2_setup
+    tracker = StreamingTracker(lens_sam_with_memory(checkpoint, config))
+    frames = clip_frames(2)
+    with pytest.raises(LensError, match="earlier frame"):
+        tracker.start("t", start_mask())
+    with pytest.raises(LensError, match="mask of shape"):
+        tracker.start("t", np.ones((10, 10), bool), frames[0])
+    tracker.start("t", start_mask(), frames[0])
+    with pytest.raises(LensError, match="started on 200x150"):
+        tracker.track(np.zeros((100, 100, 3), np.uint8))
+    with pytest.raises(LensError, match="attach memory"):
+        StreamingTracker(build_sam(config))
+
+
+def test_memory_weights_are_never_silently_random(sam2_setup, tmp_path):
+    _, checkpoint, config = sam2_setup
+    with pytest.raises(CheckpointError, match="sam-memory-checkpoint sam2_hiera_tiny.pt"):
+        load_sam_memory(config, model_dir=tmp_path)
+    no_memory = tmp_path / "no_memory.pt"
+    state = torch.load(checkpoint, weights_only=True)["model"]
+    torch.save({"model": {k: v for k, v in state.items() if not k.startswith(MEMORY_MODULES)}}, no_memory)
+    with pytest.raises(CheckpointError, match="holds no SAM2 memory weights"):
+        load_sam_memory(config, weights=no_memory)
+    other = tiny_lens_config(sam_image_size=SAM_SIZE).sam
+    other.overrides = [*other.overrides, "++model.memory_encoder.out_dim=32"]
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_sam_memory(other, weights=checkpoint)
+    random_a = load_sam_memory(config, allow_random=True, seed=3)
+    random_b = load_sam_memory(config, allow_random=True, seed=3)
+    assert torch.equal(random_a.maskmem_tpos_enc, random_b.maskmem_tpos_enc)
+
+
+def test_state_machine_follows_real_tracker_outputs(sam2_setup, caplog):
+    """idle -> tracking -> lost (score under the threshold for N frames) -> regained -> periodic re-grounding;
+    non-finite logits -> lost at once; a frame of another size -> reset with its reason; one re-grounding
+    request per need."""
+    _, checkpoint, config = sam2_setup
+    frames = clip_frames(10)
+    tracker = StreamingTracker(lens_sam_with_memory(checkpoint, config))
+    policy = TrackingPolicy(lost_score_threshold=0.0, lost_after_frames=2, reground_on_loss=True, reground_period_s=5)
+    machine = TrackingStateMachine(policy)
+    with caplog.at_level(logging.INFO, logger="lens_model.tracking_state"):
+        first = machine.observe(CLIP_HW, None, now=0.0)
+        machine.observe(CLIP_HW, None, now=0.1)
+    assert first.state is TrackState.IDLE and not first.reground and first.prompt is None
+    assert sum("no target" in r.message for r in caplog.records) == 1  # logged once, not on every frame
+
+    tracker.start("cup", start_mask(), frames[0])
+    assert machine.grounded("the cup", CLIP_HW, now=1.0).state is TrackState.TRACKING
+    outputs = [tracker.track(frame)["cup"] for frame in frames[1:]]
+    scores = [out.object_score for out in outputs]
+    assert min(scores) > 1.0  # the shifted presence head: the object is there on every frame
+
+    def observe(i, now):
+        return machine.observe(CLIP_HW, outputs[i], now)
+
+    assert observe(0, 1.1).state is TrackState.TRACKING
+    policy.lost_score_threshold = max(scores) + 1  # a stricter threshold: the same outputs now count as missing
+    still = observe(1, 1.2)
+    assert still.state is TrackState.TRACKING and not still.reground  # one missing frame is not a loss
+    lost = observe(2, 1.3)
+    assert lost.state is TrackState.LOST and lost.reground and "below" in lost.reason
+    assert not observe(3, 1.4).reground  # already asked: no second request while LENS runs
+    policy.lost_score_threshold = 0.0
+    regained = observe(4, 1.5)
+    assert regained.state is TrackState.TRACKING and regained.reason == "regained"
+    machine.grounding_failed("no box in the answer")  # the pending request ended
+    assert observe(5, 5.9).reground is False  # 4.9 s after grounding
+    periodic = observe(6, 6.0)
+    assert periodic.reground and "periodic" in periodic.reason
+    assert machine.grounded("the cup", CLIP_HW, now=6.5).state is TrackState.TRACKING
+
+    broken = dataclasses.replace(outputs[7], low_res_logits=torch.full_like(outputs[7].low_res_logits, float("nan")))
+    nonfinite = machine.observe(CLIP_HW, broken, now=6.6)
+    assert nonfinite.state is TrackState.LOST and nonfinite.reground and nonfinite.reason == "non-finite mask logits"
+    machine.grounded("the cup", CLIP_HW, now=6.7)
+
+    resized = machine.observe((100, 120), None, now=6.8)
+    assert resized.reset and resized.reground and resized.state is TrackState.LOST
+    assert "frame size changed from 200x150 to 120x100" in resized.reason
+    replaced = machine.grounded("the red bowl", (100, 120), now=7.0)
+    assert replaced.prompt == "the red bowl" and "replaces 'the cup'" in replaced.reason
+    cleared = machine.clear()
+    assert cleared.state is TrackState.IDLE and cleared.reset
+
+
+def test_state_machine_without_regrounding_only_reports():
+    machine = TrackingStateMachine(TrackingPolicy(lost_after_frames=1, reground_on_loss=False))
+    machine.grounded("the cup", CLIP_HW, now=0.0)
+    resized = machine.observe((10, 10), None, now=0.1)
+    assert resized.reset and not resized.reground and resized.state is TrackState.LOST
+    with pytest.raises(ValueError, match="lost_after_frames"):
+        TrackingPolicy(lost_after_frames=0)
+    with pytest.raises(ValueError, match="reground_period_s"):
+        TrackingPolicy(reground_period_s=0)
