@@ -2,7 +2,7 @@
 
     ros2 launch lens_ros segment.launch.py image:=/camera/color/image_raw
     ros2 launch lens_ros segment.launch.py model:=~/models/LENS device:=cuda backend:=tensorrt \
-        backend_dir:=~/models/LENS-trt namespace:=robot1 params_file:=my_lens.yaml
+        backend_dir:=~/models/LENS-trt namespace:=robot1 params_file:=my_lens.yaml audio_enabled:=false
 
 Arguments left empty keep the value from `params_file` (default: this package's config/lens.yaml, which lists
 every parameter with its default); `image` remaps the node's `image` topic.
@@ -18,16 +18,23 @@ from launch_ros.actions import LifecycleNode
 from launch import LaunchDescription
 
 # launch argument -> node parameter, applied only when the argument is not empty
-PARAMETER_ARGUMENTS = ("model", "device", "backend", "backend_dir")
+PARAMETER_ARGUMENTS = ("model", "device", "backend", "backend_dir", "audio_enabled")
+BOOL_ARGUMENTS = {"audio_enabled"}
+BOOL_WORDS = {"true": True, "false": False}
+
+
+def parameter_value(name: str, text: str):
+    """A launch argument's text as the node parameter's type: paths expanded, true/false as a bool."""
+    if name in BOOL_ARGUMENTS:
+        if text.strip().lower() not in BOOL_WORDS:
+            raise ValueError(f"launch argument {name} must be true or false, got {text!r}")
+        return BOOL_WORDS[text.strip().lower()]
+    return os.path.expanduser(text) if name.endswith(("model", "_dir")) else text
 
 
 def _node(context, *args, **kwargs):
     value = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
-    overrides = {
-        name: os.path.expanduser(value(name)) if name.endswith(("model", "_dir")) else value(name)
-        for name in PARAMETER_ARGUMENTS
-        if value(name)
-    }
+    overrides = {name: parameter_value(name, value(name)) for name in PARAMETER_ARGUMENTS if value(name)}
     parameters = [os.path.expanduser(value("params_file"))] + ([overrides] if overrides else [])
     return [
         LifecycleNode(
@@ -61,6 +68,12 @@ def generate_launch_description():
             ),
             DeclareLaunchArgument(
                 "backend_dir", default_value="", description="lens export directory for onnxruntime/tensorrt"
+            ),
+            DeclareLaunchArgument(
+                "audio_enabled",
+                default_value="",
+                description="spoken commands (Whisper, loaded in the background): true or false "
+                "(empty: params_file's, default true)",
             ),
             DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
             DeclareLaunchArgument(

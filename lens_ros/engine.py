@@ -50,6 +50,7 @@ from .whisper import AudioError, UtteranceSegmenter, pcm_to_float, split_wav_hea
 LOG = logging.getLogger("lens_ros.engine")
 Clock = Callable[[], float]
 DEPTH_WAIT_S = 0.25  # beyond depth_slop_s: how long a frame waits for its depth image to arrive
+NOT_ACTIVE = "node is inactive: the segmentation engine is not active (stopped or not started)"
 
 
 @dataclass
@@ -162,7 +163,7 @@ class SegmentationEngine:
         """Queue a command; the returned Request completes with its Outcome (at once when it is refused)."""
         request = Request(prompt if isinstance(prompt, str) else "", source, image, feedback)
         if self._stop.is_set() or self._thread is None:
-            request.complete(Outcome(False, "the node is not active", request.prompt, source))
+            request.complete(Outcome(False, NOT_ACTIVE, request.prompt, source))
             return request
         submitted = self.queue.submit(prompt, stamp=self.clock(), payload=request)
         for dropped in submitted.dropped:
@@ -187,7 +188,8 @@ class SegmentationEngine:
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """Refuse new commands, answer the pending ones with success=false, and end the worker (after the
-        command it is running, if any)."""
+        command it is running, if any). A command still running after `timeout` seconds is answered with
+        success=false at once (its caller does not wait for it); the worker drops its result when it ends."""
         self._stop.set()
         for command in self.queue.close():
             if command.payload is not None:
@@ -196,6 +198,16 @@ class SegmentationEngine:
                 )
         if self._thread is not None:
             self._thread.join(timeout)
+            running = self.queue.current
+            if self._thread.is_alive() and running is not None and running.payload is not None:
+                running.payload.complete(
+                    Outcome(
+                        False,
+                        f"the node stopped while this command was running (longer than {timeout:g} s)",
+                        running.text,
+                        running.payload.source,
+                    )
+                )
         self._thread = None
 
     @property
@@ -311,8 +323,9 @@ class SpokenCommands:
     """Audio chunks -> utterances -> Whisper transcripts -> `on_text(transcript)`, on its own thread.
 
     `transcriber` is anything with `transcribe(float_audio, sample_rate) -> str` (a lens_ros.whisper
-    WhisperTranscriber). The stream's layout (rate, channels, sample format) comes from the settings until
-    `set_format` (an audio_common_msgs/AudioInfo) or a WAV header says otherwise.
+    WhisperTranscriber, or a BackgroundWhisper still loading: the audio thread waits for it). The stream's layout
+    (rate, channels, sample format) comes from the settings until `set_format` (an audio_common_msgs/AudioInfo) or a
+    WAV header says otherwise.
     """
 
     def __init__(
@@ -353,7 +366,10 @@ class SpokenCommands:
             self._chunks.put(("format", (int(sample_rate), int(channels), sample_format)))
 
     def feed(self, data: bytes) -> None:
-        """Subscription callback: hand over one chunk (never blocks; chunks beyond the backlog are dropped)."""
+        """Subscription callback: hand over one chunk (never blocks; chunks beyond the backlog are dropped, and
+        all of them once the transcriber has failed to load: see lens_ros.whisper.BackgroundWhisper)."""
+        if getattr(self.transcriber, "failed", False):
+            return
         try:
             self._chunks.put_nowait(("data", bytes(data)))
         except queue.Full:

@@ -1,11 +1,16 @@
 """The lens_ros node (`ros2 run lens_ros lens_node`, `ros2 launch lens_ros segment.launch.py`): thin rclpy glue.
 
 A lifecycle node named `lens`:
-    configure   reads the parameters (lens_ros.params) and loads LENS (LensPipeline.from_pretrained) and, for
-                spoken commands, Whisper (lens_ros.whisper); a failure is logged and leaves it unconfigured
-    activate    creates the subscriptions, publishers, the /lens/segment service, the /lens/segment_action action,
-                and starts the worker threads (lens_ros.engine)
-    deactivate  stops them (pending requests answer success=false); cleanup frees the models
+    configure   reads the parameters (lens_ros.params), loads LENS (LensPipeline.from_pretrained), starts loading
+                Whisper in the background for spoken commands (lens_ros.whisper.BackgroundWhisper: text commands
+                and the service never wait for it), and creates the subscriptions, publishers, the /lens/segment
+                service and the /lens/segment_action action; a failure is logged and leaves it unconfigured
+    activate    starts the worker threads (lens_ros.engine): inputs are used and requests served from now on
+    deactivate  stops them (pending requests answer success=false); while inactive the service answers
+                success=false "node is inactive ..." and the action rejects goals (lens_ros.lifecycle.ServingGate)
+    cleanup     destroys the ROS entities and frees the models
+The ROS entities live from configure to cleanup: deactivate destroys nothing while the executor spins, and the spin
+loop survives an entity destroyed under it on cleanup (rclpy's InvalidHandle race; lens_ros.lifecycle.spin).
 With the `autostart` parameter (default true) it configures and activates itself on startup.
 
 Subscribes (relative names, so a namespace or remapping moves them):
@@ -73,8 +78,10 @@ except ImportError as exc:  # pragma: no cover
         "`colcon build --packages-up-to lens_ros` (see the README) and source install/setup.bash"
     ) from exc
 
-from .engine import Outcome, SegmentationEngine, SpokenCommands
+from .engine import NOT_ACTIVE, Outcome, SegmentationEngine, SpokenCommands
+from .lifecycle import ServingGate, spin
 from .params import PARAMETERS, NodeSettings, ParamSpec
+from .whisper import BackgroundWhisper
 
 try:  # spoken commands are optional: without audio_common_msgs the node runs text-only
     from audio_common_msgs.msg import AudioData, AudioInfo
@@ -110,12 +117,13 @@ class LensNode(LifecycleNode):
                 self.declare_parameter(spec.name, spec.default, descriptor(spec), ignore_override=True)
         self.settings: NodeSettings | None = None
         self.pipeline = None
-        self.transcriber = None
-        self.engine: SegmentationEngine | None = None
-        self.spoken: SpokenCommands | None = None
+        self.whisper: BackgroundWhisper | None = None  # loading or loaded from configure to cleanup
+        self.engine: SegmentationEngine | None = None  # while active
+        self.spoken: SpokenCommands | None = None  # while active, with spoken commands on
+        self.gate = ServingGate(self.get_fully_qualified_name())
         self._inputs = MutuallyExclusiveCallbackGroup()  # cheap callbacks: store a frame, queue a command
         self._requests = ReentrantCallbackGroup()  # service / action callbacks block until their result
-        self._entities: list = []  # subscriptions, publishers, services created on activate
+        self._entities: list = []  # subscriptions, publishers, the service: from configure to cleanup
         self._action_server: ActionServer | None = None
         self._pubs: dict = {}
 
@@ -132,65 +140,76 @@ class LensNode(LifecycleNode):
             s = self.settings
             log.info(f"loading {s.model} (device {s.device}, dtype {s.dtype}, backend {s.backend})")
             self.pipeline = LensPipeline.from_pretrained(s.model, **s.pipeline_kwargs())
-            self.transcriber = None
+            self.whisper = None
             if s.audio_enabled and AudioData is None:
                 log.warning(
                     "audio_enabled but audio_common_msgs is not installed: spoken commands are off "
                     "(apt install ros-$ROS_DISTRO-audio-common-msgs)"
                 )
             elif s.audio_enabled:
-                from .whisper import WhisperTranscriber
-
-                log.info(f"loading Whisper {s.audio_model}")
-                try:
-                    self.transcriber = WhisperTranscriber.from_pretrained(
-                        s.audio_model, device=s.audio_device or s.device, language=s.audio_language or None
-                    )
-                except Exception as exc:  # noqa: BLE001 - text commands and the service work without it
-                    log.error(f"spoken commands are off: Whisper {s.audio_model} did not load: {exc}")
+                log.info(f"loading Whisper {s.audio_model} in the background; text commands do not wait for it")
+                self.whisper = BackgroundWhisper(
+                    s.audio_model, device=s.audio_device or s.device, language=s.audio_language or None, log=log
+                )
+                self.whisper.start()
+            self._create_io()
         except Exception as exc:  # noqa: BLE001 - a failed configure leaves the node alive and unconfigured
             log.error(f"configure failed: {exc}")
-            self.pipeline = self.transcriber = None
+            self._destroy_io()
+            self._free_models()
             return TransitionCallbackReturn.FAILURE
+        self.gate.set_state("inactive")
         log.info("configured")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
+        s = self.settings
+        log = self.get_logger()
         try:
-            self._start_io()
+            self.engine = SegmentationEngine(self.pipeline, s, publish=self._publish, log=log, clock=self.now_s)
+            if self.whisper is not None and not self.whisper.failed:
+                self.spoken = SpokenCommands(self.whisper, s, self._on_transcript, log=log)
+                self.spoken.start()
+            self.engine.start()
         except Exception as exc:  # noqa: BLE001
-            self.get_logger().error(f"activate failed: {exc}")
-            self.stop_io()
+            log.error(f"activate failed: {exc}")
+            self._stop_work()
             return TransitionCallbackReturn.FAILURE
-        self.get_logger().info(
+        self.gate.set_state("active")
+        log.info(
             f"active: service {self.resolve_service_name('~/segment')}, image topic "
-            f"{self.resolve_topic_name(self.settings.image_topic)}"
+            f"{self.resolve_topic_name(s.image_topic)}"
         )
         return TransitionCallbackReturn.SUCCESS
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
-        self.stop_io()
+        self.gate.set_state("inactive")
+        self._stop_work()
+        self.get_logger().info("inactive: the service answers success=false and the action rejects goals")
         return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self.gate.set_state("unconfigured")
+        self._stop_work()
+        self._destroy_io()
         self._free_models()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
         self.stop_io()
         self._free_models()
+        self.gate.set_state("finalized")
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: State) -> TransitionCallbackReturn:
         self.get_logger().error(f"error in state {state.label}; stopping I/O")
         self.stop_io()
+        self._free_models()
         return TransitionCallbackReturn.SUCCESS  # back to unconfigured, still alive
 
-    # -- I/O --
-    def _start_io(self) -> None:
+    # -- I/O: created on configure, destroyed on cleanup --
+    def _create_io(self) -> None:
         s = self.settings
-        log = self.get_logger()
-        self.engine = SegmentationEngine(self.pipeline, s, publish=self._publish, log=log, clock=self.now_s)
         reliable = QoSProfile(depth=10)
         self._pubs = {
             "mask": self.create_publisher(Image, s.mask_topic, reliable),
@@ -226,8 +245,7 @@ class LensNode(LifecycleNode):
                     CameraInfo, s.camera_info_topic, self._on_camera_info, depth_qos, callback_group=self._inputs
                 )
             )
-        if self.transcriber is not None:
-            self.spoken = SpokenCommands(self.transcriber, s, self._on_transcript, log=log)
+        if self.whisper is not None:
             audio_qos = QoSProfile(depth=200, reliability=qos_profile_sensor_data.reliability)
             self._entities.append(
                 self.create_subscription(
@@ -239,7 +257,6 @@ class LensNode(LifecycleNode):
                     AudioInfo, s.audio_info_topic, self._on_audio_info, reliable, callback_group=self._inputs
                 )
             )
-            self.spoken.start()
         self._entities.append(
             self.create_service(Segment, "~/segment", self._on_segment, callback_group=self._requests)
         )
@@ -249,21 +266,34 @@ class LensNode(LifecycleNode):
             "~/segment_action",
             self._execute_goal,
             callback_group=self._requests,
-            goal_callback=lambda goal: GoalResponse.ACCEPT,
+            goal_callback=self._on_goal,
             cancel_callback=lambda handle: CancelResponse.REJECT,
         )
-        self.engine.start()
 
     def stop_io(self) -> None:
-        """Stop spoken commands, the engine's worker and the action server (lifecycle transitions and shutdown)."""
+        """Stop the worker threads and destroy the ROS entities (shutdown, error, and the end of main)."""
+        self.gate.set_state("unconfigured")
+        self._stop_work()
+        self._destroy_io()
+
+    def _stop_work(self) -> None:
+        """Stop spoken commands and the engine's worker; pending and running requests are answered."""
         if self.spoken is not None:
             self.spoken.stop()
             self.spoken = None
         if self.engine is not None:
             self.engine.stop()
             self.engine = None
+
+    def _destroy_io(self) -> None:
+        # the service/action callbacks still running were answered by _stop_work: let them return first
+        if not self.gate.wait_idle(timeout=10.0):
+            self.get_logger().warning(f"{self.gate.in_flight} request callback(s) still running on cleanup")
         if self._action_server is not None:
-            self._action_server.destroy()
+            try:
+                self._action_server.destroy()
+            except Exception as exc:  # noqa: BLE001
+                self.get_logger().warning(f"could not destroy the action server: {exc}")
             self._action_server = None
         for entity in self._entities:  # through the node, which also forgets them (the executor's wait set)
             try:
@@ -278,7 +308,7 @@ class LensNode(LifecycleNode):
         self._entities, self._pubs = [], {}
 
     def _free_models(self) -> None:
-        self.pipeline = self.transcriber = None
+        self.pipeline = self.whisper = None
         try:
             import torch
 
@@ -287,7 +317,7 @@ class LensNode(LifecycleNode):
         except ImportError:
             pass
 
-    # -- callbacks: cheap, never raise --
+    # -- callbacks: cheap, never raise; inputs are dropped while inactive (no engine) --
     def _on_image(self, msg) -> None:
         engine = self.engine
         if engine is not None:
@@ -307,6 +337,10 @@ class LensNode(LifecycleNode):
         engine = self.engine
         if engine is not None:
             engine.submit(msg.data, source="command")
+        else:
+            self.get_logger().warning(
+                f"command {msg.data!r} ignored: {self.gate.refusal() or NOT_ACTIVE}", throttle_duration_sec=5.0
+            )
 
     def _on_audio(self, msg) -> None:
         spoken = self.spoken
@@ -346,20 +380,31 @@ class LensNode(LifecycleNode):
     def _wait(self, prompt: str, image, source: str, feedback=None) -> Outcome:
         engine = self.engine
         if engine is None:
-            return Outcome(False, "the node is not active", prompt, source)
+            return Outcome(False, self.gate.refusal() or NOT_ACTIVE, prompt, source)
         return engine.submit(prompt, image=image, feedback=feedback, source=source).wait(
             self.settings.service_timeout_s
         )
 
     def _on_segment(self, request, response):
-        try:
-            outcome = self._wait(request.prompt, request.image if request.has_image else None, "service")
-        except Exception as exc:  # noqa: BLE001 - the caller always gets an answer
-            outcome = Outcome(False, f"internal error: {exc!r}")
-        response.success, response.message = bool(outcome.success), str(outcome.message)
-        if outcome.result_msg is not None:
-            response.result = outcome.result_msg
-        return response
+        with self.gate.request() as refusal:
+            try:
+                if refusal is not None:
+                    outcome = Outcome(False, refusal, request.prompt, "service")
+                else:
+                    outcome = self._wait(request.prompt, request.image if request.has_image else None, "service")
+            except Exception as exc:  # noqa: BLE001 - the caller always gets an answer
+                outcome = Outcome(False, f"internal error: {exc!r}")
+            response.success, response.message = bool(outcome.success), str(outcome.message)
+            if outcome.result_msg is not None:
+                response.result = outcome.result_msg
+            return response
+
+    def _on_goal(self, goal) -> GoalResponse:
+        refusal = self.gate.refusal()
+        if refusal is not None:
+            self.get_logger().warning(f"Segment goal {goal.prompt!r} rejected: {refusal}")
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
 
     def _execute_goal(self, goal_handle):
         goal = goal_handle.request
@@ -367,18 +412,25 @@ class LensNode(LifecycleNode):
         def feedback(text: str, num_tokens: int) -> None:
             goal_handle.publish_feedback(SegmentAction.Feedback(reasoning=text, num_tokens=int(num_tokens)))
 
-        try:
-            outcome = self._wait(goal.prompt, goal.image if goal.has_image else None, "action", feedback)
-        except Exception as exc:  # noqa: BLE001
-            outcome = Outcome(False, f"internal error: {exc!r}")
-        result = SegmentAction.Result(success=bool(outcome.success), message=str(outcome.message))
-        if outcome.result_msg is not None:
-            result.result = outcome.result_msg
-        if outcome.success:
-            goal_handle.succeed()
-        else:
-            goal_handle.abort()
-        return result
+        with self.gate.request() as refusal:
+            try:
+                if refusal is not None:  # accepted, then deactivated before it ran
+                    outcome = Outcome(False, refusal, goal.prompt, "action")
+                else:
+                    outcome = self._wait(goal.prompt, goal.image if goal.has_image else None, "action", feedback)
+            except Exception as exc:  # noqa: BLE001
+                outcome = Outcome(False, f"internal error: {exc!r}")
+            result = SegmentAction.Result(success=bool(outcome.success), message=str(outcome.message))
+            if outcome.result_msg is not None:
+                result.result = outcome.result_msg
+            try:
+                if outcome.success:
+                    goal_handle.succeed()
+                else:
+                    goal_handle.abort()
+            except Exception as exc:  # noqa: BLE001 - the action server went away (cleanup) under this goal
+                self.get_logger().warning(f"Segment goal {goal.prompt!r}: could not report its end: {exc}")
+            return result
 
 
 def main(args=None) -> None:
@@ -395,10 +447,11 @@ def main(args=None) -> None:
                     "not configured: fix the parameters, then "
                     f"`ros2 lifecycle set {node.get_fully_qualified_name()} configure`"
                 )
-        executor.spin()
+        spin(executor, node.get_logger(), stop_on=(ExternalShutdownException,))
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        executor.shutdown()
         node.stop_io()
         node.destroy_node()
         if rclpy.ok():

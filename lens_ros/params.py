@@ -227,7 +227,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "audio_enabled",
         True,
-        "transcribe spoken commands from audio_topic with Whisper; needs "
+        "transcribe spoken commands from audio_topic with Whisper, loaded in the background (text commands and the "
+        "service never wait for it; a model that cannot be had turns speech off with one log line); needs "
         "audio_common_msgs (the subscription is skipped with a warning when it is missing)",
     ),
     ParamSpec(

@@ -8,17 +8,24 @@ ros-drivers/audio_common's `audio_capture` publishes (run it with `format:=wave`
   array -> mono float32 in [-1, 1];
 * `resample`: to Whisper's 16 kHz (band-limited, FFT based);
 * `UtteranceSegmenter`: cuts a continuous stream into utterances with an energy end-pointer;
-* `WhisperTranscriber`: an utterance -> text (`WhisperForConditionalGeneration` + `WhisperProcessor`).
+* `WhisperTranscriber`: an utterance -> text (`WhisperForConditionalGeneration` + `WhisperProcessor`);
+* `BackgroundWhisper`: a WhisperTranscriber loaded on its own thread, so that the node serves text commands at once
+  and a model that cannot be had (offline, not in the cache) turns spoken commands off with one log line.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from lens_model.errors import LensError
+
+LOG = logging.getLogger("lens_ros.whisper")
 
 WHISPER_SAMPLE_RATE = 16000
 # sample_format names as audio_common (GStreamer) writes them -> numpy dtype
@@ -218,15 +225,24 @@ class WhisperTranscriber:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path, device: str = "auto", dtype: str = "auto", **kwargs
+        cls,
+        name_or_path: str | Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        local_files_only: bool = False,
+        **kwargs,
     ) -> WhisperTranscriber:
+        """A local directory or a Hub id (from the Hugging Face cache, downloaded unless `local_files_only`)."""
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
         from lens_model.devices import resolve_device, resolve_dtype
 
         dev = resolve_device(device)
-        processor = WhisperProcessor.from_pretrained(str(name_or_path))
-        model = WhisperForConditionalGeneration.from_pretrained(str(name_or_path), dtype=resolve_dtype(dtype, dev))
+        where = {"local_files_only": local_files_only}
+        processor = WhisperProcessor.from_pretrained(str(name_or_path), **where)
+        model = WhisperForConditionalGeneration.from_pretrained(
+            str(name_or_path), dtype=resolve_dtype(dtype, dev), **where
+        )
         return cls(model.to(dev), processor, **kwargs)
 
     def input_features(self, audio, sample_rate: int, sample_format: str = "S16LE", channels: int = 1):
@@ -269,3 +285,118 @@ class WhisperTranscriber:
         with torch.inference_mode():
             tokens = self.model.generate(input_features, **kwargs)
         return self.processor.batch_decode(tokens, skip_special_tokens=True)[0].strip()
+
+
+def _looks_like_a_path(name: str) -> bool:
+    return name.startswith(("/", "~", ".")) or os.path.isdir(os.path.expanduser(name))
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face Hub cannot be reached (one TCP connection to its endpoint), or None when it can or a
+    proxy is configured (the proxy decides)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host}:{port} cannot be reached: {exc}"
+    return None
+
+
+def whisper_unavailable_message(name: str, reason: str) -> str:
+    """The one log line for a Whisper model that could not be loaded: what to download, and where it must go."""
+    reason = reason.strip().splitlines()[0].split(". ")[0][:200] if reason.strip() else "unknown error"
+    if _looks_like_a_path(name):
+        return (
+            f"spoken commands are off: audio_model {name!r} is not a directory holding a Whisper model ({reason}); "
+            "text commands and the service work. Fill it with `hf download openai/whisper-small --local-dir "
+            f"{name}` on a machine with internet, or set audio_enabled:=false"
+        )
+    from huggingface_hub import constants
+
+    folder = "models--" + name.replace("/", "--")
+    return (
+        f"spoken commands are off: Whisper {name!r} is not in the Hugging Face cache and could not be downloaded "
+        f"({reason}); text commands and the service work. To use speech offline, run `hf download {name}` on a "
+        f"machine with internet and copy {folder} from its cache into {constants.HF_HUB_CACHE} here (or download "
+        "with --local-dir DIR and set audio_model:=DIR), or set audio_enabled:=false"
+    )
+
+
+class BackgroundWhisper:
+    """A `WhisperTranscriber` loaded on a thread of its own: `start()` returns at once, `transcribe` waits for the
+    load. The Hugging Face cache (or a local directory) is tried first, then the Hub; a model that cannot be had
+    is reported in one log line (`whisper_unavailable_message`), after which `failed` is true and `transcribe`
+    returns "" — the caller keeps serving text.
+
+        whisper = BackgroundWhisper("openai/whisper-small", device="cpu", log=node.get_logger())
+        whisper.start()
+        text = whisper.transcribe(audio, 48000)
+    """
+
+    def __init__(self, name: str, device: str = "auto", language: str | None = None, log=LOG) -> None:
+        self.name = name
+        self.device = device
+        self.language = language or None
+        self.log = log
+        self.transcriber: WhisperTranscriber | None = None
+        self.reason = ""  # why it failed
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.transcriber is not None
+
+    @property
+    def failed(self) -> bool:
+        return self._done.is_set() and self.transcriber is None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._load, name="lens-whisper-load", daemon=True)
+            self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> WhisperTranscriber | None:
+        """The transcriber once loaded; None if it failed or `timeout` seconds passed first."""
+        self.start()
+        self._done.wait(timeout)
+        return self.transcriber
+
+    def transcribe(self, audio, sample_rate: int, sample_format: str = "S16LE", channels: int = 1) -> str:
+        transcriber = self.wait()
+        if transcriber is None:
+            return ""
+        return transcriber.transcribe(audio, sample_rate, sample_format, channels)
+
+    def _load(self) -> None:
+        load = WhisperTranscriber.from_pretrained
+        try:
+            try:
+                self.transcriber = load(self.name, self.device, language=self.language, local_files_only=True)
+            except OSError:  # not in the cache (or not a model directory): the Hub is the last chance
+                from huggingface_hub import constants
+
+                if _looks_like_a_path(self.name) or constants.HF_HUB_OFFLINE:
+                    raise
+                unreachable = hub_unreachable()
+                if unreachable:  # say so at once instead of a long series of retried requests
+                    raise OSError(unreachable) from None
+                self.log.info(f"Whisper {self.name} is not in the Hugging Face cache: downloading it")
+                self.transcriber = load(self.name, self.device, language=self.language)
+            self.log.info(f"Whisper {self.name} loaded: spoken commands are on")
+        except AudioError as exc:  # e.g. a language the model does not know
+            self.reason = str(exc)
+            self.log.error(f"spoken commands are off: {exc}")
+        except Exception as exc:  # noqa: BLE001 - text commands work without Whisper
+            self.reason = f"{type(exc).__name__}: {exc}"
+            self.log.error(whisper_unavailable_message(self.name, self.reason))
+        finally:
+            self._done.set()

@@ -31,3 +31,36 @@ def test_console_script_is_installed():
     exe = lens if lens.exists() else "lens"
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
     assert "segment" in out and "make-tiny" in out
+
+
+# ROS packages that lens_ros needs without importing them itself
+USED_WITHOUT_IMPORT = {"lifecycle_msgs": "rclpy.lifecycle's services, `ros2 lifecycle set`"}
+
+
+def _imported_top_level_modules(*folders: str) -> set[str]:
+    import ast
+
+    names = set()
+    for folder in folders:
+        for path in (REPO / folder).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    names.add(node.module.split(".")[0])
+    return names
+
+
+def test_package_xml_declares_exactly_the_ros_packages_lens_ros_and_its_launch_file_use():
+    """What rosdep installs follows package.xml: a ROS dependency nobody imports (cv_bridge pulled OpenCV for
+    nothing) or an import nobody declared is caught here."""
+    root = ET.parse(REPO / "package.xml").getroot()
+    declared = {e.text for e in root.findall("exec_depend")} - {"python3-numpy", "python3-pil"}
+    imported = _imported_top_level_modules("lens_ros", "launch")
+    ros_imports = {
+        name
+        for name in imported
+        if name.endswith(("_msgs", "_interfaces")) or name in {"rclpy", "launch", "launch_ros", "ament_index_python"}
+    }
+    assert declared == ros_imports | set(USED_WITHOUT_IMPORT), (declared, ros_imports)
+    assert "cv_bridge" not in declared

@@ -279,3 +279,23 @@ def test_spoken_commands_become_segmentations(make_engine, store, tmp_path):
         time.sleep(0.05)
     assert [o.source for o in engine.published] == ["audio"]
     assert engine.published[0].prompt == heard[0].strip()
+
+
+def test_stop_answers_the_running_command_when_it_outlasts_the_timeout(make_engine, store):
+    """Deactivate must not leave a service call or an action goal hanging on a command still running."""
+    engine = make_engine(frame_selection="next", max_frame_age_s=30.0)
+    running = engine.submit("a", source="action")  # the worker waits for a frame: it is running, not pending
+    deadline = time.monotonic() + 10
+    while not engine.queue.busy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    engine.stop(timeout=0.3)
+    outcome = running.wait(0)
+    assert not outcome.success and "stopped while this command was running" in outcome.message
+    assert time.monotonic() - started < 5
+    assert engine.submit("b").wait(0).message.startswith("node is inactive")
+    engine.on_image(image_msg(store, RGB, sec=101))  # the worker finishes the command; its late result is dropped
+    deadline = time.monotonic() + 60
+    while engine.queue.busy and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not engine.queue.busy and running.wait(0).message == outcome.message

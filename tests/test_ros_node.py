@@ -94,3 +94,38 @@ def test_command_topic_publishes_mask_detections_and_reasoning(ros):
     commands.publish(String(data="the red cup"))
     assert wait_for(lambda: all(got.values()), 120)
     assert got["mask"][0].header == frame.header and got["detections"][0].header == frame.header
+
+
+def test_an_inactive_node_answers_the_service_and_survives_lifecycle_cycles_with_calls_in_flight(ros):
+    import threading
+
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from lens_interfaces.srv import Segment
+
+    node, client = ros
+    service = client.create_client(Segment, "/lens/segment")
+    assert service.wait_for_service(timeout_sec=30)
+    own = Segment.Request(prompt="the cup", has_image=True, image=_image(client))
+
+    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    response = _call(client, service, own, timeout=10)  # the service still exists and answers at once
+    assert not response.success and response.message.startswith("node is inactive: activate it with `ros2 lifecycle")
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    assert _call(client, service, own).success
+
+    stop, answers = threading.Event(), []
+
+    def calls():
+        while not stop.is_set():
+            answers.append(_call(client, service, own, timeout=60))
+
+    caller = threading.Thread(target=calls, daemon=True)
+    caller.start()
+    for _ in range(30):  # each transition runs here while the executor spins on its own thread
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    stop.set()
+    caller.join(60)
+    assert answers and all(a.success or a.message.startswith(("node is inactive", "the node")) for a in answers)
+    assert _call(client, service, own).success

@@ -4,6 +4,7 @@
 import ast
 import importlib.util
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -175,6 +176,33 @@ def test_launch_file_declares_the_arguments_and_starts_the_installed_executable(
     assert 'get_package_share_directory("lens_ros"), "config", "lens.yaml"' in LAUNCH.read_text()
 
 
+def _launch_functions() -> dict:
+    """The launch file's plain-Python helpers (its constants and parameter_value), without importing `launch`."""
+    tree = _launch_tree()
+    keep = [
+        n
+        for n in tree.body
+        if (isinstance(n, ast.FunctionDef) and n.name == "parameter_value")
+        or (isinstance(n, ast.Assign) and ast.unparse(n.targets[0]).isupper())
+    ]
+    namespace = {"os": __import__("os")}
+    exec(compile(ast.Module(body=keep, type_ignores=[]), str(LAUNCH), "exec"), namespace)
+    return namespace
+
+
+def test_launch_arguments_become_typed_parameters():
+    launch = _launch_functions()
+    value = launch["parameter_value"]
+    assert value("audio_enabled", "false") is False and value("audio_enabled", "True") is True
+    with pytest.raises(ValueError, match="launch argument audio_enabled must be true or false, got 'off'"):
+        value("audio_enabled", "off")
+    assert value("model", "~/models/LENS") == str(Path.home() / "models" / "LENS")
+    assert value("device", "cuda:1") == "cuda:1"
+    kinds = {name: type(DEFAULTS[name]) for name in launch["PARAMETER_ARGUMENTS"]}
+    assert {name for name, kind in kinds.items() if kind is bool} == launch["BOOL_ARGUMENTS"] == {"audio_enabled"}
+    assert all(kind is str for name, kind in kinds.items() if name not in launch["BOOL_ARGUMENTS"])
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("launch") is None or importlib.util.find_spec("launch_ros") is None,
     reason="ROS 2 launch / launch_ros not installed (source a ROS 2 workspace to run this)",
@@ -191,7 +219,7 @@ def test_launch_file_builds_a_launch_description(monkeypatch):
     description = module.generate_launch_description()
     assert isinstance(description, LaunchDescription)
     names = {a.name for a in description.get_launch_arguments()}
-    assert {"model", "device", "backend", "namespace", "image", "params_file"} <= names
+    assert {"model", "device", "backend", "namespace", "image", "params_file", "audio_enabled"} <= names
 
 
 # --- README ---
@@ -259,7 +287,7 @@ def test_bad_depth_parameter_values_are_refused(values, match):
 
 def test_node_subscribes_to_depth_and_publishes_3d_outputs_only_when_enabled():
     text = NODE.read_text()
-    start = text.index("def _start_io")
+    start = text.index("def _create_io")
     body = re.sub(r"\s+", " ", text[start : text.index("def stop_io")]).replace("( ", "(")  # layout-free
     assert "if s.depth_enabled:" in body
     for call in (

@@ -2,6 +2,7 @@
 here (random weights, no download) transcribing through the real transformers model and processor."""
 
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from ros_helpers import make_tiny_whisper, wav_bytes
 
 from lens_ros.whisper import (
     AudioError,
+    BackgroundWhisper,
     UtteranceSegmenter,
     WhisperTranscriber,
     pcm_to_float,
@@ -146,9 +148,13 @@ def test_segmenter_cuts_an_endless_utterance_at_the_maximum():
 
 
 @pytest.fixture(scope="module")
-def tiny_whisper(tmp_path_factory):
-    path = make_tiny_whisper(tmp_path_factory.mktemp("whisper") / "tiny-whisper")
-    return WhisperTranscriber.from_pretrained(path, device="cpu", max_new_tokens=6)
+def tiny_whisper_dir(tmp_path_factory):
+    return make_tiny_whisper(tmp_path_factory.mktemp("whisper") / "tiny-whisper")
+
+
+@pytest.fixture(scope="module")
+def tiny_whisper(tiny_whisper_dir):
+    return WhisperTranscriber.from_pretrained(tiny_whisper_dir, device="cpu", max_new_tokens=6)
 
 
 def test_tiny_whisper_is_a_real_transformers_whisper_saved_locally(tiny_whisper):
@@ -223,3 +229,70 @@ def test_transcribe_refuses_empty_and_too_long_audio(tiny_whisper):
         tiny_whisper.transcribe(b"", 16000)
     with pytest.raises(AudioError, match="at most 30 s"):
         tiny_whisper.transcribe(np.zeros(31 * 16000, np.float32), 16000)
+
+
+# --- loading in the background (the node never waits for Whisper) ---
+
+
+def _whisper_records(caplog):
+    return [r for r in caplog.records if r.name == "lens_ros.whisper"]
+
+
+def test_background_whisper_loads_on_its_own_thread_and_transcribes_like_the_model(tiny_whisper_dir, caplog):
+    caplog.set_level("INFO", logger="lens_ros.whisper")
+    whisper = BackgroundWhisper(str(tiny_whisper_dir), device="cpu")
+    whisper.start()
+    assert not whisper.ready and not whisper.failed  # start() returned before the model was read from disk
+    assert whisper.wait(120) is not None and whisper.ready and not whisper.failed
+    audio = _tone(440, 1.0, 16000, amplitude=0.3)
+    direct = WhisperTranscriber.from_pretrained(tiny_whisper_dir, device="cpu")
+    assert whisper.transcribe(audio, 16000) == direct.transcribe(audio, 16000) != ""
+    assert [r.getMessage() for r in _whisper_records(caplog)] == [
+        f"Whisper {tiny_whisper_dir} loaded: spoken commands are on"
+    ]
+
+
+def test_a_whisper_not_in_the_cache_offline_is_one_log_line_saying_what_to_download(monkeypatch, caplog):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    caplog.set_level("INFO", logger="lens_ros.whisper")
+    whisper = BackgroundWhisper("lens-tests/no-such-whisper", device="cpu")
+    whisper.start()
+    assert whisper.wait(120) is None and whisper.failed and "no-such-whisper" in whisper.reason
+    [record] = _whisper_records(caplog)
+    line = record.getMessage()
+    assert record.levelname == "ERROR" and "\n" not in line
+    assert line.startswith("spoken commands are off: Whisper 'lens-tests/no-such-whisper' is not in the Hugging Face")
+    assert "text commands and the service work" in line
+    assert "`hf download lens-tests/no-such-whisper`" in line  # what to download
+    assert f"copy models--lens-tests--no-such-whisper from its cache into {constants.HF_HUB_CACHE}" in line  # where
+    assert whisper.transcribe(_tone(440, 0.5, 16000), 16000) == ""  # nothing to transcribe with, no error
+    assert len(_whisper_records(caplog)) == 1
+
+
+def test_an_unreachable_hub_fails_at_once_instead_of_retrying(monkeypatch, caplog):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    caplog.set_level("INFO", logger="lens_ros.whisper")
+    started = time.monotonic()
+    whisper = BackgroundWhisper("lens-tests/no-such-whisper", device="cpu")
+    assert whisper.wait(120) is None and whisper.failed
+    assert time.monotonic() - started < 30
+    [record] = _whisper_records(caplog)
+    assert "127.0.0.1:9 cannot be reached" in record.getMessage()
+    assert "`hf download lens-tests/no-such-whisper`" in record.getMessage()
+
+
+def test_a_missing_local_whisper_directory_is_named(tmp_path, caplog):
+    caplog.set_level("INFO", logger="lens_ros.whisper")
+    missing = tmp_path / "whisper-small"
+    whisper = BackgroundWhisper(str(missing), device="cpu")
+    assert whisper.wait(120) is None and whisper.failed
+    [record] = _whisper_records(caplog)
+    assert record.getMessage().startswith(f"spoken commands are off: audio_model '{missing}' is not a directory")
+    assert f"--local-dir {missing}" in record.getMessage()
