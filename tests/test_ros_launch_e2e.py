@@ -551,7 +551,7 @@ def test_200_lifecycle_cycles_with_requests_in_flight_do_not_kill_the_node(activ
     assert all(m.startswith(allowed) or "dropped" in m for m in refused), sorted(set(refused))
     FIGURES["stress_requests_answered"] = len(answers)
     FIGURES["stress_requests_succeeded"] = sum(ok for ok, _ in answers)
-    assert FIGURES["stress_requests_succeeded"] >= 20 and len(refused) >= 20, (len(answers), sorted(set(refused)))
+    assert FIGURES["stress_requests_succeeded"] >= 10 and len(refused) >= 10, (len(answers), sorted(set(refused)))
     FIGURES["stress_requests_unanswered_during_cleanup"] = len(unanswered)
     FIGURES["executor_errors_survived"] = launched.output().count("spinning on")
     assert "Traceback" not in launched.output()
