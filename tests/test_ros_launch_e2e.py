@@ -239,13 +239,16 @@ def active(launched):
 
 
 def _publish_until(launched: Launched, publisher, message, done, timeout: float = 60.0) -> bool:
-    """Publish `message` (best effort) every 0.2 s until `done()`."""
+    """Publish `message` (best effort: a sample may be lost) every 0.15 s until `done()` is true."""
 
-    def step():
+    def step() -> bool:
         publisher.publish(message)
-        return done()
+        if done():
+            return True
+        time.sleep(0.15)
+        return False
 
-    return wait_for(lambda: step() or (time.sleep(0.15) is not None), timeout)
+    return wait_for(step, timeout)
 
 
 def test_launch_reaches_active_without_waiting_for_whisper(launched):
@@ -532,7 +535,7 @@ def test_200_lifecycle_cycles_with_requests_in_flight_do_not_kill_the_node(activ
                 gone[-1][1] = time.monotonic()
             assert launched.change_state(Transition.TRANSITION_ACTIVATE), cycle
             assert launched.alive(), f"the node died in cycle {cycle}\n{launched.output()[-3000:]}"
-            time.sleep(0.01 * (cycle % 5))  # let requests land at different points of the cycle
+            time.sleep(0.05 * (cycle % 6))  # active for 0..0.25 s: requests finish, or are cut at different points
     finally:
         stop.set()
         worker.join(60)
@@ -541,13 +544,14 @@ def test_200_lifecycle_cycles_with_requests_in_flight_do_not_kill_the_node(activ
     assert launched.alive() and launched.state() == "active"
     assert launched.segment("the helmet", image=own).success
     # every request was answered, except ones sent while cleanup had taken the service or action server away
-    for sent, given_up in unanswered:
-        assert any(g0 - 10 <= given_up and sent <= (g1 or time.monotonic()) + 1 for g0, g1 in gone), (sent, gone)
+    for sent, given_up in unanswered:  # the call's wait overlapped a window without the service
+        assert any(sent <= g1 + 0.5 and given_up >= g0 for g0, g1 in gone), (sent, given_up, gone)
     allowed = ("node is inactive", "the node is shutting down", "the node stopped while", "goal rejected", "queued")
     refused = [m for ok, m in answers if not ok]
     assert all(m.startswith(allowed) or "dropped" in m for m in refused), sorted(set(refused))
-    assert sum(ok for ok, _ in answers) >= 10 and len(refused) >= 10, (len(answers), len(refused))
     FIGURES["stress_requests_answered"] = len(answers)
+    FIGURES["stress_requests_succeeded"] = sum(ok for ok, _ in answers)
+    assert FIGURES["stress_requests_succeeded"] >= 10 and len(refused) >= 10, (len(answers), sorted(set(refused)))
     FIGURES["stress_requests_unanswered_during_cleanup"] = len(unanswered)
     FIGURES["executor_errors_survived"] = launched.output().count("spinning on")
     assert "Traceback" not in launched.output()

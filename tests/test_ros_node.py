@@ -129,3 +129,53 @@ def test_an_inactive_node_answers_the_service_and_survives_lifecycle_cycles_with
     caller.join(60)
     assert answers and all(a.success or a.message.startswith(("node is inactive", "the node")) for a in answers)
     assert _call(client, service, own).success
+
+
+def test_the_spin_loop_survives_action_servers_destroyed_under_the_executor():
+    """rclpy's race (issue 12): an action server destroyed while a MultiThreadedExecutor builds its wait set raises
+    out of executor.spin() (InvalidHandle, or RCLError "action server pointer is invalid"). A plain spin() dies of
+    it within a few hundred create/destroy cycles; lens_ros.lifecycle.spin, which main() uses, must go on."""
+    import threading
+    import time
+
+    import rclpy
+    from rclpy.action import ActionServer
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    from lens_interfaces.action import Segment as SegmentAction
+    from lens_ros.lifecycle import SpinGuard, spin
+
+    class Log(list):
+        def warning(self, text):
+            self.append(text)
+
+        def error(self, text):
+            self.append(text)
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("lens_spin_race", context=context)
+    executor = MultiThreadedExecutor(num_threads=4, context=context)
+    executor.add_node(node)
+    log, ended = Log(), []
+    guard = SpinGuard(max_errors=100_000, window_s=1.0)  # the race here is far more frequent than in the node
+    spinner = threading.Thread(
+        target=lambda: ended.append(spin(executor, log, stop_on=(ExternalShutdownException,), guard=guard)),
+        daemon=True,
+    )
+    spinner.start()
+    deadline, cycles = time.monotonic() + 30, 0
+    try:
+        while time.monotonic() < deadline and spinner.is_alive() and (len(log) < 5 or cycles < 200):
+            server = ActionServer(node, SegmentAction, "race", lambda goal: SegmentAction.Result())
+            time.sleep(0.002)
+            server.destroy()
+            cycles += 1
+        assert spinner.is_alive(), f"spin ended after {cycles} cycles: {log[-1:]}"
+        assert log and all(line.startswith("executor: ") and line.endswith("; spinning on") for line in log)
+    finally:
+        executor.shutdown()
+        spinner.join(10)
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+    assert ended == [len(log)]  # spin returned on shutdown, having survived every error
