@@ -158,6 +158,7 @@ class TrackingWorker:
     # -- thread --
     def start(self) -> None:
         if self._thread is None:
+            self.runner.tracker.reset()  # a target from before a deactivate is not continued
             self._stop.clear()
             self._thread = threading.Thread(target=self._work, name="lens-tracking", daemon=True)
             self._thread.start()

@@ -100,7 +100,7 @@ def make_engine(store, pipeline, tiny_dir):
         engine.stop()
 
 
-def wait_until(predicate, timeout=120.0):
+def wait_until(predicate, timeout=60.0):
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
@@ -301,22 +301,55 @@ def test_tracking_auto_is_off_on_cpu_and_missing_memory_weights_disable_it(pipel
 
 
 def test_tracking_does_not_block_reasoning(make_engine, store):
-    """A command is answered while the tracking thread is busy publishing (a stalled consumer)."""
+    """A command is answered while the tracking thread is stuck publishing (a stalled consumer)."""
     release = threading.Event()
     engine = make_engine(lost_score_threshold=-100.0)
     publish = engine.publish
 
     def stalled(outcome):
         if outcome.source == "tracking":
-            release.wait(60)
+            release.wait(120)
         publish(outcome)
 
     engine.publish = stalled
     command(engine, store, "the cup", frame(0), sec=10)
+    engine.clock.now = 11
     engine.on_image(image_msg(store, frame(1), sec=11, frame="cam"))
     wait_until(lambda: engine.tracking.frames_tracked == 1)  # now stuck in its publish
-    engine.clock.now = 12
-    engine.on_image(image_msg(store, frame(2), sec=12, frame="cam"))
-    outcome = engine.submit("the plant").wait(120)
-    release.set()
-    assert outcome.success and stamp(outcome.header) == (12, 0, "cam")
+    try:
+        outcome = engine.submit("the plant").wait(30)
+    finally:
+        release.set()
+    assert outcome.success, outcome.message
+    assert stamp(outcome.header) == (11, 0, "cam") and outcome.prompt == "the plant"
+
+
+def test_tracked_frames_carry_the_3d_target_of_their_mask(make_engine, store):
+    from depth_scenes import render
+    from test_ros_depth import H4, K4, W4, camera_info, depth_msg
+
+    from lens_model.target3d import PinholeCamera, TargetOptions, depth_to_metres, estimate_target
+
+    assert (H4, W4) == CLIP_HW
+    depth_m = render(k=K4, width=W4, height=H4).depth
+    engine = make_engine(lost_score_threshold=-100.0, depth_enabled=True)
+    engine.on_camera_info(camera_info(store))
+    for sec in range(10, 14):
+        engine.on_depth(depth_msg(store, depth_m, sec=sec))
+    command(engine, store, "the cup", frame(0), sec=10)
+    for i in (1, 2, 3):
+        feed(engine, store, frame(i), sec=10 + i)
+    out = tracked(engine)
+    assert len(out) == 3 and any(o.result.mask.any() for o in out)
+    metres = depth_to_metres(np.rint(depth_m * 1000).astype(np.uint16))
+    for i, o in enumerate(out, start=1):
+        expected = estimate_target(o.result.mask, metres, PinholeCamera(W4, H4, K4), TargetOptions(erosion_px=2))
+        assert o.target.ok == expected.ok
+        if expected.ok:
+            assert np.allclose(o.target.centroid, expected.centroid)
+            point = o.messages.target.point
+            assert (point.header.stamp.sec, point.header.frame_id) == (10 + i, "depth_optical")
+        assert (o.messages.target.detections.header.stamp.sec, o.messages.target.detections.header.frame_id) == (
+            10 + i,
+            "depth_optical",
+        )
