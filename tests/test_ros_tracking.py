@@ -266,6 +266,19 @@ def test_a_frame_of_another_size_resets_the_target_and_regrounds(make_engine, st
     assert last.tracked.decision.state.value == "tracking" and last.result.mask.shape == (96, 128)
 
 
+def test_after_a_size_reset_without_reground_later_frames_are_reported_lost(make_engine, store):
+    engine = make_engine(lost_score_threshold=-100.0, reground_on_loss=False)
+    command(engine, store, "the cup", frame(0), sec=10)
+    for i in (1, 2, 3):
+        feed(engine, store, frame(i, hw=(96, 128)), sec=10 + i)
+    out = tracked(engine)
+    assert [o.tracked.decision.state.value for o in out] == ["lost", "lost", "lost"]
+    assert [o.tracked.source for o in out] == ["none", "none", "none"]  # the reset target is not tracked on
+    assert all(o.result.mask.shape == (96, 128) and not o.result.mask.any() for o in out)
+    assert not [line for level, line in engine.log_lines if level == "error"]
+    assert engine.tracking.status().frames_tracked == 3 and engine.published[0].source == "command"
+
+
 def test_frames_without_a_target_are_idle_with_one_log_line(make_engine, store):
     engine = make_engine()
     for i in range(3):
