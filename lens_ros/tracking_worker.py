@@ -219,7 +219,7 @@ class TrackingWorker:
             if not self._idle_logged:
                 self.log.info("tracking: no target yet; idle until a command is segmented")
                 self._idle_logged = True
-            self._reason = machine.observe((msg.height, msg.width), None, self.clock()).reason
+            self._reason = machine.observe((0, 0), None, self.clock()).reason  # the size matters only with a target
             return
         if self._since is not None and stamp <= self._since:
             return  # not newer than the frame the target was found on

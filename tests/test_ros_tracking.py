@@ -293,6 +293,31 @@ def test_frames_without_a_target_are_idle_with_one_log_line(make_engine, store):
     assert engine.states[-1].state == "idle" and engine.states[-1].prompt is None
 
 
+def test_compressed_frames_are_idle_then_tracked(make_engine, store):
+    import io
+
+    def png(rgb, sec):
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="PNG")
+        data = np.frombuffer(buffer.getvalue(), np.uint8).copy()
+        return store.types["sensor_msgs/msg/CompressedImage"](header=image_msg(store, rgb, sec=sec, frame="cam").header,
+                                                              format="png", data=data)  # fmt: skip
+
+    engine = make_engine(lost_score_threshold=-100.0, image_compressed=True)
+    worker = engine.tracking
+    engine.on_image(png(frame(0), 9))  # no target yet: idle
+    wait_until(lambda: worker._pending is None and worker.machine.prompt is None and engine.states)
+    engine.clock.now = 10
+    engine.on_image(png(frame(0), 10))
+    ground(engine, "the cup")
+    engine.clock.now = 11
+    engine.on_image(png(frame(1), 11))
+    wait_until(lambda: worker.frames_tracked == 1)
+    wait_until(lambda: tracked(engine))
+    assert stamp(tracked(engine)[0].messages.mask.header) == (11, 0, "cam")
+    assert not [line for level, line in engine.log_lines if level == "error"]
+
+
 def test_tracking_auto_is_off_on_cpu_and_missing_memory_weights_disable_it(pipeline, tiny_dir, tmp_path):
     log = Log()
     assert load_tracker(pipeline, settings(tiny_dir, tracking="auto"), log) is None
