@@ -97,7 +97,7 @@ def load_tracker(pipeline, settings, log=LOG):
                 f"modules); set sam_memory_checkpoint to the official {official_checkpoint_name(sam_config)}"
             )
         memory = load_sam_memory(sam_config, model_dir=model_dir, weights=weights)
-    except LensError as exc:
+    except (LensError, OSError, RuntimeError, ValueError) as exc:  # unusable weights must not stop reasoning
         log.error(f"tracking disabled: {exc}")
         return None
     tracker = StreamingTracker.from_lens_model(model, memory)
