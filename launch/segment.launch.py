@@ -18,7 +18,15 @@ from launch_ros.actions import LifecycleNode
 from launch import LaunchDescription
 
 # launch argument -> node parameter, applied only when the argument is not empty
-PARAMETER_ARGUMENTS = ("model", "device", "backend", "backend_dir", "audio_enabled")
+PARAMETER_ARGUMENTS = (
+    "model",
+    "device",
+    "backend",
+    "backend_dir",
+    "audio_enabled",
+    "tracking",
+    "sam_memory_checkpoint",
+)
 BOOL_ARGUMENTS = {"audio_enabled"}
 BOOL_WORDS = {"true": True, "false": False}
 
@@ -29,7 +37,7 @@ def parameter_value(name: str, text: str):
         if text.strip().lower() not in BOOL_WORDS:
             raise ValueError(f"launch argument {name} must be true or false, got {text!r}")
         return BOOL_WORDS[text.strip().lower()]
-    return os.path.expanduser(text) if name.endswith(("model", "_dir")) else text
+    return os.path.expanduser(text) if name.endswith(("model", "_dir", "_checkpoint")) else text
 
 
 def _node(context, *args, **kwargs):
@@ -74,6 +82,17 @@ def generate_launch_description():
                 default_value="",
                 description="spoken commands (Whisper, loaded in the background): true or false "
                 "(empty: params_file's, default true)",
+            ),
+            DeclareLaunchArgument(
+                "tracking",
+                default_value="",
+                description="SAM2 tracking between LENS results: auto (GPU only), on or off (empty: params_file's)",
+            ),
+            DeclareLaunchArgument(
+                "sam_memory_checkpoint",
+                default_value="",
+                description="official SAM2 .pt with the memory modules for tracking, e.g. sam2_hiera_large.pt "
+                "(empty: params_file's)",
             ),
             DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
             DeclareLaunchArgument(

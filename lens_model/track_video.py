@@ -103,23 +103,34 @@ class ReasonAndTrack:
         self.frames = self.lens_queries = 0
 
     def step(self, rgb: np.ndarray, now: float) -> FrameOutcome:
-        index, hw = self.frames, rgb.shape[:2]
-        self.frames += 1
         reason_now = (
-            index == 0
-            or (self.reason_every is not None and index % self.reason_every == 0)
+            self.frames == 0
+            or (self.reason_every is not None and self.frames % self.reason_every == 0)
             or (self.decision is not None and self.decision.reground)
         )
         if reason_now:
             self.lens_queries += 1
-            result = self.pipe(rgb, self.prompt)
-            if result.mask.any():
-                self.tracker.start(TARGET_ID, result.mask, rgb)
-                self.decision = self.machine.grounded(self.prompt, hw, now)
-            else:
-                self.tracker.remove(TARGET_ID)
-                self.decision = self.machine.grounding_failed("LENS gave an empty mask")
-            return FrameOutcome(index, "lens", self.decision, result.mask, mask_box(result.mask), result.score, result)
+            return self.ground(rgb, self.pipe(rgb, self.prompt), now)
+        return self.follow(rgb, now)
+
+    def ground(self, rgb: np.ndarray, result: SegmentationResult, now: float) -> FrameOutcome:
+        """A LENS result on `rgb` (the next frame): (re)start the tracker from its mask. `result.prompt` becomes the
+        target (a new command replaces the old one)."""
+        index, hw = self.frames, rgb.shape[:2]
+        self.frames += 1
+        self.prompt = result.prompt
+        if result.mask.any():
+            self.tracker.start(TARGET_ID, result.mask, rgb)
+            self.decision = self.machine.grounded(self.prompt, hw, now)
+        else:
+            self.tracker.remove(TARGET_ID)
+            self.decision = self.machine.grounding_failed("LENS gave an empty mask")
+        return FrameOutcome(index, "lens", self.decision, result.mask, mask_box(result.mask), result.score, result)
+
+    def follow(self, rgb: np.ndarray, now: float) -> FrameOutcome:
+        """Track the target into `rgb` (the next frame) and let the state machine judge the result."""
+        index, hw = self.frames, rgb.shape[:2]
+        self.frames += 1
         size_ok = self.machine.frame_hw is None or tuple(hw) == self.machine.frame_hw
         tracked = self.tracker.track(rgb).get(TARGET_ID) if size_ok and TARGET_ID in self.tracker.targets else None
         self.decision = self.machine.observe(hw, tracked, now)

@@ -9,6 +9,13 @@
     outcome = pending.wait(timeout)            # Outcome(success, message, result, messages, result_msg, header)
     engine.stop()
 
+With a `tracker` (lens_model.tracking.StreamingTracker; see lens_ros.tracking_worker.load_tracker) every result
+on a camera frame starts SAM2 tracking of its mask, and each later camera frame is tracked on a separate thread
+(lens_ros.tracking_worker.TrackingWorker): `publish(outcome)` then also gets one Outcome per tracked frame
+(source "tracking": mask and detections, 3D with depth_enabled; no reasoning, overlay or result message) with that
+frame's header, `publish_state(TrackingStatus)` the tracking state, and a lost target is re-grounded by
+submitting its prompt as a command (source "reground").
+
 The worker takes one command at a time (lens_ros.policy.CommandQueue), picks its frame (FrameBuffer: latest or
 next, staleness bound) unless the request brought its own image, converts it (lens_ros.conversions), runs the
 pipeline (streaming the generated text to `feedback` when given), builds the output messages
@@ -45,6 +52,7 @@ from .params import NodeSettings
 from .policy import Command, CommandQueue, FrameBuffer
 from .results import ResultMessages, TargetMessages, fill_result, fill_target, result_fields, target_header
 from .streaming import TextSoFarStreamer
+from .tracking_worker import TrackingStatus, TrackingWorker, tracking_policy
 from .whisper import AudioError, UtteranceSegmenter, pcm_to_float, split_wav_header
 
 LOG = logging.getLogger("lens_ros.engine")
@@ -65,6 +73,7 @@ class Outcome:
     header: Any = None  # the segmented image's header
     seconds: float = 0.0  # queueing + inference
     target: Any = None  # lens_model.target3d Target3D (depth_enabled); not ok: target.reason says why
+    tracked: Any = None  # source "tracking": the frame's lens_model.track_video FrameOutcome (state, object score)
 
 
 @dataclass
@@ -110,6 +119,8 @@ class SegmentationEngine:
         log=LOG,
         clock: Clock = time.time,
         types: Mapping[str, type] | None = None,
+        tracker=None,
+        publish_state: Callable[[TrackingStatus], None] | None = None,
     ) -> None:
         self.pipeline = pipeline  # called as pipeline(rgb, prompt[, streamer=...]) -> SegmentationResult
         self.settings = settings
@@ -126,6 +137,19 @@ class SegmentationEngine:
         self._unstamped_warned = False
         self.processed = 0
         self.failed = 0
+        self.tracking: TrackingWorker | None = None
+        if tracker is not None:
+            self.tracking = TrackingWorker(
+                tracker,
+                tracking_policy(settings),
+                publish_frame=self._publish_tracked,
+                publish_state=publish_state,
+                reground=lambda prompt: self.submit(prompt, source="reground"),
+                log=log,
+                clock=clock,
+                scale16=settings.scale16,
+                state_period_s=settings.tracking_state_period_s,
+            )
 
     # -- inputs (called from subscription / service callbacks: cheap, never raise) --
     def on_image(self, msg: Any) -> None:
@@ -140,6 +164,8 @@ class SegmentationEngine:
                 self._unstamped_warned = True
             stamp = self.clock()
         self.frames.put(msg, stamp)
+        if self.tracking is not None:
+            self.tracking.offer(msg, stamp)
 
     def on_depth(self, msg: Any) -> None:
         if self.depth is None:
@@ -185,12 +211,16 @@ class SegmentationEngine:
         self._stop.clear()
         self._thread = threading.Thread(target=self._work, name="lens-worker", daemon=True)
         self._thread.start()
+        if self.tracking is not None:
+            self.tracking.start()
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """Refuse new commands, answer the pending ones with success=false, and end the worker (after the
         command it is running, if any). A command still running after `timeout` seconds is answered with
         success=false at once (its caller does not wait for it); the worker drops its result when it ends."""
         self._stop.set()
+        if self.tracking is not None:
+            self.tracking.stop(timeout)
         for command in self.queue.close():
             if command.payload is not None:
                 command.payload.complete(
@@ -235,13 +265,14 @@ class SegmentationEngine:
         request: Request = command.payload if command.payload is not None else Request(command.text)
         source = request.source
         try:
+            frame_stamp = None  # a camera frame's stamp: tracking starts on camera frames only
             if request.image is not None:
                 msg = request.image
             else:
                 choice = self.frames.wait_for_frame(command.stamp, timeout=self.settings.service_timeout_s)
                 if not choice.ok:
                     raise LensRosError(choice.reason)
-                msg = choice.frame.message
+                msg, frame_stamp = choice.frame.message, choice.frame.stamp
             rgb = image_message_to_rgb(msg, self.settings.scale16)
             header = msg.header
             kwargs = {}
@@ -276,11 +307,27 @@ class SegmentationEngine:
                 self.publish(outcome)
             except Exception as exc:  # noqa: BLE001 - a failed publish still answers the caller
                 self.log.error(f"publishing the result of {command.text!r} failed: {exc!r}")
+        if self.tracking is not None and frame_stamp is not None:
+            self.tracking.grounded(rgb, result, frame_stamp, source)
         return outcome
 
-    def _measure_3d(self, result, header: Any, rgb, source: str) -> tuple[Target3D | None, TargetMessages | None]:
+    def _publish_tracked(self, frame, msg: Any, rgb) -> None:
+        """One tracked frame (a lens_model.track_video FrameOutcome) -> mask, detections (3D) with its header."""
+        prompt = frame.decision.prompt
+        result = frame.as_segmentation(prompt)
+        header = msg.header
+        messages = fill_result(result_fields(result, header), self.types)
+        target, messages.target = self._measure_3d(result, header, rgb, "tracking", quiet=True)
+        outcome = Outcome(True, "", prompt, "tracking", result, messages, None, header, target=target, tracked=frame)
+        if self.publish is not None:
+            self.publish(outcome)
+
+    def _measure_3d(
+        self, result, header: Any, rgb, source: str, quiet: bool = False
+    ) -> tuple[Target3D | None, TargetMessages | None]:
         """The frame's 3D target and its messages (None, None without depth_enabled). A failure is a target that is
-        not ok, with the reason; its Detection3DArray is empty and carries the source image's header."""
+        not ok, with the reason; its Detection3DArray is empty and carries the source image's header. `quiet`
+        (tracked frames, at camera rate): log nothing."""
         if self.depth is None:
             return None, None
         s = self.settings
@@ -300,7 +347,9 @@ class SegmentationEngine:
             frame_id = match.depth.header.frame_id or match.camera_info.header.frame_id or frame_id
         except LensError as exc:
             target = Target3D(False, str(exc))
-        if target.ok:
+        if quiet:
+            pass  # tracked frames: at camera rate, the state topic says enough
+        elif target.ok:
             c = target.centroid
             self.log.info(
                 f"{source} {result.prompt!r}: 3D target ({c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f}) m in "

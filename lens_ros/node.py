@@ -27,6 +27,8 @@ Publishes:
     overlay     sensor_msgs/Image rgb8 for RViz
     result      lens_interfaces/SegmentationResult (all of the above in one message)
     transcript  std_msgs/String (what Whisper heard)
+    tracking_state  std_msgs/String JSON: idle / tracking / lost, prompt, frames tracked and dropped (tracking on;
+                mask, detections and the 3D outputs then also come for every tracked frame: lens_ros.tracking_worker)
     target_point   geometry_msgs/PointStamped: the object's 3D centroid (depth_enabled; when measured)
     detections_3d  vision_msgs/Detection3DArray: centroid, 3D box, score, prompt (depth_enabled; empty when none)
     target_cloud   sensor_msgs/PointCloud2 x y z rgb of the object (publish_target_cloud)
@@ -84,6 +86,7 @@ except ImportError as exc:  # pragma: no cover
 from .engine import NOT_ACTIVE, Outcome, SegmentationEngine, SpokenCommands
 from .lifecycle import ServingGate, spin
 from .params import PARAMETERS, NodeSettings, ParamSpec
+from .tracking_worker import TrackingStatus, load_tracker
 from .whisper import BackgroundWhisper
 
 try:  # spoken commands are optional: without audio_common_msgs the node runs text-only
@@ -121,6 +124,7 @@ class LensNode(LifecycleNode):
         self.settings: NodeSettings | None = None
         self.pipeline = None
         self.whisper: BackgroundWhisper | None = None  # loading or loaded from configure to cleanup
+        self.tracker = None  # lens_model.tracking.StreamingTracker with tracking on, from configure to cleanup
         self.engine: SegmentationEngine | None = None  # while active
         self.spoken: SpokenCommands | None = None  # while active, with spoken commands on
         self.gate = ServingGate(self.get_fully_qualified_name())
@@ -143,6 +147,7 @@ class LensNode(LifecycleNode):
             s = self.settings
             log.info(f"loading {s.model} (device {s.device}, dtype {s.dtype}, backend {s.backend})")
             self.pipeline = LensPipeline.from_pretrained(s.model, **s.pipeline_kwargs())
+            self.tracker = load_tracker(self.pipeline, s, log)
             self.whisper = None
             if s.audio_enabled and AudioData is None:
                 log.warning(
@@ -169,7 +174,15 @@ class LensNode(LifecycleNode):
         s = self.settings
         log = self.get_logger()
         try:
-            self.engine = SegmentationEngine(self.pipeline, s, publish=self._publish, log=log, clock=self.now_s)
+            self.engine = SegmentationEngine(
+                self.pipeline,
+                s,
+                publish=self._publish,
+                log=log,
+                clock=self.now_s,
+                tracker=self.tracker,
+                publish_state=self._publish_tracking_state,
+            )
             if self.whisper is not None and not self.whisper.failed:
                 self.spoken = SpokenCommands(self.whisper, s, self._on_transcript, log=log)
                 self.spoken.start()
@@ -228,6 +241,8 @@ class LensNode(LifecycleNode):
             self._pubs["detections_3d"] = self.create_publisher(Detection3DArray, s.detections_3d_topic, reliable)
             if s.publish_target_cloud:
                 self._pubs["target_cloud"] = self.create_publisher(PointCloud2, s.target_cloud_topic, reliable)
+        if self.tracker is not None:
+            self._pubs["tracking_state"] = self.create_publisher(String, s.tracking_state_topic, reliable)
         self._entities = list(self._pubs.values())
         image_type = CompressedImage if s.image_compressed else Image
         self._entities.append(
@@ -311,7 +326,7 @@ class LensNode(LifecycleNode):
         self._entities, self._pubs = [], {}
 
     def _free_models(self) -> None:
-        self.pipeline = self.whisper = None
+        self.pipeline = self.whisper = self.tracker = None
         try:
             import torch
 
@@ -363,12 +378,14 @@ class LensNode(LifecycleNode):
         if engine is not None:
             engine.submit(text, source="audio")
 
-    def _publish(self, outcome: Outcome) -> None:  # the worker thread, after each successful command
+    def _publish(self, outcome: Outcome) -> None:  # the worker thread (each result) or the tracking thread
         m = outcome.messages
         pubs = self._pubs
         pubs["mask"].publish(m.mask)
         pubs["detections"].publish(m.detections)
-        pubs["reasoning"].publish(m.reasoning)
+        tracked = outcome.source == "tracking"  # a tracked frame: no text, overlay or result message
+        if not tracked:
+            pubs["reasoning"].publish(m.reasoning)
         if m.overlay is not None and "overlay" in pubs:
             pubs["overlay"].publish(m.overlay)
         target = m.target
@@ -378,7 +395,13 @@ class LensNode(LifecycleNode):
                 pubs["target_point"].publish(target.point)
             if target.cloud is not None and "target_cloud" in pubs:
                 pubs["target_cloud"].publish(target.cloud)
-        pubs["result"].publish(outcome.result_msg)
+        if not tracked:
+            pubs["result"].publish(outcome.result_msg)
+
+    def _publish_tracking_state(self, status: TrackingStatus) -> None:  # the tracking thread
+        pub = self._pubs.get("tracking_state")
+        if pub is not None:
+            pub.publish(String(data=status.to_json()))
 
     def _wait(self, prompt: str, image, source: str, feedback=None) -> Outcome:
         engine = self.engine

@@ -21,6 +21,7 @@ from .whisper import SAMPLE_FORMATS
 
 AUDIO_SAMPLE_FORMATS = tuple(SAMPLE_FORMATS)
 DEPTH_QOS = ("sensor_data", "reliable")
+TRACKING_MODES = ("auto", "on", "off")
 
 
 class ParameterError(LensError):
@@ -199,6 +200,48 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "largest stamp difference between the colour image and the depth image it is paired with, seconds",
         range=(0.0, 10.0),
     ),
+    # tracking: SAM2 memory follows the last result on every new frame
+    ParamSpec(
+        "tracking",
+        "auto",
+        "after each result on a camera frame, track its object with SAM2's memory on every new frame (mask, "
+        "detections and 3D outputs with that frame's header, on a separate thread; frames the tracker cannot keep up "
+        "with are dropped and counted); auto = on when the model runs on a GPU, off on CPU",
+        choices=TRACKING_MODES,
+    ),
+    ParamSpec(
+        "sam_memory_checkpoint",
+        "",
+        "SAM2 memory weights for tracking: the official SAM2 .pt of the model's SAM2 size (sam2_hiera_large.pt for "
+        "the released LENS); empty = sam2_memory.safetensors in the model directory. Missing: tracking is disabled "
+        "with one log line",
+        allow_empty=True,
+    ),
+    ParamSpec(
+        "lost_score_threshold",
+        0.0,
+        "tracking: SAM2's object-presence logit below which the object counts as missing on a frame",
+        range=(-100.0, 100.0),
+    ),
+    ParamSpec("lost_after_frames", 3, "tracking: missing frames in a row before the target is lost", range=(1, 1000)),
+    ParamSpec(
+        "reground_on_loss", True, "tracking: run LENS again on the latest frame when the target is lost or reset"
+    ),
+    ParamSpec(
+        "reground_period_s",
+        0.0,
+        "tracking: also run LENS again this often while tracking, seconds; 0 = never",
+        range=(0.0, 3600.0),
+    ),
+    ParamSpec(
+        "tracking_state_topic",
+        "tracking_state",
+        "std_msgs/String JSON {state: idle|tracking|lost, prompt, frames_tracked, frames_dropped, reason}, on "
+        "each change and every tracking_state_period_s (tracking on)",
+    ),
+    ParamSpec(
+        "tracking_state_period_s", 1.0, "how often tracking_state is repeated without a change", range=(0.05, 60.0)
+    ),
     # outputs
     ParamSpec("mask_topic", "mask", "mono8 mask (255 = object), with the source image's header"),
     ParamSpec("detections_topic", "detections", "vision_msgs/Detection2DArray: box, score, prompt as class_id"),
@@ -309,6 +352,14 @@ class NodeSettings:
     depth_rectified: bool
     depth_edge_erosion_px: int
     depth_slop_s: float
+    tracking: str
+    sam_memory_checkpoint: str
+    lost_score_threshold: float
+    lost_after_frames: int
+    reground_on_loss: bool
+    reground_period_s: float
+    tracking_state_topic: str
+    tracking_state_period_s: float
     mask_topic: str
     detections_topic: str
     reasoning_topic: str

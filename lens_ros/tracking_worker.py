@@ -1,0 +1,250 @@
+"""Tracking in the node, without rclpy: after a LENS result, follow its object on every new camera frame.
+
+    worker = TrackingWorker(tracker, policy, publish_frame=..., publish_state=..., reground=..., log=..., clock=...)
+    worker.start()
+    worker.offer(msg, stamp)                 # camera callback: the newest frame replaces an untracked one
+    worker.grounded(rgb, result, stamp)      # the reasoning worker found the target on a camera frame
+    worker.stop()
+
+The worker runs on its own thread, so tracking never waits for the MLLM and reasoning never waits for tracking. It
+holds one pending frame (latest-frame policy): a frame that arrives before the previous one was taken replaces it
+and counts as dropped, so a tracker slower than the camera falls behind by at most one frame and memory stays
+bounded. Frames stamped at or before the grounding frame are not tracked (the target starts there).
+
+Per frame it reuses lens_model.track_video.ReasonAndTrack (`ground` on a LENS result, `follow` on a camera frame:
+the SAM2 streaming tracker judged by lens_model.tracking_state's state machine) and hands the FrameOutcome to
+`publish_frame(outcome, msg, rgb)`. When the state machine asks for re-grounding (the target was lost, a frame of
+another size reset it, or reground_period_s elapsed) it calls `reground(prompt)`, which submits the prompt to the
+reasoning worker and returns its lens_ros.engine Request; a re-grounding that fails or is dropped from the command
+queue is reported back to the state machine, so a later need asks again. `publish_state(TrackingStatus)` runs on
+every change of state and every `state_period_s`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from lens_model.errors import LensError
+from lens_model.track_video import FrameOutcome, ReasonAndTrack
+from lens_model.tracking_state import TrackingPolicy, TrackState
+
+from .conversions import image_message_to_rgb
+from .params import TRACKING_MODES
+
+LOG = logging.getLogger("lens_ros.tracking")
+
+
+@dataclass
+class TrackingStatus:
+    """What `tracking_state` carries (as JSON)."""
+
+    state: str  # idle, tracking or lost
+    prompt: str | None  # the target's command; None when idle
+    frames_tracked: int  # camera frames the tracker has followed the target into
+    frames_dropped: int  # camera frames replaced by a newer one before the tracker took them
+    reason: str  # why the state last changed
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def tracking_wanted(mode: str, device) -> bool:
+    """The `tracking` parameter: on, off, or auto = on when the model runs on a GPU."""
+    if mode not in TRACKING_MODES:
+        raise LensError(f"tracking must be one of {', '.join(TRACKING_MODES)}, got {mode!r}")
+    return mode == "on" or (mode == "auto" and getattr(device, "type", str(device)) == "cuda")
+
+
+def tracking_policy(settings) -> TrackingPolicy:
+    """The state machine's policy from the node's parameters."""
+    return TrackingPolicy(
+        lost_score_threshold=settings.lost_score_threshold,
+        lost_after_frames=settings.lost_after_frames,
+        reground_on_loss=settings.reground_on_loss,
+        reground_period_s=settings.reground_period_s or None,
+    )
+
+
+def load_tracker(pipeline, settings, log=LOG):
+    """The node's StreamingTracker on `pipeline`'s SAM2, or None when tracking is off or cannot run (one log line
+    saying why; reasoning is unaffected)."""
+    model = pipeline.model
+    if not tracking_wanted(settings.tracking, model.device):
+        log.info(f"tracking off (tracking={settings.tracking}, device {model.device})")
+        return None
+    if settings.backend != "torch":
+        log.warning(f"tracking disabled: it runs SAM2 in torch, and backend is {settings.backend}")
+        return None
+    from lens_model.checkpoint import resolve_model_dir
+    from lens_model.sam_memory import MEMORY_WEIGHTS_FILE, load_sam_memory, official_checkpoint_name
+    from lens_model.tracking import StreamingTracker
+
+    sam_config = model.lens_config.sam
+    weights = settings.sam_memory_checkpoint or None
+    try:
+        model_dir = resolve_model_dir(settings.model)
+        if weights is None and not (model_dir / MEMORY_WEIGHTS_FILE).is_file():
+            raise LensError(
+                f"{settings.model} has no {MEMORY_WEIGHTS_FILE} (LENS checkpoints keep SAM2 without its video-memory "
+                f"modules); set sam_memory_checkpoint to the official {official_checkpoint_name(sam_config)}"
+            )
+        memory = load_sam_memory(sam_config, model_dir=model_dir, weights=weights)
+    except (LensError, OSError, RuntimeError, ValueError) as exc:  # unusable weights must not stop reasoning
+        log.error(f"tracking disabled: {exc}")
+        return None
+    tracker = StreamingTracker.from_lens_model(model, memory)
+    log.info(f"tracking on: SAM2 memory ({memory.num_maskmem} memory frames)")
+    return tracker
+
+
+class TrackingWorker:
+    def __init__(
+        self,
+        tracker,
+        policy: TrackingPolicy,
+        publish_frame: Callable[[FrameOutcome, Any, np.ndarray], None],
+        publish_state: Callable[[TrackingStatus], None] | None = None,
+        reground: Callable[[str], Any] | None = None,
+        log=LOG,
+        clock: Callable[[], float] = time.time,
+        scale16: str = "auto",
+        state_period_s: float = 1.0,
+    ) -> None:
+        self.runner = ReasonAndTrack(None, tracker, "", policy=policy)  # LENS runs on the reasoning worker
+        self.publish_frame, self.publish_state, self.reground = publish_frame, publish_state, reground
+        self.log, self.clock, self.scale16, self.state_period_s = log, clock, scale16, state_period_s
+        self.frames_tracked = self.frames_dropped = 0
+        self._cond = threading.Condition()
+        self._pending: tuple[Any, float] | None = None  # (message, stamp): the one frame waiting to be tracked
+        self._groundings: list[tuple] = []  # (rgb, result, stamp, source), in arrival order
+        self._since: float | None = None  # stamp of the grounding frame: only later frames are tracked
+        self._reground_request = None
+        self._reason = ""
+        self._idle_logged = False
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def machine(self):
+        return self.runner.machine
+
+    def status(self) -> TrackingStatus:
+        m = self.machine
+        return TrackingStatus(m.state.value, m.prompt, self.frames_tracked, self.frames_dropped, self._reason)
+
+    # -- inputs (any thread; cheap) --
+    def offer(self, msg: Any, stamp: float) -> None:
+        with self._cond:
+            if self._pending is not None and self.machine.prompt is not None:
+                self.frames_dropped += 1
+            self._pending = (msg, float(stamp))
+            self._cond.notify()
+
+    def grounded(self, rgb: np.ndarray, result, stamp: float, source: str = "command") -> None:
+        """LENS segmented `result.prompt` on the camera frame `rgb` stamped `stamp`: (re)start the target there.
+        A re-grounding (source "reground") of a target that a new command has replaced since is ignored."""
+        with self._cond:
+            self._groundings.append((rgb, result, float(stamp), source))
+            self._cond.notify()
+
+    # -- thread --
+    def start(self) -> None:
+        if self._thread is None:
+            self.runner.tracker.reset()  # a target from before a deactivate is not continued
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._work, name="lens-tracking", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._thread = None
+
+    def _work(self) -> None:
+        last_state_at = time.monotonic()
+        while not self._stop.is_set():
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: self._stop.is_set() or self._groundings or self._pending is not None,
+                    timeout=max(0.0, last_state_at + self.state_period_s - time.monotonic()),
+                )
+                groundings, self._groundings = self._groundings, []
+                frame, self._pending = self._pending, None
+            before = (self.machine.state, self.machine.prompt)
+            try:
+                for grounding in groundings:
+                    self._ground(*grounding)
+                self._check_reground()
+                if frame is not None:
+                    self._follow(*frame)
+            except Exception as exc:  # noqa: BLE001 - the tracking thread outlives a bad frame or a model error
+                self.log.error(f"tracking: {type(exc).__name__}: {exc}")
+            changed = (self.machine.state, self.machine.prompt) != before
+            if changed or time.monotonic() - last_state_at >= self.state_period_s:
+                last_state_at = time.monotonic()
+                self._publish_state()
+
+    def _ground(self, rgb: np.ndarray, result, stamp: float, source: str) -> None:
+        if source == "reground" and result.prompt != self.machine.prompt:
+            return
+        self.runner.ground(rgb, result, self.clock())
+        self._since = stamp
+        self._reground_request = None
+        self._reason = self.runner.decision.reason
+
+    def _check_reground(self) -> None:
+        """A re-grounding that ended without a result (failed, or dropped from the command queue)."""
+        request = self._reground_request
+        if request is None or not request.done:
+            return
+        self._reground_request = None
+        outcome = request.wait(0)
+        if not outcome.success and outcome.prompt == self.machine.prompt:
+            self._reason = self.machine.grounding_failed(outcome.message).reason
+
+    def _follow(self, msg: Any, stamp: float) -> None:
+        machine = self.machine
+        if machine.prompt is None:  # nothing to track: idle
+            if not self._idle_logged:
+                self.log.info("tracking: no target yet; idle until a command is segmented")
+                self._idle_logged = True
+            self._reason = machine.observe((0, 0), None, self.clock()).reason  # the size matters only with a target
+            return
+        if self._since is not None and stamp <= self._since:
+            return  # not newer than the frame the target was found on
+        try:
+            rgb = image_message_to_rgb(msg, self.scale16)
+        except LensError as exc:
+            self.log.warning(f"tracking: frame skipped: {exc}")
+            return
+        outcome = self.runner.follow(rgb, self.clock())
+        self.frames_tracked += 1
+        decision = outcome.decision
+        if decision.reason:  # the state changed on this frame
+            self._reason = decision.reason
+            level = self.log.info if decision.state is TrackState.TRACKING else self.log.warning
+            level(f"tracking {decision.prompt!r}: {decision.reason}")
+        if decision.reground and self.reground is not None:
+            self.log.info(f"re-grounding {decision.prompt!r}: {decision.reason or decision.state.value}")
+            self._reground_request = self.reground(decision.prompt)
+        if decision.state is not TrackState.IDLE:
+            self.publish_frame(outcome, msg, rgb)
+
+    def _publish_state(self) -> None:
+        if self.publish_state is None:
+            return
+        try:
+            self.publish_state(self.status())
+        except Exception as exc:  # noqa: BLE001
+            self.log.error(f"publishing the tracking state failed: {exc!r}")
