@@ -237,6 +237,13 @@ def _add_make_synthetic(sub) -> None:
         help="multiply the shapes' sizes (small: 0.08-0.11, large: 0.15-0.2 of the side as half-extent; default: 1)",
     )
     p.add_argument(
+        "--relation-rate",
+        type=float,
+        default=0.5,
+        help="share of objects described by a spatial relation where one exists; 0: by attributes wherever they "
+        "single the object out (default: 0.5)",
+    )
+    p.add_argument(
         "--background",
         choices=SYNTHETIC_BACKGROUNDS,
         default="noise",
@@ -427,6 +434,7 @@ def cmd_make_synthetic(args) -> int:
         n_images=args.n,
         seed=args.seed,
         image_size=args.image_size,
+        relation_rate=args.relation_rate,
         progress=True,
         min_objects=args.min_objects,
         max_objects=args.max_objects,

@@ -157,6 +157,7 @@ def test_scene_options_objects_per_scene_size_and_textured_background(scenes, tm
         (dict(max_objects=9), "1 <= min <= max <= 8"),
         (dict(object_scale=0), "object scale (--object-scale) must be > 0"),
         (dict(object_scale=2.5), "scale < 2.25), got 2.5"),
+        (dict(relation_rate=1.5), "relation rate (--relation-rate) must be within 0..1, got 1.5"),
         (dict(background="stripes"), "background (--background) must be one of noise, texture, got 'stripes'"),
     ],
 )
@@ -204,7 +205,14 @@ def test_cli_make_synthetic(tmp_path, capsys):
     assert "wrote 3 synthetic scenes" in capsys.readouterr().out
     assert len(list((tmp_path / "s" / "images").glob("*.png"))) == 3
     options = ["--min-objects", "6", "--max-objects", "6", "--object-scale", "0.5", "--background", "texture"]
+    options += ["--relation-rate", "0"]
     assert main(["make-synthetic", "--out", str(tmp_path / "t"), "--n", "2", *options]) == 0
     instances = json.loads((tmp_path / "t" / "synthetic" / "instances.json").read_text())
     assert len(instances["annotations"]) == 12
     assert max(a["bbox"][2] for a in instances["annotations"]) <= 2 * 0.2 * 0.5 * 128 + 0.02
+    sentences = [
+        s["sent"]
+        for ref in pickle.loads((tmp_path / "t" / "synthetic" / "refs(unc).p").read_bytes())
+        for s in ref["sentences"]
+    ]
+    assert sentences and not any(r in s for s in sentences for r in ("left of", "right of", "above", "below"))

@@ -199,6 +199,8 @@ def make_synthetic(
             f"object scale (--object-scale) must be > 0 and keep a large object inside the image "
             f"(scale × {largest} < 0.45, i.e. scale < {0.45 / largest:.2f}), got {object_scale}"
         )
+    if not 0.0 <= relation_rate <= 1.0:
+        raise LensError(f"relation rate (--relation-rate) must be within 0..1, got {relation_rate}")
     if background not in SYNTHETIC_BACKGROUNDS:
         raise LensError(
             f"background (--background) must be one of {', '.join(SYNTHETIC_BACKGROUNDS)}, got {background!r}"
