@@ -85,7 +85,9 @@ def mask_logits(
 def answer_lm_loss(lens, batch: dict, device: torch.device) -> torch.Tensor:
     """Mean next-token cross-entropy of the answer tokens (GT answer + end of turn) under the M-RoPE positions
     that generation uses: teaches an MLLM that cannot write the answer format yet (a tiny one from scratch) to
-    write it. Not in the paper's stage 1, whose released base MLLM already writes it (AlignConfig.lm_weight)."""
+    write it. Not in the paper's stage 1, whose released base MLLM already writes it (AlignConfig.lm_weight).
+    A second MLLM pass (the mask pass may use 1-D positions); ZeRO-3 gathers its weights through the submodules'
+    own hooks (run here with ZeRO-2 in one process)."""
     ctx = ContextInputs(
         batch["input_ids"].to(device),
         batch["attention_mask"].to(device),
