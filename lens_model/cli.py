@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .config import DEFAULT_MODEL_ID
 from .errors import LensError
-from .vocab import ANSWER_FORMATS, BACKENDS, CONTEXT_PASS_MODES, DTYPES
+from .vocab import ANSWER_FORMATS, BACKENDS, CONTEXT_PASS_MODES, DTYPES, SYNTHETIC_BACKGROUNDS
 
 DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N (default: auto)"
 # Masks are written losslessly so that they keep exactly 0 and 255; overlays may also be lossy pictures.
@@ -276,6 +276,27 @@ def _add_make_synthetic(sub) -> None:
     p.add_argument("--n", type=int, default=200, help="number of images (default: 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--image-size", type=int, default=128, help="square image side in pixels (default: 128)")
+    p.add_argument("--min-objects", type=int, default=2, help="fewest shapes per scene (default: 2)")
+    p.add_argument("--max-objects", type=int, default=4, help="most shapes per scene, at most 8 (default: 4)")
+    p.add_argument(
+        "--object-scale",
+        type=float,
+        default=1.0,
+        help="multiply the shapes' sizes (small: 0.08-0.11, large: 0.15-0.2 of the side as half-extent; default: 1)",
+    )
+    p.add_argument(
+        "--relation-rate",
+        type=float,
+        default=0.5,
+        help="share of objects described by a spatial relation where one exists; 0: by attributes wherever they "
+        "single the object out (default: 0.5)",
+    )
+    p.add_argument(
+        "--background",
+        choices=SYNTHETIC_BACKGROUNDS,
+        default="noise",
+        help="noise: flat grey with pixel noise; texture: with smooth blotches (default: noise)",
+    )
     p.set_defaults(func=cmd_make_synthetic)
 
 
@@ -515,6 +536,17 @@ def cmd_eval(args) -> int:
 def cmd_make_synthetic(args) -> int:
     from .data.synthetic import make_synthetic
 
-    path = make_synthetic(args.out, n_images=args.n, seed=args.seed, image_size=args.image_size, progress=True)
+    path = make_synthetic(
+        args.out,
+        n_images=args.n,
+        seed=args.seed,
+        image_size=args.image_size,
+        relation_rate=args.relation_rate,
+        progress=True,
+        min_objects=args.min_objects,
+        max_objects=args.max_objects,
+        object_scale=args.object_scale,
+        background=args.background,
+    )
     print(f"wrote {args.n} synthetic scenes to {path} (REFER layout; lens eval --dataset synthetic --data-root {path})")
     return 0

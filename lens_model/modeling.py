@@ -256,14 +256,15 @@ class LensModel(nn.Module):
         sam_images: torch.Tensor,
         positions: str | None = None,
         mllm_grad: bool = False,
+        sam_encoder_grad: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced pass used in training: (B, L) prompt + answer ids with one image per row -> low-res
         mask logits (B, 1, S/4, S/4) and SAM2's IoU predictions (B, 1).
 
         `positions`: "1d" or "mrope"; None (default) the model's own (`query_positions`). `mllm_grad=False`
-        (frozen MLLM) runs the vision encoder and the prompt + answer tokens without autograd. The SAM2 image
-        encoder is always frozen. Everything runs inside this forward so that DeepSpeed ZeRO-3 can gather
-        partitioned weights with its module hooks.
+        (frozen MLLM) runs the vision encoder and the prompt + answer tokens without autograd; likewise
+        `sam_encoder_grad=False` (frozen SAM2 image encoder, as released) its features. Everything runs inside
+        this forward so that DeepSpeed ZeRO-3 can gather partitioned weights with its module hooks.
         """
         ctx = ContextInputs(input_ids, attention_mask, mm_token_type_ids, image_grid_thw)
         positions = positions or self.query_positions
@@ -273,7 +274,7 @@ class LensModel(nn.Module):
             states = self.query_states_full(ctx, image_outputs, positions)
         else:
             states = self.query_states_after_prefix(ctx, image_outputs, positions)
-        with torch.no_grad():
+        with torch.set_grad_enabled(sam_encoder_grad and torch.is_grad_enabled()):
             features = self.encode_sam_images(sam_images)
         return self.masks_from_query_states(states, features)
 

@@ -29,6 +29,10 @@ CONTEXT_PASS_MODES = ("official", "cached")
 # counts and is attended, <|endoftext|> padding included.
 COMPLETION_ENDS = ("first_end", "im_end_only")
 
+# Backgrounds of the synthetic scenes (`lens make-synthetic --background`): flat grey with pixel noise, or with
+# smooth low-saturation blotches too.
+SYNTHETIC_BACKGROUNDS = ("noise", "texture")
+
 
 def canonical_dtype(name: str) -> str:
     """A dtype name or alias -> its name in DTYPES ("bf16" -> "bfloat16"); ValueError for anything else."""
@@ -43,6 +47,7 @@ __all__ = [
     "BACKENDS",
     "COMPLETION_ENDS",
     "CONTEXT_PASS_MODES",
+    "SYNTHETIC_BACKGROUNDS",
     "DTYPES",
     "DTYPE_ALIASES",
     "canonical_dtype",

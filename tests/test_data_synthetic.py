@@ -26,8 +26,9 @@ def scenes(tmp_path_factory):
     return make_synthetic(tmp_path_factory.mktemp("syn") / "a", n_images=N_IMAGES, seed=3, image_size=SIDE)
 
 
-def _objects_from_files(root):
-    """image_id -> list of dicts (ann_id, shape, color, size, box xyxy), read back from the written files."""
+def _objects_from_files(root, side=SIDE, scale=1.0):
+    """image_id -> list of dicts (ann_id, shape, color, size, box xyxy), read back from the written files
+    (`scale`: the object_scale the scenes were made with)."""
     instances = json.loads((root / "synthetic" / "instances.json").read_text())
     names = {c["id"]: c["name"] for c in instances["categories"]}
     files = {im["id"]: im["file_name"] for im in instances["images"]}
@@ -36,14 +37,15 @@ def _objects_from_files(root):
     objects = {}
     for ann in instances["annotations"]:
         pixels = np.asarray(Image.open(root / "images" / files[ann["image_id"]]))
-        mask = decode_segmentation(ann["segmentation"], SIDE, SIDE)
+        mask = decode_segmentation(ann["segmentation"], side, side)
         colours = pixels[mask]
         assert (colours == colours[0]).all(), "an object is painted in one flat colour"
         colour = [name for name, rgb in COLORS.items() if tuple(colours[0]) == rgb]
         x, y, w, h = ann["bbox"]
-        # small shapes have half-extent <= 0.11 * side, large ones >= 0.15 * side
-        size = "small" if w / 2 <= 0.11 * SIDE + 0.01 else "large"
-        assert w / 2 <= 0.11 * SIDE + 0.01 or w / 2 >= 0.15 * SIDE - 0.01
+        # small shapes have half-extent 0.08-0.11 × side × scale, large ones 0.15-0.2 × side × scale
+        unit = side * scale
+        size = "small" if w / 2 <= 0.11 * unit + 0.01 else "large"
+        assert 0.08 * unit - 0.01 <= w / 2 <= 0.11 * unit + 0.01 or 0.15 * unit - 0.01 <= w / 2 <= 0.2 * unit + 0.01
         objects.setdefault(ann["image_id"], []).append(
             {
                 "ann_id": ann["id"],
@@ -76,8 +78,8 @@ def _relation(rel, a, b):
     }[rel]
 
 
-def test_every_sentence_picks_out_exactly_its_object(scenes):
-    objects = _objects_from_files(scenes)
+def _check_sentences(scenes, objects):
+    """Every sentence names exactly its object; -> the number of relational sentences."""
     refs = pickle.loads((scenes / "synthetic" / "refs(unc).p").read_bytes())
     relational = 0
     for ref in refs:
@@ -92,7 +94,77 @@ def test_every_sentence_picks_out_exactly_its_object(scenes):
                 assert len(anchors) == 1, f"anchor of {sentence['sent']!r} is ambiguous"
                 hits = [o for o in hits if _relation(m["rel"], o, anchors[0])]
             assert [o["ann_id"] for o in hits] == [ref["ann_id"]], sentence["sent"]
-    assert relational >= len(refs) // 4, "spatial relations must be a sizeable part of the expressions"
+    return relational, len(refs)
+
+
+def test_every_sentence_picks_out_exactly_its_object(scenes):
+    relational, n_refs = _check_sentences(scenes, _objects_from_files(scenes))
+    assert relational >= n_refs // 4, "spatial relations must be a sizeable part of the expressions"
+
+
+def _background_blotchiness(root):
+    """Mean over images of the spread of 8×8-block means of the pixels outside every object (pixel noise averages
+    out in a block; smooth blotches do not)."""
+    from lens_model.data.refer import decode_segmentation
+
+    instances = json.loads((root / "synthetic" / "instances.json").read_text())
+    spreads = []
+    for image in instances["images"]:
+        pixels = np.asarray(Image.open(root / "images" / image["file_name"])).astype(float).mean(axis=2)
+        side = image["height"]
+        inside = np.zeros((side, side), bool)
+        for ann in instances["annotations"]:
+            if ann["image_id"] == image["id"]:
+                inside |= decode_segmentation(ann["segmentation"], side, side)
+        blocks = [
+            pixels[y : y + 8, x : x + 8].mean()
+            for y in range(0, side, 8)
+            for x in range(0, side, 8)
+            if not inside[y : y + 8, x : x + 8].any()
+        ]
+        spreads.append(np.std(blocks))
+    return float(np.mean(spreads))
+
+
+def test_scene_options_objects_per_scene_size_and_textured_background(scenes, tmp_path):
+    side = 128
+    many = make_synthetic(
+        tmp_path / "many",
+        10,
+        seed=1,
+        image_size=side,
+        min_objects=5,
+        max_objects=6,
+        object_scale=0.6,
+        background="texture",
+    )
+    objects = _objects_from_files(many, side, scale=0.6)  # also: sizes within the scaled ranges, flat colours
+    assert {len(v) for v in objects.values()} <= {5, 6} and len({len(v) for v in objects.values()}) == 2
+    relational, _ = _check_sentences(many, objects)
+    assert relational > 0
+    big = make_synthetic(tmp_path / "big", 10, seed=1, image_size=side, min_objects=2, max_objects=2, object_scale=2)
+    objects = _objects_from_files(big, side, scale=2.0)
+    assert all(1 <= len(v) <= 2 for v in objects.values()) and sum(len(v) == 2 for v in objects.values()) >= 5
+    assert min(o["box"][2] - o["box"][0] for v in objects.values() for o in v) >= 2 * 0.16 * side - 1
+    assert _background_blotchiness(many) > 8 > 3 > _background_blotchiness(big)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(min_objects=0), "1 <= min <= max <= 8, got 0 and 4"),
+        (dict(min_objects=5, max_objects=4), "1 <= min <= max <= 8, got 5 and 4"),
+        (dict(max_objects=9), "1 <= min <= max <= 8"),
+        (dict(object_scale=0), "object scale (--object-scale) must be > 0"),
+        (dict(object_scale=2.5), "scale < 2.25), got 2.5"),
+        (dict(relation_rate=1.5), "relation rate (--relation-rate) must be within 0..1, got 1.5"),
+        (dict(background="stripes"), "background (--background) must be one of noise, texture, got 'stripes'"),
+    ],
+)
+def test_bad_scene_options_are_refused(tmp_path, options, message):
+    with pytest.raises(LensError) as e:
+        make_synthetic(tmp_path / "x", n_images=2, **options)
+    assert message in str(e.value)
 
 
 def test_reader_loads_the_scenes_with_masks_matching_the_painted_pixels(scenes):
@@ -132,3 +204,15 @@ def test_cli_make_synthetic(tmp_path, capsys):
     assert main(["make-synthetic", "--out", str(tmp_path / "s"), "--n", "3", "--seed", "0"]) == 0
     assert "wrote 3 synthetic scenes" in capsys.readouterr().out
     assert len(list((tmp_path / "s" / "images").glob("*.png"))) == 3
+    options = ["--min-objects", "6", "--max-objects", "6", "--object-scale", "0.5", "--background", "texture"]
+    options += ["--relation-rate", "0"]
+    assert main(["make-synthetic", "--out", str(tmp_path / "t"), "--n", "2", *options]) == 0
+    instances = json.loads((tmp_path / "t" / "synthetic" / "instances.json").read_text())
+    assert len(instances["annotations"]) == 12
+    assert max(a["bbox"][2] for a in instances["annotations"]) <= 2 * 0.2 * 0.5 * 128 + 0.02
+    sentences = [
+        s["sent"]
+        for ref in pickle.loads((tmp_path / "t" / "synthetic" / "refs(unc).p").read_bytes())
+        for s in ref["sentences"]
+    ]
+    assert sentences and not any(r in s for s in sentences for r in ("left of", "right of", "above", "below"))

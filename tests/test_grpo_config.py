@@ -45,6 +45,7 @@ def test_shipped_recipe_round_trips_and_takes_overrides(tmp_path):
         ("num_generations=1", "num_generations"),
         ("rollout_backend=sglang", "rollout_backend"),
         ("top_p=0", "top_p"),
+        ("trainable=[context,sam_image_encoder]", "trainable"),  # masks reuse the rollout's image features
     ],
 )
 def test_invalid_values_are_rejected(override, key):

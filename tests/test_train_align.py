@@ -307,9 +307,9 @@ def test_stage1_decodes_with_sam2_in_eval_mode_as_released(uninterrupted, init_d
     assert logged["step"] == 1
     with torch.no_grad():
         model.eval()
-        all_eval = float(forward_loss(model, batch, cfg, False, torch.device("cpu"))["loss"])
+        all_eval = float(forward_loss(model, model, batch, cfg, torch.device("cpu"))["loss"])
         model.sam.sam_mask_decoder.train()
-        decoder_train = float(forward_loss(model, batch, cfg, False, torch.device("cpu"))["loss"])
+        decoder_train = float(forward_loss(model, model, batch, cfg, torch.device("cpu"))["loss"])
     assert abs(all_eval - decoder_train) > 1e-3  # the fallback acts on this model: the check can fail
     assert logged["loss"] == pytest.approx(all_eval, rel=1e-5, abs=1e-6)
 
@@ -332,3 +332,56 @@ def test_training_step_modes_pinned_per_stage(init_dir):
         assert model.sam.sam_prompt_encoder.training is decoder_training
         assert not model.sam.image_encoder.training
         assert model.mllm.training and model.context.training
+
+
+def test_answer_lm_loss_is_the_mllms_own_loss_on_the_answer_tokens(init_dir, scenes):
+    """Stage 1's optional answer loss (lm_weight) is transformers' causal-LM loss on the answer tokens, under the
+    positions transformers computes itself (those of generation), on left-padded rows of different lengths."""
+    from lens_model.checkpoint import load_model
+    from lens_model.data import load_dataset
+    from training.align import answer_lm_loss
+    from training.data import AlignExamples, Collator
+
+    model, processor = load_model(init_dir)
+    records = load_dataset("synthetic", scenes, "train")
+    examples = AlignExamples([records], [(0, 0), (0, 5)], processor, model.lens_config, 4096)
+    rows = [examples[0], examples[1]]
+    assert len(rows[0]["input_ids"]) != len(rows[1]["input_ids"])  # the batch is padded
+    batch = Collator(processor.tokenizer.pad_token_id)(rows)
+    with torch.no_grad():
+        ours = answer_lm_loss(model, batch, torch.device("cpu"))
+        total, count = 0.0, 0
+        for row in rows:
+            ids, n = row["input_ids"][None], row["answer_length"]
+            labels = torch.full_like(ids, -100)
+            labels[:, -n:] = ids[:, -n:]
+            out = model.mllm(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                mm_token_type_ids=row["mm_token_type_ids"][None],
+                pixel_values=row["pixel_values"],
+                image_grid_thw=row["image_grid_thw"],
+                labels=labels,
+            )
+            total, count = total + float(out.loss) * n, count + n
+    answer = processor.tokenizer.decode(rows[0]["input_ids"][-rows[0]["answer_length"] :])
+    assert answer.startswith("<|object_ref_start|>") and answer.endswith("<|box_end|><|im_end|>")
+    assert float(ours) == pytest.approx(total / count, rel=1e-4)
+
+
+def test_stage1_can_train_the_answer_and_the_sam2_image_encoder(init_dir, scenes, tmp_path):
+    """lm_weight adds the answer loss to the mask loss; trainable sam_image_encoder moves the SAM2 image encoder
+    (frozen by default: test_frozen_weights_are_bit_identical_and_trained_ones_moved)."""
+    out = tmp_path / "run"
+    assert _single(init_dir, scenes, out, "trainable=[context,mllm,sam_image_encoder]", "lm_weight=0.5") == 0
+    curve = _curve(out)
+    for row in curve:
+        assert row["loss"] == pytest.approx(row["dice"] + row["pixel"] + 0.5 * row["lm"], rel=1e-5), row["step"]
+    assert curve[-1]["lm"] < 0.85 * curve[0]["lm"]  # the answer is being learnt
+    before = load_file(init_dir / "model.safetensors")
+    after = load_file(out / "final" / "model.safetensors")
+    encoder = [k for k in before if k.startswith("sam.image_encoder.")]
+    moved = [k for k in encoder if not torch.equal(before[k], after[k])]
+    assert len(encoder) > 20 and len(moved) > 0.9 * len(encoder)
+    decoder = [k for k in before if k.startswith("sam.sam_mask_decoder.")]
+    assert decoder and all(torch.equal(before[k], after[k]) for k in decoder)  # not named: stays frozen

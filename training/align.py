@@ -24,12 +24,14 @@ import torch
 
 from lens_model.config import LensConfig, SamConfig
 from lens_model.metrics import score_sample
+from lens_model.modeling import ContextInputs
 from lens_model.sam import upsample_logits
 
 from .config import AlignConfig
 from .data import AlignExamples, Collator
 from .engine import enable_activation_checkpointing, log_failed_samples, stage_main, zero_loss
 from .losses import mask_loss
+from .policy import sequence_logprobs
 from .runner import Run, StepResult, TrainingStage, freeze_all_but, run_stage, sharded_validation
 
 log = logging.getLogger("training.align")
@@ -62,7 +64,9 @@ def build_model(cfg: AlignConfig, dtype: torch.dtype):
 
 
 # ---------------------------------------------------------------------------- one micro-batch
-def mask_logits(engine, batch: dict, device: torch.device, mllm_grad: bool = False) -> torch.Tensor:
+def mask_logits(
+    engine, batch: dict, device: torch.device, mllm_grad: bool = False, sam_encoder_grad: bool = False
+) -> torch.Tensor:
     """Teacher-forced forward of a collated batch -> low-res mask logits (B, 1, S/4, S/4); the query positions
     are the model's own (those of the context pass it is trained for)."""
     low_res, _ = engine(
@@ -73,15 +77,36 @@ def mask_logits(engine, batch: dict, device: torch.device, mllm_grad: bool = Fal
         batch["image_grid_thw"].to(device),
         batch["sam_images"].to(device),
         mllm_grad=mllm_grad,
+        sam_encoder_grad=sam_encoder_grad,
     )
     return low_res
 
 
-def forward_loss(
-    engine, batch: dict, cfg: AlignConfig, mllm_grad: bool, device: torch.device
-) -> dict[str, torch.Tensor]:
-    low_res = mask_logits(engine, batch, device, mllm_grad)
-    return mask_loss(
+def answer_lm_loss(lens, batch: dict, device: torch.device) -> torch.Tensor:
+    """Mean next-token cross-entropy of the answer tokens (GT answer + end of turn) under the M-RoPE positions
+    that generation uses: teaches an MLLM that cannot write the answer format yet (a tiny one from scratch) to
+    write it. Not in the paper's stage 1, whose released base MLLM already writes it (AlignConfig.lm_weight).
+    A second MLLM pass (the mask pass may use 1-D positions); ZeRO-3 gathers its weights through the submodules'
+    own hooks (run here with ZeRO-2 in one process)."""
+    ctx = ContextInputs(
+        batch["input_ids"].to(device),
+        batch["attention_mask"].to(device),
+        batch["mm_token_type_ids"].to(device),
+        batch["image_grid_thw"].to(device),
+    )
+    image_outputs = lens.encode_mllm_images(batch["pixel_values"].to(device, lens.dtype), ctx.image_grid_thw)
+    answer = batch["answer_mask"].to(device)  # (B, L) True on answer tokens; left padding puts them at row ends
+    start = int(answer.float().argmax(dim=1).min())
+    logp, _ = sequence_logprobs(lens.mllm, ctx, image_outputs, start, temperature=1.0)  # (B, L - start)
+    weights = answer[:, start:].to(logp.dtype)
+    return -(logp * weights).sum() / weights.sum()
+
+
+def forward_loss(engine, lens, batch: dict, cfg: AlignConfig, device: torch.device) -> dict[str, torch.Tensor]:
+    """Mask loss of a collated batch (+ lm_weight × the answer's language-modelling loss when lm_weight > 0)."""
+    grads = dict(mllm_grad="mllm" in cfg.trainable, sam_encoder_grad="sam_image_encoder" in cfg.trainable)
+    low_res = mask_logits(engine, batch, device, **grads)
+    losses = mask_loss(
         low_res,
         [m.to(device) for m in batch["gt_masks"]],
         dice_weight=cfg.dice_weight,
@@ -90,6 +115,10 @@ def forward_loss(
         focal_alpha=cfg.focal_alpha,
         focal_gamma=cfg.focal_gamma,
     )
+    if cfg.lm_weight > 0:
+        losses["lm"] = answer_lm_loss(lens, batch, device)
+        losses["loss"] = losses["loss"] + cfg.lm_weight * losses["lm"]
+    return losses
 
 
 # ---------------------------------------------------------------------------- the stage
@@ -103,8 +132,7 @@ class AlignStage(TrainingStage):
         cfg = run.cfg
         self.lens, self.processor = build_model(cfg, run.dtype)
         counts = freeze_all_but(self.lens, cfg.trainable)
-        self.mllm_grad = "mllm" in cfg.trainable
-        if self.mllm_grad and cfg.gradient_checkpointing:
+        if "mllm" in cfg.trainable and cfg.gradient_checkpointing:
             enable_activation_checkpointing(self.lens.mllm)
         self.lens.to(run.device)
         return self.lens, counts
@@ -167,13 +195,13 @@ class AlignStage(TrainingStage):
         )
 
     def step(self, run: Run, step: int) -> StepResult:
-        parts = {"loss": 0.0, "dice": 0.0, "pixel": 0.0}
+        parts = {"loss": 0.0, "dice": 0.0, "pixel": 0.0} | ({"lm": 0.0} if run.cfg.lm_weight > 0 else {})
         samples = 0
         for _ in range(run.accum):
             batch = next(self.batches)
             log_failed_samples(run.failed_log, step + 1, batch["failed"])
             if batch["size"]:
-                losses = forward_loss(run.engine, batch, run.cfg, self.mllm_grad, run.device)
+                losses = forward_loss(run.engine, self.lens, batch, run.cfg, run.device)
                 loss = losses["loss"]
             else:
                 losses, loss = {}, zero_loss(run.engine)
@@ -185,9 +213,10 @@ class AlignStage(TrainingStage):
 
     def report(self, run: Run, done: int, values: dict[str, float]) -> tuple[dict[str, str], str]:
         postfix = dict(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", sps=f"{values['samples_per_s']:.1f}")
+        lm = f", answer lm {values['lm']:.4f}" if "lm" in values else ""
         line = (
             f"step {done}/{run.steps} loss {values['loss']:.4f} (dice {values['dice']:.4f}, {run.cfg.pixel_loss} "
-            f"{values['pixel']:.4f}) lr {values['lr']:.3g} grad-norm {values['grad_norm']:.3g} "
+            f"{values['pixel']:.4f}{lm}) lr {values['lr']:.3g} grad-norm {values['grad_norm']:.3g} "
             f"{values['samples_per_s']:.1f} samples/s"
         )
         return postfix, line

@@ -538,6 +538,9 @@ class AlignConfig(StageConfig):
     sam_overrides: list[str] = field(default_factory=list)  # Hydra overrides for build_sam2 (lens SamConfig)
     sam_image_size: int = 1024
     num_queries: int = 64
+    # Not in the paper: weight of a language-modelling loss on the answer tokens, added to the mask loss. For an
+    # MLLM that cannot write the answer format yet (a tiny one trained from scratch); needs "mllm" in trainable.
+    lm_weight: float = 0.0
     # data
     min_pixels: int = 3136
     max_pixels: int = 1_000_000
@@ -562,7 +565,12 @@ class AlignConfig(StageConfig):
             "max_pixels",
             f"expected >= min_pixels ({self.min_pixels}), got {self.max_pixels}",
         )
-        _non_negative(self, "num_workers")
+        _non_negative(self, "num_workers", "lm_weight")
+        _require(
+            self.lm_weight == 0 or "mllm" in self.trainable,
+            "lm_weight",
+            f"a language-modelling loss trains the MLLM: add mllm to trainable (got {self.trainable})",
+        )
         _require(self.dice_weight + self.pixel_weight > 0, "dice_weight", "dice_weight and pixel_weight are both 0")
 
 
@@ -574,7 +582,8 @@ class GRPOConfig(StageConfig):
     # model: a stage-1 (or released) LENS checkpoint; the reference policy defaults to the same weights
     init_from: str = "runs/align/final"
     context_pass: str | None = None  # null: the checkpoint's own mode
-    trainable: list[str] = field(default_factory=lambda: list(TRAINABLE_PARTS))  # every part, as released
+    # the released script's parts: all but SAM2's image encoder (stage 2 reuses the rollout's image features)
+    trainable: list[str] = field(default_factory=lambda: ["context", "sam_decoder", "sam_prompt_encoder", "mllm"])
     reference: str | None = None
     answer_format: str | None = None  # one of ANSWER_FORMATS; null: the checkpoint's own prompt format
     # rollouts
@@ -616,6 +625,12 @@ class GRPOConfig(StageConfig):
         _choice(self.rollout_backend, "rollout_backend", ROLLOUT_BACKENDS)
         _choice(self.loss_aggregation, "loss_aggregation", LOSS_AGGREGATIONS)
         _choice(self.compat, "compat", COMPAT_MODES)
+        _require(
+            "sam_image_encoder" not in self.trainable,
+            "trainable",
+            "stage 2 cannot train sam_image_encoder: its masks come from the SAM2 image features computed once per "
+            "rollout (train the encoder in stage 1)",
+        )
         _require(
             self.compat != "released" or self.context_pass in (None, "official"),
             "compat",

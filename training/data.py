@@ -133,15 +133,15 @@ class AlignExamples(Dataset):
             raise ValueError("empty target: stage 1 needs a box to put in the answer")
         llm = mllm_image(rgb, self.lens_config)
         box = rescale_box(record.box, rgb.shape[:2], (llm.height, llm.width))
-        text = (
-            build_chat(self.processor, self.lens_config.prompt, record.expression)
-            + format_answer(record.expression, box, self.lens_config.prompt.answer_format)
-            + END_OF_TURN
-        )
+        answer = format_answer(record.expression, box, self.lens_config.prompt.answer_format) + END_OF_TURN
+        text = build_chat(self.processor, self.lens_config.prompt, record.expression) + answer
         enc = self.processor(text=[text], images=[llm], return_tensors="pt")
         length = enc["input_ids"].shape[1]
         if length > self.max_length:
             raise ValueError(f"{length} tokens with the image, over the limit of {self.max_length}")
+        answer_ids = self.processor.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if enc["input_ids"][0, -len(answer_ids) :].tolist() != answer_ids:  # a token merged across the boundary
+            raise ValueError("the answer's tokens differ inside the chat from alone; cannot tell where it starts")
         return {
             "input_ids": enc["input_ids"][0],  # (L,)
             "mm_token_type_ids": enc["mm_token_type_ids"][0],  # (L,)
@@ -149,6 +149,7 @@ class AlignExamples(Dataset):
             "image_grid_thw": enc["image_grid_thw"],  # (1, 3)
             "sam_image": preprocess_for_sam(rgb, self.lens_config.sam.image_size),  # (3, S, S)
             "gt_mask": torch.from_numpy(mask),  # (H, W) bool
+            "answer_length": len(answer_ids),  # the last tokens of input_ids (for the answer lm loss)
             "sample_id": record.sample_id,
         }
 
@@ -168,14 +169,17 @@ class Collator:
         ids = torch.full((len(good), length), self.pad_token_id, dtype=torch.long)
         types = torch.zeros((len(good), length), dtype=torch.long)
         attention = torch.zeros((len(good), length), dtype=torch.long)
+        answer = torch.zeros((len(good), length), dtype=torch.bool)
         for row, e in enumerate(good):
             n = len(e["input_ids"])
             ids[row, length - n :] = e["input_ids"]
             types[row, length - n :] = e["mm_token_type_ids"]
             attention[row, length - n :] = 1
+            answer[row, length - e["answer_length"] :] = True
         batch.update(
             input_ids=ids,
             attention_mask=attention,
+            answer_mask=answer,
             mm_token_type_ids=types,
             pixel_values=torch.cat([e["pixel_values"] for e in good]),
             image_grid_thw=torch.cat([e["image_grid_thw"] for e in good]),

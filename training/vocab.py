@@ -8,7 +8,9 @@ the library's (`lens_model.vocab`); reward names live with the reward registry (
 from __future__ import annotations
 
 # Parts of a LensModel that a stage can train (training.runner.TRAINABLE_MODULES maps them to submodules).
-TRAINABLE_PARTS = ("context", "sam_decoder", "sam_prompt_encoder", "mllm")
+# sam_image_encoder is not in the paper's recipe (SAM2's encoder stays frozen); stage 1 can train it for a model
+# whose SAM2 starts from random weights (a tiny LENS trained from scratch).
+TRAINABLE_PARTS = ("context", "sam_decoder", "sam_prompt_encoder", "mllm", "sam_image_encoder")
 # Per-pixel term of the mask loss: bce (released code) | focal (the paper).
 PIXEL_LOSSES = ("bce", "focal")
 # Learning-rate decay after the warm-up (transformers' schedules of the same names).

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import LensError
+from ..vocab import SYNTHETIC_BACKGROUNDS
 from .refer import decode_segmentation
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
@@ -105,16 +106,20 @@ def relational_descriptions(objects: list[SceneObject], target: int) -> list[tup
     return out
 
 
-def sample_scene(rng: np.random.Generator, size: int, max_objects: int = 4) -> list[SceneObject]:
-    """2..max_objects non-overlapping shapes (boxes at least 2 px apart) placed by rejection sampling."""
-    count = int(rng.integers(2, max_objects + 1))
+def sample_scene(
+    rng: np.random.Generator, size: int, max_objects: int = 4, min_objects: int = 2, object_scale: float = 1.0
+) -> list[SceneObject]:
+    """min_objects..max_objects non-overlapping shapes (boxes at least 2 px apart) placed by rejection sampling;
+    fewer when they do not fit. `object_scale` multiplies the half-extents of SIZES (larger objects cover more of
+    the MLLM's image tokens)."""
+    count = int(rng.integers(min_objects, max_objects + 1))
     objects: list[SceneObject] = []
     for _ in range(200):
         if len(objects) == count:
             break
         size_name = str(rng.choice(list(SIZES)))
         lo, hi = SIZES[size_name]
-        r = float(rng.uniform(lo, hi)) * size
+        r = float(rng.uniform(lo, hi)) * object_scale * size
         cx, cy = (float(v) for v in rng.uniform(r + 1, size - r - 1, size=2))
         shape, color = str(rng.choice(SHAPES)), str(rng.choice(list(COLORS)))
         candidate = SceneObject(shape, color, size_name, _polygon(shape, cx, cy, r))
@@ -124,10 +129,23 @@ def sample_scene(rng: np.random.Generator, size: int, max_objects: int = 4) -> l
     return objects
 
 
-def render(objects: list[SceneObject], size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
-    """-> (size, size, 3) uint8 image on a noisy grey background, and each object's (size, size) bool mask."""
-    background = rng.integers(150, 200)
-    image = np.clip(background + rng.normal(0, 6, size=(size, size, 3)), 0, 255).astype(np.uint8)
+def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, size, 3) float: smooth blotches of low saturation, ±40 grey levels (a 6×6 random grid, upsampled)."""
+    grid = rng.uniform(-40, 40, size=(6, 6, 1)) + rng.uniform(-12, 12, size=(6, 6, 3))
+    up = Image.fromarray(((grid + 64) * 2).astype(np.uint8), "RGB").resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(up, dtype=np.float64) / 2 - 64
+
+
+def render(
+    objects: list[SceneObject], size: int, rng: np.random.Generator, background: str = "noise"
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """-> (size, size, 3) uint8 image on a noisy grey background (`background="texture"`: with smooth blotches),
+    and each object's (size, size) bool mask. Objects are painted in their flat colour."""
+    grey = rng.integers(150, 200)
+    pixels = grey + rng.normal(0, 6, size=(size, size, 3))
+    if background == "texture":
+        pixels = pixels + _texture(rng, size)
+    image = np.clip(pixels, 0, 255).astype(np.uint8)
     masks = []
     for obj in objects:
         mask = decode_segmentation([list(obj.polygon)], size, size)
@@ -156,12 +174,37 @@ def make_synthetic(
     image_size: int = 128,
     relation_rate: float = 0.5,
     progress: bool = False,
+    min_objects: int = 2,
+    max_objects: int = 4,
+    object_scale: float = 1.0,
+    background: str = "noise",
 ) -> Path:
-    """Render `n_images` scenes into `out` (REFER layout, dataset name "synthetic"); returns `out`."""
+    """Render `n_images` scenes into `out` (REFER layout, dataset name "synthetic"); returns `out`.
+
+    Each scene has min_objects..max_objects shapes (fewer when they do not fit) with half-extents SIZES ×
+    object_scale, on a `background` of SYNTHETIC_BACKGROUNDS. The split of image i is fixed by i (SPLIT_OF_INDEX), the
+    scenes by `seed`: the same arguments write the same bytes."""
     if n_images < 1:
         raise LensError(f"number of images (--n) must be at least 1, got {n_images}")
     if image_size < 32:
         raise LensError(f"image size (--image-size) must be at least 32 pixels, got {image_size}")
+    if not 1 <= min_objects <= max_objects <= 8:
+        raise LensError(
+            f"objects per scene (--min-objects, --max-objects) must satisfy 1 <= min <= max <= 8, "
+            f"got {min_objects} and {max_objects}"
+        )
+    largest = max(hi for _, hi in SIZES.values())
+    if not 0 < object_scale * largest < 0.45:
+        raise LensError(
+            f"object scale (--object-scale) must be > 0 and keep a large object inside the image "
+            f"(scale × {largest} < 0.45, i.e. scale < {0.45 / largest:.2f}), got {object_scale}"
+        )
+    if not 0.0 <= relation_rate <= 1.0:
+        raise LensError(f"relation rate (--relation-rate) must be within 0..1, got {relation_rate}")
+    if background not in SYNTHETIC_BACKGROUNDS:
+        raise LensError(
+            f"background (--background) must be one of {', '.join(SYNTHETIC_BACKGROUNDS)}, got {background!r}"
+        )
     out = Path(out)
     ann_dir, image_dir = out / "synthetic", out / "images"
     if (ann_dir / "refs(unc).p").exists():
@@ -174,8 +217,8 @@ def make_synthetic(
     from tqdm.auto import tqdm
 
     for index in tqdm(range(n_images), desc="scenes", unit="img", disable=not progress):
-        objects = sample_scene(rng, image_size)
-        pixels, masks = render(objects, image_size, rng)
+        objects = sample_scene(rng, image_size, max_objects, min_objects, object_scale)
+        pixels, masks = render(objects, image_size, rng, background)
         file_name = f"synthetic_{index:06d}.png"
         Image.fromarray(pixels).save(image_dir / file_name)
         image_id = index + 1
