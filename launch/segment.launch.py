@@ -3,6 +3,8 @@
     ros2 launch lens_ros segment.launch.py image:=/camera/color/image_raw
     ros2 launch lens_ros segment.launch.py model:=~/models/LENS device:=cuda backend:=tensorrt \
         backend_dir:=~/models/LENS-trt namespace:=robot1 params_file:=my_lens.yaml audio_enabled:=false
+    ros2 launch lens_ros segment.launch.py image:=/camera/color/image_raw depth_enabled:=true \
+        depth_topic:=/camera/aligned_depth_to_color/image_raw camera_info_topic:=/camera/color/camera_info
 
 Arguments left empty keep the value from `params_file` (default: this package's config/lens.yaml, which lists
 every parameter with its default); `image` remaps the node's `image` topic.
@@ -26,8 +28,11 @@ PARAMETER_ARGUMENTS = (
     "audio_enabled",
     "tracking",
     "sam_memory_checkpoint",
+    "depth_enabled",
+    "depth_topic",
+    "camera_info_topic",
 )
-BOOL_ARGUMENTS = {"audio_enabled"}
+BOOL_ARGUMENTS = {"audio_enabled", "depth_enabled"}
 BOOL_WORDS = {"true": True, "false": False}
 
 
@@ -93,6 +98,23 @@ def generate_launch_description():
                 default_value="",
                 description="official SAM2 .pt with the memory modules for tracking, e.g. sam2_hiera_large.pt "
                 "(empty: params_file's)",
+            ),
+            DeclareLaunchArgument(
+                "depth_enabled",
+                default_value="",
+                description="3D target from a registered depth image: true or false (empty: params_file's, "
+                "default false)",
+            ),
+            DeclareLaunchArgument(
+                "depth_topic",
+                default_value="",
+                description="registered depth image topic, e.g. /camera/aligned_depth_to_color/image_raw "
+                "(empty: params_file's)",
+            ),
+            DeclareLaunchArgument(
+                "camera_info_topic",
+                default_value="",
+                description="camera_info of that depth image, e.g. /camera/color/camera_info (empty: params_file's)",
             ),
             DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
             DeclareLaunchArgument(

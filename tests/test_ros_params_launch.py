@@ -198,8 +198,13 @@ def test_launch_arguments_become_typed_parameters():
         value("audio_enabled", "off")
     assert value("model", "~/models/LENS") == str(Path.home() / "models" / "LENS")
     assert value("device", "cuda:1") == "cuda:1"
+    assert value("depth_enabled", "true") is True and value("depth_topic", "/cam/depth") == "/cam/depth"
     kinds = {name: type(DEFAULTS[name]) for name in launch["PARAMETER_ARGUMENTS"]}
-    assert {name for name, kind in kinds.items() if kind is bool} == launch["BOOL_ARGUMENTS"] == {"audio_enabled"}
+    assert (
+        {name for name, kind in kinds.items() if kind is bool}
+        == launch["BOOL_ARGUMENTS"]
+        == {"audio_enabled", "depth_enabled"}
+    )
     assert all(kind is str for name, kind in kinds.items() if name not in launch["BOOL_ARGUMENTS"])
 
 
@@ -219,7 +224,16 @@ def test_launch_file_builds_a_launch_description(monkeypatch):
     description = module.generate_launch_description()
     assert isinstance(description, LaunchDescription)
     names = {a.name for a in description.get_launch_arguments()}
-    assert {"model", "device", "backend", "namespace", "image", "params_file", "audio_enabled"} <= names
+    assert {
+        "model",
+        "device",
+        "backend",
+        "namespace",
+        "image",
+        "params_file",
+        "audio_enabled",
+        "depth_enabled",
+    } <= names
 
 
 # --- README ---
