@@ -32,16 +32,21 @@ def parts(tiny_dir):
 
 def test_export_writes_three_graphs_and_metadata(tiny_dir, export_dir, parts):
     meta = read_metadata(export_dir)
+    # the tiny model carries SAM2 memory weights (sam2_memory.safetensors): the tracking graphs are exported too
     assert sorted(p.name for p in export_dir.iterdir()) == [
         "context_head.onnx",
         "image_encoder.onnx",
         "lens_export.json",
         "mask_decoder.onnx",
+        "maskmem_tpos_enc.safetensors",
+        "memory_attention.onnx",
+        "memory_encoder.onnx",
     ]
-    weights = (tiny_dir / "model.safetensors").read_bytes()
-    file_digest = hashlib.sha256(weights).hexdigest()
-    assert meta.weight_files == {"model.safetensors": file_digest}
-    assert meta.model_hash == hashlib.sha256(f"model.safetensors {file_digest}\n".encode()).hexdigest()
+    file_digest = hashlib.sha256((tiny_dir / "model.safetensors").read_bytes()).hexdigest()
+    memory_digest = hashlib.sha256((tiny_dir / "sam2_memory.safetensors").read_bytes()).hexdigest()
+    assert meta.weight_files == {"model.safetensors": file_digest, "sam2_memory.safetensors": memory_digest}
+    lines = f"model.safetensors {file_digest}\nsam2_memory.safetensors {memory_digest}\n"
+    assert meta.model_hash == hashlib.sha256(lines.encode()).hexdigest()
     assert (meta.image_size, meta.num_queries, meta.hidden_size, meta.opset, meta.precision) == (
         256,
         8,
@@ -260,7 +265,14 @@ def test_overwrite_removes_only_export_files(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    for name in ("old.engine", "image_encoder.onnx", "context_head.onnx.data", "lens_export.json", "timing.cache"):
+    for name in (
+        "old.engine",
+        "image_encoder.onnx",
+        "context_head.onnx.data",
+        "lens_export.json",
+        "timing.cache",
+        "maskmem_tpos_enc.safetensors",
+    ):
         (out / name).write_bytes(b"stale")
     prepare_out_dir(out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
