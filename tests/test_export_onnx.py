@@ -13,6 +13,7 @@ from export_helpers import MIN_FP16_MASK_AGREEMENT, MIN_MASK_AGREEMENT, assert_c
 from lens_model.errors import CheckpointError
 from lens_model.export import ExportError, ExportOptions, export_model, read_metadata
 from lens_model.export.graphs import MaskDecoderGraph, graph_io
+from lens_model.export.metadata import GRAPH_NAMES
 from lens_model.export.onnx_export import export_graph, prepare_out_dir
 from lens_model.export.op_support import check_file
 from lens_model.export.parts import load_segmentation_parts, sam_at_image_size
@@ -77,7 +78,9 @@ def test_export_writes_three_graphs_and_metadata(tiny_dir, export_dir, parts):
         for values, specs in ((model.graph.input, graph.inputs), (model.graph.output, graph.outputs)):
             got = [(v.name, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in values]
             assert got == [(s.name, s.shape) for s in specs], name
-            assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in values)
+            # float32, but the memory attention's int64 pointer-token count
+            elem_types = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64}
+            assert [v.type.tensor_type.elem_type for v in values] == [elem_types[s.dtype] for s in specs], name
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -139,8 +142,8 @@ def test_fp16_export_keeps_normalisation_in_float32_and_matches_torch(tiny_dir, 
     export_dir = exported(tiny_dir, tmp_path_factory, fp16=True)
     meta = read_metadata(export_dir)
     assert meta.precision == "fp16"
-    for graph in meta.graphs.values():
-        model = onnx.shape_inference.infer_shapes(onnx.load(str(export_dir / graph.onnx)))
+    for name in GRAPH_NAMES:  # the tracking graphs in fp16: tests/test_export_memory.py
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(export_dir / meta.graphs[name].onnx)))
         types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
         types.update({i.name: i.data_type for i in model.graph.initializer})
         ops = {(n.op_type, types.get(n.input[0])) for n in model.graph.node}
