@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import LensError
-from .export.metadata import ExportError, ExportMetadata, model_hash, read_metadata
+from .export.metadata import ExportError, ExportMetadata, combined_hash, model_hash, read_metadata
 from .sam import SamImageFeatures, decode_masks
 from .vocab import BACKENDS
 
@@ -100,7 +100,13 @@ class ExportedBackend(SegmentationBackend):
             )
         if model_dir is None:
             return
-        digest, _ = model_hash(model_dir)
+        # The export's hash covers the SAM2 memory weights it was made with too; the model directory need not hold
+        # them (an official SAM2 .pt may have been passed), so their recorded digest stands in for the file.
+        _, files = model_hash(model_dir)
+        memory = self.meta.memory_weights
+        if memory is not None and memory in self.meta.weight_files:
+            files[memory] = self.meta.weight_files[memory]
+        digest = combined_hash(files)
         if digest != self.meta.model_hash:
             raise ExportError(
                 f"{self.export_dir} was exported from other weights ({self.meta.source_model}, sha256 "

@@ -138,8 +138,18 @@ def _add_track(sub) -> None:
         "--sam-memory-checkpoint",
         type=Path,
         help="SAM2 memory weights: the official SAM2 .pt of the model's SAM2 config (default: "
-        "sam2_memory.safetensors in the model directory)",
+        "sam2_memory.safetensors in the model directory); not with --backend onnxruntime|tensorrt",
     )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="torch (default), or the export in --backend-dir: its graphs (engines) run the context head and mask "
+        "decoder on LENS frames and SAM2's memory attention and memory encoder on tracked frames; SAM2's image "
+        "encoder and its decoder for tracked frames stay torch. The export must hold the tracking graphs "
+        "(lens export with SAM2 memory weights)",
+    )
+    p.add_argument("--backend-dir", type=Path, help="export directory for --backend onnxruntime|tensorrt")
     p.add_argument(
         "--lost-after",
         type=int,
@@ -167,13 +177,20 @@ def _add_export(sub) -> None:
         "export",
         help="export SAM2 + context head to ONNX (and TensorRT engines) for per-frame inference",
         description="Writes three ONNX graphs (SAM2 image encoder, context head, mask decoder; dynamic "
-        "batch), plus SAM2's memory attention and memory encoder for tracking when the checkpoint has SAM2's "
-        "memory modules, and lens_export.json (names, shapes, normalisation, weights hash, versions) to "
-        "--out. --format tensorrt also builds TensorRT engines for this machine's GPU. Run "
-        "them with: lens segment --backend onnxruntime|tensorrt --backend-dir OUT",
+        "batch), plus SAM2's memory attention and memory encoder for tracking when SAM2 memory weights are "
+        "given (--sam-memory-checkpoint) or in the model directory, and lens_export.json (names, shapes, "
+        "normalisation, weights hash, versions) to --out. --format tensorrt also builds TensorRT engines for "
+        "this machine's GPU. Run them with: lens segment|track --backend onnxruntime|tensorrt --backend-dir OUT",
     )
     add_model_argument(p)
     p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument(
+        "--sam-memory-checkpoint",
+        type=Path,
+        help="SAM2 memory weights for the tracking graphs: the official SAM2 .pt of the model's SAM2 config "
+        "(sam2_hiera_large.pt for the released LENS; default: sam2_memory.safetensors in the model directory, "
+        "else no tracking graphs)",
+    )
     p.add_argument(
         "--format",
         choices=["onnx", "tensorrt"],
@@ -362,7 +379,9 @@ def cmd_segment(args) -> int:
 
 
 def cmd_track(args) -> int:
+    from .backends import check_backend_args
     from .checkpoint import read_configs, resolve_model_dir
+    from .export.metadata import require_memory_graphs
     from .image_io import read_prompt
     from .pipeline import LensPipeline
     from .sam_memory import load_sam_memory
@@ -379,12 +398,22 @@ def cmd_track(args) -> int:
         raise LensError(f"--fps must be > 0, got {args.fps}")
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise LensError(f"--out-dir {args.out_dir} is a file; pass a folder")
-    # Cheap checks first: the video, the prompt and the SAM2 memory weights, before the multi-GB model loads.
+    # Cheap checks first: the video, the prompt, the backend and the SAM2 memory weights, before the model loads.
     prompt = read_prompt(args.prompt)
     video = open_video(args.video, folder_fps=args.fps)
+    choice = check_backend_args(args.backend, args.backend_dir)
     model_dir = resolve_model_dir(args.model)
-    _, lens_config = read_configs(model_dir)
-    memory = load_sam_memory(lens_config.sam, model_dir=model_dir, weights=args.sam_memory_checkpoint)
+    memory = None
+    if choice.name == "torch":
+        _, lens_config = read_configs(model_dir)
+        memory = load_sam_memory(lens_config.sam, model_dir=model_dir, weights=args.sam_memory_checkpoint)
+    elif args.sam_memory_checkpoint is not None:
+        raise LensError(
+            f"--sam-memory-checkpoint is not used with --backend {choice.name}: the memory graphs come from the "
+            f"export in {choice.export_dir}"
+        )
+    else:
+        require_memory_graphs(choice.meta, choice.export_dir)
     pipe = LensPipeline.from_pretrained(
         str(model_dir),
         device=args.device,
@@ -392,7 +421,11 @@ def cmd_track(args) -> int:
         context_pass=args.context_pass,
         answer_format=args.answer_format,
         max_new_tokens=args.max_new_tokens,
+        backend=args.backend,
+        backend_dir=args.backend_dir,
     )
+    # torch: SAM2's memory modules run in torch; an export: its tracking graphs, on the backend the pipeline opened
+    memory = memory if memory is not None else pipe.backend
     tracker = StreamingTracker.from_lens_model(pipe.model, memory, num_frames=video.num_frames)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     summary = track_video(
@@ -406,7 +439,8 @@ def cmd_track(args) -> int:
         progress=not args.no_progress,
     )
     print(
-        f"{summary.frames} frames, {summary.lens_queries} LENS queries, {summary.lost_frames} frames lost; "
+        f"{summary.frames} frames, {summary.lens_queries} LENS queries, {summary.lost_frames} frames lost "
+        f"(SAM2 memory on {args.backend}); "
         f"wrote {args.out_dir / 'masks'}, {args.out_dir / 'tracks.jsonl'}, {args.out_dir / 'overlay.mp4'}"
     )
     return 0
@@ -426,7 +460,7 @@ def cmd_export(args) -> int:
         engine_options = EngineOptions(max_batch=args.max_batch, workspace_gb=args.workspace_gb)
         engine_options.validate()
         require_tensorrt()  # refuse before the ONNX export, which takes minutes for LENS-3B
-    meta = export_model(args.model, args.out, options)
+    meta = export_model(args.model, args.out, options, sam_memory_checkpoint=args.sam_memory_checkpoint)
     if engine_options is not None:
         meta = build_engines(args.out, engine_options)
 
@@ -448,7 +482,10 @@ def cmd_export(args) -> int:
             f"and {meta.memory['max_obj_ptrs_in_encoder']} object pointers)"
         )
     else:
-        print("tracking: not exported (the checkpoint has no SAM2 memory modules)")
+        print(
+            "tracking: not exported (no SAM2 memory weights: pass the official SAM2 checkpoint of the model's SAM2 "
+            "size with --sam-memory-checkpoint)"
+        )
     print(
         f"precision {meta.precision}; model weights sha256 {meta.model_hash}; metadata: {args.out / 'lens_export.json'}"
     )
@@ -456,6 +493,11 @@ def cmd_export(args) -> int:
         f"run: lens segment --model {args.model} --backend {'tensorrt' if meta.tensorrt else 'onnxruntime'} "
         f"--backend-dir {args.out} --image IMAGE --prompt TEXT"
     )
+    if meta.memory is not None:
+        print(
+            f"track: lens track --model {args.model} --backend {'tensorrt' if meta.tensorrt else 'onnxruntime'} "
+            f"--backend-dir {args.out} --video VIDEO --prompt TEXT --out-dir DIR"
+        )
     return 0
 
 

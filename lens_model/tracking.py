@@ -123,10 +123,18 @@ class StreamingTracker:
 
     @classmethod
     def from_lens_model(cls, model, memory, num_frames: int | None = None) -> StreamingTracker:
-        """Tracker on a LensModel's SAM2 with `memory` (sam_memory.load_sam_memory) attached to it."""
-        from .sam_memory import attach_memory
+        """Tracker on a LensModel's SAM2 with SAM2's memory parts attached to it. `memory`: a SamMemory
+        (sam_memory.load_sam_memory: the memory modules run in torch) or an exported backend (`OnnxRuntimeBackend`,
+        `TensorRTBackend`) whose export holds the tracking graphs: memory attention and memory encoder then run
+        there; SAM2's image encoder, prompt encoder and mask decoder stay the model's own (torch)."""
+        from .sam_memory import SamMemory, attach_memory
 
-        attach_memory(model.sam, memory)
+        if isinstance(memory, SamMemory):
+            attach_memory(model.sam, memory)
+        else:
+            from .export.memory_runtime import use_exported_memory_modules
+
+            use_exported_memory_modules(model.sam, memory)
         low_precision = model.dtype if model.dtype in (torch.bfloat16, torch.float16) else None
         return cls(model.sam, num_frames=num_frames, autocast_dtype=low_precision)
 

@@ -127,12 +127,16 @@ def test_lens_export_cli_writes_an_export_the_backend_runs(model_dir, tmp_path):
     code, out, err = run_cli("export", "--model", model_dir, "--out", tmp_path / "onnx")
     assert code == 0, err
     assert "image_encoder" in out and "mask_decoder" in out and "warning" not in err
-    assert "tracking: not exported (the checkpoint has no SAM2 memory modules)" in out
+    # the tiny model carries SAM2 memory weights (sam2_memory.safetensors): the tracking graphs are exported too
+    assert "tracking: memory_attention + memory_encoder (SAM2 memory: up to 7 frames and 16 object pointers)" in out
     assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == [
         "context_head.onnx",
         "image_encoder.onnx",
         "lens_export.json",
         "mask_decoder.onnx",
+        "maskmem_tpos_enc.safetensors",
+        "memory_attention.onnx",
+        "memory_encoder.onnx",
     ]
     code, _, err = run_cli("export", "--model", model_dir, "--out", tmp_path / "onnx")
     assert code == 1 and "pass --overwrite" in err and "Traceback" not in err

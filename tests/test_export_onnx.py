@@ -13,6 +13,7 @@ from export_helpers import MIN_FP16_MASK_AGREEMENT, MIN_MASK_AGREEMENT, assert_c
 from lens_model.errors import CheckpointError
 from lens_model.export import ExportError, ExportOptions, export_model, read_metadata
 from lens_model.export.graphs import MaskDecoderGraph, graph_io
+from lens_model.export.metadata import GRAPH_NAMES
 from lens_model.export.onnx_export import export_graph, prepare_out_dir
 from lens_model.export.op_support import check_file
 from lens_model.export.parts import load_segmentation_parts, sam_at_image_size
@@ -32,16 +33,21 @@ def parts(tiny_dir):
 
 def test_export_writes_three_graphs_and_metadata(tiny_dir, export_dir, parts):
     meta = read_metadata(export_dir)
+    # the tiny model carries SAM2 memory weights (sam2_memory.safetensors): the tracking graphs are exported too
     assert sorted(p.name for p in export_dir.iterdir()) == [
         "context_head.onnx",
         "image_encoder.onnx",
         "lens_export.json",
         "mask_decoder.onnx",
+        "maskmem_tpos_enc.safetensors",
+        "memory_attention.onnx",
+        "memory_encoder.onnx",
     ]
-    weights = (tiny_dir / "model.safetensors").read_bytes()
-    file_digest = hashlib.sha256(weights).hexdigest()
-    assert meta.weight_files == {"model.safetensors": file_digest}
-    assert meta.model_hash == hashlib.sha256(f"model.safetensors {file_digest}\n".encode()).hexdigest()
+    file_digest = hashlib.sha256((tiny_dir / "model.safetensors").read_bytes()).hexdigest()
+    memory_digest = hashlib.sha256((tiny_dir / "sam2_memory.safetensors").read_bytes()).hexdigest()
+    assert meta.weight_files == {"model.safetensors": file_digest, "sam2_memory.safetensors": memory_digest}
+    lines = f"model.safetensors {file_digest}\nsam2_memory.safetensors {memory_digest}\n"
+    assert meta.model_hash == hashlib.sha256(lines.encode()).hexdigest()
     assert (meta.image_size, meta.num_queries, meta.hidden_size, meta.opset, meta.precision) == (
         256,
         8,
@@ -72,7 +78,9 @@ def test_export_writes_three_graphs_and_metadata(tiny_dir, export_dir, parts):
         for values, specs in ((model.graph.input, graph.inputs), (model.graph.output, graph.outputs)):
             got = [(v.name, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in values]
             assert got == [(s.name, s.shape) for s in specs], name
-            assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in values)
+            # float32, but the memory attention's int64 pointer-token count
+            elem_types = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64}
+            assert [v.type.tensor_type.elem_type for v in values] == [elem_types[s.dtype] for s in specs], name
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -134,8 +142,8 @@ def test_fp16_export_keeps_normalisation_in_float32_and_matches_torch(tiny_dir, 
     export_dir = exported(tiny_dir, tmp_path_factory, fp16=True)
     meta = read_metadata(export_dir)
     assert meta.precision == "fp16"
-    for graph in meta.graphs.values():
-        model = onnx.shape_inference.infer_shapes(onnx.load(str(export_dir / graph.onnx)))
+    for name in GRAPH_NAMES:  # the tracking graphs in fp16: tests/test_export_memory.py
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(export_dir / meta.graphs[name].onnx)))
         types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
         types.update({i.name: i.data_type for i in model.graph.initializer})
         ops = {(n.op_type, types.get(n.input[0])) for n in model.graph.node}
@@ -260,7 +268,14 @@ def test_overwrite_removes_only_export_files(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    for name in ("old.engine", "image_encoder.onnx", "context_head.onnx.data", "lens_export.json", "timing.cache"):
+    for name in (
+        "old.engine",
+        "image_encoder.onnx",
+        "context_head.onnx.data",
+        "lens_export.json",
+        "timing.cache",
+        "maskmem_tpos_enc.safetensors",
+    ):
         (out / name).write_bytes(b"stale")
     prepare_out_dir(out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

@@ -1,7 +1,9 @@
 """Export of the per-frame part of LENS (SAM2 image encoder, context head, mask decoder; with SAM2's memory
-attention and memory encoder for tracking when the model has them) to ONNX and TensorRT.
+attention and memory encoder for tracking when SAM2 memory weights are given or in the model directory) to ONNX
+and TensorRT.
 
     lens export --model M --out DIR [--format onnx|tensorrt] [--fp16] [--opset N] [--image-size S]
+                [--sam-memory-checkpoint SAM2.pt]
 
 The MLLM is not exported: it reasons once per command in transformers; the exported graphs run on every frame
 (`lens_model.backends` runs them inside the pipeline). The names below are imported on first use (PEP 562):

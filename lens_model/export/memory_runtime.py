@@ -1,7 +1,6 @@
 """Drop-in replacements for SAM2's memory attention and memory encoder that run the exported tracking graphs.
 
-    sam.memory_attention = OnnxMemoryAttention(backend)
-    sam.memory_encoder = OnnxMemoryEncoder(backend)     # or: use_exported_memory_modules(sam, backend)
+    use_exported_memory_modules(sam, backend)   # both modules and the memory slots' temporal position encoding
 
 `backend` is an `OnnxRuntimeBackend` (or `TensorRTBackend`) opened on a `lens export` directory that holds the
 tracking graphs. The modules take and return exactly what sam2's modules do (sequence-first tokens, the
@@ -14,15 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .metadata import MEMORY_GRAPH_NAMES, ExportError, has_memory_graphs
-
-
-def _require_memory_graphs(backend) -> None:
-    if not has_memory_graphs(backend.meta):
-        raise ExportError(
-            f"{backend.export_dir} holds no tracking graphs ({', '.join(MEMORY_GRAPH_NAMES)}): it was exported "
-            "from a model without SAM2's memory modules; export a checkpoint that has them"
-        )
+from .metadata import MEMORY_TPOS_FILE, ExportError, require_memory_graphs
 
 
 class OnnxMemoryAttention(nn.Module):
@@ -30,7 +21,7 @@ class OnnxMemoryAttention(nn.Module):
 
     def __init__(self, backend) -> None:
         super().__init__()
-        _require_memory_graphs(backend)
+        require_memory_graphs(backend.meta, backend.export_dir)
         self.backend = backend
         curr = next(t for t in backend.meta.graphs["memory_attention"].inputs if t.name == "curr")
         self.num_tokens, self.d_model = int(curr.shape[1]), int(curr.shape[2])  # HW, 256
@@ -70,7 +61,7 @@ class OnnxMemoryEncoder(nn.Module):
 
     def __init__(self, backend) -> None:
         super().__init__()
-        _require_memory_graphs(backend)
+        require_memory_graphs(backend.meta, backend.export_dir)
         self.backend = backend
 
     def forward(
@@ -86,10 +77,33 @@ class OnnxMemoryEncoder(nn.Module):
         return {"vision_features": features.to(**like), "vision_pos_enc": [pos.to(**like)]}
 
 
+def exported_maskmem_tpos_enc(backend) -> torch.Tensor:
+    """(num_maskmem, 1, 1, C) float32: SAM2's temporal position encoding of the memory slots, from the export."""
+    from safetensors.torch import load_file
+
+    require_memory_graphs(backend.meta, backend.export_dir)
+    path = backend.export_dir / MEMORY_TPOS_FILE
+    try:
+        tpos = load_file(str(path))["maskmem_tpos_enc"]
+    except Exception as exc:
+        raise ExportError(f"cannot read {path} ({exc}); export the model again") from None
+    want = (backend.meta.memory["num_maskmem"], 1, 1, backend.meta.memory["mem_dim"])
+    if tuple(tpos.shape) != want:
+        raise ExportError(f"{path} holds maskmem_tpos_enc of shape {tuple(tpos.shape)}, the metadata says {want}")
+    return tpos
+
+
 def use_exported_memory_modules(sam: nn.Module, backend) -> nn.Module:
-    """Replace `sam`'s memory attention and memory encoder by the exported graphs of `backend`; returns `sam`."""
-    if not hasattr(sam, "memory_attention"):
-        raise ValueError("this SAM2 has no memory modules to replace (it was built for single images)")
+    """Give `sam` (a SAM2Base, with or without its own memory modules: a LENS model's SAM2 has none) SAM2's memory
+    parts from the export of `backend`: the two tracking graphs as drop-in modules and the memory slots' temporal
+    position encoding. `SAM2Base.track_step` then runs on them; image encoder and mask decoder stay `sam`'s own.
+    Returns `sam`."""
+    tpos = exported_maskmem_tpos_enc(backend)
+    if tpos.shape[0] != sam.num_maskmem:
+        raise ExportError(
+            f"{backend.export_dir} was exported for {tpos.shape[0]} memory slots, this SAM2 has {sam.num_maskmem}"
+        )
     sam.memory_attention = OnnxMemoryAttention(backend)
     sam.memory_encoder = OnnxMemoryEncoder(backend)
+    sam.maskmem_tpos_enc = nn.Parameter(tpos.to(sam.no_mem_embed.device), requires_grad=False)
     return sam

@@ -23,6 +23,9 @@ FORMAT_VERSION = 1
 GRAPH_NAMES = ("image_encoder", "context_head", "mask_decoder")
 # SAM2's tracking graphs, exported when the model has its memory modules; always both or neither.
 MEMORY_GRAPH_NAMES = ("memory_attention", "memory_encoder")
+# SAM2's temporal position encoding of the memory slots (`maskmem_tpos_enc`, (num_maskmem, 1, 1, C)): a weight that
+# `track_step` adds in torch between the two tracking graphs, exported beside them so an export tracks on its own.
+MEMORY_TPOS_FILE = "maskmem_tpos_enc.safetensors"
 BATCH = "batch"  # name of the dynamic batch dimension in shapes
 MEMORY_TOKENS = "memory_tokens"  # name of the dynamic memory-length dimension of the memory attention
 
@@ -71,7 +74,7 @@ class TensorRTInfo:
 @dataclass
 class ExportMetadata:
     source_model: str  # the model directory as given to the export
-    model_hash: str  # sha256 over the model's weight files (see `model_hash`)
+    model_hash: str  # sha256 over the model's weight files and the SAM2 memory weights exported (see `model_hash`)
     weight_files: dict[str, str]  # file name -> sha256
     image_size: int  # SAM2 input side S
     num_queries: int  # N
@@ -88,6 +91,9 @@ class ExportMetadata:
     # SAM2 memory settings the tracking graphs were exported for (mem_dim, num_maskmem, max_obj_ptrs_in_encoder);
     # None when the export has no tracking graphs
     memory: dict[str, int] | None = None
+    # the SAM2 memory weights file among `weight_files` (sam2_memory.safetensors, or an official SAM2 .pt);
+    # None when the export has no tracking graphs
+    memory_weights: str | None = None
     tensorrt: TensorRTInfo | None = None
     format_version: int = FORMAT_VERSION
 
@@ -149,6 +155,23 @@ def has_memory_graphs(meta: ExportMetadata) -> bool:
     return all(g in meta.graphs for g in MEMORY_GRAPH_NAMES)
 
 
+def require_memory_graphs(meta: ExportMetadata, export_dir: str | Path) -> None:
+    """ExportError unless the export at `export_dir` can track: both tracking graphs and the memory slots' temporal
+    position encoding."""
+    again = (
+        f"export the model again with SAM2 memory weights: lens export --model M --out {export_dir} --overwrite "
+        "--sam-memory-checkpoint SAM2.pt (the official SAM2 checkpoint of the model's SAM2 size; tiny models carry "
+        "sam2_memory.safetensors)"
+    )
+    if not has_memory_graphs(meta):
+        raise ExportError(
+            f"{export_dir} holds no tracking graphs ({', '.join(MEMORY_GRAPH_NAMES)}): it was exported without "
+            f"SAM2 memory weights; {again}"
+        )
+    if not (Path(export_dir) / MEMORY_TPOS_FILE).is_file():
+        raise ExportError(f"{export_dir} has tracking graphs but no {MEMORY_TPOS_FILE}; {again}")
+
+
 # ---------------------------------------------------------------------------- model identity
 def file_sha256(path: Path, chunk: int = 16 << 20) -> str:
     digest = hashlib.sha256()
@@ -158,17 +181,30 @@ def file_sha256(path: Path, chunk: int = 16 << 20) -> str:
     return digest.hexdigest()
 
 
-def model_hash(model_dir: str | Path) -> tuple[str, dict[str, str]]:
-    """sha256 of a checkpoint's weight files -> (model hash, {file name: sha256}).
+def combined_hash(files: dict[str, str]) -> str:
+    """The model hash of {file name: sha256}: the sha256 of the lines "NAME SHA256\\n" sorted by name."""
+    joined = "".join(f"{name} {digest}\n" for name, digest in sorted(files.items()))
+    return hashlib.sha256(joined.encode()).hexdigest()
 
-    The model hash is the sha256 of the lines "NAME SHA256\\n" over the weight files sorted by name, so it
-    changes when any tensor of the checkpoint changes and does not depend on where the directory lives.
+
+def model_hash(model_dir: str | Path, memory_weights: str | Path | None = None) -> tuple[str, dict[str, str]]:
+    """sha256 of a checkpoint's weight files, and of the SAM2 memory weights file when one is exported with it
+    -> (model hash, {file name: sha256}).
+
+    The model hash (`combined_hash`) changes when any tensor the export was made from changes and does not depend
+    on where the files live.
     """
     from ..checkpoint import weight_files
 
     files = {f.name: file_sha256(f) for f in weight_files(Path(model_dir))}
-    joined = "".join(f"{name} {digest}\n" for name, digest in sorted(files.items()))
-    return hashlib.sha256(joined.encode()).hexdigest(), files
+    if memory_weights is not None:
+        memory_weights = Path(memory_weights)
+        if memory_weights.name in files:
+            raise ExportError(
+                f"SAM2 memory weights {memory_weights} have the name of a checkpoint weight file; rename the file"
+            )
+        files[memory_weights.name] = file_sha256(memory_weights)
+    return combined_hash(files), files
 
 
 def library_versions(*extra: str) -> dict[str, str]:
@@ -208,14 +244,17 @@ __all__ = [
     "GraphSpec",
     "MEMORY_GRAPH_NAMES",
     "MEMORY_TOKENS",
+    "MEMORY_TPOS_FILE",
     "METADATA_FILE",
     "TensorRTInfo",
     "TensorSpec",
     "POSTPROCESSING",
+    "combined_hash",
     "default_preprocessing",
     "file_sha256",
     "has_memory_graphs",
     "library_versions",
     "model_hash",
     "read_metadata",
+    "require_memory_graphs",
 ]

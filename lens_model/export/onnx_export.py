@@ -1,5 +1,6 @@
 """Export a LENS checkpoint's segmentation part to three ONNX graphs plus `lens_export.json`, and SAM2's two
-tracking graphs (memory attention, memory encoder; see memory_graphs.py) when its SAM2 has the memory modules.
+tracking graphs (memory attention, memory encoder; see memory_graphs.py) with the memory slots' temporal position
+encoding (`maskmem_tpos_enc.safetensors`) when SAM2 memory weights are given or in the model directory.
 
 Exporter: torch.onnx.export with dynamo=True (the torch.export-based exporter, torch's default since 2.9; the
 TorchScript exporter is deprecated). Opset 18 by default; 17-20 accepted, the range TensorRT 10's ONNX parser
@@ -27,6 +28,7 @@ from .metadata import (
     GRAPH_NAMES,
     MEMORY_GRAPH_NAMES,
     MEMORY_TOKENS,
+    MEMORY_TPOS_FILE,
     METADATA_FILE,
     POSTPROCESSING,
     ExportError,
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 
 EXPORTER = "torch.onnx.export(dynamo=True)"
 # Files an export directory may hold; --overwrite removes only these.
-_OWN_PATTERNS = ("*.onnx", "*.onnx.data", "*.engine", "timing.cache", METADATA_FILE)
+_OWN_PATTERNS = ("*.onnx", "*.onnx.data", "*.engine", "timing.cache", MEMORY_TPOS_FILE, METADATA_FILE)
 
 
 @dataclass
@@ -138,8 +140,8 @@ def export_parts(
     weights: tuple[str, dict[str, str]] = ("", {}),
 ) -> ExportMetadata:
     """SAM2 + context head -> DIR/{image_encoder,context_head,mask_decoder}.onnx + DIR/lens_export.json, and
-    DIR/memory_{attention,encoder}.onnx when SAM2 has its memory modules (tracking).
-    `weights` = (model hash, {file: sha256}) of the checkpoint the parts came from."""
+    DIR/memory_{attention,encoder}.onnx + DIR/maskmem_tpos_enc.safetensors when SAM2 has its memory modules
+    (tracking). `weights` = (model hash, {file: sha256}) of the checkpoint (and memory weights) the parts came from."""
     options.validate()
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir, options.overwrite)
@@ -185,6 +187,7 @@ def export_parts(
         },
         versions=library_versions(),
         memory=memory,
+        memory_weights=parts.memory_weights.name if memory is not None and parts.memory_weights else None,
     )
     meta.save(out_dir)
     return meta
@@ -194,7 +197,10 @@ def export_memory_graphs(
     sam: torch.nn.Module, image_size: int, out_dir: Path, options: ExportOptions
 ) -> tuple[dict[str, GraphSpec], dict[str, int]]:
     """SAM2's memory attention and memory encoder -> DIR/memory_{attention,encoder}.onnx, for `image_size` (no
-    weight of theirs depends on it; their position encodings do). -> (graph specs, memory settings)."""
+    weight of theirs depends on it; their position encodings do), and SAM2's `maskmem_tpos_enc` -> DIR/
+    maskmem_tpos_enc.safetensors (float32). -> (graph specs, memory settings)."""
+    from safetensors.torch import save_file
+
     mem_dim = int(sam.mem_dim)
     max_obj_ptrs = int(sam.max_obj_ptrs_in_encoder) if sam.use_obj_ptrs_in_encoder else 0
     io = memory_graph_io(image_size, mem_dim, int(sam.hidden_dim))
@@ -210,12 +216,21 @@ def export_memory_graphs(
         export_graph(modules[name], inputs, outputs, out_dir / f"{name}.onnx", options.opset)
         dynamic = {MEMORY_TOKENS: tokens} if name == "memory_attention" else {}
         graphs[name] = GraphSpec(name, f"{name}.onnx", inputs, outputs, dynamic_dims=dynamic)
+    tpos = {"maskmem_tpos_enc": sam.maskmem_tpos_enc.detach().float().cpu().contiguous()}
+    save_file(tpos, str(out_dir / MEMORY_TPOS_FILE))
     settings = {"mem_dim": mem_dim, "num_maskmem": int(sam.num_maskmem), "max_obj_ptrs_in_encoder": max_obj_ptrs}
     return graphs, settings
 
 
-def export_model(model: str | Path, out_dir: str | Path, options: ExportOptions | None = None) -> ExportMetadata:
-    """LENS checkpoint (directory or Hub id) -> ONNX export directory. See `export_parts`."""
+def export_model(
+    model: str | Path,
+    out_dir: str | Path,
+    options: ExportOptions | None = None,
+    sam_memory_checkpoint: str | Path | None = None,
+) -> ExportMetadata:
+    """LENS checkpoint (directory or Hub id) -> ONNX export directory. See `export_parts`. The tracking graphs are
+    exported from `sam_memory_checkpoint` (official SAM2 .pt of the model's SAM2 config, or sam2_memory.safetensors),
+    else from the model directory's sam2_memory.safetensors, else not at all."""
     from ..checkpoint import resolve_model_dir
 
     options = options or ExportOptions()
@@ -223,14 +238,16 @@ def export_model(model: str | Path, out_dir: str | Path, options: ExportOptions 
     out_dir = Path(out_dir)
     check_out_dir(out_dir, options.overwrite)  # refuse early, before loading weights
     model_dir = resolve_model_dir(model)
-    parts = load_segmentation_parts(model_dir)
+    parts = load_segmentation_parts(model_dir, sam_memory_checkpoint)
+    weights = model_hash(model_dir, parts.memory_weights)
     try:
-        return export_parts(parts, out_dir, options, source_model=str(model), weights=model_hash(model_dir))
+        return export_parts(parts, out_dir, options, source_model=str(model), weights=weights)
     except LensError:
         raise
     except Exception as exc:  # an exporter failure: keep no half-written export around
-        for path in out_dir.glob("*.onnx*"):
-            path.unlink()
+        for pattern in ("*.onnx*", MEMORY_TPOS_FILE):
+            for path in out_dir.glob(pattern):
+                path.unlink()
         raise ExportError(
             f"ONNX export of {model} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         ) from exc

@@ -18,15 +18,22 @@ from ..sam import MEMORY_MODULES, build_sam
 
 @dataclass
 class SegmentationParts:
-    sam: torch.nn.Module  # SAM2Base (with its memory modules when the checkpoint has them), eval mode, float32
+    sam: torch.nn.Module  # SAM2Base (with its memory modules when memory weights were found), eval mode, float32
     context: ContextHead  # eval mode, float32
     config: LensConfig
     hidden_size: int  # MLLM hidden size = width of the query states
+    memory_weights: Path | None = None  # the file SAM2's memory modules were loaded from (None: no memory modules)
 
 
-def load_segmentation_parts(model_dir: str | Path) -> SegmentationParts:
-    """Checkpoint directory -> SAM2 and context head with the checkpoint's weights (float32, CPU)."""
+def load_segmentation_parts(
+    model_dir: str | Path, sam_memory_checkpoint: str | Path | None = None
+) -> SegmentationParts:
+    """Checkpoint directory -> SAM2 and context head with the checkpoint's weights (float32, CPU). SAM2 gets its
+    memory modules (for the tracking graphs) from `sam_memory_checkpoint` (an official SAM2 .pt or a
+    sam2_memory.safetensors), else from the model directory's sam2_memory.safetensors; without either it has
+    none (LENS checkpoints keep SAM2 without them), and only single-image graphs can be exported."""
     from ..checkpoint import load_segmentation_weights, read_configs
+    from ..sam_memory import MEMORY_WEIGHTS_FILE, attach_memory, load_sam_memory
 
     model_dir = Path(model_dir)
     mllm_config, lens_config = read_configs(model_dir)
@@ -34,7 +41,12 @@ def load_segmentation_parts(model_dir: str | Path) -> SegmentationParts:
     context = ContextHead(hidden, lens_config)
     sam = build_sam(lens_config.sam)
     load_segmentation_weights(model_dir, context, sam)
-    return SegmentationParts(sam.float().eval(), context.float().eval(), lens_config, hidden)
+    memory_weights = Path(sam_memory_checkpoint) if sam_memory_checkpoint is not None else None
+    if memory_weights is None and (model_dir / MEMORY_WEIGHTS_FILE).is_file():
+        memory_weights = model_dir / MEMORY_WEIGHTS_FILE
+    if memory_weights is not None:
+        attach_memory(sam, load_sam_memory(lens_config.sam, weights=memory_weights))
+    return SegmentationParts(sam.float().eval(), context.float().eval(), lens_config, hidden, memory_weights)
 
 
 def sam_at_image_size(sam: torch.nn.Module, config: LensConfig, image_size: int) -> torch.nn.Module:
