@@ -387,6 +387,11 @@ def load_sam2_checkpoint(sam: torch.nn.Module, path: str | os.PathLike) -> None:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"SAM2 checkpoint not found: {path}")
+    load_strict(sam, read_sam2_checkpoint(path), "SAM2", path, ignore=IGNORED_SAM2_KEY_PREFIXES)
+
+
+def read_sam2_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of an official SAM2 `.pt` checkpoint ({"model": state_dict}), on the CPU."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -394,4 +399,4 @@ def load_sam2_checkpoint(sam: torch.nn.Module, path: str | os.PathLike) -> None:
     state = blob.get("model", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a SAM2 checkpoint: expected a dict with a 'model' state dict")
-    load_strict(sam, state, "SAM2", path, ignore=IGNORED_SAM2_KEY_PREFIXES)
+    return state

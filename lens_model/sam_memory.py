@@ -88,13 +88,9 @@ def _memory_tensors(path: Path) -> dict[str, torch.Tensor]:
         except Exception as exc:
             raise CheckpointError(f"cannot read SAM2 memory weights {path}: {exc}") from None
     else:
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"cannot read SAM2 checkpoint {path}: {exc}") from None
-        state = blob.get("model", blob) if isinstance(blob, dict) else None
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{path} is not a SAM2 checkpoint: expected a dict with a 'model' state dict")
+        from .checkpoint import read_sam2_checkpoint
+
+        state = read_sam2_checkpoint(path)
     tensors = {k: v for k, v in state.items() if k.startswith(MEMORY_MODULES)}
     if not tensors:
         raise CheckpointError(

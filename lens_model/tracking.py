@@ -165,18 +165,7 @@ class StreamingTracker:
         self.targets[target_id] = target
         with self._autocast():
             mask_inputs = self._mask_input(mask)
-            out = self.sam.track_step(
-                frame_idx=current.index,
-                is_init_cond_frame=True,
-                current_vision_feats=current.vision_feats,
-                current_vision_pos_embeds=current.vision_pos_embeds,
-                feat_sizes=current.feat_sizes,
-                point_inputs=None,
-                mask_inputs=mask_inputs,
-                output_dict=target.output_dict,
-                num_frames=self._num_frames(),
-                run_mem_encoder=False,
-            )
+            out = self._track_step(current, target, mask_inputs)
             # As the predictor before propagating: memory from the decoder-resolution mask, treated as user input.
             high_res = F.interpolate(
                 out["pred_masks"], size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
@@ -191,6 +180,23 @@ class StreamingTracker:
         target.output_dict["cond_frame_outputs"][current.index] = self._compact(out)
         return self._result(target_id, current, out)
 
+    def _track_step(self, current, target, mask_inputs: torch.Tensor | None = None) -> dict:
+        """SAM2's track_step on `current` for `target`: a start frame when given a mask (its memory is encoded by
+        the caller, as the video predictor does), otherwise a tracked frame that encodes its own memory."""
+        start = mask_inputs is not None
+        return self.sam.track_step(
+            frame_idx=current.index,
+            is_init_cond_frame=start,
+            current_vision_feats=current.vision_feats,
+            current_vision_pos_embeds=current.vision_pos_embeds,
+            feat_sizes=current.feat_sizes,
+            point_inputs=None,
+            mask_inputs=mask_inputs,
+            output_dict=target.output_dict,
+            num_frames=self._num_frames(),
+            run_mem_encoder=not start,
+        )
+
     @torch.inference_mode()
     def track(self, frame: np.ndarray) -> dict[str, TrackedMask]:
         """Encode `frame` (H, W, 3) uint8 RGB once and follow every target into it."""
@@ -203,18 +209,7 @@ class StreamingTracker:
                     f"started on {target.image_hw[1]}x{target.image_hw[0]}: restart it on the new frame size"
                 )
             with self._autocast():
-                out = self.sam.track_step(
-                    frame_idx=current.index,
-                    is_init_cond_frame=False,
-                    current_vision_feats=current.vision_feats,
-                    current_vision_pos_embeds=current.vision_pos_embeds,
-                    feat_sizes=current.feat_sizes,
-                    point_inputs=None,
-                    mask_inputs=None,
-                    output_dict=target.output_dict,
-                    num_frames=self._num_frames(),
-                    run_mem_encoder=True,
-                )
+                out = self._track_step(current, target)
             target.output_dict["non_cond_frame_outputs"][current.index] = self._compact(out)
             self._prune(target, current.index + 1)
             results[target_id] = self._result(target_id, current, out)
