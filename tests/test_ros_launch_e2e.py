@@ -182,6 +182,8 @@ def launched(tiny_dir, tmp_path_factory):
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,  # SIGINT reaches `ros2 launch` only, which passes it on as Ctrl-C does
+            # as from a terminal: a shell's background job (`pytest ... &`) ignores SIGINT, and children inherit that
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain_id)
