@@ -43,6 +43,12 @@ def add_model_argument(p) -> None:
     )
 
 
+def add_backend_arguments(p, backend_help: str) -> None:
+    """--backend / --backend-dir: torch, or the graphs/engines of a `lens export` directory."""
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help=backend_help)
+    p.add_argument("--backend-dir", type=Path, help="export directory for --backend onnxruntime|tensorrt")
+
+
 def add_device_dtype_arguments(p, device_help: str = DEVICE_HELP, dtype_help: str | None = None) -> None:
     """--device / --dtype of the loaded model."""
     p.add_argument("--device", default="auto", help=device_help)
@@ -89,14 +95,11 @@ def _add_segment(sub) -> None:
         "override the checkpoint's context-pass mode (released checkpoints need 'official')",
         "override the prompt/answer format (think_answer for the CoT checkpoints)",
     )
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="torch",
-        help="what runs SAM2 + the context head: torch (default), or the graphs/engines that `lens export` "
+    add_backend_arguments(
+        p,
+        "what runs SAM2 + the context head: torch (default), or the graphs/engines that `lens export` "
         "wrote to --backend-dir (the MLLM always runs in torch)",
     )
-    p.add_argument("--backend-dir", type=Path, help="export directory for --backend onnxruntime|tensorrt")
     p.add_argument(
         "--depth",
         type=Path,
@@ -140,16 +143,13 @@ def _add_track(sub) -> None:
         help="SAM2 memory weights: the official SAM2 .pt of the model's SAM2 config (default: "
         "sam2_memory.safetensors in the model directory); not with --backend onnxruntime|tensorrt",
     )
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="torch",
-        help="torch (default), or the export in --backend-dir: its graphs (engines) run the context head and mask "
+    add_backend_arguments(
+        p,
+        "torch (default), or the export in --backend-dir: its graphs (engines) run the context head and mask "
         "decoder on LENS frames and SAM2's memory attention and memory encoder on tracked frames; SAM2's image "
         "encoder and its decoder for tracked frames stay torch. The export must hold the tracking graphs "
         "(lens export with SAM2 memory weights)",
     )
-    p.add_argument("--backend-dir", type=Path, help="export directory for --backend onnxruntime|tensorrt")
     p.add_argument(
         "--lost-after",
         type=int,

@@ -1,3 +1,4 @@
+import functools
 import os
 import subprocess
 import sys
@@ -10,6 +11,27 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_PHOTO = REPO / "assets" / "sample.jpg"
+
+
+@functools.cache
+def _sample_rgb():
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB"))
+
+
+def moving_crop(i: int, hw: tuple[int, int], origin=(60, 20), step=(4, 9)):
+    """Frame i of a clip cut from the sample photo: an (h, w, 3) crop whose corner moves by `step` (rows, cols)."""
+    import numpy as np
+
+    (h, w), r, c = hw, origin[0] + step[0] * i, origin[1] + step[1] * i
+    return np.ascontiguousarray(_sample_rgb()[r : r + h, c : c + w])
+
+
+def photo_clip(n: int, hw: tuple[int, int], origin=(60, 20), step=(4, 9)):
+    """n frames of `moving_crop`: the scene, and any object under a fixed mask, moves right and down."""
+    return [moving_crop(i, hw, origin, step) for i in range(n)]
 
 
 def run_cli(*args):

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import SAMPLE_PHOTO
+from conftest import moving_crop
 from PIL import Image
 from ros_helpers import image_msg, lens_test_typestore
 
@@ -18,12 +18,10 @@ from lens_ros.params import NodeSettings
 from lens_ros.tracking_worker import load_tracker
 
 CLIP_HW = (120, 160)
-PHOTO = np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB"))
 
 
 def frame(i: int, hw=CLIP_HW) -> np.ndarray:
-    h, w = hw
-    return np.ascontiguousarray(PHOTO[50 + 4 * i : 50 + 4 * i + h, 30 + 8 * i : 30 + 8 * i + w])
+    return moving_crop(i, hw, origin=(50, 30), step=(4, 8))
 
 
 class Clock:

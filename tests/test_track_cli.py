@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import SAMPLE_PHOTO, run_cli
+from conftest import photo_clip, run_cli
 from PIL import Image
 
 from lens_model.video_io import VideoWriter, count_frames, open_video
@@ -27,9 +27,7 @@ JSONL_FIELDS = {
 
 
 def clip(n: int) -> list[np.ndarray]:
-    photo = np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB"))
-    h, w = CLIP_HW
-    return [np.ascontiguousarray(photo[50 + 4 * i : 50 + 4 * i + h, 30 + 8 * i : 30 + 8 * i + w]) for i in range(n)]
+    return photo_clip(n, CLIP_HW, origin=(50, 30), step=(4, 8))
 
 
 @pytest.fixture(autouse=True)

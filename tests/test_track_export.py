@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLE_PHOTO, run_cli
+from conftest import photo_clip, run_cli
 from export_helpers import MIN_MASK_AGREEMENT, exported
 from PIL import Image
 from safetensors.torch import load_file
@@ -33,10 +33,7 @@ needs_tensorrt = pytest.mark.skipif(not tensorrt_available(), reason="needs a CU
 
 
 def clip(n: int) -> list[np.ndarray]:
-    """n crops of the sample photo sliding right and down: the object under the start mask moves."""
-    photo = np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB"))
-    h, w = CLIP_HW
-    return [np.ascontiguousarray(photo[60 + 4 * i : 60 + 4 * i + h, 20 + 9 * i : 20 + 9 * i + w]) for i in range(n)]
+    return photo_clip(n, CLIP_HW)
 
 
 def start_mask() -> np.ndarray:

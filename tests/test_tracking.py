@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLE_PHOTO
+from conftest import photo_clip
 from PIL import Image
 
 from lens_model.checkpoint import load_sam2_checkpoint
@@ -23,10 +23,7 @@ START_MASK_BOX = (30, 100, 50, 140)  # rows, rows, cols, cols of the first-frame
 
 
 def clip_frames(n: int) -> list[np.ndarray]:
-    """n crops of the sample photo sliding right and down: the scene (and the object under the mask) moves."""
-    photo = np.asarray(Image.open(SAMPLE_PHOTO).convert("RGB"))
-    h, w = CLIP_HW
-    return [np.ascontiguousarray(photo[60 + 4 * i : 60 + 4 * i + h, 20 + 9 * i : 20 + 9 * i + w]) for i in range(n)]
+    return photo_clip(n, CLIP_HW)
 
 
 def start_mask() -> np.ndarray:
