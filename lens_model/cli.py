@@ -380,11 +380,11 @@ def cmd_segment(args) -> int:
 
 def cmd_track(args) -> int:
     from .backends import check_backend_args
-    from .checkpoint import read_configs, resolve_model_dir
+    from .checkpoint import resolve_model_dir
     from .export.metadata import require_memory_graphs
     from .image_io import read_prompt
     from .pipeline import LensPipeline
-    from .sam_memory import load_sam_memory
+    from .sam_memory import load_model_sam_memory
     from .track_video import track_video
     from .tracking import StreamingTracker
     from .tracking_state import TrackingPolicy
@@ -405,8 +405,7 @@ def cmd_track(args) -> int:
     model_dir = resolve_model_dir(args.model)
     memory = None
     if choice.name == "torch":
-        _, lens_config = read_configs(model_dir)
-        memory = load_sam_memory(lens_config.sam, model_dir=model_dir, weights=args.sam_memory_checkpoint)
+        memory = load_model_sam_memory(model_dir, args.sam_memory_checkpoint)
     elif args.sam_memory_checkpoint is not None:
         raise LensError(
             f"--sam-memory-checkpoint is not used with --backend {choice.name}: the memory graphs come from the "

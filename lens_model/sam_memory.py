@@ -131,6 +131,16 @@ def load_sam_memory(
     return memory
 
 
+def load_model_sam_memory(model: str | os.PathLike, weights: str | os.PathLike | None = None) -> SamMemory:
+    """SamMemory for the LENS checkpoint `model` (directory or Hub id), from its config alone: the model itself is
+    not loaded, so missing or bad memory weights are reported before it is."""
+    from .checkpoint import read_configs, resolve_model_dir
+
+    model_dir = resolve_model_dir(model)
+    _, lens_config = read_configs(model_dir)
+    return load_sam_memory(lens_config.sam, model_dir=model_dir, weights=weights)
+
+
 def save_sam_memory(memory: SamMemory, model_dir: str | os.PathLike) -> Path:
     """Write `memory` as model_dir/sam2_memory.safetensors (the file `load_sam_memory` looks for)."""
     from safetensors.torch import save_file

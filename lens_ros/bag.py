@@ -365,14 +365,11 @@ def process_bag(
 
 def _sam_memory(pipeline, model, weights):
     """SAM2 memory weights for tracking, checked before the model loads (lens_model.sam_memory)."""
-    from lens_model.checkpoint import read_configs, resolve_model_dir
-    from lens_model.sam_memory import load_sam_memory
+    from lens_model.sam_memory import load_model_sam_memory, load_sam_memory
 
     if pipeline is not None:
         return load_sam_memory(pipeline.config.sam, weights=weights)
-    model_dir = resolve_model_dir(model)
-    _, lens_config = read_configs(model_dir)
-    return load_sam_memory(lens_config.sam, model_dir=model_dir, weights=weights)
+    return load_model_sam_memory(model, weights)
 
 
 class _TrackingSegmenter:
