@@ -27,29 +27,12 @@ from pathlib import Path
 import numpy as np
 
 
-def scene_objects(records) -> dict[int, dict[int, np.ndarray]]:
-    """image_id -> {ann_id: (H, W) bool} of every object in the scenes of `records` (instances.json)."""
-    from lens_model.data.refer import decode_segmentation
-
-    instances = json.loads((records[0].image_path.parents[1] / "synthetic" / "instances.json").read_text())
-    wanted = {r.ids["image_id"] for r in records}
-    sizes = {im["id"]: (im["height"], im["width"]) for im in instances["images"] if im["id"] in wanted}
-    objects: dict[int, dict[int, np.ndarray]] = {i: {} for i in wanted}
-    for ann in instances["annotations"]:
-        if ann["image_id"] in wanted:
-            objects[ann["image_id"]][ann["id"]] = decode_segmentation(ann["segmentation"], *sizes[ann["image_id"]])
-    return objects
-
-
 def referred_object_accuracy(preds, records, objects) -> float:
     """Share of samples whose predicted mask has its largest IoU with the referred object (0 when it overlaps
     nothing): did the model pick the right shape, however well it outlined it."""
-    hits = 0
-    for pred, record in zip(preds, records):
-        if pred is None or not pred.any():
-            continue
-        ious = {ann: (pred & mask).sum() / (pred | mask).sum() for ann, mask in objects[record.ids["image_id"]].items()}
-        hits += max(ious, key=ious.get) == record.ids["ann_id"]
+    from lens_model.data.synthetic import referred_object_index
+
+    hits = sum(referred_object_index(p, objects[r.ids["image_id"]]) == r.ids["ann_id"] for p, r in zip(preds, records))
     return hits / len(records)
 
 
@@ -131,11 +114,12 @@ def main() -> int:
     from _setup import prepare
 
     from lens_model.data import load_dataset
+    from lens_model.data.synthetic import scene_object_masks
     from training.align import main as align_main
 
     work, scenes, init = prepare(args.workdir, "learn_align-", args.train_images, 0, args.image_size, args.threads)
     val_records = load_dataset("synthetic", scenes, "val")[: args.val_samples]
-    objects = scene_objects(val_records)
+    objects = scene_object_masks(val_records)
     reference = baselines(val_records, objects)
     trainable = [p for p in args.trainable.split(",") if p]
     print(

@@ -314,6 +314,11 @@ def _add_make_synthetic(sub) -> None:
         default="noise",
         help="noise: flat grey with pixel noise; texture: with smooth blotches (default: noise)",
     )
+    p.add_argument(
+        "--distinct-colors",
+        action="store_true",
+        help="every object of a scene has its own colour (at most 4 objects) and attribute expressions name it",
+    )
     p.set_defaults(func=cmd_make_synthetic)
 
 
@@ -588,6 +593,7 @@ def cmd_make_synthetic(args) -> int:
         max_objects=args.max_objects,
         object_scale=args.object_scale,
         background=args.background,
+        distinct_colors=args.distinct_colors,
     )
     print(f"wrote {args.n} synthetic scenes to {path} (REFER layout; lens eval --dataset synthetic --data-root {path})")
     return 0

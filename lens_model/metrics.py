@@ -118,3 +118,20 @@ class SplitMetrics:
         out.update({f"P@{t}": ratio(h) for t, h in zip(PRECISION_THRESHOLDS, self.precision_hits)})
         out["box_acc"] = ratio(self.box_hits)
         return out
+
+
+def bootstrap_interval(
+    samples, statistic=np.mean, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """(value, low, high): `statistic` of the samples (rows of an (n, ...) array) and its percentile bootstrap
+    interval at `level`, from `n_boot` resamples of n rows with replacement (seeded: the same call, the same
+    interval)."""
+    samples = np.asarray(samples)
+    if len(samples) == 0:
+        raise ValueError("bootstrap_interval needs at least one sample")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    draws = np.random.default_rng(seed).integers(0, len(samples), size=(n_boot, len(samples)))
+    stats = np.array([statistic(samples[rows]) for rows in draws], dtype=np.float64)
+    low, high = np.quantile(stats, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return float(statistic(samples)), float(low), float(high)

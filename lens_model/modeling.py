@@ -257,9 +257,11 @@ class LensModel(nn.Module):
         positions: str | None = None,
         mllm_grad: bool = False,
         sam_encoder_grad: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return_query_states: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         """Teacher-forced pass used in training: (B, L) prompt + answer ids with one image per row -> low-res
-        mask logits (B, 1, S/4, S/4) and SAM2's IoU predictions (B, 1).
+        mask logits (B, 1, S/4, S/4) and SAM2's IoU predictions (B, 1); with `return_query_states` also the
+        (B, N, hidden) query states the SAM2 prompt was made from (for auxiliary losses on them).
 
         `positions`: "1d" or "mrope"; None (default) the model's own (`query_positions`). `mllm_grad=False`
         (frozen MLLM) runs the vision encoder and the prompt + answer tokens without autograd; likewise
@@ -276,7 +278,8 @@ class LensModel(nn.Module):
             states = self.query_states_after_prefix(ctx, image_outputs, positions)
         with torch.set_grad_enabled(sam_encoder_grad and torch.is_grad_enabled()):
             features = self.encode_sam_images(sam_images)
-        return self.masks_from_query_states(states, features)
+        low_res, iou = self.masks_from_query_states(states, features)
+        return (low_res, iou, states) if return_query_states else (low_res, iou)
 
     def external_parameters(self) -> list[nn.Parameter]:
         """Parameters read directly (not through their own module's forward); ZeRO-3 must gather them for forward."""

@@ -240,17 +240,19 @@ def make_tiny(
     context_pass: str = "cached",
     mllm_type: str = "qwen2_5_vl",
     grounding_answers: bool = False,
+    sam_image_size: int = 256,
 ) -> Path:
     """Build, randomly initialise (seeded) and save a tiny LENS checkpoint, with SAM2 memory weights for tracking
     (sam2_memory.safetensors); returns its directory.
 
-    grounding_answers: answers that depend on image and prompt and hold a grounding box (module docstring)."""
+    grounding_answers: answers that depend on image and prompt and hold a grounding box (module docstring).
+    sam_image_size: SAM2's input side (a multiple of 64; 1024 in released models, smaller here for speed)."""
     from .modeling import LensModel
     from .sam_memory import build_sam_memory, save_sam_memory
 
     torch.manual_seed(seed)
     processor = build_tiny_processor()
-    lens_config = tiny_lens_config(num_queries=num_queries)
+    lens_config = tiny_lens_config(num_queries=num_queries, sam_image_size=sam_image_size)
     lens_config.context_pass = context_pass
     model = LensModel(tiny_mllm_config(processor.tokenizer, mllm_type=mllm_type), lens_config)
     if grounding_answers:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from lens_cli import main
 from lens_model.data import load_dataset
-from lens_model.data.synthetic import COLORS, make_synthetic
+from lens_model.data.synthetic import COLORS, is_relational, make_synthetic
 from lens_model.errors import LensError
 
 N_IMAGES = 20
@@ -149,9 +149,26 @@ def test_scene_options_objects_per_scene_size_and_textured_background(scenes, tm
     assert _background_blotchiness(many) > 8 > 3 > _background_blotchiness(big)
 
 
+def test_distinct_colours_give_every_object_its_own_colour_named_by_attribute_expressions(tmp_path):
+    root = make_synthetic(
+        tmp_path / "distinct", 20, seed=3, image_size=SIDE, min_objects=3, max_objects=4, distinct_colors=True,
+        relation_rate=0.3,
+    )  # fmt: skip
+    objects = _objects_from_files(root)
+    assert all(len({o["color"] for o in v}) == len(v) for v in objects.values())
+    assert sum(len(v) >= 3 for v in objects.values()) >= 10
+    refs = pickle.loads((root / "synthetic" / "refs(unc).p").read_bytes())
+    colour_of = {o["ann_id"]: o["color"] for v in objects.values() for o in v}
+    plain = [(r, s["sent"]) for r in refs for s in r["sentences"] if not is_relational(s["sent"])]
+    assert len(plain) > 20 and all(colour_of[r["ann_id"]] in sent.split() for r, sent in plain)
+    relational = [s["sent"] for r in refs for s in r["sentences"] if is_relational(s["sent"])]
+    assert relational  # relations still come at relation_rate
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
+        (dict(distinct_colors=True, max_objects=5), "at most 4 objects per scene (--max-objects), got 5"),
         (dict(min_objects=0), "1 <= min <= max <= 8, got 0 and 4"),
         (dict(min_objects=5, max_objects=4), "1 <= min <= max <= 8, got 5 and 4"),
         (dict(max_objects=9), "1 <= min <= max <= 8"),
@@ -216,3 +233,28 @@ def test_cli_make_synthetic(tmp_path, capsys):
         for s in ref["sentences"]
     ]
     assert sentences and not any(r in s for s in sentences for r in ("left of", "right of", "above", "below"))
+    distinct = ["--min-objects", "4", "--max-objects", "4", "--distinct-colors", "--relation-rate", "0"]
+    assert main(["make-synthetic", "--out", str(tmp_path / "d"), "--n", "2", *distinct]) == 0
+    sentences = [
+        s["sent"]
+        for ref in pickle.loads((tmp_path / "d" / "synthetic" / "refs(unc).p").read_bytes())
+        for s in ref["sentences"]
+    ]
+    assert sentences and all(any(c in s.split() for c in COLORS) for s in sentences)
+
+
+def test_scene_object_masks_and_the_referred_object_of_a_mask(scenes):
+    """Every object of a scene is read back (the referred one equal to the record's mask); a mask picks the object
+    it overlaps most (IoU), the union of two objects the larger IoU; an empty mask picks nothing."""
+    from lens_model.data.synthetic import referred_object_index, scene_object_masks
+
+    records = load_dataset("synthetic", scenes, "train")
+    objects = scene_object_masks(records)
+    for record in records:
+        scene = objects[record.ids["image_id"]]
+        assert np.array_equal(scene[record.ids["ann_id"]], record.mask())
+        assert referred_object_index(record.mask(), scene) == record.ids["ann_id"]
+        assert referred_object_index(np.zeros_like(record.mask()), scene) is None
+    scene = next(s for s in objects.values() if len(s) >= 2)
+    (a, mask_a), (b, mask_b) = sorted(scene.items(), key=lambda kv: -kv[1].sum())[:2]
+    assert referred_object_index(mask_a | mask_b, scene) == a  # larger object, larger share of the union

@@ -369,15 +369,56 @@ def test_answer_lm_loss_is_the_mllms_own_loss_on_the_answer_tokens(init_dir, sce
     assert float(ours) == pytest.approx(total / count, rel=1e-4)
 
 
+def test_expression_token_loss_is_a_hand_computed_cross_entropy(init_dir, scenes):
+    """Stage 1's optional expression-token loss: every query state through the MLLM's lm_head, −log p of each of
+    the expression's tokens, averaged over the sample's tokens and the queries, then over the batch; computed here
+    row by row with a loop, on a batch whose two expressions have different lengths (one is padded)."""
+    from lens_model.checkpoint import load_model
+    from lens_model.data import load_dataset
+    from training.align import expression_token_loss
+    from training.data import AlignExamples, Collator
+
+    model, processor = load_model(init_dir)
+    records = load_dataset("synthetic", scenes, "train")
+    lengths = {i: len(processor.tokenizer(r.expression)["input_ids"]) for i, r in enumerate(records)}
+    short, long = min(lengths, key=lengths.get), max(lengths, key=lengths.get)
+    assert lengths[short] < lengths[long]
+    examples = AlignExamples([records], [(0, short), (0, long)], processor, model.lens_config, 4096)
+    batch = Collator(processor.tokenizer.pad_token_id)([examples[0], examples[1]])
+    assert batch["expression_mask"].sum(1).tolist() == [lengths[short], lengths[long]]
+    states = torch.randn(2, 3, model.hidden_size)
+    with torch.no_grad():
+        ours = expression_token_loss(model.mllm.lm_head, states, batch["expression_ids"], batch["expression_mask"])
+        expected = 0.0
+        for row, index in enumerate((short, long)):
+            ids = processor.tokenizer(records[index].expression)["input_ids"]
+            terms = [-torch.log_softmax(model.mllm.lm_head(states[row, q]), -1)[t] for q in range(3) for t in ids]
+            expected += float(sum(terms)) / len(terms) / 2
+    assert float(ours) == pytest.approx(expected, rel=1e-5)
+
+
 def test_stage1_can_train_the_answer_and_the_sam2_image_encoder(init_dir, scenes, tmp_path):
-    """lm_weight adds the answer loss to the mask loss; trainable sam_image_encoder moves the SAM2 image encoder
-    (frozen by default: test_frozen_weights_are_bit_identical_and_trained_ones_moved)."""
+    """lm_weight adds the answer loss to the mask loss and expression_weight the expression-token loss;
+    trainable sam_image_encoder moves the SAM2 image encoder (frozen by default:
+    test_frozen_weights_are_bit_identical_and_trained_ones_moved)."""
     out = tmp_path / "run"
-    assert _single(init_dir, scenes, out, "trainable=[context,mllm,sam_image_encoder]", "lm_weight=0.5") == 0
+    assert (
+        _single(
+            init_dir,
+            scenes,
+            out,
+            "trainable=[context,mllm,sam_image_encoder]",
+            "lm_weight=0.5",
+            "expression_weight=0.3",
+        )
+        == 0
+    )
     curve = _curve(out)
     for row in curve:
-        assert row["loss"] == pytest.approx(row["dice"] + row["pixel"] + 0.5 * row["lm"], rel=1e-5), row["step"]
+        total = row["dice"] + row["pixel"] + 0.5 * row["lm"] + 0.3 * row["expression"]
+        assert row["loss"] == pytest.approx(total, rel=1e-5), row["step"]
     assert curve[-1]["lm"] < 0.85 * curve[0]["lm"]  # the answer is being learnt
+    assert curve[-1]["expression"] < 0.9 * curve[0]["expression"]  # the query states learn the expression
     before = load_file(init_dir / "model.safetensors")
     after = load_file(out / "final" / "model.safetensors")
     encoder = [k for k in before if k.startswith("sam.image_encoder.")]

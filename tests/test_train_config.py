@@ -193,6 +193,7 @@ def test_type_error_in_file_names_the_file(tmp_path):
         ("datasets.0.ratio=0", "datasets.0.ratio: expected > 0"),
         ("val_dataset.name=refcoco", "val_dataset.root: missing required value"),
         ("lm_weight=-1", "lm_weight: expected >= 0"),
+        ("expression_weight=-0.5", "expression_weight: expected >= 0"),
         ("lm_weight=0.5", "lm_weight: a language-modelling loss trains the MLLM: add mllm to trainable"),
     ],
 )

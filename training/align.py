@@ -64,22 +64,25 @@ def build_model(cfg: AlignConfig, dtype: torch.dtype):
 
 
 # ---------------------------------------------------------------------------- one micro-batch
-def mask_logits(
-    engine, batch: dict, device: torch.device, mllm_grad: bool = False, sam_encoder_grad: bool = False
-) -> torch.Tensor:
-    """Teacher-forced forward of a collated batch -> low-res mask logits (B, 1, S/4, S/4); the query positions
-    are the model's own (those of the context pass it is trained for)."""
-    low_res, _ = engine(
+def engine_forward(engine, batch: dict, device: torch.device, **options) -> tuple[torch.Tensor, ...]:
+    """Teacher-forced forward of a collated batch through the engine (`LensModel.forward` with `options`): low-res
+    mask logits (B, 1, S/4, S/4), IoU predictions (B, 1) [, query states (B, N, hidden)]. The query positions are
+    the model's own (those of the context pass it is trained for)."""
+    return engine(
         batch["input_ids"].to(device),
         batch["attention_mask"].to(device),
         batch["mm_token_type_ids"].to(device),
         batch["pixel_values"].to(device),
         batch["image_grid_thw"].to(device),
         batch["sam_images"].to(device),
-        mllm_grad=mllm_grad,
-        sam_encoder_grad=sam_encoder_grad,
+        **options,
     )
-    return low_res
+
+
+def mask_logits(engine, batch: dict, device: torch.device) -> torch.Tensor:
+    """Teacher-forced low-res mask logits (B, 1, S/4, S/4) of a collated batch, without autograd through the MLLM
+    and the SAM2 image encoder (validation, benchmarks)."""
+    return engine_forward(engine, batch, device)[0]
 
 
 def answer_lm_loss(lens, batch: dict, device: torch.device) -> torch.Tensor:
@@ -102,10 +105,26 @@ def answer_lm_loss(lens, batch: dict, device: torch.device) -> torch.Tensor:
     return -(logp * weights).sum() / weights.sum()
 
 
+def expression_token_loss(
+    lm_head: torch.nn.Module, query_states: torch.Tensor, expression_ids: torch.Tensor, expression_mask: torch.Tensor
+) -> torch.Tensor:
+    """−mean log p(expression token | query state): every query state (B, N, hidden) through the MLLM's own
+    lm_head -> log-softmax over the vocabulary, averaged over the sample's expression tokens (B, E; mask True on
+    real ones) and the N queries, then over the batch. The target is spread over the expression's tokens, so the
+    states must say which words were asked about. Not in the paper (AlignConfig.expression_weight)."""
+    logp = torch.log_softmax(lm_head(query_states).float(), dim=-1)  # (B, N, V)
+    b, n, _ = logp.shape
+    picked = logp.gather(-1, expression_ids[:, None, :].expand(b, n, -1))  # (B, N, E)
+    weights = expression_mask[:, None, :].to(picked.dtype)  # (B, 1, E)
+    per_sample = -(picked * weights).sum(dim=(1, 2)) / (weights.sum(dim=(1, 2)) * n)  # (B,)
+    return per_sample.mean()
+
+
 def forward_loss(engine, lens, batch: dict, cfg: AlignConfig, device: torch.device) -> dict[str, torch.Tensor]:
-    """Mask loss of a collated batch (+ lm_weight × the answer's language-modelling loss when lm_weight > 0)."""
+    """Mask loss of a collated batch (+ lm_weight × the answer's language-modelling loss, + expression_weight ×
+    the expression-token loss of the query states, when those weights are > 0)."""
     grads = dict(mllm_grad="mllm" in cfg.trainable, sam_encoder_grad="sam_image_encoder" in cfg.trainable)
-    low_res = mask_logits(engine, batch, device, **grads)
+    low_res, _, states = engine_forward(engine, batch, device, return_query_states=True, **grads)
     losses = mask_loss(
         low_res,
         [m.to(device) for m in batch["gt_masks"]],
@@ -118,6 +137,10 @@ def forward_loss(engine, lens, batch: dict, cfg: AlignConfig, device: torch.devi
     if cfg.lm_weight > 0:
         losses["lm"] = answer_lm_loss(lens, batch, device)
         losses["loss"] = losses["loss"] + cfg.lm_weight * losses["lm"]
+    if cfg.expression_weight > 0:
+        ids, words = batch["expression_ids"].to(device), batch["expression_mask"].to(device)
+        losses["expression"] = expression_token_loss(lens.mllm.lm_head, states, ids, words)
+        losses["loss"] = losses["loss"] + cfg.expression_weight * losses["expression"]
     return losses
 
 
@@ -195,7 +218,9 @@ class AlignStage(TrainingStage):
         )
 
     def step(self, run: Run, step: int) -> StepResult:
-        parts = {"loss": 0.0, "dice": 0.0, "pixel": 0.0} | ({"lm": 0.0} if run.cfg.lm_weight > 0 else {})
+        parts = {"loss": 0.0, "dice": 0.0, "pixel": 0.0}
+        parts |= {"lm": 0.0} if run.cfg.lm_weight > 0 else {}
+        parts |= {"expression": 0.0} if run.cfg.expression_weight > 0 else {}
         samples = 0
         for _ in range(run.accum):
             batch = next(self.batches)
@@ -214,6 +239,7 @@ class AlignStage(TrainingStage):
     def report(self, run: Run, done: int, values: dict[str, float]) -> tuple[dict[str, str], str]:
         postfix = dict(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", sps=f"{values['samples_per_s']:.1f}")
         lm = f", answer lm {values['lm']:.4f}" if "lm" in values else ""
+        lm += f", expression {values['expression']:.4f}" if "expression" in values else ""
         line = (
             f"step {done}/{run.steps} loss {values['loss']:.4f} (dice {values['dice']:.4f}, {run.cfg.pixel_loss} "
             f"{values['pixel']:.4f}{lm}) lr {values['lr']:.3g} grad-norm {values['grad_norm']:.3g} "

@@ -541,6 +541,10 @@ class AlignConfig(StageConfig):
     # Not in the paper: weight of a language-modelling loss on the answer tokens, added to the mask loss. For an
     # MLLM that cannot write the answer format yet (a tiny one trained from scratch); needs "mllm" in trainable.
     lm_weight: float = 0.0
+    # Not in the paper: weight of an expression-token loss on the query states (through the MLLM's own lm_head
+    # they must predict the expression's tokens). Makes a small model trained from scratch route the expression
+    # into SAM2's prompt, which the mask loss alone does not (docs/design.md, "Stage 1").
+    expression_weight: float = 0.0
     # data
     min_pixels: int = 3136
     max_pixels: int = 1_000_000
@@ -565,7 +569,7 @@ class AlignConfig(StageConfig):
             "max_pixels",
             f"expected >= min_pixels ({self.min_pixels}), got {self.max_pixels}",
         )
-        _non_negative(self, "num_workers", "lm_weight")
+        _non_negative(self, "num_workers", "lm_weight", "expression_weight")
         _require(
             self.lm_weight == 0 or "mllm" in self.trainable,
             "lm_weight",

@@ -139,7 +139,11 @@ class AlignExamples(Dataset):
         length = enc["input_ids"].shape[1]
         if length > self.max_length:
             raise ValueError(f"{length} tokens with the image, over the limit of {self.max_length}")
-        answer_ids = self.processor.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        tokenizer = self.processor.tokenizer
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        expression_ids = tokenizer(record.expression, add_special_tokens=False)["input_ids"]
+        if not expression_ids:
+            raise ValueError("empty expression")
         if enc["input_ids"][0, -len(answer_ids) :].tolist() != answer_ids:  # a token merged across the boundary
             raise ValueError("the answer's tokens differ inside the chat from alone; cannot tell where it starts")
         return {
@@ -150,6 +154,7 @@ class AlignExamples(Dataset):
             "sam_image": preprocess_for_sam(rgb, self.lens_config.sam.image_size),  # (3, S, S)
             "gt_mask": torch.from_numpy(mask),  # (H, W) bool
             "answer_length": len(answer_ids),  # the last tokens of input_ids (for the answer lm loss)
+            "expression_ids": torch.tensor(expression_ids),  # (E,) the expression alone (expression-token loss)
             "sample_id": record.sample_id,
         }
 
@@ -170,16 +175,23 @@ class Collator:
         types = torch.zeros((len(good), length), dtype=torch.long)
         attention = torch.zeros((len(good), length), dtype=torch.long)
         answer = torch.zeros((len(good), length), dtype=torch.bool)
+        words = max(len(e["expression_ids"]) for e in good)
+        expression = torch.zeros((len(good), words), dtype=torch.long)
+        expression_mask = torch.zeros((len(good), words), dtype=torch.bool)
         for row, e in enumerate(good):
             n = len(e["input_ids"])
             ids[row, length - n :] = e["input_ids"]
             types[row, length - n :] = e["mm_token_type_ids"]
             attention[row, length - n :] = 1
             answer[row, length - e["answer_length"] :] = True
+            expression[row, : len(e["expression_ids"])] = e["expression_ids"]
+            expression_mask[row, : len(e["expression_ids"])] = True
         batch.update(
             input_ids=ids,
             attention_mask=attention,
             answer_mask=answer,
+            expression_ids=expression,  # (B, E) right-padded with 0
+            expression_mask=expression_mask,  # (B, E) True on real tokens
             mm_token_type_ids=types,
             pixel_values=torch.cat([e["pixel_values"] for e in good]),
             image_grid_thw=torch.cat([e["image_grid_thw"] for e in good]),

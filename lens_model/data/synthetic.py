@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,14 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> tuple[float, ...]:
     else:  # upright equilateral-ish triangle inside the same half-extent
         points = [(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
     return tuple(round(float(v), 2) for p in points for v in p)
+
+
+_RELATION_WORDS = re.compile(r"\b(" + "|".join(RELATIONS) + r")\b")
+
+
+def is_relational(expression: str) -> bool:
+    """Does the expression single its object out by a spatial relation ("... left of the blue square")?"""
+    return _RELATION_WORDS.search(expression) is not None
 
 
 def relation_holds(relation: str, a: SceneObject, b: SceneObject) -> bool:
@@ -107,11 +116,16 @@ def relational_descriptions(objects: list[SceneObject], target: int) -> list[tup
 
 
 def sample_scene(
-    rng: np.random.Generator, size: int, max_objects: int = 4, min_objects: int = 2, object_scale: float = 1.0
+    rng: np.random.Generator,
+    size: int,
+    max_objects: int = 4,
+    min_objects: int = 2,
+    object_scale: float = 1.0,
+    distinct_colors: bool = False,
 ) -> list[SceneObject]:
     """min_objects..max_objects non-overlapping shapes (boxes at least 2 px apart) placed by rejection sampling;
     fewer when they do not fit. `object_scale` multiplies the half-extents of SIZES (larger objects cover more of
-    the MLLM's image tokens)."""
+    the MLLM's image tokens); `distinct_colors`: no two objects share a colour."""
     count = int(rng.integers(min_objects, max_objects + 1))
     objects: list[SceneObject] = []
     for _ in range(200):
@@ -121,7 +135,8 @@ def sample_scene(
         lo, hi = SIZES[size_name]
         r = float(rng.uniform(lo, hi)) * object_scale * size
         cx, cy = (float(v) for v in rng.uniform(r + 1, size - r - 1, size=2))
-        shape, color = str(rng.choice(SHAPES)), str(rng.choice(list(COLORS)))
+        free = [c for c in COLORS if not (distinct_colors and any(o.color == c for o in objects))]
+        shape, color = str(rng.choice(SHAPES)), str(rng.choice(free))
         candidate = SceneObject(shape, color, size_name, _polygon(shape, cx, cy, r))
         x0, y0, x1, y1 = candidate.bbox
         if all(x1 + 2 < o.bbox[0] or o.bbox[2] + 2 < x0 or y1 + 2 < o.bbox[1] or o.bbox[3] + 2 < y0 for o in objects):
@@ -178,12 +193,15 @@ def make_synthetic(
     max_objects: int = 4,
     object_scale: float = 1.0,
     background: str = "noise",
+    distinct_colors: bool = False,
 ) -> Path:
     """Render `n_images` scenes into `out` (REFER layout, dataset name "synthetic"); returns `out`.
 
     Each scene has min_objects..max_objects shapes (fewer when they do not fit) with half-extents SIZES ×
     object_scale, on a `background` of SYNTHETIC_BACKGROUNDS. The split of image i is fixed by i (SPLIT_OF_INDEX), the
-    scenes by `seed`: the same arguments write the same bytes."""
+    scenes by `seed`: the same arguments write the same bytes. `distinct_colors`: every object of a scene has its
+    own colour (at most len(COLORS) objects) and attribute expressions always name it — the easiest referring task,
+    a curriculum's first step."""
     if n_images < 1:
         raise LensError(f"number of images (--n) must be at least 1, got {n_images}")
     if image_size < 32:
@@ -192,6 +210,11 @@ def make_synthetic(
         raise LensError(
             f"objects per scene (--min-objects, --max-objects) must satisfy 1 <= min <= max <= 8, "
             f"got {min_objects} and {max_objects}"
+        )
+    if distinct_colors and max_objects > len(COLORS):
+        raise LensError(
+            f"--distinct-colors gives every object its own colour: at most {len(COLORS)} objects per scene "
+            f"(--max-objects), got {max_objects}"
         )
     largest = max(hi for _, hi in SIZES.values())
     if not 0 < object_scale * largest < 0.45:
@@ -217,7 +240,7 @@ def make_synthetic(
     from tqdm.auto import tqdm
 
     for index in tqdm(range(n_images), desc="scenes", unit="img", disable=not progress):
-        objects = sample_scene(rng, image_size, max_objects, min_objects, object_scale)
+        objects = sample_scene(rng, image_size, max_objects, min_objects, object_scale, distinct_colors)
         pixels, masks = render(objects, image_size, rng, background)
         file_name = f"synthetic_{index:06d}.png"
         Image.fromarray(pixels).save(image_dir / file_name)
@@ -239,6 +262,8 @@ def make_synthetic(
                 }
             )
             plain, relational = plain_descriptions(objects, k), relational_descriptions(objects, k)
+            if distinct_colors:
+                plain = [p for p in plain if obj.color in p.split()]
             if not plain and not relational:
                 continue  # an object no expression can single out (e.g. two identical unrelatable shapes)
             sentences = _sentences(rng, plain, relational, relation_rate)
@@ -263,3 +288,30 @@ def make_synthetic(
     )
     (ann_dir / "refs(unc).p").write_bytes(pickle.dumps(refs))
     return out
+
+
+def scene_object_masks(records) -> dict[int, dict[int, np.ndarray]]:
+    """image_id -> {ann_id: (H, W) bool} of every object in the scenes of `records` (one synthetic dataset),
+    read from its instances.json."""
+    if not records:
+        return {}
+    path = records[0].image_path.parents[1] / "synthetic" / "instances.json"
+    if not path.exists():
+        raise LensError(f"{path} not found: scene objects come from a synthetic dataset (lens make-synthetic)")
+    instances = json.loads(path.read_text())
+    wanted = {r.ids["image_id"] for r in records}
+    sizes = {im["id"]: (im["height"], im["width"]) for im in instances["images"] if im["id"] in wanted}
+    objects: dict[int, dict[int, np.ndarray]] = {i: {} for i in wanted}
+    for ann in instances["annotations"]:
+        if ann["image_id"] in wanted:
+            objects[ann["image_id"]][ann["id"]] = decode_segmentation(ann["segmentation"], *sizes[ann["image_id"]])
+    return objects
+
+
+def referred_object_index(pred: np.ndarray | None, objects: dict[int, np.ndarray]) -> int | None:
+    """The ann_id of the scene object the predicted mask has the largest IoU with; None for an empty mask (it
+    picks nothing). Referred-object accuracy: how often this is the object the expression names."""
+    if pred is None or not pred.any():
+        return None
+    ious = {ann: np.logical_and(pred, mask).sum() / np.logical_or(pred, mask).sum() for ann, mask in objects.items()}
+    return max(ious, key=ious.get)

@@ -1,0 +1,187 @@
+"""The shipped demo model (assets/demo-model, trained by `python -m training.demo`) gets synthetic scenes right:
+its answers depend on the prompt, its masks match the ground truth, and every way of running it (batched, ONNX
+Runtime, bfloat16, `lens eval`, the ROS engine) gives the same right answer. These are the tests that fail when the
+model or the pipeline around it is broken, which tests on random tiny models cannot show."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import REPO, run_cli
+
+from lens_model.data.refer import decode_segmentation
+from lens_model.image_io import load_image
+
+DEMO_MODEL = REPO / "assets" / "demo-model"
+DEMO_SCENE = REPO / "assets" / "demo-scene.json"
+# Fresh scenes of the recipe's phase B (2-4 objects in distinct colours, 20 % relational expressions, textured
+# background) from a seed no training or test split used. On these 40 expressions the shipped model scores gIoU
+# 0.77, referred-object accuracy 0.85, expression named 0.875 (it copies long relational expressions less
+# reliably); the floors leave room below that and far above a broken model (all-objects mask 0.29, chance 0.29).
+HELD_OUT_SEED = 7
+MIN_HELD_OUT_GIOU = 0.6
+MIN_HELD_OUT_REFERRED = 0.75
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """The demo scene: image and, per expression, its object's GT mask."""
+    spec = json.loads(DEMO_SCENE.read_text())
+    rgb = load_image(DEMO_SCENE.parent / spec["image"])
+    h, w = rgb.shape[:2]
+    objects = [(o["expression"], decode_segmentation(o["segmentation"], h, w)) for o in spec["objects"]]
+    return rgb, objects
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from lens_model.pipeline import LensPipeline
+
+    return LensPipeline.from_pretrained(str(DEMO_MODEL), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    from dataclasses import replace
+
+    from lens_model.data import load_dataset
+    from training.demo import DemoRecipe, make_scenes
+
+    scenes = replace(DemoRecipe().phase_b, name="held-out", n_images=20, seed=HELD_OUT_SEED)
+    root = make_scenes(tmp_path_factory.mktemp("held-out"), scenes, progress=False)
+    records = [r for split in ("train", "val", "testA") for r in load_dataset("synthetic", root, split)]
+    return root, records[:40]
+
+
+def test_the_demo_model_is_a_normal_lens_directory_within_30_mb():
+    from lens_model.checkpoint import load_model
+
+    size = sum(p.stat().st_size for p in DEMO_MODEL.iterdir())
+    assert size <= 30 * 2**20, f"{size / 2**20:.1f} MiB"
+    model, _ = load_model(DEMO_MODEL)
+    assert type(model).__name__ == "LensModel" and model.context.num_queries == 8
+
+
+def test_each_prompt_gets_its_own_answer_and_the_right_mask(pipe, scene):
+    """The answer names the expression asked about (so the text depends on the prompt), the mask matches that
+    object's GT (IoU >= 0.5) and not the others' masks."""
+    rgb, objects = scene
+    assert len(objects) >= 2
+    results = [pipe(rgb, expression) for expression, _ in objects]
+    texts = [r.text for r in results]
+    assert len(set(texts)) == len(texts), texts
+    for (expression, gt), result in zip(objects, results):
+        assert f"<|object_ref_start|>{expression}.<|object_ref_end|>" in result.text, result.text
+        assert result.format_ok
+        assert iou(result.mask, gt) >= 0.5, expression
+        others = [iou(result.mask, other) for e, other in objects if e != expression]
+        assert max(others) < 0.2, expression
+    for a in range(len(results)):
+        for b in range(a + 1, len(results)):
+            assert iou(results[a].mask, results[b].mask) < 0.2
+
+
+def test_held_out_scenes_are_segmented_above_the_stated_scores(held_out):
+    """40 expressions of 20 fresh scenes: gIoU and referred-object accuracy above the stated floors, far above the
+    all-objects mask and chance."""
+    from training.demo import evaluate_model, summarize
+
+    root, records = held_out
+    outcomes = evaluate_model(DEMO_MODEL, records, progress=False)
+    table = summarize(outcomes, n_boot=100)
+    assert table["gIoU"]["value"] >= MIN_HELD_OUT_GIOU, table
+    assert table["referred-object accuracy"]["value"] >= MIN_HELD_OUT_REFERRED, table
+    assert table["gIoU"]["value"] > table["all-objects mask gIoU (baseline)"]["value"] + 0.2
+    assert table["format"]["value"] >= 0.95 and table["expression named"]["value"] >= 0.85
+
+
+def test_batched_segmentation_gives_the_single_answers(pipe, scene):
+    rgb, objects = scene
+    prompts = [expression for expression, _ in objects]
+    batched = pipe(rgb, prompts)
+    for prompt, together in zip(prompts, batched):
+        alone = pipe(rgb, prompt)
+        assert together.text == alone.text
+        assert np.mean(together.mask == alone.mask) >= 0.999
+        assert together.score == pytest.approx(alone.score, abs=1e-4)
+
+
+def test_onnxruntime_backend_gives_the_official_answers(pipe, scene, tmp_path_factory):
+    from export_helpers import MIN_MASK_AGREEMENT, exported
+
+    from lens_model.pipeline import LensPipeline
+
+    ort_pipe = LensPipeline.from_pretrained(
+        str(DEMO_MODEL),
+        device="cpu",
+        dtype="float32",
+        backend="onnxruntime",
+        backend_dir=str(exported(DEMO_MODEL, tmp_path_factory)),
+    )
+    rgb, objects = scene
+    for expression, gt in objects:
+        want, got = pipe(rgb, expression), ort_pipe(rgb, expression)
+        assert got.text == want.text
+        assert np.mean(got.mask == want.mask) >= MIN_MASK_AGREEMENT
+        assert iou(got.mask, gt) >= 0.5
+
+
+def test_bfloat16_gives_the_float32_answers(pipe, scene):
+    """bf16 (MLLM weights in bf16, SAM2 under bf16 autocast) writes the same answer and a mask that still matches the
+    object: 98 % of pixels agree with fp32 (bf16 moves mask edges by a pixel here and there)."""
+    from lens_model.pipeline import LensPipeline
+
+    bf16 = LensPipeline.from_pretrained(str(DEMO_MODEL), device="cpu", dtype="bfloat16")
+    rgb, objects = scene
+    for expression, gt in objects:
+        want, got = pipe(rgb, expression), bf16(rgb, expression)
+        assert got.text == want.text
+        assert np.mean(got.mask == want.mask) >= 0.98
+        assert iou(got.mask, gt) >= 0.5
+
+
+def test_lens_eval_on_a_synthetic_split_lands_in_the_stated_band(held_out, tmp_path):
+    """`lens eval` (the evaluation protocol's own code) on the held-out scenes' train split: gIoU within
+    [MIN_HELD_OUT_GIOU, 1] — a broken model (random: ~0.05) or pipeline falls out of it."""
+    root, _ = held_out
+    out = tmp_path / "eval"
+    code, stdout, stderr = run_cli(
+        "eval", "--model", DEMO_MODEL, "--dataset", "synthetic", "--data-root", root, "--split", "train",
+        "--limit", "24", "--device", "cpu", "--out", out, "--no-progress",
+    )  # fmt: skip
+    assert code == 0, stderr
+    results = json.loads((out / "results.json").read_text())
+    giou = results["gIoU"]
+    assert MIN_HELD_OUT_GIOU <= giou <= 1.0, results
+
+
+def test_the_ros_engine_publishes_the_right_mask(scene, pipe):
+    """lens_ros's engine (the node's logic, without rclpy) on a camera frame of the demo scene and a text command:
+    the published mono8 mask is the named object."""
+    from ros_helpers import image_msg, lens_test_typestore
+
+    from lens_ros.engine import SegmentationEngine
+    from lens_ros.params import NodeSettings
+
+    store = lens_test_typestore()
+    rgb, objects = scene
+    published = []
+    settings = NodeSettings.from_values({"audio_enabled": False, "service_timeout_s": 60.0})
+    engine = SegmentationEngine(pipe, settings, publish=published.append, clock=lambda: 10.0, types=store.types)
+    engine.start()
+    try:
+        engine.on_image(image_msg(store, rgb, sec=10, frame="camera"))
+        for expression, gt in objects:
+            outcome = engine.submit(expression).wait(60)
+            assert outcome.success, outcome.message
+            m = outcome.messages.mask
+            mask = np.asarray(m.data).reshape(m.height, m.width) == 255
+            assert iou(mask, gt) >= 0.5, expression
+            assert m.header.frame_id == "camera"
+    finally:
+        engine.stop()
