@@ -185,3 +185,23 @@ def test_the_ros_engine_publishes_the_right_mask(scene, pipe):
             assert m.header.frame_id == "camera"
     finally:
         engine.stop()
+
+
+def test_the_readme_quick_start_segments_the_named_object(scene, tmp_path):
+    """The README's first command, as written (its outputs redirected to a temporary folder): the mask it writes
+    is the object its prompt names."""
+    import shlex
+
+    from PIL import Image
+
+    line = next(
+        line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("bash scripts/setup_env.sh")
+    )
+    args = [a.replace("runs/", f"{tmp_path}/") for a in shlex.split(line.split(".venv/bin/lens ", 1)[1])]
+    assert args[0] == "segment" and "assets/demo-model" in args
+    code, stdout, stderr = run_cli(*args)
+    assert code == 0, stderr
+    prompt = args[args.index("--prompt") + 1]
+    gt = dict(scene[1])[prompt]
+    mask = np.asarray(Image.open(args[args.index("--out-mask") + 1])) > 0
+    assert iou(mask, gt) >= 0.5 and json.loads(stdout)["format_ok"]
