@@ -44,6 +44,7 @@ _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.ti
 # ---------------------------------------------------------------------------- saving
 def _config_dict(model: LensModel) -> dict[str, Any]:
     data = model.mllm.config.to_dict()
+    data.pop("_name_or_path", None)  # where this process loaded it from: a path of this machine, not the model's
     data["architectures"] = [MLLM_CLASSES[model.mllm.config.model_type]]
     data["lens"] = model.lens_config.to_dict()
     return data

@@ -24,6 +24,7 @@ def test_round_trip_keeps_every_tensor_and_config(tiny_dir, tmp_path):
     assert processor2.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
     saved = json.loads((tmp_path / "copy" / "config.json").read_text())
     assert saved["model_type"] == "qwen2_5_vl" and saved["lens"]["num_queries"] == 8
+    assert str(tiny_dir) not in (tmp_path / "copy" / "config.json").read_text()  # no path of this machine
 
 
 def test_make_tiny_is_deterministic_per_seed(tmp_path):
