@@ -30,7 +30,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +78,6 @@ class DemoRecipe:
     max_new_tokens: int = 96
     save_every: int = 250
     bootstrap: int = 2000
-    extra: dict = field(default_factory=dict)
 
     def quick(self) -> DemoRecipe:
         small = dict(n_images=60)
