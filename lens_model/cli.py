@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .config import DEFAULT_MODEL_ID
 from .errors import LensError
-from .vocab import ANSWER_FORMATS, BACKENDS, CONTEXT_PASS_MODES, DTYPES, SYNTHETIC_BACKGROUNDS
+from .vocab import ANSWER_FORMATS, BACKENDS, CONTEXT_PASS_MODES, DTYPES, SYNTHETIC_BACKGROUNDS, SYNTHETIC_TASKS
 
 DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N (default: auto)"
 # Masks are written losslessly so that they keep exactly 0 and 255; overlays may also be lossy pictures.
@@ -319,6 +319,14 @@ def _add_make_synthetic(sub) -> None:
         action="store_true",
         help="every object of a scene has its own colour (at most 4 objects) and attribute expressions name it",
     )
+    p.add_argument(
+        "--task",
+        choices=SYNTHETIC_TASKS,
+        default="basic",
+        help="basic: attribute and relational expressions; reasoning: colours and shapes repeat, relations to an "
+        "anchor ('the shape left of the red circle'), each sentence with the target's own name and a rationale "
+        "(needs --min-objects 3 or more; default: basic)",
+    )
     p.set_defaults(func=cmd_make_synthetic)
 
 
@@ -594,6 +602,7 @@ def cmd_make_synthetic(args) -> int:
         object_scale=args.object_scale,
         background=args.background,
         distinct_colors=args.distinct_colors,
+        task=args.task,
     )
     print(f"wrote {args.n} synthetic scenes to {path} (REFER layout; lens eval --dataset synthetic --data-root {path})")
     return 0

@@ -33,6 +33,11 @@ COMPLETION_ENDS = ("first_end", "im_end_only")
 # smooth low-saturation blotches too.
 SYNTHETIC_BACKGROUNDS = ("noise", "texture")
 
+# What the synthetic scenes ask (`lens make-synthetic --task`): "basic" attribute and relational expressions, or
+# "reasoning" scenes where colour alone never decides, with relational expressions about an anchor and a rationale
+# per sentence (lens_model.data.synthetic).
+SYNTHETIC_TASKS = ("basic", "reasoning")
+
 
 def canonical_dtype(name: str) -> str:
     """A dtype name or alias -> its name in DTYPES ("bf16" -> "bfloat16"); ValueError for anything else."""
@@ -48,6 +53,7 @@ __all__ = [
     "COMPLETION_ENDS",
     "CONTEXT_PASS_MODES",
     "SYNTHETIC_BACKGROUNDS",
+    "SYNTHETIC_TASKS",
     "DTYPES",
     "DTYPE_ALIASES",
     "canonical_dtype",

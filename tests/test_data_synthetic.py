@@ -26,18 +26,23 @@ def scenes(tmp_path_factory):
     return make_synthetic(tmp_path_factory.mktemp("syn") / "a", n_images=N_IMAGES, seed=3, image_size=SIDE)
 
 
-def _objects_from_files(root, side=SIDE, scale=1.0):
+def _objects_from_files(root, side=SIDE, scale=1.0, width=None):
     """image_id -> list of dicts (ann_id, shape, color, size, box xyxy), read back from the written files
-    (`scale`: the object_scale the scenes were made with)."""
+    (`scale`: the object_scale the scenes were made with; `width`: the images' width when not `side`, which is
+    then their height)."""
     instances = json.loads((root / "synthetic" / "instances.json").read_text())
     names = {c["id"]: c["name"] for c in instances["categories"]}
     files = {im["id"]: im["file_name"] for im in instances["images"]}
     from lens_model.data.refer import decode_segmentation
 
+    width = width or side
+    assert all((im["height"], im["width"]) == (side, width) for im in instances["images"])
+    side = min(side, width)  # shapes are sized by the shorter side
     objects = {}
     for ann in instances["annotations"]:
         pixels = np.asarray(Image.open(root / "images" / files[ann["image_id"]]))
-        mask = decode_segmentation(ann["segmentation"], side, side)
+        assert pixels.shape[:2] == (instances["images"][0]["height"], width)
+        mask = decode_segmentation(ann["segmentation"], *pixels.shape[:2])
         colours = pixels[mask]
         assert (colours == colours[0]).all(), "an object is painted in one flat colour"
         colour = [name for name, rgb in COLORS.items() if tuple(colours[0]) == rgb]
@@ -165,6 +170,101 @@ def test_distinct_colours_give_every_object_its_own_colour_named_by_attribute_ex
     assert relational  # relations still come at relation_rate
 
 
+REASONING_HW = (96, 144)  # non-square: height 96, width 144
+REASONING_SENTENCE = re.compile(
+    r"^the shape (?:that is )?(?P<rel>left of|right of|above|below) the (?P<anchor>[a-z ]+)$"
+)
+
+
+@pytest.fixture(scope="module")
+def reasoning_scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reasoning") / "r"
+    return make_synthetic(root, 40, seed=5, image_size=REASONING_HW, task="reasoning", min_objects=3, max_objects=5)
+
+
+def _same_side(rel, a, b):
+    """(a is on REL's side of b with a gap, the share of the smaller extent the two share across that axis)."""
+    horizontal = rel in ("left of", "right of")
+    separated = _relation(rel, a, b)
+    lo, hi = (1, 3) if horizontal else (0, 2)
+    overlap = min(a["box"][hi], b["box"][hi]) - max(a["box"][lo], b["box"][lo])
+    smaller = min(a["box"][hi] - a["box"][lo], b["box"][hi] - b["box"][lo])
+    return separated, max(overlap, 0.0) / smaller
+
+
+def _where(o, hw):
+    cx, cy = (o["box"][0] + o["box"][2]) / 2, (o["box"][1] + o["box"][3]) / 2
+    rows, columns = ("top", "middle", "bottom"), ("left", "center", "right")
+    return f"{rows[min(int(cy / hw[0] * 3), 2)]} {columns[min(int(cx / hw[1] * 3), 2)]}"
+
+
+def test_reasoning_scenes_colour_never_decides_and_each_expression_has_one_answer(reasoning_scenes):
+    """Re-derived from the written files (the image's pixels, boxes, categories) with this test's own rules: every
+    object has its own (size, colour, shape); an attribute expression names its target alone, and neither the
+    target's colour nor its shape alone would; a relational expression's anchor is named uniquely and the target is
+    the one object on that side of it in the same row / column (sharing at least half of the smaller extent),
+    with no other object even partly in that row on that side. The target's name and the rationale are the
+    scene's, the anchor's annotation id is the anchor's."""
+    objects = _objects_from_files(reasoning_scenes, REASONING_HW[0], width=REASONING_HW[1])
+    for scene in objects.values():
+        triples = [(o["size"], o["color"], o["shape"]) for o in scene]
+        assert len(set(triples)) == len(triples) and len(scene) >= 3
+        assert len({o["color"] for o in scene}) < len(scene) and len({o["shape"] for o in scene}) < len(scene)
+    records = [r for split in ("train", "val", "testA") for r in load_dataset("synthetic", reasoning_scenes, split)]
+    kinds = {"attribute": 0, "relational": 0}
+    for record in records:
+        scene = objects[record.ids["image_id"]]
+        target = next(o for o in scene if o["ann_id"] == record.ids["ann_id"])
+        notes = record.annotations
+        kinds[notes["kind"]] += 1
+        assert notes["target_name"] == f"{target['size']} {target['color']} {target['shape']}"
+        m = REASONING_SENTENCE.match(record.expression)
+        assert (m is not None) == (notes["kind"] == "relational") == is_relational(record.expression)
+        if m is None:
+            noun = record.expression.removeprefix("the ")
+            assert [o for o in scene if _matches(o, noun)] == [target], record.expression
+            assert len(noun.split()) >= 2 and target["color"] in noun and target["shape"] in noun
+            assert sum(o["color"] == target["color"] for o in scene) >= 2
+            assert sum(o["shape"] == target["shape"] for o in scene) >= 2
+            assert notes["anchor_ann_id"] is None
+            assert notes["rationale"] == f"the {notes['target_name']} is at the {_where(target, REASONING_HW)}"
+            continue
+        anchors = [o for o in scene if _matches(o, m["anchor"])]
+        assert len(anchors) == 1, record.expression
+        anchor = anchors[0]
+        assert notes["anchor_ann_id"] == anchor["ann_id"] != target["ann_id"]
+        sides = {o["ann_id"]: _same_side(m["rel"], o, anchor) for o in scene if o is not anchor}
+        assert sides[target["ann_id"]][0] and sides[target["ann_id"]][1] >= 0.5, record.expression
+        for ann_id, (separated, shared) in sides.items():
+            if ann_id != target["ann_id"]:
+                assert not separated or shared == 0, record.expression
+        assert notes["rationale"] == (
+            f"the {m['anchor']} is at the {_where(anchor, REASONING_HW)}; {m['rel']} it is the "
+            f"{notes['target_name']} at the {_where(target, REASONING_HW)}"
+        )
+    assert kinds["attribute"] >= 15 and kinds["relational"] >= 40, kinds
+
+
+def test_reasoning_scenes_masks_match_the_painted_pixels_of_non_square_images(reasoning_scenes):
+    for record in load_dataset("synthetic", reasoning_scenes, "train")[:20]:
+        pixels = np.asarray(Image.open(record.image_path))
+        assert pixels.shape[:2] == record.image_size == REASONING_HW
+        colours = np.unique(pixels[record.mask()].reshape(-1, 3), axis=0)
+        assert len(colours) == 1 and tuple(colours[0]) in COLORS.values()
+
+
+def test_reasoning_scenes_are_deterministic_and_refuse_what_cannot_repeat_colours(reasoning_scenes, tmp_path):
+    again = make_synthetic(
+        tmp_path / "again", 40, seed=5, image_size=REASONING_HW, task="reasoning", min_objects=3, max_objects=5
+    )
+    for name in ("synthetic/instances.json", "synthetic/refs(unc).p", "images/synthetic_000011.png"):
+        assert (again / name).read_bytes() == (reasoning_scenes / name).read_bytes(), name
+    with pytest.raises(LensError, match="at least 3 objects"):
+        make_synthetic(tmp_path / "x", 2, task="reasoning", min_objects=2)
+    with pytest.raises(LensError, match="task .--task. must be one of basic, reasoning"):
+        make_synthetic(tmp_path / "y", 2, task="riddles")
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
@@ -241,6 +341,10 @@ def test_cli_make_synthetic(tmp_path, capsys):
         for s in ref["sentences"]
     ]
     assert sentences and all(any(c in s.split() for c in COLORS) for s in sentences)
+    reasoning = ["--min-objects", "3", "--max-objects", "5", "--task", "reasoning", "--relation-rate", "1"]
+    assert main(["make-synthetic", "--out", str(tmp_path / "r"), "--n", "3", *reasoning]) == 0
+    refs = pickle.loads((tmp_path / "r" / "synthetic" / "refs(unc).p").read_bytes())
+    assert refs and all("rationale" in s and "target_name" in s for ref in refs for s in ref["sentences"])
 
 
 def test_scene_object_masks_and_the_referred_object_of_a_mask(scenes):

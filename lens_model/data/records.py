@@ -22,6 +22,9 @@ class Record:
     image_size: tuple[int, int]  # (H, W) of the original image
     load_mask: Callable[[], np.ndarray] = field(repr=False)  # -> (H, W) bool, the GT target
     ids: dict = field(default_factory=dict)  # source ids: image_id, ref_id, ann_id, sent_id, ...
+    # what the dataset says about the sentence beyond its text (synthetic reasoning scenes: kind, target_name,
+    # rationale, anchor_ann_id); empty for the public datasets
+    annotations: dict = field(default_factory=dict)
     # -> (H, W) bool of pixels left out of the metric (ReasonSeg's "ignore" regions); None: every pixel counts
     load_ignore: Callable[[], np.ndarray] | None = field(default=None, repr=False)
 

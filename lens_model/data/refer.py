@@ -26,6 +26,7 @@ SPLITS = {
     "refcoco+": ("train", "val", "testA", "testB"),
     "refcocog": ("train", "val", "test"),
 }
+_SENTENCE_KEYS = ("sent_id", "sent", "raw", "tokens")  # REFER's own; any other key is an annotation of the sentence
 _IMAGE_DIRS = ("refer_seg/images/mscoco/images/train2014", "images/mscoco/images/train2014", "images", "train2014")
 
 
@@ -145,6 +146,7 @@ def read_refer(data_root: str | Path, dataset: str, split: str, image_dir: str |
                         "image_id": ref["image_id"],
                         "sent_id": sentence["sent_id"],
                     },
+                    annotations={k: v for k, v in sentence.items() if k not in _SENTENCE_KEYS},
                 )
             )
     return records
