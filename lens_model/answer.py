@@ -24,6 +24,7 @@ _ANY_BOX = re.compile(
 )
 _THINK_ANSWER = re.compile(r"\s*<(think|thinking)>(.*?)</\1>\s*<answer>(.*?)</answer>\s*", re.S)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
+_BOX_START = re.compile(r"[\[{(]")  # where a box begins inside <answer>: [x1, ...], {"bbox_2d": ...} or (x1, ...)
 _TRAILING_SPECIAL = re.compile(r"(?:<\|im_end\|>|<\|endoftext\|>)+\s*$")
 # The released format rewards' templates (docs/design.md, "Prompt and answer formats"). grounding: the answer is
 # exactly object ref + box tokens, from its first character to its end token, each part on one line (any box text:
@@ -41,6 +42,8 @@ class ParsedAnswer:
     format_ok: bool  # the box was read from the format's own markup (box tokens / <think>…<answer> blocks)
     reasoning: str | None = None
     answer_text: str | None = None
+    # the object the answer names: grounding, the text between the object-ref tokens; think_answer, the answer's
+    # words before its box ("<answer>the large red circle {"bbox_2d": ...}</answer>"), None when it has none
     object_ref: str | None = None
     error: str | None = None  # why `box` is None
     template_ok: bool = False  # the text follows the format's template as the released format reward checks it
@@ -116,24 +119,31 @@ def parse_answer(text: str, answer_format: str) -> ParsedAnswer:
             fallback, fallback_error = _first_box_anywhere(answer)
             box, error = (fallback, None) if fallback else (None, error)
     template_ok = _THINK_TEMPLATE.match(text) is not None
+    if answer is not None:
+        object_ref = _BOX_START.split(answer, maxsplit=1)[0].strip() or object_ref
     return ParsedAnswer(
         box, full is not None, reasoning, answer.strip() if answer else None, object_ref, error, template_ok
     )
 
 
-def format_answer(expression: str, box_llm: Box, answer_format: str = "grounding") -> str:
+def format_answer(
+    expression: str, box_llm: Box, answer_format: str = "grounding", reasoning: str = "", name: str | None = None
+) -> str:
     """The target answer for teacher forcing: `box_llm` in the MLLM image's pixels, rounded to integers.
 
     grounding (released stage-1 data):
         <|object_ref_start|>EXPRESSION.<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>
-    think_answer: an empty reasoning block and the JSON box (stage 1 has no reasoning to imitate).
+    think_answer: `reasoning` in the think block (empty by default: stage 1 on public data has none to imitate),
+    then the answer: `name` (the object found, e.g. "the large red circle"; none by default) and the JSON box:
+        <think>REASONING</think><answer>NAME {"bbox_2d": [x1, y1, x2, y2]}</answer>
     """
     x1, y1, x2, y2 = (int(round(v)) for v in box_llm)
     if answer_format == "grounding":
         phrase = expression.strip().rstrip(".")
         return f"<|object_ref_start|>{phrase}.<|object_ref_end|><|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"
     if answer_format == "think_answer":
-        return f'<think></think><answer>{{"bbox_2d": [{x1}, {y1}, {x2}, {y2}]}}</answer>'
+        named = f"{name} " if name else ""
+        return f'<think>{reasoning}</think><answer>{named}{{"bbox_2d": [{x1}, {y1}, {x2}, {y2}]}}</answer>'
     raise ValueError(f"unknown answer format {answer_format!r}; valid: {', '.join(ANSWER_FORMATS)}")
 
 

@@ -72,6 +72,10 @@ class LensConfig:
     # MLLM image size bounds (pixels) for the smart resize; the released scripts use max 1e6.
     min_pixels: int = 56 * 56
     max_pixels: int = 1_000_000
+    # The image size the MLLM was trained for: every image is first resized so that its longest side is this many
+    # pixels (aspect ratio kept), then smart-resized, so that its answers do not depend on the camera's resolution.
+    # None: the released behaviour (the image as given, within min/max_pixels).
+    mllm_longest_side: int | None = None
     prompt: PromptConfig = field(default_factory=PromptConfig)
     sam: SamConfig = field(default_factory=SamConfig)
 
@@ -84,6 +88,8 @@ class LensConfig:
             raise ValueError(f"lens.context_pass must be one of {CONTEXT_PASS_MODES}, got {self.context_pass!r}")
         if self.num_queries < 1:
             raise ValueError(f"lens.num_queries must be >= 1, got {self.num_queries}")
+        if self.mllm_longest_side is not None and self.mllm_longest_side < 28:
+            raise ValueError(f"lens.mllm_longest_side must be null or >= 28 pixels, got {self.mllm_longest_side}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

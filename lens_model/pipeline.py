@@ -62,7 +62,8 @@ class LensPipeline:
         self.model = model.eval()
         # Runs SAM2 + the context head (see lens_model.backends); the MLLM always runs in transformers.
         self.backend = backend if backend is not None else TorchBackend(self.model)
-        # Optional cap on the MLLM image's longest side before the smart resize (ReasonSeg's protocol: 640).
+        # The MLLM image's longest side before the smart resize (ReasonSeg's protocol: 640); None: the model's own
+        # `mllm_longest_side`, the size it was trained for (released models: none, the image as given)
         self.mllm_longest_side = mllm_longest_side
         self.processor = processor
         self.processor.tokenizer.padding_side = "left"

@@ -80,11 +80,13 @@ def check_mllm_aspect_ratio(hw: tuple[int, int], source: str = "image") -> None:
 
 
 def mllm_image(rgb: np.ndarray, config: LensConfig, longest_side: int | None = None) -> Image.Image:
-    """HxWx3 uint8 -> the PIL image the MLLM sees: optionally capped to `longest_side`, then smart-resized
+    """HxWx3 uint8 -> the PIL image the MLLM sees: resized so that its longest side is `longest_side` (default: the
+    model's `mllm_longest_side`, the size it was trained for; None for both: as given), then smart-resized
     (multiples of 28 within the config's pixel bounds), so that box coordinates are pixels of this image.
     ImageError for an aspect ratio above MAX_MLLM_ASPECT_RATIO."""
     check_mllm_aspect_ratio(rgb.shape[:2])
     image = Image.fromarray(rgb)
+    longest_side = longest_side or config.mllm_longest_side
     if longest_side and max(image.size) != longest_side:
         scale = longest_side / max(image.size)
         image = image.resize((int(image.width * scale), int(image.height * scale)), Image.BICUBIC)

@@ -13,11 +13,12 @@ checkpoint like any generation setting. Tests use it where equal outputs must me
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from .config import LensConfig, SamConfig
+from .config import LensConfig, PromptConfig, SamConfig
 
 # Qwen2-VL / Qwen2.5-VL special tokens, in their released order.
 QWEN_SPECIAL_TOKENS = [
@@ -63,8 +64,10 @@ _CORPUS = [
 ]
 
 
-def build_tiny_tokenizer(vocab_size: int = 600):
-    """Byte-level BPE with Qwen's special tokens, wrapped as a transformers fast tokenizer."""
+def build_tiny_tokenizer(vocab_size: int = 600, corpus: Sequence[str] = ()):
+    """Byte-level BPE with Qwen's special tokens, wrapped as a transformers fast tokenizer. `corpus`: more text to
+    learn merges from (a model trained on one domain gets its words as single tokens, as a real Qwen tokenizer has
+    them); `vocab_size` bounds the vocabulary, which is smaller when the text has fewer merges to learn."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -83,7 +86,7 @@ def build_tiny_tokenizer(vocab_size: int = 600):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(_CORPUS * 4 + list(corpus), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -94,10 +97,12 @@ def build_tiny_tokenizer(vocab_size: int = 600):
     )
 
 
-def build_tiny_processor(min_pixels: int = 56 * 56, max_pixels: int = 224 * 224):
+def build_tiny_processor(
+    min_pixels: int = 56 * 56, max_pixels: int = 224 * 224, vocab_size: int = 600, corpus: Sequence[str] = ()
+):
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tiny_tokenizer(vocab_size, corpus)
     size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
     return Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(size=size),
@@ -107,8 +112,16 @@ def build_tiny_processor(min_pixels: int = 56 * 56, max_pixels: int = 224 * 224)
     )
 
 
-def tiny_mllm_config(tokenizer, hidden: int = 128, mllm_type: str = "qwen2_5_vl"):
-    """Tiny Qwen2.5-VL (LENS-3B family) or Qwen2-VL (LENS-2B family) config sharing the tokenizer's ids."""
+def tiny_mllm_config(
+    tokenizer,
+    hidden: int = 128,
+    mllm_type: str = "qwen2_5_vl",
+    layers: int = 2,
+    vision_depth: int = 2,
+    vision_hidden: int = 64,
+):
+    """Tiny Qwen2.5-VL (LENS-3B family) or Qwen2-VL (LENS-2B family) config sharing the tokenizer's ids: `layers`
+    text layers of width `hidden` (4 heads), a vision tower of `vision_depth` blocks of width `vision_hidden`."""
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
@@ -119,7 +132,7 @@ def tiny_mllm_config(tokenizer, hidden: int = 128, mllm_type: str = "qwen2_5_vl"
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=2,
         max_position_embeddings=4096,
@@ -138,22 +151,22 @@ def tiny_mllm_config(tokenizer, hidden: int = 128, mllm_type: str = "qwen2_5_vl"
     )
     if mllm_type == "qwen2_5_vl":
         vision = dict(
-            depth=2,
-            hidden_size=64,
-            intermediate_size=128,
+            depth=vision_depth,
+            hidden_size=vision_hidden,
+            intermediate_size=2 * vision_hidden,
             num_heads=2,
             out_hidden_size=hidden,
             patch_size=14,
             spatial_merge_size=2,
             temporal_patch_size=2,
             window_size=112,
-            fullatt_block_indexes=[1],
+            fullatt_block_indexes=list(range(1, vision_depth, 2)),  # every second block, as Qwen's [7, 15, 23, 31]
         )
         return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **special)
     if mllm_type == "qwen2_vl":
         vision = dict(
-            depth=2,
-            embed_dim=64,
+            depth=vision_depth,
+            embed_dim=vision_hidden,
             hidden_size=hidden,
             mlp_ratio=2,
             num_heads=2,
@@ -165,7 +178,12 @@ def tiny_mllm_config(tokenizer, hidden: int = 128, mllm_type: str = "qwen2_5_vl"
     raise ValueError(f"unknown mllm_type {mllm_type!r}; expected 'qwen2_5_vl' or 'qwen2_vl'")
 
 
-def tiny_lens_config(num_queries: int = 8, sam_image_size: int = 256) -> LensConfig:
+def tiny_lens_config(
+    num_queries: int = 8,
+    sam_image_size: int = 256,
+    answer_format: str = "grounding",
+    mllm_longest_side: int | None = None,
+) -> LensConfig:
     # Hiera with one block per stage at width 32; SAM's prompt/decoder width stays 256 as in every SAM2.
     sam_overrides = [
         f"++model.image_size={sam_image_size}",
@@ -181,6 +199,8 @@ def tiny_lens_config(num_queries: int = 8, sam_image_size: int = 256) -> LensCon
         connector_heads=4,
         context_pass="cached",
         max_pixels=224 * 224,
+        mllm_longest_side=mllm_longest_side,
+        prompt=PromptConfig.for_format(answer_format),
         sam=SamConfig(config_name="configs/sam2/sam2_hiera_t.yaml", overrides=sam_overrides, image_size=sam_image_size),
     )
 
@@ -241,20 +261,31 @@ def make_tiny(
     mllm_type: str = "qwen2_5_vl",
     grounding_answers: bool = False,
     sam_image_size: int = 256,
+    hidden: int = 128,
+    layers: int = 2,
+    vision_depth: int = 2,
+    vision_hidden: int = 64,
+    answer_format: str = "grounding",
+    mllm_longest_side: int | None = None,
+    tokenizer_corpus: Sequence[str] = (),
 ) -> Path:
     """Build, randomly initialise (seeded) and save a tiny LENS checkpoint, with SAM2 memory weights for tracking
     (sam2_memory.safetensors); returns its directory.
 
     grounding_answers: answers that depend on image and prompt and hold a grounding box (module docstring).
-    sam_image_size: SAM2's input side (a multiple of 64; 1024 in released models, smaller here for speed)."""
+    sam_image_size: SAM2's input side (a multiple of 64; 1024 in released models, smaller here for speed).
+    hidden, layers, vision_depth, vision_hidden: the MLLM's size (`tiny_mllm_config`). answer_format: the prompt
+    format (PromptConfig.for_format). mllm_longest_side: the MLLM image size it is trained for (LensConfig).
+    tokenizer_corpus: text the tokenizer learns merges from besides its own few sentences (`build_tiny_tokenizer`)."""
     from .modeling import LensModel
     from .sam_memory import build_sam_memory, save_sam_memory
 
     torch.manual_seed(seed)
-    processor = build_tiny_processor()
-    lens_config = tiny_lens_config(num_queries=num_queries, sam_image_size=sam_image_size)
+    processor = build_tiny_processor(corpus=tokenizer_corpus)
+    lens_config = tiny_lens_config(num_queries, sam_image_size, answer_format, mllm_longest_side)
     lens_config.context_pass = context_pass
-    model = LensModel(tiny_mllm_config(processor.tokenizer, mllm_type=mllm_type), lens_config)
+    mllm_config = tiny_mllm_config(processor.tokenizer, hidden, mllm_type, layers, vision_depth, vision_hidden)
+    model = LensModel(mllm_config, lens_config)
     if grounding_answers:
         with torch.no_grad():
             for weight in model.mllm.parameters():

@@ -178,6 +178,26 @@ def test_failed_parses_and_identical_rewards_give_zero_advantages_and_a_finite_l
     assert losses["loss"].item() == pytest.approx(losses["seg"].item(), abs=1e-6)
 
 
+def test_step_statistics_report_the_groups_spread_equal_groups_and_advantage_size(policy, scenes):
+    """Logged per step: the mean within-group reward std, the fraction of groups whose rewards are all equal (no
+    signal) and the mean |advantage|, over every answer, next to every reward component."""
+    from training.grpo import step_statistics
+
+    model, processor, _ = policy
+    item = _scored(model, processor, scenes)
+    item.rewards = torch.tensor([0.5, 0.5, 0.5, 0.5, 0.0, 2.0, 0.0, 2.0])  # group 1: all equal; group 2: 0/2
+    item.advantages = group_advantages(item.rewards, G)
+    stats = step_statistics([item], 1, torch.device("cpu"))
+    spread = torch.tensor([0.0, 2.0, 0.0, 2.0]).std().item()  # 1.1547, unbiased
+    assert stats["reward_group_std"] == pytest.approx((0 + spread) / 2, rel=1e-6)
+    assert stats["equal_reward_groups"] == 0.5
+    assert stats["advantage_abs"] == pytest.approx(0.5 / (spread + 1e-4), rel=1e-4)  # half the answers at 1/std
+    assert stats["reward"] == pytest.approx(0.75)
+    assert {"reward_format", "reward_box_iou", "reward_segment_iou", "mask_iou", "box_iou"} <= set(stats)
+    item.rewards, item.advantages = item.rewards.flip(0), group_advantages(item.rewards.flip(0), G)
+    assert step_statistics([item], 1, torch.device("cpu"))["equal_reward_groups"] == 0.5
+
+
 def test_empty_ground_truth_mask(policy, scenes):
     model, processor, _ = policy
     prompts, ro = _rollout(model, processor, scenes)
@@ -254,6 +274,9 @@ def test_zero3_two_processes(official_init, scenes, tmp_path):
         "seg",
         "time_generate",
         "time_train",
+        "reward_group_std",
+        "equal_reward_groups",
+        "advantage_abs",
     ):
         assert key in curve[0], key
     assert curve[0]["completion_length"] == 8.0 and curve[0]["truncated_fraction"] == 1.0

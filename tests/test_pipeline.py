@@ -1,11 +1,12 @@
 """LensPipeline end to end on CPU with the tiny model: shapes through every stage, sharing, coordinates."""
 
+import json
 import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLE_PHOTO
+from conftest import SAMPLE_PHOTO, run_cli
 from PIL import Image
 
 from lens_model.answer import smart_resize
@@ -229,3 +230,41 @@ def test_bfloat16_answers_agree_with_float32(tiny_grounding_dir, gpipe):
     _assert_inputs_matter([a for a, _ in pairs])
     assert sum(a.text == b.text and a.box == b.box for a, b in pairs) >= 3, [(a.text, b.text) for a, b in pairs]
     assert all(np.mean(a.mask == b.mask) > 0.95 for a, b in pairs)
+
+
+def test_a_model_trained_at_one_mllm_image_size_sees_every_image_at_that_size(tiny_grounding_dir, tmp_path):
+    """`mllm_longest_side` (saved with the model, the size it was trained for): every input image is resized to
+    that longest side before the smart resize, so the MLLM sees a 128 px scene and the same scene 3× larger alike
+    (same answer; the box scales with the image), and a 640×480 frame at 128×96. Without it (released models) the
+    MLLM sees each image at its own size."""
+    from dataclasses import replace
+
+    from lens_model.checkpoint import load_model, save_model
+    from lens_model.data.synthetic import make_synthetic
+
+    model, processor = load_model(tiny_grounding_dir)
+    model.lens_config = replace(model.lens_config, mllm_longest_side=128)
+    save_model(model, tmp_path / "sized", processor=processor)
+    sized = LensPipeline.from_pretrained(str(tmp_path / "sized"), device="cpu", max_new_tokens=40)
+    assert sized.config.mllm_longest_side == 128
+    plain = LensPipeline.from_pretrained(str(tiny_grounding_dir), device="cpu", max_new_tokens=40)
+    assert plain.config.mllm_longest_side is None
+    scene = np.asarray(Image.open(make_synthetic(tmp_path / "s", 1, seed=0) / "images" / "synthetic_000000.png"))
+    big = np.repeat(np.repeat(scene, 3, axis=0), 3, axis=1)  # 384 × 384, the same picture
+    small, large = sized(scene, "the red circle"), sized(big, "the red circle")
+    assert small.mllm_image_size == large.mllm_image_size == smart_resize(128, 128, 28, 3136, 224 * 224)
+    assert small.text == large.text and small.box is not None
+    assert large.box == pytest.approx(tuple(3 * v for v in small.box), abs=1e-3)
+    frame = np.asarray(Image.fromarray(scene).resize((640, 480)))
+    wide = sized(frame, "the red circle")
+    assert wide.mllm_image_size == smart_resize(96, 128, 28, 3136, 224 * 224) == (84, 140)
+    assert wide.mask.shape == (480, 640)
+    assert plain(big, "the red circle").mllm_image_size == smart_resize(384, 384, 28, 3136, 224 * 224) != (140, 140)
+    code, stdout, stderr = run_cli(
+        "segment", "--model", tmp_path / "sized", "--image", SAMPLE_PHOTO, "--prompt", "the helmet", "--device", "cpu"
+    )
+    assert code == 0, stderr
+    h, w = np.asarray(Image.open(SAMPLE_PHOTO)).shape[:2]
+    longest = max(h, w)
+    expected = smart_resize(round(h * 128 / longest), round(w * 128 / longest), 28, 3136, 224 * 224)
+    assert tuple(json.loads(stdout)["mllm_image_size"]) == expected

@@ -85,3 +85,29 @@ def test_grounding_tiny_answers_depend_on_the_input_and_hold_boxes(tiny_groundin
     assert all(r.format_ok and r.box is not None and r.box_error is None for r in answers), texts
     assert len({r.box for r in answers}) >= 5
     assert all(r.text.startswith("<|object_ref_start|>the ") for r in answers)
+
+
+def test_make_tiny_builds_the_sizes_format_and_vocabulary_asked_for(tmp_path):
+    """A larger tiny model (text width and depth, vision tower), the think/answer prompt, the MLLM image size it is
+    meant for, and a tokenizer that learnt the domain's words as single tokens."""
+    from lens_model.config import PromptConfig
+    from lens_model.tiny import make_tiny
+
+    words = "the large yellow triangle is at the bottom center"
+    path = make_tiny(
+        tmp_path / "t", hidden=64, layers=3, vision_depth=4, vision_hidden=32, answer_format="think_answer",
+        mllm_longest_side=128, tokenizer_corpus=[words] * 50,
+    )  # fmt: skip
+    model, processor = load_model(path)
+    text, vision = model.mllm.config.text_config, model.mllm.config.vision_config
+    assert (text.hidden_size, text.num_hidden_layers) == (64, 3)
+    assert (vision.depth, vision.hidden_size, vision.out_hidden_size, vision.fullatt_block_indexes) == (
+        4,
+        32,
+        64,
+        [1, 3],
+    )
+    assert model.lens_config.prompt == PromptConfig.for_format("think_answer")
+    assert model.lens_config.mllm_longest_side == 128
+    assert len(processor.tokenizer(words, add_special_tokens=False)["input_ids"]) == len(words.split())
+    assert len(build_tiny_processor().tokenizer(words, add_special_tokens=False)["input_ids"]) > 2 * len(words.split())

@@ -49,6 +49,42 @@ def test_answer_format_parses_back_to_the_box():
     assert parse_answer(think, "think_answer").box == (1, 2, 3, 4)
 
 
+def test_think_answers_carry_the_name_and_the_rationale_and_parse_back():
+    text = format_answer(
+        "the shape left of the red circle", (10.4, 20.6, 50, 60), "think_answer", "seen", "the blue cup"
+    )
+    assert text == '<think>seen</think><answer>the blue cup {"bbox_2d": [10, 21, 50, 60]}</answer>'
+    parsed = parse_answer(text + "<|im_end|>", "think_answer")
+    assert parsed.box == (10, 21, 50, 60) and parsed.template_ok and parsed.format_ok
+    assert parsed.object_ref == "the blue cup" and parsed.reasoning == "seen"
+    bare = parse_answer('<think></think><answer>{"bbox_2d": [1, 2, 3, 4]}</answer>', "think_answer")
+    assert bare.object_ref is None and bare.box == (1, 2, 3, 4)
+
+
+def test_reasoning_examples_teach_the_rationale_only_where_asked_and_the_queries_the_target_name(tmp_path):
+    """Think/answer examples of reasoning scenes: the answer names the target by its own attributes; the think
+    block holds the scene's rationale for a dataset with `rationale` on and is empty otherwise; the query states'
+    word targets are the target's name, not the relational expression (which is about the anchor)."""
+    from lens_model.checkpoint import load_model
+    from lens_model.data.synthetic import make_synthetic
+    from lens_model.tiny import make_tiny
+    from training.config import DatasetSpec
+
+    scenes = make_synthetic(tmp_path / "r", 10, seed=2, task="reasoning", min_objects=3, relation_rate=1.0)
+    model, processor = load_model(make_tiny(tmp_path / "tiny", answer_format="think_answer"))
+    datasets = load_mixture([DatasetSpec("synthetic", str(scenes))] * 2)
+    record = next(r for r in datasets[0] if r.annotations["kind"] == "relational")
+    index = datasets[0].index(record)
+    examples = AlignExamples(datasets, [(0, index), (1, index)], processor, model.lens_config, 4096, [False, True])
+    tok = processor.tokenizer
+    plain, taught = (tok.decode(examples[i]["input_ids"]).split("<|im_start|>assistant\n")[1] for i in (0, 1))
+    name = record.annotations["target_name"]
+    assert plain.startswith(f"<think></think><answer>the {name} {{") and plain.endswith("</answer><|im_end|>")
+    assert taught.startswith(f"<think>{record.annotations['rationale']}</think><answer>the {name} {{")
+    assert parse_answer(taught, "think_answer").box == parse_answer(plain, "think_answer").box
+    assert tok.decode(examples[0]["expression_ids"]) == name != record.expression
+
+
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     from lens_model.data.synthetic import make_synthetic

@@ -418,6 +418,9 @@ class DatasetSpec:
     split: str = "train"
     ratio: float = 1.0  # relative sampling weight in the mixture
     image_dir: str | None = None
+    # stage 1, think_answer format: teach the dataset's own rationales (synthetic reasoning scenes) in the think
+    # block of the teacher-forced answer; false: an empty think block
+    rationale: bool = False
 
     def __post_init__(self):
         _choice(self.name, "name", DATASET_NAMES)

@@ -98,11 +98,28 @@ class Schedule:
         return out
 
 
+def teacher_answer(record: Record, box_llm, answer_format: str, rationale: bool = False) -> str:
+    """The answer stage 1 teaches for `record` (without the end of turn): `format_answer`, and in the think_answer
+    format the object's own name when the dataset gives one ("the large red circle", synthetic reasoning scenes)
+    and, with `rationale`, the dataset's rationale in the think block."""
+    notes = record.annotations
+    name = f"the {notes['target_name']}" if notes.get("target_name") else None
+    reasoning = notes.get("rationale", "") if rationale else ""
+    return format_answer(record.expression, box_llm, answer_format, reasoning=reasoning, name=name)
+
+
+def named_object(record: Record) -> str:
+    """The words that name the referred object: the dataset's name for it when it gives one (the answer writes
+    that name; a relational expression's words are mostly about another object), else the expression."""
+    return record.annotations.get("target_name") or record.expression
+
+
 class AlignExamples(Dataset):
     """Teacher-forced stage-1 examples: chat prompt + GT answer tokens, MLLM and SAM2 images, GT mask.
 
     A sample that cannot be used (unreadable image or mask, too long) yields {"error": ...} instead of raising,
-    so one bad file does not kill a multi-day run; the trainer logs and counts it.
+    so one bad file does not kill a multi-day run; the trainer logs and counts it. `rationales[k]`: dataset k's
+    answers carry its rationales (`teacher_answer`).
     """
 
     def __init__(
@@ -112,9 +129,11 @@ class AlignExamples(Dataset):
         processor,
         lens_config: LensConfig,
         max_length: int,
+        rationales: Sequence[bool] = (),
     ) -> None:
         self.datasets, self.positions = datasets, positions
         self.processor, self.lens_config, self.max_length = processor, lens_config, max_length
+        self.rationales = list(rationales) + [False] * (len(datasets) - len(rationales))
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -123,17 +142,17 @@ class AlignExamples(Dataset):
         k, i = self.positions[index]
         record = self.datasets[k][i]
         try:
-            return self._example(record)
+            return self._example(record, self.rationales[k])
         except (LensError, ValueError, OSError) as exc:
             return {"error": f"{record.dataset}/{record.sample_id}: {exc}", "sample_id": record.sample_id}
 
-    def _example(self, record: Record) -> dict:
+    def _example(self, record: Record, rationale: bool) -> dict:
         rgb, mask = load_sample(record)
         if record.box is None:
             raise ValueError("empty target: stage 1 needs a box to put in the answer")
         llm = mllm_image(rgb, self.lens_config)
         box = rescale_box(record.box, rgb.shape[:2], (llm.height, llm.width))
-        answer = format_answer(record.expression, box, self.lens_config.prompt.answer_format) + END_OF_TURN
+        answer = teacher_answer(record, box, self.lens_config.prompt.answer_format, rationale) + END_OF_TURN
         text = build_chat(self.processor, self.lens_config.prompt, record.expression) + answer
         enc = self.processor(text=[text], images=[llm], return_tensors="pt")
         length = enc["input_ids"].shape[1]
@@ -141,7 +160,7 @@ class AlignExamples(Dataset):
             raise ValueError(f"{length} tokens with the image, over the limit of {self.max_length}")
         tokenizer = self.processor.tokenizer
         answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        expression_ids = tokenizer(record.expression, add_special_tokens=False)["input_ids"]
+        expression_ids = tokenizer(named_object(record), add_special_tokens=False)["input_ids"]
         if not expression_ids:
             raise ValueError("empty expression")
         if enc["input_ids"][0, -len(answer_ids) :].tolist() != answer_ids:  # a token merged across the boundary
@@ -154,7 +173,7 @@ class AlignExamples(Dataset):
             "sam_image": preprocess_for_sam(rgb, self.lens_config.sam.image_size),  # (3, S, S)
             "gt_mask": torch.from_numpy(mask),  # (H, W) bool
             "answer_length": len(answer_ids),  # the last tokens of input_ids (for the answer lm loss)
-            "expression_ids": torch.tensor(expression_ids),  # (E,) the expression alone (expression-token loss)
+            "expression_ids": torch.tensor(expression_ids),  # (E,) the object's words (expression-token loss)
             "sample_id": record.sample_id,
         }
 

@@ -224,8 +224,19 @@ def score_rollout(prompts: PromptBatch, ro: Rollout, cfg: GRPOConfig, answer_for
     return ScoredRollout(prompts, ro, rewards, components, advantages, mask_ious, box_ious)
 
 
+def group_signal(rewards: torch.Tensor, advantages: torch.Tensor, group_size: int) -> np.ndarray:
+    """(K·G, 3) per answer: its group's reward std (unbiased), 1 when every reward of its group is the same (the
+    group carries no preference: its advantages are 0), and |advantage|. Averaged over answers these are the mean
+    within-group spread, the fraction of such groups (all groups have G answers) and the mean advantage size."""
+    grouped = rewards.view(-1, group_size)  # (K, G)
+    spread = grouped.std(1).repeat_interleave(group_size)  # (K·G,)
+    equal = (grouped == grouped[:, :1]).all(1).to(rewards.dtype).repeat_interleave(group_size)
+    return torch.stack([spread, equal, advantages.abs().to(rewards.dtype)], 1).numpy()
+
+
 def step_statistics(items: list[ScoredRollout], world: int, device: torch.device) -> dict[str, float]:
-    """Means over every answer of the step on all ranks (sums and counts are all-reduced)."""
+    """Means over every answer of the step on all ranks (sums and counts are all-reduced): rewards and each
+    component, IoUs, lengths, and how much preference the groups carry (`group_signal`)."""
     names = sorted({k for it in items for k in it.components})
     rows = [
         np.concatenate(
@@ -236,16 +247,13 @@ def step_statistics(items: list[ScoredRollout], world: int, device: torch.device
                 it.box_iou[:, None],
                 it.rollout.completion_mask.sum(1).cpu().numpy()[:, None],
                 it.rollout.truncated.cpu().numpy()[:, None],
-                it.rewards.view(-1, it.rollout.group_size)
-                .std(1)
-                .repeat_interleave(it.rollout.group_size)
-                .numpy()[:, None],
+                group_signal(it.rewards, it.advantages, it.rollout.group_size),
             ],
             axis=1,
         )
         for it in items
     ]
-    width = 1 + len(names) + 5
+    width = 1 + len(names) + 7
     block = np.concatenate(rows) if rows else np.zeros((0, width))
     sums = torch.tensor(np.append(block.sum(0), len(block)), dtype=torch.float64, device=device)
     sums = all_sum(sums, world)
@@ -254,7 +262,8 @@ def step_statistics(items: list[ScoredRollout], world: int, device: torch.device
     keys = (
         ["reward"]
         + [f"reward_{k}" for k in names]
-        + ["mask_iou", "box_iou", "completion_length", "truncated_fraction", "reward_group_std"]
+        + ["mask_iou", "box_iou", "completion_length", "truncated_fraction"]
+        + ["reward_group_std", "equal_reward_groups", "advantage_abs"]
     )
     return dict(zip(keys, means))
 
@@ -399,7 +408,8 @@ class GRPOStage(TrainingStage):
             f"step {done}/{run.steps} reward {values['reward']:.4f} ({names}) mask IoU {values['mask_iou']:.3f} "
             f"box IoU {values['box_iou']:.3f} kl {values.get('kl', 0.0):.4g} clip "
             f"{values.get('clip_fraction', 0.0):.3f} len {values['completion_length']:.1f} loss "
-            f"{values['loss']:.4f} seg {values.get('seg', 0.0):.4f}"
+            f"{values['loss']:.4f} seg {values.get('seg', 0.0):.4f} group spread {values['reward_group_std']:.3f} "
+            f"equal groups {values['equal_reward_groups']:.2f} |adv| {values['advantage_abs']:.3f}"
         )
         return postfix, line
 

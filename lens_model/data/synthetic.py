@@ -197,8 +197,8 @@ def sample_repeated_scene(
 ) -> list[SceneObject]:
     """min_objects..max_objects (>= 3) shapes, each with its own (size, colour, shape) triple, among them one whose
     colour and one whose shape repeat those of a third object (so that an attribute expression about it needs
-    colour *and* shape); the others drawn at random. Placed as `sample_scene` places them; fewer when they do not
-    fit. `image_size`: one side or (height, width)."""
+    colour *and* shape); the others drawn at random. Placed as `sample_scene` places them, in up to 20 fresh
+    layouts; fewer objects when none fits them all. `image_size`: one side or (height, width)."""
     count = int(rng.integers(min_objects, max_objects + 1))
     colors, sizes = list(COLORS), list(SIZES)
     color, shape = str(rng.choice(colors)), str(rng.choice(SHAPES))
@@ -209,12 +209,17 @@ def sample_repeated_scene(
         triple = (str(rng.choice(sizes)), str(rng.choice(colors)), str(rng.choice(SHAPES)))
         if triple not in triples:
             triples.append(triple)
-    objects: list[SceneObject] = []
-    for k in rng.permutation(len(triples)):
-        placed = _place(rng, triples[k], _hw(image_size), object_scale, objects, tries=100)
-        if placed is not None:
-            objects.append(placed)
-    return objects
+    best: list[SceneObject] = []
+    for _ in range(20):  # a few fresh layouts before settling for fewer objects
+        objects: list[SceneObject] = []
+        for k in rng.permutation(len(triples)):
+            placed = _place(rng, triples[k], _hw(image_size), object_scale, objects, tries=50)
+            if placed is not None:
+                objects.append(placed)
+        best = max(best, objects, key=len)
+        if len(best) == count:
+            break
+    return best
 
 
 def full_name(obj: SceneObject) -> str:
