@@ -119,9 +119,15 @@ def tiny_mllm_config(
     layers: int = 2,
     vision_depth: int = 2,
     vision_hidden: int = 64,
+    rope_theta: float = 10000.0,
 ):
     """Tiny Qwen2.5-VL (LENS-3B family) or Qwen2-VL (LENS-2B family) config sharing the tokenizer's ids: `layers`
-    text layers of width `hidden` (4 heads), a vision tower of `vision_depth` blocks of width `vision_hidden`."""
+    text layers of width `hidden` (4 heads), a vision tower of `vision_depth` blocks of width `vision_hidden`.
+
+    `rope_theta`: the text model's rotary base. M-RoPE gives an image token's height and width positions the
+    *lowest* rotary frequencies (mrope_section splits them t, h, w in that order): with 16 frequency pairs per head
+    and base 10000 the width ones turn by at most 0.003 rad per position, so the columns of a 5 × 5 token image are
+    indistinguishable to the text model's attention. A small base (10) gives them 0.12-0.24 rad per position."""
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
@@ -136,7 +142,7 @@ def tiny_mllm_config(
         num_attention_heads=heads,
         num_key_value_heads=2,
         max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section},
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope_section},
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
@@ -268,13 +274,14 @@ def make_tiny(
     answer_format: str = "grounding",
     mllm_longest_side: int | None = None,
     tokenizer_corpus: Sequence[str] = (),
+    rope_theta: float = 10000.0,
 ) -> Path:
     """Build, randomly initialise (seeded) and save a tiny LENS checkpoint, with SAM2 memory weights for tracking
     (sam2_memory.safetensors); returns its directory.
 
     grounding_answers: answers that depend on image and prompt and hold a grounding box (module docstring).
     sam_image_size: SAM2's input side (a multiple of 64; 1024 in released models, smaller here for speed).
-    hidden, layers, vision_depth, vision_hidden: the MLLM's size (`tiny_mllm_config`). answer_format: the prompt
+    hidden, layers, vision_depth, vision_hidden, rope_theta: the MLLM (`tiny_mllm_config`). answer_format: the prompt
     format (PromptConfig.for_format). mllm_longest_side: the MLLM image size it is trained for (LensConfig).
     tokenizer_corpus: text the tokenizer learns merges from besides its own few sentences (`build_tiny_tokenizer`)."""
     from .modeling import LensModel
@@ -284,7 +291,9 @@ def make_tiny(
     processor = build_tiny_processor(corpus=tokenizer_corpus)
     lens_config = tiny_lens_config(num_queries, sam_image_size, answer_format, mllm_longest_side)
     lens_config.context_pass = context_pass
-    mllm_config = tiny_mllm_config(processor.tokenizer, hidden, mllm_type, layers, vision_depth, vision_hidden)
+    mllm_config = tiny_mllm_config(
+        processor.tokenizer, hidden, mllm_type, layers, vision_depth, vision_hidden, rope_theta
+    )
     model = LensModel(mllm_config, lens_config)
     if grounding_answers:
         with torch.no_grad():
