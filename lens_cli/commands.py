@@ -15,12 +15,15 @@ from pathlib import Path
 from lens_model.cli import add_commands, add_device_dtype_arguments, add_model_argument
 from lens_model.errors import LensError
 
+from .demo import add_demo
+
 EXAMPLES = """examples:
   lens make-tiny --out /tmp/lens-tiny
   lens segment --model /tmp/lens-tiny --image assets/sample.jpg --prompt "the astronaut's helmet" --out-overlay o.png
   lens segment --image photo.jpg --prompt "the mug left of the laptop" --device cuda   # released OuyBin/LENS weights
   lens export --model /tmp/lens-tiny --out /tmp/lens-tiny-onnx            # ONNX graphs of SAM2 + context head
   lens segment --model /tmp/lens-tiny --backend onnxruntime --backend-dir /tmp/lens-tiny-onnx --image ... --prompt ...
+  lens demo                                   # the web page, with the bundled demo model: http://127.0.0.1:7860
   lens bag --in recording --out recording_lens --image-topic /camera/image_raw --prompt "the red cup" --every 5
 """
 
@@ -101,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub)  # segment, make-tiny, export, eval, make-synthetic
     _add_plot_run(sub)
     _add_bag(sub)
+    add_demo(sub)
     return parser
 
 

@@ -7,7 +7,6 @@ imports neither torch nor transformers: each command imports what it needs when 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -333,13 +332,10 @@ def add_commands(sub) -> None:
 
 
 def cmd_segment(args) -> int:
-    import numpy as np
-    from PIL import Image
-
     from .image_io import load_image, read_prompt
-    from .overlay import draw_overlay
     from .pipeline import LensPipeline
     from .prompting import check_mllm_aspect_ratio
+    from .result_files import save_mask_png, save_overlay, segment_record, write_record
 
     if args.max_new_tokens < 1:
         raise LensError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
@@ -366,31 +362,22 @@ def cmd_segment(args) -> int:
         backend_dir=args.backend_dir,
     )
     result = pipe(rgb, prompt)
-    data = result.to_json_dict()
-    data.update(image=str(args.image), model=str(args.model), backend=args.backend)
-    if depth is not None:
-        data["target_3d"] = depth.target(result.mask).to_json_dict()
+    target_3d = None if depth is None else depth.target(result.mask).to_json_dict()
     if args.out_mask:
-        Image.fromarray(result.mask.astype(np.uint8) * 255).save(args.out_mask)
-        data["mask_png"] = str(args.out_mask)
+        save_mask_png(result.mask, args.out_mask)
     if args.out_overlay:
-        draw_overlay(rgb, result.mask, result.box, prompt).save(args.out_overlay)
-        data["overlay_png"] = str(args.out_overlay)
-    text = json.dumps(data, indent=2)
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
+        save_overlay(rgb, result, args.out_overlay)
+    record = segment_record(result, args.image, args.model, args.backend, target_3d, args.out_mask, args.out_overlay)
+    print(write_record(record, args.json))
     return 0
 
 
 def cmd_track(args) -> int:
     from .backends import check_backend_args
     from .checkpoint import resolve_model_dir
-    from .export.metadata import require_memory_graphs
     from .image_io import read_prompt
     from .pipeline import LensPipeline
-    from .sam_memory import load_model_sam_memory
-    from .track_video import track_video
+    from .track_video import track_video, tracking_memory
     from .tracking import StreamingTracker
     from .tracking_state import TrackingPolicy
     from .video_io import open_video
@@ -408,16 +395,7 @@ def cmd_track(args) -> int:
     video = open_video(args.video, folder_fps=args.fps)
     choice = check_backend_args(args.backend, args.backend_dir)
     model_dir = resolve_model_dir(args.model)
-    memory = None
-    if choice.name == "torch":
-        memory = load_model_sam_memory(model_dir, args.sam_memory_checkpoint)
-    elif args.sam_memory_checkpoint is not None:
-        raise LensError(
-            f"--sam-memory-checkpoint is not used with --backend {choice.name}: the memory graphs come from the "
-            f"export in {choice.export_dir}"
-        )
-    else:
-        require_memory_graphs(choice.meta, choice.export_dir)
+    memory = tracking_memory(model_dir, choice, args.sam_memory_checkpoint)
     pipe = LensPipeline.from_pretrained(
         str(model_dir),
         device=args.device,

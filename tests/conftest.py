@@ -34,11 +34,14 @@ def photo_clip(n: int, hw: tuple[int, int], origin=(60, 20), step=(4, 9)):
     return [moving_crop(i, hw, origin, step) for i in range(n)]
 
 
-def run_cli(*args):
-    """`python -m lens_cli ARGS` (the `lens` command) in a subprocess from the repository: exit code, stdout, stderr."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+def run_cli(*args, cwd: Path = REPO):
+    """`python -m lens_cli ARGS` (the `lens` command) in a subprocess, from the repository unless `cwd` says
+    otherwise: exit code, stdout, stderr."""
+    # the repository's packages come first from any folder, as they do from the repository root
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=path)
     command = [sys.executable, "-m", "lens_cli", *map(str, args)]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
     return proc.returncode, proc.stdout, proc.stderr
 
 
