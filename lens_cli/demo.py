@@ -7,6 +7,7 @@ Building the parser imports no gradio; the page itself is `lens_cli.demo_app`. N
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -115,6 +116,8 @@ def cmd_demo(args) -> int:
         max_video_frames=args.max_video_frames,
         model_name="assets/demo-model" if args.model == str(DEFAULT_DEMO_MODEL) else args.model,
     )
+    # SIGTERM (a service manager, `kill`) stops the page like Ctrl+C does: through the `finally` below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         launch(session, args.host, args.port)
     finally:
