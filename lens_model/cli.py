@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_MODEL_ID
 from .errors import LensError
+from .model.config import DEFAULT_MODEL_ID
 from .vocab import ANSWER_FORMATS, BACKENDS, CONTEXT_PASS_MODES, DTYPES, SYNTHETIC_BACKGROUNDS
 
 DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N (default: auto)"
@@ -337,9 +337,9 @@ def cmd_segment(args) -> int:
     from PIL import Image
 
     from .image_io import load_image, read_prompt
+    from .inference.pipeline import LensPipeline
+    from .inference.prompting import check_mllm_aspect_ratio
     from .overlay import draw_overlay
-    from .pipeline import LensPipeline
-    from .prompting import check_mllm_aspect_ratio
 
     if args.max_new_tokens < 1:
         raise LensError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
@@ -352,7 +352,7 @@ def cmd_segment(args) -> int:
     prompt = read_prompt(args.prompt)
     depth = None
     if args.depth or args.camera_info:
-        from .target3d import DepthInput
+        from .geometry.target3d import DepthInput
 
         depth = DepthInput.from_files(args.depth, args.camera_info, rgb.shape[:2], args.depth_scale)
     pipe = LensPipeline.from_pretrained(
@@ -384,16 +384,16 @@ def cmd_segment(args) -> int:
 
 
 def cmd_track(args) -> int:
-    from .backends import check_backend_args
-    from .checkpoint import resolve_model_dir
     from .export.metadata import require_memory_graphs
     from .image_io import read_prompt
-    from .pipeline import LensPipeline
-    from .sam_memory import load_model_sam_memory
-    from .track_video import track_video
-    from .tracking import StreamingTracker
-    from .tracking_state import TrackingPolicy
-    from .video_io import open_video
+    from .inference.backends import check_backend_args
+    from .inference.pipeline import LensPipeline
+    from .model.checkpoint import resolve_model_dir
+    from .model.sam_memory import load_model_sam_memory
+    from .tracking.state import TrackingPolicy
+    from .tracking.track_video import track_video
+    from .tracking.tracker import StreamingTracker
+    from .tracking.video_io import open_video
 
     for name in ("reason_every", "lost_after", "max_new_tokens"):
         value = getattr(args, name)
@@ -506,7 +506,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_make_tiny(args) -> int:
-    from .tiny import make_tiny
+    from .model.tiny import make_tiny
 
     if args.num_queries < 1:
         raise LensError(
@@ -526,8 +526,8 @@ def cmd_eval(args) -> int:
 
     from .data import load_dataset
     from .distributed import dist_info
-    from .evaluate import REASONSEG_MLLM_LONGEST_SIDE, EvalOptions, format_table, run_eval
-    from .pipeline import LensPipeline
+    from .eval.evaluate import REASONSEG_MLLM_LONGEST_SIDE, EvalOptions, format_table, run_eval
+    from .inference.pipeline import LensPipeline
 
     for name in ("limit", "batch_size", "max_length"):  # max_length 0 must not mean "no bound"
         value = getattr(args, name)

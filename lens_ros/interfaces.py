@@ -4,8 +4,8 @@
         -> lens_interfaces/msg/SegmentationResult
 
 `messages` are the topic messages lens_ros.results.fill_result built for the same result (the mask and the
-detection are reused, not rebuilt); with a 3D target (lens_model.target3d.Target3D), `messages.target` holds its
-messages (lens_ros.results.fill_target) and `error_3d` says why it is missing or not ok. `types` as in
+detection are reused, not rebuilt); with a 3D target (lens_model.geometry.target3d.Target3D), `messages.target`
+holds its messages (lens_ros.results.fill_target) and `error_3d` says why it is missing or not ok. `types` as in
 lens_ros.conversions: rosbags' `typestore.types` (with the lens_interfaces and vision_msgs definitions registered,
 see `lens_interfaces_definitions`) or None to import the classes from the ROS 2 Python packages, as the node does.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lens_model.target3d import Target3D
+from lens_model.geometry.target3d import Target3D
 
 from .conversions import message_class
 from .results import DetectionArrayFields, DetectionFields, ResultMessages, fill_detection_3d, fill_detections

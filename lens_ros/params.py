@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from lens_model.config import DEFAULT_MODEL_ID
 from lens_model.errors import LensError
+from lens_model.model.config import DEFAULT_MODEL_ID
 from lens_model.vocab import ANSWER_FORMATS, BACKENDS, CONTEXT_PASS_MODES, DTYPES
 
 from .conversions import SCALE16_MODES

@@ -25,7 +25,7 @@ from the ROS 2 Python packages)
 
 The header object is passed through untouched, so output messages carry the source image's stamp and frame_id.
 
-3D target (lens_model.target3d.Target3D; the node's depth_enabled, `lens bag --depth-topic`)
+3D target (lens_model.geometry.target3d.Target3D; the node's depth_enabled, `lens bag --depth-topic`)
     target_header(image_header, frame_id, types=None) -> std_msgs/msg/Header
         the source image's stamp with the depth image's frame_id (the frame the 3D numbers are in)
     cloud_fields(points, header, colours=None) -> CloudFields
@@ -56,9 +56,9 @@ from lens_model.overlay import draw_overlay
 from .conversions import ImageFields, array_to_fields, byte_sequence, fill_image, message_class
 from .errors import ImageConversionError
 
-if TYPE_CHECKING:  # lens_model.pipeline imports torch; these helpers only read the result's attributes
-    from lens_model.pipeline import SegmentationResult
-    from lens_model.target3d import Target3D
+if TYPE_CHECKING:  # lens_model.inference.pipeline imports torch; these helpers only read the result's attributes
+    from lens_model.geometry.target3d import Target3D
+    from lens_model.inference.pipeline import SegmentationResult
 
 __all__ = [
     "DetectionFields",

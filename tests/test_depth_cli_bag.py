@@ -1,5 +1,5 @@
 """`lens segment --depth --camera-info` and `lens bag --depth-topic --camera-info-topic` end to end with the tiny
-LENS model (random weights: its mask is arbitrary, so the 3D numbers are checked against lens_model.target3d
+LENS model (random weights: its mask is arbitrary, so the 3D numbers are checked against lens_model.geometry.target3d
 applied to the mask it wrote)."""
 
 import json
@@ -12,7 +12,7 @@ from depth_scenes import render, rgb_of
 from PIL import Image
 
 from lens_cli import main
-from lens_model.target3d import PinholeCamera, depth_to_metres, estimate_target
+from lens_model.geometry.target3d import PinholeCamera, depth_to_metres, estimate_target
 
 K4 = np.array([[131.25, 0.0, 79.5], [0.0, 131.25, 59.5], [0.0, 0.0, 1.0]])
 W4, H4 = 160, 120

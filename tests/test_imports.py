@@ -26,7 +26,7 @@ def _heavy_modules_after(code: str) -> list[str]:
 
 
 def test_config_errors_and_ros_params_import_without_torch_transformers_or_sam2():
-    assert _heavy_modules_after("import lens_ros.params, lens_model.config, lens_model.errors") == []
+    assert _heavy_modules_after("import lens_ros.params, lens_model.model.config, lens_model.errors") == []
 
 
 def test_package_names_load_on_first_use():

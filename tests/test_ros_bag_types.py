@@ -17,7 +17,7 @@ import ros_helpers
 import yaml
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
-from lens_model.pipeline import LensPipeline
+from lens_model.inference.pipeline import LensPipeline
 from lens_ros.bag import OUTPUT_TYPES, VISION_MSGS_DEFINITIONS, lens_typestore, process_bag
 from lens_ros.conversions import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, array_to_image
 

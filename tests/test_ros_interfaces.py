@@ -192,7 +192,7 @@ def _header(store):
 
 
 def _result(box=(10.0, 20.0, 50.0, 40.0)):
-    from lens_model.pipeline import SegmentationResult
+    from lens_model.inference.pipeline import SegmentationResult
 
     mask = np.zeros((48, 64), bool)
     mask[20:40, 10:50] = True

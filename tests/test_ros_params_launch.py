@@ -120,10 +120,10 @@ def test_every_parameter_choice_is_accepted_by_the_code_that_uses_it():
     import numpy as np
     import torch
 
-    from lens_model.backends import check_backend_args
-    from lens_model.config import DEFAULT_MODEL_ID
     from lens_model.devices import resolve_dtype
     from lens_model.errors import LensError
+    from lens_model.inference.backends import check_backend_args
+    from lens_model.model.config import DEFAULT_MODEL_ID
     from lens_ros.conversions import to_rgb
     from lens_ros.whisper import AudioError, pcm_to_float
 

@@ -10,8 +10,8 @@ import ros_helpers  # noqa: E402
 import rosbags  # noqa: F401
 from ros_helpers import cdr  # noqa: E402
 
+from lens_model.inference.pipeline import SegmentationResult  # noqa: E402
 from lens_model.overlay import draw_overlay  # noqa: E402
-from lens_model.pipeline import SegmentationResult  # noqa: E402
 from lens_ros.bag import lens_typestore  # noqa: E402
 from lens_ros.conversions import image_to_array  # noqa: E402
 from lens_ros.errors import ImageConversionError  # noqa: E402

@@ -145,7 +145,7 @@ def test_colcon_build_installs_the_node_cli_launch_file_and_config(plain_workspa
     for module in (
         "lens_ros/node.py",
         "lens_ros/engine.py",
-        "lens_model/pipeline.py",
+        "lens_model/inference/pipeline.py",
         "training/__init__.py",
         "lens_cli/commands.py",
     ):

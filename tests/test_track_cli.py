@@ -8,7 +8,7 @@ import pytest
 from conftest import photo_clip, run_cli
 from PIL import Image
 
-from lens_model.video_io import VideoWriter, count_frames, open_video
+from lens_model.tracking.video_io import VideoWriter, count_frames, open_video
 
 CLIP_HW = (120, 160)
 JSONL_FIELDS = {

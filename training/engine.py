@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from lens_model.checkpoint import save_model
 from lens_model.devices import resolve_dtype
 from lens_model.distributed import all_sum, barrier
 from lens_model.errors import CheckpointError, LensError
+from lens_model.model.checkpoint import save_model
 
 log = logging.getLogger(__name__)
 RUN_FILE = "lens_run.json"  # written next to every DeepSpeed checkpoint: step + what model it belongs to

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..model.modeling import ContextInputs, LensModel, completion_mask
+from ..model.sam import SamImageFeatures, upsample_logits
+from ..vocab import COMPLETION_ENDS, CONTEXT_PASS_MODES
 from .answer import ParsedAnswer, parse_answer
 from .backends import SegmentationBackend, TorchBackend
-from .modeling import ContextInputs, LensModel, completion_mask
 from .prompting import EndTokenIds, decode_completions, end_token_ids
-from .sam import SamImageFeatures, upsample_logits
 from .timing import StageTimer
-from .vocab import COMPLETION_ENDS, CONTEXT_PASS_MODES
 
 
 @dataclass

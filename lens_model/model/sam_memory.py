@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import CheckpointError
 from .config import SamConfig
-from .errors import CheckpointError
 from .sam import MEMORY_MODULES
 
 log = logging.getLogger(__name__)
