@@ -147,7 +147,7 @@ def test_colcon_build_installs_the_node_cli_launch_file_and_config(plain_workspa
         "lens_ros/engine.py",
         "lens_model/inference/pipeline.py",
         "training/__init__.py",
-        "lens_cli/commands.py",
+        "lens_cli/main.py",
     ):
         assert (site / module).is_file(), module
 
