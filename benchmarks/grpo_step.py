@@ -52,6 +52,7 @@ def build_model(out: Path, args) -> None:
     """A tiny LENS at the requested sizes, saved as a checkpoint directory (loaded back like a real one)."""
     import torch
 
+    from lens_model.model.checkpoint import save_model
     from lens_model.model.modeling import LensModel
     from lens_model.model.tiny import build_tiny_processor, tiny_lens_config, tiny_mllm_config
 
@@ -64,7 +65,7 @@ def build_model(out: Path, args) -> None:
     lens_config = tiny_lens_config(num_queries=args.queries, sam_image_size=args.sam_size)
     lens_config.max_pixels = pixels
     lens_config.context_pass = args.context_pass
-    LensModel(mllm_config, lens_config).save_pretrained(out, processor=processor)
+    save_model(LensModel(mllm_config, lens_config), out, processor=processor)
 
 
 def distinct_images(records, k: int):

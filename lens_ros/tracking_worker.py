@@ -83,8 +83,8 @@ def load_tracker(pipeline, settings, log=LOG):
     if settings.backend != "torch":
         log.warning(f"tracking disabled: it runs SAM2 in torch, and backend is {settings.backend}")
         return None
-    from lens_model.model.checkpoint import resolve_model_dir
-    from lens_model.model.sam_memory import MEMORY_WEIGHTS_FILE, load_sam_memory, official_checkpoint_name
+    from lens_model.model.checkpoint import MEMORY_WEIGHTS_FILE, resolve_model_dir
+    from lens_model.model.sam_memory import load_sam_memory, official_checkpoint_name
     from lens_model.tracking.tracker import StreamingTracker
 
     sam_config = model.lens_config.sam

@@ -1,4 +1,4 @@
-"""save_pretrained / from_pretrained round trips, the Qwen2-VL (LENS-2B) family, SAM2 .pt loading, bad checkpoints."""
+"""save_model / load_model round trips, the Qwen2-VL (LENS-2B) family, SAM2 .pt loading, bad checkpoints."""
 
 import json
 import shutil
@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from lens_model.errors import CheckpointError
-from lens_model.model.checkpoint import load_model, load_sam2_checkpoint, resolve_model_dir, state_dict_for_saving
+from lens_model.model.checkpoint import (
+    load_model,
+    load_sam2_checkpoint,
+    resolve_model_dir,
+    save_model,
+    state_dict_for_saving,
+)
 from lens_model.model.sam import build_sam
 from lens_model.model.tiny import make_tiny, tiny_lens_config
 
@@ -15,7 +21,7 @@ from lens_model.model.tiny import make_tiny, tiny_lens_config
 def test_round_trip_keeps_every_tensor_and_config(tiny_dir, tmp_path):
     model, processor = load_model(tiny_dir)
     model.lens_config.prompt.system_prompt = "custom system prompt"
-    model.save_pretrained(tmp_path / "copy", processor=processor)
+    save_model(model, tmp_path / "copy", processor=processor)
     again, processor2 = load_model(tmp_path / "copy")
     a, b = state_dict_for_saving(model), state_dict_for_saving(again)
     assert set(a) == set(b)

@@ -246,7 +246,7 @@ def save_checkpoint(
     keep_last: int,
     lens_attr: str | None = None,
 ) -> Path:
-    """DeepSpeed state for --resume + the model exported with save_pretrained (loadable by `lens segment`).
+    """DeepSpeed state for --resume + the model written by save_model (loadable by `lens segment`).
     `lens_attr`: where the LensModel sits inside the engine module (None: it is the module)."""
     ckpt_root = out_dir / "checkpoints"
     tag = step_tag(step)

@@ -29,7 +29,6 @@ from ..errors import CheckpointError
 from .config import DEFAULT_MODEL_ID, LensConfig, PromptConfig, is_released_config
 from .modeling import MLLM_CLASSES, LensModel, mllm_class
 from .sam import MEMORY_MODULES, build_sam
-from .sam_memory import MEMORY_WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,9 @@ SAM_PREFIX = "sam."
 IGNORED_SAM2_KEY_PREFIXES = tuple(f"{name}" for name in MEMORY_MODULES)  # video memory, unused for single images
 _COT_NAME = re.compile(r"(?:^|[_\-/])cot(?:$|[_\-/])", re.IGNORECASE)
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
+# Optional SAM2 memory weights in a model directory (lens_model.model.sam_memory reads and writes them); keys as in
+# an official SAM2 .pt. Not part of the LENS weights: loading the model ignores the file.
+MEMORY_WEIGHTS_FILE = "sam2_memory.safetensors"
 
 
 # ---------------------------------------------------------------------------- saving

@@ -119,18 +119,6 @@ class LensModel(nn.Module):
         self.context = ContextHead(self.hidden_size, lens_config)
         self.sam = sam if sam is not None else build_sam(lens_config.sam)
 
-    # ------------------------------------------------------------------ checkpoints
-    @classmethod
-    def from_pretrained(cls, name_or_path, **kwargs) -> LensModel:
-        from .checkpoint import load_model
-
-        return load_model(name_or_path, **kwargs)[0]
-
-    def save_pretrained(self, out_dir, processor=None) -> None:
-        from .checkpoint import save_model
-
-        save_model(self, out_dir, processor=processor)
-
     @property
     def device(self) -> torch.device:
         return self.context.learnable_query.device

@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from .checkpoint import MEMORY_WEIGHTS_FILE, load_strict, read_configs, read_sam2_checkpoint, resolve_model_dir
 from .config import SamConfig
 from .sam import MEMORY_MODULES
 
 log = logging.getLogger(__name__)
 
-MEMORY_WEIGHTS_FILE = "sam2_memory.safetensors"  # in a LENS model directory, keys as in an official SAM2 .pt
 # Official SAM2 checkpoint file of each Hydra config (what to pass for a released LENS model).
 OFFICIAL_CHECKPOINTS = {
     "sam2_hiera_t": "sam2_hiera_tiny.pt",
@@ -88,8 +88,6 @@ def _memory_tensors(path: Path) -> dict[str, torch.Tensor]:
         except Exception as exc:
             raise CheckpointError(f"cannot read SAM2 memory weights {path}: {exc}") from None
     else:
-        from .checkpoint import read_sam2_checkpoint
-
         state = read_sam2_checkpoint(path)
     tensors = {k: v for k, v in state.items() if k.startswith(MEMORY_MODULES)}
     if not tensors:
@@ -109,8 +107,6 @@ def load_sam_memory(
 ) -> SamMemory:
     """SamMemory for a LENS model with SAM2 config `config`, from `weights`, else `model_dir`/sam2_memory.safetensors,
     else (only with allow_random) seeded random weights. See the module docstring."""
-    from .checkpoint import load_strict
-
     source = Path(weights) if weights is not None else None
     if source is None and model_dir is not None and (Path(model_dir) / MEMORY_WEIGHTS_FILE).is_file():
         source = Path(model_dir) / MEMORY_WEIGHTS_FILE
@@ -134,8 +130,6 @@ def load_sam_memory(
 def load_model_sam_memory(model: str | os.PathLike, weights: str | os.PathLike | None = None) -> SamMemory:
     """SamMemory for the LENS checkpoint `model` (directory or Hub id), from its config alone: the model itself is
     not loaded, so missing or bad memory weights are reported before it is."""
-    from .checkpoint import read_configs, resolve_model_dir
-
     model_dir = resolve_model_dir(model)
     _, lens_config = read_configs(model_dir)
     return load_sam_memory(lens_config.sam, model_dir=model_dir, weights=weights)
