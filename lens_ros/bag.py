@@ -78,7 +78,8 @@ from lens_model.image_io import read_prompt
 from .conversions import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, image_message_to_rgb, stamp_to_seconds
 from .depth import CameraCache, DepthBuffer, measure
 from .errors import BagError
-from .results import fill_result, fill_target, result_fields, target_header
+from .fields import result_fields
+from .messages import fill_result, fill_target, target_header
 
 # vision_msgs 4.1.1 (ros-perception/vision_msgs, branch ros2; the version Humble and Jazzy ship), comments removed.
 VISION_MSGS_DEFINITIONS: dict[str, str] = {

@@ -19,7 +19,7 @@ submitting its prompt as a command (source "reground").
 The worker takes one command at a time (lens_ros.policy.CommandQueue), picks its frame (FrameBuffer: latest or
 next, staleness bound) unless the request brought its own image, converts it (lens_ros.conversions), runs the
 pipeline (streaming the generated text to `feedback` when given), builds the output messages
-(lens_ros.results, lens_ros.interfaces) and calls `publish(outcome)`. With depth_enabled it pairs the frame
+(lens_ros.fields, then lens_ros.messages) and calls `publish(outcome)`. With depth_enabled it pairs the frame
 with the depth image nearest in stamp (lens_ros.depth.DepthBuffer, within depth_slop_s) and measures the object's
 3D target (lens_model.geometry.target3d); a 3D failure (no depth in time, unusable camera_info, sizes that disagree, no
 valid depth in the mask) is logged and reported in the result (has_3d false, error_3d) while the 2D result stands.
@@ -47,10 +47,10 @@ from lens_model.geometry.target3d import Target3D, TargetOptions
 from .conversions import image_message_to_rgb, stamp_to_seconds
 from .depth import CameraCache, DepthBuffer, measure
 from .errors import LensRosError
-from .interfaces import fill_segmentation_result
+from .fields import result_fields
+from .messages import ResultMessages, TargetMessages, fill_result, fill_segmentation_result, fill_target, target_header
 from .params import NodeSettings
 from .policy import Command, CommandQueue, FrameBuffer
-from .results import ResultMessages, TargetMessages, fill_result, fill_target, result_fields, target_header
 from .streaming import TextSoFarStreamer
 from .tracking_worker import TrackingStatus, TrackingWorker, tracking_policy
 from .whisper import AudioError, UtteranceSegmenter, pcm_to_float, split_wav_header

@@ -127,7 +127,7 @@ def write_rgbd_bag(path, ts, scene):
     depth 0.5 s late (outside the slop). camera_info once, at the start."""
     from rosbags.rosbag2 import Writer
 
-    from lens_ros.conversions import array_to_image
+    from lens_ros.messages import array_to_image
 
     t = ts.types
     millimetres = np.rint(scene.depth * 1000).astype("<u2")
@@ -179,8 +179,7 @@ def test_bag_with_depth_writes_the_3d_targets(tiny_dir, tmp_path, scene, capsys)
     from rosbags.rosbag2 import Reader
 
     from lens_ros.bag import lens_typestore
-    from lens_ros.conversions import image_to_array
-    from lens_ros.results import cloud_to_arrays
+    from lens_ros.conversions import cloud_to_arrays, image_to_array
 
     ts = lens_typestore()
     src = write_rgbd_bag(tmp_path / "in", ts, scene)

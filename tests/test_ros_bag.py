@@ -21,7 +21,8 @@ from lens_model.errors import PromptError  # noqa: E402
 from lens_model.inference.answer import smart_resize  # noqa: E402
 from lens_model.inference.pipeline import LensPipeline  # noqa: E402
 from lens_ros.bag import BagError, lens_typestore, process_bag  # noqa: E402
-from lens_ros.conversions import array_to_image, image_to_array  # noqa: E402
+from lens_ros.conversions import image_to_array
+from lens_ros.messages import array_to_image
 
 H, W = 24, 32
 PROMPT = "the red cup"
