@@ -84,7 +84,7 @@ def load_tracker(pipeline, settings, log=LOG):
         log.warning(f"tracking disabled: it runs SAM2 in torch, and backend is {settings.backend}")
         return None
     from lens_model.model.checkpoint import MEMORY_WEIGHTS_FILE, resolve_model_dir
-    from lens_model.model.sam_memory import load_sam_memory, official_checkpoint_name
+    from lens_model.model.sam_memory import custom_sam2_note, load_sam_memory, official_checkpoint_name
     from lens_model.tracking.tracker import StreamingTracker
 
     sam_config = model.lens_config.sam
@@ -95,6 +95,7 @@ def load_tracker(pipeline, settings, log=LOG):
             raise LensError(
                 f"{settings.model} has no {MEMORY_WEIGHTS_FILE} (LENS checkpoints keep SAM2 without its video-memory "
                 f"modules); set sam_memory_checkpoint to the official {official_checkpoint_name(sam_config)}"
+                f"{custom_sam2_note(sam_config)}"
             )
         memory = load_sam_memory(sam_config, model_dir=model_dir, weights=weights)
     except (LensError, OSError, RuntimeError, ValueError) as exc:  # unusable weights must not stop reasoning

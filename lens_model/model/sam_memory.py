@@ -60,6 +60,22 @@ def official_checkpoint_name(config: SamConfig) -> str:
     return OFFICIAL_CHECKPOINTS.get(stem, f"the official SAM2 checkpoint built with {config.config_name}")
 
 
+def custom_sam2_note(config: SamConfig) -> str:
+    """Why an official checkpoint's memory modules are no answer for a SAM2 built with overrides (tiny and demo
+    models: narrower Hiera, smaller input, weights random or trained here), and what tracks offline; "" for a
+    SAM2 built as Meta's (the released LENS). The memory modules' shapes do not depend on those overrides, so
+    Meta's load; but they were trained on the features of Meta's image encoder, which this SAM2 does not have."""
+    if not config.overrides:
+        return ""
+    return (
+        f" — but this model's SAM2 is a custom build ({Path(config.config_name).name} with {len(config.overrides)} "
+        f"overrides, {config.image_size}-px input), not Meta's: that checkpoint's memory modules would load (same "
+        f"shapes) but were trained on Meta's image features, not this model's, so it cannot track. Offline, "
+        f"`lens make-tiny --out DIR` builds a tiny model with its own {MEMORY_WEIGHTS_FILE} that tracks (random "
+        f"weights: meaningless masks)"
+    )
+
+
 def build_sam_memory(config: SamConfig) -> SamMemory:
     """Memory attention + memory encoder from the SAM2 Hydra config (with the LENS model's overrides), random."""
     import sam2  # noqa: F401  (registers the sam2 config module with Hydra)
@@ -115,7 +131,7 @@ def load_sam_memory(
         raise CheckpointError(
             f"{where} has no SAM2 memory weights (LENS checkpoints keep SAM2 without its video-memory modules); "
             f"pass the official SAM2 checkpoint of the same size, e.g. --sam-memory-checkpoint "
-            f"{official_checkpoint_name(config)}"
+            f"{official_checkpoint_name(config)}{custom_sam2_note(config)}"
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
