@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lens_model.model.modeling import ContextInputs, LensModel, completion_mask
+from lens_model.inference.generation import completion_mask
+from lens_model.model.modeling import ContextInputs, LensModel
 from lens_model.model.tiny import build_tiny_processor, tiny_lens_config, tiny_mllm_config
 
 # Largest |difference| of query states allowed between passes that compute the same thing in a different order,

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from lens_model.inference.generation import completion_mask
 from lens_model.model.checkpoint import load_model
-from lens_model.model.modeling import ContextInputs, completion_mask
+from lens_model.model.modeling import ContextInputs
 from lens_model.model.sam import preprocess_for_sam
 
 ATOL = 1e-4

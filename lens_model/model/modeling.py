@@ -37,13 +37,6 @@ def mllm_class(model_type: str):
     return getattr(transformers, MLLM_CLASSES[model_type])
 
 
-def completion_mask(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> torch.Tensor:
-    """(B, T) generated ids -> (B, T) long mask: 1 up to and including the first EOS, 0 for the padding after it."""
-    is_eos = torch.isin(completion_ids, torch.tensor(eos_token_ids, device=completion_ids.device))
-    eos_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
-    return (eos_before == 0).long()
-
-
 def positions_1d(attention_mask: torch.Tensor) -> torch.Tensor:
     """Plain 1-D positions (3, B, L) as transformers 4.51 fell back to when given only inputs_embeds."""
     pos = attention_mask.long().cumsum(-1) - 1
