@@ -53,3 +53,20 @@ def add_override_arguments(p, context_pass_help: str, answer_format_help: str) -
     """--context-pass / --answer-format: override what the checkpoint's config says."""
     p.add_argument("--context-pass", choices=CONTEXT_PASS_MODES, help=context_pass_help)
     p.add_argument("--answer-format", choices=ANSWER_FORMATS, help=answer_format_help)
+
+
+def load_pipeline(args, model: str):
+    """The LensPipeline of `model` with the options of `add_device_dtype_arguments`, `add_override_arguments`,
+    `add_backend_arguments` and --max-new-tokens (segment and track). Imports torch."""
+    from lens_model.inference.pipeline import LensPipeline
+
+    return LensPipeline.from_pretrained(
+        model,
+        device=args.device,
+        dtype=args.dtype,
+        context_pass=args.context_pass,
+        answer_format=args.answer_format,
+        max_new_tokens=args.max_new_tokens,
+        backend=args.backend,
+        backend_dir=args.backend_dir,
+    )

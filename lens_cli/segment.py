@@ -15,6 +15,7 @@ from .options import (
     add_device_dtype_arguments,
     add_override_arguments,
     check_output_file,
+    load_pipeline,
 )
 
 
@@ -78,7 +79,6 @@ def run(args) -> int:
     from PIL import Image
 
     from lens_model.image_io import load_image, read_prompt
-    from lens_model.inference.pipeline import LensPipeline
     from lens_model.inference.prompting import check_mllm_aspect_ratio
     from lens_model.overlay import draw_overlay
 
@@ -96,16 +96,7 @@ def run(args) -> int:
         from lens_model.geometry.target3d import DepthInput
 
         depth = DepthInput.from_files(args.depth, args.camera_info, rgb.shape[:2], args.depth_scale)
-    pipe = LensPipeline.from_pretrained(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        context_pass=args.context_pass,
-        answer_format=args.answer_format,
-        max_new_tokens=args.max_new_tokens,
-        backend=args.backend,
-        backend_dir=args.backend_dir,
-    )
+    pipe = load_pipeline(args, args.model)
     result = pipe(rgb, prompt)
     data = result.to_json_dict()
     data.update(image=str(args.image), model=str(args.model), backend=args.backend)

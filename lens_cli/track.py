@@ -6,7 +6,13 @@ from pathlib import Path
 
 from lens_model.errors import LensError
 
-from .options import add_backend_arguments, add_device_dtype_arguments, add_model_argument, add_override_arguments
+from .options import (
+    add_backend_arguments,
+    add_device_dtype_arguments,
+    add_model_argument,
+    add_override_arguments,
+    load_pipeline,
+)
 
 
 def add_parser(sub) -> None:
@@ -67,7 +73,6 @@ def run(args) -> int:
     from lens_model.export.metadata import require_memory_graphs
     from lens_model.image_io import read_prompt
     from lens_model.inference.backends import check_backend_args
-    from lens_model.inference.pipeline import LensPipeline
     from lens_model.model.checkpoint import resolve_model_dir
     from lens_model.model.sam_memory import load_model_sam_memory
     from lens_model.tracking.state import TrackingPolicy
@@ -98,16 +103,7 @@ def run(args) -> int:
         )
     else:
         require_memory_graphs(choice.meta, choice.export_dir)
-    pipe = LensPipeline.from_pretrained(
-        str(model_dir),
-        device=args.device,
-        dtype=args.dtype,
-        context_pass=args.context_pass,
-        answer_format=args.answer_format,
-        max_new_tokens=args.max_new_tokens,
-        backend=args.backend,
-        backend_dir=args.backend_dir,
-    )
+    pipe = load_pipeline(args, str(model_dir))
     # torch: SAM2's memory modules run in torch; an export: its tracking graphs, on the backend the pipeline opened
     memory = memory if memory is not None else pipe.backend
     tracker = StreamingTracker.from_lens_model(pipe.model, memory, num_frames=video.num_frames)
