@@ -80,7 +80,7 @@ try:
 except ImportError as exc:  # pragma: no cover
     raise ImportError(
         f"lens_node needs the lens_interfaces package ({exc}): build it with "
-        "`colcon build --packages-up-to lens_ros` (see the README) and source install/setup.bash"
+        "`colcon build --packages-up-to lens_ros` (see docs/ros.md) and source install/setup.bash"
     ) from exc
 
 from .engine import NOT_ACTIVE, Outcome, SegmentationEngine, SpokenCommands

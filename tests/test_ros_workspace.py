@@ -25,7 +25,7 @@ COLCON = [sys.executable, "-m", "colcon"]
 
 
 def _readme_workspace_commands() -> list[str]:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "ros.md").read_text()  # the workspace section that was the README's
     section = text[text.index("## In a ROS 2 workspace") :]
     block = section[section.index("```bash") + len("```bash") :]
     block = block[: block.index("```")]
