@@ -1,4 +1,9 @@
-"""lens_model: the LENS architecture (Qwen2.5-VL/Qwen2-VL + context queries + SAM2), inference and checkpoints.
+"""lens_model: the LENS library (Qwen2.5-VL/Qwen2-VL + context queries + SAM2), one subpackage per stage:
+
+    data/       dataset readers -> Records           model/      config, LensModel, SAM2, checkpoints, tiny models
+    inference/  prompt -> answer -> mask (pipeline)  tracking/   SAM2 memory between LENS queries, video in and out
+    geometry/   mask + depth -> 3D target            eval/       metrics and the evaluation loop
+    export/     ONNX graphs, TensorRT engines        (top)       errors, vocab, image_io, overlay, devices, distributed
 
 The names below are imported on first use (PEP 562), so that `import lens_model.model.config` or `lens_model.errors`
 (and the `lens` command's argument parser) do not pull in torch, transformers or sam2.
