@@ -12,15 +12,16 @@ import socket
 import sys
 from pathlib import Path
 
-from lens_model.cli import add_backend_arguments, add_device_dtype_arguments
 from lens_model.errors import LensError
+
+from .options import add_backend_arguments, add_device_dtype_arguments
 
 # The trained demo model of this repository: the page works offline with no download.
 DEFAULT_DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo-model"
 DEFAULT_PORT = 7860  # gradio's
 
 
-def add_demo(sub) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="serve an interactive web page: upload an image or a clip, type a command, see the result",
@@ -59,7 +60,7 @@ def add_demo(sub) -> None:
         help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens the page to the network)",
     )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default: {DEFAULT_PORT})")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=run)
 
 
 def is_loopback(host: str) -> bool:
@@ -87,7 +88,7 @@ def check_port_free(host: str, port: int) -> None:
             raise LensError(f"cannot listen on {host}:{port} ({exc.strerror}); pass a free port with --port") from None
 
 
-def cmd_demo(args) -> int:
+def run(args) -> int:
     if args.max_new_tokens < 1:
         raise LensError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.max_video_frames < 1:

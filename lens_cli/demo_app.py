@@ -22,8 +22,8 @@ import numpy as np
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline machines: no telemetry requests
 import gradio as gr  # noqa: E402
 
-from lens_model.answer import answer_parts  # noqa: E402
 from lens_model.errors import ImageError, LensError  # noqa: E402
+from lens_model.inference.answer import answer_parts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SCENE = REPO / "assets" / "demo-scene.png"
@@ -100,7 +100,7 @@ def result_details(result) -> str:
 def write_example_clip(path: Path, frames: int = 24, step: int = 2) -> Path:
     """A short clip of the demo scene panning right and down (`step` px per frame), for the video tab's example."""
     from lens_model.image_io import load_image
-    from lens_model.video_io import VideoWriter
+    from lens_model.tracking.video_io import VideoWriter
 
     scene = load_image(DEMO_SCENE)
     reach = step * (frames - 1)
@@ -148,10 +148,10 @@ class DemoSession:
     ) -> DemoSession:
         """Load the model (once). Tracking memory as `lens track` finds it; when there is none the video tab says
         why, unless `sam_memory_checkpoint` was given: then its error is the command's."""
-        from lens_model.backends import check_backend_args
-        from lens_model.checkpoint import resolve_model_dir
-        from lens_model.pipeline import LensPipeline
-        from lens_model.track_video import tracking_memory
+        from lens_model.inference.backends import check_backend_args
+        from lens_model.inference.pipeline import LensPipeline
+        from lens_model.model.checkpoint import resolve_model_dir
+        from lens_model.tracking.track_video import tracking_memory
 
         choice = check_backend_args(backend, backend_dir)
         model_dir = resolve_model_dir(model)
@@ -188,8 +188,8 @@ class DemoSession:
         """`lens segment --image IMAGE --prompt PROMPT --out-mask --out-overlay --json` on the loaded model. `name`:
         the image's name for messages and the JSON (an upload's own name; default: the file name of `image`)."""
         from lens_model.image_io import load_image, read_prompt
-        from lens_model.prompting import check_mllm_aspect_ratio
-        from lens_model.result_files import save_mask_png, save_overlay, segment_record, write_record
+        from lens_model.inference.prompting import check_mllm_aspect_ratio
+        from lens_model.inference.result_files import save_mask_png, save_overlay, segment_record, write_record
 
         try:
             if not image:
@@ -219,9 +219,9 @@ class DemoSession:
         """`lens track --video VIDEO --prompt PROMPT [--reason-every K]` on the loaded model (`name` as for
         `segment`)."""
         from lens_model.image_io import read_prompt
-        from lens_model.track_video import track_video
-        from lens_model.tracking import StreamingTracker
-        from lens_model.video_io import VideoError, open_video
+        from lens_model.tracking.track_video import track_video
+        from lens_model.tracking.tracker import StreamingTracker
+        from lens_model.tracking.video_io import VideoError, open_video
 
         try:
             if self.tracking_off is not None:

@@ -40,7 +40,7 @@ def scene():
 
 @pytest.fixture(scope="module")
 def pipe():
-    from lens_model.pipeline import LensPipeline
+    from lens_model.inference.pipeline import LensPipeline
 
     return LensPipeline.from_pretrained(str(DEMO_MODEL), device="cpu", dtype="float32")
 
@@ -59,7 +59,7 @@ def held_out(tmp_path_factory):
 
 
 def test_the_demo_model_is_a_normal_lens_directory_within_30_mb():
-    from lens_model.checkpoint import load_model
+    from lens_model.model.checkpoint import load_model
 
     size = sum(p.stat().st_size for p in DEMO_MODEL.iterdir())
     assert size <= 30 * 2**20, f"{size / 2**20:.1f} MiB"
@@ -114,7 +114,7 @@ def test_batched_segmentation_gives_the_single_answers(pipe, scene):
 def test_onnxruntime_backend_gives_the_official_answers(pipe, scene, tmp_path_factory):
     from export_helpers import MIN_MASK_AGREEMENT, exported
 
-    from lens_model.pipeline import LensPipeline
+    from lens_model.inference.pipeline import LensPipeline
 
     ort_pipe = LensPipeline.from_pretrained(
         str(DEMO_MODEL),
@@ -134,7 +134,7 @@ def test_onnxruntime_backend_gives_the_official_answers(pipe, scene, tmp_path_fa
 def test_bfloat16_gives_the_float32_answers(pipe, scene):
     """bf16 (MLLM weights in bf16, SAM2 under bf16 autocast) writes the same answer and a mask that still matches the
     object: 98 % of pixels agree with fp32 (bf16 moves mask edges by a pixel here and there)."""
-    from lens_model.pipeline import LensPipeline
+    from lens_model.inference.pipeline import LensPipeline
 
     bf16 = LensPipeline.from_pretrained(str(DEMO_MODEL), device="cpu", dtype="bfloat16")
     rgb, objects = scene

@@ -172,7 +172,7 @@ def test_the_demo_model_cannot_track_and_the_video_tab_says_why_in_one_line(sess
 
 
 def _write_clip(path, frames):
-    from lens_model.video_io import VideoWriter
+    from lens_model.tracking.video_io import VideoWriter
 
     with VideoWriter(path, fps=10) as writer:
         for frame in frames:
@@ -183,7 +183,7 @@ def _write_clip(path, frames):
 def test_the_video_tab_gives_what_lens_track_writes(demo_app, tiny_dir, tmp_path):
     """With a tiny model that carries SAM2 memory weights (`lens make-tiny`), the video tab tracks a non-square
     clip and writes the tracks and masks that `lens track` writes for it, and the overlay video has every frame."""
-    from lens_model.video_io import count_frames
+    from lens_model.tracking.video_io import count_frames
 
     clip = _write_clip(tmp_path / "clip.mp4", photo_clip(9, (48, 80)))
     tiny = demo_app.DemoSession.load(str(tiny_dir), device="cpu", dtype="float32")
@@ -226,7 +226,7 @@ def test_concurrent_requests_are_queued_on_the_one_model(demo_app, session):
 
     from gradio_client import Client, handle_file
 
-    from lens_model.modeling import LensModel
+    from lens_model.model.modeling import LensModel
 
     port = free_port()
     app = demo_app.launch(session, "127.0.0.1", port, block=False)

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import BackendChoice
-from .data.records import mask_box
-from .errors import LensError
-from .overlay import draw_overlay
-from .pipeline import SegmentationResult
-from .result_files import save_mask_png
-from .tracking import StreamingTracker
-from .tracking_state import TrackingDecision, TrackingPolicy, TrackingStateMachine, TrackState
+from ..data.records import mask_box
+from ..errors import LensError
+from ..inference.backends import BackendChoice
+from ..inference.pipeline import SegmentationResult
+from ..inference.result_files import save_mask_png
+from ..overlay import draw_overlay
+from .state import TrackingDecision, TrackingPolicy, TrackingStateMachine, TrackState
+from .tracker import StreamingTracker
 from .video_io import VideoSource, VideoWriter
 
 TARGET_ID = "target"
@@ -149,8 +149,8 @@ def tracking_memory(model_dir: Path, choice: BackendChoice, sam_memory_checkpoin
     """The SAM2 memory modules to track with, checked before the model loads (LensError if there are none).
     torch: a SamMemory from `sam_memory_checkpoint` or the model directory. An export: None, once its tracking
     graphs are found (they run on the backend the pipeline opens: pass `pipe.backend` to the tracker)."""
-    from .export.metadata import require_memory_graphs
-    from .sam_memory import load_model_sam_memory
+    from ..export.metadata import require_memory_graphs
+    from ..model.sam_memory import load_model_sam_memory
 
     if choice.name == "torch":
         return load_model_sam_memory(model_dir, sam_memory_checkpoint)

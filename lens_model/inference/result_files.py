@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .overlay import draw_overlay
+from ..overlay import draw_overlay
 from .pipeline import SegmentationResult
 
 
