@@ -9,6 +9,8 @@ import importlib.util
 import io
 import json
 import os
+import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -218,6 +220,13 @@ def installed_type_hashes(package: str) -> dict[str, str]:
         for entry in json.loads(path.read_text())["type_hashes"]:
             hashes[entry["type_name"]] = entry["hash_string"]
     return hashes
+
+
+def lens_node_command(*args: str) -> list[str]:
+    """`lens_node ARGS` as users start it: the console script beside this interpreter (pip install -e .), or the
+    module it runs."""
+    script = shutil.which("lens_node", path=str(Path(sys.executable).parent))
+    return [*([script] if script else [sys.executable, "-m", "lens_ros.node"]), *args]
 
 
 def wait_for(predicate, timeout=60.0) -> bool:
