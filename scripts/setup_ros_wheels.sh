@@ -35,7 +35,7 @@ if not ((3, 10) <= sys.version_info[:2] <= (3, 13) and platform.machine() == "x8
              f"{platform.python_version()} on {platform.machine()}: use a ROS 2 install from apt or source instead "
              "(README, 'In a ROS 2 workspace')")
 PY
-for tool in cmake c++; do
+for tool in cmake cc c++; do
   if ! command -v "$tool" >/dev/null; then
     echo "error: $tool not found: building the message packages needs cmake and a C/C++ compiler" \
       "(Debian/Ubuntu: apt-get install cmake g++)" >&2
