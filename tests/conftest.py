@@ -58,14 +58,14 @@ def ros_installed() -> None:
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """A tiny LENS checkpoint (cached context pass) written once per test session."""
-    from lens_model.tiny import make_tiny
+    from lens_model.model.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny") / "lens-tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_official_dir(tmp_path_factory) -> Path:
-    from lens_model.tiny import make_tiny
+    from lens_model.model.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny_official") / "lens-tiny", seed=1, context_pass="official")
 
@@ -74,6 +74,6 @@ def tiny_official_dir(tmp_path_factory) -> Path:
 def tiny_grounding_dir(tmp_path_factory) -> Path:
     """A tiny LENS whose answers depend on image and prompt and hold a grounding box (make_tiny grounding_answers),
     for tests where equal texts and boxes between two paths must mean something."""
-    from lens_model.tiny import make_tiny
+    from lens_model.model.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("tiny_grounding") / "lens-tiny", seed=0, grounding_answers=True)

@@ -50,7 +50,7 @@ def cdr(store, msg, typename):
 
 
 def image_msg(store, rgb: np.ndarray, sec=100, nanosec=0, frame="camera_optical", encoding="rgb8"):
-    from lens_ros.conversions import array_to_image
+    from lens_ros.messages import array_to_image
 
     return array_to_image(rgb, encoding, header(store, sec, nanosec, frame), store.types)
 

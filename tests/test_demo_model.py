@@ -42,7 +42,7 @@ def scene():
 
 @pytest.fixture(scope="module")
 def pipe():
-    from lens_model.pipeline import LensPipeline
+    from lens_model.inference.pipeline import LensPipeline
 
     return LensPipeline.from_pretrained(str(DEMO_MODEL), device="cpu", dtype="float32")
 
@@ -61,7 +61,7 @@ def held_out(tmp_path_factory):
 
 
 def test_the_demo_model_is_a_normal_lens_directory_within_30_mb():
-    from lens_model.checkpoint import load_model
+    from lens_model.model.checkpoint import load_model
 
     size = sum(p.stat().st_size for p in DEMO_MODEL.iterdir())
     assert size <= 30 * 2**20, f"{size / 2**20:.1f} MiB"
@@ -116,7 +116,7 @@ def test_batched_segmentation_gives_the_single_answers(pipe, scene):
 def test_onnxruntime_backend_gives_the_official_answers(pipe, scene, tmp_path_factory):
     from export_helpers import MIN_MASK_AGREEMENT, exported
 
-    from lens_model.pipeline import LensPipeline
+    from lens_model.inference.pipeline import LensPipeline
 
     ort_pipe = LensPipeline.from_pretrained(
         str(DEMO_MODEL),
@@ -136,7 +136,7 @@ def test_onnxruntime_backend_gives_the_official_answers(pipe, scene, tmp_path_fa
 def test_bfloat16_gives_the_float32_answers(pipe, scene):
     """bf16 (MLLM weights in bf16, SAM2 under bf16 autocast) writes the same answer and a mask that still matches the
     object: 98 % of pixels agree with fp32 (bf16 moves mask edges by a pixel here and there)."""
-    from lens_model.pipeline import LensPipeline
+    from lens_model.inference.pipeline import LensPipeline
 
     bf16 = LensPipeline.from_pretrained(str(DEMO_MODEL), device="cpu", dtype="bfloat16")
     rgb, objects = scene
@@ -210,8 +210,8 @@ def test_the_readme_quick_start_segments_the_named_object(scene, tmp_path):
 
 
 @needs_ros
-def test_the_readmes_lens_node_command_segments_the_named_objects(scene, tmp_path):
-    """ROS 2 from PyPI (README, "Without a ROS install"): the README's `lens_node` command as written (the demo model
+def test_the_ros_pages_lens_node_command_segments_the_named_objects(scene, tmp_path):
+    """ROS 2 from PyPI (docs/ros.md, "Without a ROS install"): its `lens_node` command as written (the demo model
     on CPU, `image` remapped to /camera/image_raw), driven from an rclpy node here with camera frames of the demo
     scene and one command per object: each SegmentationResult on /result holds the named object's mask and the
     frame's header, and SIGINT ends the node with exit code 0."""
@@ -229,10 +229,10 @@ def test_the_readmes_lens_node_command_segments_the_named_objects(scene, tmp_pat
     from std_msgs.msg import Header, String
 
     from lens_interfaces.msg import SegmentationResult
-    from lens_ros.conversions import array_to_image
+    from lens_ros.messages import array_to_image
 
-    readme = (REPO / "README.md").read_text().splitlines()
-    args = shlex.split(next(line for line in readme if line.startswith(".venv/bin/lens_node")))[1:]
+    page = (REPO / "docs" / "ros.md").read_text().splitlines()
+    args = shlex.split(next(line for line in page if line.startswith(".venv/bin/lens_node")))[1:]
     assert args[0] == "--ros-args" and {"model:=assets/demo-model", "image:=/camera/image_raw"} <= set(args)
     log_path = tmp_path / "lens_node.log"
     with log_path.open("w") as log:

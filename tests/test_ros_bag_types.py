@@ -19,10 +19,11 @@ from conftest import REPO
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import get_types_from_msg
 
-from lens_model.pipeline import LensPipeline
+from lens_model.inference.pipeline import LensPipeline
 from lens_ros.bag import OUTPUT_TYPES, VISION_MSGS_DEFINITIONS, lens_typestore, process_bag
-from lens_ros.conversions import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, array_to_image
+from lens_ros.conversions import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE
 from lens_ros.interfaces import lens_interfaces_definitions
+from lens_ros.messages import array_to_image
 
 # Read off ROS 2 Jazzy built from source (ros2/ros2 branch jazzy, ros2.repos: common_interfaces jazzy 5283bd9;
 # vision_msgs 4.1.1 from ros-perception/vision_msgs branch ros2, e77fa2d): the `type_hashes` entry of each type in

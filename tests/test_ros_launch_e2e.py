@@ -134,7 +134,7 @@ class Launched:
 
 
 def _image(launched: Launched, rgb: np.ndarray, frame: str, age_s: float = 0.0, encoding: str = "rgb8"):
-    from lens_ros.conversions import array_to_image
+    from lens_ros.messages import array_to_image
 
     return array_to_image(rgb, encoding, launched.header(frame, age_s))
 

@@ -21,7 +21,7 @@ def ros(tiny_dir):
 def _image(client, rgb=RGB, frame="camera", encoding="rgb8"):
     from std_msgs.msg import Header
 
-    from lens_ros.conversions import array_to_image
+    from lens_ros.messages import array_to_image
 
     return array_to_image(rgb, encoding, Header(stamp=client.get_clock().now().to_msg(), frame_id=frame))
 

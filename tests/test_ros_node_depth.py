@@ -27,7 +27,8 @@ def test_a_colour_depth_camera_info_triple_gives_target_point_and_detections_3d(
     from std_msgs.msg import Header, String
     from vision_msgs.msg import Detection3DArray
 
-    from lens_ros.conversions import array_to_image, stamp_to_seconds
+    from lens_ros.conversions import stamp_to_seconds
+    from lens_ros.messages import array_to_image
 
     node, client = ros
     scene = render(k=K4, width=160, height=120)

@@ -33,7 +33,7 @@ def test_frames_after_a_command_are_tracked_with_their_headers(ros):
     from std_msgs.msg import Header, String
     from vision_msgs.msg import Detection2DArray
 
-    from lens_ros.conversions import array_to_image
+    from lens_ros.messages import array_to_image
 
     node, client = ros
     assert node.engine.tracking is not None

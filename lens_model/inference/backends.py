@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import LensError
-from .export.metadata import ExportError, ExportMetadata, combined_hash, model_hash, read_metadata
-from .sam import SamImageFeatures, decode_masks
-from .vocab import BACKENDS
+from ..errors import LensError
+from ..export.metadata import ExportError, ExportMetadata, combined_hash, model_hash, read_metadata
+from ..model.sam import SamImageFeatures, decode_masks
+from ..vocab import BACKENDS
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class TensorRTBackend(ExportedBackend):
     def __init__(
         self, export_dir: str | Path, device: torch.device | str = "cuda", meta: ExportMetadata | None = None
     ) -> None:
-        from .export.tensorrt_runtime import TensorRTEngine, check_engines_runnable, gpu_identity, require_tensorrt
+        from ..export.tensorrt_runtime import TensorRTEngine, check_engines_runnable, gpu_identity, require_tensorrt
 
         trt = require_tensorrt()
         super().__init__(export_dir, device, meta)
@@ -252,7 +252,7 @@ def check_backend_args(name: str, backend_dir: str | Path | None) -> BackendChoi
     if name != "torch" and backend_dir is None:
         raise LensError(f"--backend {name} needs --backend-dir DIR, a directory written by `lens export`")
     if name == "tensorrt":
-        from .export.tensorrt_runtime import require_tensorrt
+        from ..export.tensorrt_runtime import require_tensorrt
 
         require_tensorrt()
     if backend_dir is None:

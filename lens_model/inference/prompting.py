@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import CheckpointError, ImageError
+from ..model.config import LensConfig, PromptConfig
 from .answer import Box, ParsedAnswer, clip_box, parse_answer, rescale_box, smart_resize
-from .config import LensConfig, PromptConfig
-from .errors import CheckpointError, ImageError
 
 # Qwen2-VL's image processor refuses images whose long side exceeds 200 times the short side.
 MAX_MLLM_ASPECT_RATIO = 200

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data.records import mask_box
-from .errors import LensError
-from .sam import MEMORY_MODULES
+from ..data.records import mask_box
+from ..errors import LensError
+from ..model.sam import MEMORY_MODULES
 
 # ImageNet statistics on the 0..1 scale, as sam2's video-frame loader applies them
 VIDEO_MEAN = (0.485, 0.456, 0.406)
@@ -109,7 +109,9 @@ class StreamingTracker:
     def __init__(self, sam, num_frames: int | None = None, autocast_dtype: torch.dtype | None = None) -> None:
         missing = [name for name in MEMORY_MODULES if not hasattr(sam, name)]
         if missing:
-            raise LensError(f"SAM2 has no {', '.join(missing)}: attach memory modules first (lens_model.sam_memory)")
+            raise LensError(
+                f"SAM2 has no {', '.join(missing)}: attach memory modules first (lens_model.model.sam_memory)"
+            )
         self.sam = sam.eval()
         # The conditioning mask enters memory binarised, as sam2's video predictor is configured
         # (build_sam2_video_predictor's post-processing); the single-image path never encodes memory.
@@ -127,12 +129,12 @@ class StreamingTracker:
         (sam_memory.load_sam_memory: the memory modules run in torch) or an exported backend (`OnnxRuntimeBackend`,
         `TensorRTBackend`) whose export holds the tracking graphs: memory attention and memory encoder then run
         there; SAM2's image encoder, prompt encoder and mask decoder stay the model's own (torch)."""
-        from .sam_memory import SamMemory, attach_memory
+        from ..model.sam_memory import SamMemory, attach_memory
 
         if isinstance(memory, SamMemory):
             attach_memory(model.sam, memory)
         else:
-            from .export.memory_runtime import use_exported_memory_modules
+            from ..export.memory_runtime import use_exported_memory_modules
 
             use_exported_memory_modules(model.sam, memory)
         low_precision = model.dtype if model.dtype in (torch.bfloat16, torch.float16) else None

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .vocab import ANSWER_FORMATS, CONTEXT_PASS_MODES
+from ..vocab import ANSWER_FORMATS, CONTEXT_PASS_MODES
 
 DEFAULT_MODEL_ID = "OuyBin/LENS"  # the released LENS (Qwen2.5-VL-3B) on the Hugging Face Hub
 

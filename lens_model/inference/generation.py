@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..model.modeling import ContextInputs, LensModel
+from ..model.sam import SamImageFeatures, upsample_logits
+from ..vocab import COMPLETION_ENDS, CONTEXT_PASS_MODES
 from .answer import ParsedAnswer, parse_answer
 from .backends import SegmentationBackend, TorchBackend
-from .modeling import ContextInputs, LensModel, completion_mask
 from .prompting import EndTokenIds, decode_completions, end_token_ids
-from .sam import SamImageFeatures, upsample_logits
 from .timing import StageTimer
-from .vocab import COMPLETION_ENDS, CONTEXT_PASS_MODES
 
 
 @dataclass
@@ -86,6 +86,13 @@ class CompletionMasks:
     valid: torch.Tensor  # (R, T) long: the answer's tokens (what GRPO's loss counts)
     attended: torch.Tensor  # (R, T) long: what the context pass attends (valid without <|endoftext|> for first_end)
     ended: torch.Tensor  # (R,) bool: the answer has an end token (else it hit the length limit)
+
+
+def completion_mask(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> torch.Tensor:
+    """(B, T) generated ids -> (B, T) long mask: 1 up to and including the first EOS, 0 for the padding after it."""
+    is_eos = torch.isin(completion_ids, torch.tensor(eos_token_ids, device=completion_ids.device))
+    eos_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
+    return (eos_before == 0).long()
 
 
 def completion_masks(

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Record
-from .distributed import barrier
-from .errors import LensError
-from .image_io import load_image
+from ..data import Record
+from ..distributed import barrier
+from ..errors import LensError
+from ..image_io import load_image
+from ..overlay import draw_overlay
 from .metrics import SampleScore, SplitMetrics, score_sample
-from .overlay import draw_overlay
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"

@@ -247,6 +247,7 @@ def make_tiny(
 
     grounding_answers: answers that depend on image and prompt and hold a grounding box (module docstring).
     sam_image_size: SAM2's input side (a multiple of 64; 1024 in released models, smaller here for speed)."""
+    from .checkpoint import save_model
     from .modeling import LensModel
     from .sam_memory import build_sam_memory, save_sam_memory
 
@@ -261,7 +262,7 @@ def make_tiny(
                 if weight.dim() >= 2:  # matrices only: norms and biases keep their scale
                     weight.mul_(GROUNDING_WEIGHT_SCALE)
         model.mllm.generation_config.sequence_bias = grounding_answer_bias(processor.tokenizer)
-    model.save_pretrained(out_dir, processor=processor)
+    save_model(model, out_dir, processor=processor)
     # SAM2's video-memory modules (random, seeded apart from the model) so that `lens track` runs on tiny models
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -7,7 +7,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from .vocab import ANSWER_FORMATS
+from ..vocab import ANSWER_FORMATS
 
 Box = tuple[float, float, float, float]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LensError
-from .image_io import load_image
+from ..errors import LensError
+from ..image_io import load_image
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_FOLDER_FPS = 30.0

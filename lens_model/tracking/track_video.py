@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data.records import mask_box
-from .overlay import draw_overlay
-from .pipeline import SegmentationResult
-from .tracking import StreamingTracker
-from .tracking_state import TrackingDecision, TrackingPolicy, TrackingStateMachine, TrackState
+from ..data.records import mask_box
+from ..inference.pipeline import SegmentationResult
+from ..overlay import draw_overlay
+from .state import TrackingDecision, TrackingPolicy, TrackingStateMachine, TrackState
+from .tracker import StreamingTracker
 from .video_io import VideoSource, VideoWriter
 
 TARGET_ID = "target"

@@ -47,7 +47,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import DepthError
+from ..errors import DepthError
 
 DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "none")
 DEPTH_DTYPES = {np.dtype(np.uint16): "16UC1 (uint16, millimetres by default)", np.dtype(np.float32): "32FC1 (metres)"}

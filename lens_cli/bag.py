@@ -1,31 +1,17 @@
-"""The `lens` command: the library's commands (`lens_model.cli`) plus those built on the packages above it,
-`bag` (lens_ros) and `plot-run` (training). The library never imports those packages; this package may.
-
-Building the parser imports no torch, transformers or sam2 (`lens --help` answers at once); each command imports
-what it needs when it runs.
-"""
+"""Segment the image topic of a rosbag2 and write the results to a new bag (`lens bag`; lens_ros.bag)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from lens_model.cli import add_commands, add_device_dtype_arguments, add_model_argument
 from lens_model.errors import LensError
 
-EXAMPLES = """examples:
-  lens make-tiny --out /tmp/lens-tiny
-  lens segment --model /tmp/lens-tiny --image assets/sample.jpg --prompt "the astronaut's helmet" --out-overlay o.png
-  lens segment --image photo.jpg --prompt "the mug left of the laptop" --device cuda   # released OuyBin/LENS weights
-  lens export --model /tmp/lens-tiny --out /tmp/lens-tiny-onnx            # ONNX graphs of SAM2 + context head
-  lens segment --model /tmp/lens-tiny --backend onnxruntime --backend-dir /tmp/lens-tiny-onnx --image ... --prompt ...
-  lens bag --in recording --out recording_lens --image-topic /camera/image_raw --prompt "the red cup" --every 5
-"""
+from .options import add_device_dtype_arguments, add_model_argument
 
 
-def _add_bag(sub) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser(
         "bag",
         help="segment the image topic of a rosbag2 and write masks, detections and reasoning to a new bag",
@@ -76,35 +62,10 @@ def _add_bag(sub) -> None:
         help="with --track: SAM2 memory weights, the official SAM2 .pt of the model's SAM2 config (default: "
         "sam2_memory.safetensors in the model directory)",
     )
-    p.set_defaults(func=cmd_bag)
+    p.set_defaults(func=run)
 
 
-def _add_plot_run(sub) -> None:
-    p = sub.add_parser(
-        "plot-run",
-        help="draw a training run's curves (loss parts, rewards, validation) as a PNG",
-        description="Reads RUN_DIR/metrics.jsonl written by python -m training.align / training.grpo.",
-    )
-    p.add_argument("run_dir", type=Path, help="the run's output_dir")
-    p.add_argument("--out", type=Path, help="image to write, e.g. a .png (default: RUN_DIR/curves.png)")
-    p.set_defaults(func=cmd_plot_run)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lens",
-        description="LENS: text-prompted segmentation with a reasoning MLLM and SAM2.",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_commands(sub)  # segment, make-tiny, export, eval, make-synthetic
-    _add_plot_run(sub)
-    _add_bag(sub)
-    return parser
-
-
-def cmd_bag(args) -> int:
+def run(args) -> int:
     try:
         from lens_ros.bag import depth_inputs, process_bag
     except ModuleNotFoundError as exc:
@@ -140,35 +101,3 @@ def cmd_bag(args) -> int:
             f"warning: not copied (no type definition in the bag): {', '.join(summary.skipped_topics)}", file=sys.stderr
         )
     return 0
-
-
-def cmd_plot_run(args) -> int:
-    from lens_model.cli import IMAGE_SUFFIXES, check_output_file
-    from training.plots import draw_curves, read_metrics
-
-    metrics = args.run_dir / "metrics.jsonl"
-    check_output_file(args.out, "--out", IMAGE_SUFFIXES)
-    if not metrics.is_file():
-        raise LensError(f"{metrics} not found: pass the output_dir of a training run")
-    read = read_metrics(metrics)
-    if read.torn_line is not None:
-        print(
-            f"lens plot-run: warning: {metrics} line {read.torn_line} is cut off (a run stopped while writing it); "
-            f"plotting the {len(read.rows)} complete line(s)",
-            file=sys.stderr,
-        )
-    out = draw_curves(read.rows, args.out or args.run_dir / "curves.png", str(metrics))
-    print(f"wrote {out}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except LensError as exc:
-        print(f"lens {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130

@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import CheckpointError
+from .checkpoint import MEMORY_WEIGHTS_FILE, load_strict, read_configs, read_sam2_checkpoint, resolve_model_dir
 from .config import SamConfig
-from .errors import CheckpointError
 from .sam import MEMORY_MODULES
 
 log = logging.getLogger(__name__)
 
-MEMORY_WEIGHTS_FILE = "sam2_memory.safetensors"  # in a LENS model directory, keys as in an official SAM2 .pt
 # Official SAM2 checkpoint file of each Hydra config (what to pass for a released LENS model).
 OFFICIAL_CHECKPOINTS = {
     "sam2_hiera_t": "sam2_hiera_tiny.pt",
@@ -60,6 +60,22 @@ def official_checkpoint_name(config: SamConfig) -> str:
     return OFFICIAL_CHECKPOINTS.get(stem, f"the official SAM2 checkpoint built with {config.config_name}")
 
 
+def custom_sam2_note(config: SamConfig) -> str:
+    """Why an official checkpoint's memory modules are no answer for a SAM2 built with overrides (tiny and demo
+    models: narrower Hiera, smaller input, weights random or trained here), and what tracks offline; "" for a
+    SAM2 built as Meta's (the released LENS). The memory modules' shapes do not depend on those overrides, so
+    Meta's load; but they were trained on the features of Meta's image encoder, which this SAM2 does not have."""
+    if not config.overrides:
+        return ""
+    return (
+        f" — but this model's SAM2 is a custom build ({Path(config.config_name).name} with {len(config.overrides)} "
+        f"overrides, {config.image_size}-px input), not Meta's: that checkpoint's memory modules would load (same "
+        f"shapes) but were trained on Meta's image features, not this model's, so it cannot track. Offline, "
+        f"`lens make-tiny --out DIR` builds a tiny model with its own {MEMORY_WEIGHTS_FILE} that tracks (random "
+        f"weights: meaningless masks)"
+    )
+
+
 def build_sam_memory(config: SamConfig) -> SamMemory:
     """Memory attention + memory encoder from the SAM2 Hydra config (with the LENS model's overrides), random."""
     import sam2  # noqa: F401  (registers the sam2 config module with Hydra)
@@ -88,8 +104,6 @@ def _memory_tensors(path: Path) -> dict[str, torch.Tensor]:
         except Exception as exc:
             raise CheckpointError(f"cannot read SAM2 memory weights {path}: {exc}") from None
     else:
-        from .checkpoint import read_sam2_checkpoint
-
         state = read_sam2_checkpoint(path)
     tensors = {k: v for k, v in state.items() if k.startswith(MEMORY_MODULES)}
     if not tensors:
@@ -109,8 +123,6 @@ def load_sam_memory(
 ) -> SamMemory:
     """SamMemory for a LENS model with SAM2 config `config`, from `weights`, else `model_dir`/sam2_memory.safetensors,
     else (only with allow_random) seeded random weights. See the module docstring."""
-    from .checkpoint import load_strict
-
     source = Path(weights) if weights is not None else None
     if source is None and model_dir is not None and (Path(model_dir) / MEMORY_WEIGHTS_FILE).is_file():
         source = Path(model_dir) / MEMORY_WEIGHTS_FILE
@@ -119,7 +131,7 @@ def load_sam_memory(
         raise CheckpointError(
             f"{where} has no SAM2 memory weights (LENS checkpoints keep SAM2 without its video-memory modules); "
             f"pass the official SAM2 checkpoint of the same size, e.g. --sam-memory-checkpoint "
-            f"{official_checkpoint_name(config)}"
+            f"{official_checkpoint_name(config)}{custom_sam2_note(config)}"
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -134,8 +146,6 @@ def load_sam_memory(
 def load_model_sam_memory(model: str | os.PathLike, weights: str | os.PathLike | None = None) -> SamMemory:
     """SamMemory for the LENS checkpoint `model` (directory or Hub id), from its config alone: the model itself is
     not loaded, so missing or bad memory weights are reported before it is."""
-    from .checkpoint import read_configs, resolve_model_dir
-
     model_dir = resolve_model_dir(model)
     _, lens_config = read_configs(model_dir)
     return load_sam_memory(lens_config.sam, model_dir=model_dir, weights=weights)

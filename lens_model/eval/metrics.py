@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .answer import box_iou as _box_iou
+from ..inference.answer import box_iou as _box_iou
 
 PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 BOX_HIT_IOU = 0.5

@@ -10,15 +10,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..devices import resolve_device, resolve_dtype
+from ..errors import PromptError
+from ..image_io import load_image, read_prompt
+from ..model.config import LensConfig
+from ..model.modeling import LensModel
+from ..model.sam import preprocess_for_sam
 from .backends import SegmentationBackend, TorchBackend, check_backend_args, open_backend
-from .config import LensConfig
-from .devices import resolve_device, resolve_dtype
-from .errors import PromptError
 from .generation import PromptRows, generate_and_segment
-from .image_io import load_image, read_prompt
-from .modeling import LensModel
 from .prompting import box_in_image, build_chat, mllm_image, special_token_ids
-from .sam import preprocess_for_sam
 from .timing import StageTimer
 
 DEFAULT_MAX_PROMPT_TOKENS = 2048  # released training/eval bound on the prompt length
@@ -60,7 +60,7 @@ class LensPipeline:
         backend: SegmentationBackend | None = None,
     ) -> None:
         self.model = model.eval()
-        # Runs SAM2 + the context head (see lens_model.backends); the MLLM always runs in transformers.
+        # Runs SAM2 + the context head (see lens_model.inference.backends); the MLLM always runs in transformers.
         self.backend = backend if backend is not None else TorchBackend(self.model)
         # Optional cap on the MLLM image's longest side before the smart resize (ReasonSeg's protocol: 640).
         self.mllm_longest_side = mllm_longest_side
@@ -84,7 +84,7 @@ class LensPipeline:
     ) -> LensPipeline:
         """`backend`: torch, onnxruntime or tensorrt for SAM2 + the context head; the last two run the export in
         `backend_dir` (`lens export`), which must come from the same weights (sha256 of the weight files)."""
-        from .checkpoint import load_model, resolve_model_dir
+        from ..model.checkpoint import load_model, resolve_model_dir
 
         dev = resolve_device(device)
         backend_choice = check_backend_args(backend, backend_dir)  # before loading a multi-GB model

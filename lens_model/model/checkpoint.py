@@ -6,7 +6,7 @@ Directory layout (one Hugging Face model directory):
                              `model.visual.*`, `lm_head.*`), plus `learnable_query`, `connector.*`,
                              `conv_1d.*`, `proj_to_sam.*` and `sam.*` (SAM2 without memory modules)
     tokenizer / processor / chat-template files, generation_config.json
-    sam2_memory.safetensors  optional: SAM2's video-memory modules for tracking (lens_model.sam_memory)
+    sam2_memory.safetensors  optional: SAM2's video-memory modules for tracking (lens_model.model.sam_memory)
 
 Released checkpoints (OuyBin/LENS and siblings) use the same top-level names for the context module
 and SAM2, transformers-4.51 names for Qwen (`model.*`, `visual.*`), which transformers renames on load,
@@ -25,11 +25,10 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from ..errors import CheckpointError
 from .config import DEFAULT_MODEL_ID, LensConfig, PromptConfig, is_released_config
-from .errors import CheckpointError
 from .modeling import MLLM_CLASSES, LensModel, mllm_class
 from .sam import MEMORY_MODULES, build_sam
-from .sam_memory import MEMORY_WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,9 @@ SAM_PREFIX = "sam."
 IGNORED_SAM2_KEY_PREFIXES = tuple(f"{name}" for name in MEMORY_MODULES)  # video memory, unused for single images
 _COT_NAME = re.compile(r"(?:^|[_\-/])cot(?:$|[_\-/])", re.IGNORECASE)
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
+# Optional SAM2 memory weights in a model directory (lens_model.model.sam_memory reads and writes them); keys as in
+# an official SAM2 .pt. Not part of the LENS weights: loading the model ignores the file.
+MEMORY_WEIGHTS_FILE = "sam2_memory.safetensors"
 
 
 # ---------------------------------------------------------------------------- saving

@@ -37,13 +37,6 @@ def mllm_class(model_type: str):
     return getattr(transformers, MLLM_CLASSES[model_type])
 
 
-def completion_mask(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> torch.Tensor:
-    """(B, T) generated ids -> (B, T) long mask: 1 up to and including the first EOS, 0 for the padding after it."""
-    is_eos = torch.isin(completion_ids, torch.tensor(eos_token_ids, device=completion_ids.device))
-    eos_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
-    return (eos_before == 0).long()
-
-
 def positions_1d(attention_mask: torch.Tensor) -> torch.Tensor:
     """Plain 1-D positions (3, B, L) as transformers 4.51 fell back to when given only inputs_embeds."""
     pos = attention_mask.long().cumsum(-1) - 1
@@ -118,18 +111,6 @@ class LensModel(nn.Module):
         self.hidden_size = self.mllm.config.get_text_config().hidden_size
         self.context = ContextHead(self.hidden_size, lens_config)
         self.sam = sam if sam is not None else build_sam(lens_config.sam)
-
-    # ------------------------------------------------------------------ checkpoints
-    @classmethod
-    def from_pretrained(cls, name_or_path, **kwargs) -> LensModel:
-        from .checkpoint import load_model
-
-        return load_model(name_or_path, **kwargs)[0]
-
-    def save_pretrained(self, out_dir, processor=None) -> None:
-        from .checkpoint import save_model
-
-        save_model(self, out_dir, processor=processor)
 
     @property
     def device(self) -> torch.device:
