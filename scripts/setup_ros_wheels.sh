@@ -13,9 +13,10 @@
 # interpreter, and the wheels install as ordinary packages beside lens's, changing none of them (empy 3.3.4,
 # lark-parser and colcon are new). The wheels install the same way into any venv: LENS_VENV=path picks another one.
 # The message packages are installed into the venv's prefix as well (--install-base), beside the wheels' own: the
-# wheels add that prefix's lib/ to the library path at interpreter start (ros_wheels_bootstrapper.pth), which is
-# where ROS's type support looks for the generated libraries; a separate colcon install folder would have to be
-# sourced (install/setup.bash) in every shell before the node could start.
+# wheels put that prefix's lib/ on the library path (ros_wheels_bootstrapper.pth re-executes every Python started
+# from the venv once, with LD_LIBRARY_PATH set), which is where ROS's type support looks for the generated
+# libraries; a separate colcon install folder would have to be sourced (install/setup.bash) in every shell before the
+# node could start. colcon also leaves its setup.bash/local_setup.* files at the venv's top (unused here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
