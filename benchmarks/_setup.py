@@ -15,7 +15,7 @@ def prepare(workdir: Path | None, prefix: str, n_images: int, seed: int, image_s
     import torch
 
     from lens_model.data.synthetic import make_synthetic
-    from lens_model.tiny import make_tiny
+    from lens_model.model.tiny import make_tiny
 
     torch.set_num_threads(threads)
     work = workdir or Path(tempfile.mkdtemp(prefix=prefix))

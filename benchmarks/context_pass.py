@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lens_model.modeling import ContextInputs, LensModel, completion_mask
-from lens_model.tiny import build_tiny_processor, tiny_lens_config, tiny_mllm_config
+from lens_model.inference.generation import completion_mask
+from lens_model.model.modeling import ContextInputs, LensModel
+from lens_model.model.tiny import build_tiny_processor, tiny_lens_config, tiny_mllm_config
 
 # Largest |difference| of query states allowed between passes that compute the same thing in a different order,
 # relative to the largest |value|: float32 rounding, and bf16's 8-bit mantissa (2^-8 = 3.9e-3) over a few layers.

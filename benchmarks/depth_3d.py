@@ -1,4 +1,4 @@
-"""3D target and point-cloud speed (lens_model.target3d, lens_ros.results): numpy + OpenCV, no torch, no GPU.
+"""3D target and point-cloud speed (lens_model.geometry.target3d, lens_ros.fields): numpy + OpenCV, no torch, no GPU.
 
     python benchmarks/depth_3d.py [--repeats 50] [--threads 2]
 
@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from depth_scenes import render  # noqa: E402
 
-from lens_model.target3d import PinholeCamera, TargetOptions, estimate_target  # noqa: E402
-from lens_ros.results import cloud_fields  # noqa: E402
+from lens_model.geometry.target3d import PinholeCamera, TargetOptions, estimate_target  # noqa: E402
+from lens_ros.fields import cloud_fields
 
 D = [-0.25, 0.08, 0.001, -0.0015, -0.01]
 

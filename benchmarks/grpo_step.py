@@ -52,8 +52,9 @@ def build_model(out: Path, args) -> None:
     """A tiny LENS at the requested sizes, saved as a checkpoint directory (loaded back like a real one)."""
     import torch
 
-    from lens_model.modeling import LensModel
-    from lens_model.tiny import build_tiny_processor, tiny_lens_config, tiny_mllm_config
+    from lens_model.model.checkpoint import save_model
+    from lens_model.model.modeling import LensModel
+    from lens_model.model.tiny import build_tiny_processor, tiny_lens_config, tiny_mllm_config
 
     torch.manual_seed(0)
     pixels = args.image_size * args.image_size
@@ -64,7 +65,7 @@ def build_model(out: Path, args) -> None:
     lens_config = tiny_lens_config(num_queries=args.queries, sam_image_size=args.sam_size)
     lens_config.max_pixels = pixels
     lens_config.context_pass = args.context_pass
-    LensModel(mllm_config, lens_config).save_pretrained(out, processor=processor)
+    save_model(LensModel(mllm_config, lens_config), out, processor=processor)
 
 
 def distinct_images(records, k: int):
@@ -87,12 +88,12 @@ def per_row_rollouts(lens, processor, prompts, group_size: int, sampling: dict) 
     the completions and masks equal `generate_rollouts`' greedy ones (checked when this loop was written)."""
     import torch
 
-    from lens_model.answer import parse_answer
-    from lens_model.backends import TorchBackend
-    from lens_model.generation import completion_state
-    from lens_model.modeling import ContextInputs
-    from lens_model.prompting import decode_completions
-    from lens_model.sam import upsample_logits
+    from lens_model.inference.answer import parse_answer
+    from lens_model.inference.backends import TorchBackend
+    from lens_model.inference.generation import completion_state
+    from lens_model.inference.prompting import decode_completions
+    from lens_model.model.modeling import ContextInputs
+    from lens_model.model.sam import upsample_logits
 
     device = lens.device
     eos, pad = sampling["eos_token_ids"], sampling["pad_token_id"]
@@ -196,10 +197,10 @@ def run(args: argparse.Namespace, work: Path) -> int:
     import torch
     import transformers
 
-    from lens_model.checkpoint import load_model
     from lens_model.data import load_dataset
     from lens_model.data.synthetic import make_synthetic
-    from lens_model.prompting import special_token_ids
+    from lens_model.inference.prompting import special_token_ids
+    from lens_model.model.checkpoint import load_model
     from training.grpo import reference_logp, rollout_ious, rollout_samples
     from training.grpo_loss import group_advantages, grpo_loss
     from training.losses import mask_loss

@@ -37,7 +37,7 @@ def referred_object_accuracy(preds, records, objects) -> float:
 
 
 def summarize(preds, records) -> dict[str, float]:
-    from lens_model.metrics import SplitMetrics, score_sample
+    from lens_model.eval.metrics import SplitMetrics, score_sample
 
     metrics = SplitMetrics()
     for pred, record in zip(preds, records):
@@ -68,8 +68,8 @@ def teacher_forced_masks(model_dir: Path, records) -> list[np.ndarray | None]:
     (training.align: AlignExamples + Collator + mask_logits, the model in eval mode, its stage-1 context pass)."""
     import torch
 
-    from lens_model.checkpoint import load_model
-    from lens_model.sam import upsample_logits
+    from lens_model.model.checkpoint import load_model
+    from lens_model.model.sam import upsample_logits
     from training.align import mask_logits
     from training.config import AlignConfig
     from training.data import AlignExamples, Collator

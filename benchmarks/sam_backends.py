@@ -26,14 +26,14 @@ from pathlib import Path
 
 import torch
 
-from lens_model.backends import OnnxRuntimeBackend, TensorRTBackend, mask_decoder_feeds
-from lens_model.config import LensConfig, SamConfig
-from lens_model.context import ContextHead
 from lens_model.export import ExportOptions, export_parts
 from lens_model.export.parts import SegmentationParts
 from lens_model.export.tensorrt_runtime import tensorrt_available
-from lens_model.sam import build_sam, decode_masks, encode_image
-from lens_model.tiny import tiny_lens_config
+from lens_model.inference.backends import OnnxRuntimeBackend, TensorRTBackend, mask_decoder_feeds
+from lens_model.model.config import LensConfig, SamConfig
+from lens_model.model.context import ContextHead
+from lens_model.model.sam import build_sam, decode_masks, encode_image
+from lens_model.model.tiny import tiny_lens_config
 
 # (atol, rtol) of np.allclose-style checks: |backend - torch| <= atol + rtol * |torch| for every element.
 # float32 graphs against float32 torch: as tests/export_helpers.py (observed ~2e-6 features, ~5e-7 logits).

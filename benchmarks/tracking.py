@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lens_model.config import SamConfig
-from lens_model.modeling import LensModel
-from lens_model.pipeline import LensPipeline
-from lens_model.sam_memory import load_sam_memory
-from lens_model.tiny import build_tiny_processor, tiny_lens_config, tiny_mllm_config
-from lens_model.tracking import StreamingTracker
+from lens_model.inference.pipeline import LensPipeline
+from lens_model.model.config import SamConfig
+from lens_model.model.modeling import LensModel
+from lens_model.model.sam_memory import load_sam_memory
+from lens_model.model.tiny import build_tiny_processor, tiny_lens_config, tiny_mllm_config
+from lens_model.tracking.tracker import StreamingTracker
 
 SAMPLE_PHOTO = os.path.join(os.path.dirname(__file__), "..", "assets", "sample.jpg")
 GPU_GOAL_MASKS_PER_S = 60
@@ -121,8 +121,8 @@ def memory_bank(args) -> bool:
     torch.set_num_threads(1)  # thousands of tiny operations: one thread avoids the scheduling overhead
     config = sam_config("tiny", args.stream_size)
     torch.manual_seed(0)
-    from lens_model.sam import build_sam
-    from lens_model.sam_memory import attach_memory
+    from lens_model.model.sam import build_sam
+    from lens_model.model.sam_memory import attach_memory
 
     sam = build_sam(config)
     attach_memory(sam, load_sam_memory(config, allow_random=True))
@@ -155,8 +155,8 @@ def memory_bank(args) -> bool:
 
 
 def gpu_masks_per_second(args, device: torch.device) -> None:
-    from lens_model.sam import build_sam
-    from lens_model.sam_memory import attach_memory
+    from lens_model.model.sam import build_sam
+    from lens_model.model.sam_memory import attach_memory
 
     config = sam_config("sam2_hiera_l", 1024)
     sam = build_sam(config, device=device)

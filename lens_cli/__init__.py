@@ -1,5 +1,5 @@
-"""The `lens` command line (entry point `lens = lens_cli:main`, also `python -m lens_cli`): see `lens_cli.commands`."""
+"""The `lens` command line (entry point `lens = lens_cli:main`, also `python -m lens_cli`): see `lens_cli.main`."""
 
-from .commands import build_parser, main
+from .main import build_parser, main
 
 __all__ = ["build_parser", "main"]

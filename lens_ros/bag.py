@@ -36,9 +36,9 @@ and listed in BagSummary.failed; the run goes on.
 
 With `track=True` every frame gets outputs: LENS runs on the first frame (and on frames 0, N, 2N, ... when
 `every` N > 1, and again when the target is lost), SAM2's video memory tracks the object on the frames in between
-(lens_model.track_video.ReasonAndTrack); tracked frames write mask and detections (score: the object-presence
+(lens_model.tracking.track_video.ReasonAndTrack); tracked frames write mask and detections (score: the object-presence
 probability) but no reasoning. The SAM2 memory weights come from `sam_memory_checkpoint` or the model directory
-(lens_model.sam_memory); without them the run stops before the model loads.
+(lens_model.model.sam_memory); without them the run stops before the model loads.
 
 `pipeline` is anything called as `pipeline(rgb, prompt) -> SegmentationResult` (a LensPipeline); without it the
 model is loaded with LensPipeline.from_pretrained(model, device, dtype, max_new_tokens) after the inputs are
@@ -72,13 +72,14 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.base import TypesysError
 
 from lens_model.errors import ImageError, LensError
+from lens_model.geometry.target3d import Target3D, TargetOptions
 from lens_model.image_io import read_prompt
-from lens_model.target3d import Target3D, TargetOptions
 
 from .conversions import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, image_message_to_rgb, stamp_to_seconds
 from .depth import CameraCache, DepthBuffer, measure
 from .errors import BagError
-from .results import fill_result, fill_target, result_fields, target_header
+from .fields import result_fields
+from .messages import fill_result, fill_target, target_header
 
 # vision_msgs 4.1.1 (ros-perception/vision_msgs, branch ros2; the version Humble and Jazzy ship), comments removed.
 VISION_MSGS_DEFINITIONS: dict[str, str] = {
@@ -251,7 +252,7 @@ def _copy_connection(writer: Writer, conn, typestore) -> Any:
 
 
 def _load_pipeline(model: str, device: str, dtype: str, max_new_tokens: int):
-    from lens_model.pipeline import LensPipeline
+    from lens_model.inference.pipeline import LensPipeline
 
     return LensPipeline.from_pretrained(str(model), device=device, dtype=dtype, max_new_tokens=max_new_tokens)
 
@@ -323,7 +324,7 @@ def process_bag(
         )
         total = reader.message_count
         if model is None:
-            from lens_model.config import DEFAULT_MODEL_ID
+            from lens_model.model.config import DEFAULT_MODEL_ID
 
             model = DEFAULT_MODEL_ID
         memory = _sam_memory(pipeline, model, sam_memory_checkpoint) if track and tracker is None else None
@@ -331,7 +332,7 @@ def process_bag(
             pipeline = _load_pipeline(model, device, dtype, max_new_tokens)
         segmenter = None
         if track:
-            from lens_model.tracking import StreamingTracker
+            from lens_model.tracking.tracker import StreamingTracker
 
             if tracker is None:
                 tracker = StreamingTracker.from_lens_model(pipeline.model, memory)
@@ -364,8 +365,8 @@ def process_bag(
 
 
 def _sam_memory(pipeline, model, weights):
-    """SAM2 memory weights for tracking, checked before the model loads (lens_model.sam_memory)."""
-    from lens_model.sam_memory import load_model_sam_memory, load_sam_memory
+    """SAM2 memory weights for tracking, checked before the model loads (lens_model.model.sam_memory)."""
+    from lens_model.model.sam_memory import load_model_sam_memory, load_sam_memory
 
     if pipeline is not None:
         return load_sam_memory(pipeline.config.sam, weights=weights)
@@ -377,14 +378,14 @@ class _TrackingSegmenter:
     timestamp of the frame (set before each call) as the clock."""
 
     def __init__(self, pipeline, tracker, prompt: str, every: int, summary: BagSummary) -> None:
-        from lens_model.track_video import ReasonAndTrack
+        from lens_model.tracking.track_video import ReasonAndTrack
 
         self.runner = ReasonAndTrack(pipeline, tracker, prompt, reason_every=every if every > 1 else None)
         self.summary = summary
         self.timestamp = 0
 
     def __call__(self, rgb, prompt: str):
-        from lens_model.tracking_state import TrackState
+        from lens_model.tracking.state import TrackState
 
         outcome = self.runner.step(rgb, self.timestamp * 1e-9)
         self.summary.lens_queries += outcome.source == "lens"

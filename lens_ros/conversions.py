@@ -1,9 +1,10 @@
-"""sensor_msgs/Image and CompressedImage <-> numpy, without rclpy or cv_bridge.
+"""Input messages -> numpy, without rclpy or cv_bridge: sensor_msgs/Image and CompressedImage, PointCloud2, stamps.
+(The way out, result -> message fields -> messages, is lens_ros.fields and lens_ros.messages.)
 
 Messages are duck-typed: anything with the message's attributes works, so the same code serves rclpy messages
 (`data` is an `array.array('B')` or `bytes`) and rosbags' message dataclasses (`data` is a numpy uint8 array).
 
-Reading
+Images
     image_to_array(msg) -> np.ndarray
         sensor_msgs/Image -> (H, W) for mono8/8UC1/mono16/16UC1, (H, W, 3) for rgb8/bgr8, (H, W, 4) for
         rgba8/bgra8; uint8, or native-endian uint16 for the 16-bit encodings. Channel order is the encoding's
@@ -22,18 +23,8 @@ Reading
     image_message_to_rgb(msg, scale16="high_byte") -> np.ndarray
         either message type -> (H, W, 3) uint8 RGB (a message with `format` and no `encoding` is a CompressedImage).
 
-Writing
-    ImageFields: the fields of a sensor_msgs/Image as a plain dataclass (header, height, width, encoding,
-        is_bigendian, step, data as a 1-D uint8 numpy array).
-    array_to_fields(array, encoding, header) -> ImageFields   (little-endian data, is_bigendian=0, no padding)
-    fill_image(fields, types=None) -> message                 (an actual sensor_msgs/msg/Image)
-    array_to_image(array, encoding, header, types=None) -> message
-
-`types` (here and in lens_ros.results) names where message classes come from: a mapping from full type names
-("sensor_msgs/msg/Image") to classes — rosbags' `typestore.types` is one — or None to import them from the ROS 2
-Python packages (`sensor_msgs.msg.Image`), as an rclpy node does. Messages are built with every field given as
-a keyword argument, which both rclpy and rosbags classes accept; uint8[] fields get a numpy array for rosbags'
-dataclasses and an `array.array('B')` for rclpy classes.
+Point clouds
+    cloud_to_arrays(msg) -> (points (N, 3) float32, colours (N, 3) uint8)
 
 Stamps
     stamp_to_ns(header_or_time) -> int;  stamp_to_seconds(header_or_time) -> float
@@ -44,8 +35,6 @@ Every problem with a message raises `lens_ros.errors.ImageConversionError` with 
 from __future__ import annotations
 
 import array
-import dataclasses
-import importlib
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -216,91 +205,23 @@ def image_message_to_rgb(msg: Any, scale16: str = "high_byte") -> np.ndarray:
     return to_rgb(image_to_array(msg), str(msg.encoding), scale16)
 
 
-@dataclass
-class ImageFields:
-    """The fields of a sensor_msgs/Image; `data` is 1-D uint8 of length step × height."""
-
-    header: Any
-    height: int
-    width: int
-    encoding: str
-    is_bigendian: int
-    step: int
-    data: np.ndarray
-
-    def to_array(self) -> np.ndarray:
-        return image_to_array(self)
-
-
-def array_to_fields(array_: np.ndarray, encoding: str, header: Any) -> ImageFields:
-    """numpy array in `encoding`'s layout (as image_to_array returns) -> ImageFields with `header` (kept as is)."""
-    spec = encoding_spec(encoding)
-    values = np.asarray(array_)
-    if values.dtype != np.dtype(spec.dtype):
-        raise ImageConversionError(f"{encoding} image needs dtype {np.dtype(spec.dtype)}, got {values.dtype}")
-    if spec.channels == 1 and values.ndim == 3 and values.shape[2] == 1:
-        values = values[..., 0]
-    want = "(H, W)" if spec.channels == 1 else f"(H, W, {spec.channels})"
-    if values.ndim != (2 if spec.channels == 1 else 3) or (spec.channels > 1 and values.shape[2] != spec.channels):
-        raise ImageConversionError(f"{encoding} image needs shape {want}, got {values.shape}")
-    height, width = values.shape[:2]
-    if height == 0 or width == 0:
-        raise ImageConversionError(f"image is empty (shape {values.shape})")
-    if values.dtype.itemsize > 1:
-        values = values.astype(values.dtype.newbyteorder("<"))
-    data = np.frombuffer(np.ascontiguousarray(values).tobytes(), dtype=np.uint8).copy()
-    return ImageFields(
-        header=header,
-        height=int(height),
-        width=int(width),
-        encoding=encoding,
-        is_bigendian=0,
-        step=int(width * spec.bytes_per_pixel),
-        data=data,
+def cloud_to_arrays(msg: Any) -> tuple[np.ndarray, np.ndarray]:
+    """PointCloud2 with float32 x, y, z and rgb fields (any offsets, little-endian) -> (N, 3) float32 points,
+    (N, 3) uint8 colours (the inverse of lens_ros.fields.cloud_fields)."""
+    offsets = {f.name: int(f.offset) for f in msg.fields}
+    n = int(msg.width) * int(msg.height)
+    dtype = np.dtype(
+        {
+            "names": ["x", "y", "z", "rgb"],
+            "formats": ["<f4", "<f4", "<f4", "<u4"],
+            "offsets": [offsets[k] for k in ("x", "y", "z", "rgb")],
+            "itemsize": int(msg.point_step),
+        }
     )
-
-
-def message_class(name: str, types: Mapping[str, type] | None = None) -> type:
-    """Full ROS type name ("vision_msgs/msg/Detection2D") -> class, from `types` or the ROS 2 Python package."""
-    if types is not None:
-        try:
-            return types[name]
-        except KeyError:
-            raise ImportError(f"message type {name} is not in the given types; register it first") from None
-    package, kind, cls = name.split("/")
-    try:
-        return getattr(importlib.import_module(f"{package}.{kind}"), cls)
-    except (ImportError, AttributeError) as exc:
-        raise ImportError(
-            f"cannot import message type {name} ({exc}); source the ROS 2 workspace that provides {package}"
-        ) from None
-
-
-def byte_sequence(cls: type, data: np.ndarray) -> Any:
-    """A uint8[] field value for message class `cls`: numpy for rosbags' dataclasses, array.array for rclpy."""
-    data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
-    if dataclasses.is_dataclass(cls):
-        return data
-    return array.array("B", data.tobytes())
-
-
-def fill_image(fields: ImageFields, types: Mapping[str, type] | None = None) -> Any:
-    """ImageFields -> a sensor_msgs/msg/Image message (class from `types`, see the module docstring)."""
-    cls = message_class(IMAGE_TYPE, types)
-    return cls(
-        header=fields.header,
-        height=int(fields.height),
-        width=int(fields.width),
-        encoding=fields.encoding,
-        is_bigendian=int(fields.is_bigendian),
-        step=int(fields.step),
-        data=byte_sequence(cls, fields.data),
-    )
-
-
-def array_to_image(array_: np.ndarray, encoding: str, header: Any, types: Mapping[str, type] | None = None) -> Any:
-    """numpy array -> sensor_msgs/msg/Image with `header`; e.g. a (H, W) uint8 mask as mono8, an RGB overlay as rgb8."""
-    return fill_image(array_to_fields(array_, encoding, header), types)
+    cloud = np.frombuffer(np.asarray(msg.data, np.uint8).tobytes(), dtype, count=n)
+    rgb = cloud["rgb"]
+    colours = np.stack([(rgb >> 16) & 255, (rgb >> 8) & 255, rgb & 255], axis=1).astype(np.uint8)
+    return np.stack([cloud["x"], cloud["y"], cloud["z"]], axis=1), colours
 
 
 def _time_of(header_or_time: Any) -> Any:

@@ -1,10 +1,10 @@
 """Depth for the 3D target (plain Python, no rclpy): depth messages, their pairing with colour frames by stamp, and
-the measurement (lens_model.target3d) for one segmented frame.
+the measurement (lens_model.geometry.target3d) for one segmented frame.
 
     depth_message_to_metres(msg, scale=0.001) -> (H, W) float32 metres, NaN = invalid
         sensor_msgs/Image 16UC1 or mono16 (units of `scale` metres) or 32FC1 (metres); other encodings raise
         DepthError naming the encoding.
-    camera_from_info(msg, rectified=False) -> lens_model.target3d.PinholeCamera   (sensor_msgs/CameraInfo)
+    camera_from_info(msg, rectified=False) -> lens_model.geometry.target3d.PinholeCamera   (sensor_msgs/CameraInfo)
 
     DepthBuffer(slop_s=0.05, history=30)   thread-safe; the node's depth and camera_info callbacks fill it
         put_depth(msg, stamp)              keep a depth image (stamp: float seconds of its header)
@@ -21,7 +21,7 @@ the measurement (lens_model.target3d) for one segmented frame.
     CameraCache().get(camera_info, rectified) -> PinholeCamera
         the same camera object while the calibration is unchanged, so its undistortion table is built once
     measure(mask, match, scale=0.001, rectified=False, options=TargetOptions(), cameras=None) -> Target3D
-        the depth of `match` in metres, its camera, and lens_model.target3d.estimate_target; a camera_info with
+        the depth of `match` in metres, its camera, and lens_model.geometry.target3d.estimate_target; a camera_info with
         K all zero or of another size, a depth image of another size than the mask, an unsupported encoding raise
         DepthError (the node logs it and reports it in the result; nothing else is affected).
 
@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from lens_model.errors import DepthError
-from lens_model.target3d import PinholeCamera, Target3D, TargetOptions, depth_to_metres, estimate_target
+from lens_model.geometry.target3d import PinholeCamera, Target3D, TargetOptions, depth_to_metres, estimate_target
 
 from .conversions import EncodingSpec, image_to_array
 from .errors import ImageConversionError

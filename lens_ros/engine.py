@@ -9,7 +9,7 @@
     outcome = pending.wait(timeout)            # Outcome(success, message, result, messages, result_msg, header)
     engine.stop()
 
-With a `tracker` (lens_model.tracking.StreamingTracker; see lens_ros.tracking_worker.load_tracker) every result
+With a `tracker` (lens_model.tracking.tracker.StreamingTracker; see lens_ros.tracking_worker.load_tracker) every result
 on a camera frame starts SAM2 tracking of its mask, and each later camera frame is tracked on a separate thread
 (lens_ros.tracking_worker.TrackingWorker): `publish(outcome)` then also gets one Outcome per tracked frame
 (source "tracking": mask and detections, 3D with depth_enabled; no reasoning, overlay or result message) with that
@@ -19,9 +19,9 @@ submitting its prompt as a command (source "reground").
 The worker takes one command at a time (lens_ros.policy.CommandQueue), picks its frame (FrameBuffer: latest or
 next, staleness bound) unless the request brought its own image, converts it (lens_ros.conversions), runs the
 pipeline (streaming the generated text to `feedback` when given), builds the output messages
-(lens_ros.results, lens_ros.interfaces) and calls `publish(outcome)`. With depth_enabled it pairs the frame
+(lens_ros.fields, then lens_ros.messages) and calls `publish(outcome)`. With depth_enabled it pairs the frame
 with the depth image nearest in stamp (lens_ros.depth.DepthBuffer, within depth_slop_s) and measures the object's
-3D target (lens_model.target3d); a 3D failure (no depth in time, unusable camera_info, sizes that disagree, no
+3D target (lens_model.geometry.target3d); a 3D failure (no depth in time, unusable camera_info, sizes that disagree, no
 valid depth in the mask) is logged and reported in the result (has_3d false, error_3d) while the 2D result stands.
 Any failure — no frame, a stale frame, a bad image, an empty prompt, a model error — becomes
 Outcome(success=False, message=reason), is logged, and the worker goes on with the next command.
@@ -42,15 +42,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lens_model.errors import DepthError, LensError
-from lens_model.target3d import Target3D, TargetOptions
+from lens_model.geometry.target3d import Target3D, TargetOptions
 
 from .conversions import image_message_to_rgb, stamp_to_seconds
 from .depth import CameraCache, DepthBuffer, measure
 from .errors import LensRosError
-from .interfaces import fill_segmentation_result
+from .fields import result_fields
+from .messages import ResultMessages, TargetMessages, fill_result, fill_segmentation_result, fill_target, target_header
 from .params import NodeSettings
 from .policy import Command, CommandQueue, FrameBuffer
-from .results import ResultMessages, TargetMessages, fill_result, fill_target, result_fields, target_header
 from .streaming import TextSoFarStreamer
 from .tracking_worker import TrackingStatus, TrackingWorker, tracking_policy
 from .whisper import AudioError, UtteranceSegmenter, pcm_to_float, split_wav_header
@@ -72,8 +72,10 @@ class Outcome:
     result_msg: Any = None  # lens_interfaces/msg/SegmentationResult
     header: Any = None  # the segmented image's header
     seconds: float = 0.0  # queueing + inference
-    target: Any = None  # lens_model.target3d Target3D (depth_enabled); not ok: target.reason says why
-    tracked: Any = None  # source "tracking": the frame's lens_model.track_video FrameOutcome (state, object score)
+    target: Any = None  # lens_model.geometry.target3d Target3D (depth_enabled); not ok: target.reason says why
+    tracked: Any = (
+        None  # source "tracking": the frame's lens_model.tracking.track_video FrameOutcome (state, object score)
+    )
 
 
 @dataclass
@@ -312,7 +314,7 @@ class SegmentationEngine:
         return outcome
 
     def _publish_tracked(self, frame, msg: Any, rgb) -> None:
-        """One tracked frame (a lens_model.track_video FrameOutcome) -> mask, detections (3D) with its header."""
+        """One tracked frame (a lens_model.tracking.track_video FrameOutcome) -> mask, detections (3D), its header."""
         prompt = frame.decision.prompt
         result = frame.as_segmentation(prompt)
         header = msg.header

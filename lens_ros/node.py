@@ -80,7 +80,7 @@ try:
 except ImportError as exc:  # pragma: no cover
     raise ImportError(
         f"lens_node needs the lens_interfaces package ({exc}): build it with "
-        "`colcon build --packages-up-to lens_ros` (see the README) and source install/setup.bash"
+        "`colcon build --packages-up-to lens_ros` (see docs/ros.md) and source install/setup.bash"
     ) from exc
 
 from .engine import NOT_ACTIVE, Outcome, SegmentationEngine, SpokenCommands
@@ -124,7 +124,7 @@ class LensNode(LifecycleNode):
         self.settings: NodeSettings | None = None
         self.pipeline = None
         self.whisper: BackgroundWhisper | None = None  # loading or loaded from configure to cleanup
-        self.tracker = None  # lens_model.tracking.StreamingTracker with tracking on, from configure to cleanup
+        self.tracker = None  # lens_model.tracking.tracker.StreamingTracker with tracking on, from configure to cleanup
         self.engine: SegmentationEngine | None = None  # while active
         self.spoken: SpokenCommands | None = None  # while active, with spoken commands on
         self.gate = ServingGate(self.get_fully_qualified_name())
@@ -142,7 +142,7 @@ class LensNode(LifecycleNode):
         log = self.get_logger()
         try:
             self.settings = NodeSettings.from_values({p.name: self.get_parameter(p.name).value for p in PARAMETERS})
-            from lens_model.pipeline import LensPipeline
+            from lens_model.inference.pipeline import LensPipeline
 
             s = self.settings
             log.info(f"loading {s.model} (device {s.device}, dtype {s.dtype}, backend {s.backend})")

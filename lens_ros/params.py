@@ -1,8 +1,9 @@
 """The lens_ros node's parameters: names, defaults, descriptions, ranges and choices (plain Python, no rclpy).
 
 `lens_ros.node` declares exactly these (with rcl_interfaces ParameterDescriptor: description, integer/floating
-point range, choices in the description), `config/lens.yaml` lists every one with its default, and the README's
-parameter table is written from them. `NodeSettings.from_values(values)` checks a full set of values (as read
+point range, choices in the description), `config/lens.yaml` lists every one with its default, and the parameter
+table of docs/ros.md is this module's `markdown_table()` (`python -m lens_ros.params` prints it; a test checks they
+agree). `NodeSettings.from_values(values)` checks a full set of values (as read
 back from the node) and returns them typed; an invalid value raises `ParameterError` naming the parameter.
 """
 
@@ -11,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from lens_model.config import DEFAULT_MODEL_ID
 from lens_model.errors import LensError
+from lens_model.model.config import DEFAULT_MODEL_ID
 from lens_model.vocab import ANSWER_FORMATS, BACKENDS, CONTEXT_PASS_MODES, DTYPES
 
 from .conversions import SCALE16_MODES
@@ -414,3 +415,19 @@ class NodeSettings:
 
 
 assert [f.name for f in fields(NodeSettings)] == list(PARAMETER_NAMES), "NodeSettings must mirror PARAMETERS"
+
+
+def markdown_table() -> str:
+    """The parameter table of docs/ros.md: name, default as in config/lens.yaml, description with its range or
+    choices (a `|` inside a cell escaped, so that the table keeps three columns)."""
+    rows = ["| parameter | default | meaning |", "| --- | --- | --- |"]
+    for spec in PARAMETERS:
+        default = spec.default
+        shown = ("true" if default else "false") if isinstance(default, bool) else str(default) or '""'
+        description = spec.full_description().replace("|", r"\|")
+        rows.append(f"| `{spec.name}` | `{shown}` | {description} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

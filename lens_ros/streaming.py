@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from transformers.generation.streamers import BaseStreamer
 
-from lens_model.prompting import decode_completion
+from lens_model.inference.prompting import decode_completion
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ holds one pending frame (latest-frame policy): a frame that arrives before the p
 and counts as dropped, so a tracker slower than the camera falls behind by at most one frame and memory stays
 bounded. Frames stamped at or before the grounding frame are not tracked (the target starts there).
 
-Per frame it reuses lens_model.track_video.ReasonAndTrack (`ground` on a LENS result, `follow` on a camera frame:
-the SAM2 streaming tracker judged by lens_model.tracking_state's state machine) and hands the FrameOutcome to
+Per frame it reuses lens_model.tracking.track_video.ReasonAndTrack (`ground` on a LENS result, `follow` on a camera
+frame: the SAM2 streaming tracker judged by lens_model.tracking.state's state machine) and hands the FrameOutcome to
 `publish_frame(outcome, msg, rgb)`. When the state machine asks for re-grounding (the target was lost, a frame of
 another size reset it, or reground_period_s elapsed) it calls `reground(prompt)`, which submits the prompt to the
 reasoning worker and returns its lens_ros.engine Request; a re-grounding that fails or is dropped from the command
@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from lens_model.errors import LensError
-from lens_model.track_video import FrameOutcome, ReasonAndTrack
-from lens_model.tracking_state import TrackingPolicy, TrackState
+from lens_model.tracking.state import TrackingPolicy, TrackState
+from lens_model.tracking.track_video import FrameOutcome, ReasonAndTrack
 
 from .conversions import image_message_to_rgb
 from .params import TRACKING_MODES
@@ -83,9 +83,9 @@ def load_tracker(pipeline, settings, log=LOG):
     if settings.backend != "torch":
         log.warning(f"tracking disabled: it runs SAM2 in torch, and backend is {settings.backend}")
         return None
-    from lens_model.checkpoint import resolve_model_dir
-    from lens_model.sam_memory import MEMORY_WEIGHTS_FILE, load_sam_memory, official_checkpoint_name
-    from lens_model.tracking import StreamingTracker
+    from lens_model.model.checkpoint import MEMORY_WEIGHTS_FILE, resolve_model_dir
+    from lens_model.model.sam_memory import custom_sam2_note, load_sam_memory, official_checkpoint_name
+    from lens_model.tracking.tracker import StreamingTracker
 
     sam_config = model.lens_config.sam
     weights = settings.sam_memory_checkpoint or None
@@ -95,6 +95,7 @@ def load_tracker(pipeline, settings, log=LOG):
             raise LensError(
                 f"{settings.model} has no {MEMORY_WEIGHTS_FILE} (LENS checkpoints keep SAM2 without its video-memory "
                 f"modules); set sam_memory_checkpoint to the official {official_checkpoint_name(sam_config)}"
+                f"{custom_sam2_note(sam_config)}"
             )
         memory = load_sam_memory(sam_config, model_dir=model_dir, weights=weights)
     except (LensError, OSError, RuntimeError, ValueError) as exc:  # unusable weights must not stop reasoning

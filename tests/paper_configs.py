@@ -7,7 +7,7 @@ Values are those of the public `Qwen/Qwen2.5-VL-3B-Instruct` (LENS-3B) and `Qwen
 
 from __future__ import annotations
 
-from lens_model.config import LensConfig
+from lens_model.model.config import LensConfig
 
 _QWEN_IDS = dict(
     bos_token_id=151643,

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from lens_model.answer import ANSWER_FORMATS, box_iou, clip_box, parse_answer, rescale_box, smart_resize
+from lens_model.inference.answer import ANSWER_FORMATS, box_iou, clip_box, parse_answer, rescale_box, smart_resize
 
 
 @pytest.mark.parametrize(

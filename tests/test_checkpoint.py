@@ -1,4 +1,4 @@
-"""save_pretrained / from_pretrained round trips, the Qwen2-VL (LENS-2B) family, SAM2 .pt loading, bad checkpoints."""
+"""save_model / load_model round trips, the Qwen2-VL (LENS-2B) family, SAM2 .pt loading, bad checkpoints."""
 
 import json
 import shutil
@@ -6,16 +6,22 @@ import shutil
 import pytest
 import torch
 
-from lens_model.checkpoint import load_model, load_sam2_checkpoint, resolve_model_dir, state_dict_for_saving
 from lens_model.errors import CheckpointError
-from lens_model.sam import build_sam
-from lens_model.tiny import make_tiny, tiny_lens_config
+from lens_model.model.checkpoint import (
+    load_model,
+    load_sam2_checkpoint,
+    resolve_model_dir,
+    save_model,
+    state_dict_for_saving,
+)
+from lens_model.model.sam import build_sam
+from lens_model.model.tiny import make_tiny, tiny_lens_config
 
 
 def test_round_trip_keeps_every_tensor_and_config(tiny_dir, tmp_path):
     model, processor = load_model(tiny_dir)
     model.lens_config.prompt.system_prompt = "custom system prompt"
-    model.save_pretrained(tmp_path / "copy", processor=processor)
+    save_model(model, tmp_path / "copy", processor=processor)
     again, processor2 = load_model(tmp_path / "copy")
     a, b = state_dict_for_saving(model), state_dict_for_saving(again)
     assert set(a) == set(b)
@@ -38,7 +44,7 @@ def test_make_tiny_is_deterministic_per_seed(tmp_path):
 def test_qwen2_vl_family_builds_saves_and_runs_the_context_pass(tmp_path):
     import numpy as np
 
-    from lens_model.pipeline import LensPipeline
+    from lens_model.inference.pipeline import LensPipeline
 
     path = make_tiny(tmp_path / "lens2b-tiny", mllm_type="qwen2_vl")
     pipe = LensPipeline.from_pretrained(str(path), device="cpu", max_new_tokens=4)

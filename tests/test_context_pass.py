@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from lens_model.checkpoint import load_model
-from lens_model.modeling import ContextInputs, completion_mask
-from lens_model.sam import preprocess_for_sam
+from lens_model.inference.generation import completion_mask
+from lens_model.model.checkpoint import load_model
+from lens_model.model.modeling import ContextInputs
+from lens_model.model.sam import preprocess_for_sam
 
 ATOL = 1e-4
 
@@ -183,7 +184,7 @@ def test_cached_pass_with_rows_ending_at_different_steps(loaded):
 
 
 def _rows(batch, rgb, model):
-    from lens_model.generation import PromptRows
+    from lens_model.inference.generation import PromptRows
 
     r = batch["input_ids"].shape[0]
     return PromptRows(
@@ -225,8 +226,8 @@ def test_official_pass_ignores_endoftext_like_the_released_evaluation(tiny_offic
     """Answers that end on <|endoftext|> (forced as the last generated token) and answers given as ids (one
     ending on <|im_end|>, one on <|endoftext|>): the official pass equals the released evaluation's, which sets
     the attention mask to 0 on every <|endoftext|> before appending the queries."""
-    from lens_model.generation import Completions, generate_and_segment
-    from lens_model.prompting import special_token_ids
+    from lens_model.inference.generation import Completions, generate_and_segment
+    from lens_model.inference.prompting import special_token_ids
 
     model, processor = load_model(tiny_official_dir)
     tok = processor.tokenizer
@@ -280,8 +281,8 @@ def test_official_pass_ignores_endoftext_like_the_released_evaluation(tiny_offic
 def test_cached_pass_attends_what_the_official_pass_attends(loaded):
     """`cached` reuses the KV cache and reads the same tokens as `official` — never <|endoftext|> — at the M-RoPE
     positions that continue generation: it equals a full M-RoPE pass under the released evaluation's mask."""
-    from lens_model.generation import generate_and_segment
-    from lens_model.prompting import special_token_ids
+    from lens_model.inference.generation import generate_and_segment
+    from lens_model.inference.prompting import special_token_ids
 
     model, processor, _ = loaded
     tok = processor.tokenizer

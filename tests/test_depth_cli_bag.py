@@ -1,5 +1,5 @@
 """`lens segment --depth --camera-info` and `lens bag --depth-topic --camera-info-topic` end to end with the tiny
-LENS model (random weights: its mask is arbitrary, so the 3D numbers are checked against lens_model.target3d
+LENS model (random weights: its mask is arbitrary, so the 3D numbers are checked against lens_model.geometry.target3d
 applied to the mask it wrote)."""
 
 import json
@@ -12,7 +12,7 @@ from depth_scenes import render, rgb_of
 from PIL import Image
 
 from lens_cli import main
-from lens_model.target3d import PinholeCamera, depth_to_metres, estimate_target
+from lens_model.geometry.target3d import PinholeCamera, depth_to_metres, estimate_target
 
 K4 = np.array([[131.25, 0.0, 79.5], [0.0, 131.25, 59.5], [0.0, 0.0, 1.0]])
 W4, H4 = 160, 120
@@ -127,7 +127,7 @@ def write_rgbd_bag(path, ts, scene):
     depth 0.5 s late (outside the slop). camera_info once, at the start."""
     from rosbags.rosbag2 import Writer
 
-    from lens_ros.conversions import array_to_image
+    from lens_ros.messages import array_to_image
 
     t = ts.types
     millimetres = np.rint(scene.depth * 1000).astype("<u2")
@@ -179,8 +179,7 @@ def test_bag_with_depth_writes_the_3d_targets(tiny_dir, tmp_path, scene, capsys)
     from rosbags.rosbag2 import Reader
 
     from lens_ros.bag import lens_typestore
-    from lens_ros.conversions import image_to_array
-    from lens_ros.results import cloud_to_arrays
+    from lens_ros.conversions import cloud_to_arrays, image_to_array
 
     ts = lens_typestore()
     src = write_rgbd_bag(tmp_path / "in", ts, scene)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from lens_cli import main
 from lens_model.data import load_dataset
-from lens_model.pipeline import LensPipeline
+from lens_model.inference.pipeline import LensPipeline
 
 LIMIT = 8
 
@@ -123,7 +123,7 @@ def _check_rows_against_records_and_pipeline(tiny_dir, rows, records, recompute)
             assert row["box_iou"] == pytest.approx(_box_iou(row["pred_box"], row["gt_box"]), abs=1e-3)
     pipe = LensPipeline.from_pretrained(str(tiny_dir), device="cpu")
     if "reason" in records[0].dataset:
-        from lens_model.evaluate import REASONSEG_MLLM_LONGEST_SIDE
+        from lens_model.eval.evaluate import REASONSEG_MLLM_LONGEST_SIDE
 
         pipe.mllm_longest_side = REASONSEG_MLLM_LONGEST_SIDE
     for row in [r for r in rows if r["sample_id"] in recompute]:

@@ -13,13 +13,19 @@ from export_helpers import MIN_MASK_AGREEMENT, assert_close, exported
 from PIL import Image
 
 from lens_cli import main
-from lens_model.backends import OnnxRuntimeBackend, TorchBackend, check_backend_args, load_backend, open_backend
 from lens_model.errors import LensError
 from lens_model.export import ExportError, read_metadata
 from lens_model.export.tensorrt_runtime import tensorrt_available
 from lens_model.image_io import load_image
-from lens_model.pipeline import LensPipeline
-from lens_model.sam import preprocess_for_sam
+from lens_model.inference.backends import (
+    OnnxRuntimeBackend,
+    TorchBackend,
+    check_backend_args,
+    load_backend,
+    open_backend,
+)
+from lens_model.inference.pipeline import LensPipeline
+from lens_model.model.sam import preprocess_for_sam
 
 PROMPTS = ["the astronaut's helmet", "the flag on the left"]
 

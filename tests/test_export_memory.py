@@ -11,8 +11,6 @@ import pytest
 import torch
 from export_helpers import FP16_TOLERANCE, ort_run
 
-from lens_model.backends import OnnxRuntimeBackend
-from lens_model.context import ContextHead
 from lens_model.export import (
     ExportError,
     ExportOptions,
@@ -26,7 +24,9 @@ from lens_model.export.onnx_export import export_memory_graphs
 from lens_model.export.op_support import check_file, load_operator_table
 from lens_model.export.parts import SegmentationParts
 from lens_model.export.tensorrt_runtime import tensorrt_available
-from lens_model.tiny import tiny_lens_config
+from lens_model.inference.backends import OnnxRuntimeBackend
+from lens_model.model.context import ContextHead
+from lens_model.model.tiny import tiny_lens_config
 
 IMAGE_SIZE = 128  # small: 8x8 = 64 tokens per frame
 HW = (IMAGE_SIZE // 16) ** 2
@@ -327,7 +327,7 @@ def tracking_engines(export_dir, tmp_path_factory):
 @pytest.mark.parametrize("frames, pointers", [(1, 4), (7, 64)])
 @pytest.mark.parametrize("batch", [1, 6])  # 6 > max batch 4: two chunks, the pointer count fed to both
 def test_tracking_engines_match_torch(tracking_engines, tracking_sam, frames, pointers, batch):
-    from lens_model.backends import TensorRTBackend
+    from lens_model.inference.backends import TensorRTBackend
 
     meta = read_metadata(tracking_engines)
     assert all((tracking_engines / g.engine).is_file() for g in meta.graphs.values()) and len(meta.graphs) == 5

@@ -18,7 +18,7 @@ from lens_model.export.onnx_export import export_graph, prepare_out_dir
 from lens_model.export.op_support import check_file
 from lens_model.export.parts import load_segmentation_parts, sam_at_image_size
 from lens_model.image_io import load_image
-from lens_model.sam import PIXEL_MEAN, PIXEL_STD, decode_masks, encode_image, preprocess_for_sam, upsample_logits
+from lens_model.model.sam import PIXEL_MEAN, PIXEL_STD, decode_masks, encode_image, preprocess_for_sam, upsample_logits
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import torch
 from conftest import SAMPLE_PHOTO
 from export_helpers import MIN_MASK_AGREEMENT, exported
 
-from lens_model.backends import TensorRTBackend
 from lens_model.errors import LensError
 from lens_model.export import ExportError, read_metadata
 from lens_model.export.metadata import TensorRTInfo
 from lens_model.export.tensorrt_runtime import check_engines_runnable, engine_mismatch, tensorrt_available
+from lens_model.inference.backends import TensorRTBackend
 
 needs_tensorrt = pytest.mark.skipif(
     not tensorrt_available(),
@@ -97,7 +97,7 @@ def test_engines_and_metadata_are_written(engines):
 @pytest.mark.parametrize("batch", [1, 6])  # 6 > max batch 4: runs in two chunks
 def test_fp32_engines_match_torch(tiny_dir, engines, batch):
     from lens_model.export.parts import load_segmentation_parts
-    from lens_model.sam import decode_masks, encode_image
+    from lens_model.model.sam import decode_masks, encode_image
 
     parts = load_segmentation_parts(tiny_dir)
     backend = TensorRTBackend(engines["fp32"], device="cuda")
@@ -121,7 +121,7 @@ def test_fp32_engines_match_torch(tiny_dir, engines, batch):
 @needs_tensorrt
 @pytest.mark.parametrize("precision, minimum", [("fp32", MIN_MASK_AGREEMENT), ("fp16", MIN_FP16_MASK_AGREEMENT)])
 def test_pipeline_with_tensorrt_gives_the_torch_mask(tiny_dir, engines, precision, minimum):
-    from lens_model.pipeline import LensPipeline
+    from lens_model.inference.pipeline import LensPipeline
 
     want = LensPipeline.from_pretrained(str(tiny_dir), device="cuda", dtype="float32", max_new_tokens=4)(
         SAMPLE_PHOTO, "the helmet"

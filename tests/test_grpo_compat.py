@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lens_model.checkpoint import load_model
 from lens_model.data import load_dataset
-from lens_model.prompting import special_token_ids
+from lens_model.inference.prompting import special_token_ids
+from lens_model.model.checkpoint import load_model
 from training.config import GRPOConfig
 from training.grpo import (
     load_reference,
@@ -38,7 +38,7 @@ REWARDS = {"box_iou": 1.0, "segment_iou": 1.0}  # the released RefCOCO run: box 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from lens_model.data.synthetic import make_synthetic
-    from lens_model.tiny import make_tiny
+    from lens_model.model.tiny import make_tiny
 
     scenes = make_synthetic(tmp_path_factory.mktemp("compat-data") / "scenes", n_images=2, seed=3, image_size=224)
     path = make_tiny(tmp_path_factory.mktemp("compat") / "tiny", seed=6, context_pass="official")

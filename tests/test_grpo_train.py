@@ -14,10 +14,10 @@ import torch
 from conftest import REPO
 from safetensors.torch import load_file
 
-from lens_model.checkpoint import load_model  # noqa: E402
 from lens_model.data import load_dataset  # noqa: E402
-from lens_model.modeling import ContextInputs, embed_with_images, image_features_per_row  # noqa: E402
-from lens_model.prompting import special_token_ids  # noqa: E402
+from lens_model.inference.prompting import special_token_ids  # noqa: E402
+from lens_model.model.checkpoint import load_model  # noqa: E402
+from lens_model.model.modeling import ContextInputs, embed_with_images, image_features_per_row  # noqa: E402
 from training.config import GRPOConfig  # noqa: E402
 from training.grpo import ScoredRollout, micro_loss, rollout_ious, rollout_samples  # noqa: E402
 from training.grpo import main as grpo_main
@@ -39,7 +39,7 @@ def scenes(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=["official", "cached"])
 def policy(request, tmp_path_factory):
-    from lens_model.tiny import make_tiny
+    from lens_model.model.tiny import make_tiny
 
     path = make_tiny(tmp_path_factory.mktemp(f"grpo-{request.param}") / "tiny", seed=4, context_pass=request.param)
     model, processor = load_model(path)
@@ -124,7 +124,7 @@ def test_logprobs_use_the_sampling_positions(policy, scenes):
         logp, _ = sequence_logprobs(model.mllm, ctx, images, p, temperature=0.7)
         torch.testing.assert_close(logp, expected, rtol=1e-4, atol=1e-4)
         embeds = embed_with_images(model.mllm, gen.sequences, images, ctx.mm_token_type_ids)
-        from lens_model.modeling import positions_1d
+        from lens_model.model.modeling import positions_1d
 
         hidden = model.mllm.model.language_model(
             inputs_embeds=embeds, attention_mask=ctx.attention_mask, position_ids=positions_1d(ctx.attention_mask)
@@ -233,7 +233,7 @@ def _curve(out):
 
 @pytest.fixture(scope="module")
 def official_init(tmp_path_factory):
-    from lens_model.tiny import make_tiny
+    from lens_model.model.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("grpo-init") / "tiny", seed=6, context_pass="official")
 

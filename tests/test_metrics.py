@@ -1,4 +1,4 @@
-"""gIoU / cIoU / P@IoU / box accuracy (lens_model.metrics), checked against numbers worked out by hand.
+"""gIoU / cIoU / P@IoU / box accuracy (lens_model.eval.metrics), checked against numbers worked out by hand.
 
 Protocol (docs/design.md, "Evaluation"): per sample I = |P ∧ G|, U = |P ∨ G|;
 cIoU = ΣI / (ΣU + 1e-8) over a split; gIoU = mean of I / (U + 1e-5), a sample with U = 0 counting 1.0.
@@ -10,8 +10,8 @@ import random
 import numpy as np
 import pytest
 
-from lens_model.answer import box_iou
-from lens_model.metrics import BOX_HIT_IOU, PRECISION_THRESHOLDS, SampleScore, SplitMetrics, score_sample
+from lens_model.eval.metrics import BOX_HIT_IOU, PRECISION_THRESHOLDS, SampleScore, SplitMetrics, score_sample
+from lens_model.inference.answer import box_iou
 
 SUMMARY_KEYS = {"n", "gIoU", "cIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9", "box_acc"}
 
@@ -457,7 +457,7 @@ def test_bootstrap_interval_of_a_mean_matches_the_normal_approximation():
     """For a 0/1 sample of n = 2,000 with p = 0.8 the 95 % percentile bootstrap interval of the mean is close to
     the closed-form p ± 1.96·sqrt(p(1−p)/n) = 0.8 ± 0.0175 (tolerance 0.004: bootstrap noise with 2,000
     resamples); seeded, so the same call gives the same interval; a statistic on rows (cIoU) works too."""
-    from lens_model.metrics import bootstrap_interval
+    from lens_model.eval.metrics import bootstrap_interval
 
     values = np.array([1.0] * 1600 + [0.0] * 400)
     value, low, high = bootstrap_interval(values, n_boot=2000, seed=1)

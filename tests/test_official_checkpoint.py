@@ -14,9 +14,9 @@ import torch
 from conftest import REPO
 from safetensors.torch import save_file
 
-from lens_model.checkpoint import load_model, state_dict_for_saving
 from lens_model.errors import CheckpointError
-from lens_model.tiny import QWEN_SPECIAL_TOKENS, build_tiny_processor
+from lens_model.model.checkpoint import load_model, state_dict_for_saving
+from lens_model.model.tiny import QWEN_SPECIAL_TOKENS, build_tiny_processor
 
 TSV = REPO / "tests" / "data" / "released-lens-state-dict-tiny.tsv"  # copy of shared/reference
 # Where each released name lives in our model (`state_dict_for_saving` names). Qwen keys are renamed

@@ -9,11 +9,11 @@ import torch
 from conftest import SAMPLE_PHOTO, run_cli
 from PIL import Image
 
-from lens_model.answer import smart_resize
 from lens_model.errors import ImageError, PromptError
-from lens_model.pipeline import LensPipeline
-from lens_model.prompting import box_from_answer
-from lens_model.sam import preprocess_for_sam, upsample_logits
+from lens_model.inference.answer import smart_resize
+from lens_model.inference.pipeline import LensPipeline
+from lens_model.inference.prompting import box_from_answer
+from lens_model.model.sam import preprocess_for_sam, upsample_logits
 
 
 @pytest.fixture(scope="module")

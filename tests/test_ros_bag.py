@@ -17,11 +17,12 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer  # noqa: E402
 from rosbags.typesys import get_types_from_msg  # noqa: E402
 
 from lens_cli import main  # noqa: E402
-from lens_model.answer import smart_resize  # noqa: E402
 from lens_model.errors import PromptError  # noqa: E402
-from lens_model.pipeline import LensPipeline  # noqa: E402
+from lens_model.inference.answer import smart_resize  # noqa: E402
+from lens_model.inference.pipeline import LensPipeline  # noqa: E402
 from lens_ros.bag import BagError, lens_typestore, process_bag  # noqa: E402
-from lens_ros.conversions import array_to_image, image_to_array  # noqa: E402
+from lens_ros.conversions import image_to_array
+from lens_ros.messages import array_to_image
 
 H, W = 24, 32
 PROMPT = "the red cup"
@@ -391,9 +392,9 @@ def test_humble_bag_without_type_definitions(tmp_path, ts, tiny_pipe):
 def test_lens_bag_track_writes_every_frame(capsys, tmp_path, ts, box_model_dir):
     """--track: LENS on frame 0 (and when the target is lost), SAM2 tracking on the others; every frame gets a mask
     and detections with its own header, reasoning only where LENS ran; the masks are the library's."""
-    from lens_model.sam_memory import load_sam_memory
-    from lens_model.track_video import ReasonAndTrack
-    from lens_model.tracking import StreamingTracker
+    from lens_model.model.sam_memory import load_sam_memory
+    from lens_model.tracking.track_video import ReasonAndTrack
+    from lens_model.tracking.tracker import StreamingTracker
 
     n = 5
     src = write_bag(tmp_path / "in", ts, n=n)

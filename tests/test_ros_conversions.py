@@ -17,19 +17,16 @@ from rosbags.typesys import Stores, get_typestore  # noqa: E402
 from lens_model.errors import ImageError, LensError  # noqa: E402
 from lens_ros.conversions import (  # noqa: E402
     SUPPORTED_ENCODINGS,
-    ImageFields,
-    array_to_fields,
-    array_to_image,
     compressed_to_rgb,
-    fill_image,
     image_message_to_rgb,
     image_to_array,
-    message_class,
     stamp_to_ns,
     stamp_to_seconds,
     to_rgb,
 )
 from lens_ros.errors import ImageConversionError, LensRosError  # noqa: E402
+from lens_ros.fields import ImageFields, array_to_fields  # noqa: E402
+from lens_ros.messages import array_to_image, fill_image, message_class  # noqa: E402
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"

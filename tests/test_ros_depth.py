@@ -11,9 +11,10 @@ from depth_scenes import render, rgb_of
 from ros_helpers import cdr, header, image_msg, lens_test_typestore
 
 from lens_model.errors import DepthError
-from lens_model.target3d import PinholeCamera, TargetOptions, depth_to_metres, estimate_target
+from lens_model.geometry.target3d import PinholeCamera, TargetOptions, depth_to_metres, estimate_target
+from lens_ros.conversions import cloud_to_arrays
 from lens_ros.depth import CameraCache, DepthBuffer, DepthMatch, camera_from_info, depth_message_to_metres, measure
-from lens_ros.results import cloud_to_arrays, fill_target, target_header
+from lens_ros.messages import fill_target, target_header
 
 # a 160x120 camera (the 640x480 one scaled by 1/4) looking at the box in front of the wall
 K4 = np.array([[131.25, 0.0, 79.5], [0.0, 131.25, 59.5], [0.0, 0.0, 1.0]])
@@ -237,7 +238,7 @@ def test_measure_equals_the_library_on_the_same_arrays(store, scene):
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_dir):
-    from lens_model.pipeline import LensPipeline
+    from lens_model.inference.pipeline import LensPipeline
 
     return LensPipeline.from_pretrained(str(tiny_dir), device="cpu", max_new_tokens=8)
 

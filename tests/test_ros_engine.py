@@ -34,7 +34,7 @@ def store():
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_dir):
-    from lens_model.pipeline import LensPipeline
+    from lens_model.inference.pipeline import LensPipeline
 
     return LensPipeline.from_pretrained(str(tiny_dir), device="cpu", max_new_tokens=8)
 
@@ -171,7 +171,7 @@ def test_bad_frames_are_logged_answered_and_the_engine_keeps_going(make_engine, 
 
 
 def test_a_model_error_mid_request_is_answered_and_the_worker_survives(make_engine, store, tiny_dir, caplog):
-    from lens_model.pipeline import LensPipeline
+    from lens_model.inference.pipeline import LensPipeline
 
     for kwargs, reason in (
         ({"max_prompt_tokens": 10}, "this model accepts at most 10"),

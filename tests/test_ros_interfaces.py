@@ -192,7 +192,7 @@ def _header(store):
 
 
 def _result(box=(10.0, 20.0, 50.0, 40.0)):
-    from lens_model.pipeline import SegmentationResult
+    from lens_model.inference.pipeline import SegmentationResult
 
     mask = np.zeros((48, 64), bool)
     mask[20:40, 10:50] = True
@@ -213,8 +213,8 @@ def _result(box=(10.0, 20.0, 50.0, 40.0)):
 
 @pytest.mark.parametrize("box", [(10.0, 20.0, 50.0, 40.0), None])
 def test_segmentation_result_round_trips_through_cdr(typestore, box):
-    from lens_ros.interfaces import RESULT_TYPE, fill_segmentation_result
-    from lens_ros.results import fill_result, result_fields
+    from lens_ros.fields import result_fields
+    from lens_ros.messages import RESULT_TYPE, fill_result, fill_segmentation_result
 
     types = typestore.types
     header = _header(typestore)
@@ -242,9 +242,8 @@ def test_segmentation_result_round_trips_through_cdr(typestore, box):
 
 
 def test_service_and_action_parts_serialise_with_the_filled_result(typestore):
-    from lens_ros.conversions import array_to_image
-    from lens_ros.interfaces import fill_segmentation_result
-    from lens_ros.results import fill_result, result_fields
+    from lens_ros.fields import result_fields
+    from lens_ros.messages import array_to_image, fill_result, fill_segmentation_result
 
     t = typestore.types
     header = _header(typestore)

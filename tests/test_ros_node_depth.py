@@ -1,6 +1,6 @@
 """The rclpy node's 3D target: a colour + depth + camera_info triple published on the node's topics comes back as
-`target_point` and `detections_3d`. Needs a sourced ROS 2 (Humble or Jazzy) with lens_interfaces built; skips
-otherwise — the same path is tested without ROS in test_ros_depth.py (engine, messages, bad input)."""
+`target_point` and `detections_3d`. Needs ROS 2 with lens_interfaces built (as test_ros_node.py); skips otherwise
+(fails under CI=true) — the same path is tested without ROS in test_ros_depth.py (engine, messages, bad input)."""
 
 import numpy as np
 import pytest
@@ -27,7 +27,8 @@ def test_a_colour_depth_camera_info_triple_gives_target_point_and_detections_3d(
     from std_msgs.msg import Header, String
     from vision_msgs.msg import Detection3DArray
 
-    from lens_ros.conversions import array_to_image, stamp_to_seconds
+    from lens_ros.conversions import stamp_to_seconds
+    from lens_ros.messages import array_to_image
 
     node, client = ros
     scene = render(k=K4, width=160, height=120)

@@ -1,4 +1,4 @@
-"""The node's parameters, config/lens.yaml, the launch file and the README tables agree — checked without ROS
+"""The node's parameters, config/lens.yaml, the launch file and the tables of docs/ros.md agree — checked without ROS
 (node.py and the launch file are read with `ast`; the launch file is also imported when `launch` is installed)."""
 
 import ast
@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from lens_ros.params import DEFAULTS, PARAMETER_NAMES, PARAMETERS, NodeSettings, ParameterError
+from lens_ros.params import DEFAULTS, PARAMETER_NAMES, PARAMETERS, NodeSettings, ParameterError, markdown_table
 
 NODE = REPO / "lens_ros" / "node.py"
 ENGINE = REPO / "lens_ros" / "engine.py"
@@ -120,10 +120,10 @@ def test_every_parameter_choice_is_accepted_by_the_code_that_uses_it():
     import numpy as np
     import torch
 
-    from lens_model.backends import check_backend_args
-    from lens_model.config import DEFAULT_MODEL_ID
     from lens_model.devices import resolve_dtype
     from lens_model.errors import LensError
+    from lens_model.inference.backends import check_backend_args
+    from lens_model.model.config import DEFAULT_MODEL_ID
     from lens_ros.conversions import to_rgb
     from lens_ros.whisper import AudioError, pcm_to_float
 
@@ -236,11 +236,11 @@ def test_launch_file_builds_a_launch_description(monkeypatch):
     } <= names
 
 
-# --- README ---
+# --- docs/ros.md (the ROS section that was the README's) ---
 
 
 def _readme_section() -> str:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "ros.md").read_text()
     return text[text.index("## In a ROS 2 workspace") :][len("## In a ROS 2 workspace") :].split("\n## ", 1)[0]
 
 
@@ -251,6 +251,11 @@ def test_readme_parameter_table_lists_every_parameter_with_its_default():
     for name, default in DEFAULTS.items():
         shown = ("true" if default else "false") if isinstance(default, bool) else str(default) or '""'
         assert rows[name] == shown, name
+
+
+def test_the_parameter_table_is_the_one_the_code_writes():
+    """docs/ros.md holds `python -m lens_ros.params`'s table as it is: descriptions, ranges and choices included."""
+    assert markdown_table() in _readme_section()
 
 
 def test_readme_topic_table_and_service_call():

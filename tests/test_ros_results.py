@@ -10,21 +10,23 @@ import ros_helpers  # noqa: E402
 import rosbags  # noqa: F401
 from ros_helpers import cdr  # noqa: E402
 
+from lens_model.inference.pipeline import SegmentationResult  # noqa: E402
 from lens_model.overlay import draw_overlay  # noqa: E402
-from lens_model.pipeline import SegmentationResult  # noqa: E402
 from lens_ros.bag import lens_typestore  # noqa: E402
-from lens_ros.conversions import image_to_array  # noqa: E402
+from lens_ros.conversions import image_to_array
 from lens_ros.errors import ImageConversionError  # noqa: E402
-from lens_ros.results import (  # noqa: E402
-    MESSAGE_TYPES,
+from lens_ros.fields import (  # noqa: E402
     DetectionArrayFields,
     detection_fields,
-    fill_detections,
-    fill_result,
-    fill_string,
     mask_fields,
     overlay_fields,
     result_fields,
+)
+from lens_ros.messages import (  # noqa: E402
+    MESSAGE_TYPES,
+    fill_detections,
+    fill_result,
+    fill_string,
 )
 
 

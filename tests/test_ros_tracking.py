@@ -58,7 +58,7 @@ def store():
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_dir):
-    from lens_model.pipeline import LensPipeline
+    from lens_model.inference.pipeline import LensPipeline
 
     return LensPipeline.from_pretrained(str(tiny_dir), device="cpu", max_new_tokens=8)
 
@@ -157,8 +157,8 @@ def test_every_new_frame_is_tracked_and_published_with_its_header(make_engine, s
         assert len(o.messages.detections.detections) == (1 if o.result.mask.any() else 0)
 
     # the node's masks are the library tracker's on the same frames, from the same LENS mask
-    from lens_model.sam_memory import load_sam_memory
-    from lens_model.tracking import StreamingTracker
+    from lens_model.model.sam_memory import load_sam_memory
+    from lens_model.tracking.tracker import StreamingTracker
 
     direct = StreamingTracker.from_lens_model(pipeline.model, load_sam_memory(pipeline.config.sam, tiny_dir))
     direct.start("t", lens.result.mask, frame(0))
@@ -364,7 +364,7 @@ def test_tracked_frames_carry_the_3d_target_of_their_mask(make_engine, store):
     from depth_scenes import render
     from test_ros_depth import H4, K4, W4, camera_info, depth_msg
 
-    from lens_model.target3d import PinholeCamera, TargetOptions, depth_to_metres, estimate_target
+    from lens_model.geometry.target3d import PinholeCamera, TargetOptions, depth_to_metres, estimate_target
 
     assert (H4, W4) == CLIP_HW
     depth_m = render(k=K4, width=W4, height=H4).depth

@@ -1,7 +1,7 @@
 """The README's ROS 2 workspace layout, with colcon from PyPI (no ROS installation): colcon and rosdep's crawler
 find both packages, and `colcon build --packages-select lens_ros` installs the node, the CLI, the launch file
 and the config where `ros2 run` / `ros2 launch` look. (lens_interfaces needs ament_cmake and rosidl's generators
-to build, which only a ROS installation has; its definitions are checked in test_ros_interfaces.py.)"""
+to build, which a ROS installation has, or PyPI's Jazzy wheels: scripts/setup_ros_wheels.sh builds it that way.)"""
 
 import importlib.util
 import os
@@ -25,7 +25,7 @@ COLCON = [sys.executable, "-m", "colcon"]
 
 
 def _readme_workspace_commands() -> list[str]:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "ros.md").read_text()  # the workspace section that was the README's
     section = text[text.index("## In a ROS 2 workspace") :]
     block = section[section.index("```bash") + len("```bash") :]
     block = block[: block.index("```")]
@@ -145,9 +145,9 @@ def test_colcon_build_installs_the_node_cli_launch_file_and_config(plain_workspa
     for module in (
         "lens_ros/node.py",
         "lens_ros/engine.py",
-        "lens_model/pipeline.py",
+        "lens_model/inference/pipeline.py",
         "training/__init__.py",
-        "lens_cli/commands.py",
+        "lens_cli/main.py",
     ):
         assert (site / module).is_file(), module
 

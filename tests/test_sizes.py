@@ -4,9 +4,9 @@ import pytest
 import torch
 from paper_configs import paper_lens_config, qwen2_5_vl_3b_config, qwen2_vl_2b_config
 
-from lens_model.modeling import LensModel
-from lens_model.sam import MEMORY_MODULES, build_sam
-from lens_model.tiny import tiny_lens_config
+from lens_model.model.modeling import LensModel
+from lens_model.model.sam import MEMORY_MODULES, build_sam
+from lens_model.model.tiny import tiny_lens_config
 
 
 def _millions(module) -> float:

@@ -1,5 +1,5 @@
-"""lens_model.target3d on analytic scenes (tests/depth_scenes.py): a box in front of a tilted wall rendered into
-depth with a known pinhole camera, with and without lens distortion, noise and flying pixels."""
+"""lens_model.geometry.target3d on analytic scenes (tests/depth_scenes.py): a box in front of a tilted wall rendered
+into depth with a known pinhole camera, with and without lens distortion, noise and flying pixels."""
 
 import cv2
 import numpy as np
@@ -8,7 +8,7 @@ import yaml
 from depth_scenes import HEIGHT, WIDTH, K, render, render_distorted
 
 from lens_model.errors import DepthError
-from lens_model.target3d import PinholeCamera, TargetOptions, depth_to_metres, estimate_target, load_depth
+from lens_model.geometry.target3d import PinholeCamera, TargetOptions, depth_to_metres, estimate_target, load_depth
 
 CENTER, SIZE = (0.05, -0.02, 1.0), (0.2, 0.15, 0.1)
 FRONT = np.array([0.05, -0.02, 0.95])  # centre of the only visible face (the box straddles the optical axis)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lens_model.checkpoint import load_model
-from lens_model.tiny import QWEN_SPECIAL_TOKENS, build_tiny_processor
+from lens_model.model.checkpoint import load_model
+from lens_model.model.tiny import QWEN_SPECIAL_TOKENS, build_tiny_processor
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_grounding_tiny_answers_depend_on_the_input_and_hold_boxes(tiny_groundin
     not, or `text == text` and `box == box` between two code paths would compare constants."""
     import json
 
-    from lens_model.pipeline import LensPipeline
+    from lens_model.inference.pipeline import LensPipeline
 
     config = json.loads((tiny_grounding_dir / "generation_config.json").read_text())
     assert len(config["sequence_bias"]) > 100  # the grammar travels in the checkpoint, read by generate

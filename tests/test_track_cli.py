@@ -5,10 +5,12 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import photo_clip, run_cli
+from conftest import REPO, photo_clip, run_cli
 from PIL import Image
 
-from lens_model.video_io import VideoWriter, count_frames, open_video
+from lens_model.model.config import SamConfig
+from lens_model.model.sam_memory import custom_sam2_note
+from lens_model.tracking.video_io import VideoWriter, count_frames, open_video
 
 CLIP_HW = (120, 160)
 JSONL_FIELDS = {
@@ -119,6 +121,27 @@ def test_track_bad_input_is_one_clear_line(tiny_dir, tmp_path, case, expected):
     assert not out.exists()  # nothing written before the inputs are known to be good
     if case == "no_memory":
         assert "--sam-memory-checkpoint sam2_hiera_tiny.pt" in lines[0]
+
+
+def test_track_with_the_demo_model_says_why_it_cannot_and_what_tracks_offline(tmp_path):
+    """The demo model ships no SAM2 memory weights and its SAM2 is no Meta SAM2: the one error line says so, and
+    names the offline way to try tracking (a tiny model, which carries its own memory weights)."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    shutil.copy(REPO / "assets" / "demo-scene.png", frames / "0.png")
+    out = tmp_path / "out"
+    model = REPO / "assets" / "demo-model"
+    code, _, stderr = run_cli("track", "--model", model, "--video", frames, "--prompt", "x", "--out-dir", out)
+    lines = stderr.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and not out.exists(), stderr
+    for part in ("has no SAM2 memory weights", "custom build", "7 overrides, 128-px input", "not Meta's"):
+        assert part in lines[0], part
+    assert "lens make-tiny --out DIR` builds a tiny model with its own sam2_memory.safetensors" in lines[0]
+
+
+def test_a_sam2_built_as_metas_gets_no_custom_build_note():
+    assert custom_sam2_note(SamConfig()) == ""  # the released LENS: Hiera-L as Meta built it
+    assert custom_sam2_note(SamConfig("configs/sam2/sam2_hiera_t.yaml", ["++model.image_size=128"], 128)) != ""
 
 
 def test_track_help_lists_its_options():

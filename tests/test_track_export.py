@@ -13,13 +13,13 @@ from export_helpers import MIN_MASK_AGREEMENT, exported
 from PIL import Image
 from safetensors.torch import load_file
 
-from lens_model.checkpoint import read_configs
 from lens_model.export import ExportError, OnnxMemoryAttention, export_model, read_metadata
 from lens_model.export.metadata import MEMORY_TPOS_FILE, combined_hash, file_sha256
 from lens_model.export.tensorrt_runtime import tensorrt_available
-from lens_model.pipeline import LensPipeline
-from lens_model.sam_memory import MEMORY_WEIGHTS_FILE, build_sam_memory, load_sam_memory, save_sam_memory
-from lens_model.tracking import StreamingTracker
+from lens_model.inference.pipeline import LensPipeline
+from lens_model.model.checkpoint import read_configs
+from lens_model.model.sam_memory import MEMORY_WEIGHTS_FILE, build_sam_memory, load_sam_memory, save_sam_memory
+from lens_model.tracking.tracker import StreamingTracker
 
 CLIP_HW = (150, 200)
 # Exported memory graphs (ONNX Runtime, CPU, float32) against torch over the clip: low-res mask logits and object

@@ -9,13 +9,13 @@ import torch
 from conftest import photo_clip
 from PIL import Image
 
-from lens_model.checkpoint import load_sam2_checkpoint
 from lens_model.errors import CheckpointError, LensError
-from lens_model.sam import MEMORY_MODULES, build_sam
-from lens_model.sam_memory import attach_memory, load_sam_memory
-from lens_model.tiny import tiny_lens_config
-from lens_model.tracking import StreamingTracker
-from lens_model.tracking_state import TrackingPolicy, TrackingStateMachine, TrackState
+from lens_model.model.checkpoint import load_sam2_checkpoint
+from lens_model.model.sam import MEMORY_MODULES, build_sam
+from lens_model.model.sam_memory import attach_memory, load_sam_memory
+from lens_model.model.tiny import tiny_lens_config
+from lens_model.tracking.state import TrackingPolicy, TrackingStateMachine, TrackState
+from lens_model.tracking.tracker import StreamingTracker
 
 SAM_SIZE = 128  # tiny Hiera at 128 px: 8x8 memory tokens, 32x32 low-res masks
 CLIP_HW = (150, 200)  # frames are larger than SAM's input and not square: resizing both ways is exercised
@@ -225,7 +225,7 @@ def test_state_machine_follows_real_tracker_outputs(sam2_setup, caplog):
     tracker = StreamingTracker(lens_sam_with_memory(checkpoint, config))
     policy = TrackingPolicy(lost_score_threshold=0.0, lost_after_frames=2, reground_on_loss=True, reground_period_s=5)
     machine = TrackingStateMachine(policy)
-    with caplog.at_level(logging.INFO, logger="lens_model.tracking_state"):
+    with caplog.at_level(logging.INFO, logger="lens_model.tracking.state"):
         first = machine.observe(CLIP_HW, None, now=0.0)
         machine.observe(CLIP_HW, None, now=0.1)
     assert first.state is TrackState.IDLE and not first.reground and first.prompt is None

@@ -31,7 +31,7 @@ def scenes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def init_dir(tmp_path_factory):
-    from lens_model.tiny import make_tiny
+    from lens_model.model.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("align-init") / "tiny", seed=3, context_pass="official")
 
@@ -218,7 +218,7 @@ def test_resumed_run_ends_on_the_uninterrupted_curve(uninterrupted, init_dir, sc
 
 
 def test_resume_from_a_checkpoint_of_another_model_is_refused(uninterrupted, scenes, tmp_path, capsys):
-    from lens_model.tiny import make_tiny
+    from lens_model.model.tiny import make_tiny
 
     other = make_tiny(tmp_path / "other", seed=3, num_queries=4, context_pass="official")
     code = _single(other, scenes, tmp_path / "new", resume=str(uninterrupted / "checkpoints" / "step-0000003"))
@@ -280,8 +280,8 @@ def test_plot_run_draws_the_curves(zero3_run, tmp_path, capsys):
 
 def _first_batch(init_dir, scenes):
     """The `uninterrupted` run's step-1 batch (one rank, global batch 4, no accumulation), rebuilt here."""
-    from lens_model.checkpoint import load_model
     from lens_model.data import load_dataset
+    from lens_model.model.checkpoint import load_model
     from training.config import AlignConfig
     from training.data import AlignExamples, Collator, Schedule
 
@@ -319,7 +319,7 @@ def test_training_step_modes_pinned_per_stage(init_dir):
     of the released stage-2 model); the frozen image encoder is in eval mode in both; the MLLM trains."""
     from types import SimpleNamespace
 
-    from lens_model.checkpoint import load_model
+    from lens_model.model.checkpoint import load_model
     from training.align import AlignStage
     from training.grpo import GRPOStage
 
@@ -337,8 +337,8 @@ def test_training_step_modes_pinned_per_stage(init_dir):
 def test_answer_lm_loss_is_the_mllms_own_loss_on_the_answer_tokens(init_dir, scenes):
     """Stage 1's optional answer loss (lm_weight) is transformers' causal-LM loss on the answer tokens, under the
     positions transformers computes itself (those of generation), on left-padded rows of different lengths."""
-    from lens_model.checkpoint import load_model
     from lens_model.data import load_dataset
+    from lens_model.model.checkpoint import load_model
     from training.align import answer_lm_loss
     from training.data import AlignExamples, Collator
 
@@ -373,8 +373,8 @@ def test_expression_token_loss_is_a_hand_computed_cross_entropy(init_dir, scenes
     """Stage 1's optional expression-token loss: every query state through the MLLM's lm_head, −log p of each of
     the expression's tokens, averaged over the sample's tokens and the queries, then over the batch; computed here
     row by row with a loop, on a batch whose two expressions have different lengths (one is padded)."""
-    from lens_model.checkpoint import load_model
     from lens_model.data import load_dataset
+    from lens_model.model.checkpoint import load_model
     from training.align import expression_token_loss
     from training.data import AlignExamples, Collator
 

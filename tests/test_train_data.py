@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lens_model.answer import format_answer, parse_answer
+from lens_model.inference.answer import format_answer, parse_answer
 from training.data import AlignExamples, Collator, Schedule, epoch_order, load_mixture
 
 
@@ -93,7 +93,7 @@ def scenes(tmp_path_factory):
 
 
 def test_examples_hold_the_gt_answer_in_mllm_pixels_and_collate_left_padded(tiny_dir, scenes):
-    from lens_model.checkpoint import load_model
+    from lens_model.model.checkpoint import load_model
     from training.config import DatasetSpec
 
     model, processor = load_model(tiny_dir)
@@ -121,7 +121,7 @@ def test_examples_hold_the_gt_answer_in_mllm_pixels_and_collate_left_padded(tiny
 @pytest.mark.parametrize("positions", ["1d", "mrope"])
 def test_frozen_prefix_pass_gives_the_full_pass_gradients(tiny_dir, scenes, positions):
     """The no-grad prefix + grad queries shortcut must not change what stage 1 learns."""
-    from lens_model.checkpoint import load_model
+    from lens_model.model.checkpoint import load_model
     from training.config import DatasetSpec
     from training.losses import mask_loss
 

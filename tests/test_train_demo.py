@@ -58,7 +58,7 @@ def test_a_rerun_resumes_without_redoing_anything(quick_run):
 
 def test_ship_writes_an_fp16_lens_directory_that_segments_like_the_trained_one(quick_run, tmp_path):
     from lens_model.data.synthetic import make_synthetic
-    from lens_model.pipeline import LensPipeline
+    from lens_model.inference.pipeline import LensPipeline
 
     dest = tmp_path / "demo-model"
     ship(quick_run / "grpo" / "final", dest)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from lens_model.checkpoint import load_model
 from lens_model.data import load_dataset
 from lens_model.errors import LensError
-from lens_model.prompting import build_chat, special_token_ids
+from lens_model.inference.prompting import build_chat, special_token_ids
+from lens_model.model.checkpoint import load_model
 from training.config import GRPOConfig
 from training.rollout import generate_rollouts, prepare_prompts, rollout_from_completions
 from training.vllm_rollout import VLLMRollouts, check_prompt_alignment
@@ -28,7 +28,7 @@ EOS_BIAS = 2.0  # on <|im_end|>: the untrained tiny model then ends some answers
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from lens_model.data.synthetic import make_synthetic
-    from lens_model.tiny import make_tiny
+    from lens_model.model.tiny import make_tiny
 
     tmp = tmp_path_factory.mktemp("vllm-rollout")
     model, processor = load_model(make_tiny(tmp / "tiny", context_pass="official"))

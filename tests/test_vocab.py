@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lens_model.config import PromptConfig
 from lens_model.devices import resolve_dtype
+from lens_model.model.config import PromptConfig
 from lens_model.vocab import ANSWER_FORMATS, DTYPE_ALIASES, DTYPES, canonical_dtype
 from training.config import PRECISIONS, AlignConfig
 from training.engine import resolve_precision

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import torch
 
-from lens_model.config import LensConfig
-from lens_model.modeling import mllm_class
-from lens_model.tiny import build_tiny_processor, tiny_lens_config, tiny_mllm_config
+from lens_model.model.config import LensConfig
+from lens_model.model.modeling import mllm_class
+from lens_model.model.tiny import build_tiny_processor, tiny_lens_config, tiny_mllm_config
 
 
 def make_tiny_base(out_dir: str | Path, seed: int = 0, mllm_type: str = "qwen2_5_vl") -> tuple[Path, Path, LensConfig]:

@@ -22,10 +22,10 @@ import sys
 
 import torch
 
-from lens_model.config import LensConfig, SamConfig
-from lens_model.metrics import score_sample
-from lens_model.modeling import ContextInputs
-from lens_model.sam import upsample_logits
+from lens_model.eval.metrics import score_sample
+from lens_model.model.config import LensConfig, SamConfig
+from lens_model.model.modeling import ContextInputs
+from lens_model.model.sam import upsample_logits
 
 from .config import AlignConfig
 from .data import AlignExamples, Collator
@@ -40,7 +40,7 @@ log = logging.getLogger("training.align")
 # ---------------------------------------------------------------------------- model
 def build_model(cfg: AlignConfig, dtype: torch.dtype):
     """-> (LensModel, processor): continue from a LENS checkpoint, or base MLLM + SAM2 .pt + new context module."""
-    from lens_model.checkpoint import build_from_base, load_model
+    from lens_model.model.checkpoint import build_from_base, load_model
 
     if cfg.init_from:
         model, processor = load_model(cfg.init_from, dtype=dtype)

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lens_model.answer import format_answer, rescale_box
-from lens_model.config import LensConfig
 from lens_model.data import Record, load_dataset
 from lens_model.errors import LensError
 from lens_model.image_io import load_image
-from lens_model.prompting import build_chat, mllm_image
-from lens_model.sam import preprocess_for_sam
+from lens_model.inference.answer import format_answer, rescale_box
+from lens_model.inference.prompting import build_chat, mllm_image
+from lens_model.model.config import LensConfig
+from lens_model.model.sam import preprocess_for_sam
 
 log = logging.getLogger(__name__)
 END_OF_TURN = "<|im_end|>"

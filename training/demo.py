@@ -122,11 +122,11 @@ def evaluate_model(model_dir: Path, records, batch_size: int = 8, max_new_tokens
     import torch
     from tqdm.auto import tqdm
 
-    from lens_model.answer import parse_answer
     from lens_model.data.synthetic import referred_object_index, scene_object_masks
+    from lens_model.eval.metrics import score_sample
     from lens_model.image_io import load_image
-    from lens_model.metrics import score_sample
-    from lens_model.pipeline import LensPipeline
+    from lens_model.inference.answer import parse_answer
+    from lens_model.inference.pipeline import LensPipeline
 
     pipeline = LensPipeline.from_pretrained(str(model_dir), device="cpu", dtype="float32")
     objects = scene_object_masks(records)
@@ -164,7 +164,7 @@ def evaluate_model(model_dir: Path, records, batch_size: int = 8, max_new_tokens
 
 def summarize(outcomes: list[SampleOutcome], n_boot: int = 2000, seed: int = 0) -> dict[str, dict[str, float]]:
     """Each metric -> {value, low, high}: the 95 % percentile bootstrap interval over samples."""
-    from lens_model.metrics import bootstrap_interval
+    from lens_model.eval.metrics import bootstrap_interval
 
     columns = {
         "referred-object accuracy": [o.referred for o in outcomes],
@@ -352,7 +352,7 @@ def ship(model_dir: Path, dest: Path):
     official SAM2 checkpoint, as for the released models)."""
     import torch
 
-    from lens_model.checkpoint import load_model, save_model
+    from lens_model.model.checkpoint import load_model, save_model
 
     model, processor = load_model(model_dir, dtype=torch.float32)
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
@@ -406,7 +406,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import torch
 
-    from lens_model.tiny import make_tiny
+    from lens_model.model.tiny import make_tiny
     from training.align import main as align_main
     from training.grpo import main as grpo_main
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from lens_model.checkpoint import save_model
 from lens_model.devices import resolve_dtype
 from lens_model.distributed import all_sum, barrier
 from lens_model.errors import CheckpointError, LensError
+from lens_model.model.checkpoint import save_model
 
 log = logging.getLogger(__name__)
 RUN_FILE = "lens_run.json"  # written next to every DeepSpeed checkpoint: step + what model it belongs to
@@ -246,7 +246,7 @@ def save_checkpoint(
     keep_last: int,
     lens_attr: str | None = None,
 ) -> Path:
-    """DeepSpeed state for --resume + the model exported with save_pretrained (loadable by `lens segment`).
+    """DeepSpeed state for --resume + the model written by save_model (loadable by `lens segment`).
     `lens_attr`: where the LensModel sits inside the engine module (None: it is the module)."""
     ckpt_root = out_dir / "checkpoints"
     tag = step_tag(step)

@@ -28,9 +28,9 @@ import torch
 
 from lens_model.distributed import all_sum
 from lens_model.errors import LensError
-from lens_model.generation import check_context_pass
-from lens_model.metrics import score_sample
-from lens_model.modeling import ContextInputs, image_features_per_row
+from lens_model.eval.metrics import score_sample
+from lens_model.inference.generation import check_context_pass
+from lens_model.model.modeling import ContextInputs, image_features_per_row
 
 from .config import GRPOConfig
 from .engine import enable_activation_checkpointing, gathered, log_failed_samples, stage_main, zero_loss
@@ -46,7 +46,7 @@ log = logging.getLogger("training.grpo")
 
 # ---------------------------------------------------------------------------- models
 def load_policy(cfg: GRPOConfig, dtype: torch.dtype):
-    from lens_model.checkpoint import load_model
+    from lens_model.model.checkpoint import load_model
 
     lens, processor = load_model(
         cfg.init_from, dtype=dtype, context_pass=cfg.context_pass, answer_format=cfg.answer_format
@@ -59,7 +59,7 @@ def load_reference(cfg: GRPOConfig, dtype: torch.dtype, device: torch.device, ze
     No optimizer state; under ZeRO-3 its weights are partitioned across ranks like the policy's."""
     if cfg.beta == 0:
         return None
-    from lens_model.checkpoint import load_model
+    from lens_model.model.checkpoint import load_model
 
     reference, _ = load_model(cfg.reference or cfg.init_from, dtype=dtype, load_processor=False)
     mllm = reference.mllm.requires_grad_(False).eval()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lens_model.modeling import ContextInputs, LensModel, embed_with_images, mrope_positions, positions_1d
-from lens_model.sam import SamImageFeatures
+from lens_model.model.modeling import ContextInputs, LensModel, embed_with_images, mrope_positions, positions_1d
+from lens_model.model.sam import SamImageFeatures
 
 
 def token_logprobs(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:

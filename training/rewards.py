@@ -23,10 +23,10 @@ from functools import cached_property
 
 import numpy as np
 
-from lens_model.answer import ANSWER_FORMATS, Box, ParsedAnswer, parse_answer
-from lens_model.answer import box_iou as boxes_iou
 from lens_model.errors import LensError
-from lens_model.metrics import score_sample
+from lens_model.eval.metrics import score_sample
+from lens_model.inference.answer import ANSWER_FORMATS, Box, ParsedAnswer, parse_answer
+from lens_model.inference.answer import box_iou as boxes_iou
 
 RewardFn = Callable[["RolloutSample"], float]
 

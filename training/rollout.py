@@ -1,7 +1,7 @@
 """GRPO rollouts: G sampled answers per prompt in one batched `generate`, and the mask of each answer.
 
 For K prompts (one image each) of a micro-batch, each prompt repeated G times (K·G rows), the shared step
-`lens_model.generation.generate_and_segment` runs: vision encoder once per image, sampling with a KV cache,
+`lens_model.inference.generation.generate_and_segment` runs: vision encoder once per image, sampling with a KV cache,
 the checkpoint's context pass, SAM2 image encoder once per image, masks at each image's original size.
 Everything here runs without autograd; the training forward recomputes what needs gradients.
 
@@ -20,15 +20,21 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from lens_model.answer import ParsedAnswer, rescale_box
-from lens_model.config import LensConfig
 from lens_model.data import Record
 from lens_model.errors import LensError
-from lens_model.generation import Completions, GenerationOutput, PromptRows, check_context_pass, generate_and_segment
-from lens_model.modeling import LensModel
-from lens_model.prompting import build_chat, mllm_image, special_token_ids
-from lens_model.sam import SamImageFeatures, preprocess_for_sam
-from lens_model.timing import StageTimer
+from lens_model.inference.answer import ParsedAnswer, rescale_box
+from lens_model.inference.generation import (
+    Completions,
+    GenerationOutput,
+    PromptRows,
+    check_context_pass,
+    generate_and_segment,
+)
+from lens_model.inference.prompting import build_chat, mllm_image, special_token_ids
+from lens_model.inference.timing import StageTimer
+from lens_model.model.config import LensConfig
+from lens_model.model.modeling import LensModel
+from lens_model.model.sam import SamImageFeatures, preprocess_for_sam
 
 from .data import load_sample
 
@@ -242,7 +248,7 @@ def rollout_from_completions(
     dropped, so padding may be left on). The result: sequences = our left-padded prompt ids (each prompt
     repeated G times) + completions right-padded with pad_token_id to the longest one; completion_mask 1 up to
     and including the first end token and never on padding (`completion_end="im_end_only"`: the released
-    trainer's rule, see `lens_model.generation.completion_masks`); truncated = no end token; masks from a full
+    trainer's rule, see `lens_model.inference.generation.completion_masks`); truncated = no end token; masks from a full
     context pass at the model's positions (no KV cache to reuse).
     """
     check_context_pass(lens, context_pass)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lens_model.distributed import all_mean, all_sum, barrier
-from lens_model.metrics import SampleScore, SplitMetrics
+from lens_model.eval.metrics import SampleScore, SplitMetrics
 
 from .config import derive_batch, dump_config, load_config, total_steps
 from .data import Schedule, load_mixture

@@ -5,8 +5,8 @@ For K prompts of a micro-batch (one image each), `VLLMRollouts.generate(prompts,
     vLLM: K requests {chat text, smart-resized image}, SamplingParams(n=G, ...) -> K·G completion token ids
     check that vLLM's prompt tokens equal ours (same number of image placeholders, see below)
     `training.rollout.rollout_from_completions`: our prompt ids + vLLM's completion ids -> the same `Rollout` as
-        the in-process sampler, through the same step (`lens_model.generation.generate_and_segment`); the masks
-        come from a full context pass at the model's positions (vLLM keeps no KV cache we could reuse).
+        the in-process sampler, through the same step (`lens_model.inference.generation.generate_and_segment`); the
+        masks come from a full context pass at the model's positions (vLLM keeps no KV cache we could reuse).
 
 Prompt alignment. Our processor expands the chat's single <|image_pad|> into one token per merged patch
 (image_grid_thw.prod() / merge_size²); vLLM's Qwen2.5-VL input processor does the same expansion from the
@@ -46,9 +46,9 @@ import torch
 
 from lens_model.errors import LensError
 from lens_model.image_io import load_image
-from lens_model.modeling import MLLM_CLASSES, LensModel
-from lens_model.prompting import build_chat, mllm_image, special_token_ids
-from lens_model.timing import StageTimer
+from lens_model.inference.prompting import build_chat, mllm_image, special_token_ids
+from lens_model.inference.timing import StageTimer
+from lens_model.model.modeling import MLLM_CLASSES, LensModel
 
 from .engine import gathered
 from .rollout import PromptBatch, Rollout, completion_end_for, rollout_from_completions

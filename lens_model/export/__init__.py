@@ -6,7 +6,7 @@ and TensorRT.
                 [--sam-memory-checkpoint SAM2.pt]
 
 The MLLM is not exported: it reasons once per command in transformers; the exported graphs run on every frame
-(`lens_model.backends` runs them inside the pipeline). The names below are imported on first use (PEP 562):
+(`lens_model.inference.backends` runs them inside the pipeline). The names below are imported on first use (PEP 562):
 reading an export's metadata or the opset constants does not import torch.
 """
 

@@ -6,8 +6,9 @@
     context_head   query_states (B, N, hidden)      -> prompt_embed (B, 1, 256)
     mask_decoder   prompt_embed + the three features -> low_res_masks (B, 1, S/4, S/4), iou_scores (B, 1)
 
-They compute exactly what `lens_model.sam.encode_image`, `ContextHead.forward` and `lens_model.sam.decode_masks`
-compute in eval mode (the export tests compare them), including SAM2's dynamic multimask fallback.
+They compute exactly what `lens_model.model.sam.encode_image`, `ContextHead.forward` and
+`lens_model.model.sam.decode_masks` compute in eval mode (the export tests compare them), including SAM2's dynamic
+multimask fallback.
 
 With fp16=True a graph computes in float16 except its normalisation layers (mean of squares overflows float16),
 which stay float32; inputs and outputs stay float32. The precision is then part of the ONNX graph itself, which
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..sam import encode_image
+from ..model.sam import encode_image
 from .metadata import BATCH, TensorSpec
 
 HIGH_RES_CHANNELS = (32, 64)  # SAM2's high-resolution features at strides 4 and 8

@@ -194,7 +194,7 @@ def model_hash(model_dir: str | Path, memory_weights: str | Path | None = None) 
     The model hash (`combined_hash`) changes when any tensor the export was made from changes and does not depend
     on where the files live.
     """
-    from ..checkpoint import weight_files
+    from ..model.checkpoint import weight_files
 
     files = {f.name: file_sha256(f) for f in weight_files(Path(model_dir))}
     if memory_weights is not None:
@@ -219,7 +219,7 @@ def library_versions(*extra: str) -> dict[str, str]:
 
 
 def default_preprocessing(image_size: int) -> dict[str, Any]:
-    from ..sam import PIXEL_MEAN, PIXEL_STD
+    from ..model.sam import PIXEL_MEAN, PIXEL_STD
 
     return {
         "input": "RGB uint8 image, HxWx3",

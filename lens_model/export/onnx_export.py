@@ -231,7 +231,7 @@ def export_model(
     """LENS checkpoint (directory or Hub id) -> ONNX export directory. See `export_parts`. The tracking graphs are
     exported from `sam_memory_checkpoint` (official SAM2 .pt of the model's SAM2 config, or sam2_memory.safetensors),
     else from the model directory's sam2_memory.safetensors, else not at all."""
-    from ..checkpoint import resolve_model_dir
+    from ..model.checkpoint import resolve_model_dir
 
     options = options or ExportOptions()
     options.validate()

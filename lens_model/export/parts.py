@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from ..config import LensConfig
-from ..context import ContextHead
-from ..sam import MEMORY_MODULES, build_sam
+from ..model.config import LensConfig
+from ..model.context import ContextHead
+from ..model.sam import MEMORY_MODULES, build_sam
 
 
 @dataclass
@@ -32,8 +32,8 @@ def load_segmentation_parts(
     memory modules (for the tracking graphs) from `sam_memory_checkpoint` (an official SAM2 .pt or a
     sam2_memory.safetensors), else from the model directory's sam2_memory.safetensors; without either it has
     none (LENS checkpoints keep SAM2 without them), and only single-image graphs can be exported."""
-    from ..checkpoint import load_segmentation_weights, read_configs
-    from ..sam_memory import MEMORY_WEIGHTS_FILE, attach_memory, load_sam_memory
+    from ..model.checkpoint import MEMORY_WEIGHTS_FILE, load_segmentation_weights, read_configs
+    from ..model.sam_memory import attach_memory, load_sam_memory
 
     model_dir = Path(model_dir)
     mllm_config, lens_config = read_configs(model_dir)

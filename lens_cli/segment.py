@@ -1,0 +1,104 @@
+"""Text prompt + image -> mask, box and reasoning as JSON (`lens segment`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lens_model.errors import LensError
+from lens_model.model.config import DEFAULT_MODEL_ID
+
+from .options import (
+    IMAGE_SUFFIXES,
+    MASK_SUFFIXES,
+    add_backend_arguments,
+    add_device_dtype_arguments,
+    add_override_arguments,
+    check_output_file,
+    load_pipeline,
+)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "segment",
+        help="segment an image from a text prompt and print the result as JSON",
+        description="Reason about the prompt with the MLLM, then segment with SAM2. Prints box, score, "
+        "generated text, image size and per-stage timings as JSON.",
+    )
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL_ID,
+        help=f"checkpoint directory or Hugging Face Hub id (default: {DEFAULT_MODEL_ID}, the released LENS)",
+    )
+    p.add_argument(
+        "--image", required=True, help="input image file (JPEG, PNG, ...); grayscale/RGBA/16-bit are converted"
+    )
+    p.add_argument("--prompt", required=True, help="referring expression or command, e.g. 'the red cup on the left'")
+    p.add_argument(
+        "--out-mask",
+        type=Path,
+        help=f"write the mask (0/255, same size as the image) to this {'/'.join(MASK_SUFFIXES)} file (lossless)",
+    )
+    p.add_argument(
+        "--out-overlay",
+        type=Path,
+        help=f"write the image with the tinted mask, the box and the prompt ({'/'.join(IMAGE_SUFFIXES)})",
+    )
+    p.add_argument("--json", type=Path, help="also write the JSON result to this file")
+    add_device_dtype_arguments(p, dtype_help="weights dtype (default: auto = bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="generation budget of the MLLM (default: 256)")
+    add_override_arguments(
+        p,
+        "override the checkpoint's context-pass mode (released checkpoints need 'official')",
+        "override the prompt/answer format (think_answer for the CoT checkpoints)",
+    )
+    add_backend_arguments(
+        p,
+        "what runs SAM2 + the context head: torch (default), or the graphs/engines that `lens export` "
+        "wrote to --backend-dir (the MLLM always runs in torch)",
+    )
+    p.add_argument(
+        "--depth",
+        type=Path,
+        help="depth image registered to --image (16-bit PNG in millimetres, float32 "
+        "TIFF in metres, or .npy): also print the object's 3D point and box",
+    )
+    p.add_argument("--camera-info", type=Path, help="camera_calibration YAML of the camera (with --depth)")
+    p.add_argument(
+        "--depth-scale",
+        type=float,
+        default=0.001,
+        help="metres per unit of a 16-bit depth (default: 0.001, millimetres)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from lens_model.image_io import load_image, read_prompt
+    from lens_model.inference.prompting import check_mllm_aspect_ratio
+    from lens_model.inference.result_files import save_mask_png, save_overlay, segment_record, write_record
+
+    if args.max_new_tokens < 1:
+        raise LensError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    # Validate the cheap inputs before loading a multi-GB model (from_pretrained checks the backend first).
+    check_output_file(args.out_mask, "--out-mask", MASK_SUFFIXES)
+    check_output_file(args.out_overlay, "--out-overlay", IMAGE_SUFFIXES)
+    check_output_file(args.json, "--json")
+    rgb = load_image(args.image)
+    check_mllm_aspect_ratio(rgb.shape[:2], str(args.image))
+    prompt = read_prompt(args.prompt)
+    depth = None
+    if args.depth or args.camera_info:
+        from lens_model.geometry.target3d import DepthInput
+
+        depth = DepthInput.from_files(args.depth, args.camera_info, rgb.shape[:2], args.depth_scale)
+    pipe = load_pipeline(args, args.model)
+    result = pipe(rgb, prompt)
+    target_3d = None if depth is None else depth.target(result.mask).to_json_dict()
+    if args.out_mask:
+        save_mask_png(result.mask, args.out_mask)
+    if args.out_overlay:
+        save_overlay(rgb, result, args.out_overlay)
+    record = segment_record(result, args.image, args.model, args.backend, target_3d, args.out_mask, args.out_overlay)
+    print(write_record(record, args.json))
+    return 0

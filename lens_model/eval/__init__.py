@@ -1,0 +1,1 @@
+"""Evaluation: metrics (gIoU, cIoU, ...) and the resumable, sharded evaluation loop."""

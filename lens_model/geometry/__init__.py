@@ -1,0 +1,1 @@
+"""Geometry: a mask + a registered depth image + the camera -> the object's 3D target."""

@@ -1,0 +1,116 @@
+"""Configuration of a LENS model: the MLLM config (a transformers config) plus the `lens` section.
+
+A LENS checkpoint's ``config.json`` is the reasoning model's own transformers config with one extra
+key, ``"lens"``, holding :class:`LensConfig` as a dict. Tools that only know Qwen2.5-VL (vLLM,
+transformers) can therefore still read the directory as a plain Qwen2.5-VL checkpoint.
+Released checkpoints (hustvl/LENS) carry ``num_of_query`` / ``if_use_qwen_connector`` at the top level
+instead; :meth:`LensConfig.from_released` maps them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..vocab import ANSWER_FORMATS, CONTEXT_PASS_MODES
+
+DEFAULT_MODEL_ID = "OuyBin/LENS"  # the released LENS (Qwen2.5-VL-3B) on the Hugging Face Hub
+
+# Prompt templates of the released checkpoints (docs/design.md, "Prompt and answer formats").
+QWEN_SYSTEM_PROMPT = "You are a helpful assistant. "
+GROUNDING_QUESTION = "Output the bounding box of the {question} in the image."
+THINK_ANSWER_QUESTION = (  # sentences joined without spaces, exactly as the released template
+    'Locate "{question}", report the bbox coordinates in JSON format.'
+    "Compare the difference between objects and find the most closely matched one."
+    "Output the thinking process in <think> </think> and final answer in <answer> </answer> tags."
+    "Output the one bbox inside the interested object in JSON format."
+    "i.e., <think>thinking process here</think><answer>answer here</answer>"
+)
+
+
+@dataclass
+class PromptConfig:
+    """How a referring expression becomes a chat prompt and how the answer is read back."""
+
+    answer_format: str = "grounding"  # "grounding" (Qwen box tokens) or "think_answer"
+    system_prompt: str = QWEN_SYSTEM_PROMPT
+    question_template: str = GROUNDING_QUESTION
+
+    @classmethod
+    def for_format(cls, answer_format: str) -> PromptConfig:
+        if answer_format == "grounding":
+            return cls()
+        if answer_format == "think_answer":
+            return cls("think_answer", QWEN_SYSTEM_PROMPT, THINK_ANSWER_QUESTION)  # released CoT: "default" system
+        raise ValueError(f"unknown answer format {answer_format!r}; expected one of {', '.join(ANSWER_FORMATS)}")
+
+
+@dataclass
+class SamConfig:
+    """Which SAM2 to build with `sam2.build_sam.build_sam2` (Hydra config name + overrides)."""
+
+    config_name: str = "configs/sam2/sam2_hiera_l.yaml"
+    overrides: list[str] = field(default_factory=list)
+    image_size: int = 1024
+    # build_sam2's default post-processing (dynamic multimask via stability), as the released code.
+    apply_postprocessing: bool = True
+
+
+@dataclass
+class LensConfig:
+    num_queries: int = 64
+    use_connector: bool = True
+    connector_depth: int = 4
+    connector_heads: int = 16
+    connector_mlp_ratio: int = 4
+    connector_act: str = "quick_gelu"
+    sam_embed_dim: int = 256
+    # "official": re-forward prompt + completion + queries with 1-D positions (released checkpoints);
+    # "cached": reuse the generation KV cache, queries continue the M-RoPE positions.
+    context_pass: str = "cached"
+    # MLLM image size bounds (pixels) for the smart resize; the released scripts use max 1e6.
+    min_pixels: int = 56 * 56
+    max_pixels: int = 1_000_000
+    # The image size the MLLM was trained for: every image is first resized so that its longest side is this many
+    # pixels (aspect ratio kept), then smart-resized, so that its answers do not depend on the camera's resolution.
+    # None: the released behaviour (the image as given, within min/max_pixels).
+    mllm_longest_side: int | None = None
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    sam: SamConfig = field(default_factory=SamConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompt, dict):
+            self.prompt = PromptConfig(**self.prompt)
+        if isinstance(self.sam, dict):
+            self.sam = SamConfig(**self.sam)
+        if self.context_pass not in CONTEXT_PASS_MODES:
+            raise ValueError(f"lens.context_pass must be one of {CONTEXT_PASS_MODES}, got {self.context_pass!r}")
+        if self.num_queries < 1:
+            raise ValueError(f"lens.num_queries must be >= 1, got {self.num_queries}")
+        if self.mllm_longest_side is not None and self.mllm_longest_side < 28:
+            raise ValueError(f"lens.mllm_longest_side must be null or >= 28 pixels, got {self.mllm_longest_side}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LensConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown keys in the 'lens' config section: {unknown}; valid keys: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_released(cls, mllm_config: dict[str, Any]) -> LensConfig:
+        """Config of a released hustvl/LENS checkpoint: SAM2.0 Hiera-L, official context pass."""
+        return cls(
+            num_queries=int(mllm_config.get("num_of_query") or 64),
+            use_connector=bool(mllm_config.get("if_use_qwen_connector", True)),
+            context_pass="official",
+        )
+
+
+def is_released_config(config_dict: dict[str, Any]) -> bool:
+    return "lens" not in config_dict and "num_of_query" in config_dict
