@@ -90,8 +90,8 @@ def test_grounding_tiny_answers_depend_on_the_input_and_hold_boxes(tiny_groundin
 def test_make_tiny_builds_the_sizes_format_and_vocabulary_asked_for(tmp_path):
     """A larger tiny model (text width and depth, vision tower), the think/answer prompt, the MLLM image size it is
     meant for, and a tokenizer that learnt the domain's words as single tokens."""
-    from lens_model.config import PromptConfig
-    from lens_model.tiny import make_tiny
+    from lens_model.model.config import PromptConfig
+    from lens_model.model.tiny import make_tiny
 
     words = "the large yellow triangle is at the bottom center"
     path = make_tiny(

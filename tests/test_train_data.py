@@ -65,9 +65,9 @@ def test_reasoning_examples_teach_the_rationale_only_where_asked_and_the_queries
     """Think/answer examples of reasoning scenes: the answer names the target by its own attributes; the think
     block holds the scene's rationale for a dataset with `rationale` on and is empty otherwise; the query states'
     word targets are the target's name, not the relational expression (which is about the anchor)."""
-    from lens_model.checkpoint import load_model
+    from lens_model.model.checkpoint import load_model
     from lens_model.data.synthetic import make_synthetic
-    from lens_model.tiny import make_tiny
+    from lens_model.model.tiny import make_tiny
     from training.config import DatasetSpec
 
     scenes = make_synthetic(tmp_path / "r", 10, seed=2, task="reasoning", min_objects=3, relation_rate=1.0)
