@@ -239,8 +239,8 @@ def test_a_model_trained_at_one_mllm_image_size_sees_every_image_at_that_size(ti
     MLLM sees each image at its own size."""
     from dataclasses import replace
 
-    from lens_model.model.checkpoint import load_model, save_model
     from lens_model.data.synthetic import make_synthetic
+    from lens_model.model.checkpoint import load_model, save_model
 
     model, processor = load_model(tiny_grounding_dir)
     model.lens_config = replace(model.lens_config, mllm_longest_side=128)

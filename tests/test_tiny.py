@@ -95,8 +95,9 @@ def test_make_tiny_builds_the_sizes_format_and_vocabulary_asked_for(tmp_path):
 
     words = "the large yellow triangle is at the bottom center"
     path = make_tiny(
-        tmp_path / "t", hidden=64, layers=3, vision_depth=4, vision_hidden=32, answer_format="think_answer",
-        mllm_longest_side=128, tokenizer_corpus=[words] * 50, rope_theta=10.0,
+        tmp_path / "t", hidden=64, layers=3, vision_depth=4, vision_hidden=32,
+        prompt=PromptConfig.for_format("think_answer"), mllm_longest_side=128, tokenizer_corpus=[words] * 50,
+        rope_theta=10.0,
     )  # fmt: skip
     model, processor = load_model(path)
     text, vision = model.mllm.config.text_config, model.mllm.config.vision_config

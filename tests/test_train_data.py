@@ -65,13 +65,14 @@ def test_reasoning_examples_teach_the_rationale_only_where_asked_and_the_queries
     """Think/answer examples of reasoning scenes: the answer names the target by its own attributes; the think
     block holds the scene's rationale for a dataset with `rationale` on and is empty otherwise; the query states'
     word targets are the target's name, not the relational expression (which is about the anchor)."""
-    from lens_model.model.checkpoint import load_model
     from lens_model.data.synthetic import make_synthetic
+    from lens_model.model.checkpoint import load_model
+    from lens_model.model.config import PromptConfig
     from lens_model.model.tiny import make_tiny
     from training.config import DatasetSpec
 
     scenes = make_synthetic(tmp_path / "r", 10, seed=2, task="reasoning", min_objects=3, relation_rate=1.0)
-    model, processor = load_model(make_tiny(tmp_path / "tiny", answer_format="think_answer"))
+    model, processor = load_model(make_tiny(tmp_path / "tiny", prompt=PromptConfig.for_format("think_answer")))
     datasets = load_mixture([DatasetSpec("synthetic", str(scenes))] * 2)
     record = next(r for r in datasets[0] if r.annotations["kind"] == "relational")
     index = datasets[0].index(record)

@@ -187,7 +187,7 @@ def tiny_mllm_config(
 def tiny_lens_config(
     num_queries: int = 8,
     sam_image_size: int = 256,
-    answer_format: str = "grounding",
+    prompt: PromptConfig | None = None,
     mllm_longest_side: int | None = None,
 ) -> LensConfig:
     # Hiera with one block per stage at width 32; SAM's prompt/decoder width stays 256 as in every SAM2.
@@ -206,7 +206,7 @@ def tiny_lens_config(
         context_pass="cached",
         max_pixels=224 * 224,
         mllm_longest_side=mllm_longest_side,
-        prompt=PromptConfig.for_format(answer_format),
+        prompt=prompt or PromptConfig(),
         sam=SamConfig(config_name="configs/sam2/sam2_hiera_t.yaml", overrides=sam_overrides, image_size=sam_image_size),
     )
 
@@ -271,7 +271,7 @@ def make_tiny(
     layers: int = 2,
     vision_depth: int = 2,
     vision_hidden: int = 64,
-    answer_format: str = "grounding",
+    prompt: PromptConfig | None = None,
     mllm_longest_side: int | None = None,
     tokenizer_corpus: Sequence[str] = (),
     rope_theta: float = 10000.0,
@@ -281,16 +281,17 @@ def make_tiny(
 
     grounding_answers: answers that depend on image and prompt and hold a grounding box (module docstring).
     sam_image_size: SAM2's input side (a multiple of 64; 1024 in released models, smaller here for speed).
-    hidden, layers, vision_depth, vision_hidden, rope_theta: the MLLM (`tiny_mllm_config`). answer_format: the prompt
-    format (PromptConfig.for_format). mllm_longest_side: the MLLM image size it is trained for (LensConfig).
-    tokenizer_corpus: text the tokenizer learns merges from besides its own few sentences (`build_tiny_tokenizer`)."""
+    hidden, layers, vision_depth, vision_hidden, rope_theta: the MLLM (`tiny_mllm_config`). prompt: the prompt and
+    answer format (default: grounding, as the released RefCOCO model). mllm_longest_side: the MLLM image size the
+    model is meant for (LensConfig). tokenizer_corpus: text the tokenizer learns merges from besides its own few
+    sentences (`build_tiny_tokenizer`)."""
     from .checkpoint import save_model
     from .modeling import LensModel
     from .sam_memory import build_sam_memory, save_sam_memory
 
     torch.manual_seed(seed)
     processor = build_tiny_processor(corpus=tokenizer_corpus)
-    lens_config = tiny_lens_config(num_queries, sam_image_size, answer_format, mllm_longest_side)
+    lens_config = tiny_lens_config(num_queries, sam_image_size, prompt, mllm_longest_side)
     lens_config.context_pass = context_pass
     mllm_config = tiny_mllm_config(
         processor.tokenizer, hidden, mllm_type, layers, vision_depth, vision_hidden, rope_theta
