@@ -74,7 +74,7 @@ class ModelShape:
     """The tiny LENS `make_tiny` builds (docs/design.md, "The demo model")."""
 
     hidden: int = 128
-    layers: int = 4
+    layers: int = 3
     vision_depth: int = 2
     vision_hidden: int = 64
     rope_theta: float = 10.0  # M-RoPE gives image positions the lowest frequencies: a small base makes them visible
@@ -106,11 +106,13 @@ class DemoRecipe:
     model: ModelShape = field(default_factory=ModelShape)
     model_seed: int = 0
     trainable: tuple[str, ...] = ("context", "sam_decoder", "sam_prompt_encoder", "mllm")
+    # stage 1 also trains SAM2's image encoder (stage 2 cannot: its masks reuse the rollout's image features)
+    stage1_trainable: tuple[str, ...] = ("context", "sam_decoder", "sam_prompt_encoder", "mllm", "sam_image_encoder")
     # stage 1 (two phases) and the supervised warm-up
     batch: int = 16
     lr: float = 1e-3
     attribute_steps: int = 800
-    stage1_steps: int = 1500
+    stage1_steps: int = 2000
     lm_weight: float = 1.0
     expression_weight: float = 1.0
     warmup_steps: int = 150
@@ -123,7 +125,7 @@ class DemoRecipe:
     grpo_steps: int = 300
     grpo_lr: float = 1e-4
     grpo_prompts: int = 8
-    grpo_generations: int = 8
+    grpo_generations: int = 4
     grpo_temperature: float = 1.0
     grpo_beta: float = 0.04
     # evaluation
@@ -404,7 +406,7 @@ def align_overrides(recipe: DemoRecipe, init: Path, datasets: str, val: Path, st
         datasets,
         f"val_dataset={{name: synthetic, root: {val}, split: val}}",
         "val_samples=64",
-        f"trainable=[{','.join(recipe.trainable)}]",
+        f"trainable=[{','.join(recipe.stage1_trainable)}]",
         f"lm_weight={recipe.lm_weight}",
         f"expression_weight={recipe.expression_weight}",
         f"global_batch_size={recipe.batch}",

@@ -352,10 +352,11 @@ def _reasoning_sentences(
     rng: np.random.Generator, candidates: list[ReasoningExpression], relation_rate: float, first_ann_id: int
 ) -> list[tuple[str, dict]]:
     """One sentence (and its annotations) for one object of a reasoning scene: relational at `relation_rate`
-    where a relation singles it out (always when nothing else does), else by its attributes; [] when neither."""
-    relational = [c for c in candidates if c.kind == "relational"]
+    where a relation singles it out (always when nothing else does, unless `relation_rate` is 0), else by its
+    attributes; [] when neither."""
+    relational = [c for c in candidates if c.kind == "relational"] if relation_rate > 0 else []
     attribute = [c for c in candidates if c.kind == "attribute"]
-    if not candidates:
+    if not relational and not attribute:
         return []
     pool = relational if relational and (not attribute or rng.random() < relation_rate) else attribute
     chosen = pool[int(rng.integers(len(pool)))]
