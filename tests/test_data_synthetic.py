@@ -259,7 +259,7 @@ def test_reasoning_scenes_are_deterministic_and_refuse_what_cannot_repeat_colour
     )
     for name in ("synthetic/instances.json", "synthetic/refs(unc).p", "images/synthetic_000011.png"):
         assert (again / name).read_bytes() == (reasoning_scenes / name).read_bytes(), name
-    attribute_only = make_synthetic(tmp_path / "attr", 20, seed=5, task="reasoning", relation_rate=0.0)
+    attribute_only = make_synthetic(tmp_path / "attr", 20, seed=5, task="reasoning", min_objects=3, relation_rate=0.0)
     kinds = {r.annotations["kind"] for r in load_dataset("synthetic", attribute_only, "train")}
     assert kinds == {"attribute"}  # relation_rate 0: no relational expression, even where nothing else fits
     with pytest.raises(LensError, match="at least 3 objects"):
