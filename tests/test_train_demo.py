@@ -4,7 +4,9 @@ redoing anything, refuses to ship a model that is worse on attribute expressions
 ships an fp16 model directory that loads like any LENS checkpoint."""
 
 import json
+import logging
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -93,6 +95,34 @@ def test_a_rerun_resumes_without_redoing_anything(quick_run):
     assert main(["--out", str(quick_run), *ARGS]) == 0
     assert {p: p.stat().st_mtime_ns for p in quick_run.rglob("model.safetensors")} == before
     assert (quick_run / "times.json").read_text() == times
+
+
+def test_a_phase_stopped_while_saving_resumes_from_its_last_complete_checkpoint(quick_run, caplog, tmp_path):
+    """A stop while final/ was being written: the phase is not marked done. The rerun resumes it from its last
+    complete checkpoint, writes final/ and marks it done, without touching the phases before it. A checkpoint the
+    stop tore (its run file is written last) is passed over."""
+    from training.demo import last_complete_checkpoint
+    from training.engine import RUN_FILE
+
+    warmup = quick_run / "warmup"
+    complete = sorted((warmup / "checkpoints").glob("step-*"))[-1]
+    assert last_complete_checkpoint(warmup) == complete
+    (warmup / "phase-done.json").unlink()
+    shutil.rmtree(warmup / "final")
+    stage1 = {p: p.stat().st_mtime_ns for p in (quick_run / "stage1").rglob("model.safetensors")}
+    with caplog.at_level(logging.INFO, logger="training.demo"):
+        assert main(["--out", str(quick_run), *ARGS]) == 0
+    assert f"resuming from {complete}" in caplog.text
+    assert (warmup / "phase-done.json").exists() and (warmup / "final" / "model.safetensors").exists()
+    assert {p: p.stat().st_mtime_ns for p in (quick_run / "stage1").rglob("model.safetensors")} == stage1
+
+    shutil.copytree(complete, tmp_path / "checkpoints" / complete.name)
+    torn = tmp_path / "checkpoints" / "step-0000004"
+    shutil.copytree(complete, torn)
+    (torn / RUN_FILE).unlink()
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoints" / complete.name
+    shutil.rmtree(tmp_path / "checkpoints" / complete.name)
+    assert last_complete_checkpoint(tmp_path) is None
 
 
 def test_ship_writes_an_fp16_lens_directory_that_segments_like_the_trained_one(quick_run, tmp_path):

@@ -13,7 +13,7 @@ chain-of-thought checkpoints and names the object it found by its own attributes
 `<answer>the small blue square {"bbox_2d": [x1, y1, x2, y2]}</answer>`; the context queries read that answer, so
 the mask follows the name.
 
-Steps (each skipped when its output exists; a stopped training phase resumes from its last checkpoint):
+Steps (each skipped when its output exists; a stopped training phase resumes from its last complete checkpoint):
   1. scenes    `make_synthetic`: attribute-only scenes, the main scenes (its held-out testA is the test split),
                a small rationale set, and test scenes at 384 px and 640 × 480.
   2. init      a tiny LENS (`make_tiny`, sizes in the recipe), random weights.
@@ -379,17 +379,34 @@ def make_init(path: Path, recipe: DemoRecipe) -> Path:
     return path
 
 
+PHASE_DONE = "phase-done.json"  # written once a phase's final/ is complete: a rerun then skips the phase
+
+
 def run_training(entry, out_dir: Path, overrides: list[str], progress: bool) -> None:
-    """One training phase; resumes OUT/checkpoints/latest when a stopped run left one; skipped when final/ exists."""
+    """One training phase. Skipped when OUT/phase-done.json says it finished; else resumed from its newest complete
+    checkpoint (a stop while a checkpoint or final/ was being written leaves an incomplete one: it is passed over);
+    else started."""
     from training.engine import TrainingError
 
-    if (out_dir / "final" / "config.json").exists():
-        log.info("%s: done already (final/ exists)", out_dir)
+    if (out_dir / PHASE_DONE).exists():
+        log.info("%s: done already (%s exists)", out_dir, PHASE_DONE)
         return
-    resume = ["--resume"] if (out_dir / "checkpoints" / "latest").exists() else []
+    checkpoint = last_complete_checkpoint(out_dir)
+    resume = ["--resume", str(checkpoint)] if checkpoint else []
+    if checkpoint:
+        log.info("%s: resuming from %s", out_dir, checkpoint)
     args = [*resume, *([] if progress else ["--no-progress"]), *overrides, f"output_dir={out_dir}"]
     if entry(args) != 0:
         raise TrainingError(f"{out_dir}: training failed (see the log above); rerun to resume")
+    (out_dir / PHASE_DONE).write_text(json.dumps({"final": str(out_dir / "final")}))
+
+
+def last_complete_checkpoint(out_dir: Path) -> Path | None:
+    """The newest OUT/checkpoints/step-* that was written to the end (the run file is written last), or None."""
+    from training.engine import RUN_FILE
+
+    steps = sorted((out_dir / "checkpoints").glob("step-*"), reverse=True)
+    return next((p for p in steps if (p / RUN_FILE).is_file() and (p / "model" / "config.json").is_file()), None)
 
 
 def datasets_override(*entries: tuple[Path, float, bool]) -> str:
