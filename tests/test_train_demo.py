@@ -125,6 +125,21 @@ def test_a_phase_stopped_while_saving_resumes_from_its_last_complete_checkpoint(
     assert last_complete_checkpoint(tmp_path) is None
 
 
+def test_evaluate_scores_a_phase_checkpoint_by_kind_like_the_recipe_does(quick_run, capsys):
+    """--evaluate MODEL_DIR scores one model on the first --samples test expressions, without training: the same
+    outcomes as the recipe's own evaluation of that model, a table by kind of expression with chance, and one line
+    for a folder that is not a model."""
+    model = quick_run / "stage1" / "final"
+    assert main(["--out", str(quick_run), *ARGS, "--evaluate", str(model), "--samples", "8"]) == 0
+    table = capsys.readouterr().out
+    assert "| metric | all | attribute | relational |" in table and "chance of picking the referred object" in table
+    scored = json.loads((quick_run / "checkpoint-evals" / "stage1-final-n8.json").read_text())
+    assert scored == json.loads((quick_run / "eval-stage1.json").read_text())
+    assert main(["--out", str(quick_run), *ARGS, "--evaluate", str(quick_run / "stage1"), "--samples", "8"]) == 2
+    assert "is not a model directory" in capsys.readouterr().err
+    assert all(np.isnan(cell["value"]) for cell in summarize([], n_boot=50).values())  # a kind with no expression
+
+
 def test_ship_writes_an_fp16_lens_directory_that_segments_like_the_trained_one(quick_run, tmp_path):
     from lens_model.data.synthetic import make_synthetic
     from lens_model.inference.pipeline import LensPipeline

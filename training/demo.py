@@ -261,7 +261,7 @@ def evaluate_model(
 
 def summarize(outcomes: list[SampleOutcome], n_boot: int = 2000, seed: int = 0) -> dict[str, dict[str, float]]:
     """Each metric -> {value, low, high}: the 95 % percentile bootstrap interval over samples ("mask on the anchor"
-    over the relational expressions only; NaN without any)."""
+    over the relational expressions only; NaN without any, and every metric NaN without outcomes)."""
     from lens_model.eval.metrics import bootstrap_interval
 
     relational = [o for o in outcomes if o.kind == "relational"]
@@ -283,6 +283,9 @@ def summarize(outcomes: list[SampleOutcome], n_boot: int = 2000, seed: int = 0) 
             continue
         value, low, high = bootstrap_interval(np.asarray(values, dtype=np.float64), n_boot=n_boot, seed=seed)
         out[name] = {"value": value, "low": low, "high": high}
+    if not outcomes:  # e.g. no relational expression among the first test expressions
+        out["cIoU"] = {"value": float("nan"), "low": float("nan"), "high": float("nan")}
+        return out
     inter = np.array([o.intersection for o in outcomes], dtype=np.float64)
     union = np.array([o.union for o in outcomes], dtype=np.float64)
     value, low, high = bootstrap_interval(np.stack([inter, union], 1), n_boot=n_boot, seed=seed, statistic=_ciou)
@@ -749,10 +752,17 @@ def main(argv=None) -> int:
         "--compare's model on attribute expressions)"
     )  # fmt: skip
     parser.add_argument("--compare", type=Path, help="also score this model on the test split (e.g. the shipped one)")
+    parser.add_argument(
+        "--evaluate", type=Path, metavar="MODEL_DIR", help="only score this model (e.g. a phase's "
+        "checkpoints/step-*/model while the recipe trains) on the first --samples test expressions, by kind of "
+        "expression against chance; no training"
+    )  # fmt: skip
+    parser.add_argument("--samples", type=int, help="test expressions for --evaluate (default: the recipe's)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    progress = not args.no_progress
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import torch
 
@@ -762,9 +772,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     recipe = DemoRecipe().quick() if args.quick else DemoRecipe()
     out = args.out
+    if args.evaluate:
+        return evaluate_checkpoint(out, recipe, args.evaluate, args.samples or recipe.test_samples, progress)
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
-    progress = not args.no_progress
     clock: dict[str, float] = json.loads((out / "times.json").read_text()) if (out / "times.json").exists() else {}
 
     def timed(name, fn, *a):
@@ -828,6 +839,32 @@ def main(argv=None) -> int:
     print(report)
     if args.ship:
         return ship_model(args, recipe, phases["grpo"] / "final", report, tables, previous, records, outcomes["grpo"])
+    return 0
+
+
+def evaluate_checkpoint(out: Path, recipe: DemoRecipe, model_dir: Path, n: int, progress: bool) -> int:
+    """--evaluate: `model_dir` on the first `n` test expressions of OUT's main scenes -> the by-kind table (with
+    chance) printed and OUT/checkpoint-evals/NAME.json, NAME from the model's path (phase and step)."""
+    scenes = out / "scenes" / recipe.scenes.name
+    if not (scenes / "synthetic" / "refs(unc).p").exists():
+        print(f"--evaluate: no test scenes in {scenes}; run the recipe once to render them", file=sys.stderr)
+        return 2
+    if not (model_dir / "config.json").exists():
+        print(f"--evaluate: {model_dir} is not a model directory (no config.json)", file=sys.stderr)
+        return 2
+    records = held_out_records(scenes, n)
+    inside = model_dir.resolve().is_relative_to(out.resolve())
+    parts = model_dir.resolve().relative_to(out.resolve()).parts if inside else (model_dir.resolve().name,)
+    name = "-".join(p for p in parts if p not in ("checkpoints", "model"))  # e.g. stage1-step-0000500
+    dest = out / "checkpoint-evals" / f"{name}-n{len(records)}.json"
+    if dest.exists():
+        outcomes = [SampleOutcome(**row) for row in json.loads(dest.read_text())]
+    else:
+        outcomes = evaluate_model(model_dir, records, max_new_tokens=recipe.max_new_tokens, progress=progress)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(json.dumps([asdict(o) for o in outcomes]))
+    print(f"{model_dir} on {len(records)} test expressions of {scenes} (generated answers, greedy); {dest}")
+    print(format_table(tables_of(outcomes, recipe.bootstrap)))
     return 0
 
 
