@@ -35,9 +35,23 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--prompt", required=True, help="referring expression or command, e.g. 'the red cup on the left'")
     p.add_argument(
+        "--multi-target",
+        action="store_true",
+        help="split the prompt into several objects ('the cup and the spoon', 'the red block, the blue block'; the "
+        "rule is in docs/cli.md) and segment them in one batched call; prints {command, targets: [one entry per "
+        "target, id = 1, 2, ...], ...}",
+    )
+    p.add_argument(
         "--out-mask",
         type=Path,
-        help=f"write the mask (0/255, same size as the image) to this {'/'.join(MASK_SUFFIXES)} file (lossless)",
+        help=f"write the mask (0/255, same size as the image; with --multi-target the union of the targets) to this "
+        f"{'/'.join(MASK_SUFFIXES)} file (lossless)",
+    )
+    p.add_argument(
+        "--out-label-mask",
+        type=Path,
+        help="with --multi-target: write the label mask (8-bit, 0 = background, k = target k) to this "
+        f"{'/'.join(MASK_SUFFIXES)} file",
     )
     p.add_argument(
         "--out-overlay",
@@ -77,6 +91,7 @@ def run(args) -> int:
     from lens_model.image_io import load_image, read_prompt
     from lens_model.inference.prompting import check_mllm_aspect_ratio
     from lens_model.inference.result_files import save_mask_png, save_overlay, segment_record, write_record
+    from lens_model.inference.targets import command_targets
 
     if args.max_new_tokens < 1:
         raise LensError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
@@ -84,15 +99,21 @@ def run(args) -> int:
     check_output_file(args.out_mask, "--out-mask", MASK_SUFFIXES)
     check_output_file(args.out_overlay, "--out-overlay", IMAGE_SUFFIXES)
     check_output_file(args.json, "--json")
+    check_output_file(args.out_label_mask, "--out-label-mask", MASK_SUFFIXES)
+    if args.out_label_mask is not None and not args.multi_target:
+        raise LensError("--out-label-mask needs --multi-target (the label mask numbers the targets of a command)")
     rgb = load_image(args.image)
     check_mllm_aspect_ratio(rgb.shape[:2], str(args.image))
     prompt = read_prompt(args.prompt)
+    phrases = command_targets(prompt, args.multi_target)  # an empty phrase or too many targets: before loading
     depth = None
     if args.depth or args.camera_info:
         from lens_model.geometry.target3d import DepthInput
 
         depth = DepthInput.from_files(args.depth, args.camera_info, rgb.shape[:2], args.depth_scale)
     pipe = load_pipeline(args, args.model)
+    if args.multi_target:
+        return _run_targets(args, pipe, rgb, prompt, phrases, depth)
     result = pipe(rgb, prompt)
     target_3d = None if depth is None else depth.target(result.mask).to_json_dict()
     if args.out_mask:
@@ -100,5 +121,31 @@ def run(args) -> int:
     if args.out_overlay:
         save_overlay(rgb, result, args.out_overlay)
     record = segment_record(result, args.image, args.model, args.backend, target_3d, args.out_mask, args.out_overlay)
+    print(write_record(record, args.json))
+    return 0
+
+
+def _run_targets(args, pipe, rgb, command: str, phrases: list[str], depth) -> int:
+    """--multi-target: every phrase in one batched call; one JSON entry per target, the union and label masks."""
+    from lens_model.inference.result_files import (
+        command_record,
+        save_command_overlay,
+        save_label_png,
+        save_mask_png,
+        write_record,
+    )
+    from lens_model.inference.targets import CommandResult
+
+    result = CommandResult(command, pipe(rgb, phrases))
+    targets_3d = None if depth is None else [depth.target(t.mask).to_json_dict() for t in result.targets]
+    if args.out_mask:
+        save_mask_png(result.union_mask(), args.out_mask)
+    if args.out_label_mask:
+        save_label_png(result.label_image(), args.out_label_mask)
+    if args.out_overlay:
+        save_command_overlay(rgb, result, args.out_overlay)
+    record = command_record(
+        result, args.image, args.model, args.backend, targets_3d, args.out_mask, args.out_overlay, args.out_label_mask
+    )
     print(write_record(record, args.json))
     return 0

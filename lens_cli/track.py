@@ -29,6 +29,12 @@ def add_parser(sub) -> None:
     add_model_argument(p)
     p.add_argument("--video", type=Path, required=True, help="video file (MP4, MKV, AVI, ...) or a folder of frames")
     p.add_argument("--prompt", required=True, help="referring expression or command, e.g. 'the red cup on the left'")
+    p.add_argument(
+        "--multi-target",
+        action="store_true",
+        help="split the prompt into several objects ('the cup and the spoon'; rule in docs/cli.md) and track each: "
+        "one image-encoder pass per frame for all, each lost and re-grounded on its own; writes OUT/labels/ too",
+    )
     p.add_argument("--out-dir", type=Path, required=True, help="output folder (created if needed)")
     p.add_argument(
         "--reason-every",
@@ -72,6 +78,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from lens_model.image_io import read_prompt
     from lens_model.inference.backends import check_backend_args
+    from lens_model.inference.targets import command_targets
     from lens_model.model.checkpoint import resolve_model_dir
     from lens_model.tracking.state import TrackingPolicy
     from lens_model.tracking.track_video import track_video, tracking_memory
@@ -88,6 +95,7 @@ def run(args) -> int:
         raise LensError(f"--out-dir {args.out_dir} is a file; pass a folder")
     # Cheap checks first: the video, the prompt, the backend and the SAM2 memory weights, before the model loads.
     prompt = read_prompt(args.prompt)
+    command_targets(prompt, args.multi_target)  # an empty phrase or too many targets: refused before loading
     video = open_video(args.video, folder_fps=args.fps)
     choice = check_backend_args(args.backend, args.backend_dir)
     model_dir = resolve_model_dir(args.model)
@@ -106,6 +114,7 @@ def run(args) -> int:
         reason_every=args.reason_every,
         policy=TrackingPolicy(lost_after_frames=args.lost_after),
         progress=not args.no_progress,
+        multi_target=args.multi_target,
     )
     print(
         f"{summary.frames} frames, {summary.lens_queries} LENS queries, {summary.lost_frames} frames lost "

@@ -162,6 +162,11 @@ class CommandQueue:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        return self.drain()
+
+    def drain(self) -> tuple[Command, ...]:
+        """Discard the pending commands (not the running one) and return them; the queue stays open."""
+        with self._cond:
             discarded, self._pending = tuple(self._pending), deque()
         return discarded
 

@@ -180,6 +180,7 @@ def test_lens_bag_end_to_end(capsys, tmp_path, ts, box_model_dir, storage, every
         CAMERA: "sensor_msgs/msg/Image",
         "/chatter": "std_msgs/msg/String",
         "/lens/mask": "sensor_msgs/msg/Image",
+        "/lens/masks": "sensor_msgs/msg/Image",
         "/lens/detections": "vision_msgs/msg/Detection2DArray",
         "/lens/reasoning": "std_msgs/msg/String",
     }
@@ -188,6 +189,7 @@ def test_lens_bag_end_to_end(capsys, tmp_path, ts, box_model_dir, storage, every
         CAMERA: n,
         "/chatter": n + 1,
         "/lens/mask": len(segmented),
+        "/lens/masks": len(segmented),
         "/lens/detections": len(segmented),
         "/lens/reasoning": len(segmented),
     }
@@ -210,6 +212,8 @@ def test_lens_bag_end_to_end(capsys, tmp_path, ts, box_model_dir, storage, every
         assert (mask.encoding, mask.height, mask.width, mask.step) == ("mono8", H, W, W)
         assert image_to_array(mask).shape == (H, W) and set(np.unique(image_to_array(mask))) <= {0, 255}
         assert np.array_equal(image_to_array(mask) == 255, want[k].mask)
+        labels = image_to_array(got["/lens/masks"][k][1])  # one target: label 1 where the mask is
+        assert np.array_equal(labels, want[k].mask.astype(np.uint8))
         (det,) = got["/lens/detections"][k][1].detections
         hyp = det.results[0].hypothesis
         assert hyp.class_id == PROMPT and hyp.score == pytest.approx(want[k].score, abs=1e-6)
@@ -239,6 +243,7 @@ def test_compressed_topic_with_a_corrupt_frame_and_overlay(tmp_path, ts, tiny_pi
     assert storage == "mcap"
     assert {t: len(m) for t, m in got.items() if t.startswith("/lens")} == {
         "/lens/mask": 3,
+        "/lens/masks": 3,
         "/lens/detections": 3,
         "/lens/reasoning": 3,
         "/lens/overlay": 3,
@@ -422,7 +427,7 @@ def test_lens_bag_track_writes_every_frame(capsys, tmp_path, ts, box_model_dir):
         assert timestamp == bag_time(i)
         assert (mask.header.stamp.sec, mask.header.stamp.nanosec) == (1000 + i, 1000 * i + 7)
         assert np.array_equal(image_to_array(mask) == 255, want[i].mask)
-        assert len(got["/lens/detections"][i][1].detections) == (want[i].box is not None)
+        assert len(got["/lens/detections"][i][1].detections) == (want[i].targets[0].box is not None)
 
 
 def test_lens_bag_track_needs_memory_weights(capsys, tmp_path, ts, tiny_dir):

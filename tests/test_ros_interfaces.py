@@ -44,7 +44,12 @@ needs_rosidl = pytest.mark.usefixtures("rosidl_parsers")
 
 
 def test_the_package_has_the_result_message_the_service_and_the_action():
-    assert DEFINITIONS == ["action/Segment.action", "msg/SegmentationResult.msg", "srv/Segment.srv"]
+    assert DEFINITIONS == [
+        "action/Segment.action",
+        "msg/SegmentationResult.msg",
+        "msg/SegmentationTarget.msg",
+        "srv/Segment.srv",
+    ]
 
 
 @needs_rosidl
@@ -306,10 +311,14 @@ def test_segmentation_result_appends_the_3d_fields_after_the_2d_ones():
         "timing_names",
         "timing_seconds",
     ]
+    # then the 3D fields, then every target (issue 27): each addition at the end, so older readers of the first
+    # fields keep working
     assert fields[names.index("timing_seconds") + 1 :] == [
         [None, "bool", "has_3d"],
         [None, "string", "error_3d"],
         ["vision_msgs", "Detection3D", "detection_3d"],
         [None, "uint32", "num_points_3d"],
         [None, "float32", "valid_depth_fraction"],
+        ["sensor_msgs", "Image", "label_mask"],
+        ["lens_interfaces", "SegmentationTarget", "targets"],
     ]

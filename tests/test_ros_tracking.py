@@ -126,7 +126,7 @@ def ground(engine, prompt):
     """A command on the latest camera frame; returns its outcome once tracking has started on it."""
     outcome = engine.submit(prompt).wait(120)
     assert outcome.success, outcome.message
-    wait_until(lambda: engine.tracking.machine.prompt == prompt and not engine.tracking._groundings)
+    wait_until(lambda: engine.tracking.command == prompt and not engine.tracking._groundings)
     return outcome
 
 
@@ -151,7 +151,7 @@ def test_every_new_frame_is_tracked_and_published_with_its_header(make_engine, s
         for msg in (o.messages.mask, o.messages.detections):
             assert stamp(msg.header) == (10 + i, 0, "cam")
         assert o.result_msg is None and o.prompt == "the cup"
-        assert o.tracked.decision.state.value == "tracking"
+        assert o.tracked.targets[0].decision.state.value == "tracking"
         mask = np.frombuffer(bytes(o.messages.mask.data), np.uint8).reshape(CLIP_HW)
         assert np.array_equal(mask > 0, o.result.mask)
         assert len(o.messages.detections.detections) == (1 if o.result.mask.any() else 0)
@@ -165,7 +165,7 @@ def test_every_new_frame_is_tracked_and_published_with_its_header(make_engine, s
     for i, o in enumerate(out, start=1):
         want = direct.track(frame(i))["t"]
         assert np.array_equal(o.result.mask, want.mask), i
-        assert o.tracked.score == pytest.approx(want.object_score, abs=1e-5)
+        assert o.tracked.targets[0].score == pytest.approx(want.object_score, abs=1e-5)
 
     status = engine.tracking.status()
     assert (status.state, status.prompt, status.frames_tracked, status.frames_dropped) == ("tracking", "the cup", 5, 0)
@@ -175,7 +175,9 @@ def test_every_new_frame_is_tracked_and_published_with_its_header(make_engine, s
         "prompt": "the cup",
         "frames_tracked": 0,
         "frames_dropped": 0,
-        "reason": "grounded",
+        "reason": "1: grounded",
+        "frames_skipped": 0,
+        "targets": [{"id": 1, "phrase": "the cup", "state": "tracking", "reason": "grounded"}],
     }
 
 
@@ -184,16 +186,16 @@ def test_lost_after_n_missing_frames_then_reground_from_the_tracker_scores(make_
     engine = make_engine(lost_score_threshold=100.0, lost_after_frames=2)
     command(engine, store, "the cup", frame(0), sec=10)
     feed(engine, store, frame(1), sec=11)
-    assert engine.tracking.machine.state.value == "tracking"
+    assert engine.tracking.state.value == "tracking"
     feed(engine, store, frame(2), sec=12)
     out = tracked(engine)
-    assert all(o.tracked.score < 100.0 for o in out)
-    assert [o.tracked.decision.state.value for o in out] == ["tracking", "lost"]
-    assert out[1].tracked.decision.reason == "object score below 100.0 for 2 frames"
+    assert all(o.tracked.targets[0].score < 100.0 for o in out)
+    assert [o.tracked.targets[0].decision.state.value for o in out] == ["tracking", "lost"]
+    assert out[1].tracked.targets[0].decision.reason == "object score below 100.0 for 2 frames"
     assert not out[1].result.mask.any() and out[1].messages.detections.detections == []  # lost: nothing reported
     # the loss submitted the prompt to the reasoning worker, which segmented the latest frame and restarted tracking
     wait_until(lambda: any(o.source == "reground" for o in engine.published))
-    wait_until(lambda: engine.tracking.machine.state.value == "tracking" and engine.tracking._reground_request is None)
+    wait_until(lambda: engine.tracking.state.value == "tracking" and engine.tracking._reground_request is None)
     reground = next(o for o in engine.published if o.source == "reground")
     assert stamp(reground.header) == (12, 0, "cam") and reground.prompt == "the cup"
     assert [s.state for s in engine.states][-3:] == ["tracking", "lost", "tracking"]
@@ -252,16 +254,16 @@ def test_a_frame_of_another_size_resets_the_target_and_regrounds(make_engine, st
     small = frame(2, hw=(96, 128))
     feed(engine, store, small, sec=12)
     out = tracked(engine)
-    reset = out[-1].tracked.decision
+    reset = out[-1].tracked.targets[0].decision
     assert reset.state.value == "lost" and reset.reset
     assert reset.reason == "frame size changed from 160x120 to 128x96: target reset"
-    assert ("warning", f"tracking 'the cup': {reset.reason}") in engine.log_lines
+    assert ("warning", f"tracking 'the cup' (target 1): {reset.reason}") in engine.log_lines
     # re-grounded on the new size: later frames of that size are tracked again
-    wait_until(lambda: engine.tracking.machine.state.value == "tracking" and engine.tracking._reground_request is None)
-    assert engine.tracking.machine.frame_hw == (96, 128)
+    wait_until(lambda: engine.tracking.state.value == "tracking" and engine.tracking._reground_request is None)
+    assert engine.tracking.runner.machines[1].frame_hw == (96, 128)
     feed(engine, store, frame(3, hw=(96, 128)), sec=13)
     last = tracked(engine)[-1]
-    assert last.tracked.decision.state.value == "tracking" and last.result.mask.shape == (96, 128)
+    assert last.tracked.targets[0].decision.state.value == "tracking" and last.result.mask.shape == (96, 128)
 
 
 def test_after_a_size_reset_without_reground_later_frames_are_reported_lost(make_engine, store):
@@ -270,8 +272,8 @@ def test_after_a_size_reset_without_reground_later_frames_are_reported_lost(make
     for i in (1, 2, 3):
         feed(engine, store, frame(i, hw=(96, 128)), sec=10 + i)
     out = tracked(engine)
-    assert [o.tracked.decision.state.value for o in out] == ["lost", "lost", "lost"]
-    assert [o.tracked.source for o in out] == ["none", "none", "none"]  # the reset target is not tracked on
+    assert [o.tracked.targets[0].decision.state.value for o in out] == ["lost", "lost", "lost"]
+    assert [o.tracked.targets[0].source for o in out] == ["none", "none", "none"]  # the reset target is not tracked on
     assert all(o.result.mask.shape == (96, 128) and not o.result.mask.any() for o in out)
     assert not [line for level, line in engine.log_lines if level == "error"]
     assert engine.tracking.status().frames_tracked == 3 and engine.published[0].source == "command"
@@ -304,7 +306,7 @@ def test_compressed_frames_are_idle_then_tracked(make_engine, store):
     engine = make_engine(lost_score_threshold=-100.0, image_compressed=True)
     worker = engine.tracking
     engine.on_image(png(frame(0), 9))  # no target yet: idle
-    wait_until(lambda: worker._pending is None and worker.machine.prompt is None and engine.states)
+    wait_until(lambda: worker._pending is None and worker.command is None and engine.states)
     engine.clock.now = 10
     engine.on_image(png(frame(0), 10))
     ground(engine, "the cup")

@@ -16,6 +16,8 @@ CLIP_HW = (120, 160)
 JSONL_FIELDS = {
     "frame",
     "time_s",
+    "target_id",
+    "phrase",
     "source",
     "state",
     "box",
