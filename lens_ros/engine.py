@@ -47,6 +47,7 @@ from lens_model.inference.targets import CommandResult, command_targets
 
 from .conversions import image_message_to_rgb, stamp_to_seconds
 from .depth import CameraCache, DepthBuffer, measure
+from .diagnostics import Health, TrackingCounts
 from .errors import LensRosError
 from .fields import MeasuredTarget, result_fields
 from .messages import ResultMessages, TargetMessages, fill_result, fill_segmentation_result, fill_targets, target_header
@@ -156,6 +157,7 @@ class SegmentationEngine:
         self.failed = 0
         self.depth_failures = 0  # frames whose depth image could not be paired or used
         self.last: Outcome | None = None  # the last command's outcome (success or not)
+        self.last_timings: dict[str, float] = {}  # seconds per stage of the last LENS query that ran
         self.tracking: TrackingWorker | None = None
         if tracker is not None:
             self.tracking = TrackingWorker(
@@ -266,6 +268,31 @@ class SegmentationEngine:
         if self.tracking is not None:
             self.tracking.max_rate_hz = self.settings.max_rate_hz
 
+    def health(self, **node: Any) -> Health:
+        """The engine's part of the node's health (lens_ros.diagnostics); `node` gives the rest (model, device,
+        lifecycle, whisper, ...)."""
+        last, tracking = self.last, self.tracking
+        counts = None
+        if tracking is not None:
+            counts = TrackingCounts(
+                tracking.state.value, tracking.frames_tracked, tracking.frames_dropped, tracking.frames_skipped
+            )
+        return Health(
+            enabled=self.enabled,
+            processed=self.processed,
+            failed=self.failed,
+            last_ok=None if last is None else last.success,
+            last_error="" if last is None or last.success else last.message,
+            last_command="" if last is None else last.prompt,
+            last_timings=dict(self.last_timings),
+            queue_depth=len(self.queue.pending),
+            busy=self.queue.busy,
+            depth_enabled=self.depth is not None,
+            depth_failures=self.depth_failures,
+            tracking=counts,
+            **node,
+        )
+
     # -- worker --
     def start(self) -> None:
         if self._thread is not None:
@@ -361,7 +388,7 @@ class SegmentationEngine:
             return self._failed(Outcome(False, f"model error: {type(exc).__name__}: {exc}", command.text, source))
         self.processed += 1
         outcome = Outcome(True, "", command.text, source, result, messages, result_msg, header, targets_3d=targets_3d)
-        self.last = outcome
+        self.last, self.last_timings = outcome, dict(result.targets[0].timings)
         for k, target in zip(result.ids, result.targets):
             box = "no box" if target.box is None else "box [" + ", ".join(f"{v:.0f}" for v in target.box) + "]"
             name = f"{source} {command.text!r}" + (f" target {k} {target.prompt!r}" if len(phrases) > 1 else "")

@@ -26,6 +26,10 @@ Images and the 2D result
         markers:    visualization_msgs/MarkerArray (lens_ros.fields.marker_fields) when `markers`
     fill_target(target, header, prompt, score, colours_rgb=None, types=None) -> TargetMessages: one target
 
+RViz and diagnostics
+    fill_markers(markers, types=None) -> visualization_msgs/msg/MarkerArray (lens_ros.fields.marker_fields)
+    fill_diagnostics(statuses, stamp, types=None) -> diagnostic_msgs/msg/DiagnosticArray (lens_ros.diagnostics)
+
 lens_interfaces
     fill_segmentation_result(result, header, messages, types=None, targets_3d=None, error_3d="")
         -> lens_interfaces/msg/SegmentationResult; `result` a CommandResult (or one SegmentationResult); `messages`
@@ -46,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .conversions import IMAGE_TYPE
+from .diagnostics import StatusFields
 from .fields import (
     CloudFields,
     Detection3DFields,
@@ -369,4 +374,26 @@ def fill_segmentation_result(
         valid_depth_fraction=first.valid_depth_fraction,
         label_mask=messages.labels,
         targets=[_fill_target_result(t, types) for t in f.targets],
+    )
+
+
+# -- diagnostic_msgs --
+def fill_diagnostics(statuses: list[StatusFields], stamp: Any, types: Mapping[str, type] | None = None) -> Any:
+    """diagnostic_msgs/msg/DiagnosticArray of `statuses` (lens_ros.diagnostics), header stamp `stamp`."""
+    t = lambda name: message_class(name, types)  # noqa: E731
+    status_cls, key_value = t("diagnostic_msgs/msg/DiagnosticStatus"), t("diagnostic_msgs/msg/KeyValue")
+    # the `byte` level: an int in rosbags' classes, one byte (b"\x01") in rclpy's
+    level = int if dataclasses.is_dataclass(status_cls) else lambda value: bytes([value])
+    return t("diagnostic_msgs/msg/DiagnosticArray")(
+        header=t("std_msgs/msg/Header")(stamp=stamp, frame_id=""),
+        status=[
+            status_cls(
+                level=level(s.level),
+                name=s.name,
+                message=s.message,
+                hardware_id=s.hardware_id,
+                values=[key_value(key=k, value=v) for k, v in s.values],
+            )
+            for s in statuses
+        ],
     )
