@@ -126,7 +126,8 @@ def ground(engine, prompt):
     """A command on the latest camera frame; returns its outcome once tracking has started on it."""
     outcome = engine.submit(prompt).wait(120)
     assert outcome.success, outcome.message
-    wait_until(lambda: engine.tracking.command == prompt and not engine.tracking._groundings)
+    # the state is published once the tracking thread has started the targets
+    wait_until(lambda: engine.states and engine.states[-1].prompt == prompt and not engine.tracking._groundings)
     return outcome
 
 
@@ -391,3 +392,63 @@ def test_tracked_frames_carry_the_3d_target_of_their_mask(make_engine, store):
             10 + i,
             "depth_optical",
         )
+
+
+def test_every_target_of_a_command_is_tracked_and_a_lost_one_is_regrounded_alone(make_engine, store):
+    engine = make_engine(lost_score_threshold=-100.0)
+    command(engine, store, "the cup and the plant", frame(0), sec=10)
+    worker = engine.tracking
+    assert sorted(worker.runner.tracker.targets) == [1, 2]
+    feed(engine, store, frame(1), sec=11)
+    (out,) = tracked(engine)
+    ids = [(d.id, d.results[0].hypothesis.class_id) for d in out.messages.detections.detections]
+    assert ids == [("1", "the cup"), ("2", "the plant")]
+    labels = np.frombuffer(bytes(out.messages.labels.data), np.uint8).reshape(CLIP_HW)
+    masks = [t.mask for t in out.tracked.targets]
+    assert np.array_equal(labels == 1, masks[0]) and np.array_equal(labels == 2, masks[1] & ~masks[0])
+    assert worker.runner.tracker.frame_index == 1  # the grounding frame and this one: one encoder pass each
+
+    worker.runner.tracker.remove(2)  # the tracker drops target 2: it is lost and re-grounded on its own
+    feed(engine, store, frame(2), sec=12)
+    wait_until(lambda: any(o.source == "reground" for o in engine.published))
+    wait_until(lambda: worker.runner.machines[2].state.value == "tracking" and worker._reground_request is None)
+    reground = next(o for o in engine.published if o.source == "reground")
+    assert reground.prompt == "the cup and the plant" and len(reground.command.targets) == 2
+    assert worker.runner.tracker.targets[1].start_frame == 0  # target 1 kept its memory
+    assert worker.runner.tracker.targets[2].start_frame > 0
+    status = json.loads(worker.status().to_json())
+    assert [(t["id"], t["phrase"], t["state"]) for t in status["targets"]] == [
+        (1, "the cup", "tracking"),
+        (2, "the plant", "tracking"),
+    ]
+
+
+def test_max_rate_hz_skips_frames_and_disabled_tracking_publishes_nothing(make_engine, store):
+    engine = make_engine(lost_score_threshold=-100.0, max_rate_hz=2.0)
+    command(engine, store, "the cup", frame(0), sec=10)
+    worker = engine.tracking
+    for i, t in enumerate((10.5, 10.7, 11.0, 11.2, 11.5), start=1):  # 0.5 s apart at most every other frame
+        sec, nanosec = int(t), round((t % 1) * 1e9)
+        engine.on_image(image_msg(store, frame(i), sec=sec, nanosec=nanosec, frame="cam"))
+        wait_until(lambda: worker._pending is None)
+        time.sleep(0.3)
+    assert [
+        o.messages.mask.header.stamp.sec + o.messages.mask.header.stamp.nanosec * 1e-9 for o in tracked(engine)
+    ] == [
+        10.5,
+        11.0,
+        11.5,
+    ]
+    assert (worker.frames_tracked, worker.frames_skipped) == (3, 2)
+
+    engine.update_settings(max_rate_hz=0.0)  # a runtime change: every frame from now on
+    engine.set_enabled(False)
+    before = len(engine.published)
+    for i, sec in enumerate((12, 13), start=6):
+        engine.on_image(image_msg(store, frame(i), sec=sec, frame="cam"))
+        time.sleep(0.3)
+    assert len(engine.published) == before and worker.frames_tracked == 3  # paused: not tracked, not published
+    engine.set_enabled(True)
+    feed(engine, store, frame(8), sec=14)
+    feed(engine, store, frame(9), sec=14, nanosec=100_000_000)
+    assert [o.messages.mask.header.stamp.sec for o in tracked(engine)][-2:] == [14, 14]
