@@ -110,6 +110,7 @@ def test_the_topics_carry_jazzys_type_hashes(tiny_dir, tmp_path):
     image, result = JAZZY_RIHS01["sensor_msgs/msg/Image"], "lens_interfaces/msg/SegmentationResult"
     published = {
         "/mask": image,
+        "/masks": image,
         "/overlay": image,
         "/detections": JAZZY_RIHS01["vision_msgs/msg/Detection2DArray"],
         "/reasoning": JAZZY_RIHS01["std_msgs/msg/String"],
