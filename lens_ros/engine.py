@@ -5,6 +5,10 @@
     engine.on_image(msg)                       # camera callback: keep the frame (sensor_msgs Image/CompressedImage)
     engine.on_depth(msg); engine.on_camera_info(msg)   # with depth_enabled: registered depth + its camera_info
     engine.submit("the red cup")               # command callback: queue it (policy, drops logged)
+    engine.submit("the cup and the spoon")     # several targets (multi_target): one batched call, ids 1 and 2
+    engine.set_enabled(False)                  # ~/enable: commands answer "disabled", tracking is silent
+    engine.set_prompt("the red cup")           # the `prompt` parameter: now, or on the first frame
+    engine.health(model=..., ...)              # lens_ros.diagnostics.Health for /diagnostics
     pending = engine.submit(prompt, image=msg_or_None, feedback=callback)   # service / action
     outcome = pending.wait(timeout)            # Outcome(success, message, result, messages, result_msg, header)
     engine.stop()
@@ -16,12 +20,14 @@ on a camera frame starts SAM2 tracking of its mask, and each later camera frame 
 frame's header, `publish_state(TrackingStatus)` the tracking state, and a lost target is re-grounded by
 submitting its prompt as a command (source "reground").
 
-The worker takes one command at a time (lens_ros.policy.CommandQueue), picks its frame (FrameBuffer: latest or
-next, staleness bound) unless the request brought its own image, converts it (lens_ros.conversions), runs the
-pipeline (streaming the generated text to `feedback` when given), builds the output messages
+The worker takes one command at a time (lens_ros.policy.CommandQueue), splits it into target phrases
+(lens_model.inference.targets, with multi_target), picks its frame (FrameBuffer: latest or next, staleness bound)
+unless the request brought its own image, converts it (lens_ros.conversions), runs the pipeline on every phrase in
+one call (streaming the generated text to `feedback` when given, for one phrase), builds the output messages
 (lens_ros.fields, then lens_ros.messages) and calls `publish(outcome)`. With depth_enabled it pairs the frame
-with the depth image nearest in stamp (lens_ros.depth.DepthBuffer, within depth_slop_s) and measures the object's
-3D target (lens_model.geometry.target3d); a 3D failure (no depth in time, unusable camera_info, sizes that disagree, no
+with the depth image nearest in stamp (lens_ros.depth.DepthBuffer, within depth_slop_s) and measures each target's
+3D target (lens_model.geometry.target3d) and its RViz markers (DELETEALL first when the shown targets change); a 3D
+failure (no depth in time, unusable camera_info, sizes that disagree, no
 valid depth in the mask) is logged and reported in the result (has_3d false, error_3d) while the 2D result stands.
 Any failure — no frame, a stale frame, a bad image, an empty prompt, a model error — becomes
 Outcome(success=False, message=reason), is logged, and the worker goes on with the next command.

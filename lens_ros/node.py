@@ -20,9 +20,12 @@ Subscribes (relative names, so a namespace or remapping moves them):
     audio_info  audio_common_msgs/AudioInfo: sample rate, channels, sample format of `audio`
     depth       sensor_msgs/Image 16UC1/32FC1 registered to `image` (depth_enabled; QoS depth_qos)
     camera_info sensor_msgs/CameraInfo of the depth image (depth_enabled)
+A command may name several objects ("the cup and the spoon", multi_target): each is a target with the id k, all
+segmented in one batched call (lens_model.inference.targets).
 Publishes:
-    mask        sensor_msgs/Image mono8 (255 = object), header = the source image's
-    detections  vision_msgs/Detection2DArray (box in pixels, score, the prompt as class_id)
+    mask        sensor_msgs/Image mono8 (255 = any target), header = the source image's
+    masks       sensor_msgs/Image mono8 label image (0 = background, k = target k)
+    detections  vision_msgs/Detection2DArray (per target: box in pixels, score, its phrase as class_id, id "k")
     reasoning   std_msgs/String (the generated text)
     overlay     sensor_msgs/Image rgb8 for RViz
     result      lens_interfaces/SegmentationResult (all of the above in one message)
@@ -30,12 +33,17 @@ Publishes:
     tracking_state  std_msgs/String JSON: idle / tracking / lost, prompt, frames tracked and dropped (tracking on;
                 mask, detections and the 3D outputs then also come for every tracked frame: lens_ros.tracking_worker)
     target_point   geometry_msgs/PointStamped: the object's 3D centroid (depth_enabled; when measured)
-    detections_3d  vision_msgs/Detection3DArray: centroid, 3D box, score, prompt (depth_enabled; empty when none)
-    target_cloud   sensor_msgs/PointCloud2 x y z rgb of the object (publish_target_cloud)
+    detections_3d  vision_msgs/Detection3DArray: per target centroid, 3D box, score, phrase (depth_enabled)
+    markers        visualization_msgs/MarkerArray: per target CUBE, SPHERE, TEXT (depth_enabled; lens_ros.fields)
+    target_cloud   sensor_msgs/PointCloud2 x y z rgb of the objects (publish_target_cloud)
     (3D outputs: the source image's stamp, the depth image's frame_id)
+    /diagnostics   diagnostic_msgs/DiagnosticArray at 1 Hz in every state (lens_ros.diagnostics)
 Serves:
     ~/segment         lens_interfaces/srv/Segment      (/lens/segment)
     ~/segment_action  lens_interfaces/action/Segment   (/lens/segment_action; feedback: the text so far)
+    ~/enable          std_srvs/SetBool                 (/lens/enable: pause / resume processing while active)
+Parameters prompt, multi_target and max_rate_hz apply at runtime (`prompt` starts that command); a change of any
+other is refused with the reason while the node is configured (lens_ros.params.runtime_change_refusal).
 
 All the logic lives in plain-Python modules tested without ROS (engine, policy, conversions, results,
 interfaces, whisper, params). Inference runs on the engine's worker thread; subscriptions run in a mutually
