@@ -181,7 +181,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "depth_enabled",
         False,
         "measure the object's 3D target from a registered depth image and its "
-        "camera_info; publishes target_point, detections_3d (and target_cloud)",
+        "camera_info; publishes target_point, detections_3d, markers (and target_cloud)",
     ),
     ParamSpec(
         "depth_topic",

@@ -179,8 +179,10 @@ def test_each_object_gets_its_3d_target_and_markers_in_its_colour(make_engine, s
     rgb, gt, depth = scene
     engine = make_engine(depth_enabled=True, depth_slop_s=0.05)
     engine.on_camera_info(camera_info(store, k=K, width=128, height=128, frame="depth_optical"))
-    engine.on_depth(depth_msg(store, depth, encoding="32FC1", sec=100, frame="depth_optical"))
-    engine.on_image(image_msg(store, rgb, sec=100, frame="color_optical"))
+    # the frames' stamp is not the engine's clock (100.0 s): the 3D outputs must carry the source stamp
+    stamp = dict(sec=100, nanosec=250_000_000)
+    engine.on_depth(depth_msg(store, depth, encoding="32FC1", frame="depth_optical", **stamp))
+    engine.on_image(image_msg(store, rgb, frame="color_optical", **stamp))
     outcome = engine.submit(TWO).wait(120)
     assert outcome.success, outcome.message
     camera = PinholeCamera(128, 128, K)
@@ -201,7 +203,7 @@ def test_each_object_gets_its_3d_target_and_markers_in_its_colour(make_engine, s
     for d, want in zip(d3.detections, expected):
         c = d.bbox.center.position
         assert np.allclose([c.x, c.y, c.z], want.box_center)
-    assert (d3.header.stamp.sec, d3.header.frame_id) == (100, "depth_optical")
+    assert (d3.header.stamp.sec, d3.header.stamp.nanosec, d3.header.frame_id) == (100, 250_000_000, "depth_optical")
     point = target_msgs.point.point  # target_point: the first target's centroid
     assert np.allclose([point.x, point.y, point.z], expected[0].centroid)
 
@@ -215,7 +217,8 @@ def test_each_object_gets_its_3d_target_and_markers_in_its_colour(make_engine, s
         ("lens_label", 2, MARKER_TEXT),
     ]  # the first publish: nothing to delete
     for mk in markers:
-        assert (mk.header.stamp.sec, mk.header.frame_id) == (100, "depth_optical")  # depth frame, source stamp
+        stamped = (mk.header.stamp.sec, mk.header.stamp.nanosec, mk.header.frame_id)
+        assert stamped == (100, 250_000_000, "depth_optical")  # depth frame, source stamp
         want = expected[mk.id - 1]
         r, g, b = (c / 255 for c in target_colour(mk.id))
         assert (mk.color.r, mk.color.g, mk.color.b) == pytest.approx((r, g, b))
@@ -231,7 +234,7 @@ def test_each_object_gets_its_3d_target_and_markers_in_its_colour(make_engine, s
             assert p.y < want.box_center[1] - want.box_size[1] / 2  # above the box (y is down in optical frames)
 
     # the same targets again: no DELETEALL; other targets: DELETEALL first, then theirs
-    engine.on_image(image_msg(store, rgb, sec=100, frame="color_optical"))
+    engine.on_image(image_msg(store, rgb, frame="color_optical", **stamp))
     again = engine.submit(TWO).wait(120).messages.target.markers.markers
     assert [mk.action for mk in again] == [0] * 6
     other = engine.submit("the red triangle").wait(120).messages.target.markers.markers

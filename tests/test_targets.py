@@ -61,6 +61,8 @@ def test_a_command_that_does_not_split_is_returned_unchanged():
     [
         ("the cup and", "nothing after 'and' at the end of 'the cup and'"),
         ("the cup,", "nothing after ',' at the end of"),
+        ("the cup and.", "nothing after 'and.' at the end of 'the cup and.'"),
+        ("the cup, the spoon and ?", "nothing after 'and' at the end of"),
         (", the cup", "empty target phrase before ',' at the start of ', the cup'"),
         ("and the spoon", "empty target phrase before 'and' at the start of"),
         ("the cup,, the spoon", "empty target phrase inside ',,' in 'the cup,, the spoon'"),

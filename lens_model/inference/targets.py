@@ -12,8 +12,9 @@ The splitting rule (docs/ros.md, "Several objects in one command"), applied to t
   spoon" (repeat the article to name two objects: "the cup and the spoon").
 * Relational phrases are never cut, since they continue without a new article: "the cup left of the plate and the
   spoon" gives "the cup left of the plate" and "the spoon".
-* A separator with nothing after it, or nothing before it ("the cup and", ", the cup", "the cup,, the spoon"),
-  is an error that names the empty place; so is a command with more than MAX_TARGETS targets.
+* A separator with nothing after it (or only punctuation: "the cup and."), or nothing before it ("the cup and",
+  ", the cup", "the cup,, the spoon"), is an error that names the empty place; so is a command with more than
+  MAX_TARGETS targets.
 
 Each phrase is the command's own text between two splitting separators, trimmed; a command that does not split is
 returned unchanged (one target, segmented exactly as a single prompt). Target k (1-based, in the command's order) is
@@ -42,6 +43,7 @@ NEW_PHRASE_WORDS = frozenset(
 )
 OPENING, CLOSING = "([{", ")]}"
 QUOTES = "\"“”'‘’"  # an apostrophe inside a word ("robot's") is not a quote: see _tokens
+_WORD = re.compile(r"\w", re.UNICODE)
 _TOKEN = re.compile(r"[,;]|[()\[\]{}]|[\"“”]|(?<![\w])['‘’]|['‘’](?![\w])|[^\s,;()\[\]{}\"“”]+", re.UNICODE)
 
 
@@ -57,7 +59,7 @@ class _Token:
 
     @property
     def word(self) -> str:
-        return self.text.lower().strip("'‘’")
+        return self.text.lower().strip("'‘’").rstrip(".!?:")  # "and." at the end of a sentence is still "and"
 
 
 def _tokens(command: str) -> list[_Token]:
@@ -103,7 +105,7 @@ def split_targets(command: str, max_targets: int = MAX_TARGETS) -> list[str]:
             i = j
             continue
         before = command[: run[0].start].strip() if not cuts else command[cuts[-1][1] : run[0].start].strip()
-        if j == len(tokens) and (cuts or before):
+        if not any(_WORD.search(t.text) for t in tokens[j:]) and (cuts or before):  # only "." or "?" may follow
             raise TargetError(f"nothing after {separator!r} at the end of {command!r}: remove it or name the object")
         if not before:
             where = "at the start of" if not cuts else f"after {cuts[-1][2]!r} in"
