@@ -104,6 +104,8 @@ from .params import PARAMETERS, RUNTIME_PARAMETERS, NodeSettings, ParamSpec, run
 from .tracking_worker import TrackingStatus, load_tracker
 from .whisper import BackgroundWhisper
 
+LENS_PARAMETERS = frozenset(spec.name for spec in PARAMETERS)  # the node's own, as opposed to rclpy's (use_sim_time)
+
 try:  # spoken commands are optional: without audio_common_msgs the node runs text-only
     from audio_common_msgs.msg import AudioData, AudioInfo
 except ImportError:  # pragma: no cover - depends on the ROS installation
@@ -454,6 +456,8 @@ class LensNode(LifecycleNode):
         the others with the reason (`ros2 param set` prints it)."""
         configured = self.gate.state in ("inactive", "active")
         for parameter in parameters:
+            if parameter.name not in LENS_PARAMETERS:
+                continue  # rclpy's own (use_sim_time, ...): not lens's to refuse
             refusal = runtime_change_refusal(parameter.name, parameter.value, configured)
             if refusal is not None:
                 self.get_logger().warning(f"parameter change refused: {refusal}")

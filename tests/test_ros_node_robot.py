@@ -210,6 +210,9 @@ def test_enable_the_prompt_parameter_a_refused_parameter_and_diagnostics(scene):
         assert not refused.successful
         assert refused.reason.startswith("parameter model is read on configure and cannot change")
         assert node.get_parameter("model").value == str(DEMO_MODEL)
+        sim_time = Parameter(name="use_sim_time", value=ParameterValue(type=ParameterType.PARAMETER_BOOL))
+        (rclpys,) = _call(parameters, SetParameters.Request(parameters=[sim_time])).results
+        assert rclpys.successful, rclpys.reason  # rclpy's own parameters are not lens's to refuse
         (accepted,) = _call(parameters, string_parameter("prompt", "the yellow square")).results
         assert accepted.successful
         assert wait_for(lambda: any(r.prompt == "the yellow square" for r in results), 120)
