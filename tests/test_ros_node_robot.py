@@ -42,7 +42,10 @@ def iou(a, b):
 
 
 def _call(service, request, timeout=120.0):
-    future = service.call_async(request)
+    return _call_future(service.call_async(request), timeout)
+
+
+def _call_future(future, timeout=120.0):
     assert wait_for(future.done, timeout), "no answer"
     return future.result()
 
@@ -107,11 +110,34 @@ def test_two_objects_in_one_command_come_back_as_two_targets(scene):
         assert service.wait_for_service(timeout_sec=30)
         response = _call(service, Segment.Request(prompt="the green triangle and"))
         assert not response.success and "nothing after 'and'" in response.message  # the node stays up
-        response = _call(service, Segment.Request(prompt="the red triangle, the blue circle"))
-        assert response.success and [t.prompt for t in response.result.targets] == [
-            "the red triangle",
-            "the blue circle",
-        ]
+        two = ["the red triangle", "the blue circle"]
+        response = _call(service, Segment.Request(prompt=", ".join(two)))
+        assert response.success and [t.prompt for t in response.result.targets] == two
+        labels = image_to_array(response.result.label_mask)
+        for k, phrase in enumerate(two, start=1):
+            assert iou(labels == k, gt[phrase]) >= 0.5, phrase
+            assert response.result.targets[k - 1].mask_pixels == int((labels == k).sum())
+
+        # the action: both targets in its result; their text comes as one feedback once the batch is done
+        from rclpy.action import ActionClient
+
+        from lens_interfaces.action import Segment as SegmentAction
+
+        action = ActionClient(client, SegmentAction, "/lens/segment_action")
+        assert action.wait_for_server(timeout_sec=30)
+        feedback = []
+        sent = action.send_goal_async(
+            SegmentAction.Goal(prompt=TWO), feedback_callback=lambda msg: feedback.append(msg.feedback.reasoning)
+        )
+        assert wait_for(sent.done, 30) and sent.result().accepted
+        answer = _call_future(sent.result().get_result_async()).result
+        assert answer.success, answer.message
+        assert [(t.id, t.prompt) for t in answer.result.targets] == [(1, "the green triangle"), (2, "the red triangle")]
+        labels = image_to_array(answer.result.label_mask)
+        assert iou(labels == 1, gt["the green triangle"]) >= 0.5 and iou(labels == 2, gt["the red triangle"]) >= 0.5
+        assert wait_for(lambda: feedback, 10)
+        assert feedback[-1].splitlines()[0].startswith("[1] the green triangle: ")
+        action.destroy()
 
 
 def test_markers_show_each_target_in_the_depth_frame(scene):
