@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from lens_model.errors import LensError
@@ -24,7 +25,8 @@ def add_parser(sub) -> None:
         "segment",
         help="segment an image from a text prompt and print the result as JSON",
         description="Reason about the prompt with the MLLM, then segment with SAM2. Prints box, score, "
-        "generated text, image size and per-stage timings as JSON.",
+        "generated text, image size, per-stage timings and whether the result is confident (and why not) as JSON; "
+        "a result that is not confident (the object is probably not in the image) is also named on stderr.",
     )
     p.add_argument(
         "--model",
@@ -112,4 +114,6 @@ def run(args) -> int:
     if args.json:
         args.json.write_text(text + "\n")
     print(text)
+    if not result.confident:
+        print(f"warning: the result is not confident: {result.reason}", file=sys.stderr)
     return 0
