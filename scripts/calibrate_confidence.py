@@ -61,10 +61,12 @@ def parse_args(argv=None):
 def draw_scenes(out: Path, name: str, n: int, seed: int):
     """Fresh scenes of the demo recipe's phase B -> records of every split."""
     from lens_model.data import load_dataset
+    from lens_model.data.synthetic import SPLIT_OF_INDEX
     from training.demo import DemoRecipe, make_scenes
 
     root = make_scenes(out, dataclasses.replace(DemoRecipe().phase_b, name=name, n_images=n, seed=seed), False)
-    return [r for split in ("train", "val", "testA") for r in load_dataset("synthetic", root, split)]
+    splits = dict.fromkeys(SPLIT_OF_INDEX.get(i % 10, "train") for i in range(n))  # those n scenes fill (n < 10: fewer)
+    return [r for split in splits for r in load_dataset("synthetic", root, split)]
 
 
 def mismatched_prompts(objects, rng) -> dict[str, list[str]]:
@@ -282,6 +284,7 @@ def outcome_table(rows, t) -> str:
         "in scene, wrong (IoU < 0.5): flagged": ([r for r in sets["in scene"] if r["iou"] < 0.5], False),
         "in scene, all: kept": (sets["in scene"], True),
         **{f"{m}: flagged": (sets[m], False) for m in MISMATCHED},
+        "all mismatched pairs: flagged": ([r for m in MISMATCHED for r in sets[m]], False),
     }
     lines = ["| set | n | fraction [95 % interval] |", "|---|---|---|"]
     for name, (group, kept) in groups.items():
