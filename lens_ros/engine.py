@@ -13,11 +13,16 @@
     outcome = pending.wait(timeout)            # Outcome(success, message, result, messages, result_msg, header)
     engine.stop()
 
-With a `tracker` (lens_model.tracking.tracker.StreamingTracker; see lens_ros.tracking_worker.load_tracker) every result
-on a camera frame starts SAM2 tracking of its mask, and each later camera frame is tracked on a separate thread
-(lens_ros.tracking_worker.TrackingWorker): `publish(outcome)` then also gets one Outcome per tracked frame
-(source "tracking": mask and detections, 3D with depth_enabled; no reasoning, overlay or result message) with that
-frame's header, `publish_state(TrackingStatus)` the tracking state, and a lost target is re-grounded by
+Each target is judged on its own: one that is not confident (lens_model.inference.confidence: the object is
+probably not in the image) gets no detection, 3D detection, marker, target point (as the first target) or cloud
+points unless `publish_unconfident` is set, and is logged as a warning; the mask, label image, reasoning, overlay
+and result message (its `confident` false, with the reason) keep every target.
+
+With a `tracker` (lens_model.tracking.tracker.StreamingTracker; see lens_ros.tracking_worker.load_tracker) every
+confident target of a result on a camera frame starts SAM2 tracking of its mask, and each later camera frame is tracked
+on a separate thread (lens_ros.tracking_worker.TrackingWorker): `publish(outcome)` then also gets one Outcome per
+tracked frame (source "tracking": mask and detections, 3D with depth_enabled; no reasoning, overlay or result message)
+with that frame's header, `publish_state(TrackingStatus)` the tracking state, and a lost target is re-grounded by
 submitting its prompt as a command (source "reground").
 
 The worker takes one command at a time (lens_ros.policy.CommandQueue), splits it into target phrases
@@ -381,7 +386,8 @@ class SegmentationEngine:
             result = CommandResult(command.text, results)
             if len(phrases) > 1 and request.feedback is not None:
                 _send_feedback(request.feedback, result, self.log)
-            fields = result_fields(result, header, rgb if self.settings.publish_overlay else None)
+            unconfident = self.settings.publish_unconfident
+            fields = result_fields(result, header, rgb if self.settings.publish_overlay else None, unconfident)
             messages = fill_result(fields, self.types)
             targets_3d, messages.target = self._measure_3d(result, header, rgb, source)
             result_msg = fill_segmentation_result(result, header, messages, self.types, targets_3d)
@@ -398,10 +404,17 @@ class SegmentationEngine:
         for k, target in zip(result.ids, result.targets):
             box = "no box" if target.box is None else "box [" + ", ".join(f"{v:.0f}" for v in target.box) + "]"
             name = f"{source} {command.text!r}" + (f" target {k} {target.prompt!r}" if len(phrases) > 1 else "")
-            self.log.info(
+            summary = (
                 f"{name}: {box}, score {target.score:.2f}, {int(target.mask.sum())} mask pixels, "
                 f"{target.timings.get('total', 0.0):.2f} s"
             )
+            if target.confident:
+                self.log.info(summary)
+            else:
+                withheld = (
+                    "" if self.settings.publish_unconfident else " (detections withheld: publish_unconfident false)"
+                )
+                self.log.warning(f"{summary}; not confident: {target.reason}{withheld}")
         if self.publish is not None:
             try:
                 self.publish(outcome)
@@ -439,7 +452,8 @@ class SegmentationEngine:
         """Each target's 3D measurement on the frame and their messages (None, None without depth_enabled). A
         failure is a target that is not ok, with the reason (a depth image that cannot be paired fails them all);
         the 3D messages carry the source image's stamp and the depth frame_id. `quiet` (tracked frames, at camera
-        rate): log nothing."""
+        rate): log nothing. A target that is not confident (and publish_unconfident false) is measured (the result
+        message reports it) but gets no detection, marker, point or cloud."""
         if self.depth is None:
             return None, None
         s = self.settings
@@ -482,6 +496,9 @@ class SegmentationEngine:
         measured = [
             MeasuredTarget(k, t.prompt, t.score, target) for k, t, target in zip(result.ids, result.targets, targets)
         ]
+        if not s.publish_unconfident:
+            withheld = Target3D(False, "the result is not confident")
+            measured = [m if t.confident else replace(m, target=withheld) for m, t in zip(measured, result.targets)]
         shown = tuple((m.id, m.phrase) for m in measured if m.target.ok)
         with self._lock:  # the reasoning and tracking threads both publish markers
             delete_all = self._marker_targets is not None and shown != self._marker_targets

@@ -23,11 +23,14 @@ Images
         one ObjectHypothesisWithPose: class_id = the prompt, score = result.score (SAM2's predicted IoU of the
         mask, not clipped), identity pose with zero covariance; Detection2D.header = the source header, id =
         str(target_id). No detection (an empty array, still with the header) when result.box is None.
-    command_detection_fields(result, header) -> DetectionArrayFields: one Detection2D per target with a box
-    result_fields(result, header, image_rgb=None) -> ResultFields(mask, detections, reasoning, overlay, labels)
-        mask = the union of the targets; labels = the label image; reasoning = the generated answer (chain of
-        thought and/or box tokens), with several targets each one's as "[k] phrase: text" on its own line; overlay
-        is None unless image_rgb (the (H, W, 3) uint8 RGB the pipeline segmented) is given.
+    command_detection_fields(result, header, unconfident=True) -> DetectionArrayFields: one Detection2D per target
+        with a box; unconfident=False: none for a target that is not confident (the node's publish_unconfident)
+    result_fields(result, header, image_rgb=None, unconfident=True) -> ResultFields(mask, detections, reasoning,
+        overlay, labels)
+        mask = the union of the targets; labels = the label image (both hold every target, confident or not);
+        detections as command_detection_fields; reasoning = the generated answer (chain of thought and/or box
+        tokens), with several targets each one's as "[k] phrase: text" on its own line; overlay is None unless
+        image_rgb (the (H, W, 3) uint8 RGB the pipeline segmented) is given.
 
 3D (lens_model.geometry.target3d.Target3D; the node's depth_enabled, `lens bag --depth-topic`)
     detection_3d_fields(target, header, prompt, score) -> Detection3DFields
@@ -51,8 +54,9 @@ lens_interfaces/SegmentationResult
     segmentation_result_fields(result, header, targets_3d=None, error_3d="", header_3d=None)
         -> SegmentationResultFields: per target (TargetResultFields) the 2D result (with a detection whose box is
         all zero, and has_box false, when the answer had no box: consumers read the prompt and mask score the same
-        way) and the 3D target (has_3d false, detection_3d all zero and its reason, or `error_3d`, when there is
-        none or it is not ok); the command and the timings. `targets_3d`: one Target3D per target, or None.
+        way), whether it is confident (and why not), and the 3D target (has_3d false, detection_3d all zero and its
+        reason, or `error_3d`, when there is none or it is not ok); the command and the timings. `targets_3d`: one
+        Target3D per target, or None.
 
 The header object is passed through untouched, so output messages carry the source image's stamp and frame_id.
 """
@@ -211,6 +215,8 @@ class TargetResultFields:
     detection_3d: Detection3DFields
     num_points_3d: int
     valid_depth_fraction: float
+    confident: bool
+    reason: str  # why confident is false; "" otherwise
 
 
 @dataclass
@@ -299,10 +305,12 @@ def detection_fields(result: SegmentationResult, header: Any, target_id: int = 1
     return DetectionArrayFields(header, [detection])
 
 
-def command_detection_fields(result: CommandResult | SegmentationResult, header: Any) -> DetectionArrayFields:
+def command_detection_fields(
+    result: CommandResult | SegmentationResult, header: Any, unconfident: bool = True
+) -> DetectionArrayFields:
     command = as_command(result)
-    detections = [d for k, t in zip(command.ids, command.targets) for d in detection_fields(t, header, k).detections]
-    return DetectionArrayFields(header, detections)
+    published = [(k, t) for k, t in zip(command.ids, command.targets) if unconfident or t.confident]
+    return DetectionArrayFields(header, [d for k, t in published for d in detection_fields(t, header, k).detections])
 
 
 def reasoning_text(result: CommandResult) -> str:
@@ -313,13 +321,16 @@ def reasoning_text(result: CommandResult) -> str:
 
 
 def result_fields(
-    result: CommandResult | SegmentationResult, header: Any, image_rgb: np.ndarray | None = None
+    result: CommandResult | SegmentationResult,
+    header: Any,
+    image_rgb: np.ndarray | None = None,
+    unconfident: bool = True,
 ) -> ResultFields:
     command = as_command(result)
     labels = command.label_image()
     return ResultFields(
         mask=mask_fields(labels > 0, header),
-        detections=command_detection_fields(command, header),
+        detections=command_detection_fields(command, header, unconfident),
         reasoning=reasoning_text(command),
         overlay=None if image_rgb is None else overlay_fields(image_rgb, command, header),
         labels=labels_fields(labels, header),
@@ -451,6 +462,8 @@ def target_result_fields(
         detection_3d=detection_3d_fields(measured, header_3d, result.prompt, float(result.score), target_id),
         num_points_3d=int(measured.num_points),
         valid_depth_fraction=float(measured.valid_fraction),
+        confident=bool(result.confident),
+        reason=str(result.reason or ""),
     )
 
 

@@ -339,6 +339,8 @@ def _fill_target_result(f: TargetResultFields, types: Mapping[str, type] | None)
         detection_3d=fill_detection_3d(f.detection_3d, types),
         num_points_3d=f.num_points_3d,
         valid_depth_fraction=f.valid_depth_fraction,
+        confident=f.confident,
+        reason=f.reason,
     )
 
 
@@ -372,6 +374,8 @@ def fill_segmentation_result(
         detection_3d=fill_detection_3d(first.detection_3d, types),
         num_points_3d=first.num_points_3d,
         valid_depth_fraction=first.valid_depth_fraction,
+        confident=first.confident,
+        reason=first.reason,
         label_mask=messages.labels,
         targets=[_fill_target_result(t, types) for t in f.targets],
     )

@@ -12,15 +12,15 @@ and counts as dropped, so a tracker slower than the camera falls behind by at mo
 bounded. Frames stamped at or before the grounding frame are not tracked (the target starts there).
 
 Per frame it reuses lens_model.tracking.track_video.ReasonAndTrack (`ground` on a LENS result, `follow` on a camera
-frame: the SAM2 streaming tracker, one image-encoder pass for every target of the command, each target judged by its
-own lens_model.tracking.state machine) and hands the FrameOutcome to `publish_frame(outcome, msg, rgb)`. When a
-target's state machine asks for re-grounding (it was lost, a frame of another size reset it, or reground_period_s
-elapsed) it calls `reground(command, ids)`, which submits the command to the reasoning worker (all its targets in one
-batched call) and returns its lens_ros.engine Request; only targets `ids` restart from the result, the others keep
-their memory. A re-grounding that fails or is dropped from the command queue is reported back to those targets' state
-machines, so a later need asks again. With `max_rate_hz` > 0 frames stamped less than 1/max_rate_hz after the last
-tracked one are left out (counted as skipped). `publish_state(TrackingStatus)` runs on every change of state and
-every `state_period_s`.
+frame: the SAM2 streaming tracker, one image-encoder pass for every target of the command, each target judged by its own
+lens_model.tracking.state machine; only confident targets start) and hands the FrameOutcome to `publish_frame(outcome,
+msg, rgb)`. When a target's state machine asks for re-grounding (it was lost, a frame of another size reset it, or
+reground_period_s elapsed) it calls `reground(command, ids)`, which submits the command to the reasoning worker (all its
+targets in one batched call) and returns its lens_ros.engine Request; only targets `ids` restart from the result, the
+others keep their memory. A re-grounding that fails or is dropped from the command queue is reported back to those
+targets' state machines, so a later need asks again. With `max_rate_hz` > 0 frames stamped less than 1/max_rate_hz after
+the last tracked one are left out (counted as skipped). `publish_state(TrackingStatus)` runs on every change of state
+and every `state_period_s`.
 """
 
 from __future__ import annotations
@@ -243,8 +243,9 @@ class TrackingWorker:
             self._since = stamp
         self._reground_request, self._reground_ids = None, []
         self._reason = "; ".join(f"{t.target_id}: {t.decision.reason}" for t in outcome.targets if t.decision.reason)
-        if replaced is not None:
-            self._reason = f"new command replaces {replaced!r}"
+        if replaced is not None:  # and why targets of the new command did not start (not confident, empty mask)
+            started = all(t.decision.state is TrackState.TRACKING for t in outcome.targets)
+            self._reason = f"new command replaces {replaced!r}" + ("" if started else f" ({self._reason})")
 
     def _check_reground(self) -> None:
         """A re-grounding that ended without a result (failed, or dropped from the command queue)."""

@@ -246,6 +246,55 @@ def test_each_object_gets_its_3d_target_and_markers_in_its_colour(make_engine, s
     assert other[1].pose.position.z == pytest.approx(DEPTHS["the red triangle"], abs=0.05)
 
 
+UNSURE = "the purple square and the green triangle"  # no purple object: the demo model names the yellow square
+
+
+@pytest.mark.parametrize("publish_unconfident", [False, True])
+def test_each_target_is_judged_alone_and_an_unconfident_one_is_withheld(make_engine, store, scene, publish_unconfident):
+    """Default thresholds: target 1 names an object that is not there (not confident), target 2 is right. Target 1
+    gets no detection, 3D detection, marker, target point (it is the first) or cloud points unless
+    publish_unconfident; target 2 is published either way; the masks, the result and its targets keep both, and
+    the result's single-object confident/reason are the first target's."""
+    rgb, gt, depth = scene
+    engine = make_engine(
+        depth_enabled=True, depth_slop_s=0.05, publish_target_cloud=True, publish_unconfident=publish_unconfident
+    )
+    engine.on_camera_info(camera_info(store, k=K, width=128, height=128, frame="depth_optical"))
+    engine.on_depth(depth_msg(store, depth, encoding="32FC1", frame="depth_optical", sec=100))
+    engine.on_image(image_msg(store, rgb, frame="color_optical", sec=100))
+    outcome = engine.submit(UNSURE).wait(120)
+    assert outcome.success, outcome.message
+    unsure, sure = outcome.command.targets
+    assert not unsure.confident and "names 'the yellow square'" in unsure.reason and sure.confident
+
+    msg = cdr(store, outcome.result_msg, RESULT_TYPE)
+    assert [(t.id, t.confident, t.reason) for t in msg.targets] == [(1, False, unsure.reason), (2, True, "")]
+    assert (msg.confident, msg.reason) == (False, unsure.reason)  # the first target's, like has_box ...
+    assert msg.has_3d and all(t.has_3d for t in msg.targets)  # both measured, and reported
+    labels = image_to_array(cdr(store, outcome.messages.labels, "sensor_msgs/msg/Image"))
+    assert np.array_equal(labels == 1, unsure.mask) and iou(labels == 2, gt["the green triangle"]) >= 0.5
+    assert np.array_equal(image_to_array(outcome.messages.mask) == 255, labels > 0)
+
+    published = [1, 2] if publish_unconfident else [2]
+    m = outcome.messages
+    assert [d.id for d in cdr(store, m.detections, "vision_msgs/msg/Detection2DArray").detections] == [
+        str(k) for k in published
+    ]
+    d3 = cdr(store, m.target.detections, "vision_msgs/msg/Detection3DArray").detections
+    assert [d.id for d in d3] == [str(k) for k in published]
+    markers = cdr(store, m.target.markers, "visualization_msgs/msg/MarkerArray").markers
+    assert sorted({mk.id for mk in markers}) == published and all(mk.action == 0 for mk in markers)
+    first = outcome.targets_3d[0]
+    if publish_unconfident:
+        assert np.allclose([m.target.point.point.x, m.target.point.point.y, m.target.point.point.z], first.centroid)
+    else:
+        assert m.target.point is None  # target_point is the first target's: withheld
+    assert m.target.cloud.width == sum(outcome.targets_3d[k - 1].num_points for k in published)
+    warnings = [line for level, line in engine.log_lines if level == "warning" and "not confident" in line]
+    assert len(warnings) == 1 and "target 1 'the purple square'" in warnings[0]
+    assert ("withheld" in warnings[0]) is not publish_unconfident
+
+
 def test_a_target_without_depth_has_no_markers_and_says_why(store):
     mask, camera = np.pad(np.ones((10, 10), bool), 7), PinholeCamera(24, 24, K / 5)
     ok = estimate_target(mask, np.full((24, 24), 1.0, np.float32), camera)

@@ -453,3 +453,35 @@ def test_max_rate_hz_skips_frames_and_disabled_tracking_publishes_nothing(make_e
     feed(engine, store, frame(8), sec=14)
     feed(engine, store, frame(9), sec=14, nanosec=100_000_000)
     assert [o.messages.mask.header.stamp.sec for o in tracked(engine)][-2:] == [14, 14]
+
+
+def test_an_unconfident_result_starts_no_tracking(make_engine, store, pipeline):
+    """A command whose result is not confident (every result is, under a stability above any mask's) is answered
+    and published, but the tracker does not start: later frames stay idle; as a new command it drops the target
+    that was being tracked."""
+    import dataclasses
+
+    from lens_model.model.config import ConfidenceConfig
+
+    engine = make_engine(lost_score_threshold=-100.0)
+    command(engine, store, "the cup", frame(0), sec=10)
+    feed(engine, store, frame(1), sec=11)
+    kept = pipeline.confidence
+    pipeline.confidence = dataclasses.replace(ConfidenceConfig.accept_all(), min_stability=1.01)
+    try:
+        outcome = engine.submit("the plant").wait(120)
+    finally:
+        pipeline.confidence = kept
+    assert outcome.success and not outcome.result.confident
+    worker = engine.tracking
+    wait_until(lambda: worker.runner.command == "the plant" and not worker._groundings)
+    for i in (2, 3):  # idle frames are not counted as tracked: wait until the worker took each
+        engine.clock.now = 10 + i
+        engine.on_image(image_msg(store, frame(i), sec=10 + i, frame="cam"))
+        wait_until(lambda: engine.tracking._pending is None)
+        time.sleep(0.05)
+    assert [o.messages.mask.header.stamp.sec for o in tracked(engine)] == [11]  # nothing after the command
+    assert worker.status().state == "idle" and worker.runner.machines[1].prompt is None
+    assert any("'the plant' not grounded" in state.reason for state in engine.states)
+    assert not worker.runner.tracker.targets
+    assert any(level == "warning" and "not confident" in line for level, line in engine.log_lines)

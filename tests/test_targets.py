@@ -181,6 +181,24 @@ def test_lens_segment_multi_target_prints_one_entry_per_target_and_writes_the_la
     assert Image.open(tmp_path / "overlay.png").size == (128, 128)
 
 
+def test_lens_segment_multi_target_says_per_target_whether_it_is_confident(tmp_path):
+    """Target 1 names a colour that no object has (the demo model names the yellow square: not confident), target
+    2 is right: each JSON entry carries its own confident/reason, and stderr warns about target 1 only."""
+    command = "the purple square and the green triangle"
+    code, out, err = run_cli(
+        "segment", "--model", DEMO_MODEL, "--image", REPO / "assets" / "demo-scene.png", "--prompt", command,
+        "--multi-target", "--device", "cpu", "--out-label-mask", tmp_path / "labels.png",
+    )  # fmt: skip
+    assert code == 0, err
+    unsure, sure = json.loads(out)["targets"]
+    assert (unsure["confident"], sure["confident"], sure["reason"]) == (False, True, None)
+    assert "names 'the yellow square'" in unsure["reason"]
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: target 1 'the purple square' is not confident: {unsure['reason']}"]
+    labels = np.asarray(Image.open(tmp_path / "labels.png"))
+    assert (labels == 1).sum() == unsure["mask_pixels"] > 0  # the label mask keeps the unconfident target
+
+
 def test_lens_segment_refuses_an_empty_phrase_before_loading_the_model(tmp_path):
     code, out, err = run_cli(
         "segment", "--model", tmp_path / "no-model", "--image", REPO / "assets" / "demo-scene.png",

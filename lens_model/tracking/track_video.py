@@ -44,6 +44,7 @@ class FrameRecord:
     mask_png: str
     reason: str = ""  # why the state changed on this frame
     answer_box: list[float] | None = None  # lens frames: the box in the MLLM's answer
+    confident: bool | None = None  # lens frames: the LENS result is confident (tracking starts only then)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -88,6 +89,9 @@ class TargetOutcome:
             mllm_image_size=(0, 0),
             box_error=None if self.box is not None else f"no mask: target {self.decision.state.value}",
             format_ok=False,
+            # a tracked mask follows a confident LENS result (ReasonAndTrack.ground); no mask means no target
+            confident=self.box is not None,
+            reason=None if self.box is not None else f"no mask: target {self.decision.state.value}",
         )
 
 
@@ -180,18 +184,25 @@ class ReasonAndTrack:
         followed: bool = False,
     ) -> FrameOutcome:
         """LENS results on `rgb`: (re)start targets from their masks. ids=None: a new command (result.command)
-        replaces every target; else only targets `ids` restart (result.targets[k - 1]: the same command's), and
-        the others are not reported on this call. `followed`: `rgb` is the frame `follow` just tracked (same frame
-        index, and no second image-encoder pass); otherwise it is the next frame."""
+        replaces every target (the same command again keeps the targets' state machines); else only targets `ids`
+        restart (result.targets[k - 1]: the same command's), and the others are not reported on this call.
+        `followed`: `rgb` is the frame `follow` just tracked (same frame index, and no second image-encoder pass);
+        otherwise it is the next frame.
+
+        A target whose result is not confident (lens_model.inference.confidence) or has an empty mask starts nothing:
+        in a new command that replaces another one it is idle (dropped: the user asked for something else); else
+        its state machine hears that grounding failed (a re-grounding target stays lost and asks again later)."""
         if not isinstance(result, CommandResult):
             result = CommandResult(result.prompt, [result])
         hw = rgb.shape[:2]
+        replaced = ids is None and result.command != self.command and any(m.prompt for m in self.machines.values())
         if ids is None:
             for target_id in list(self.tracker.targets):
                 self.tracker.remove(target_id)
+            if result.command != self.command or list(self.machines) != result.ids:  # else: the command again
+                self.machines = {k: TrackingStateMachine(self.policy) for k in result.ids}
+                self.decisions = {}
             self.command, self.phrases = result.command, result.phrases
-            self.machines = {k: TrackingStateMachine(self.policy) for k in result.ids}
-            self.decisions = {}
             ids = result.ids
         if not followed:
             self.frames += 1
@@ -201,13 +212,19 @@ class ReasonAndTrack:
         for k in ids:
             target = result.targets[k - 1]
             machine = self.machines[k]
-            if target.mask.any():
+            if target.confident and target.mask.any():
                 self.tracker.start(k, target.mask, None if encoded else rgb)
                 encoded = True  # the frame is the tracker's latest now: the other targets reuse its encoding
                 decision = machine.grounded(target.prompt, hw, now)
             else:
                 self.tracker.remove(k)
-                decision = machine.grounding_failed("LENS gave an empty mask")
+                why = (
+                    f"LENS result not confident: {target.reason}" if not target.confident else "LENS gave an empty mask"
+                )
+                if replaced:
+                    decision = machine.clear(f"new command's {target.prompt!r} not grounded: {why}")
+                else:
+                    decision = machine.grounding_failed(why)
             self.decisions[k] = decision
             outcomes.append(
                 TargetOutcome(
@@ -313,6 +330,7 @@ def track_video(
                     mask_png=str(png.relative_to(out_dir)),
                     reason=target.decision.reason,
                     answer_box=_box(target.lens_result.box if target.lens_result is not None else None),
+                    confident=target.lens_result.confident if target.lens_result is not None else None,
                 )
                 jsonl.write(record.to_json() + "\n")
             caption = f"{prompt} [{state.value}{', LENS' if out.source == 'lens' else ''}]"
