@@ -9,7 +9,7 @@
 Times cover the LLM (and vision) work up to the N query states; the context head and SAM2 decoder that
 follow are identical in all three modes and excluded. Before timing, two parity checks: `official` must equal the
 released-style pass, and `cached` a full re-pass at the M-RoPE positions of generation; the script exits with
-status 1 when either difference exceeds its tolerance (printed with it). Example:
+status 1 when either difference exceeds the tolerance of lens_model.parity (printed with it). Example:
     python benchmarks/context_pass.py --hidden 256 --layers 4 --new-tokens 64
 """
 
@@ -23,28 +23,20 @@ import time
 
 import numpy as np
 import torch
+from _smoke import parse_with_smoke
 from PIL import Image
 
 from lens_model.inference.generation import completion_mask
 from lens_model.model.modeling import ContextInputs, LensModel
 from lens_model.model.tiny import build_tiny_processor, tiny_lens_config, tiny_mllm_config
-
-# Largest |difference| of query states allowed between passes that compute the same thing in a different order,
-# relative to the largest |value|: float32 rounding, and bf16's 8-bit mantissa (2^-8 = 3.9e-3) over a few layers.
-PARITY_TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2}
+from lens_model.parity import compare, linear_width
 
 
-def parity(name: str, got: torch.Tensor, want: torch.Tensor, dtype: str) -> bool:
-    """Print max |got - want| against the tolerance (relative to max |want|); True when within it."""
-    diff = (got.float() - want.float()).abs().max().item()
-    scale = want.float().abs().max().item()
-    limit = PARITY_TOLERANCE[dtype] * max(scale, 1.0)
-    ok = diff <= limit
-    print(
-        f"{name}: max |diff| = {diff:.2e} (tolerance {limit:.1e} = {PARITY_TOLERANCE[dtype]:.0e} x "
-        f"max(1, max |value| {scale:.2f})): {'ok' if ok else 'EXCEEDED'}"
-    )
-    return ok
+def parity(name: str, got: torch.Tensor, want: torch.Tensor, width: int, dtype: torch.dtype) -> bool:
+    """Print max |got - want| against the parity rule's tolerance (lens_model.parity); True when within it."""
+    result = compare(got, want, width, dtype)
+    print(f"{name}: {result} (lens_model.parity: {str(dtype).split('.')[-1]}, width {width})")
+    return result.ok
 
 
 def released_style_states(model: LensModel, ctx: ContextInputs, pixel_values, grid) -> torch.Tensor:
@@ -90,7 +82,10 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    args = parser.parse_args()
+    args = parse_with_smoke(
+        parser,
+        dict(hidden=64, layers=1, queries=8, image_size="112x112", new_tokens=4, repeats=1, warmup=0),
+    )
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     h, w = (int(v) for v in args.image_size.lower().split("x"))
@@ -172,9 +167,10 @@ def main() -> int:
     print(f"device {device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}")
     print(f"LLM hidden {args.hidden}, layers {args.layers}; vision depth {mllm_config.vision_config.depth}")
     print(f"tokens: prompt {prompt_len} (image {n_image}), generated {completion.shape[1]}, queries {args.queries}")
+    width = linear_width(model.mllm.model.language_model)
     checks = [
-        parity("official == released-style", official, reference, args.dtype),
-        parity("cached == full pass at M-RoPE positions", cached, mrope_full, args.dtype),
+        parity("official == released-style", official, reference, width, dtype),
+        parity("cached == full pass at M-RoPE positions", cached, mrope_full, width, dtype),
     ]
     print(f"{'mode':<16}{'median ms':>12}{'min ms':>10}{'speed-up vs released':>24}")
     base = statistics.median(runs["released-style"])

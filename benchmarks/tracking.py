@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 import torch
+from _smoke import parse_with_smoke
 from PIL import Image
 
 from lens_model.inference.pipeline import LensPipeline
@@ -190,7 +191,21 @@ def main() -> int:
     parser.add_argument("--gpu-frames", type=int, default=200, help="timed frames of the GPU part")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    args = parser.parse_args()
+    args = parse_with_smoke(
+        parser,
+        dict(
+            sam="tiny",
+            sam_size=128,
+            hidden=64,
+            queries=8,
+            mllm_image=112,
+            new_tokens=2,
+            lens_frames=1,
+            track_frames=2,
+            stream_frames=20,
+            gpu_frames=2,
+        ),
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
