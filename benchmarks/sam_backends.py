@@ -2,16 +2,20 @@
 """Per-graph latency of the per-frame part of LENS -- SAM2 image encoder, context head, mask decoder -- in torch
 (eager, what `--backend torch` runs) vs the exported graphs in ONNX Runtime (and TensorRT engines where a CUDA GPU
 and tensorrt are present), with the speed-up over torch. Builds what it measures (random weights), exports it with
-`lens_model.export`, checks the outputs agree, then times each graph with the same inputs.
+`lens_model.export`, checks the outputs agree, then times each graph with the same inputs, the backends side by side
+(rounds that call each once in turn). --int8 adds the `lens export --int8` graphs; --clock cpu times one thread by
+the process's CPU time (other jobs on a shared machine barely move it) instead of wall time.
 
 Torch runs in the precision the pipeline uses on the device (--torch-dtype auto): on CUDA the bf16 pipeline's
 (SAM2's float32 weights under bf16 autocast, the context head in bf16), on CPU float32. Every backend output is
 compared with torch's within the tolerance of lens_model.parity (it scales with the graph's width, the output's
-scale and the lower of the two precisions; printed); the script exits with status 1 when one is exceeded, or when
-fewer than MIN_MASK_AGREEMENT of the mask pixels (logit > 0) agree.
+scale and the lower of the two precisions; printed; int8 graphs are held to the masks instead); the script exits
+with status 1 when one is exceeded, or when fewer than MIN_MASK_AGREEMENT of the mask pixels (logit > 0) agree when
+each backend runs encoder -> context head -> decoder chained, as the pipeline does.
 
     python benchmarks/sam_backends.py     # tiny SAM2 at 256 px, context head 128 wide, 8 queries
     python benchmarks/sam_backends.py --sam sam2_hiera_t --image-size 1024 --hidden 2048 --queries 64  # Hiera-T
+    python benchmarks/sam_backends.py --sam sam2_hiera_t --image-size 1024 --hidden 2048 --queries 64 --int8 --clock cpu
     python benchmarks/sam_backends.py --sam sam2_hiera_l --image-size 1024 --hidden 2048 --queries 64 --device cuda
 """
 
@@ -68,17 +72,20 @@ def build_parts(sam_name: str, image_size: int, hidden: int, queries: int) -> Se
     )
 
 
-def timed(fn, repeats: int, warmup: int, cuda: bool) -> list[float]:
-    times = []
+def interleaved(calls: dict, repeats: int, warmup: int, cuda: bool, clock) -> dict[str, list[float]]:
+    """Seconds of each call over `repeats` rounds that call each once in turn (after `warmup` such rounds), so
+    that a load change on the machine hits every backend alike. `clock`: time.perf_counter or time.process_time."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for i in range(warmup + repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+        for name, fn in calls.items():
+            if cuda:
+                torch.cuda.synchronize()
+            start = clock()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[name].append(clock() - start)
     return times
 
 
@@ -102,6 +109,16 @@ def main() -> int:
         help="precision of the torch reference: auto = the pipeline's (bfloat16 on CUDA, float32 on CPU); "
         "bf16/fp16 run SAM2 under autocast and the context head in that dtype, as the pipeline does",
     )
+    parser.add_argument(
+        "--int8", action="store_true", help="also export and time the int8 graphs (lens export --int8) on the CPU"
+    )
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: wall time on torch's and ONNX Runtime's default threads (default); cpu: one thread each and "
+        "the process's CPU time, which other jobs on a shared machine barely move",
+    )
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (onnxruntime uses its CUDA provider if installed)")
@@ -109,6 +126,12 @@ def main() -> int:
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    if args.clock == "cpu" and cuda:
+        parser.error("--clock cpu times CPU work; on a GPU use --clock wall")
+    threads = 1 if args.clock == "cpu" else None
+    if threads:
+        torch.set_num_threads(threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     parts = build_parts(args.sam, args.image_size, args.hidden, args.queries)
     s = args.image_size
     images = torch.randn(args.images, 3, s, s, device=device)
@@ -117,9 +140,7 @@ def main() -> int:
 
     out_dir = Path(tempfile.mkdtemp(prefix="lens-sam-backends-"))
     start = time.perf_counter()
-    export_parts(
-        parts, out_dir, ExportOptions(fp16=args.fp16, overwrite=True)
-    )  # on the CPU, where build_parts made them
+    export_parts(parts, out_dir, ExportOptions(fp16=args.fp16, int8=args.int8, overwrite=True))  # on the CPU
     print(f"exported to {out_dir} in {time.perf_counter() - start:.1f} s")
     torch_dtype = getattr(torch, args.torch_dtype) if args.torch_dtype != "auto" else None
     torch_dtype = torch_dtype or (torch.bfloat16 if cuda else torch.float32)
@@ -136,7 +157,10 @@ def main() -> int:
         with autocast():
             return decode_masks(sam, features, prompt_embed)
 
-    backends = {"onnxruntime": OnnxRuntimeBackend(out_dir, device=device)}
+    # float32 (or --fp16) files; with --int8 also the int8 ones (the export's CPU choice: int8, exported untimed)
+    backends = {"onnxruntime": OnnxRuntimeBackend(out_dir, device=device, threads=threads, follow_cpu_choice=False)}
+    if args.int8:
+        backends["onnxruntime int8"] = OnnxRuntimeBackend(out_dir, device=device, threads=threads)
     if cuda and tensorrt_available():
         from lens_model.export.tensorrt_build import EngineOptions, build_engines
 
@@ -180,36 +204,43 @@ def main() -> int:
         )
         precision = compared_precision(args.fp16, torch_dtype)
         widths = graph_widths(sam, context)
-        header = f"{'graph':<14}{'backend':<13}{'median ms':>10}{'min ms':>9}{'vs torch':>10}{'max |diff|':>12}"
-        print(header + f"{'tolerance':>11}  (lens_model.parity, {str(precision).split('.')[-1]}, width)")
+        unit = "CPU ms, 1 thread" if args.clock == "cpu" else "wall ms"
+        header = f"{'graph':<14}{'backend':<18}{'median ms':>10}{'min ms':>9}{'vs torch':>10}{'max |diff|':>12}"
+        print(header + f"{'tolerance':>11}  ({unit}; lens_model.parity, {str(precision).split('.')[-1]}, width)")
+        chained = {}
         for graph, fn in torch_fns.items():
-            base = timed(fn, args.repeats, args.warmup, cuda)
-            print(
-                f"{graph:<14}{'torch':<13}{statistics.median(base) * 1e3:>10.2f}{min(base) * 1e3:>9.2f}"
-                f"{'1.00x':>10}{'':>12}"
-            )
+            calls = {"torch": fn} | {name: (lambda b=b, g=graph: b.run(g, feeds[g])) for name, b in backends.items()}
+            times = interleaved(calls, args.repeats, args.warmup, cuda, clock)
+            base = statistics.median(times["torch"])
+            print(f"{graph:<14}{'torch':<18}{base * 1e3:>10.2f}{min(times['torch']) * 1e3:>9.2f}{'1.00x':>10}")
             for name, backend in backends.items():
                 outs = [o.to(device) for o in backend.run(graph, feeds[graph])]
                 checked = [compare(o, w, widths[graph], precision) for o, w in zip(outs, want[graph])]
                 diff = max(c.max_diff for c in checked)
-                failed = [c for c in checked if not c.ok]
-                t = timed(lambda: backend.run(graph, feeds[graph]), args.repeats, args.warmup, cuda)
-                ratio = statistics.median(base) / statistics.median(t)
-                worst = failed[0] if failed else max(checked, key=lambda c: c.max_diff / max(c.tolerance, 1e-30))
-                print(
-                    f"{'':<14}{name:<13}{statistics.median(t) * 1e3:>10.2f}{min(t) * 1e3:>9.2f}"
-                    f"{ratio:>9.2f}x{diff:>12.2e}{worst.tolerance:>11.2e}  {'ok' if not failed else 'EXCEEDED'} "
-                    f"(width {widths[graph]})"
-                )
-                if failed:
-                    failures.append(f"{graph} on {name}: {failed[0]}")
-                if graph == "mask_decoder":
-                    agree = mask_agreement(outs[0], want[graph][0])
-                    print(
-                        f"{'':<14}{name:<13}mask pixels agreeing with torch: {agree:.4%} (min {MIN_MASK_AGREEMENT:.0%})"
+                t = times[name]
+                row = f"{'':<14}{name:<18}{statistics.median(t) * 1e3:>10.2f}{min(t) * 1e3:>9.2f}"
+                row += f"{base / statistics.median(t):>9.2f}x{diff:>12.2e}"
+                if "int8" in name:  # quantisation error is not rounding: held to the masks (below), not the rule
+                    rel = max(
+                        c.max_diff / max(float(w.float().pow(2).mean().sqrt()), 1e-30)
+                        for c, w in zip(checked, want[graph])
                     )
-                    if agree < MIN_MASK_AGREEMENT:
-                        failures.append(f"mask on {name}: {agree:.4%} of pixels agree, below {MIN_MASK_AGREEMENT:.0%}")
+                    print(f"{row}  int8: {rel:.1e} of the output's rms (checked on the chained masks)")
+                else:
+                    failed = [c for c in checked if not c.ok]
+                    worst = failed[0] if failed else max(checked, key=lambda c: c.max_diff / max(c.tolerance, 1e-30))
+                    verdict = "ok" if not failed else "EXCEEDED"
+                    print(f"{row}{worst.tolerance:>11.2e}  {verdict} (width {widths[graph]})")
+                    if failed:
+                        failures.append(f"{graph} on {name}: {failed[0]}")
+        # Chained, as the pipeline runs them: each backend's encoder -> head -> decoder, masks against torch's
+        for name, backend in backends.items():
+            row_feats = backend.encode_images(images).select(rows)
+            low_res, _ = backend.decode(backend.prompt_embeddings(torch_states.float()), row_feats)
+            chained[name] = mask_agreement(low_res, want["mask_decoder"][0])
+            print(f"chained {name}: mask pixels agreeing with torch {chained[name]:.4%} (min {MIN_MASK_AGREEMENT:.0%})")
+            if chained[name] < MIN_MASK_AGREEMENT:
+                failures.append(f"masks on {name}: {chained[name]:.4%} of pixels agree, below {MIN_MASK_AGREEMENT:.0%}")
     for failure in failures:
         print(f"parity check failed: {failure}", file=sys.stderr)
     return 1 if failures else 0
