@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lens_model.errors import LensError
@@ -75,12 +74,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
-    from PIL import Image
-
     from lens_model.image_io import load_image, read_prompt
     from lens_model.inference.prompting import check_mllm_aspect_ratio
-    from lens_model.overlay import draw_overlay
+    from lens_model.inference.result_files import save_mask_png, save_overlay, segment_record, write_record
 
     if args.max_new_tokens < 1:
         raise LensError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
@@ -98,18 +94,11 @@ def run(args) -> int:
         depth = DepthInput.from_files(args.depth, args.camera_info, rgb.shape[:2], args.depth_scale)
     pipe = load_pipeline(args, args.model)
     result = pipe(rgb, prompt)
-    data = result.to_json_dict()
-    data.update(image=str(args.image), model=str(args.model), backend=args.backend)
-    if depth is not None:
-        data["target_3d"] = depth.target(result.mask).to_json_dict()
+    target_3d = None if depth is None else depth.target(result.mask).to_json_dict()
     if args.out_mask:
-        Image.fromarray(result.mask.astype(np.uint8) * 255).save(args.out_mask)
-        data["mask_png"] = str(args.out_mask)
+        save_mask_png(result.mask, args.out_mask)
     if args.out_overlay:
-        draw_overlay(rgb, result.mask, result.box, prompt).save(args.out_overlay)
-        data["overlay_png"] = str(args.out_overlay)
-    text = json.dumps(data, indent=2)
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
+        save_overlay(rgb, result, args.out_overlay)
+    record = segment_record(result, args.image, args.model, args.backend, target_3d, args.out_mask, args.out_overlay)
+    print(write_record(record, args.json))
     return 0
