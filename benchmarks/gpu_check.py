@@ -17,7 +17,7 @@ transformers may be older than this package needs: `--download-wheels DIR` (here
 wheels in WHEELS to DIR; carry DIR to the GPU machine and `--wheels DIR` installs them before anything runs
 (pip install --no-index --no-deps). The wheels, all pure Python (measured): transformers 5.25.0 13.8 MB, sam2 1.1.0
 0.18 MB (built here without its optional CUDA extension), hydra-core 1.3.8 0.17 MB, antlr4-python3-runtime 4.9.3
-0.14 MB, omegaconf 2.3.1 0.08 MB, iopath 0.1.10 0.03 MB: 14.2 MB in all. Not carried: av (36 MB, only for video
+0.14 MB, omegaconf 2.3.1 0.08 MB, iopath 0.1.10 0.03 MB: 14.4 MB in all. Not carried: av (36 MB, only for video
 files in `lens track`), TensorRT (GBs).
 
     python benchmarks/gpu_check.py --download-wheels wheels          # here: fetch the wheels to carry (14 MB)
@@ -91,8 +91,10 @@ def download_wheels(folder: Path) -> None:
     for requirement in WHEELS:
         cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(folder)]
         subprocess.run([*cmd, requirement], check=True, env=env)
-    for wheel in sorted(folder.glob("*.whl")):
+    wheels = sorted(folder.glob("*.whl"))
+    for wheel in wheels:
         print(f"{wheel.name}: {wheel.stat().st_size / 1e6:.2f} MB")
+    print(f"{len(wheels)} wheels, {sum(w.stat().st_size for w in wheels) / 1e6:.1f} MB in all: carry {folder}")
 
 
 def cuda_tests(timeout_s: int) -> Row:
@@ -242,7 +244,11 @@ def grpo_step(timeout_s: int, smoke: bool) -> Row:
     return Row(f"GRPO step ({what})", measured, "", "ok" if proc.returncode == 0 else "failed")
 
 
-def main() -> int:
+PARTS = ("tests", "demo", "lens3b", "tracking", "grpo")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; `parts` becomes a list of PARTS (an unknown one exits 2 with the known ones)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--wheels", type=Path, help="install the carried wheels in this folder first")
     parser.add_argument("--download-wheels", type=Path, metavar="DIR", help="write the wheels to carry to DIR, exit")
@@ -250,15 +256,22 @@ def main() -> int:
     parser.add_argument("--tracking-frames", type=int, default=200, help="timed frames of the tracking rate")
     parser.add_argument(
         "--parts",
-        default="tests,demo,lens3b,tracking,grpo",
-        help="parts to run, comma-separated (default: tests,demo,lens3b,tracking,grpo)",
+        default=",".join(PARTS),
+        help=f"parts to run, comma-separated (default: {','.join(PARTS)})",
     )
     # --smoke: the parts a CPU runs (grpo_step.py has its own smoke run)
-    args = parse_with_smoke(parser, dict(parts="demo,lens3b", new_tokens=4, tracking_frames=2))
-    parts = [p for p in args.parts.split(",") if p]
-    unknown = set(parts) - {"tests", "demo", "lens3b", "tracking", "grpo"}
+    args = parse_with_smoke(parser, dict(parts="demo,lens3b", new_tokens=4, tracking_frames=2), argv)
+    args.parts = [p for p in args.parts.split(",") if p]
+    unknown = set(args.parts) - set(PARTS)
     if unknown:
-        parser.error(f"--parts: unknown {sorted(unknown)}")
+        parser.error(f"--parts: unknown {sorted(unknown)}; choose among {','.join(PARTS)}")
+    if not args.parts:
+        parser.error(f"--parts: none given; choose among {','.join(PARTS)}")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     if args.download_wheels:
         download_wheels(args.download_wheels)
         return 0
@@ -276,7 +289,7 @@ def main() -> int:
     def skipped(part: str) -> Row:
         return Row(part, "", "", "skipped (no CUDA GPU)")
 
-    for part in parts:
+    for part in args.parts:
         remaining = max(60, int(BUDGET_S - (time.perf_counter() - start)))
         try:
             if part == "tests":

@@ -14,7 +14,11 @@ SCRIPTS = sorted(p.name for p in (REPO / "benchmarks").glob("*.py") if not p.nam
 
 
 def test_every_benchmark_is_smoke_tested():
-    assert {"context_pass.py", "grpo_step.py", "sam_backends.py", "tracking.py"} <= set(SCRIPTS)
+    """SCRIPTS is discovered, so a new script joins the smoke pass by existing; it must also parse its arguments
+    with `parse_with_smoke`, else `--smoke` would be refused (argparse) or ignored (a full-size run)."""
+    assert {"context_pass.py", "gpu_check.py", "grpo_step.py", "sam_backends.py", "tracking.py"} <= set(SCRIPTS)
+    without = [s for s in SCRIPTS if "parse_with_smoke(" not in (REPO / "benchmarks" / s).read_text()]
+    assert not without, f"{without}: parse arguments with benchmarks/_smoke.py's parse_with_smoke (--smoke)"
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
