@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -217,12 +219,19 @@ def stage_table(args, size: int, clock: Clock) -> list[dict]:
             agreement = float(np.mean([mask_agreement(a, b) for a, b in zip(masks[1:], reference[1:])]))
             row = dict(size=size, way=way, memory_frames=k, floor=floor, agreement=agreement, **stages)
             rows.append(row)
+            # Free this run's SAM2 copy and ONNX Runtime sessions (their arenas keep their peak: GBs at 1024 px)
+            # before the next run: hooks make cycles that only the collector breaks. Without it a 1024 px run
+            # grew past 17 GB and was killed.
+            del tracker, backend, masks, timed
+            gc.collect()
             print(
                 f"  {way:<12} {k} memories: frame {stages['frame']:.0f} ms = "
                 + ", ".join(f"{s} {stages[s]:.0f}" for s in (*STAGES, "rest"))
                 + f"; floor {floor:.0f} ms; ratio {stages['frame'] / floor:.2f}; masks agree {agreement:.2%}",
                 flush=True,
             )
+    if export_dir is not None:
+        shutil.rmtree(export_dir)  # the 1024 px export with its int8 graphs: hundreds of MB
     return rows
 
 
