@@ -18,7 +18,9 @@ wheels in WHEELS to DIR; carry DIR to the GPU machine and `--wheels DIR` install
 (pip install --no-index --no-deps). The wheels, all pure Python (measured): transformers 5.25.0 13.8 MB, sam2 1.1.0
 0.18 MB (built here without its optional CUDA extension), hydra-core 1.3.8 0.17 MB, antlr4-python3-runtime 4.9.3
 0.14 MB, omegaconf 2.3.1 0.08 MB, iopath 0.1.10 0.03 MB: 14.4 MB in all. Not carried: av (36 MB, only for video
-files in `lens track`), TensorRT (GBs).
+files in `lens track`), TensorRT (GBs). With --no-deps the wheels' own dependencies must be on the GPU machine already
+(transformers 5.25: huggingface-hub >= 2.4, tokenizers >= 0.23.1, safetensors >= 0.8, kernels 0.19; sam2:
+torchvision); after installing, each one it lacks is named with the version it has.
 
     python benchmarks/gpu_check.py --download-wheels wheels          # here: fetch the wheels to carry (14 MB)
     python3 benchmarks/gpu_check.py --wheels wheels                  # on the GPU machine, from the checkout
@@ -81,6 +83,39 @@ def install_wheels(folder: Path) -> None:
     cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", *wheels]
     print("installing carried wheels:", ", ".join(Path(w).name for w in wheels), flush=True)
     subprocess.run(cmd, check=True)
+
+
+def unmet_requirements(requirements: list[str]) -> list[str]:
+    """Which of `requirements` (pip requirement strings; extras' and other Pythons' ones are skipped) this Python's
+    installed packages do not meet, each as one line: the carried wheels go in with --no-deps, so their own
+    dependencies must already be on the GPU machine."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    unmet = []
+    for text in requirements:
+        requirement = Requirement(text)
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        try:
+            version = importlib.metadata.version(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            unmet.append(f"{requirement}: not installed")
+            continue
+        if requirement.specifier and not requirement.specifier.contains(version, prereleases=True):
+            unmet.append(f"{requirement}: {version} installed")
+    return unmet
+
+
+def check_carried_dependencies() -> None:
+    """After --wheels: one line per dependency of a carried wheel that this machine lacks (parts may then fail)."""
+    import importlib.metadata
+
+    for requirement in WHEELS:
+        name = requirement.split("==")[0]
+        for line in unmet_requirements(importlib.metadata.requires(name) or []):
+            print(f"warning: {name} needs {line}; carry that wheel too", file=sys.stderr, flush=True)
 
 
 def download_wheels(folder: Path) -> None:
@@ -277,6 +312,7 @@ def main() -> int:
         return 0
     if args.wheels:
         install_wheels(args.wheels)
+        check_carried_dependencies()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 

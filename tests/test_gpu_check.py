@@ -78,3 +78,15 @@ def test_the_carried_wheels_are_the_tested_versions():
         name, version = requirement.split("==")
         assert importlib.metadata.version(name) == version, requirement
     assert set(gpu_check.PAPER_LATENCY) == {"MLLM", "context query", "connector", "SAM2"}
+
+
+def test_unmet_dependencies_of_carried_wheels_are_named():
+    """--no-deps installs: what a carried wheel needs and the machine lacks is named, version and all."""
+    numpy = importlib.metadata.version("numpy")
+    unmet = gpu_check.unmet_requirements(
+        ["numpy>=1.0", "numpy>=999", "no-such-package-here>=1", 'boto3; extra == "aws"', 'typing; python_version < "3"']
+    )
+    assert unmet == [f"numpy>=999: {numpy} installed", "no-such-package-here>=1: not installed"]
+    for requirement in gpu_check.WHEELS:  # here, where they were tested, every carried wheel's dependencies are met
+        name = requirement.split("==")[0]
+        assert gpu_check.unmet_requirements(importlib.metadata.requires(name) or []) == [], name
