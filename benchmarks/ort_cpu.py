@@ -18,6 +18,8 @@ with its SkipLayerNormalization fusion off, and with thread spinning off, on
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import statistics
 import sys
 import tempfile
@@ -88,7 +90,9 @@ def attention(args) -> None:
 
     side = args.size // 16
     queries, keys = side * side, 7 * side * side + 64
-    paths = attention_graphs(Path(tempfile.mkdtemp(prefix="lens-attention-")), queries, keys)
+    folder = Path(tempfile.mkdtemp(prefix="lens-attention-"))
+    atexit.register(shutil.rmtree, folder, True)
+    paths = attention_graphs(folder, queries, keys)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, n, WIDTH, generator=gen) for n in (queries, keys, keys))
     feeds = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()}
