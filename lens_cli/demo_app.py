@@ -83,14 +83,17 @@ def timings_line(timings: dict[str, float]) -> str:
 
 
 def result_details(result) -> str:
-    """Box, score and mask of a SegmentationResult, and its per-stage timings, as Markdown."""
+    """Box, score and mask of a SegmentationResult, whether it is confident (and why not), and its per-stage
+    timings, as Markdown."""
     h, w = result.image_size
     box = (
         "[" + ", ".join(f"{v:.1f}" for v in result.box) + "] px (x0, y0, x1, y1, from the answer)"
         if result.box is not None
         else f"none ({result.box_error})"
     )
+    confident = "yes" if result.confident else f"no — {result.reason} (the object is probably not in the image)"
     return (
+        f"**confident** {confident}  \n"
         f"**box** {box}  \n**score** {result.score:.3f} (SAM2's predicted IoU)  \n"
         f"**mask** {int(result.mask.sum())} of {w}×{h} pixels · answer format "
         f"{'followed' if result.format_ok else 'not followed'}  \n{timings_line(result.timings)}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from lens_model.errors import LensError
@@ -23,7 +24,8 @@ def add_parser(sub) -> None:
         "segment",
         help="segment an image from a text prompt and print the result as JSON",
         description="Reason about the prompt with the MLLM, then segment with SAM2. Prints box, score, "
-        "generated text, image size and per-stage timings as JSON.",
+        "generated text, image size, per-stage timings and whether the result is confident (and why not) as JSON; "
+        "a result that is not confident (the object is probably not in the image) is also named on stderr.",
     )
     p.add_argument(
         "--model",
@@ -101,4 +103,6 @@ def run(args) -> int:
         save_overlay(rgb, result, args.out_overlay)
     record = segment_record(result, args.image, args.model, args.backend, target_3d, args.out_mask, args.out_overlay)
     print(write_record(record, args.json))
+    if not result.confident:
+        print(f"warning: the result is not confident: {result.reason}", file=sys.stderr)
     return 0

@@ -9,11 +9,16 @@
     outcome = pending.wait(timeout)            # Outcome(success, message, result, messages, result_msg, header)
     engine.stop()
 
-With a `tracker` (lens_model.tracking.tracker.StreamingTracker; see lens_ros.tracking_worker.load_tracker) every result
-on a camera frame starts SAM2 tracking of its mask, and each later camera frame is tracked on a separate thread
-(lens_ros.tracking_worker.TrackingWorker): `publish(outcome)` then also gets one Outcome per tracked frame
-(source "tracking": mask and detections, 3D with depth_enabled; no reasoning, overlay or result message) with that
-frame's header, `publish_state(TrackingStatus)` the tracking state, and a lost target is re-grounded by
+A result that is not confident (lens_model.inference.confidence: the object is probably not in the image) is
+published with empty detections, no 3D target point and no cloud unless `publish_unconfident` is set; its mask,
+reasoning, overlay and result message (confident false, with the reason) are published, and it is logged as a
+warning.
+
+With a `tracker` (lens_model.tracking.tracker.StreamingTracker; see lens_ros.tracking_worker.load_tracker) every
+confident result on a camera frame starts SAM2 tracking of its mask, and each later camera frame is tracked on a
+separate thread (lens_ros.tracking_worker.TrackingWorker): `publish(outcome)` then also gets one Outcome per
+tracked frame (source "tracking": mask and detections, 3D with depth_enabled; no reasoning, overlay or result message)
+with that frame's header, `publish_state(TrackingStatus)` the tracking state, and a lost target is re-grounded by
 submitting its prompt as a command (source "reground").
 
 The worker takes one command at a time (lens_ros.policy.CommandQueue), picks its frame (FrameBuffer: latest or
@@ -281,9 +286,10 @@ class SegmentationEngine:
             if request.feedback is not None:
                 kwargs["streamer"] = TextSoFarStreamer(self.pipeline, request.feedback)
             result = self.pipeline(rgb, command.text, **kwargs)
-            fields = result_fields(result, header, rgb if self.settings.publish_overlay else None)
+            detections = result.confident or self.settings.publish_unconfident
+            fields = result_fields(result, header, rgb if self.settings.publish_overlay else None, detections)
             messages = fill_result(fields, self.types)
-            target, messages.target = self._measure_3d(result, header, rgb, source)
+            target, messages.target = self._measure_3d(result, header, rgb, source, publish=detections)
             result_msg = fill_segmentation_result(
                 result, header, messages, self.types, target, "" if target is None else target.reason
             )
@@ -300,10 +306,15 @@ class SegmentationEngine:
         self.processed += 1
         outcome = Outcome(True, "", command.text, source, result, messages, result_msg, header, target=target)
         box = "no box" if result.box is None else "box [" + ", ".join(f"{v:.0f}" for v in result.box) + "]"
-        self.log.info(
+        summary = (
             f"{source} {command.text!r}: {box}, score {result.score:.2f}, "
             f"{int(result.mask.sum())} mask pixels, {result.timings.get('total', 0.0):.2f} s"
         )
+        if result.confident:
+            self.log.info(summary)
+        else:
+            withheld = "" if self.settings.publish_unconfident else " (detections withheld: publish_unconfident false)"
+            self.log.warning(f"{summary}; not confident: {result.reason}{withheld}")
         if self.publish is not None:
             try:
                 self.publish(outcome)
@@ -325,11 +336,12 @@ class SegmentationEngine:
             self.publish(outcome)
 
     def _measure_3d(
-        self, result, header: Any, rgb, source: str, quiet: bool = False
+        self, result, header: Any, rgb, source: str, quiet: bool = False, publish: bool = True
     ) -> tuple[Target3D | None, TargetMessages | None]:
         """The frame's 3D target and its messages (None, None without depth_enabled). A failure is a target that is
         not ok, with the reason; its Detection3DArray is empty and carries the source image's header. `quiet`
-        (tracked frames, at camera rate): log nothing."""
+        (tracked frames, at camera rate): log nothing. `publish` False (a result that is not confident): the target
+        is measured (the result message reports it) but its messages hold no detection, point or cloud."""
         if self.depth is None:
             return None, None
         s = self.settings
@@ -360,7 +372,7 @@ class SegmentationEngine:
         else:
             self.log.warning(f"{source} {result.prompt!r}: no 3D target: {target.reason}")
         messages = fill_target(
-            target,
+            target if publish else Target3D(False, "the result is not confident"),
             target_header(header, frame_id, self.types),
             result.prompt,
             result.score,

@@ -17,9 +17,10 @@ Images
         one ObjectHypothesisWithPose: class_id = the prompt, score = result.score (SAM2's predicted IoU of the
         mask, not clipped), identity pose with zero covariance; Detection2D.header = the source header, id "".
         No detection (an empty array, still with the header) when result.box is None.
-    result_fields(result, header, image_rgb=None) -> ResultFields(mask, detections, reasoning, overlay)
+    result_fields(result, header, image_rgb=None, detections=True) -> ResultFields(mask, detections, reasoning, overlay)
         reasoning = result.text (the generated answer: chain of thought and/or box tokens); overlay is None unless
-        image_rgb (the (H, W, 3) uint8 RGB the pipeline segmented) is given.
+        image_rgb (the (H, W, 3) uint8 RGB the pipeline segmented) is given; detections=False: an empty array (the
+        node's choice for a result that is not confident).
 
 3D (lens_model.geometry.target3d.Target3D; the node's depth_enabled, `lens bag --depth-topic`)
     detection_3d_fields(target, header, prompt, score) -> Detection3DFields
@@ -36,8 +37,9 @@ Images
 lens_interfaces/SegmentationResult
     segmentation_result_fields(result, header, target=None, error_3d="", header_3d=None)
         -> SegmentationResultFields: the 2D result (with a detection whose box is all zero, and has_box false, when
-        the answer had no box: consumers read the prompt and mask score the same way), the timings, and the 3D
-        target (has_3d false, detection_3d all zero and `error_3d` when there is none or it is not ok).
+        the answer had no box: consumers read the prompt and mask score the same way), whether it is confident
+        (and why not), the timings, and the 3D target (has_3d false, detection_3d all zero and `error_3d` when there
+        is none or it is not ok).
 
 The header object is passed through untouched, so output messages carry the source image's stamp and frame_id.
 """
@@ -164,6 +166,8 @@ class SegmentationResultFields:
     detection_3d: Detection3DFields
     num_points_3d: int
     valid_depth_fraction: float
+    confident: bool
+    reason: str  # why confident is false; "" otherwise
 
 
 # -- images --
@@ -224,10 +228,12 @@ def detection_fields(result: SegmentationResult, header: Any) -> DetectionArrayF
     return DetectionArrayFields(header, [detection])
 
 
-def result_fields(result: SegmentationResult, header: Any, image_rgb: np.ndarray | None = None) -> ResultFields:
+def result_fields(
+    result: SegmentationResult, header: Any, image_rgb: np.ndarray | None = None, detections: bool = True
+) -> ResultFields:
     return ResultFields(
         mask=mask_fields(result.mask, header),
-        detections=detection_fields(result, header),
+        detections=detection_fields(result, header) if detections else DetectionArrayFields(header, []),
         reasoning=result.text,
         overlay=None if image_rgb is None else overlay_fields(image_rgb, result, header),
     )
@@ -310,4 +316,6 @@ def segmentation_result_fields(
         detection_3d=detection_3d_fields(measured, header_3d, result.prompt, float(result.score)),
         num_points_3d=int(measured.num_points),
         valid_depth_fraction=float(measured.valid_fraction),
+        confident=bool(result.confident),
+        reason=str(result.reason or ""),
     )

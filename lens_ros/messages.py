@@ -278,4 +278,6 @@ def fill_segmentation_result(
         detection_3d=fill_detection_3d(f.detection_3d, types),
         num_points_3d=f.num_points_3d,
         valid_depth_fraction=f.valid_depth_fraction,
+        confident=f.confident,
+        reason=f.reason,
     )

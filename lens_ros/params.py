@@ -252,6 +252,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("transcript_topic", "transcript", "std_msgs/String: what Whisper heard (each spoken command)"),
     ParamSpec("publish_overlay", True, "draw and publish the overlay image (costs a few ms per command)"),
     ParamSpec(
+        "publish_unconfident",
+        False,
+        "publish the detections of a result that is not confident (SegmentationResult.confident false: the object is "
+        "probably not in the image); false: detections and detections_3d are empty for it and no target point or "
+        "cloud is sent (mask, reasoning, overlay and result still are)",
+    ),
+    ParamSpec(
         "target_point_topic",
         "target_point",
         "geometry_msgs/PointStamped: the object's 3D centroid in the depth frame (depth_enabled)",
@@ -368,6 +375,7 @@ class NodeSettings:
     result_topic: str
     transcript_topic: str
     publish_overlay: bool
+    publish_unconfident: bool
     target_point_topic: str
     detections_3d_topic: str
     target_cloud_topic: str

@@ -60,10 +60,13 @@ def ros_installed() -> None:
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
-    """A tiny LENS checkpoint (cached context pass) written once per test session."""
+    """A tiny LENS checkpoint (cached context pass) written once per test session. Its results count as confident
+    (lens.confidence: every check off): its random answers never would be, and the tests on it check what happens
+    to confident results (detections published, tracking started); tests of the checks set them explicitly."""
+    from lens_model.model.config import ConfidenceConfig
     from lens_model.model.tiny import make_tiny
 
-    return make_tiny(tmp_path_factory.mktemp("tiny") / "lens-tiny", seed=0)
+    return make_tiny(tmp_path_factory.mktemp("tiny") / "lens-tiny", seed=0, confidence=ConfidenceConfig.accept_all())
 
 
 @pytest.fixture(scope="session")

@@ -299,3 +299,45 @@ def test_stop_answers_the_running_command_when_it_outlasts_the_timeout(make_engi
     while engine.queue.busy and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not engine.queue.busy and running.wait(0).message == outcome.message
+
+
+@pytest.fixture(scope="module")
+def strict_grounding_pipeline(tiny_grounding_dir):
+    """The grounding tiny model (answers with boxes) judged by the default thresholds: its answers never name the
+    prompt, so every result is unconfident — with a box, which is what the node must not publish."""
+    from lens_model.inference.pipeline import LensPipeline
+
+    pipe = LensPipeline.from_pretrained(str(tiny_grounding_dir), device="cpu", max_new_tokens=40)
+    return pipe
+
+
+@pytest.mark.parametrize("publish_unconfident", [False, True])
+def test_an_unconfident_result_publishes_no_detections_unless_asked(
+    make_engine, store, strict_grounding_pipeline, publish_unconfident
+):
+    """The result message says confident false and why; the detections (2D here; 3D in tests/test_ros_depth.py)
+    are empty unless publish_unconfident; mask and reasoning are published either way; the log says why."""
+    prompt = next(p for p in ("the red cup", "the left one", "the cup") if strict_grounding_pipeline(RGB, p).box)
+    engine = make_engine(pipe=strict_grounding_pipeline, publish_unconfident=publish_unconfident)
+    engine.on_image(image_msg(store, RGB, sec=100))
+    outcome = engine.submit(prompt).wait(60)
+    assert outcome.success, outcome.message
+    result, m = outcome.result, outcome.messages
+    assert result.box is not None and not result.confident and result.reason
+    assert outcome.result_msg.confident is False and outcome.result_msg.reason == result.reason
+    assert outcome.result_msg.has_box  # the result message keeps the box, flagged
+    assert len(m.detections.detections) == (1 if publish_unconfident else 0)
+    assert ((np.asarray(m.mask.data).reshape(48, 64) == 255) == result.mask).all() and m.reasoning.data == result.text
+    data = store.serialize_cdr(outcome.result_msg, "lens_interfaces/msg/SegmentationResult")
+    back = store.deserialize_cdr(data, "lens_interfaces/msg/SegmentationResult")
+    assert (back.confident, back.reason) == (False, result.reason)
+
+
+def test_a_confident_result_says_so_in_its_message(make_engine, store):
+    """tiny_dir's thresholds accept every result (tests/conftest.py): confident, no reason, one detection per box."""
+    engine = make_engine()
+    engine.on_image(image_msg(store, RGB, sec=100))
+    outcome = engine.submit("the red cup").wait(60)
+    assert outcome.success and outcome.result.confident
+    assert outcome.result_msg.confident is True and outcome.result_msg.reason == ""
+    assert len(outcome.messages.detections.detections) == (outcome.result.box is not None)

@@ -272,7 +272,7 @@ def test_service_and_action_parts_serialise_with_the_filled_result(typestore):
 
 
 @needs_rosidl
-def test_segmentation_result_appends_the_3d_fields_after_the_2d_ones():
+def test_segmentation_result_appends_the_3d_fields_after_the_2d_ones_and_confidence_last():
     script = textwrap.dedent("""
         import json, pathlib, sys
         from rosidl_adapter.parser import parse_message_string
@@ -312,4 +312,6 @@ def test_segmentation_result_appends_the_3d_fields_after_the_2d_ones():
         ["vision_msgs", "Detection3D", "detection_3d"],
         [None, "uint32", "num_points_3d"],
         [None, "float32", "valid_depth_fraction"],
+        [None, "bool", "confident"],
+        [None, "string", "reason"],
     ]

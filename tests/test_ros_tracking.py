@@ -389,3 +389,34 @@ def test_tracked_frames_carry_the_3d_target_of_their_mask(make_engine, store):
             10 + i,
             "depth_optical",
         )
+
+
+def test_an_unconfident_result_starts_no_tracking(make_engine, store, pipeline):
+    """A command whose result is not confident (every result is, under a stability above any mask's) is answered
+    and published, but the tracker does not start: later frames stay idle; as a new command it drops the target
+    that was being tracked."""
+    import dataclasses
+
+    from lens_model.model.config import ConfidenceConfig
+
+    engine = make_engine(lost_score_threshold=-100.0)
+    command(engine, store, "the cup", frame(0), sec=10)
+    feed(engine, store, frame(1), sec=11)
+    kept = pipeline.confidence
+    pipeline.confidence = dataclasses.replace(ConfidenceConfig.accept_all(), min_stability=1.01)
+    try:
+        outcome = engine.submit("the plant").wait(120)
+    finally:
+        pipeline.confidence = kept
+    assert outcome.success and not outcome.result.confident
+    wait_until(lambda: engine.tracking.machine.prompt is None and not engine.tracking._groundings)
+    for i in (2, 3):  # idle frames are not counted as tracked: wait until the worker took each
+        engine.clock.now = 10 + i
+        engine.on_image(image_msg(store, frame(i), sec=10 + i, frame="cam"))
+        wait_until(lambda: engine.tracking._pending is None)
+        time.sleep(0.05)
+    assert [o.messages.mask.header.stamp.sec for o in tracked(engine)] == [11]  # nothing after the command
+    assert engine.tracking.status().state == "idle"
+    assert any("'the plant' not grounded" in state.reason for state in engine.states)
+    assert not engine.tracking.runner.tracker.targets
+    assert any(level == "warning" and "not confident" in line for level, line in engine.log_lines)

@@ -25,6 +25,7 @@ JSONL_FIELDS = {
     "mask_png",
     "reason",
     "answer_box",
+    "confident",
 }
 
 
@@ -59,6 +60,7 @@ def test_track_frame_folder_writes_masks_jsonl_and_video(tiny_dir, tmp_path):
     assert [r["source"] for r in records] == ["lens", "tracker", "tracker", "tracker", "lens", "tracker"]
     assert [r["time_s"] for r in records] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
     assert all(r["state"] in ("tracking", "lost") for r in records)
+    assert [r["confident"] for r in records] == [True, None, None, None, True, None]  # tiny_dir accepts every result
     masks = sorted((out / "masks").iterdir())
     assert [m.name for m in masks] == [f"{i:06d}.png" for i in range(6)]
     for record, path in zip(records, masks):
@@ -87,6 +89,31 @@ def test_track_video_file(tiny_dir, tmp_path):
     records = read_jsonl(out / "tracks.jsonl")
     assert [r["source"] for r in records] == ["lens", "tracker", "tracker", "tracker"]
     assert len(list((out / "masks").iterdir())) == 4 and count_frames(out / "overlay.mp4") == 4
+
+
+def test_track_starts_no_tracking_from_an_unconfident_result(tiny_dir, tmp_path):
+    """The same model judged by the default thresholds (its random answers fail them): the first frame's LENS result
+    is written, flagged, and no frame after it is tracked — masks empty, state idle, the reason in tracks.jsonl."""
+    import json as json_
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    config = json_.loads((model / "config.json").read_text())
+    del config["lens"]["confidence"]  # the defaults
+    (model / "config.json").write_text(json_.dumps(config))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, frame in enumerate(clip(3)):
+        Image.fromarray(frame).save(frames / f"{i}.png")
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(
+        "track", "--model", model, "--video", frames, "--prompt", "the cup", "--out-dir", out, "--no-progress"
+    )
+    assert code == 0, stderr
+    first, *rest = read_jsonl(out / "tracks.jsonl")
+    assert first["source"] == "lens" and first["confident"] is False
+    assert first["reason"].startswith("grounding failed: LENS result not confident: ")
+    assert [(r["source"], r["state"], r["mask_pixels"]) for r in rest] == [("none", "idle", 0)] * 2
 
 
 @pytest.mark.parametrize(

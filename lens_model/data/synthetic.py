@@ -117,7 +117,7 @@ def relational_descriptions(objects: list[SceneObject], target: int) -> list[tup
 
 def sample_scene(
     rng: np.random.Generator,
-    size: int,
+    image_size: int | tuple[int, int],
     max_objects: int = 4,
     min_objects: int = 2,
     object_scale: float = 1.0,
@@ -125,7 +125,8 @@ def sample_scene(
 ) -> list[SceneObject]:
     """min_objects..max_objects non-overlapping shapes (boxes at least 2 px apart) placed by rejection sampling;
     fewer when they do not fit. `object_scale` multiplies the half-extents of SIZES (larger objects cover more of
-    the MLLM's image tokens); `distinct_colors`: no two objects share a colour."""
+    the MLLM's image tokens); `distinct_colors`: no two objects share a colour. `image_size`: one side or (H, W)."""
+    h, w = _hw(image_size)
     count = int(rng.integers(min_objects, max_objects + 1))
     objects: list[SceneObject] = []
     for _ in range(200):
@@ -133,8 +134,8 @@ def sample_scene(
             break
         size_name = str(rng.choice(list(SIZES)))
         lo, hi = SIZES[size_name]
-        r = float(rng.uniform(lo, hi)) * object_scale * size
-        cx, cy = (float(v) for v in rng.uniform(r + 1, size - r - 1, size=2))
+        r = float(rng.uniform(lo, hi)) * object_scale * min(h, w)
+        cx, cy = (float(v) for v in rng.uniform(r + 1, [w - r - 1, h - r - 1]))
         free = [c for c in COLORS if not (distinct_colors and any(o.color == c for o in objects))]
         shape, color = str(rng.choice(SHAPES)), str(rng.choice(free))
         candidate = SceneObject(shape, color, size_name, _polygon(shape, cx, cy, r))
@@ -144,26 +145,32 @@ def sample_scene(
     return objects
 
 
-def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    """(size, size, 3) float: smooth blotches of low saturation, ±40 grey levels (a 6×6 random grid, upsampled)."""
+def _hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    """An image size given as one side (square) or (height, width) -> (height, width)."""
+    return (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+
+
+def _texture(rng: np.random.Generator, hw: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) float: smooth blotches of low saturation, ±40 grey levels (a 6×6 random grid, upsampled)."""
     grid = rng.uniform(-40, 40, size=(6, 6, 1)) + rng.uniform(-12, 12, size=(6, 6, 3))
-    up = Image.fromarray(((grid + 64) * 2).astype(np.uint8), "RGB").resize((size, size), Image.Resampling.BICUBIC)
+    up = Image.fromarray(((grid + 64) * 2).astype(np.uint8), "RGB").resize((hw[1], hw[0]), Image.Resampling.BICUBIC)
     return np.asarray(up, dtype=np.float64) / 2 - 64
 
 
 def render(
-    objects: list[SceneObject], size: int, rng: np.random.Generator, background: str = "noise"
+    objects: list[SceneObject], image_size: int | tuple[int, int], rng: np.random.Generator, background: str = "noise"
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """-> (size, size, 3) uint8 image on a noisy grey background (`background="texture"`: with smooth blotches),
-    and each object's (size, size) bool mask. Objects are painted in their flat colour."""
+    """-> (H, W, 3) uint8 image on a noisy grey background (`background="texture"`: with smooth blotches), and each
+    object's (H, W) bool mask. Objects are painted in their flat colour. `image_size`: one side or (H, W)."""
+    h, w = _hw(image_size)
     grey = rng.integers(150, 200)
-    pixels = grey + rng.normal(0, 6, size=(size, size, 3))
+    pixels = grey + rng.normal(0, 6, size=(h, w, 3))
     if background == "texture":
-        pixels = pixels + _texture(rng, size)
+        pixels = pixels + _texture(rng, (h, w))
     image = np.clip(pixels, 0, 255).astype(np.uint8)
     masks = []
     for obj in objects:
-        mask = decode_segmentation([list(obj.polygon)], size, size)
+        mask = decode_segmentation([list(obj.polygon)], h, w)
         image[mask] = COLORS[obj.color]
         masks.append(mask)
     return image, masks
@@ -186,7 +193,7 @@ def make_synthetic(
     out: str | Path,
     n_images: int,
     seed: int = 0,
-    image_size: int = 128,
+    image_size: int | tuple[int, int] = 128,
     relation_rate: float = 0.5,
     progress: bool = False,
     min_objects: int = 2,
@@ -198,13 +205,14 @@ def make_synthetic(
     """Render `n_images` scenes into `out` (REFER layout, dataset name "synthetic"); returns `out`.
 
     Each scene has min_objects..max_objects shapes (fewer when they do not fit) with half-extents SIZES ×
-    object_scale, on a `background` of SYNTHETIC_BACKGROUNDS. The split of image i is fixed by i (SPLIT_OF_INDEX), the
-    scenes by `seed`: the same arguments write the same bytes. `distinct_colors`: every object of a scene has its
-    own colour (at most len(COLORS) objects) and attribute expressions always name it — the easiest referring task,
-    a curriculum's first step."""
+    object_scale × the shorter side, on a `background` of SYNTHETIC_BACKGROUNDS; `image_size` is one side (square) or
+    (height, width). The split of image i is fixed by i (SPLIT_OF_INDEX), the scenes by `seed`: the same arguments
+    write the same bytes. `distinct_colors`: every object of a scene has its own colour (at most len(COLORS) objects)
+    and attribute expressions always name it — the easiest referring task, a curriculum's first step."""
     if n_images < 1:
         raise LensError(f"number of images (--n) must be at least 1, got {n_images}")
-    if image_size < 32:
+    hw = _hw(image_size)
+    if min(hw) < 32:
         raise LensError(f"image size (--image-size) must be at least 32 pixels, got {image_size}")
     if not 1 <= min_objects <= max_objects <= 8:
         raise LensError(
@@ -240,12 +248,12 @@ def make_synthetic(
     from tqdm.auto import tqdm
 
     for index in tqdm(range(n_images), desc="scenes", unit="img", disable=not progress):
-        objects = sample_scene(rng, image_size, max_objects, min_objects, object_scale, distinct_colors)
-        pixels, masks = render(objects, image_size, rng, background)
+        objects = sample_scene(rng, hw, max_objects, min_objects, object_scale, distinct_colors)
+        pixels, masks = render(objects, hw, rng, background)
         file_name = f"synthetic_{index:06d}.png"
         Image.fromarray(pixels).save(image_dir / file_name)
         image_id = index + 1
-        images.append({"id": image_id, "file_name": file_name, "height": image_size, "width": image_size})
+        images.append({"id": image_id, "file_name": file_name, "height": hw[0], "width": hw[1]})
         split = SPLIT_OF_INDEX.get(index % 10, "train")
         for k, (obj, mask) in enumerate(zip(objects, masks)):
             ann_id = len(annotations) + 1

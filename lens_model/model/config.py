@@ -58,6 +58,34 @@ class SamConfig:
 
 
 @dataclass
+class ConfidenceConfig:
+    """When a result counts as `confident` (lens_model.inference.confidence): every check below must pass.
+
+    Defaults calibrated on the demo model (scripts/calibrate_confidence.py; docs/design.md, "When a result is
+    meaningless"); a model directory's config.json may carry its own in `lens.confidence`, and a pipeline's
+    `confidence` attribute can be replaced at run time."""
+
+    require_format: bool = True  # the answer followed its format's markup
+    require_named: bool = True  # the answer names the asked-for object (confidence.names_prompt)
+    min_mask_fraction: float = 0.0005  # below: the mask is (nearly) empty
+    max_mask_fraction: float = 0.95  # above: the mask is (nearly) the whole image
+    min_stability: float = 0.7  # SAM's stability score of the mask (confidence.stability_score)
+    min_score: float | None = None  # SAM2's IoU prediction; None: not checked (it tells nothing on the demo model)
+
+    @classmethod
+    def accept_all(cls) -> ConfidenceConfig:
+        """Every check off: every result is confident (for plumbing tests on random tiny models)."""
+        return cls(False, False, 0.0, 1.0, 0.0, None)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_mask_fraction <= self.max_mask_fraction <= 1.0:
+            raise ValueError(
+                "lens.confidence needs 0 <= min_mask_fraction <= max_mask_fraction <= 1, got "
+                f"{self.min_mask_fraction} and {self.max_mask_fraction}"
+            )
+
+
+@dataclass
 class LensConfig:
     num_queries: int = 64
     use_connector: bool = True
@@ -74,12 +102,15 @@ class LensConfig:
     max_pixels: int = 1_000_000
     prompt: PromptConfig = field(default_factory=PromptConfig)
     sam: SamConfig = field(default_factory=SamConfig)
+    confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.prompt, dict):
             self.prompt = PromptConfig(**self.prompt)
         if isinstance(self.sam, dict):
             self.sam = SamConfig(**self.sam)
+        if isinstance(self.confidence, dict):
+            self.confidence = ConfidenceConfig(**self.confidence)
         if self.context_pass not in CONTEXT_PASS_MODES:
             raise ValueError(f"lens.context_pass must be one of {CONTEXT_PASS_MODES}, got {self.context_pass!r}")
         if self.num_queries < 1:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .config import LensConfig, SamConfig
+from .config import ConfidenceConfig, LensConfig, SamConfig
 
 # Qwen2-VL / Qwen2.5-VL special tokens, in their released order.
 QWEN_SPECIAL_TOKENS = [
@@ -241,12 +241,15 @@ def make_tiny(
     mllm_type: str = "qwen2_5_vl",
     grounding_answers: bool = False,
     sam_image_size: int = 256,
+    confidence: ConfidenceConfig | None = None,
 ) -> Path:
     """Build, randomly initialise (seeded) and save a tiny LENS checkpoint, with SAM2 memory weights for tracking
     (sam2_memory.safetensors); returns its directory.
 
     grounding_answers: answers that depend on image and prompt and hold a grounding box (module docstring).
-    sam_image_size: SAM2's input side (a multiple of 64; 1024 in released models, smaller here for speed)."""
+    sam_image_size: SAM2's input side (a multiple of 64; 1024 in released models, smaller here for speed).
+    confidence: when a result counts as confident (default: ConfidenceConfig(), under which a random model's results
+    never are; ConfidenceConfig.accept_all() for tests of what is published and tracked for confident results)."""
     from .checkpoint import save_model
     from .modeling import LensModel
     from .sam_memory import build_sam_memory, save_sam_memory
@@ -255,6 +258,8 @@ def make_tiny(
     processor = build_tiny_processor()
     lens_config = tiny_lens_config(num_queries=num_queries, sam_image_size=sam_image_size)
     lens_config.context_pass = context_pass
+    if confidence is not None:
+        lens_config.confidence = confidence
     model = LensModel(tiny_mllm_config(processor.tokenizer, mllm_type=mllm_type), lens_config)
     if grounding_answers:
         with torch.no_grad():

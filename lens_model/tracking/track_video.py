@@ -41,6 +41,7 @@ class FrameRecord:
     mask_png: str
     reason: str = ""  # why the state changed on this frame
     answer_box: list[float] | None = None  # lens frames: the box in the MLLM's answer
+    confident: bool | None = None  # lens frames: the LENS result is confident (tracking starts only then)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -84,6 +85,9 @@ class FrameOutcome:
             mllm_image_size=(0, 0),
             box_error=None if self.box is not None else f"no mask: target {self.decision.state.value}",
             format_ok=False,
+            # a tracked mask follows a confident LENS result (ReasonAndTrack.ground); no mask means no target
+            confident=self.box is not None,
+            reason=None if self.box is not None else f"no mask: target {self.decision.state.value}",
         )
 
 
@@ -117,16 +121,22 @@ class ReasonAndTrack:
 
     def ground(self, rgb: np.ndarray, result: SegmentationResult, now: float) -> FrameOutcome:
         """A LENS result on `rgb` (the next frame): (re)start the tracker from its mask. `result.prompt` becomes the
-        target (a new command replaces the old one)."""
+        target (a new command replaces the old one). A result that is not confident (or has an empty mask) starts
+        nothing: for a new prompt the old target is dropped (idle), for the target's own prompt (re-grounding) the
+        state machine hears that grounding failed and asks again later."""
         index, hw = self.frames, rgb.shape[:2]
         self.frames += 1
         self.prompt = result.prompt
-        if result.mask.any():
+        if result.confident and result.mask.any():
             self.tracker.start(TARGET_ID, result.mask, rgb)
             self.decision = self.machine.grounded(self.prompt, hw, now)
         else:
             self.tracker.remove(TARGET_ID)
-            self.decision = self.machine.grounding_failed("LENS gave an empty mask")
+            why = f"LENS result not confident: {result.reason}" if not result.confident else "LENS gave an empty mask"
+            if self.machine.prompt is not None and self.machine.prompt != result.prompt:
+                self.decision = self.machine.clear(f"new command {result.prompt!r} not grounded: {why}")
+            else:
+                self.decision = self.machine.grounding_failed(why)
         return FrameOutcome(index, "lens", self.decision, result.mask, mask_box(result.mask), result.score, result)
 
     def follow(self, rgb: np.ndarray, now: float) -> FrameOutcome:
@@ -205,6 +215,7 @@ def track_video(
                 mask_png=str(png.relative_to(out_dir)),
                 reason=out.decision.reason,
                 answer_box=_box(out.lens_result.box if out.lens_result is not None else None),
+                confident=out.lens_result.confident if out.lens_result is not None else None,
             )
             jsonl.write(record.to_json() + "\n")
             caption = f"{prompt} [{state.value}{', LENS' if out.source == 'lens' else ''}]"
