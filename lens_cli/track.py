@@ -50,10 +50,17 @@ def add_parser(sub) -> None:
     )
     add_backend_arguments(
         p,
-        "torch (default), or the export in --backend-dir: its graphs (engines) run the context head and mask "
-        "decoder on LENS frames and SAM2's memory attention and memory encoder on tracked frames; SAM2's image "
-        "encoder and its decoder for tracked frames stay torch. The export must hold the tracking graphs "
+        "torch (default), or the export in --backend-dir: its graphs (engines) run SAM2's image encoder, the "
+        "context head and mask decoder on LENS frames, and the image encoder, memory attention and memory encoder "
+        "on tracked frames; SAM2's decoder for tracked frames stays torch. The export must hold the tracking graphs "
         "(lens export with SAM2 memory weights)",
+    )
+    p.add_argument(
+        "--memory-frames",
+        type=int,
+        metavar="K",
+        help="spatial memories SAM2 reads per tracked frame, the LENS frame included (1-7; default: SAM2's 7). "
+        "Fewer make tracked frames cheaper on a CPU, at some tracking quality: SAM2 then sees less history",
     )
     p.add_argument(
         "--lost-after",
@@ -85,7 +92,7 @@ def run(args) -> int:
     from lens_model.tracking.tracker import StreamingTracker
     from lens_model.tracking.video_io import open_video
 
-    for name in ("reason_every", "lost_after", "max_new_tokens"):
+    for name in ("reason_every", "lost_after", "max_new_tokens", "memory_frames"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise LensError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -103,7 +110,9 @@ def run(args) -> int:
     pipe = load_pipeline(args, str(model_dir))
     # torch: SAM2's memory modules run in torch; an export: its tracking graphs, on the backend the pipeline opened
     memory = memory if memory is not None else pipe.backend
-    tracker = StreamingTracker.from_lens_model(pipe.model, memory, num_frames=video.num_frames)
+    tracker = StreamingTracker.from_lens_model(
+        pipe.model, memory, num_frames=video.num_frames, memory_frames=args.memory_frames
+    )
     args.out_dir.mkdir(parents=True, exist_ok=True)
     summary = track_video(
         pipe,

@@ -57,6 +57,9 @@ def sam2_setup(tmp_path_factory):
     # presence head so that the decoder's masks come through and the comparison has something to compare.
     with torch.no_grad():
         predictor.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 2.0
+        # Random temporal encodings (std 0.02) barely move the masks; trained ones are larger. Scaled up, a memory
+        # read with the wrong temporal slot shows in the logits.
+        predictor.maskmem_tpos_enc *= 20
     checkpoint = tmp_path_factory.mktemp("sam2") / "sam2_tiny.pt"
     torch.save({"model": predictor.state_dict()}, checkpoint)
     return predictor, checkpoint, config
@@ -157,6 +160,24 @@ def test_unbounded_stream_matches_predictor_past_the_memory_bank(sam2_setup, tmp
     assert_parity(reference, results)
     stats = tracker.memory_stats()
     assert stats.stored_frames == 1 + tracker.lookback() == 16  # the conditioning frame + frames 3..17
+
+
+def test_a_memory_window_keeps_sam2s_frames_until_the_bank_outgrows_it(sam2_setup, tmp_path):
+    """memory_frames=3 reads the conditioning frame + the 2 latest: frame t reads min(t - 1, 2) earlier frames where
+    SAM2 reads min(t - 1, 6), so frames 0-3 are the predictor's exactly (each memory kept its temporal encoding; a
+    window that re-indexed the slots would differ from frame 2 on), and from frame 4 on the masks depart from it
+    (less history). The effect on the parity test: with a window of k, it holds for frames 0..k only."""
+    predictor, checkpoint, config = sam2_setup
+    frames, reference = predictor_run(predictor, clip_frames(8), tmp_path)
+    tracker = StreamingTracker(lens_sam_with_memory(checkpoint, config), num_frames=len(frames), memory_frames=3)
+    results = tracker_run(tracker, frames)
+    assert_parity(reference[:4], results[:4])
+    later = [(logits - got.low_res_logits).abs().max().item() for (_, logits, _), got in zip(reference, results)][4:]
+    assert min(later) > 1e-3, later
+    assert tracker.sam.num_maskmem == 7 and tracker.sam.maskmem_tpos_enc.shape[0] == 7  # restored after each step
+    assert tracker.lookback() == 15  # the object pointers still reach 15 frames back
+    with pytest.raises(LensError, match="memory_frames must be between 1"):
+        StreamingTracker(tracker.sam, memory_frames=8)
 
 
 def test_memory_stays_flat_over_a_long_stream():

@@ -117,8 +117,16 @@ def _normalise(text: str | None) -> str:
     return " ".join((text or "").lower().strip().rstrip(".").split())
 
 
-def evaluate_model(model_dir: Path, records, batch_size: int = 8, max_new_tokens: int = 96, progress: bool = True):
-    """-> list[SampleOutcome] of `model_dir` on `records` (synthetic scenes), greedy decoding, generated answers."""
+def evaluate_model(
+    model_dir: Path,
+    records,
+    batch_size: int = 8,
+    max_new_tokens: int = 96,
+    progress: bool = True,
+    backend_dir: Path | None = None,
+):
+    """-> list[SampleOutcome] of `model_dir` on `records` (synthetic scenes), greedy decoding, generated answers.
+    `backend_dir`: a `lens export` of the model, run with --backend onnxruntime (its per-graph CPU choice)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -128,7 +136,8 @@ def evaluate_model(model_dir: Path, records, batch_size: int = 8, max_new_tokens
     from lens_model.inference.answer import parse_answer
     from lens_model.inference.pipeline import LensPipeline
 
-    pipeline = LensPipeline.from_pretrained(str(model_dir), device="cpu", dtype="float32")
+    backend = {"backend": "onnxruntime", "backend_dir": str(backend_dir)} if backend_dir is not None else {}
+    pipeline = LensPipeline.from_pretrained(str(model_dir), device="cpu", dtype="float32", **backend)
     objects = scene_object_masks(records)
     outcomes: list[SampleOutcome] = []
     with torch.inference_mode():

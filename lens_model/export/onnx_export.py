@@ -9,7 +9,9 @@ memory attention's pointer-token count); the memory attention's memory length is
 dimensions are fixed by the model (image size S, N queries, hidden size). Weights go inside each .onnx file,
 or into NAME.onnx.data next to it when a graph is over 2 GB (the LENS-3B context head is close).
 `fp16` exports graphs that compute in float16 with float32 normalisation layers (see graphs.py); their inputs
-and outputs stay float32, so every runtime feeds them the same way.
+and outputs stay float32, so every runtime feeds them the same way. `int8` adds NAME.int8.onnx, a dynamic int8
+version of each graph for CPUs (quantize.py). `cpu_timing` times every way of running each graph on this CPU and
+records the fastest in the metadata, which `--backend onnxruntime` follows on a CPU (cpu_choice.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .metadata import (
     MEMORY_TPOS_FILE,
     METADATA_FILE,
     POSTPROCESSING,
+    CpuChoice,
     ExportError,
     ExportMetadata,
     GraphSpec,
@@ -55,6 +58,10 @@ class ExportOptions:
     image_size: int | None = None  # SAM2 input side; None keeps the model's
     fp16: bool = False  # compute in float16, normalisation layers in float32 (inputs and outputs stay float32)
     overwrite: bool = False
+    int8: bool = False  # also write NAME.int8.onnx: dynamic int8 quantisation for CPUs
+    # time torch / ONNX Runtime (/ int8) per graph on this CPU and record the fastest (lens export does by default;
+    # off here so that library callers and tests get ONNX Runtime on every graph, whatever the machine's load)
+    cpu_timing: bool = False
 
     def validate(self) -> None:
         if self.opset not in SUPPORTED_OPSETS:
@@ -62,6 +69,8 @@ class ExportOptions:
                 f"--opset must be one of {list(SUPPORTED_OPSETS)} (TensorRT 10 parses opsets 9-20; "
                 f"LayerNormalization needs 17), got {self.opset}"
             )
+        if self.int8 and self.fp16:
+            raise ExportError("--int8 quantises the float32 graphs for CPUs; --fp16 graphs are for GPUs: pass one")
         if self.image_size is not None and (self.image_size < 64 or self.image_size % 32):
             raise ExportError(
                 f"--image-size must be a multiple of 32 and at least 64 (SAM2's Hiera downsamples by 32), "
@@ -164,6 +173,22 @@ def export_parts(
     if hasattr(parts.sam, "memory_attention"):  # SAM2 with its memory modules: the tracking graphs too
         memory_graphs, memory = export_memory_graphs(parts.sam, image_size, out_dir, options)
         graphs.update(memory_graphs)
+    if options.int8:
+        from .quantize import int8_name, quantize_graph
+
+        for name, graph in graphs.items():
+            log.info("quantising %s to int8", name)
+            graph.int8_onnx = int8_name(graph.onnx)
+            quantize_graph(out_dir / graph.onnx, out_dir / graph.int8_onnx)
+    if options.cpu_timing and not fp16:  # float16 graphs are for GPUs: not timed on the CPU
+        from .cpu_choice import measure_cpu_choices
+
+        log.info("timing every graph on this CPU: torch, ONNX Runtime%s", " and int8" if options.int8 else "")
+        for name, choice in measure_cpu_choices(graphs, out_dir, modules).items():
+            graphs[name].cpu = choice
+    elif options.int8:  # asked for int8 without timing it: the int8 graphs are what runs on a CPU
+        for graph in graphs.values():
+            graph.cpu = CpuChoice(runtime="onnxruntime", onnx=graph.int8_onnx, disabled_optimizers=[], ms={}, threads=0)
     decoder = sam.sam_mask_decoder
     meta = ExportMetadata(
         source_model=source_model,
