@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lens_model.errors import LensError
 from lens_model.model.config import DEFAULT_MODEL_ID
+from lens_model.outputs import check_distinct, check_output_file
 
 from .options import (
     IMAGE_SUFFIXES,
@@ -14,7 +14,6 @@ from .options import (
     add_backend_arguments,
     add_device_dtype_arguments,
     add_override_arguments,
-    check_output_file,
     load_pipeline,
 )
 
@@ -79,17 +78,20 @@ def run(args) -> int:
     from PIL import Image
 
     from lens_model.image_io import load_image, read_prompt
-    from lens_model.inference.prompting import check_mllm_aspect_ratio
+    from lens_model.inference.prompting import check_mllm_image_size
+    from lens_model.outputs import json_text, save_image, write_atomic
     from lens_model.overlay import draw_overlay
 
     if args.max_new_tokens < 1:
         raise LensError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     # Validate the cheap inputs before loading a multi-GB model (from_pretrained checks the backend first).
-    check_output_file(args.out_mask, "--out-mask", MASK_SUFFIXES)
-    check_output_file(args.out_overlay, "--out-overlay", IMAGE_SUFFIXES)
-    check_output_file(args.json, "--json")
+    inputs = {"--image": args.image, "--depth": args.depth, "--camera-info": args.camera_info}
+    check_output_file(args.out_mask, "--out-mask", MASK_SUFFIXES, inputs)
+    check_output_file(args.out_overlay, "--out-overlay", IMAGE_SUFFIXES, inputs)
+    check_output_file(args.json, "--json", inputs=inputs)
+    check_distinct({"--out-mask": args.out_mask, "--out-overlay": args.out_overlay, "--json": args.json})
     rgb = load_image(args.image)
-    check_mllm_aspect_ratio(rgb.shape[:2], str(args.image))
+    check_mllm_image_size(rgb.shape[:2], str(args.image))
     prompt = read_prompt(args.prompt)
     depth = None
     if args.depth or args.camera_info:
@@ -103,13 +105,15 @@ def run(args) -> int:
     if depth is not None:
         data["target_3d"] = depth.target(result.mask).to_json_dict()
     if args.out_mask:
-        Image.fromarray(result.mask.astype(np.uint8) * 255).save(args.out_mask)
         data["mask_png"] = str(args.out_mask)
     if args.out_overlay:
-        draw_overlay(rgb, result.mask, result.box, prompt).save(args.out_overlay)
         data["overlay_png"] = str(args.out_overlay)
-    text = json.dumps(data, indent=2)
+    text = json_text(data, "the result", indent=2)  # before any file is written: NaN is refused
+    if args.out_mask:
+        save_image(Image.fromarray(result.mask.astype(np.uint8) * 255), args.out_mask, "--out-mask")
+    if args.out_overlay:
+        save_image(draw_overlay(rgb, result.mask, result.box, prompt), args.out_overlay, "--out-overlay")
     if args.json:
-        args.json.write_text(text + "\n")
+        write_atomic(args.json, text + "\n", "--json")
     print(text)
     return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from lens_model.errors import LensError
+from lens_model.outputs import save_image
 
 PANEL_W, PANEL_H, MARGIN = 520, 300, 48
 COLORS = [
@@ -57,8 +58,27 @@ def read_metrics(metrics_file: Path) -> MetricRows:
             ) from None
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             raise LensError(f"{path} line {number}: expected a JSON object with an integer 'step', got {line[:80]!r}")
+        _check_row_values(row, path, number)
         rows.append(row)
     return MetricRows(rows, torn)
+
+
+def _check_row_values(row: dict, path: Path, number: int) -> None:
+    """A metrics row holds numbers (null for a value that was not measured) and a `split` name."""
+    if not isinstance(row.get("split", "train"), str):
+        raise LensError(f"{path} line {number}: 'split' must be a name such as \"train\", got {row['split']!r}")
+    for key, value in row.items():
+        if key != "split" and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise LensError(
+                f"{path} line {number}: {key!r} is a {type(value).__name__} ({json.dumps(value)[:40]}); expected a "
+                "number, as training writes them"
+            )
+
+
+def _fraction(value: float, low: float, high: float) -> float:
+    """Where `value` lies between `low` and `high` (0..1), without overflow: halves first, so that a range such as
+    -1e308..1e308 stays finite."""
+    return (value / 2 - low / 2) / (high / 2 - low / 2)
 
 
 def read_curves(rows: list[dict]) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -86,17 +106,17 @@ def _panel(title: str, series: dict[str, list[tuple[int, float]]]) -> Image.Imag
     if x1 == x0:
         x1 = x0 + 1
     if y1 == y0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
+        y0, y1 = y0 - max(0.5, abs(y0) * 1e-6), y1 + max(0.5, abs(y1) * 1e-6)
     left, top, right, bottom = MARGIN, 28, PANEL_W - 12, PANEL_H - 28
     draw.rectangle([left, top, right, bottom], outline=(180, 180, 180))
     for frac in (0.0, 0.5, 1.0):
         y = bottom - frac * (bottom - top)
-        draw.text((4, y - 6), f"{y0 + frac * (y1 - y0):.3g}", fill="black")
+        draw.text((4, y - 6), f"{(1 - frac) * y0 + frac * y1:.3g}", fill="black")
     draw.text((left, bottom + 6), f"step {x0}", fill="black")
     draw.text((right - 70, bottom + 6), f"step {x1}", fill="black")
 
     def xy(step, value):
-        return left + (step - x0) / (x1 - x0) * (right - left), bottom - (value - y0) / (y1 - y0) * (bottom - top)
+        return left + (step - x0) / (x1 - x0) * (right - left), bottom - _fraction(value, y0, y1) * (bottom - top)
 
     for k, (name, values) in enumerate(series.items()):
         color = COLORS[k % len(COLORS)]
@@ -127,7 +147,7 @@ def draw_curves(rows: list[dict], out_png: Path, source: str = "the metrics") ->
     canvas = Image.new("RGB", (PANEL_W * len(panels), PANEL_H), "white")
     for i, panel in enumerate(panels):
         canvas.paste(panel, (i * PANEL_W, 0))
-    canvas.save(out_png)
+    save_image(canvas, out_png, "the figure")
     return out_png
 
 

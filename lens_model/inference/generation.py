@@ -63,6 +63,7 @@ class GenerationOutput:
     masks: list[np.ndarray]  # R × (H, W) bool at the row's original image size
     scores: torch.Tensor  # (R, 1) SAM2's predicted IoU of each mask
     sam_features: SamImageFeatures  # of the I images
+    finite: torch.Tensor  # (R,) bool: the row's mask logits and score are finite (False: NaN/inf weights or inputs)
 
 
 def check_context_pass(model: LensModel, context_pass: str | None) -> None:
@@ -211,4 +212,5 @@ def generate_and_segment(
         masks,
         scores,
         features,
+        torch.isfinite(low_res).flatten(1).all(1) & torch.isfinite(scores).flatten(1).all(1),
     )

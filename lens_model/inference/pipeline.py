@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ..devices import resolve_device, resolve_dtype
-from ..errors import PromptError
+from ..errors import NonFiniteOutputError, PromptError
 from ..image_io import load_image, read_prompt
 from ..model.config import LensConfig
 from ..model.modeling import LensModel
@@ -45,6 +45,18 @@ class SegmentationResult:
         data["box"] = None if self.box is None else [round(float(v), 2) for v in self.box]
         data["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         return data
+
+
+def check_finite(finite: torch.Tensor, prompts: Sequence[str]) -> None:
+    """Refuse results computed from non-finite numbers: NaN mask logits give an empty mask and a NaN score, which
+    looks like "nothing found" and is not valid JSON. `finite` (R,) bool per prompt row."""
+    bad = [i for i, ok in enumerate(finite.tolist()) if not ok]
+    if bad:
+        raise NonFiniteOutputError(
+            f"the model computed non-finite (NaN or inf) mask logits or scores for prompt {prompts[bad[0]]!r}"
+            f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}: its weights (or a backend's graphs) hold NaN or "
+            "inf values, or overflowed in this dtype; check the checkpoint (or try --dtype float32)"
+        )
 
 
 class LensPipeline:
@@ -193,6 +205,7 @@ class LensPipeline:
             timer=timer,
         )
         with timer.stage("postprocess"):
+            check_finite(out.finite, prompts)
             results = []
             for i, (prompt, j) in enumerate(zip(prompts, image_index)):
                 image_hw = prepared[j][0].shape[:2]
