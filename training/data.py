@@ -44,8 +44,7 @@ def load_sample(record: Record) -> tuple[np.ndarray, np.ndarray]:
     """-> (H, W, 3) uint8 image and (H, W) bool GT mask; LensError/ValueError naming the file when the image is
     unreadable, the mask undecodable, or the image's size not the annotation's."""
     rgb = load_image(record.image_path)
-    if rgb.shape[:2] != tuple(record.image_size):
-        raise ValueError(f"image {record.image_path} is {rgb.shape[:2]}, annotation says {record.image_size}")
+    record.check_image(rgb)
     return rgb, record.mask()
 
 
