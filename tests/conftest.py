@@ -34,6 +34,21 @@ def photo_clip(n: int, hw: tuple[int, int], origin=(60, 20), step=(4, 9)):
     return [moving_crop(i, hw, origin, step) for i in range(n)]
 
 
+def file_states(*folders, exclude=()) -> dict[str, tuple[int, str]]:
+    """{path: (mtime in ns, sha256)} of every file under `folders`, except those under the paths in `exclude`:
+    taken before and after a command, equal states show that it changed no file but its own outputs."""
+    import hashlib
+
+    skip = [Path(e).resolve() for e in exclude]
+    states = {}
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*")):
+            real = path.resolve()
+            if path.is_file() and not any(real == e or e in real.parents for e in skip):
+                states[str(path)] = (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+    return states
+
+
 def run_cli(*args):
     """`python -m lens_cli ARGS` (the `lens` command) in a subprocess from the repository: exit code, stdout, stderr."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
