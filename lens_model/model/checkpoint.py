@@ -97,6 +97,23 @@ def save_model(
 
 
 # ---------------------------------------------------------------------------- resolving
+def _looks_like_hub_id(text: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is not None and not text.startswith(".")
+
+
+def check_model_path(name_or_path: str | os.PathLike, what: str) -> None:
+    """A model named in a config, checked before anything heavy starts: an existing checkpoint directory (with
+    config.json), or a Hub id (fetched when the model loads). CheckpointError naming `what` otherwise."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{what}: {path} is a file; pass the checkpoint directory that holds config.json")
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{what}: {path} has no config.json; pass a model checkpoint directory")
+    elif not _looks_like_hub_id(str(name_or_path)):
+        raise CheckpointError(f"{what}: model directory not found: {path}")
+
+
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     """A local directory, or a Hub id downloaded to the local cache. Errors say what to do."""
     path = Path(name_or_path).expanduser()
@@ -105,8 +122,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
             raise CheckpointError(f"model path {path} is a file; pass the checkpoint directory that holds config.json")
         return path
     text = str(name_or_path)
-    looks_like_hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is not None and not text.startswith(".")
-    if not looks_like_hub_id:
+    if not _looks_like_hub_id(text):
         raise CheckpointError(f"model directory not found: {path}")
     try:
         from huggingface_hub import snapshot_download
