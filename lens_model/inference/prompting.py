@@ -21,10 +21,10 @@ from .answer import Box, ParsedAnswer, clip_box, parse_answer, rescale_box, smar
 
 # Qwen2-VL's image processor refuses images whose long side exceeds 200 times the short side.
 MAX_MLLM_ASPECT_RATIO = 200
-# One MLLM image token covers 28 x 28 pixels (14-px patches, merged 2 x 2); an image with fewer pixels than that
-# holds less than one token of picture (a 1x1 or 8x8 image gave an empty or arbitrary mask).
-MLLM_TOKEN_PIXELS = 28
-MIN_MLLM_IMAGE_PIXELS = MLLM_TOKEN_PIXELS * MLLM_TOKEN_PIXELS
+# The MLLM's vision encoder cuts images into 14 x 14-pixel patches; an image with fewer pixels than one patch holds
+# less than one patch of picture (a 1x1 or 8x8 image gave an empty or arbitrary mask), whatever the resize makes of it.
+MLLM_PATCH_PIXELS = 14
+MIN_MLLM_IMAGE_PIXELS = MLLM_PATCH_PIXELS * MLLM_PATCH_PIXELS
 
 
 def special_token_ids(tok) -> tuple[int, list[int]]:
@@ -70,14 +70,14 @@ def build_chat(processor, prompt_config: PromptConfig, question_text: str) -> st
 
 
 def check_mllm_image_size(hw: tuple[int, int], source: str = "image") -> None:
-    """Refuse an (H, W) image the MLLM cannot take: fewer pixels than one of its image tokens, or an aspect ratio
+    """Refuse an (H, W) image the MLLM cannot take: fewer pixels than one of its image patches, or an aspect ratio
     above MAX_MLLM_ASPECT_RATIO. Refused rather than padded or upscaled: either would change the picture the model
     reasons about and the box coordinates it answers in; that is the user's choice."""
     h, w = hw
     if h * w < MIN_MLLM_IMAGE_PIXELS:
         raise ImageError(
-            f"{source} is {w}x{h} pixels, smaller than one image token of the MLLM ({MLLM_TOKEN_PIXELS}x"
-            f"{MLLM_TOKEN_PIXELS} = {MIN_MLLM_IMAGE_PIXELS} pixels): it would see a blur upscaled from "
+            f"{source} is {w}x{h} pixels, smaller than one image patch of the MLLM ({MLLM_PATCH_PIXELS}x"
+            f"{MLLM_PATCH_PIXELS} = {MIN_MLLM_IMAGE_PIXELS} pixels): it would see a blur upscaled from "
             f"{h * w} pixel(s) and SAM2 one stretched to its input size; pass a larger image"
         )
     ratio = max(h, w) / min(h, w)
