@@ -35,14 +35,15 @@ def photo_clip(n: int, hw: tuple[int, int], origin=(60, 20), step=(4, 9)):
 
 
 def file_states(*folders, exclude=()) -> dict[str, tuple[int, str]]:
-    """{path: (mtime in ns, sha256)} of every file under `folders`, except those under the paths in `exclude`:
-    taken before and after a command, equal states show that it changed no file but its own outputs."""
+    """{path: (mtime in ns, sha256)} of every file under `folders` (or of a file given), except those under the paths
+    in `exclude`: taken before and after a command, equal states show that it changed no file but its own outputs."""
     import hashlib
 
     skip = [Path(e).resolve() for e in exclude]
     states = {}
     for folder in folders:
-        for path in sorted(Path(folder).rglob("*")):
+        folder = Path(folder)
+        for path in [folder] if folder.is_file() else sorted(folder.rglob("*")):
             real = path.resolve()
             if path.is_file() and not any(real == e or e in real.parents for e in skip):
                 states[str(path)] = (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())

@@ -332,7 +332,7 @@ TRAIN_CASES = {
     ),
     "annotation-without-bbox": (
         lambda i, s, t: (i, _scenes_without_bbox(s, t), t / "run"),
-        "annotations[2] (id 3) has no 'bbox'; expected fields id, bbox, segmentation",
+        "annotations[2] (id 3) has no 'bbox'; expected fields id, bbox [x, y, width, height], segmentation",
         0,
     ),
     "every-image-missing": (

@@ -184,7 +184,9 @@ def _read_instances(path: Path) -> tuple[dict, dict]:
         images[image["id"]] = image
     for i, ann in enumerate(instances["annotations"]):
         where = f"{path}: annotations[{i}]" + (f" (id {ann.get('id')})" if isinstance(ann, dict) else "")
-        _fields(ann, {"id": int, "bbox": (list, tuple), "segmentation": (list, dict)}, where)
+        if isinstance(ann, dict) and "bbox" not in ann:
+            raise LensError(f"{where} has no 'bbox'; expected fields id, bbox [x, y, width, height], segmentation")
+        _fields(ann, {"id": int, "segmentation": (list, dict)}, where)
         _bbox(ann, where)
         anns[ann["id"]] = ann
     return images, anns
