@@ -58,6 +58,25 @@ def run_cli(*args):
     return proc.returncode, proc.stdout, proc.stderr
 
 
+def run_cli_read_only(folder, *args):
+    """`run_cli`, with `folder` made read-only for the command alone: bound onto itself read-only in a private mount
+    namespace (`unshare -m`), gone when the command ends. The tests run as root, whom permission bits do not stop; a
+    read-only mount stops everyone (EROFS). Skips where mount namespaces are not allowed."""
+    import shlex
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux) for a read-only mount")
+    where = shlex.quote(str(folder))
+    command = shlex.join([sys.executable, "-m", "lens_cli", *map(str, args)])
+    script = f"mount --bind {where} {where} && mount -o remount,ro,bind {where} {where} && exec {command}"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, cwd=REPO, env=env)
+    if proc.returncode != 0 and ("unshare:" in proc.stderr or "mount:" in proc.stderr):
+        pytest.skip(f"no read-only mount here: {proc.stderr.strip().splitlines()[-1]}")
+    return proc.returncode, proc.stdout, proc.stderr
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """A tiny LENS checkpoint (cached context pass) written once per test session."""

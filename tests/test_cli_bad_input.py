@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import SAMPLE_PHOTO, file_states, run_cli
+from conftest import SAMPLE_PHOTO, file_states, run_cli, run_cli_read_only
 from export_helpers import exported
 from PIL import Image
 
@@ -258,6 +258,18 @@ def test_segment_bad_input(case, tiny_dir, tmp_path, tmp_path_factory):
     assert file_states(tmp_path, tiny_dir, SAMPLE_PHOTO) == before  # nothing written, nothing replaced
 
 
+def test_segment_out_mask_in_a_read_only_folder(tmp_path):
+    """--out-mask in a folder on a read-only disk: refused before the model loads (the model does not exist)."""
+    out = tmp_path / "read-only"
+    out.mkdir()
+    code, stdout, err = run_cli_read_only(
+        out, "segment", "--model", tmp_path / "no-model", "--image", SAMPLE_PHOTO, "--prompt", "cup",
+        "--out-mask", out / "mask.png",
+    )  # fmt: skip
+    assert_one_error("segment", code, err, f"--out-mask {out}/mask.png: cannot write to folder {out} (Read-only")
+    assert stdout == "" and not any(out.iterdir())
+
+
 def test_the_random_bytes_are_not_utf8():
     with pytest.raises(UnicodeDecodeError):
         RANDOM_BYTES.decode("utf-8")
@@ -302,6 +314,15 @@ PLOT_CASES = {
     "out-missing-folder": (_metrics(GOOD), "nope/c.png", 1, "folder {run}/nope does not exist; create it first"),
     "out-not-an-image": (_metrics(GOOD), "curves.txt", 1, "has extension '.txt'; expected a file name ending in"),
     "no-metrics": (None, None, 1, "metrics.jsonl not found: pass the output_dir of a training run"),
+    "metric-a-list": (
+        _metrics([GOOD[0], '{"step": 2, "split": "train", "loss": [1.5, 1.4]}']),
+        None,
+        1,
+        "metrics.jsonl line 2: 'loss' is a list ([1.5, 1.4]); expected a number, as training writes them",
+    ),
+    "split-a-list": (_metrics(['{"step": 1, "split": ["train"], "loss": 1.0}']), None, 1, "'split' must be a name"),
+    "out-write-protected-folder": (_metrics(GOOD), "/sys/curves.png", 1, "--out /sys/curves.png: cannot write to"),
+    "out-is-the-metrics": (_metrics(GOOD), "metrics.jsonl", 1, "has extension '.jsonl'"),
 }
 
 
@@ -313,8 +334,10 @@ def test_plot_run_bad_input(case, tmp_path):
     if text is not None:
         (run / "metrics.jsonl").write_text(text)
     out = run / (out_name or "curves.png")
+    before = file_states(run)
     code, stdout, err = run_cli("plot-run", run, *(["--out", out] if out_name else []))
     expected = expected.replace("{run}", str(run))
+    assert file_states(run, exclude=[out] if want_code == 0 else []) == before
     if want_code == 0:  # a torn last line: a warning, and the complete lines plotted
         assert code == 0 and "Traceback" not in err, err
         warnings = [line for line in err.splitlines() if line.startswith("lens plot-run: warning: ")]
@@ -324,7 +347,32 @@ def test_plot_run_bad_input(case, tmp_path):
         assert read.rows == [json.loads(line) for line in GOOD] and read.torn_line == 3
     else:
         assert_one_error("plot-run", code, err, expected)
-        assert not out.exists() and list(run.iterdir()) == ([run / "metrics.jsonl"] if text is not None else [])
+        assert list(run.iterdir()) == ([run / "metrics.jsonl"] if text is not None else [])
+
+
+def test_plot_run_into_a_run_folder_that_cannot_be_written(tmp_path):
+    """A run folder on a read-only disk: refused before the figure is drawn, nothing written."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(_metrics(GOOD))
+    code, _, err = run_cli_read_only(run, "plot-run", run)
+    assert_one_error(
+        "plot-run", code, err, f"the figure {run}/curves.png: cannot write to folder {run} (Read-only file system)"
+    )
+    assert list(run.iterdir()) == [run / "metrics.jsonl"]
+
+
+def test_huge_losses_draw_finite_axes(tmp_path):
+    """±1e308 losses: the axis runs from -1e+308 to 1e+308 (not inf or nan), and the points lie on the panel."""
+    from training.plots import PANEL_H, _fraction, draw_curves
+
+    rows = [{"step": 1, "loss": 1e308}, {"step": 2, "loss": -1e308}, {"step": 3, "loss": 0.0}]
+    assert [_fraction(r["loss"], -1e308, 1e308) for r in rows] == [1.0, 0.0, 0.5]
+    out = draw_curves(rows, tmp_path / "c.png")
+    picture = np.asarray(Image.open(out).convert("RGB"))
+    blue = np.all(picture == (31, 119, 180), axis=2)  # the loss curve's colour
+    rows_hit = np.nonzero(blue.any(axis=1))[0]
+    assert rows_hit.min() < 40 and rows_hit.max() > PANEL_H - 40  # from the top of the panel to its bottom
 
 
 def test_a_corrupt_last_line_with_its_newline_is_not_taken_for_a_torn_one(tmp_path):
@@ -350,6 +398,199 @@ def test_make_tiny_bad_input(case, tmp_path):
     code, _, err = run_cli("make-tiny", *extra(tmp_path))
     assert_one_error("make-tiny", code, err, expected.replace("{tmp}", str(tmp_path)))
     assert (tmp_path / "file").read_text() == "keep me" and not (tmp_path / "new").exists()
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """Two synthetic scenes (split train) in the REFER layout."""
+    from lens_model.data.synthetic import make_synthetic
+
+    return make_synthetic(tmp_path_factory.mktemp("eval-bad") / "scenes", n_images=2, seed=3, image_size=96)
+
+
+def _edit_instances(root, change):
+    path = next(root.rglob("instances.json"))
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _edit_refs(root, change):
+    import pickle
+
+    path = next(root.rglob("refs(unc).p"))
+    refs = pickle.loads(path.read_bytes())
+    change(refs)
+    path.write_bytes(pickle.dumps(refs))
+
+
+def _eval(model, root, out, *extra):
+    return run_cli(
+        "eval", "--model", model, "--dataset", "synthetic", "--data-root", root, "--split", "train",
+        "--out", out, "--device", "cpu", "--no-progress", *extra,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_dir, scenes, tmp_path_factory):
+    """A finished `lens eval` of the 6 samples: an output folder to resume into."""
+    out = tmp_path_factory.mktemp("eval-done") / "out"
+    code, _, err = _eval(tiny_dir, scenes, out)
+    assert code == 0, err
+    return out
+
+
+def _crafted_refs(root, marker):
+    """refs(unc).p replaced by a pickle that would create `marker` when loaded with pickle.load."""
+    import pickle
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    next(root.rglob("refs(unc).p")).write_bytes(pickle.dumps([Exploit()]))
+
+
+def _strip_sentence(refs):
+    refs[0]["sentences"][0]["sent"] = "   "
+
+
+def _corrupt_samples(out, line: bytes):
+    path = out / "samples-rank0.jsonl"
+    path.write_bytes(line + b"\n" + path.read_bytes())
+
+
+# id -> (prepare (root, out, tmp_path, evaluated): edits the dataset copy `root` and/or the output folder `out`,
+# from the finished evaluation `evaluated`; which model
+# (None: one that does not exist: the error must come before any model loads); expected text of the error line)
+EVAL_CASES = {
+    "annotation-without-bbox": (
+        lambda r, o, t, e: _edit_instances(r, lambda d: d["annotations"][0].pop("bbox")),
+        None,
+        "instances.json: annotations[0] (id 1) has no 'bbox'; expected fields id, bbox [x, y, width, height]",
+    ),
+    "instances-without-images": (
+        lambda r, o, t, e: _edit_instances(r, lambda d: d.pop("images")),
+        None,
+        "instances.json: 'images' is missing; expected a list (COCO format: images and annotations)",
+    ),
+    "ref-without-split": (
+        lambda r, o, t, e: _edit_refs(r, lambda refs: refs[0].pop("split")),
+        None,
+        "refs(unc).p: ref 0 (ref_id 1) has no 'split'; expected fields ref_id, ann_id, image_id, split, sentences",
+    ),
+    "bbox-a-string": (
+        lambda r, o, t, e: _edit_instances(r, lambda d: d["annotations"][1].update(bbox="10,10,20,20")),
+        None,
+        "instances.json: annotations[1] (id 2): 'bbox' must be 4 numbers [x, y, width, height], got '10,10,20,20'",
+    ),
+    "crafted-pickle": (
+        lambda r, o, t, e: _crafted_refs(r, t / "pwned"),
+        None,
+        "refs(unc).p: refused to load: the pickle asks for io.open (code, not data); a REFER refs file holds only",
+    ),
+    "out-is-a-file": (
+        lambda r, o, t, e: o.write_text("my notes"),
+        None,
+        "--out {out} is a file; pass a folder",
+    ),
+    "out-of-another-model": (
+        lambda r, o, t, e: shutil.copytree(e, o),
+        "other",
+        "--out {out} holds the results of another evaluation (model_hash: ",
+    ),
+    "samples-line-not-utf8": (
+        lambda r, o, t, e: (shutil.copytree(e, o), _corrupt_samples(o, b'{"sample_id": "\xff\xfe"}')),
+        "tiny",
+        "{out}/samples-rank0.jsonl line 1 is not UTF-8 text; this file holds lens eval's per-sample results",
+    ),
+    "samples-line-without-sample-id": (
+        lambda r, o, t, e: (shutil.copytree(e, o), _corrupt_samples(o, b'{"intersection": 3, "union": 4}')),
+        "tiny",
+        "{out}/samples-rank0.jsonl line 1 has no 'sample_id'; expected a per-sample result of lens eval",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(EVAL_CASES))
+def test_eval_bad_input_is_one_line(case, tiny_dir, tiny_official_dir, scenes, evaluated, tmp_path):
+    """One error line naming the file, field or record, exit 1, and no file changed: not the dataset, not the model,
+    not an earlier evaluation's folder."""
+    prepare, model, expected = EVAL_CASES[case]
+    root, out = tmp_path / "scenes", tmp_path / "out"
+    shutil.copytree(scenes, root)
+    prepare(root, out, tmp_path, evaluated)
+    model = {None: tmp_path / "no-model", "tiny": tiny_dir, "other": tiny_official_dir}[model]
+    before = file_states(tmp_path, tiny_dir)
+    code, _, err = _eval(model, root, out)
+    assert_one_error("eval", code, err, expected.replace("{out}", str(out)))
+    assert file_states(tmp_path, tiny_dir) == before
+    assert not (tmp_path / "pwned").exists()  # the crafted pickle ran no code
+
+
+def _drop_image(root):
+    next(root.rglob("synthetic_000000.png")).rename(root / "away.png")
+
+
+# id -> (edit of the dataset copy, text the failed samples' errors hold, how many of the 6 samples fail (those of
+# the image, annotation or sentence concerned), whether the repaired dataset is still the same split to lens eval)
+FAILED_SAMPLE_CASES = {
+    "empty-sentence": (lambda r: _edit_refs(r, _strip_sentence), "synthetic/1/10: prompt is empty", 1, False),
+    "image-size-differs": (
+        lambda r: _edit_instances(r, lambda d: d["images"][1].update(height=100)),
+        "image {root}/images/synthetic_000001.png is 96x96 pixels but its annotation says 96x100",
+        2,
+        True,
+    ),
+    "bad-polygon": (
+        lambda r: _edit_instances(r, lambda d: d["annotations"][1].update(segmentation=[[1, 2, "x", 4, 5, 6]])),
+        "cannot decode the mask of ref 1 (annotation 2) in {instances}: polygon 0 of 'segmentation' must be a flat "
+        "list of at least 3 (x, y) points",
+        2,
+        True,
+    ),
+    "image-missing": (_drop_image, "image file not found: {root}/images/synthetic_000000.png", 4, True),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILED_SAMPLE_CASES))
+def test_eval_names_a_failed_sample_and_goes_on(case, tiny_dir, scenes, tmp_path):
+    """A sample that cannot be evaluated is named (warning, results.json) instead of aborting the split; the others
+    are scored; results.json is strict JSON (no NaN); once the data is repaired, resuming retries the failed samples
+    (an edited expression makes it another split: refused)."""
+    make_failure, expected, failing, same_split = FAILED_SAMPLE_CASES[case]
+    root, out = tmp_path / "scenes", tmp_path / "out"
+    shutil.copytree(scenes, root)
+    make_failure(root)
+    expected = expected.replace("{root}", str(root)).replace("{instances}", str(next(root.rglob("instances.json"))))
+    before = file_states(root, tiny_dir)
+    code, stdout, err = _eval(tiny_dir, root, out)
+    assert code == 0 and "Traceback" not in err, err
+    assert f"{failing} sample(s) failed and are not in the numbers" in err and expected in err
+    results = json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert results["failed"] == failing and all(expected in f["error"] for f in results["failed_samples"])
+    assert results["n"] == 6 - failing and results["gIoU"] is not None
+    assert file_states(root, tiny_dir) == before
+    shutil.rmtree(root)  # repaired: the original data again
+    shutil.copytree(scenes, root)
+    code, _, err = _eval(tiny_dir, root, out)
+    if not same_split:
+        assert_one_error("eval", code, err, "holds the results of another evaluation (samples_hash: ")
+        return
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["failed"] == 0 and results["n"] == 6  # retried once readable
+
+
+def test_eval_with_every_sample_failing_writes_null_not_nan(tiny_dir, scenes, tmp_path):
+    root, out = tmp_path / "scenes", tmp_path / "out"
+    shutil.copytree(scenes, root)
+    for image in root.rglob("*.png"):
+        image.unlink()
+    code, _, err = _eval(tiny_dir, root, out)
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert results["n"] == 0 and results["gIoU"] is None and results["cIoU"] is None and results["failed"] == 6
 
 
 @pytest.mark.parametrize(
