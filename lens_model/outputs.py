@@ -46,7 +46,10 @@ def _same_file(a: Path, b: Path) -> bool:
 def _check_not_an_input(path: Path, what: str, inputs: Mapping[str, Path | str | None]) -> None:
     for name, source in inputs.items():
         if source is not None and _same_file(path, Path(source)):
-            raise LensError(f"{what} {path} is the {name} file: writing it would destroy the input; pass another path")
+            kind = "folder" if Path(source).is_dir() else "file"
+            raise LensError(
+                f"{what} {path} is the {name} {kind}: writing it would destroy the input; pass another path"
+            )
 
 
 def check_writable_folder(folder: Path, what: str) -> None:

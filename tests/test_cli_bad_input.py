@@ -383,6 +383,73 @@ def test_a_corrupt_last_line_with_its_newline_is_not_taken_for_a_torn_one(tmp_pa
     assert_one_error("plot-run", code, err, "line 3 is not valid JSON")
 
 
+def _frames(tmp_path, n: int):
+    frames = tmp_path / "frames"
+    frames.mkdir(exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(
+            frames / f"{i}.png"
+        )
+    return frames
+
+
+def _earlier_track(out, frames: int = 10):
+    """What an earlier, longer `lens track` left in `out` (its outputs), plus a file of the user's."""
+    (out / "masks").mkdir(parents=True)
+    for i in range(frames):
+        Image.fromarray(np.zeros((48, 64), np.uint8)).save(out / "masks" / f"{i:06d}.png")
+    (out / "tracks.jsonl").write_text("".join(json.dumps({"frame": i}) + "\n" for i in range(frames)))
+    (out / "overlay.mp4").write_bytes(b"an earlier overlay")
+    (out / "notes.txt").write_text("mine")
+    return out
+
+
+# id -> (arguments given tmp_path, expected text of the error line); every case fails before the model loads
+TRACK_CASES = {
+    "out-dir-with-an-earlier-run": (
+        lambda t: ["--out-dir", _earlier_track(t / "out")],
+        "--out-dir {tmp}/out holds the outputs of an earlier lens track (12 files: tracks.jsonl, overlay.mp4, "
+        "000000.png, ...); pass --overwrite to replace them, or another --out-dir",
+    ),
+    "out-dir-is-the-video-folder": (
+        lambda t: ["--out-dir", t / "frames"],
+        "--out-dir {tmp}/frames is the --video folder: writing it would destroy the input",
+    ),
+    "out-dir-a-file": (lambda t: ["--out-dir", t / "frames" / "0.png"], "--out-dir {tmp}/frames/0.png is a file"),
+    "out-dir-write-protected": (lambda t: ["--out-dir", "/sys/lens-track"], "cannot write to folder /sys ("),
+}
+
+
+@pytest.mark.parametrize("case", list(TRACK_CASES))
+def test_track_bad_output(case, tmp_path):
+    given, expected = TRACK_CASES[case]
+    frames = _frames(tmp_path, 2)
+    args = {"--model": tmp_path / "no-model", "--video": frames, "--prompt": "cup", "--device": "cpu"}
+    extra = given(tmp_path)
+    args |= dict(zip(extra[::2], extra[1::2]))
+    before = file_states(tmp_path)
+    code, _, err = run_cli("track", *[str(v) for kv in args.items() for v in kv])
+    assert_one_error("track", code, err, expected.replace("{tmp}", str(tmp_path)))
+    assert file_states(tmp_path) == before
+
+
+def test_track_overwrite_replaces_only_the_earlier_runs_outputs(tiny_dir, tmp_path):
+    """--overwrite into the folder of a longer earlier run: its masks, tracks.jsonl and overlay.mp4 are replaced
+    (no stale mask of frames 2-9 left), the user's file and the input frames stay as they were."""
+    frames = _frames(tmp_path, 2)
+    out = _earlier_track(tmp_path / "out")
+    kept = file_states(frames, out / "notes.txt")
+    code, stdout, err = run_cli(
+        "track", "--model", tiny_dir, "--video", frames, "--prompt", "cup", "--out-dir", out, "--overwrite",
+        "--device", "cpu", "--max-new-tokens", 2, "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["000000.png", "000001.png"]
+    assert [json.loads(line)["frame"] for line in (out / "tracks.jsonl").read_text().splitlines()] == [0, 1]
+    assert (out / "overlay.mp4").read_bytes() != b"an earlier overlay"
+    assert file_states(frames, out / "notes.txt") == kept
+
+
 MAKE_TINY_CASES = {
     "out-is-a-file": (lambda t: ["--out", t / "file"], "--out {tmp}/file is a file; pass a directory"),
     "out-is-a-file-overwrite": (lambda t: ["--out", t / "file", "--overwrite"], "--out {tmp}/file is a file"),
