@@ -59,8 +59,19 @@ setup(
         "av>=14",  # lens track: video decoding and the overlay video (FFmpeg bundled in the wheels)
     ],
     extras_require={
-        # the export tests run ONNX Runtime; the ROS tests write and read rosbag2 files with rosbags
-        "test": ["pytest>=8", "onnx>=1.17", "onnxscript>=0.4", "onnxruntime>=1.20", "rosbags>=0.10.9", "ruff==0.17.6"],
+        # the export tests run ONNX Runtime; the ROS tests write and read rosbag2 files with rosbags; the web demo's
+        # test drives Debian's headless Chromium with Selenium (selenium 4.52 needs a certifi newer than PyPI has)
+        "test": [
+            "pytest>=8",
+            "onnx>=1.17",
+            "onnxscript>=0.4",
+            "onnxruntime>=1.20",
+            "rosbags>=0.10.9",
+            "ruff==0.17.6",
+            "selenium==4.51.0",
+        ],
+        # lens demo (the web page). gradio 6.31 wants pillow<13: it installs pillow 12.3 beside it.
+        "demo": ["gradio==6.31.0"],
         # lens bag (rosbag2 in/out without a ROS installation); the node itself uses the ROS 2 Python packages
         "ros": ["rosbags>=0.10.9"],
         # lens export (torch's dynamo ONNX exporter needs onnxscript) and --backend onnxruntime. TensorRT is not

@@ -1,5 +1,5 @@
 """The `lens` command (entry point `lens = lens_cli:main`, also `python -m lens_cli`): one module per command
-(segment, track, make_tiny, export, evaluate, make_synthetic, plot_run, bag), each with `add_parser(sub)` and
+(segment, track, make_tiny, export, evaluate, make_synthetic, plot_run, bag, demo), each with `add_parser(sub)` and
 `run(args)`; the options several share are in `lens_cli.options`. This package sits above the others: it may
 import lens_model, training and lens_ros; none of them imports it.
 
@@ -14,10 +14,10 @@ import sys
 
 from lens_model.errors import LensError
 
-from . import bag, evaluate, export, make_synthetic, make_tiny, plot_run, segment, track
+from . import bag, demo, evaluate, export, make_synthetic, make_tiny, plot_run, segment, track
 
 # In the order `lens --help` lists them.
-COMMANDS = (segment, track, make_tiny, export, evaluate, make_synthetic, plot_run, bag)
+COMMANDS = (segment, track, make_tiny, export, evaluate, make_synthetic, plot_run, bag, demo)
 
 EXAMPLES = """examples:
   lens make-tiny --out /tmp/lens-tiny
@@ -25,6 +25,7 @@ EXAMPLES = """examples:
   lens segment --image photo.jpg --prompt "the mug left of the laptop" --device cuda   # released OuyBin/LENS weights
   lens export --model /tmp/lens-tiny --out /tmp/lens-tiny-onnx            # ONNX graphs of SAM2 + context head
   lens segment --model /tmp/lens-tiny --backend onnxruntime --backend-dir /tmp/lens-tiny-onnx --image ... --prompt ...
+  lens demo                                   # the web page, with the bundled demo model: http://127.0.0.1:7860
   lens bag --in recording --out recording_lens --image-topic /camera/image_raw --prompt "the red cup" --every 5
 """
 

@@ -74,13 +74,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
-    from PIL import Image
-
     from lens_model.image_io import load_image, read_prompt
     from lens_model.inference.prompting import check_mllm_image_size
-    from lens_model.outputs import json_text, save_image, write_atomic
-    from lens_model.overlay import draw_overlay
+    from lens_model.inference.result_files import record_text, save_mask_png, save_overlay, segment_record
+    from lens_model.outputs import write_atomic
 
     if args.max_new_tokens < 1:
         raise LensError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
@@ -100,19 +97,13 @@ def run(args) -> int:
         depth = DepthInput.from_files(args.depth, args.camera_info, rgb.shape[:2], args.depth_scale)
     pipe = load_pipeline(args, args.model)
     result = pipe(rgb, prompt)
-    data = result.to_json_dict()
-    data.update(image=str(args.image), model=str(args.model), backend=args.backend)
-    if depth is not None:
-        data["target_3d"] = depth.target(result.mask).to_json_dict()
+    target_3d = None if depth is None else depth.target(result.mask).to_json_dict()
+    record = segment_record(result, args.image, args.model, args.backend, target_3d, args.out_mask, args.out_overlay)
+    text = record_text(record)  # before any file is written: NaN is refused
     if args.out_mask:
-        data["mask_png"] = str(args.out_mask)
+        save_mask_png(result.mask, args.out_mask, "--out-mask")
     if args.out_overlay:
-        data["overlay_png"] = str(args.out_overlay)
-    text = json_text(data, "the result", indent=2)  # before any file is written: NaN is refused
-    if args.out_mask:
-        save_image(Image.fromarray(result.mask.astype(np.uint8) * 255), args.out_mask, "--out-mask")
-    if args.out_overlay:
-        save_image(draw_overlay(rgb, result.mask, result.box, prompt), args.out_overlay, "--out-overlay")
+        save_overlay(rgb, result, args.out_overlay, "--out-overlay")
     if args.json:
         write_atomic(args.json, text + "\n", "--json")
     print(text)

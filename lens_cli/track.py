@@ -77,13 +77,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from lens_model.export.metadata import require_memory_graphs
     from lens_model.image_io import read_prompt
     from lens_model.inference.backends import check_backend_args
     from lens_model.model.checkpoint import resolve_model_dir
-    from lens_model.model.sam_memory import load_model_sam_memory
     from lens_model.tracking.state import TrackingPolicy
-    from lens_model.tracking.track_video import earlier_outputs, remove_earlier_outputs, track_video
+    from lens_model.tracking.track_video import earlier_outputs, remove_earlier_outputs, track_video, tracking_memory
     from lens_model.tracking.tracker import StreamingTracker
     from lens_model.tracking.video_io import open_video
 
@@ -106,16 +104,7 @@ def run(args) -> int:
     video = open_video(args.video, folder_fps=args.fps)
     choice = check_backend_args(args.backend, args.backend_dir)
     model_dir = resolve_model_dir(args.model)
-    memory = None
-    if choice.name == "torch":
-        memory = load_model_sam_memory(model_dir, args.sam_memory_checkpoint)
-    elif args.sam_memory_checkpoint is not None:
-        raise LensError(
-            f"--sam-memory-checkpoint is not used with --backend {choice.name}: the memory graphs come from the "
-            f"export in {choice.export_dir}"
-        )
-    else:
-        require_memory_graphs(choice.meta, choice.export_dir)
+    memory = tracking_memory(model_dir, choice, args.sam_memory_checkpoint)
     pipe = load_pipeline(args, str(model_dir))
     # torch: SAM2's memory modules run in torch; an export: its tracking graphs, on the backend the pipeline opened
     memory = memory if memory is not None else pipe.backend

@@ -36,5 +36,6 @@ PY
 # DeepSpeed's setup.py imports torch: build it against the torch above (no isolated build env pulling another
 # torch), without pre-compiled ops (they are JIT-built on first use on GPU machines).
 DS_BUILD_OPS=0 "${PIP[@]}" install --no-build-isolation "deepspeed>=0.16"
-"${PIP[@]}" install -e ".[test,train]"
+# demo: gradio for `lens demo` (the web page; about 200 MB)
+"${PIP[@]}" install -e ".[test,train,demo]"
 echo "lens installed in $(pwd)/.venv"

@@ -1,8 +1,10 @@
 """Tools the tests need but the Python environment may lack.
 
 Locally a missing tool skips its tests (with the reason). `.ci/run` installs the tools these tests use (Debian's
-rosidl parsers, colcon from PyPI), so under CI=true a missing one is a broken setup: the test fails with the reason
-instead of skipping silently. Tests that need ROS 2 itself (rclpy) or a GPU keep skipping everywhere."""
+rosidl parsers, colcon, and ROS 2 Jazzy's rclpy with the node's message packages from PyPI's wheels:
+scripts/setup_ros_wheels.sh), so under CI=true a missing one is a broken setup: the test fails with the reason
+instead of skipping silently. What CI cannot have (a GPU; `ros2 launch` and the `ros2` command, which are not
+wheels) keeps skipping everywhere it is missing."""
 
 import os
 

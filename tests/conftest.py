@@ -8,8 +8,13 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 REPO = Path(__file__).resolve().parents[1]
+# ROS 2 (the rclpy tests and the node processes they start): DDS discovery and traffic on this machine only, camera
+# sized images through shared memory (Fast DDS: tests/data/fastdds_loopback.xml), in a domain of this test run's own,
+# so that runs side by side on one machine do not hear each other's topics.
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(REPO / "tests" / "data" / "fastdds_loopback.xml"))
+os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
 SAMPLE_PHOTO = REPO / "assets" / "sample.jpg"
 
 
@@ -50,11 +55,14 @@ def file_states(*folders, exclude=()) -> dict[str, tuple[int, str]]:
     return states
 
 
-def run_cli(*args):
-    """`python -m lens_cli ARGS` (the `lens` command) in a subprocess from the repository: exit code, stdout, stderr."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+def run_cli(*args, cwd: Path = REPO):
+    """`python -m lens_cli ARGS` (the `lens` command) in a subprocess, from the repository unless `cwd` says
+    otherwise: exit code, stdout, stderr."""
+    # the repository's packages come first from any folder, as they do from the repository root
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=path)
     command = [sys.executable, "-m", "lens_cli", *map(str, args)]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -75,6 +83,14 @@ def run_cli_read_only(folder, *args):
     if proc.returncode != 0 and ("unshare:" in proc.stderr or "mount:" in proc.stderr):
         pytest.skip(f"no read-only mount here: {proc.stderr.strip().splitlines()[-1]}")
     return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture
+def ros_installed() -> None:
+    """Used by ros_helpers.needs_ros: skips without rclpy and the node's messages (fails under CI=true)."""
+    from ros_helpers import require_ros
+
+    require_ros()
 
 
 @pytest.fixture(scope="session")

@@ -4,15 +4,20 @@ tiny random-weight Whisper for the spoken-command tests."""
 
 import contextlib
 import importlib
+import importlib.metadata
 import importlib.util
 import io
 import json
+import os
+import shutil
+import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from ci_tools import skip_or_fail
 
 
 def lens_test_typestore():
@@ -156,7 +161,7 @@ def make_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
-# --- the rclpy node (tests/test_ros_node*.py): only where ROS 2 is sourced ---
+# --- the rclpy node (tests/test_ros_node*.py): where ROS 2 is installed ---
 
 
 def _missing_ros() -> list[str]:
@@ -169,12 +174,59 @@ def _missing_ros() -> list[str]:
 
 
 MISSING_ROS = _missing_ros()
-needs_ros = pytest.mark.skipif(
-    bool(MISSING_ROS),
-    reason=f"needs ROS 2 with lens_interfaces built ({', '.join(MISSING_ROS)} "
-    "not importable): source /opt/ros/<distro>/setup.bash and the "
-    "workspace's install/setup.bash",
+ROS_SETUP = (
+    "bash scripts/setup_ros_wheels.sh (ROS 2 Jazzy from PyPI into .venv; .ci/run does), or source "
+    "/opt/ros/<distro>/setup.bash and the workspace's install/setup.bash"
 )
+
+
+def require_ros() -> None:
+    """Skip the calling test without rclpy and the node's messages, or fail it under CI=true, where .ci/run has
+    installed them (scripts/setup_ros_wheels.sh)."""
+    if MISSING_ROS:
+        skip_or_fail(f"needs ROS 2 with lens_interfaces built ({', '.join(MISSING_ROS)} not importable): {ROS_SETUP}")
+
+
+# on a test module or function: runs require_ros first (the fixture `ros_installed` is in conftest.py)
+needs_ros = pytest.mark.usefixtures("ros_installed")
+
+
+def installed_ros_distro() -> str | None:
+    """The ROS 2 distribution rclpy comes from: the sourced one (ROS_DISTRO), else Jazzy when its PyPI wheels are
+    installed (scripts/setup_ros_wheels.sh), else None."""
+    if os.environ.get("ROS_DISTRO"):
+        return os.environ["ROS_DISTRO"]
+    try:
+        importlib.metadata.distribution("ros-jazzy-rclpy")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return "jazzy"
+
+
+def share_dir(package: str) -> Path:
+    """share/<package> of the ROS prefix a message package is installed in (an apt or colcon install, or the venv
+    with the wheels), found from its Python module: <prefix>/lib/pythonX.Y/site-packages/<package>/__init__.py."""
+    module = importlib.util.find_spec(package)
+    if module is None or module.origin is None:
+        raise ModuleNotFoundError(f"{package} is not installed as a ROS message package")
+    return Path(module.origin).parents[4] / "share" / package
+
+
+def installed_type_hashes(package: str) -> dict[str, str]:
+    """Type name -> RIHS01 hash of every type in the type descriptions (msg/srv/action *.json) that rosidl
+    generated when `package` was built (Iron and later), including the types they nest."""
+    hashes = {}
+    for path in sorted(share_dir(package).glob("*/*.json")):
+        for entry in json.loads(path.read_text())["type_hashes"]:
+            hashes[entry["type_name"]] = entry["hash_string"]
+    return hashes
+
+
+def lens_node_command(*args: str) -> list[str]:
+    """`lens_node ARGS` as users start it: the console script beside this interpreter (pip install -e .), or the
+    module it runs."""
+    script = shutil.which("lens_node", path=str(Path(sys.executable).parent))
+    return [*([script] if script else [sys.executable, "-m", "lens_ros.node"]), *args]
 
 
 def wait_for(predicate, timeout=60.0) -> bool:

@@ -59,7 +59,7 @@ def test_help_lists_the_library_commands_and_those_built_on_training_and_lens_ro
         line.split()[0] for line in commands.splitlines() if line.startswith("    ") and not line.startswith("     ")
     ]  # command names, not wrapped help
     library = ["segment", "track", "make-tiny", "export", "eval", "make-synthetic"]
-    assert code == 0 and listed == [*library, "plot-run", "bag"]
+    assert code == 0 and listed == [*library, "plot-run", "bag", "demo"]
 
 
 def _expect_user_error(capsys, argv, pattern):

@@ -4,10 +4,12 @@ Runtime, bfloat16, `lens eval`, the ROS engine) gives the same right answer. The
 model or the pipeline around it is broken, which tests on random tiny models cannot show."""
 
 import json
+import time
 
 import numpy as np
 import pytest
 from conftest import REPO, run_cli
+from ros_helpers import needs_ros
 
 from lens_model.data.refer import decode_segmentation
 from lens_model.image_io import load_image
@@ -205,3 +207,78 @@ def test_the_readme_quick_start_segments_the_named_object(scene, tmp_path):
     gt = dict(scene[1])[prompt]
     mask = np.asarray(Image.open(args[args.index("--out-mask") + 1])) > 0
     assert iou(mask, gt) >= 0.5 and json.loads(stdout)["format_ok"]
+
+
+@needs_ros
+def test_the_ros_pages_lens_node_command_segments_the_named_objects(scene, tmp_path):
+    """ROS 2 from PyPI (docs/ros.md, "Without a ROS install"): its `lens_node` command as written (the demo model
+    on CPU, `image` remapped to /camera/image_raw), driven from an rclpy node here with camera frames of the demo
+    scene and one command per object: each SegmentationResult on /result holds the named object's mask and the
+    frame's header, and SIGINT ends the node with exit code 0."""
+    import os
+    import shlex
+    import signal
+    import subprocess
+    import threading
+
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.qos import qos_profile_sensor_data
+    from ros_helpers import lens_node_command, wait_for
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header, String
+
+    from lens_interfaces.msg import SegmentationResult
+    from lens_ros.messages import array_to_image
+
+    page = (REPO / "docs" / "ros.md").read_text().splitlines()
+    args = shlex.split(next(line for line in page if line.startswith(".venv/bin/lens_node")))[1:]
+    assert args[0] == "--ros-args" and {"model:=assets/demo-model", "image:=/camera/image_raw"} <= set(args)
+    log_path = tmp_path / "lens_node.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            lens_node_command(*args),
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("readme_camera", context=context)
+    executor = MultiThreadedExecutor(num_threads=2, context=context)
+    executor.add_node(node)
+    results = []
+    node.create_subscription(SegmentationResult, "/result", results.append, 10)
+    camera = node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
+    commands = node.create_publisher(String, "/command", 10)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    rgb, objects = scene
+
+    def asked(expression: str):
+        """Publish a fresh frame and the command (both may be lost) until a result for it arrives."""
+        header = Header(stamp=node.get_clock().now().to_msg(), frame_id="demo_camera")
+        camera.publish(array_to_image(rgb, "rgb8", header))
+        time.sleep(0.3)
+        commands.publish(String(data=expression))
+        return wait_for(lambda: any(r.prompt == expression for r in results), 3)
+
+    try:
+        assert wait_for(lambda: commands.get_subscription_count() > 0 or proc.poll() is not None, 120)
+        for expression, gt in objects:
+            assert wait_for(lambda expression=expression: asked(expression), 60), log_path.read_text()[-3000:]
+            result = next(r for r in results if r.prompt == expression)
+            assert result.header.frame_id == "demo_camera" and result.mask.header == result.header
+            mask = np.frombuffer(bytes(result.mask.data), np.uint8).reshape(result.mask.height, result.mask.width)
+            assert iou(mask == 255, gt) >= 0.5, expression
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0, log_path.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(15)
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=context)

@@ -1,6 +1,6 @@
 """The rclpy node's 3D target: a colour + depth + camera_info triple published on the node's topics comes back as
-`target_point` and `detections_3d`. Needs a sourced ROS 2 (Humble or Jazzy) with lens_interfaces built; skips
-otherwise — the same path is tested without ROS in test_ros_depth.py (engine, messages, bad input)."""
+`target_point` and `detections_3d`. Needs ROS 2 with lens_interfaces built (as test_ros_node.py); skips otherwise
+(fails under CI=true) — the same path is tested without ROS in test_ros_depth.py (engine, messages, bad input)."""
 
 import numpy as np
 import pytest

@@ -1,6 +1,7 @@
 """The rclpy node tracking with a tiny LENS model (its SAM2 memory weights from make_tiny): after a command, every new
-camera frame yields a tracked mask and detections with that frame's header, and tracking_state says so. Needs a
-sourced ROS 2 with lens_interfaces built; skips otherwise (the logic is tested without ROS in test_ros_tracking.py)."""
+camera frame yields a tracked mask and detections with that frame's header, and tracking_state says so. Needs ROS 2
+with lens_interfaces built (as test_ros_node.py); skips otherwise, fails under CI=true (the logic is tested without
+ROS in test_ros_tracking.py)."""
 
 import json
 

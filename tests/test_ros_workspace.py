@@ -1,7 +1,7 @@
 """The README's ROS 2 workspace layout, with colcon from PyPI (no ROS installation): colcon and rosdep's crawler
 find both packages, and `colcon build --packages-select lens_ros` installs the node, the CLI, the launch file
 and the config where `ros2 run` / `ros2 launch` look. (lens_interfaces needs ament_cmake and rosidl's generators
-to build, which only a ROS installation has; its definitions are checked in test_ros_interfaces.py.)"""
+to build, which a ROS installation has, or PyPI's Jazzy wheels: scripts/setup_ros_wheels.sh builds it that way.)"""
 
 import importlib.util
 import os

@@ -121,6 +121,23 @@ def parse_answer(text: str, answer_format: str) -> ParsedAnswer:
     )
 
 
+def answer_parts(text: str) -> list[tuple[str, str | None]]:
+    """`text` cut into consecutive pieces, each labelled with what the parser reads from it: "phrase" (the object
+    reference), "box" (the grounding box tokens), "answer" (a <answer> block's content), None for the rest. The
+    pieces join back to `text`; for showing an answer with what counts highlighted."""
+    spans = [(m.start(1), m.end(1), "phrase") for m in _OBJECT_REF.finditer(text)]
+    spans += [(m.start(), m.end(), "box") for m in _GROUNDING_BOX.finditer(text)]
+    spans += [(m.start(1), m.end(1), "answer") for m in _ANSWER.finditer(text)]
+    parts, at = [], 0
+    for start, end, label in sorted(spans):
+        if start < at:  # inside a piece already labelled (a box written inside the answer block)
+            continue
+        parts += [(text[at:start], None)] if start > at else []
+        parts.append((text[start:end], label))
+        at = end
+    return parts + ([(text[at:], None)] if at < len(text) else [])
+
+
 def format_answer(expression: str, box_llm: Box, answer_format: str = "grounding") -> str:
     """The target answer for teacher forcing: `box_llm` in the MLLM image's pixels, rounded to integers.
 

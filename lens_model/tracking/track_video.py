@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..data.records import mask_box
+from ..errors import LensError
+from ..inference.backends import BackendChoice
 from ..inference.pipeline import SegmentationResult
+from ..inference.result_files import save_mask_png
 from ..overlay import draw_overlay
 from .state import TrackingDecision, TrackingPolicy, TrackingStateMachine, TrackState
 from .tracker import StreamingTracker
@@ -168,6 +170,24 @@ class ReasonAndTrack:
         return FrameOutcome(index, source, self.decision, np.zeros(hw, bool), None, score)
 
 
+def tracking_memory(model_dir: Path, choice: BackendChoice, sam_memory_checkpoint: Path | None = None):
+    """The SAM2 memory modules to track with, checked before the model loads (LensError if there are none).
+    torch: a SamMemory from `sam_memory_checkpoint` or the model directory. An export: None, once its tracking
+    graphs are found (they run on the backend the pipeline opens: pass `pipe.backend` to the tracker)."""
+    from ..export.metadata import require_memory_graphs
+    from ..model.sam_memory import load_model_sam_memory
+
+    if choice.name == "torch":
+        return load_model_sam_memory(model_dir, sam_memory_checkpoint)
+    if sam_memory_checkpoint is not None:
+        raise LensError(
+            f"--sam-memory-checkpoint is not used with --backend {choice.name}: the memory graphs come from the "
+            f"export in {choice.export_dir}"
+        )
+    require_memory_graphs(choice.meta, choice.export_dir)
+    return None
+
+
 def _box(box) -> list[float] | None:
     return None if box is None else [round(float(v), 2) for v in box]
 
@@ -198,7 +218,7 @@ def track_video(
             state = out.decision.state
             lost_frames += state is TrackState.LOST
             png = masks_dir / f"{index:06d}.png"
-            Image.fromarray(out.mask.astype(np.uint8) * 255).save(png)
+            save_mask_png(out.mask, png)
             record = FrameRecord(
                 frame=index,
                 time_s=round(now, 4),
