@@ -362,17 +362,39 @@ def test_plot_run_into_a_run_folder_that_cannot_be_written(tmp_path):
     assert list(run.iterdir()) == [run / "metrics.jsonl"]
 
 
-def test_huge_losses_draw_finite_axes(tmp_path):
-    """±1e308 losses: the axis runs from -1e+308 to 1e+308 (not inf or nan), and the points lie on the panel."""
-    from training.plots import PANEL_H, _fraction, draw_curves
+LARGEST = 1.7976931348623157e308  # sys.float_info.max: the largest loss JSON can hold
 
-    rows = [{"step": 1, "loss": 1e308}, {"step": 2, "loss": -1e308}, {"step": 3, "loss": 0.0}]
-    assert [_fraction(r["loss"], -1e308, 1e308) for r in rows] == [1.0, 0.0, 0.5]
-    out = draw_curves(rows, tmp_path / "c.png")
-    picture = np.asarray(Image.open(out).convert("RGB"))
+
+@pytest.mark.parametrize(
+    "losses, labels",
+    [
+        ([1e308, -1e308, 0.0], ["-1e+308", "0", "1e+308"]),
+        ([-LARGEST, LARGEST], ["-1.8e+308", "0", "1.8e+308"]),
+        ([LARGEST, LARGEST], ["1.8e+308"] * 3),  # one value: the axis is widened below it, not to inf above it
+        ([-LARGEST, -LARGEST], ["-1.8e+308"] * 3),
+    ],
+)
+def test_huge_losses_draw_finite_axes(losses, labels, tmp_path):
+    """±1e308 losses (and the largest floats) through `lens plot-run`: exit 0, tick labels that are numbers (not
+    inf or nan), every point on the panel, and the curve drawn from its lowest value to its highest."""
+    from training.plots import PANEL_H, _fraction, tick_labels, value_axis
+
+    low, high = value_axis(losses)
+    assert tick_labels(low, high) == labels
+    fractions = [_fraction(loss, low, high) for loss in losses]
+    assert all(0.0 <= f <= 1.0 for f in fractions)
+    if len(set(losses)) > 1:  # the axis spans the values: lowest at the bottom, highest at the top
+        assert fractions[losses.index(min(losses))] == 0.0 and fractions[losses.index(max(losses))] == 1.0
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(_metrics([json.dumps({"step": i, "loss": v}) for i, v in enumerate(losses)]))
+    code, stdout, err = run_cli("plot-run", run)
+    assert code == 0 and "Traceback" not in err and stdout.strip() == f"wrote {run / 'curves.png'}", err
+    picture = np.asarray(Image.open(run / "curves.png").convert("RGB"))
     blue = np.all(picture == (31, 119, 180), axis=2)  # the loss curve's colour
     rows_hit = np.nonzero(blue.any(axis=1))[0]
-    assert rows_hit.min() < 40 and rows_hit.max() > PANEL_H - 40  # from the top of the panel to its bottom
+    if low < 0 < high:  # from the top of the panel to its bottom
+        assert rows_hit.min() < 40 and rows_hit.max() > PANEL_H - 40
 
 
 def test_a_corrupt_last_line_with_its_newline_is_not_taken_for_a_torn_one(tmp_path):

@@ -316,6 +316,20 @@ def _scenes_without_images(scenes, tmp_path):
     return root
 
 
+def _scenes_with_a_crafted_pickle(scenes, tmp_path):
+    """refs(unc).p replaced by a pickle that would create tmp_path/pwned when read with pickle.load."""
+    import pickle
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    root = tmp_path / "scenes"
+    shutil.copytree(scenes, root)
+    next(root.rglob("refs(unc).p")).write_bytes(pickle.dumps([Exploit()]))
+    return root
+
+
 def _a_file(tmp_path):
     (tmp_path / "a-file").write_text("keep me")
     return tmp_path / "a-file"
@@ -333,6 +347,11 @@ TRAIN_CASES = {
     "annotation-without-bbox": (
         lambda i, s, t: (i, _scenes_without_bbox(s, t), t / "run"),
         "annotations[2] (id 3) has no 'bbox'; expected fields id, bbox [x, y, width, height], segmentation",
+        0,
+    ),
+    "crafted-refs-pickle": (
+        lambda i, s, t: (i, _scenes_with_a_crafted_pickle(s, t), t / "run"),
+        "refs(unc).p: refused to load: the pickle asks for io.open (code, not data)",
         0,
     ),
     "every-image-missing": (
@@ -355,7 +374,8 @@ def test_training_bad_input(case, init_dir, scenes, tmp_path):
     before its update: no loss logged, no checkpoint."""
     given, expected, deepspeed_may_start = TRAIN_CASES[case]
     init_from, root, out = given(init_dir, scenes, tmp_path)
-    inputs = file_states(init_dir, root, exclude=[out])
+    watched = [init_dir, root, *([out] if out.is_file() else [])]  # an output_dir that is a user's file: kept
+    inputs = file_states(*watched)
     args = _overrides(init_from, root, out)
     proc = subprocess.run(
         [sys.executable, "-c", _TRAIN_PROBE, "--no-progress", *args, "zero_stage=2"],
@@ -367,7 +387,8 @@ def test_training_bad_input(case, init_dir, scenes, tmp_path):
     assert len(errors) == 1 and expected.replace("{tmp}", str(tmp_path)) in errors[0], proc.stderr
     if not deepspeed_may_start:
         assert proc.stdout.strip().endswith("deepspeed started: False"), proc.stdout
-    assert file_states(init_dir, root, exclude=[out]) == inputs
+    assert file_states(*watched) == inputs
+    assert not (tmp_path / "pwned").exists()  # the crafted pickle ran no code
     if case == "every-image-missing":
         assert not (out / "checkpoints").exists() and not (out / "final").exists()
         logged = (out / "metrics.jsonl").read_text() if (out / "metrics.jsonl").exists() else ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,25 @@ def _fraction(value: float, low: float, high: float) -> float:
     return (value / 2 - low / 2) / (high / 2 - low / 2)
 
 
+def value_axis(values: list[float]) -> tuple[float, float]:
+    """Finite values -> the (low, high) of their axis: their range, widened around a single value; finite for any
+    finite values, the largest floats included (the widening is capped at the largest float)."""
+    low, high = min(values), max(values)
+    if low == high:
+        low = max(low - max(0.5, abs(low) * 1e-6), -sys.float_info.max)
+        high = min(high + max(0.5, abs(high) * 1e-6), sys.float_info.max)
+    return low, high
+
+
+TICK_FRACTIONS = (0.0, 0.5, 1.0)  # where the value axis is labelled: bottom, middle, top
+
+
+def tick_labels(low: float, high: float) -> list[str]:
+    """The labels of the value axis at TICK_FRACTIONS: weighted means of the ends, which stay finite where
+    low + frac * (high - low) would overflow (-1e308..1e308)."""
+    return [f"{low * (1 - frac) + high * frac:.3g}" for frac in TICK_FRACTIONS]
+
+
 def read_curves(rows: list[dict]) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """metrics rows -> {split: {name: [(step, value), ...]}} (non-finite values dropped)."""
     curves: dict = {}
@@ -102,16 +122,14 @@ def _panel(title: str, series: dict[str, list[tuple[int, float]]]) -> Image.Imag
         draw.text((MARGIN, PANEL_H // 2), "no data", fill="gray")
         return image
     x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
-    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
     if x1 == x0:
         x1 = x0 + 1
-    if y1 == y0:
-        y0, y1 = y0 - max(0.5, abs(y0) * 1e-6), y1 + max(0.5, abs(y1) * 1e-6)
+    y0, y1 = value_axis([p[1] for p in points])
     left, top, right, bottom = MARGIN, 28, PANEL_W - 12, PANEL_H - 28
     draw.rectangle([left, top, right, bottom], outline=(180, 180, 180))
-    for frac in (0.0, 0.5, 1.0):
+    for frac, label in zip(TICK_FRACTIONS, tick_labels(y0, y1)):
         y = bottom - frac * (bottom - top)
-        draw.text((4, y - 6), f"{(1 - frac) * y0 + frac * y1:.3g}", fill="black")
+        draw.text((4, y - 6), label, fill="black")
     draw.text((left, bottom + 6), f"step {x0}", fill="black")
     draw.text((right - 70, bottom + 6), f"step {x1}", fill="black")
 
