@@ -217,19 +217,43 @@ def test_resumed_run_ends_on_the_uninterrupted_curve(uninterrupted, init_dir, sc
         torch.testing.assert_close(after[key], before[key], rtol=1e-5, atol=1e-6)
 
 
+# The training run, killed by SIGKILL the moment DeepSpeed has written step 6 and moved `latest` to it (DeepSpeed's
+# own save_latest, as before checkpoints had a completion marker): DeepSpeed's save is wrapped here, at the boundary
+# of the external library; the kill is real, so the folder holds exactly what such a kill leaves.
+_KILLED_WHILE_SAVING = """
+import os, signal, sys
+from deepspeed.runtime.engine import DeepSpeedEngine
+from training.align import main
+
+save = DeepSpeedEngine.save_checkpoint
+
+def save_then_die(self, save_dir, tag=None, **options):
+    if tag != "step-0000006":
+        return save(self, save_dir, tag=tag, **options)
+    save(self, save_dir, tag=tag, **{**options, "save_latest": True})
+    os.kill(os.getpid(), signal.SIGKILL)
+
+DeepSpeedEngine.save_checkpoint = save_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_a_run_killed_while_saving_resumes_from_the_last_complete_checkpoint(
     uninterrupted, init_dir, scenes, tmp_path, caplog
 ):
-    """What SIGKILL right after DeepSpeed wrote step 6 leaves: step-0000006 with DeepSpeed's files but without
-    model/ and lens_run.json (the completion marker, written last), and DeepSpeed's own `latest` naming it (as
-    before this change). --resume passes over it with a warning and ends on the uninterrupted run's curve."""
+    """SIGKILL right after DeepSpeed wrote step 6 and moved `latest` to it, before model/ and lens_run.json (the
+    completion marker, written last): --resume passes over step 6 with a warning, resumes from step 3 and ends on
+    the uninterrupted run's curve and weights."""
     out = tmp_path / "run"
-    shutil.copytree(uninterrupted, out)
-    shutil.rmtree(out / "final")
+    command = [sys.executable, "-c", _KILLED_WHILE_SAVING, "--no-progress", *_overrides(init_dir, scenes, out)]
+    # as many threads as this process, which ran the uninterrupted run: the same sums in the same order
+    env = dict(ENV, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    proc = subprocess.run([*command, "zero_stage=2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-4000:]
     killed = out / "checkpoints" / "step-0000006"
-    shutil.rmtree(killed / "model")
-    (killed / "lens_run.json").unlink()
-    (out / "checkpoints" / "latest").write_text("step-0000006")
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-0000006"
+    assert any(killed.rglob("*.pt")) and not (killed / "model").exists() and not (killed / "lens_run.json").exists()
+    assert not (out / "final").exists()
     with caplog.at_level("WARNING", logger="training.engine"):
         assert _single(init_dir, scenes, out, resume="latest") == 0
     warnings = [r.getMessage() for r in caplog.records if r.name == "training.engine"]
