@@ -55,14 +55,28 @@ def file_states(*folders, exclude=()) -> dict[str, tuple[int, str]]:
     return states
 
 
-def run_cli(*args, cwd: Path = REPO):
+def _limit_file_size(max_bytes: int):
+    """preexec_fn: files of the child process cannot grow past `max_bytes` (a write past it fails with EFBIG, as on
+    a full disk; SIGXFSZ, which would kill the process instead, is ignored)."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return limit
+
+
+def run_cli(*args, cwd: Path = REPO, max_file_bytes: int | None = None):
     """`python -m lens_cli ARGS` (the `lens` command) in a subprocess, from the repository unless `cwd` says
-    otherwise: exit code, stdout, stderr."""
+    otherwise, with `max_file_bytes` no file it writes may grow past that: exit code, stdout, stderr."""
     # the repository's packages come first from any folder, as they do from the repository root
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=path)
     command = [sys.executable, "-m", "lens_cli", *map(str, args)]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    limit = None if max_file_bytes is None else _limit_file_size(max_file_bytes)
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300, preexec_fn=limit)
     return proc.returncode, proc.stdout, proc.stderr
 
 

@@ -270,6 +270,23 @@ def test_segment_out_mask_in_a_read_only_folder(tmp_path):
     assert stdout == "" and not any(out.iterdir())
 
 
+def test_a_write_that_fails_half_way_keeps_the_earlier_outputs(tiny_dir, tmp_path):
+    """An overlay too large for the space left (files may not grow past 20 kB here, as on a nearly full disk): one
+    error line naming --out-overlay; the earlier overlay and JSON stay byte for byte (written atomically: a new file
+    renamed over the old one only when complete), and no temporary file is left behind."""
+    overlay, record = tmp_path / "overlay.png", tmp_path / "result.json"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(overlay)
+    record.write_text('{"an": "earlier result"}\n')
+    before = file_states(tmp_path)
+    code, out, err = run_cli(
+        "segment", "--model", tiny_dir, "--image", SAMPLE_PHOTO, "--prompt", "cup", "--device", "cpu",
+        "--max-new-tokens", 2, "--out-overlay", overlay, "--json", record, max_file_bytes=20_000,
+    )  # fmt: skip
+    assert_one_error("segment", code, err, f"cannot write --out-overlay {overlay}: File too large")
+    assert out == ""
+    assert file_states(tmp_path) == before
+
+
 def test_the_random_bytes_are_not_utf8():
     with pytest.raises(UnicodeDecodeError):
         RANDOM_BYTES.decode("utf-8")
