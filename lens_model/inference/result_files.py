@@ -3,26 +3,27 @@ overlay picture. `lens demo` serves the same files through these functions, so b
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from ..outputs import json_text, save_image, write_atomic
 from ..overlay import draw_overlay
 from .pipeline import SegmentationResult
 
 
-def save_mask_png(mask: np.ndarray, path: str | os.PathLike) -> None:
-    """(H, W) bool mask -> single-channel image of 0 and 255 (write a lossless format: PNG, BMP, TIFF)."""
-    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+def save_mask_png(mask: np.ndarray, path: str | os.PathLike, what: str = "mask") -> None:
+    """(H, W) bool mask -> single-channel image of 0 and 255 (write a lossless format: PNG, BMP, TIFF), written
+    atomically (`outputs.save_image`: a failed write names `what` and leaves the earlier file as it was)."""
+    save_image(Image.fromarray(mask.astype(np.uint8) * 255), path, what)
 
 
-def save_overlay(rgb: np.ndarray, result: SegmentationResult, path: str | os.PathLike) -> None:
-    """The picture of `result` on its HxWx3 uint8 image: tinted mask, the answer's box, the prompt as caption."""
-    draw_overlay(rgb, result.mask, result.box, result.prompt).save(path)
+def save_overlay(rgb: np.ndarray, result: SegmentationResult, path: str | os.PathLike, what: str = "overlay") -> None:
+    """The picture of `result` on its HxWx3 uint8 image: tinted mask, the answer's box, the prompt as caption
+    (written atomically, as `save_mask_png`)."""
+    save_image(draw_overlay(rgb, result.mask, result.box, result.prompt), path, what)
 
 
 def segment_record(
@@ -47,9 +48,15 @@ def segment_record(
     return data
 
 
-def write_record(record: dict[str, Any], path: str | os.PathLike | None = None) -> str:
-    """`record` as indented JSON text; written to `path` (with a final newline) when given."""
-    text = json.dumps(record, indent=2)
+def record_text(record: dict[str, Any]) -> str:
+    """`record` as indented JSON text; LensError for a NaN or infinity in it (JSON has none)."""
+    return json_text(record, "the result", indent=2)
+
+
+def write_record(record: dict[str, Any], path: str | os.PathLike | None = None, what: str = "record") -> str:
+    """`record` as indented JSON text (`record_text`); written atomically to `path` (with a final newline) when
+    given."""
+    text = record_text(record)
     if path is not None:
-        Path(path).write_text(text + "\n")
+        write_atomic(path, text + "\n", what)
     return text
