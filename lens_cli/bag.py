@@ -104,6 +104,8 @@ def run(args) -> int:
     print(json.dumps(summary.to_json_dict(), indent=2))
     for failure in summary.failed:
         print(f"warning: frame {failure['frame']} skipped: {failure['error']}", file=sys.stderr)
+    for warning in summary.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if summary.skipped_topics:
         print(
             f"warning: not copied (no type definition in the bag): {', '.join(summary.skipped_topics)}", file=sys.stderr

@@ -191,7 +191,7 @@ class DemoSession:
         """`lens segment --image IMAGE --prompt PROMPT --out-mask --out-overlay --json` on the loaded model. `name`:
         the image's name for messages and the JSON (an upload's own name; default: the file name of `image`)."""
         from lens_model.image_io import load_image, read_prompt
-        from lens_model.inference.prompting import check_mllm_aspect_ratio
+        from lens_model.inference.prompting import check_mllm_image_size
         from lens_model.inference.result_files import save_mask_png, save_overlay, segment_record, write_record
 
         try:
@@ -199,7 +199,7 @@ class DemoSession:
                 raise ImageError("no image: upload one or pick an example")
             name = name or Path(image).name
             rgb = load_image(image)
-            check_mllm_aspect_ratio(rgb.shape[:2], name)
+            check_mllm_image_size(rgb.shape[:2], name)
             prompt = read_prompt(prompt)
             with self._lock:
                 result = self.pipe(rgb, prompt)

@@ -71,7 +71,12 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace limit in GB (default: 4)"
     )
-    p.add_argument("--overwrite", action="store_true", help="replace the export files in an existing output directory")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the export in an existing output directory (built beside it and swapped in when complete; "
+        "only the files lens export writes are replaced, nothing else in the folder)",
+    )
     p.set_defaults(func=run)
 
 
@@ -98,15 +103,15 @@ def run(args) -> int:
     options.validate()
     engine_options = None
     if args.format == "tensorrt":
-        from lens_model.export.tensorrt_build import EngineOptions, build_engines
+        from lens_model.export.tensorrt_build import EngineOptions
         from lens_model.export.tensorrt_runtime import require_tensorrt
 
         engine_options = EngineOptions(max_batch=args.max_batch, workspace_gb=args.workspace_gb)
         engine_options.validate()
         require_tensorrt()  # refuse before the ONNX export, which takes minutes for LENS-3B
-    meta = export_model(args.model, args.out, options, sam_memory_checkpoint=args.sam_memory_checkpoint)
-    if engine_options is not None:
-        meta = build_engines(args.out, engine_options)
+    meta = export_model(
+        args.model, args.out, options, sam_memory_checkpoint=args.sam_memory_checkpoint, engines=engine_options
+    )
 
     def shapes(specs) -> str:
         return ", ".join(f"{t.name} {tuple(t.shape)}" for t in specs)

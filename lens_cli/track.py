@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lens_model.errors import LensError
+from lens_model.outputs import check_output_dir
 
 from .options import (
     add_backend_arguments,
@@ -36,6 +37,12 @@ def add_parser(sub) -> None:
         "one image-encoder pass per frame for all, each lost and re-grounded on its own; writes OUT/labels/ too",
     )
     p.add_argument("--out-dir", type=Path, required=True, help="output folder (created if needed)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the outputs of an earlier lens track in --out-dir (its masks, tracks.jsonl and overlay.mp4 are "
+        "removed first; other files in the folder are left alone)",
+    )
     p.add_argument(
         "--reason-every",
         type=int,
@@ -88,7 +95,7 @@ def run(args) -> int:
     from lens_model.inference.targets import command_targets
     from lens_model.model.checkpoint import resolve_model_dir
     from lens_model.tracking.state import TrackingPolicy
-    from lens_model.tracking.track_video import track_video, tracking_memory
+    from lens_model.tracking.track_video import earlier_outputs, remove_earlier_outputs, track_video, tracking_memory
     from lens_model.tracking.tracker import StreamingTracker
     from lens_model.tracking.video_io import open_video
 
@@ -98,8 +105,14 @@ def run(args) -> int:
             raise LensError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if not args.fps > 0:
         raise LensError(f"--fps must be > 0, got {args.fps}")
-    if args.out_dir.exists() and not args.out_dir.is_dir():
-        raise LensError(f"--out-dir {args.out_dir} is a file; pass a folder")
+    check_output_dir(args.out_dir, "--out-dir", {"--video": args.video})
+    earlier = earlier_outputs(args.out_dir) if args.out_dir.is_dir() else []
+    if earlier and not args.overwrite:
+        raise LensError(
+            f"--out-dir {args.out_dir} holds the outputs of an earlier lens track ({len(earlier)} files: "
+            f"{', '.join(p.name for p in earlier[:3])}{', ...' if len(earlier) > 3 else ''}); pass --overwrite to "
+            "replace them, or another --out-dir"
+        )
     # Cheap checks first: the video, the prompt, the backend and the SAM2 memory weights, before the model loads.
     prompt = read_prompt(args.prompt)
     command_targets(prompt, args.multi_target)  # an empty phrase or too many targets: refused before loading
@@ -114,6 +127,7 @@ def run(args) -> int:
         pipe.model, memory, num_frames=video.num_frames, memory_frames=args.memory_frames
     )
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    remove_earlier_outputs(args.out_dir)  # --overwrite: no mask of a longer earlier run may outlive it
     summary = track_video(
         pipe,
         tracker,

@@ -79,6 +79,7 @@ from lens_model.errors import ImageError, LensError
 from lens_model.geometry.target3d import Target3D, TargetOptions
 from lens_model.image_io import read_prompt
 from lens_model.inference.targets import CommandResult, command_targets, segment_command
+from lens_model.outputs import check_writable_folder
 
 from .conversions import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, image_message_to_rgb, stamp_to_seconds
 from .depth import CameraCache, DepthBuffer, measure
@@ -167,6 +168,7 @@ class BagSummary:
     targets: list[str] = field(default_factory=list)  # the prompt's target phrases (one without multi_target)
     lens_queries: int = 0  # with track: frames LENS reasoned on (the others were tracked)
     lost_frames: int = 0  # with track: frames on which the target was lost (no mask written)
+    warnings: list[str] = field(default_factory=list)  # what could not be checked (e.g. chunks without a CRC)
 
     def to_json_dict(self) -> dict:
         return asdict(self)
@@ -198,6 +200,50 @@ def _check_paths(in_bag: Path, out_bag: Path) -> None:
         raise BagError(f"output folder does not exist: {out_bag.parent}")
     if out_bag.resolve() == in_bag.resolve():
         raise BagError("--out must differ from --in")
+    check_writable_folder(out_bag.parent, f"--out {out_bag}")
+
+
+_MCAP_MAGIC = b"\x89MCAP0\r\n"
+_MCAP_CHUNK, _MCAP_FOOTER, _MCAP_DATA_END = 0x06, 0x02, 0x0F
+
+
+def mcap_chunk_crcs(path: Path) -> tuple[int, int]:
+    """(chunks, chunks that carry a CRC) of an .mcap file, read from the record headers of its data section only
+    (fast). rosbags verifies each chunk's CRC, when it has one, as it decompresses the chunk; a chunk written
+    without one (CRC 0: rosbags' own writer, for one) cannot be checked. BagError for a file that is not MCAP or
+    whose records run past its end (truncated or corrupted)."""
+    size = path.stat().st_size
+    chunks = with_crc = 0
+    with path.open("rb") as stream:
+        if stream.read(len(_MCAP_MAGIC)) != _MCAP_MAGIC:
+            raise BagError(f"{path} is not an MCAP file (no MCAP magic bytes at its start)")
+        while True:
+            head = stream.read(9)
+            if len(head) < 9 or head[0] in (_MCAP_FOOTER, _MCAP_DATA_END):
+                break
+            start, length = stream.tell(), int.from_bytes(head[1:], "little")
+            if start + length > size:
+                raise BagError(
+                    f"{path} is corrupted: the record at byte {start - 9} claims {length} bytes, past the end of the "
+                    "file (truncated, or its length field was damaged)"
+                )
+            if head[0] == _MCAP_CHUNK:
+                chunks += 1
+                with_crc += stream.read(28)[24:28] != b"\0\0\0\0"  # start, end, size (u64 each), then the CRC
+            stream.seek(start + length)
+    return chunks, with_crc
+
+
+def _check_mcap_files(in_bag: Path, summary: BagSummary) -> None:
+    """Scan the bag's .mcap files (`mcap_chunk_crcs`); chunks without a CRC become a warning in the summary."""
+    files = [in_bag] if in_bag.is_file() else sorted(in_bag.glob("*.mcap"))
+    for path in (f for f in files if f.suffix == ".mcap"):
+        chunks, with_crc = mcap_chunk_crcs(path)
+        if with_crc < chunks:
+            summary.warnings.append(
+                f"{path}: {chunks - with_crc} of {chunks} chunk(s) carry no CRC (their writer did not compute one), "
+                "so corrupted bytes in them cannot be detected"
+            )
 
 
 def _topic_list(reader: Reader) -> str:
@@ -308,7 +354,8 @@ def process_bag(
             raise BagError(f"depth scale must be > 0 and slop >= 0, got {depth.scale} and {depth.slop_s}")
         names += ["target_point", "detections_3d"] + (["target_cloud"] if depth.cloud else [])
     out_topics = {name: f"{prefix}/{name}" for name in names}
-    storage = storage or _storage_of(in_bag)
+    storage_of_input = _storage_of(in_bag)
+    storage = storage or storage_of_input
     typestore = lens_typestore()
     try:
         reader = Reader(in_bag)
@@ -332,6 +379,8 @@ def process_bag(
             track=track,
             targets=phrases,
         )
+        if storage_of_input == "mcap":
+            _check_mcap_files(in_bag, summary)  # before the model loads
         total = reader.message_count
         if model is None:
             from lens_model.model.config import DEFAULT_MODEL_ID
@@ -361,7 +410,15 @@ def process_bag(
                     tqdm(total=total, unit="msg", desc="lens bag", disable=not progress),
                     depth,
                 )
-            except (WriterError, ReaderError) as exc:
+            except ReaderError as exc:
+                reason = " ".join(str(exc).split())
+                corrupt = "checksum" in reason.lower() or "size mismatch" in reason.lower()
+                raise BagError(
+                    f"{in_bag} is corrupted: {reason}"
+                    + (" (a chunk's bytes do not match the CRC recorded with it)" if corrupt else "")
+                    + f"; nothing was written to {out_bag}"
+                ) from None
+            except WriterError as exc:
                 raise BagError(f"cannot convert {in_bag} to {out_bag}: {' '.join(str(exc).split())}") from None
             if out_bag.exists():
                 raise BagError(f"output {out_bag} appeared while processing; the result is not written")

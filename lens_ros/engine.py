@@ -235,7 +235,7 @@ class SegmentationEngine:
         submitted = self.queue.submit(prompt, stamp=self.clock(), payload=request)
         for dropped in submitted.dropped:
             if dropped.payload is not None:
-                dropped.payload.complete(Outcome(False, submitted.reason, dropped.text, dropped.payload.source))
+                dropped.payload.complete(Outcome(False, submitted.dropped_reason, dropped.text, dropped.payload.source))
         if not submitted.accepted:
             self.log.warning(f"{source}: {submitted.reason}")
             request.complete(Outcome(False, submitted.reason, request.prompt, source))

@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import LensError
 
 METADATA_FILE = "lens_export.json"
+TIMING_CACHE = "timing.cache"  # TensorRT builder timing cache, reused when engines are rebuilt
 FORMAT_VERSION = 1
 GRAPH_NAMES = ("image_encoder", "context_head", "mask_decoder")
 # SAM2's tracking graphs, exported when the model has its memory modules; always both or neither.

@@ -66,6 +66,7 @@ class GenerationOutput:
     scores: torch.Tensor  # (R, 1) SAM2's predicted IoU of each mask
     stabilities: list[float]  # R stability scores of the masks (confidence.stability_score, at the masks' size)
     sam_features: SamImageFeatures  # of the I images
+    finite: torch.Tensor  # (R,) bool: the row's mask logits and score are finite (False: NaN/inf weights or inputs)
 
 
 def check_context_pass(model: LensModel, context_pass: str | None) -> None:
@@ -216,4 +217,5 @@ def generate_and_segment(
         scores,
         stabilities,
         features,
+        torch.isfinite(low_res).flatten(1).all(1) & torch.isfinite(scores).flatten(1).all(1),
     )

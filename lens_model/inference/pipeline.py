@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ..devices import resolve_device, resolve_dtype
-from ..errors import PromptError
+from ..errors import NonFiniteOutputError, PromptError
 from ..image_io import load_image, read_prompt
 from ..model.config import LensConfig
 from ..model.modeling import LensModel
@@ -52,6 +52,18 @@ class SegmentationResult:
         data["stability"] = round(self.stability, 4)
         data["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         return data
+
+
+def check_finite(finite: torch.Tensor, prompts: Sequence[str]) -> None:
+    """Refuse results computed from non-finite numbers: NaN mask logits give an empty mask and a NaN score, which
+    looks like "nothing found" and is not valid JSON. `finite` (R,) bool per prompt row."""
+    bad = [i for i, ok in enumerate(finite.tolist()) if not ok]
+    if bad:
+        raise NonFiniteOutputError(
+            f"the model computed non-finite (NaN or inf) mask logits or scores for prompt {prompts[bad[0]]!r}"
+            f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}: its weights (or a backend's graphs) hold NaN or "
+            "inf values, or overflowed in this dtype; check the checkpoint (or try --dtype float32)"
+        )
 
 
 class LensPipeline:
@@ -203,6 +215,7 @@ class LensPipeline:
         )
         answer_format = self.config.prompt.answer_format
         with timer.stage("postprocess"):
+            check_finite(out.finite, prompts)
             results = []
             for i, (prompt, j) in enumerate(zip(prompts, image_index)):
                 image_hw = prepared[j][0].shape[:2]

@@ -4,38 +4,43 @@ serves the same files through these functions, so both give the same schema."""
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from ..outputs import json_text, save_image, write_atomic
 from ..overlay import draw_overlay, draw_targets_overlay
 from .pipeline import SegmentationResult
 from .targets import CommandResult
 
 
-def save_mask_png(mask: np.ndarray, path: str | os.PathLike) -> None:
-    """(H, W) bool mask -> single-channel image of 0 and 255 (write a lossless format: PNG, BMP, TIFF)."""
-    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+def save_mask_png(mask: np.ndarray, path: str | os.PathLike, what: str = "mask") -> None:
+    """(H, W) bool mask -> single-channel image of 0 and 255 (write a lossless format: PNG, BMP, TIFF), written
+    atomically (`outputs.save_image`: a failed write names `what` and leaves the earlier file as it was)."""
+    save_image(Image.fromarray(mask.astype(np.uint8) * 255), path, what)
 
 
-def save_overlay(rgb: np.ndarray, result: SegmentationResult, path: str | os.PathLike) -> None:
-    """The picture of `result` on its HxWx3 uint8 image: tinted mask, the answer's box, the prompt as caption."""
-    draw_overlay(rgb, result.mask, result.box, result.prompt).save(path)
+def save_overlay(rgb: np.ndarray, result: SegmentationResult, path: str | os.PathLike, what: str = "overlay") -> None:
+    """The picture of `result` on its HxWx3 uint8 image: tinted mask, the answer's box, the prompt as caption
+    (written atomically, as `save_mask_png`)."""
+    save_image(draw_overlay(rgb, result.mask, result.box, result.prompt), path, what)
 
 
-def save_label_png(labels: np.ndarray, path: str | os.PathLike) -> None:
-    """(H, W) uint8 label image (0 = background, k = target k) -> single-channel 8-bit image (lossless format)."""
-    Image.fromarray(np.asarray(labels, np.uint8)).save(path)
+def save_label_png(labels: np.ndarray, path: str | os.PathLike, what: str = "label mask") -> None:
+    """(H, W) uint8 label image (0 = background, k = target k) -> single-channel 8-bit image (lossless format),
+    written atomically (as `save_mask_png`)."""
+    save_image(Image.fromarray(np.asarray(labels, np.uint8)), path, what)
 
 
-def save_command_overlay(rgb: np.ndarray, result: CommandResult, path: str | os.PathLike) -> None:
-    """Every target of `result` in its own colour, the command as caption (one target: `save_overlay`'s picture)."""
+def save_command_overlay(
+    rgb: np.ndarray, result: CommandResult, path: str | os.PathLike, what: str = "overlay"
+) -> None:
+    """Every target of `result` in its own colour, the command as caption (one target: `save_overlay`'s picture),
+    written atomically (as `save_mask_png`)."""
     masks, boxes = [t.mask for t in result.targets], [t.box for t in result.targets]
-    draw_targets_overlay(rgb, masks, boxes, result.command).save(path)
+    save_image(draw_targets_overlay(rgb, masks, boxes, result.command), path, what)
 
 
 def command_record(
@@ -87,9 +92,15 @@ def segment_record(
     return data
 
 
-def write_record(record: dict[str, Any], path: str | os.PathLike | None = None) -> str:
-    """`record` as indented JSON text; written to `path` (with a final newline) when given."""
-    text = json.dumps(record, indent=2)
+def record_text(record: dict[str, Any]) -> str:
+    """`record` as indented JSON text; LensError for a NaN or infinity in it (JSON has none)."""
+    return json_text(record, "the result", indent=2)
+
+
+def write_record(record: dict[str, Any], path: str | os.PathLike | None = None, what: str = "record") -> str:
+    """`record` as indented JSON text (`record_text`); written atomically to `path` (with a final newline) when
+    given."""
+    text = record_text(record)
     if path is not None:
-        Path(path).write_text(text + "\n")
+        write_atomic(path, text + "\n", what)
     return text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,31 @@ from ..overlay import draw_targets_overlay
 from .state import TrackingDecision, TrackingPolicy, TrackingStateMachine, TrackState
 from .tracker import StreamingTracker
 from .video_io import VideoSource, VideoWriter
+
+TRACKS_FILE, OVERLAY_FILE, MASKS_DIR, LABELS_DIR = "tracks.jsonl", "overlay.mp4", "masks", "labels"
+_MASK_NAME = re.compile(r"\d{6}\.png")
+
+
+def earlier_outputs(out_dir: Path) -> list[Path]:
+    """The files an earlier `track_video` left in `out_dir` (tracks.jsonl, overlay.mp4, masks/NNNNNN.png,
+    labels/NNNNNN.png): the only files a new run may replace; anything else in the folder is not ours."""
+    files = [out_dir / name for name in (TRACKS_FILE, OVERLAY_FILE) if (out_dir / name).is_file()]
+    for folder in (out_dir / MASKS_DIR, out_dir / LABELS_DIR):
+        if folder.is_dir():
+            files += sorted(p for p in folder.iterdir() if p.is_file() and _MASK_NAME.fullmatch(p.name))
+    return files
+
+
+def remove_earlier_outputs(out_dir: Path) -> int:
+    """Delete `earlier_outputs` (masks/ and labels/ too once empty), so that no mask of a longer earlier run
+    outlives it. -> the number of files removed."""
+    files = earlier_outputs(out_dir)
+    for path in files:
+        path.unlink()
+    for folder in (out_dir / MASKS_DIR, out_dir / LABELS_DIR):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    return len(files)
 
 
 @dataclass
@@ -293,18 +319,19 @@ def track_video(
 ) -> TrackSummary:
     """Run LENS (`pipe`, a LensPipeline) and the tracker over `video`; write masks, JSONL and the overlay video.
     With `multi_target` a command naming several objects tracks each (masks/ holds their union, labels/ the label
-    image, tracks.jsonl a line per target and frame)."""
+    image, tracks.jsonl a line per target and frame). The caller clears an earlier run's outputs first
+    (`remove_earlier_outputs`): masks are written per frame."""
     from tqdm import tqdm
 
-    masks_dir = out_dir / "masks"
+    masks_dir = out_dir / MASKS_DIR
     masks_dir.mkdir(parents=True, exist_ok=True)
     runner = ReasonAndTrack(pipe, tracker, prompt, reason_every, policy, multi_target)
-    labels_dir = out_dir / "labels" if len(runner.phrases) > 1 else None
+    labels_dir = out_dir / LABELS_DIR if len(runner.phrases) > 1 else None
     if labels_dir is not None:
         labels_dir.mkdir(exist_ok=True)
     lost_frames = 0
     bar = tqdm(total=video.num_frames, desc="lens track", unit="frame", disable=not progress)
-    with (out_dir / "tracks.jsonl").open("w") as jsonl, VideoWriter(out_dir / "overlay.mp4", video.fps) as writer:
+    with (out_dir / TRACKS_FILE).open("w") as jsonl, VideoWriter(out_dir / OVERLAY_FILE, video.fps) as writer:
         for index, rgb in enumerate(video):
             now = index / video.fps
             out = runner.step(rgb, now)
