@@ -473,10 +473,14 @@ def test_track_bad_output(case, tmp_path):
 
 
 def test_track_overwrite_replaces_only_the_earlier_runs_outputs(tiny_dir, tmp_path):
-    """--overwrite into the folder of a longer earlier run: its masks, tracks.jsonl and overlay.mp4 are replaced
-    (no stale mask of frames 2-9 left), the user's file and the input frames stay as they were."""
+    """--overwrite into the folder of a longer earlier run: its masks, label masks (a --multi-target run),
+    tracks.jsonl and overlay.mp4 are replaced (no stale mask of frames 2-9 left), the user's file and the input frames
+    stay as they were."""
     frames = _frames(tmp_path, 2)
     out = _earlier_track(tmp_path / "out")
+    (out / "labels").mkdir()
+    for i in range(10):
+        (out / "labels" / f"{i:06d}.png").write_bytes(b"an earlier label mask")
     kept = file_states(frames, out / "notes.txt")
     code, stdout, err = run_cli(
         "track", "--model", tiny_dir, "--video", frames, "--prompt", "cup", "--out-dir", out, "--overwrite",
@@ -484,6 +488,7 @@ def test_track_overwrite_replaces_only_the_earlier_runs_outputs(tiny_dir, tmp_pa
     )  # fmt: skip
     assert code == 0, err
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["000000.png", "000001.png"]
+    assert not (out / "labels").exists()  # one target: no label masks, and none of the earlier run's left
     assert [json.loads(line)["frame"] for line in (out / "tracks.jsonl").read_text().splitlines()] == [0, 1]
     assert (out / "overlay.mp4").read_bytes() != b"an earlier overlay"
     assert file_states(frames, out / "notes.txt") == kept
