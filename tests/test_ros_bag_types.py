@@ -76,7 +76,7 @@ def _input_bag(path: Path, storage: str) -> Path:
     with Writer(path, version=9, storage_plugin=STORAGES[storage]) as writer:
         cam = writer.add_connection(CAMERA, IMAGE_TYPE, typestore=store)
         for i in range(2):
-            rgb = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+            rgb = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
             msg = array_to_image(rgb, "rgb8", ros_helpers.header(store, sec=10 + i), store.types)
             writer.write(cam, 1_000 + i, bytes(store.serialize_cdr(msg, IMAGE_TYPE)))
     return path
