@@ -9,7 +9,7 @@
 Times cover the LLM (and vision) work up to the N query states; the context head and SAM2 decoder that
 follow are identical in all three modes and excluded. Before timing, two parity checks: `official` must equal the
 released-style pass, and `cached` a full re-pass at the M-RoPE positions of generation; the script exits with
-status 1 when either difference exceeds its tolerance (printed with it). Example:
+status 1 when either difference exceeds the tolerance of lens_model.parity (printed with it). Example:
     python benchmarks/context_pass.py --hidden 256 --layers 4 --new-tokens 64
 """
 
@@ -23,28 +23,20 @@ import time
 
 import numpy as np
 import torch
+from _smoke import parse_with_smoke
 from PIL import Image
 
 from lens_model.inference.generation import completion_mask
 from lens_model.model.modeling import ContextInputs, LensModel
 from lens_model.model.tiny import build_tiny_processor, tiny_lens_config, tiny_mllm_config
-
-# Largest |difference| of query states allowed between passes that compute the same thing in a different order,
-# relative to the largest |value|: float32 rounding, and bf16's 8-bit mantissa (2^-8 = 3.9e-3) over a few layers.
-PARITY_TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2}
+from lens_model.parity import compare, linear_width
 
 
-def parity(name: str, got: torch.Tensor, want: torch.Tensor, dtype: str) -> bool:
-    """Print max |got - want| against the tolerance (relative to max |want|); True when within it."""
-    diff = (got.float() - want.float()).abs().max().item()
-    scale = want.float().abs().max().item()
-    limit = PARITY_TOLERANCE[dtype] * max(scale, 1.0)
-    ok = diff <= limit
-    print(
-        f"{name}: max |diff| = {diff:.2e} (tolerance {limit:.1e} = {PARITY_TOLERANCE[dtype]:.0e} x "
-        f"max(1, max |value| {scale:.2f})): {'ok' if ok else 'EXCEEDED'}"
-    )
-    return ok
+def parity(name: str, got: torch.Tensor, want: torch.Tensor, width: int, dtype: torch.dtype) -> bool:
+    """Print max |got - want| against the parity rule's tolerance (lens_model.parity); True when within it."""
+    result = compare(got, want, width, dtype)
+    print(f"{name}: {result} (lens_model.parity: {str(dtype).split('.')[-1]}, width {width})")
+    return result.ok
 
 
 def released_style_states(model: LensModel, ctx: ContextInputs, pixel_values, grid) -> torch.Tensor:
@@ -62,18 +54,19 @@ def released_style_states(model: LensModel, ctx: ContextInputs, pixel_values, gr
     return out.last_hidden_state[:, -n:]
 
 
-def timed(fn, repeats: int, warmup: int, device: torch.device, setup=None) -> list[float]:
+def timed(fn, repeats: int, warmup: int, device: torch.device, setup=None, clock=time.perf_counter) -> list[float]:
+    """Seconds of `fn` by `clock` (time.perf_counter: wall; time.process_time: the process's CPU time)."""
     times = []
     for i in range(warmup + repeats):
         arg = setup() if setup else None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start = clock()
         fn(arg)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i >= warmup:
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
     return times
 
 
@@ -90,9 +83,24 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    args = parser.parse_args()
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: wall time on torch's default threads; cpu: one thread and the process's CPU time, which other "
+        "jobs on a shared machine barely move (CPU only)",
+    )
+    args = parse_with_smoke(
+        parser,
+        dict(hidden=64, layers=1, queries=8, image_size="112x112", new_tokens=4, repeats=1, warmup=0),
+    )
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if args.clock == "cpu" and device.type != "cpu":
+        parser.error("--clock cpu times the CPU; on a GPU use --clock wall")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.clock == "cpu":
+        torch.set_num_threads(1)
     h, w = (int(v) for v in args.image_size.lower().split("x"))
     torch.manual_seed(0)
     processor = build_tiny_processor(max_pixels=max(h * w, 56 * 56))
@@ -155,9 +163,14 @@ def main() -> int:
                 args.repeats,
                 args.warmup,
                 device,
+                clock=clock,
             ),
             "official": timed(
-                lambda _: model.query_states_full(ctx, image_outputs, positions="1d"), args.repeats, args.warmup, device
+                lambda _: model.query_states_full(ctx, image_outputs, positions="1d"),
+                args.repeats,
+                args.warmup,
+                device,
+                clock=clock,
             ),
             # each run gets its own copy of the cache (the pass appends to it); copying is not timed
             "cached": timed(
@@ -166,15 +179,17 @@ def main() -> int:
                 args.warmup,
                 device,
                 setup=lambda: copy.deepcopy(gen.cache),
+                clock=clock,
             ),
         }
 
-    print(f"device {device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}")
+    print(f"device {device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}, {args.clock} clock")
     print(f"LLM hidden {args.hidden}, layers {args.layers}; vision depth {mllm_config.vision_config.depth}")
     print(f"tokens: prompt {prompt_len} (image {n_image}), generated {completion.shape[1]}, queries {args.queries}")
+    width = linear_width(model.mllm.model.language_model)
     checks = [
-        parity("official == released-style", official, reference, args.dtype),
-        parity("cached == full pass at M-RoPE positions", cached, mrope_full, args.dtype),
+        parity("official == released-style", official, reference, width, dtype),
+        parity("cached == full pass at M-RoPE positions", cached, mrope_full, width, dtype),
     ]
     print(f"{'mode':<16}{'median ms':>12}{'min ms':>10}{'speed-up vs released':>24}")
     base = statistics.median(runs["released-style"])

@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from _smoke import parse_with_smoke  # noqa: E402
 from depth_scenes import render  # noqa: E402
 
 from lens_model.geometry.target3d import PinholeCamera, TargetOptions, estimate_target  # noqa: E402
@@ -87,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2, help="OpenCV threads (numpy here is single-threaded)")
-    args = parser.parse_args()
+    args = parse_with_smoke(parser, dict(repeats=2))
     cv2.setNumThreads(args.threads)
     rng = np.random.default_rng(0)
     print(f"numpy {np.__version__}, OpenCV {cv2.__version__}, {args.threads} OpenCV thread(s), best of {args.repeats}")

@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _smoke import parse_with_smoke
 
 from lens_model.vocab import CONTEXT_PASS_MODES
 
@@ -90,13 +91,14 @@ def per_row_rollouts(lens, processor, prompts, group_size: int, sampling: dict) 
 
     from lens_model.inference.answer import parse_answer
     from lens_model.inference.backends import TorchBackend
-    from lens_model.inference.generation import completion_state
-    from lens_model.inference.prompting import decode_completions
+    from lens_model.inference.generation import completion_masks
+    from lens_model.inference.prompting import decode_completions, end_token_ids
     from lens_model.model.modeling import ContextInputs
     from lens_model.model.sam import upsample_logits
 
     device = lens.device
     eos, pad = sampling["eos_token_ids"], sampling["pad_token_id"]
+    end_ids = end_token_ids(processor.tokenizer, eos)
     generation = {k: sampling[k] for k in ("max_new_tokens", "temperature", "top_p", "top_k")}
     grid = prompts.image_grid_thw.to(device)
     segmenter = TorchBackend(lens)
@@ -126,10 +128,10 @@ def per_row_rollouts(lens, processor, prompts, group_size: int, sampling: dict) 
                 use_cache=True,
             )
             completion = gen.sequences[:, ids.shape[1] :]
-            valid, ended = completion_state(completion, eos)
+            read = completion_masks(completion, end_ids)  # the rule generate_and_segment applies (first_end)
             ctx = ContextInputs(
                 gen.sequences,
-                torch.cat([attention, valid], 1),
+                torch.cat([attention, read.attended], 1),
                 torch.cat([types, torch.zeros_like(completion)], 1),
                 grid[k : k + 1],
             )
@@ -138,7 +140,7 @@ def per_row_rollouts(lens, processor, prompts, group_size: int, sampling: dict) 
             mask = (upsample_logits(low_res, prompts.gt_masks[k].shape)[0] > 0).cpu().numpy()
             text = decode_completions(processor.tokenizer, completion, pad, eos)[0]
             parse_answer(text, lens.lens_config.prompt.answer_format)
-            out.append((int(valid.sum()), bool(ended[0]), mask))
+            out.append((int(read.valid.sum()), bool(read.ended[0]), mask))
     return out
 
 
@@ -182,7 +184,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parse_with_smoke(
+        parser,
+        dict(
+            prompts=2,
+            generations=2,
+            max_new_tokens=4,
+            repeats=1,
+            warmup=0,
+            loop_repeats=1,
+            hidden=64,
+            layers=1,
+            queries=8,
+            image_size=112,
+            sam_size=128,
+        ),
+    )
     if args.generations < 2:
         parser.error("--generations must be >= 2 (GRPO compares completions within a group)")
     if min(args.prompts, args.max_new_tokens, args.repeats) < 1:

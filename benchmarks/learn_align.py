@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _smoke import parse_with_smoke
 
 
 def referred_object_accuracy(preds, records, objects) -> float:
@@ -109,7 +110,10 @@ def main() -> int:
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument("--workdir", type=Path, help="keep data, checkpoints and curves here (default: a temp dir)")
-    args = parser.parse_args()
+    args = parse_with_smoke(
+        parser,
+        dict(steps=2, batch=2, eval_every=1, val_samples=4, train_images=10, trainable="context"),
+    )
 
     from _setup import prepare
 

@@ -18,6 +18,8 @@ import json
 import time
 from pathlib import Path
 
+from _smoke import parse_with_smoke
+
 
 def digit_share(sample) -> float:
     """A reward the random tiny MLLM can learn within minutes: the share of its answer's characters that are
@@ -55,7 +57,10 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=200, help="synthetic scenes (default: 200)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     parser.add_argument("--workdir", type=Path, help="keep data, checkpoints and curves here (default: a temp dir)")
-    args = parser.parse_args()
+    args = parse_with_smoke(
+        parser,
+        dict(align_steps=2, grpo_steps=2, prompts=2, generations=2, max_new_tokens=4, window=1, images=10),
+    )
 
     from _setup import prepare
 

@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
         help="segment the image topic of a rosbag2 and write masks, detections and reasoning to a new bag",
         description="Reads sensor_msgs/Image or CompressedImage from a rosbag2 (mcap or sqlite3; needs the "
         "rosbags package: pip install -e '.[ros]'), segments every N-th frame with the "
-        "prompt and writes all input messages plus /lens/mask (Image mono8), /lens/detections "
+        "prompt and writes all input messages plus /lens/mask (Image mono8), /lens/masks (the label image), "
+        "/lens/detections "
         "(vision_msgs/Detection2DArray) and /lens/reasoning (String), stamped with the source "
         "image's header, to --out (renamed into place only when complete).",
     )
@@ -32,6 +33,12 @@ def add_parser(sub) -> None:
     p.add_argument("--out", metavar="BAG", type=Path, required=True, help="output rosbag2 directory (must not exist)")
     p.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic to segment")
     p.add_argument("--prompt", required=True, help="referring expression or command, e.g. 'the red cup on the left'")
+    p.add_argument(
+        "--multi-target",
+        action="store_true",
+        help="split the prompt into several objects ('the cup and the spoon'; rule in docs/cli.md), segmented (and "
+        "tracked) together: one detection per target (id = k) and /lens/masks, the label image (k = target k)",
+    )
     p.add_argument(
         "--every", type=int, default=1, help="segment frames 0, N, 2N, ... of the topic (default: 1, every frame)"
     )
@@ -92,10 +99,13 @@ def run(args) -> int:
         depth=depth_inputs(args.depth_topic, args.camera_info_topic, args.target_cloud),
         track=args.track,
         sam_memory_checkpoint=args.sam_memory_checkpoint,
+        multi_target=args.multi_target,
     )
     print(json.dumps(summary.to_json_dict(), indent=2))
     for failure in summary.failed:
         print(f"warning: frame {failure['frame']} skipped: {failure['error']}", file=sys.stderr)
+    for warning in summary.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if summary.skipped_topics:
         print(
             f"warning: not copied (no type definition in the bag): {', '.join(summary.skipped_topics)}", file=sys.stderr

@@ -83,14 +83,17 @@ def timings_line(timings: dict[str, float]) -> str:
 
 
 def result_details(result) -> str:
-    """Box, score and mask of a SegmentationResult, and its per-stage timings, as Markdown."""
+    """Box, score and mask of a SegmentationResult, whether it is confident (and why not), and its per-stage
+    timings, as Markdown."""
     h, w = result.image_size
     box = (
         "[" + ", ".join(f"{v:.1f}" for v in result.box) + "] px (x0, y0, x1, y1, from the answer)"
         if result.box is not None
         else f"none ({result.box_error})"
     )
+    confident = "yes" if result.confident else f"no — {result.reason} (the object is probably not in the image)"
     return (
+        f"**confident** {confident}  \n"
         f"**box** {box}  \n**score** {result.score:.3f} (SAM2's predicted IoU)  \n"
         f"**mask** {int(result.mask.sum())} of {w}×{h} pixels · answer format "
         f"{'followed' if result.format_ok else 'not followed'}  \n{timings_line(result.timings)}"
@@ -188,7 +191,7 @@ class DemoSession:
         """`lens segment --image IMAGE --prompt PROMPT --out-mask --out-overlay --json` on the loaded model. `name`:
         the image's name for messages and the JSON (an upload's own name; default: the file name of `image`)."""
         from lens_model.image_io import load_image, read_prompt
-        from lens_model.inference.prompting import check_mllm_aspect_ratio
+        from lens_model.inference.prompting import check_mllm_image_size
         from lens_model.inference.result_files import save_mask_png, save_overlay, segment_record, write_record
 
         try:
@@ -196,7 +199,7 @@ class DemoSession:
                 raise ImageError("no image: upload one or pick an example")
             name = name or Path(image).name
             rgb = load_image(image)
-            check_mllm_aspect_ratio(rgb.shape[:2], name)
+            check_mllm_image_size(rgb.shape[:2], name)
             prompt = read_prompt(prompt)
             with self._lock:
                 result = self.pipe(rgb, prompt)

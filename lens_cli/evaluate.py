@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from lens_model.errors import LensError
+from lens_model.outputs import check_output_dir
 
 from .options import add_device_dtype_arguments, add_model_argument, add_override_arguments
 
@@ -56,39 +57,59 @@ def run(args) -> int:
 
     from lens_model.data import load_dataset
     from lens_model.distributed import dist_info
-    from lens_model.eval.evaluate import REASONSEG_MLLM_LONGEST_SIDE, EvalOptions, format_table, run_eval
+    from lens_model.eval.evaluate import (
+        REASONSEG_MLLM_LONGEST_SIDE,
+        EvalOptions,
+        claim_out_dir,
+        format_table,
+        run_eval,
+        run_identity,
+    )
     from lens_model.inference.pipeline import LensPipeline
+    from lens_model.model.checkpoint import resolve_model_dir
 
     for name in ("limit", "batch_size", "max_length"):  # max_length 0 must not mean "no bound"
         value = getattr(args, name)
         if value is not None and value < 1:
             raise LensError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    out = args.out or Path("runs") / "eval" / f"{args.dataset}-{args.split}"
+    check_output_dir(out, "--out", {"--data-root": args.data_root, "--model": args.model})
     records = load_dataset(args.dataset, args.data_root, args.split, image_dir=args.image_dir)
     if not records:
         raise LensError(f"{args.dataset} {args.split} under {args.data_root} has no samples")
-    records = records[: args.limit] if args.limit else records
+    model_dir = resolve_model_dir(args.model)
+    protocol = {
+        "context_pass": args.context_pass,  # None: the checkpoint's own (fixed by the weights hash)
+        "answer_format": args.answer_format,
+        "max_length": args.max_length,
+        "ignore_regions": "background" if args.ignore_as_background else "excluded",
+        "mllm_longest_side": REASONSEG_MLLM_LONGEST_SIDE if args.dataset == "reasonseg" else None,
+    }
     rank, world = dist_info()
+    identity = run_identity(model_dir, str(args.model), args.dataset, args.split, records, protocol)
+    claim_out_dir(out, identity, rank)  # before the model loads: another evaluation's folder is refused
+    records = records[: args.limit] if args.limit else records
     device = args.device
     if world > 1 and device in ("auto", "cuda"):
         import torch
 
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
     pipe = LensPipeline.from_pretrained(
-        str(args.model),
+        str(model_dir),
         device=device,
         dtype=args.dtype,
         context_pass=args.context_pass,
         answer_format=args.answer_format,
-        mllm_longest_side=REASONSEG_MLLM_LONGEST_SIDE if args.dataset == "reasonseg" else None,
+        mllm_longest_side=protocol["mllm_longest_side"],
     )
-    out = args.out or Path("runs") / "eval" / f"{args.dataset}-{args.split}"
     meta = {
         "dataset": args.dataset,
         "split": args.split,
         "model": str(args.model),
+        "model_hash": identity["model_hash"],
         "context_pass": pipe.config.context_pass,
         "max_length": args.max_length,
-        "ignore_regions": "background" if args.ignore_as_background else "excluded",
+        "ignore_regions": protocol["ignore_regions"],
     }
     options = EvalOptions(
         batch_size=args.batch_size,

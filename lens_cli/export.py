@@ -42,6 +42,18 @@ def add_parser(sub) -> None:
         "outputs stay float32 (for GPUs: TensorRT, or onnxruntime-gpu)",
     )
     p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write NAME.int8.onnx per graph: dynamic int8 quantisation of the matrix products, for CPUs "
+        "(--backend onnxruntime on a CPU runs it where it was timed faster)",
+    )
+    p.add_argument(
+        "--no-cpu-timing",
+        action="store_true",
+        help="skip timing each graph on this CPU (torch, ONNX Runtime, int8; seconds to minutes); without the "
+        "timings --backend onnxruntime runs every graph's float32 file in ONNX Runtime",
+    )
+    p.add_argument(
         "--opset",
         type=int,
         default=DEFAULT_OPSET,
@@ -59,27 +71,47 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--workspace-gb", type=float, default=4.0, help="TensorRT builder workspace limit in GB (default: 4)"
     )
-    p.add_argument("--overwrite", action="store_true", help="replace the export files in an existing output directory")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the export in an existing output directory (built beside it and swapped in when complete; "
+        "only the files lens export writes are replaced, nothing else in the folder)",
+    )
     p.set_defaults(func=run)
+
+
+def cpu_way(choice) -> str:
+    """How --backend onnxruntime runs a graph on a CPU, in words."""
+    if choice.runtime == "torch":
+        return "torch"
+    fusions = f", {', '.join(choice.disabled_optimizers)} off" if choice.disabled_optimizers else ""
+    return f"onnxruntime on {choice.onnx}{fusions}"
 
 
 def run(args) -> int:
     from lens_model.export import ExportOptions, export_model
     from lens_model.export.op_support import TENSORRT_TARGET, check_file
 
-    options = ExportOptions(opset=args.opset, image_size=args.image_size, fp16=args.fp16, overwrite=args.overwrite)
+    options = ExportOptions(
+        opset=args.opset,
+        image_size=args.image_size,
+        fp16=args.fp16,
+        overwrite=args.overwrite,
+        int8=args.int8,
+        cpu_timing=not args.no_cpu_timing and args.format == "onnx",
+    )
     options.validate()
     engine_options = None
     if args.format == "tensorrt":
-        from lens_model.export.tensorrt_build import EngineOptions, build_engines
+        from lens_model.export.tensorrt_build import EngineOptions
         from lens_model.export.tensorrt_runtime import require_tensorrt
 
         engine_options = EngineOptions(max_batch=args.max_batch, workspace_gb=args.workspace_gb)
         engine_options.validate()
         require_tensorrt()  # refuse before the ONNX export, which takes minutes for LENS-3B
-    meta = export_model(args.model, args.out, options, sam_memory_checkpoint=args.sam_memory_checkpoint)
-    if engine_options is not None:
-        meta = build_engines(args.out, engine_options)
+    meta = export_model(
+        args.model, args.out, options, sam_memory_checkpoint=args.sam_memory_checkpoint, engines=engine_options
+    )
 
     def shapes(specs) -> str:
         return ", ".join(f"{t.name} {tuple(t.shape)}" for t in specs)
@@ -93,6 +125,9 @@ def run(args) -> int:
         )
         for problem in problems:
             print(f"    warning: {TENSORRT_TARGET} may not parse this graph: {problem}", file=sys.stderr)
+        if graph.cpu is not None:
+            timed = ", ".join(f"{way} {ms:.1f}" for way, ms in graph.cpu.ms.items())
+            print(f"    on this CPU ({graph.cpu.threads} threads, median ms): {timed}; runs: {cpu_way(graph.cpu)}")
     if meta.memory is not None:
         print(
             f"tracking: memory_attention + memory_encoder (SAM2 memory: up to {meta.memory['num_maskmem']} frames "

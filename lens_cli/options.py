@@ -1,11 +1,10 @@
-"""What several `lens` commands share: the --model, --device/--dtype, --backend and override options, and the
-check of an output file before any expensive work. Building these options imports no torch."""
+"""What several `lens` commands share: the --model, --device/--dtype, --backend and override options. The checks of
+output paths before any expensive work are lens_model.outputs'. Building these options imports no torch."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from lens_model.errors import LensError
 from lens_model.model.config import DEFAULT_MODEL_ID
 from lens_model.vocab import ANSWER_FORMATS, BACKENDS, CONTEXT_PASS_MODES, DTYPES
 
@@ -13,21 +12,6 @@ DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N (default: auto)"
 # Masks are written losslessly so that they keep exactly 0 and 255; overlays may also be lossy pictures.
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 IMAGE_SUFFIXES = (*MASK_SUFFIXES, ".jpg", ".jpeg", ".webp")
-
-
-def check_output_file(path: Path | None, option: str, suffixes: tuple[str, ...] | None = None) -> None:
-    """Refuse an output file that cannot be written, before any expensive work: a directory, a file in a folder
-    that does not exist, or (with `suffixes`) a name whose extension is not one of them."""
-    if path is None:
-        return
-    if path.is_dir():
-        example = f" such as {path / ('out' + suffixes[0])}" if suffixes else ""
-        raise LensError(f"{option} {path} is a directory; pass a file name{example}")
-    if not path.parent.is_dir():
-        raise LensError(f"{option} {path}: folder {path.parent} does not exist; create it first")
-    if suffixes is not None and path.suffix.lower() not in suffixes:
-        got = f"extension {path.suffix!r}" if path.suffix else "no extension"
-        raise LensError(f"{option} {path} has {got}; expected a file name ending in {', '.join(suffixes)}")
 
 
 def add_model_argument(p) -> None:

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 from lens_model.errors import LensError
+from lens_model.outputs import check_output_file
 
-from .options import IMAGE_SUFFIXES, check_output_file
+from .options import IMAGE_SUFFIXES
 
 
 def add_parser(sub) -> None:
@@ -25,9 +26,10 @@ def run(args) -> int:
     from training.plots import draw_curves, read_metrics
 
     metrics = args.run_dir / "metrics.jsonl"
-    check_output_file(args.out, "--out", IMAGE_SUFFIXES)
     if not metrics.is_file():
         raise LensError(f"{metrics} not found: pass the output_dir of a training run")
+    out = args.out or args.run_dir / "curves.png"
+    check_output_file(out, "--out" if args.out else "the figure", IMAGE_SUFFIXES, {"metrics.jsonl": metrics})
     read = read_metrics(metrics)
     if read.torn_line is not None:
         print(
@@ -35,6 +37,6 @@ def run(args) -> int:
             f"plotting the {len(read.rows)} complete line(s)",
             file=sys.stderr,
         )
-    out = draw_curves(read.rows, args.out or args.run_dir / "curves.png", str(metrics))
+    draw_curves(read.rows, out, str(metrics))
     print(f"wrote {out}")
     return 0

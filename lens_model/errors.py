@@ -21,3 +21,7 @@ class CheckpointError(LensError):
 class DepthError(LensError):
     """A depth image or camera model that cannot give a 3D target: unreadable calibration, zero intrinsics, sizes
     that disagree, an unsupported depth encoding or distortion model."""
+
+
+class NonFiniteOutputError(LensError):
+    """The model computed NaN or infinite logits or scores (corrupt weights, an overflow in reduced precision)."""

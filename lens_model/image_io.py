@@ -10,6 +10,8 @@ with the picture the user sees.
 from __future__ import annotations
 
 import os
+import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, PromptError
 
+# The markup of Qwen's chat and vision tokens, <|im_start|>, <|im_end|>, <|image_pad|>, <|box_start|>, ...: every
+# added token of a Qwen2/Qwen2.5-VL tokenizer has this form.
+CHAT_CONTROL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]+\|>")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _EXPECTED = "expected HxWx3 uint8 RGB"
 
@@ -130,11 +135,37 @@ def load_image(image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarra
 
 
 def read_prompt(prompt: Any) -> str:
-    """The text command, stripped; PromptError when there is none."""
+    """The text command, stripped; PromptError when there is none, when it is not text (bytes that are not UTF-8,
+    e.g. a shell argument of random bytes, which Python keeps as lone surrogates), or when it holds a chat control
+    token such as <|im_end|> or <|image_pad|>: the processor would read those as the conversation's own markup (a
+    prompt could end the user turn and write a system turn, or ask for an image that was not given). Prompts are
+    refused rather than escaped: see docs/design.md, "Prompts are text"."""
     if prompt is not None and not isinstance(prompt, str):
         raise PromptError(
             f"prompt must be text (str), got {type(prompt).__name__}; pass a text command such as 'the red cup'"
         )
     if prompt is None or not prompt.strip():
         raise PromptError("prompt is empty: pass a text command such as 'the red cup'")
-    return prompt.strip()
+    text = prompt.strip()
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raw = os.fsencode(text[exc.start : exc.end]) if exc.reason == "surrogates not allowed" else b""
+        got = f"byte(s) {raw.hex(' ')}" if raw else f"character {text[exc.start]!r}"
+        raise PromptError(
+            f"prompt is not valid UTF-8 text ({got} at character {exc.start}); pass a text command such as "
+            "'the red cup'"
+        ) from None
+    unprintable = next((c for c in text if unicodedata.category(c) == "Cc" and c not in "\t\n"), None)
+    if unprintable is not None:
+        raise PromptError(
+            f"prompt holds the control character {unprintable!r} at character {text.index(unprintable)}; pass "
+            "plain text such as 'the red cup'"
+        )
+    token = CHAT_CONTROL_TOKEN.search(text)
+    if token is not None:
+        raise PromptError(
+            f"prompt holds the chat control token {token.group()!r} at character {token.start()}; prompts must be "
+            "plain text (remove it)"
+        )
+    return text

@@ -1,4 +1,5 @@
-"""Picture of a result: tinted mask with its outline, the box, and the prompt as a caption."""
+"""Picture of a result: tinted mask with its outline, the box, and the prompt as a caption; with several targets
+(lens_model.inference.targets), each in its own colour (`target_colour`, which the node's RViz markers use too)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,25 @@ BOX_COLOR = (40, 220, 60)
 CAPTION_BACKGROUND = (0, 0, 0)  # dark band + white text stays readable on any photo
 CAPTION_TEXT = (255, 255, 255)
 ELLIPSIS = "…"
+# Target k's colour is TARGET_COLOURS[(k - 1) % 8]: the first is the single-target tint, the others far from it
+# and from each other (red, blue, yellow, violet, teal, orange, green, pink).
+TARGET_COLOURS = (
+    (255, 64, 64),
+    (64, 140, 255),
+    (255, 210, 0),
+    (170, 80, 255),
+    (0, 200, 170),
+    (255, 140, 0),
+    (120, 220, 60),
+    (255, 80, 190),
+)
+
+
+def target_colour(target_id: int) -> tuple[int, int, int]:
+    """RGB 0..255 of target `target_id` (1-based) in overlays and markers."""
+    if target_id < 1:
+        raise ValueError(f"target ids start at 1, got {target_id}")
+    return TARGET_COLOURS[(target_id - 1) % len(TARGET_COLOURS)]
 
 
 def _scale(height: int, width: int) -> int:
@@ -83,7 +103,7 @@ def draw_overlay(
     mask: np.ndarray | None,
     box: Sequence[float] | None = None,
     prompt: str | None = None,
-    color: Sequence[int] = (255, 64, 64),
+    color: Sequence[int] = TARGET_COLOURS[0],
     alpha: float = 0.45,
 ) -> Image.Image:
     """Image with the mask tinted (`alpha` blend toward `color`) and outlined, the box in green and the prompt
@@ -102,4 +122,43 @@ def draw_overlay(
         ImageDraw.Draw(canvas).rectangle(_box_corners(box, h, w), outline=BOX_COLOR, width=2 * scale)
     if prompt:
         _draw_caption(canvas, prompt, scale)
+    return canvas
+
+
+def draw_targets_overlay(
+    image_rgb: np.ndarray,
+    masks: Sequence[np.ndarray],
+    boxes: Sequence[Sequence[float] | None],
+    caption: str | None = None,
+    alpha: float = 0.45,
+) -> Image.Image:
+    """Several targets: target k's mask (masks[k - 1]) tinted and outlined in `target_colour(k)`, its box in the
+    same colour with the id in a tag at its corner, the command as the caption. One target draws exactly
+    `draw_overlay`'s picture."""
+    if len(masks) != len(boxes) or not masks:
+        raise ValueError(f"need one box (or None) per mask and at least one mask, got {len(masks)} and {len(boxes)}")
+    if len(masks) == 1:
+        return draw_overlay(image_rgb, masks[0], boxes[0], caption, alpha=alpha)
+    _check_image(image_rgb)
+    h, w = image_rgb.shape[:2]
+    scale = _scale(h, w)
+    out = image_rgb.astype(np.float32)
+    for k, mask in enumerate(masks, start=1):
+        mask = np.asarray(mask)
+        if mask.shape != (h, w):
+            raise ValueError(f"mask {k} has shape {mask.shape}, the image {(h, w)}")
+        _paint_mask(out, mask.astype(bool), target_colour(k), alpha, scale)
+    canvas = Image.fromarray(out.round().astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=10 * scale)
+    for k, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        x0, y0, x1, y1 = _box_corners(box, h, w)
+        draw.rectangle([x0, y0, x1, y1], outline=target_colour(k), width=2 * scale)
+        left, top, right, bottom = draw.textbbox((x0, y0), str(k), font=font)
+        draw.rectangle([x0, y0, x0 + right - left + 2 * scale, y0 + bottom - top + 2 * scale], fill=target_colour(k))
+        draw.text((x0 + scale - (left - x0), y0 + scale - (top - y0)), str(k), fill=CAPTION_BACKGROUND, font=font)
+    if caption:
+        _draw_caption(canvas, caption, scale)
     return canvas

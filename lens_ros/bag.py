@@ -9,17 +9,21 @@ metadata.yaml, mcap or sqlite3 storage; a bare .mcap/.db3 file also works), segm
 that topic (N = `every`) with `prompt`, and writes a new rosbag2 with every input connection and message
 (copied byte for byte) plus, per segmented frame:
 
-    {out_prefix}/mask        sensor_msgs/msg/Image, mono8 0/255
-    {out_prefix}/detections  vision_msgs/msg/Detection2DArray (one detection, or none when the answer had no box)
+    {out_prefix}/mask        sensor_msgs/msg/Image, mono8 0/255 (the union of the targets)
+    {out_prefix}/masks       sensor_msgs/msg/Image, mono8 label image: 0 = background, k = target k
+    {out_prefix}/detections  vision_msgs/msg/Detection2DArray (one detection per target with a box, id = k)
     {out_prefix}/reasoning   std_msgs/msg/String, the generated text
     {out_prefix}/overlay     sensor_msgs/msg/Image rgb8 (only with overlay=True)
+
+With `multi_target` a prompt that names several objects ("the cup and the spoon") is split into targets as the node
+splits commands (lens_model.inference.targets), all segmented in one batched call per frame.
 
 With `depth=DepthInputs(depth_topic, camera_info_topic, ...)` (a registered depth image, sensor_msgs/Image
 16UC1 or 32FC1, and its sensor_msgs/CameraInfo) each segmented frame is paired with the depth image nearest in
 stamp (within `slop_s`, lens_ros.depth.DepthBuffer) and its 3D target is written too:
 
-    {out_prefix}/target_point   geometry_msgs/msg/PointStamped (only when measured)
-    {out_prefix}/detections_3d  vision_msgs/msg/Detection3DArray (empty when not measured)
+    {out_prefix}/target_point   geometry_msgs/msg/PointStamped (the first target's, only when measured)
+    {out_prefix}/detections_3d  vision_msgs/msg/Detection3DArray (one per measured target; empty when none)
     {out_prefix}/target_cloud   sensor_msgs/msg/PointCloud2 x y z rgb (only with DepthInputs.cloud)
 
 stamped with the source image's stamp and the depth image's frame_id; frames without a 3D target are listed in
@@ -74,12 +78,14 @@ from rosbags.typesys.base import TypesysError
 from lens_model.errors import ImageError, LensError
 from lens_model.geometry.target3d import Target3D, TargetOptions
 from lens_model.image_io import read_prompt
+from lens_model.inference.targets import CommandResult, command_targets, segment_command
+from lens_model.outputs import check_writable_folder
 
 from .conversions import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, image_message_to_rgb, stamp_to_seconds
 from .depth import CameraCache, DepthBuffer, measure
 from .errors import BagError
-from .fields import result_fields
-from .messages import fill_result, fill_target, target_header
+from .fields import MeasuredTarget, result_fields
+from .messages import fill_result, fill_targets, target_header
 
 # vision_msgs 4.1.1 (ros-perception/vision_msgs, branch ros2; the version Humble and Jazzy ship), comments removed.
 VISION_MSGS_DEFINITIONS: dict[str, str] = {
@@ -103,6 +109,7 @@ STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 BAG_VERSION = 8  # the oldest version rosbags writes (QoS stored as numbers; version 9 switched to names)
 OUTPUT_TYPES = {
     "mask": IMAGE_TYPE,
+    "masks": IMAGE_TYPE,
     "detections": "vision_msgs/msg/Detection2DArray",
     "reasoning": "std_msgs/msg/String",
     "overlay": IMAGE_TYPE,
@@ -158,8 +165,10 @@ class BagSummary:
     with_3d: int = 0  # segmented frames with a 3D target
     failed_3d: list[dict] = field(default_factory=list)  # {"frame", "stamp_ns", "error"}: no 3D target, why
     track: bool = False
+    targets: list[str] = field(default_factory=list)  # the prompt's target phrases (one without multi_target)
     lens_queries: int = 0  # with track: frames LENS reasoned on (the others were tracked)
     lost_frames: int = 0  # with track: frames on which the target was lost (no mask written)
+    warnings: list[str] = field(default_factory=list)  # what could not be checked (e.g. chunks without a CRC)
 
     def to_json_dict(self) -> dict:
         return asdict(self)
@@ -191,6 +200,50 @@ def _check_paths(in_bag: Path, out_bag: Path) -> None:
         raise BagError(f"output folder does not exist: {out_bag.parent}")
     if out_bag.resolve() == in_bag.resolve():
         raise BagError("--out must differ from --in")
+    check_writable_folder(out_bag.parent, f"--out {out_bag}")
+
+
+_MCAP_MAGIC = b"\x89MCAP0\r\n"
+_MCAP_CHUNK, _MCAP_FOOTER, _MCAP_DATA_END = 0x06, 0x02, 0x0F
+
+
+def mcap_chunk_crcs(path: Path) -> tuple[int, int]:
+    """(chunks, chunks that carry a CRC) of an .mcap file, read from the record headers of its data section only
+    (fast). rosbags verifies each chunk's CRC, when it has one, as it decompresses the chunk; a chunk written
+    without one (CRC 0: rosbags' own writer, for one) cannot be checked. BagError for a file that is not MCAP or
+    whose records run past its end (truncated or corrupted)."""
+    size = path.stat().st_size
+    chunks = with_crc = 0
+    with path.open("rb") as stream:
+        if stream.read(len(_MCAP_MAGIC)) != _MCAP_MAGIC:
+            raise BagError(f"{path} is not an MCAP file (no MCAP magic bytes at its start)")
+        while True:
+            head = stream.read(9)
+            if len(head) < 9 or head[0] in (_MCAP_FOOTER, _MCAP_DATA_END):
+                break
+            start, length = stream.tell(), int.from_bytes(head[1:], "little")
+            if start + length > size:
+                raise BagError(
+                    f"{path} is corrupted: the record at byte {start - 9} claims {length} bytes, past the end of the "
+                    "file (truncated, or its length field was damaged)"
+                )
+            if head[0] == _MCAP_CHUNK:
+                chunks += 1
+                with_crc += stream.read(28)[24:28] != b"\0\0\0\0"  # start, end, size (u64 each), then the CRC
+            stream.seek(start + length)
+    return chunks, with_crc
+
+
+def _check_mcap_files(in_bag: Path, summary: BagSummary) -> None:
+    """Scan the bag's .mcap files (`mcap_chunk_crcs`); chunks without a CRC become a warning in the summary."""
+    files = [in_bag] if in_bag.is_file() else sorted(in_bag.glob("*.mcap"))
+    for path in (f for f in files if f.suffix == ".mcap"):
+        chunks, with_crc = mcap_chunk_crcs(path)
+        if with_crc < chunks:
+            summary.warnings.append(
+                f"{path}: {chunks - with_crc} of {chunks} chunk(s) carry no CRC (their writer did not compute one), "
+                "so corrupted bytes in them cannot be detected"
+            )
 
 
 def _topic_list(reader: Reader) -> str:
@@ -277,6 +330,7 @@ def process_bag(
     track: bool = False,
     sam_memory_checkpoint: str | os.PathLike | None = None,
     tracker=None,
+    multi_target: bool = False,
 ) -> BagSummary:
     """Segment every `every`-th frame of `image_topic` in `in_bag` and write `out_bag` (module docstring); with
     `track`, reason with LENS and track in between (`tracker`: a lens_model StreamingTracker on `pipeline`'s model,
@@ -285,6 +339,7 @@ def process_bag(
 
     in_bag, out_bag = Path(in_bag), Path(out_bag)
     prompt = read_prompt(prompt)
+    phrases = command_targets(prompt, multi_target)  # an empty phrase or too many targets: before any work
     if int(every) < 1:
         raise BagError(f"--every must be >= 1, got {every}")
     if storage is not None and storage not in STORAGES:
@@ -293,13 +348,14 @@ def process_bag(
         raise BagError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     _check_paths(in_bag, out_bag)
     prefix = "/" + out_prefix.strip("/")
-    names = ["mask", "detections", "reasoning"] + (["overlay"] if overlay else [])
+    names = ["mask", "masks", "detections", "reasoning"] + (["overlay"] if overlay else [])
     if depth is not None:
         if not depth.scale > 0 or depth.slop_s < 0:
             raise BagError(f"depth scale must be > 0 and slop >= 0, got {depth.scale} and {depth.slop_s}")
         names += ["target_point", "detections_3d"] + (["target_cloud"] if depth.cloud else [])
     out_topics = {name: f"{prefix}/{name}" for name in names}
-    storage = storage or _storage_of(in_bag)
+    storage_of_input = _storage_of(in_bag)
+    storage = storage or storage_of_input
     typestore = lens_typestore()
     try:
         reader = Reader(in_bag)
@@ -321,7 +377,10 @@ def process_bag(
             depth_topic=depth and depth.depth_topic,
             camera_info_topic=depth and depth.camera_info_topic,
             track=track,
+            targets=phrases,
         )
+        if storage_of_input == "mcap":
+            _check_mcap_files(in_bag, summary)  # before the model loads
         total = reader.message_count
         if model is None:
             from lens_model.model.config import DEFAULT_MODEL_ID
@@ -330,13 +389,13 @@ def process_bag(
         memory = _sam_memory(pipeline, model, sam_memory_checkpoint) if track and tracker is None else None
         if pipeline is None:
             pipeline = _load_pipeline(model, device, dtype, max_new_tokens)
-        segmenter = None
+        segmenter = _CommandSegmenter(pipeline, multi_target)
         if track:
             from lens_model.tracking.tracker import StreamingTracker
 
             if tracker is None:
                 tracker = StreamingTracker.from_lens_model(pipeline.model, memory)
-            segmenter = _TrackingSegmenter(pipeline, tracker, prompt, every, summary)
+            segmenter = _TrackingSegmenter(pipeline, tracker, prompt, every, summary, multi_target)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_bag.name}.", suffix=".partial", dir=out_bag.parent))
         try:
             target = staging / out_bag.name
@@ -346,13 +405,20 @@ def process_bag(
                     Writer(target, version=BAG_VERSION, storage_plugin=STORAGES[storage]),
                     typestore,
                     summary,
-                    pipeline,
+                    segmenter,
                     out_topics,
                     tqdm(total=total, unit="msg", desc="lens bag", disable=not progress),
                     depth,
-                    segmenter,
                 )
-            except (WriterError, ReaderError) as exc:
+            except ReaderError as exc:
+                reason = " ".join(str(exc).split())
+                corrupt = "checksum" in reason.lower() or "size mismatch" in reason.lower()
+                raise BagError(
+                    f"{in_bag} is corrupted: {reason}"
+                    + (" (a chunk's bytes do not match the CRC recorded with it)" if corrupt else "")
+                    + f"; nothing was written to {out_bag}"
+                ) from None
+            except WriterError as exc:
                 raise BagError(f"cannot convert {in_bag} to {out_bag}: {' '.join(str(exc).split())}") from None
             if out_bag.exists():
                 raise BagError(f"output {out_bag} appeared while processing; the result is not written")
@@ -373,24 +439,39 @@ def _sam_memory(pipeline, model, weights):
     return load_model_sam_memory(model, weights)
 
 
-class _TrackingSegmenter:
-    """`pipeline(rgb, prompt)` for every frame of a tracked bag: LENS or SAM2 tracking (ReasonAndTrack), the bag
-    timestamp of the frame (set before each call) as the clock."""
+class _CommandSegmenter:
+    """`segmenter(rgb, prompt) -> CommandResult` for the frames of a bag: every target in one batched call."""
 
-    def __init__(self, pipeline, tracker, prompt: str, every: int, summary: BagSummary) -> None:
+    tracking = False
+
+    def __init__(self, pipeline, multi_target: bool) -> None:
+        self.pipeline, self.multi_target = pipeline, multi_target
+
+    def __call__(self, rgb, prompt: str) -> CommandResult:
+        return segment_command(self.pipeline, rgb, prompt, self.multi_target)
+
+
+class _TrackingSegmenter:
+    """`segmenter(rgb, prompt) -> CommandResult` for every frame of a tracked bag: LENS or SAM2 tracking of every
+    target (ReasonAndTrack), the bag timestamp of the frame (set before each call) as the clock."""
+
+    tracking = True
+
+    def __init__(self, pipeline, tracker, prompt: str, every: int, summary: BagSummary, multi_target: bool) -> None:
         from lens_model.tracking.track_video import ReasonAndTrack
 
-        self.runner = ReasonAndTrack(pipeline, tracker, prompt, reason_every=every if every > 1 else None)
+        reason_every = every if every > 1 else None
+        self.runner = ReasonAndTrack(pipeline, tracker, prompt, reason_every, multi_target=multi_target)
         self.summary = summary
         self.timestamp = 0
 
-    def __call__(self, rgb, prompt: str):
+    def __call__(self, rgb, prompt: str) -> CommandResult:
         from lens_model.tracking.state import TrackState
 
         outcome = self.runner.step(rgb, self.timestamp * 1e-9)
         self.summary.lens_queries += outcome.source == "lens"
-        self.summary.lost_frames += outcome.decision.state is TrackState.LOST
-        return outcome.as_segmentation(prompt)
+        self.summary.lost_frames += outcome.state is TrackState.LOST
+        return outcome.as_command()
 
 
 @dataclass
@@ -409,11 +490,10 @@ def _write(
     writer: Writer,
     typestore,
     summary: BagSummary,
-    pipeline,
+    segmenter: _CommandSegmenter | _TrackingSegmenter,
     out_topics: dict[str, str],
     bar,
     depth: DepthInputs | None = None,
-    segmenter: _TrackingSegmenter | None = None,
 ) -> None:
     written: Counter = Counter()
     buffer = DepthBuffer(depth.slop_s, history=60) if depth is not None else None
@@ -437,9 +517,8 @@ def _write(
             if conn.topic == summary.image_topic:
                 index = summary.frames
                 summary.frames += 1
-                if segmenter is not None or index % summary.every == 0:
-                    if segmenter is not None:
-                        segmenter.timestamp = timestamp
+                if segmenter.tracking or index % summary.every == 0:
+                    segmenter.timestamp = timestamp
                     segmented = _segment_frame(
                         typestore,
                         conn.msgtype,
@@ -447,7 +526,7 @@ def _write(
                         timestamp,
                         index,
                         summary,
-                        segmenter or pipeline,
+                        segmenter,
                         writer,
                         outputs,
                         written,
@@ -489,13 +568,14 @@ def _segment_frame(
     result = pipeline(rgb, summary.prompt)
     messages = fill_result(result_fields(result, msg.header, rgb if "overlay" in outputs else None), typestore.types)
     for name, conn in outputs.items():
-        if name == "reasoning" and result.num_tokens == 0:
+        if name == "reasoning" and not any(t.num_tokens for t in result.targets):
             continue  # a tracked frame: nothing was reasoned
         if name not in TARGET_OUTPUTS:
-            writer.write(conn, timestamp, typestore.serialize_cdr(getattr(messages, name), conn.msgtype))
+            message = getattr(messages, "labels" if name == "masks" else name)
+            writer.write(conn, timestamp, typestore.serialize_cdr(message, conn.msgtype))
             written[conn.topic] += 1
     summary.segmented += 1
-    summary.with_box += int(result.box is not None)
+    summary.with_box += int(any(t.box is not None for t in result.targets))
     return msg.header, result, rgb
 
 
@@ -530,29 +610,25 @@ def _write_targets(
             return
         pending.pop(0)
         frame_id = frame.header.frame_id
+        options = TargetOptions(erosion_px=depth.erosion_px)
         try:
             if not match.ok:
                 raise LensError(match.reason)
-            target = measure(
-                frame.result.mask,
-                match,
-                depth.scale,
-                depth.rectified,
-                TargetOptions(erosion_px=depth.erosion_px),
-                cameras,
-            )
             frame_id = match.depth.header.frame_id or match.camera_info.header.frame_id or frame_id
+            targets = [_measure(t.mask, match, depth, options, cameras) for t in frame.result.targets]
         except LensError as exc:
-            target = Target3D(False, str(exc))
-        if target.ok:
+            targets = [Target3D(False, str(exc)) for _ in frame.result.targets]
+        if any(t.ok for t in targets):
             summary.with_3d += 1
         else:
-            summary.failed_3d.append({"frame": frame.index, "stamp_ns": frame.timestamp, "error": target.reason})
-        messages = fill_target(
-            target,
+            summary.failed_3d.append({"frame": frame.index, "stamp_ns": frame.timestamp, "error": targets[0].reason})
+        measured = [
+            MeasuredTarget(k, t.prompt, t.score, target)
+            for k, t, target in zip(frame.result.ids, frame.result.targets, targets)
+        ]
+        messages = fill_targets(
+            measured,
             target_header(frame.header, frame_id, typestore.types),
-            frame.result.prompt,
-            frame.result.score,
             frame.rgb if depth.cloud else None,
             typestore.types,
         )
@@ -565,6 +641,14 @@ def _write_targets(
                 conn = outputs[name]
                 writer.write(conn, frame.timestamp, typestore.serialize_cdr(msg, conn.msgtype))
                 written[conn.topic] += 1
+
+
+def _measure(mask, match, depth: DepthInputs, options: TargetOptions, cameras: CameraCache) -> Target3D:
+    """One target's 3D measurement; a mask without valid depth is a target that is not ok, with the reason."""
+    try:
+        return measure(mask, match, depth.scale, depth.rectified, options, cameras)
+    except LensError as exc:
+        return Target3D(False, str(exc))
 
 
 __all__ = [

@@ -199,10 +199,27 @@ def is_compressed(msg: Any) -> bool:
 
 
 def image_message_to_rgb(msg: Any, scale16: str = "high_byte") -> np.ndarray:
-    """sensor_msgs/Image or CompressedImage -> (H, W, 3) uint8 RGB."""
-    if is_compressed(msg):
-        return compressed_to_rgb(msg)
-    return to_rgb(image_to_array(msg), str(msg.encoding), scale16)
+    """sensor_msgs/Image or CompressedImage -> (H, W, 3) uint8 RGB. ImageConversionError naming the message type for
+    anything else (a message without the fields of either)."""
+    try:
+        if is_compressed(msg):
+            return compressed_to_rgb(msg)
+        return to_rgb(image_to_array(msg), str(msg.encoding), scale16)
+    except AttributeError as exc:
+        if getattr(exc, "obj", None) is not msg:
+            raise
+        raise ImageConversionError(
+            f"expected a sensor_msgs/Image or CompressedImage, got {message_type(msg)}, which has no {exc.name!r} field"
+        ) from None
+
+
+def message_type(msg: Any) -> str:
+    """'std_msgs/msg/String' for a rosbags message, 'std_msgs/String' for an rclpy one, else the Python type."""
+    kind = type(msg)
+    if getattr(kind, "__msgtype__", None):
+        return kind.__msgtype__
+    package = kind.__module__.split(".")[0]
+    return f"{package}/{kind.__name__}" if ".msg" in kind.__module__ else kind.__name__
 
 
 def cloud_to_arrays(msg: Any) -> tuple[np.ndarray, np.ndarray]:

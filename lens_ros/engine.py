@@ -5,23 +5,34 @@
     engine.on_image(msg)                       # camera callback: keep the frame (sensor_msgs Image/CompressedImage)
     engine.on_depth(msg); engine.on_camera_info(msg)   # with depth_enabled: registered depth + its camera_info
     engine.submit("the red cup")               # command callback: queue it (policy, drops logged)
+    engine.submit("the cup and the spoon")     # several targets (multi_target): one batched call, ids 1 and 2
+    engine.set_enabled(False)                  # ~/enable: commands answer "disabled", tracking is silent
+    engine.set_prompt("the red cup")           # the `prompt` parameter: now, or on the first frame
+    engine.health(model=..., ...)              # lens_ros.diagnostics.Health for /diagnostics
     pending = engine.submit(prompt, image=msg_or_None, feedback=callback)   # service / action
     outcome = pending.wait(timeout)            # Outcome(success, message, result, messages, result_msg, header)
     engine.stop()
 
-With a `tracker` (lens_model.tracking.tracker.StreamingTracker; see lens_ros.tracking_worker.load_tracker) every result
-on a camera frame starts SAM2 tracking of its mask, and each later camera frame is tracked on a separate thread
-(lens_ros.tracking_worker.TrackingWorker): `publish(outcome)` then also gets one Outcome per tracked frame
-(source "tracking": mask and detections, 3D with depth_enabled; no reasoning, overlay or result message) with that
-frame's header, `publish_state(TrackingStatus)` the tracking state, and a lost target is re-grounded by
+Each target is judged on its own: one that is not confident (lens_model.inference.confidence: the object is
+probably not in the image) gets no detection, 3D detection, marker, target point (as the first target) or cloud
+points unless `publish_unconfident` is set, and is logged as a warning; the mask, label image, reasoning, overlay
+and result message (its `confident` false, with the reason) keep every target.
+
+With a `tracker` (lens_model.tracking.tracker.StreamingTracker; see lens_ros.tracking_worker.load_tracker) every
+confident target of a result on a camera frame starts SAM2 tracking of its mask, and each later camera frame is tracked
+on a separate thread (lens_ros.tracking_worker.TrackingWorker): `publish(outcome)` then also gets one Outcome per
+tracked frame (source "tracking": mask and detections, 3D with depth_enabled; no reasoning, overlay or result message)
+with that frame's header, `publish_state(TrackingStatus)` the tracking state, and a lost target is re-grounded by
 submitting its prompt as a command (source "reground").
 
-The worker takes one command at a time (lens_ros.policy.CommandQueue), picks its frame (FrameBuffer: latest or
-next, staleness bound) unless the request brought its own image, converts it (lens_ros.conversions), runs the
-pipeline (streaming the generated text to `feedback` when given), builds the output messages
+The worker takes one command at a time (lens_ros.policy.CommandQueue), splits it into target phrases
+(lens_model.inference.targets, with multi_target), picks its frame (FrameBuffer: latest or next, staleness bound)
+unless the request brought its own image, converts it (lens_ros.conversions), runs the pipeline on every phrase in
+one call (streaming the generated text to `feedback` when given, for one phrase), builds the output messages
 (lens_ros.fields, then lens_ros.messages) and calls `publish(outcome)`. With depth_enabled it pairs the frame
-with the depth image nearest in stamp (lens_ros.depth.DepthBuffer, within depth_slop_s) and measures the object's
-3D target (lens_model.geometry.target3d); a 3D failure (no depth in time, unusable camera_info, sizes that disagree, no
+with the depth image nearest in stamp (lens_ros.depth.DepthBuffer, within depth_slop_s) and measures each target's
+3D target (lens_model.geometry.target3d) and its RViz markers (DELETEALL first when the shown targets change); a 3D
+failure (no depth in time, unusable camera_info, sizes that disagree, no
 valid depth in the mask) is logged and reported in the result (has_3d false, error_3d) while the 2D result stands.
 Any failure — no frame, a stale frame, a bad image, an empty prompt, a model error — becomes
 Outcome(success=False, message=reason), is logged, and the worker goes on with the next command.
@@ -38,17 +49,19 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lens_model.errors import DepthError, LensError
 from lens_model.geometry.target3d import Target3D, TargetOptions
+from lens_model.inference.targets import CommandResult, command_targets
 
 from .conversions import image_message_to_rgb, stamp_to_seconds
 from .depth import CameraCache, DepthBuffer, measure
+from .diagnostics import Health, TrackingCounts
 from .errors import LensRosError
-from .fields import result_fields
-from .messages import ResultMessages, TargetMessages, fill_result, fill_segmentation_result, fill_target, target_header
+from .fields import MeasuredTarget, result_fields
+from .messages import ResultMessages, TargetMessages, fill_result, fill_segmentation_result, fill_targets, target_header
 from .params import NodeSettings
 from .policy import Command, CommandQueue, FrameBuffer
 from .streaming import TextSoFarStreamer
@@ -59,23 +72,32 @@ LOG = logging.getLogger("lens_ros.engine")
 Clock = Callable[[], float]
 DEPTH_WAIT_S = 0.25  # beyond depth_slop_s: how long a frame waits for its depth image to arrive
 NOT_ACTIVE = "node is inactive: the segmentation engine is not active (stopped or not started)"
+DISABLED = "disabled"  # the answer while processing is paused (~/enable false)
 
 
 @dataclass
 class Outcome:
     success: bool
     message: str = ""  # why success is False
-    prompt: str = ""
-    source: str = ""  # command, audio, service, action
-    result: Any = None  # lens_model SegmentationResult
-    messages: ResultMessages | None = None  # mask, detections, reasoning, overlay
+    prompt: str = ""  # the command
+    source: str = ""  # command, audio, service, action, reground, prompt (the parameter), tracking
+    command: CommandResult | None = None  # one lens_model SegmentationResult per target (`result`: the first)
+    messages: ResultMessages | None = None  # mask, labels, detections, reasoning, overlay (3D: messages.target)
     result_msg: Any = None  # lens_interfaces/msg/SegmentationResult
     header: Any = None  # the segmented image's header
     seconds: float = 0.0  # queueing + inference
-    target: Any = None  # lens_model.geometry.target3d Target3D (depth_enabled); not ok: target.reason says why
-    tracked: Any = (
-        None  # source "tracking": the frame's lens_model.tracking.track_video FrameOutcome (state, object score)
-    )
+    targets_3d: list[Target3D] | None = None  # one per target (depth_enabled); not ok: its reason says why
+    tracked: Any = None  # source "tracking": the frame's lens_model.tracking.track_video FrameOutcome
+
+    @property
+    def result(self):
+        """The first target's lens_model SegmentationResult (the only one for a single phrase)."""
+        return None if self.command is None else self.command.targets[0]
+
+    @property
+    def target(self) -> Target3D | None:
+        """The first target's 3D measurement."""
+        return None if not self.targets_3d else self.targets_3d[0]
 
 
 @dataclass
@@ -86,6 +108,7 @@ class Request:
     source: str = "command"
     image: Any = None  # a sensor_msgs Image/CompressedImage given with the request, or None for the camera's
     feedback: Callable[[str, int], None] | None = None  # (text so far, tokens so far)
+    reground_ids: list[int] | None = None  # source "reground": the targets that asked for it
     created: float = field(default_factory=time.monotonic)
     _done: threading.Event = field(default_factory=threading.Event)
     _outcome: Outcome | None = None
@@ -137,8 +160,15 @@ class SegmentationEngine:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._unstamped_warned = False
+        self.enabled = True  # ~/enable: false pauses processing (commands refused, tracking silent)
+        self._standing_prompt: str | None = None  # the `prompt` parameter, waiting for the first frame
+        self._marker_targets: tuple | None = None  # (id, phrase) of the markers last published
+        self._lock = threading.Lock()
         self.processed = 0
         self.failed = 0
+        self.depth_failures = 0  # frames whose depth image could not be paired or used
+        self.last: Outcome | None = None  # the last command's outcome (success or not)
+        self.last_timings: dict[str, float] = {}  # seconds per stage of the last LENS query that ran
         self.tracking: TrackingWorker | None = None
         if tracker is not None:
             self.tracking = TrackingWorker(
@@ -146,11 +176,12 @@ class SegmentationEngine:
                 tracking_policy(settings),
                 publish_frame=self._publish_tracked,
                 publish_state=publish_state,
-                reground=lambda prompt: self.submit(prompt, source="reground"),
+                reground=lambda command, ids: self.submit(command, source="reground", reground_ids=ids),
                 log=log,
                 clock=clock,
                 scale16=settings.scale16,
                 state_period_s=settings.tracking_state_period_s,
+                max_rate_hz=settings.max_rate_hz,
             )
 
     # -- inputs (called from subscription / service callbacks: cheap, never raise) --
@@ -166,7 +197,10 @@ class SegmentationEngine:
                 self._unstamped_warned = True
             stamp = self.clock()
         self.frames.put(msg, stamp)
-        if self.tracking is not None:
+        if self._standing_prompt is not None:
+            prompt, self._standing_prompt = self._standing_prompt, None
+            self.submit(prompt, source="prompt")
+        if self.tracking is not None and self.enabled:
             self.tracking.offer(msg, stamp)
 
     def on_depth(self, msg: Any) -> None:
@@ -187,16 +221,21 @@ class SegmentationEngine:
         image: Any = None,
         feedback: Callable[[str, int], None] | None = None,
         source: str = "command",
+        reground_ids: list[int] | None = None,
     ) -> Request:
         """Queue a command; the returned Request completes with its Outcome (at once when it is refused)."""
-        request = Request(prompt if isinstance(prompt, str) else "", source, image, feedback)
+        request = Request(prompt if isinstance(prompt, str) else "", source, image, feedback, reground_ids)
         if self._stop.is_set() or self._thread is None:
             request.complete(Outcome(False, NOT_ACTIVE, request.prompt, source))
+            return request
+        if not self.enabled:
+            self.log.warning(f"{source} {request.prompt!r} refused: processing is disabled (~/enable)")
+            request.complete(Outcome(False, DISABLED, request.prompt, source))
             return request
         submitted = self.queue.submit(prompt, stamp=self.clock(), payload=request)
         for dropped in submitted.dropped:
             if dropped.payload is not None:
-                dropped.payload.complete(Outcome(False, submitted.reason, dropped.text, dropped.payload.source))
+                dropped.payload.complete(Outcome(False, submitted.dropped_reason, dropped.text, dropped.payload.source))
         if not submitted.accepted:
             self.log.warning(f"{source}: {submitted.reason}")
             request.complete(Outcome(False, submitted.reason, request.prompt, source))
@@ -205,6 +244,65 @@ class SegmentationEngine:
         else:
             self.log.info(f"{source}: {submitted.reason}")
         return request
+
+    # -- runtime control (the node's ~/enable service and runtime parameters) --
+    def set_enabled(self, enabled: bool) -> str:
+        """Pause (False) or resume (True) processing without a lifecycle transition. While paused, commands and
+        requests answer success=false "disabled" (the queued ones too) and tracking neither tracks nor publishes;
+        frames are still kept, so a command right after resuming has one. -> what changed, for the log."""
+        enabled = bool(enabled)
+        if enabled == self.enabled:
+            return f"processing already {'enabled' if enabled else 'disabled'}"
+        self.enabled = enabled
+        if not enabled:
+            for command in self.queue.drain():
+                if command.payload is not None:
+                    command.payload.complete(Outcome(False, DISABLED, command.text, command.payload.source))
+        message = "processing enabled" if enabled else "processing disabled: commands answer success=false"
+        self.log.info(message)
+        return message
+
+    def set_prompt(self, prompt: str) -> None:
+        """The `prompt` parameter: segment (and track) `prompt` as a command would, now when a frame is there, else
+        on the first frame. Empty: nothing."""
+        if not prompt.strip():
+            self._standing_prompt = None
+        elif self.frames.latest() is None:
+            self._standing_prompt = prompt
+            self.log.info(f"prompt {prompt!r}: segmented when the first camera frame arrives")
+        else:
+            self.submit(prompt, source="prompt")
+
+    def update_settings(self, **changes: Any) -> None:
+        """Runtime parameters (lens_ros.params.RUNTIME_PARAMETERS other than prompt) take effect at once."""
+        self.settings = replace(self.settings, **changes)
+        if self.tracking is not None:
+            self.tracking.max_rate_hz = self.settings.max_rate_hz
+
+    def health(self, **node: Any) -> Health:
+        """The engine's part of the node's health (lens_ros.diagnostics); `node` gives the rest (model, device,
+        lifecycle, whisper, ...)."""
+        last, tracking = self.last, self.tracking
+        counts = None
+        if tracking is not None:
+            counts = TrackingCounts(
+                tracking.state.value, tracking.frames_tracked, tracking.frames_dropped, tracking.frames_skipped
+            )
+        return Health(
+            enabled=self.enabled,
+            processed=self.processed,
+            failed=self.failed,
+            last_ok=None if last is None else last.success,
+            last_error="" if last is None or last.success else last.message,
+            last_command="" if last is None else last.prompt,
+            last_timings=dict(self.last_timings),
+            queue_depth=len(self.queue.pending),
+            busy=self.queue.busy,
+            depth_enabled=self.depth is not None,
+            depth_failures=self.depth_failures,
+            tracking=counts,
+            **node,
+        )
 
     # -- worker --
     def start(self) -> None:
@@ -268,6 +366,7 @@ class SegmentationEngine:
         source = request.source
         try:
             frame_stamp = None  # a camera frame's stamp: tracking starts on camera frames only
+            phrases = command_targets(command.text, self.settings.multi_target)  # empty phrase, too many: refused
             if request.image is not None:
                 msg = request.image
             else:
@@ -277,97 +376,152 @@ class SegmentationEngine:
                 msg, frame_stamp = choice.frame.message, choice.frame.stamp
             rgb = image_message_to_rgb(msg, self.settings.scale16)
             header = msg.header
-            kwargs = {}
-            if request.feedback is not None:
-                kwargs["streamer"] = TextSoFarStreamer(self.pipeline, request.feedback)
-            result = self.pipeline(rgb, command.text, **kwargs)
-            fields = result_fields(result, header, rgb if self.settings.publish_overlay else None)
+            if len(phrases) == 1:  # exactly the single-prompt call, streaming the text when asked
+                kwargs = {}
+                if request.feedback is not None:
+                    kwargs["streamer"] = TextSoFarStreamer(self.pipeline, request.feedback)
+                results = [self.pipeline(rgb, phrases[0], **kwargs)]
+            else:  # every target in one batched call (one image encoding); the feedback comes once, at the end
+                results = list(self.pipeline(rgb, phrases))
+            result = CommandResult(command.text, results)
+            if len(phrases) > 1 and request.feedback is not None:
+                _send_feedback(request.feedback, result, self.log)
+            unconfident = self.settings.publish_unconfident
+            fields = result_fields(result, header, rgb if self.settings.publish_overlay else None, unconfident)
             messages = fill_result(fields, self.types)
-            target, messages.target = self._measure_3d(result, header, rgb, source)
-            result_msg = fill_segmentation_result(
-                result, header, messages, self.types, target, "" if target is None else target.reason
-            )
+            targets_3d, messages.target = self._measure_3d(result, header, rgb, source)
+            result_msg = fill_segmentation_result(result, header, messages, self.types, targets_3d)
         except LensError as exc:  # bad image, stale or missing frame, unusable prompt, checkpoint problems
-            self.failed += 1
-            self.log.error(f"{source} {command.text!r} failed: {exc}")
-            return Outcome(False, str(exc), command.text, source)
+            return self._failed(Outcome(False, str(exc), command.text, source))
         except Exception as exc:  # noqa: BLE001 - a model error must not take the node down
-            self.failed += 1
             self.log.error(
                 f"{source} {command.text!r}: model error: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
             )
-            return Outcome(False, f"model error: {type(exc).__name__}: {exc}", command.text, source)
+            return self._failed(Outcome(False, f"model error: {type(exc).__name__}: {exc}", command.text, source))
         self.processed += 1
-        outcome = Outcome(True, "", command.text, source, result, messages, result_msg, header, target=target)
-        box = "no box" if result.box is None else "box [" + ", ".join(f"{v:.0f}" for v in result.box) + "]"
-        self.log.info(
-            f"{source} {command.text!r}: {box}, score {result.score:.2f}, "
-            f"{int(result.mask.sum())} mask pixels, {result.timings.get('total', 0.0):.2f} s"
-        )
+        outcome = Outcome(True, "", command.text, source, result, messages, result_msg, header, targets_3d=targets_3d)
+        self.last, self.last_timings = outcome, dict(result.targets[0].timings)
+        for k, target in zip(result.ids, result.targets):
+            box = "no box" if target.box is None else "box [" + ", ".join(f"{v:.0f}" for v in target.box) + "]"
+            name = f"{source} {command.text!r}" + (f" target {k} {target.prompt!r}" if len(phrases) > 1 else "")
+            summary = (
+                f"{name}: {box}, score {target.score:.2f}, {int(target.mask.sum())} mask pixels, "
+                f"{target.timings.get('total', 0.0):.2f} s"
+            )
+            if target.confident:
+                self.log.info(summary)
+            else:
+                withheld = (
+                    "" if self.settings.publish_unconfident else " (detections withheld: publish_unconfident false)"
+                )
+                self.log.warning(f"{summary}; not confident: {target.reason}{withheld}")
         if self.publish is not None:
             try:
                 self.publish(outcome)
             except Exception as exc:  # noqa: BLE001 - a failed publish still answers the caller
                 self.log.error(f"publishing the result of {command.text!r} failed: {exc!r}")
         if self.tracking is not None and frame_stamp is not None:
-            self.tracking.grounded(rgb, result, frame_stamp, source)
+            self.tracking.grounded(rgb, result, frame_stamp, source, request.reground_ids)
+        return outcome
+
+    def _failed(self, outcome: Outcome) -> Outcome:
+        self.failed += 1
+        self.last = outcome
+        if not outcome.message.startswith("model error"):
+            self.log.error(f"{outcome.source} {outcome.prompt!r} failed: {outcome.message}")
         return outcome
 
     def _publish_tracked(self, frame, msg: Any, rgb) -> None:
-        """One tracked frame (a lens_model.tracking.track_video FrameOutcome) -> mask, detections (3D), its header."""
-        prompt = frame.decision.prompt
-        result = frame.as_segmentation(prompt)
+        """One tracked frame (a lens_model.tracking.track_video FrameOutcome) -> mask, labels, detections (3D), its
+        header. Nothing while processing is disabled."""
+        if not self.enabled:
+            return
+        result = frame.as_command()
         header = msg.header
         messages = fill_result(result_fields(result, header), self.types)
-        target, messages.target = self._measure_3d(result, header, rgb, "tracking", quiet=True)
-        outcome = Outcome(True, "", prompt, "tracking", result, messages, None, header, target=target, tracked=frame)
+        targets_3d, messages.target = self._measure_3d(result, header, rgb, "tracking", quiet=True)
+        outcome = Outcome(
+            True, "", result.command, "tracking", result, messages, None, header, targets_3d=targets_3d, tracked=frame
+        )
         if self.publish is not None:
             self.publish(outcome)
 
     def _measure_3d(
-        self, result, header: Any, rgb, source: str, quiet: bool = False
-    ) -> tuple[Target3D | None, TargetMessages | None]:
-        """The frame's 3D target and its messages (None, None without depth_enabled). A failure is a target that is
-        not ok, with the reason; its Detection3DArray is empty and carries the source image's header. `quiet`
-        (tracked frames, at camera rate): log nothing."""
+        self, result: CommandResult, header: Any, rgb, source: str, quiet: bool = False
+    ) -> tuple[list[Target3D] | None, TargetMessages | None]:
+        """Each target's 3D measurement on the frame and their messages (None, None without depth_enabled). A
+        failure is a target that is not ok, with the reason (a depth image that cannot be paired fails them all);
+        the 3D messages carry the source image's stamp and the depth frame_id. `quiet` (tracked frames, at camera
+        rate): log nothing. A target that is not confident (and publish_unconfident false) is measured (the result
+        message reports it) but gets no detection, marker, point or cloud."""
         if self.depth is None:
             return None, None
         s = self.settings
         frame_id = header.frame_id
+        targets: list[Target3D] = []
         try:
             match = self.depth.wait_for_match(stamp_to_seconds(header), timeout=s.depth_slop_s + DEPTH_WAIT_S)
             if not match.ok:
                 raise DepthError(match.reason)
-            target = measure(
-                result.mask,
-                match,
-                s.depth_scale,
-                s.depth_rectified,
-                TargetOptions(erosion_px=s.depth_edge_erosion_px),
-                self.cameras,
-            )
             frame_id = match.depth.header.frame_id or match.camera_info.header.frame_id or frame_id
-        except LensError as exc:
-            target = Target3D(False, str(exc))
-        if quiet:
-            pass  # tracked frames: at camera rate, the state topic says enough
-        elif target.ok:
-            c = target.centroid
-            self.log.info(
-                f"{source} {result.prompt!r}: 3D target ({c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f}) m in "
-                f"{frame_id!r}, {target.num_points} points"
-            )
-        else:
-            self.log.warning(f"{source} {result.prompt!r}: no 3D target: {target.reason}")
-        messages = fill_target(
-            target,
+            for target in result.targets:
+                try:
+                    targets.append(
+                        measure(
+                            target.mask,
+                            match,
+                            s.depth_scale,
+                            s.depth_rectified,
+                            TargetOptions(erosion_px=s.depth_edge_erosion_px),
+                            self.cameras,
+                        )
+                    )
+                except LensError as exc:  # this target's mask: no valid depth inside it
+                    targets.append(Target3D(False, str(exc)))
+        except LensError as exc:  # the frame's depth: none in time, unusable camera_info, sizes
+            self.depth_failures += 1
+            targets = [Target3D(False, str(exc)) for _ in result.targets]
+        for k, (phrase, target) in enumerate(zip(result.phrases, targets), start=1):
+            name = f"{source} {phrase!r}" + (f" (target {k})" if len(targets) > 1 else "")
+            if quiet:
+                pass  # tracked frames: at camera rate, the state topic says enough
+            elif target.ok:
+                c = target.centroid
+                self.log.info(
+                    f"{name}: 3D target ({c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f}) m in {frame_id!r}, "
+                    f"{target.num_points} points"
+                )
+            else:
+                self.log.warning(f"{name}: no 3D target: {target.reason}")
+        measured = [
+            MeasuredTarget(k, t.prompt, t.score, target) for k, t, target in zip(result.ids, result.targets, targets)
+        ]
+        if not s.publish_unconfident:
+            withheld = Target3D(False, "the result is not confident")
+            measured = [m if t.confident else replace(m, target=withheld) for m, t in zip(measured, result.targets)]
+        shown = tuple((m.id, m.phrase) for m in measured if m.target.ok)
+        with self._lock:  # the reasoning and tracking threads both publish markers
+            delete_all = self._marker_targets is not None and shown != self._marker_targets
+            self._marker_targets = shown
+        messages = fill_targets(
+            measured,
             target_header(header, frame_id, self.types),
-            result.prompt,
-            result.score,
             rgb if s.publish_target_cloud else None,
             self.types,
+            markers=True,
+            delete_all=delete_all,
         )
-        return target, messages
+        return targets, messages
+
+
+def _send_feedback(feedback: Callable[[str, int], None], result: CommandResult, log) -> None:
+    """Several targets are generated in one batch, which cannot stream: their text comes once, when it is done."""
+    from .fields import reasoning_text
+
+    try:
+        feedback(reasoning_text(result), sum(t.num_tokens for t in result.targets))
+    except Exception as exc:  # noqa: BLE001 - a failed feedback publish must not lose the result
+        log.warning(f"reasoning feedback failed: {exc}")
 
 
 class SpokenCommands:

@@ -20,9 +20,12 @@ Subscribes (relative names, so a namespace or remapping moves them):
     audio_info  audio_common_msgs/AudioInfo: sample rate, channels, sample format of `audio`
     depth       sensor_msgs/Image 16UC1/32FC1 registered to `image` (depth_enabled; QoS depth_qos)
     camera_info sensor_msgs/CameraInfo of the depth image (depth_enabled)
+A command may name several objects ("the cup and the spoon", multi_target): each is a target with the id k, all
+segmented in one batched call (lens_model.inference.targets).
 Publishes:
-    mask        sensor_msgs/Image mono8 (255 = object), header = the source image's
-    detections  vision_msgs/Detection2DArray (box in pixels, score, the prompt as class_id)
+    mask        sensor_msgs/Image mono8 (255 = any target), header = the source image's
+    masks       sensor_msgs/Image mono8 label image (0 = background, k = target k)
+    detections  vision_msgs/Detection2DArray (per target: box in pixels, score, its phrase as class_id, id "k")
     reasoning   std_msgs/String (the generated text)
     overlay     sensor_msgs/Image rgb8 for RViz
     result      lens_interfaces/SegmentationResult (all of the above in one message)
@@ -30,12 +33,17 @@ Publishes:
     tracking_state  std_msgs/String JSON: idle / tracking / lost, prompt, frames tracked and dropped (tracking on;
                 mask, detections and the 3D outputs then also come for every tracked frame: lens_ros.tracking_worker)
     target_point   geometry_msgs/PointStamped: the object's 3D centroid (depth_enabled; when measured)
-    detections_3d  vision_msgs/Detection3DArray: centroid, 3D box, score, prompt (depth_enabled; empty when none)
-    target_cloud   sensor_msgs/PointCloud2 x y z rgb of the object (publish_target_cloud)
+    detections_3d  vision_msgs/Detection3DArray: per target centroid, 3D box, score, phrase (depth_enabled)
+    markers        visualization_msgs/MarkerArray: per target CUBE, SPHERE, TEXT (depth_enabled; lens_ros.fields)
+    target_cloud   sensor_msgs/PointCloud2 x y z rgb of the objects (publish_target_cloud)
     (3D outputs: the source image's stamp, the depth image's frame_id)
+    /diagnostics   diagnostic_msgs/DiagnosticArray at 1 Hz in every state (lens_ros.diagnostics)
 Serves:
     ~/segment         lens_interfaces/srv/Segment      (/lens/segment)
     ~/segment_action  lens_interfaces/action/Segment   (/lens/segment_action; feedback: the text so far)
+    ~/enable          std_srvs/SetBool                 (/lens/enable: pause / resume processing while active)
+Parameters prompt, multi_target and max_rate_hz apply at runtime (`prompt` starts that command); a change of any
+other is refused with the reason while the node is configured (lens_ros.params.runtime_change_refusal).
 
 All the logic lives in plain-Python modules tested without ROS (engine, policy, conversions, results,
 interfaces, whisper, params). Inference runs on the engine's worker thread; subscriptions run in a mutually
@@ -47,14 +55,17 @@ command, a stale frame or a model error is logged and answered with success=fals
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import sys
+import time
 
 try:
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PointStamped
-    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
     from rclpy.action import ActionServer, CancelResponse, GoalResponse
     from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
     from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
@@ -67,7 +78,9 @@ try:
     from rclpy.subscription import Subscription
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
     from std_msgs.msg import String
+    from std_srvs.srv import SetBool
     from vision_msgs.msg import Detection2DArray, Detection3DArray
+    from visualization_msgs.msg import MarkerArray
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         f"lens_node needs ROS 2 ({exc}): source /opt/ros/<distro>/setup.bash and the workspace's "
@@ -83,11 +96,15 @@ except ImportError as exc:  # pragma: no cover
         "`colcon build --packages-up-to lens_ros` (see docs/ros.md) and source install/setup.bash"
     ) from exc
 
+from .diagnostics import DIAGNOSTICS_PERIOD_S, DiagnosticsReporter, Health
 from .engine import NOT_ACTIVE, Outcome, SegmentationEngine, SpokenCommands
 from .lifecycle import ServingGate, spin
-from .params import PARAMETERS, NodeSettings, ParamSpec
+from .messages import fill_diagnostics
+from .params import PARAMETERS, RUNTIME_PARAMETERS, NodeSettings, ParamSpec, runtime_change_refusal
 from .tracking_worker import TrackingStatus, load_tracker
 from .whisper import BackgroundWhisper
+
+LENS_PARAMETERS = frozenset(spec.name for spec in PARAMETERS)  # the node's own, as opposed to rclpy's (use_sim_time)
 
 try:  # spoken commands are optional: without audio_common_msgs the node runs text-only
     from audio_common_msgs.msg import AudioData, AudioInfo
@@ -133,6 +150,14 @@ class LensNode(LifecycleNode):
         self._entities: list = []  # subscriptions, publishers, the service: from configure to cleanup
         self._action_server: ActionServer | None = None
         self._pubs: dict = {}
+        self.model_error = ""  # why the last configure failed to load the model ("" when it loaded)
+        # runtime parameters take effect at once; the others are refused while configured (read on configure)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        # health on /diagnostics at 1 Hz in every lifecycle state (a model that failed to load is reported too)
+        self._diagnostics = DiagnosticsReporter(f"{NODE_NAME}: {self.get_fully_qualified_name()}")
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
+        reports = MutuallyExclusiveCallbackGroup()
+        self.create_timer(DIAGNOSTICS_PERIOD_S, self.publish_diagnostics, callback_group=reports)
 
     def now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -163,15 +188,19 @@ class LensNode(LifecycleNode):
             self._create_io()
         except Exception as exc:  # noqa: BLE001 - a failed configure leaves the node alive and unconfigured
             log.error(f"configure failed: {exc}")
+            self.model_error = str(exc) if self.pipeline is None else ""
             self._destroy_io()
             self._free_models()
             return TransitionCallbackReturn.FAILURE
+        self.model_error = ""
         self.gate.set_state("inactive")
         log.info("configured")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
-        s = self.settings
+        # runtime parameters set while inactive count from now on
+        runtime = {name: self.get_parameter(name).value for name in RUNTIME_PARAMETERS}
+        self.settings = s = dataclasses.replace(self.settings, **runtime)
         log = self.get_logger()
         try:
             self.engine = SegmentationEngine(
@@ -187,6 +216,8 @@ class LensNode(LifecycleNode):
                 self.spoken = SpokenCommands(self.whisper, s, self._on_transcript, log=log)
                 self.spoken.start()
             self.engine.start()
+            if s.prompt.strip():
+                self.engine.set_prompt(s.prompt)
         except Exception as exc:  # noqa: BLE001
             log.error(f"activate failed: {exc}")
             self._stop_work()
@@ -229,6 +260,7 @@ class LensNode(LifecycleNode):
         reliable = QoSProfile(depth=10)
         self._pubs = {
             "mask": self.create_publisher(Image, s.mask_topic, reliable),
+            "masks": self.create_publisher(Image, s.masks_topic, reliable),
             "detections": self.create_publisher(Detection2DArray, s.detections_topic, reliable),
             "reasoning": self.create_publisher(String, s.reasoning_topic, reliable),
             "result": self.create_publisher(SegmentationResult, s.result_topic, reliable),
@@ -239,6 +271,7 @@ class LensNode(LifecycleNode):
         if s.depth_enabled:
             self._pubs["target_point"] = self.create_publisher(PointStamped, s.target_point_topic, reliable)
             self._pubs["detections_3d"] = self.create_publisher(Detection3DArray, s.detections_3d_topic, reliable)
+            self._pubs["markers"] = self.create_publisher(MarkerArray, s.markers_topic, reliable)
             if s.publish_target_cloud:
                 self._pubs["target_cloud"] = self.create_publisher(PointCloud2, s.target_cloud_topic, reliable)
         if self.tracker is not None:
@@ -278,6 +311,7 @@ class LensNode(LifecycleNode):
         self._entities.append(
             self.create_service(Segment, "~/segment", self._on_segment, callback_group=self._requests)
         )
+        self._entities.append(self.create_service(SetBool, "~/enable", self._on_enable, callback_group=self._inputs))
         self._action_server = ActionServer(
             self,
             SegmentAction,
@@ -382,6 +416,7 @@ class LensNode(LifecycleNode):
         m = outcome.messages
         pubs = self._pubs
         pubs["mask"].publish(m.mask)
+        pubs["masks"].publish(m.labels)
         pubs["detections"].publish(m.detections)
         tracked = outcome.source == "tracking"  # a tracked frame: no text, overlay or result message
         if not tracked:
@@ -395,6 +430,8 @@ class LensNode(LifecycleNode):
                 pubs["target_point"].publish(target.point)
             if target.cloud is not None and "target_cloud" in pubs:
                 pubs["target_cloud"].publish(target.cloud)
+            if target.markers is not None:
+                pubs["markers"].publish(target.markers)
         if not tracked:
             pubs["result"].publish(outcome.result_msg)
 
@@ -402,6 +439,65 @@ class LensNode(LifecycleNode):
         pub = self._pubs.get("tracking_state")
         if pub is not None:
             pub.publish(String(data=status.to_json()))
+
+    # -- runtime control and health --
+    def _on_enable(self, request, response):
+        """~/enable (std_srvs/SetBool): pause or resume processing without a lifecycle transition."""
+        engine = self.engine
+        if engine is None:
+            response.success, response.message = False, self.gate.refusal() or NOT_ACTIVE
+            self.get_logger().warning(f"~/enable {request.data}: {response.message}")
+        else:
+            response.success, response.message = True, engine.set_enabled(request.data)
+        return response
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        """Accept a change of a runtime parameter (applied at once) or of any parameter while unconfigured; refuse
+        the others with the reason (`ros2 param set` prints it)."""
+        configured = self.gate.state in ("inactive", "active")
+        for parameter in parameters:
+            if parameter.name not in LENS_PARAMETERS:
+                continue  # rclpy's own (use_sim_time, ...): not lens's to refuse
+            refusal = runtime_change_refusal(parameter.name, parameter.value, configured)
+            if refusal is not None:
+                self.get_logger().warning(f"parameter change refused: {refusal}")
+                return SetParametersResult(successful=False, reason=refusal)
+        runtime = {p.name: p.value for p in parameters if p.name in RUNTIME_PARAMETERS}
+        engine = self.engine
+        if runtime and self.settings is not None:
+            self.settings = dataclasses.replace(self.settings, **runtime)
+        if runtime and engine is not None:
+            engine.update_settings(**{k: v for k, v in runtime.items() if k != "prompt"})
+            if "prompt" in runtime:
+                engine.set_prompt(runtime["prompt"])
+        for name, value in runtime.items():
+            self.get_logger().info(f"parameter {name} set to {value!r}")
+        return SetParametersResult(successful=True)
+
+    def health(self) -> Health:
+        """What /diagnostics reports now (lens_ros.diagnostics)."""
+        s = self.settings
+        model = s.model if s is not None else self.get_parameter("model").value
+        device = str(self.pipeline.model.device) if self.pipeline is not None else self.get_parameter("device").value
+        whisper = self.whisper
+        if whisper is None:
+            whisper_state = "off"
+        elif whisper.failed:
+            whisper_state = f"failed: {whisper.reason}"
+        else:
+            whisper_state = "ready" if whisper.ready else "loading"
+        node = dict(model=model, device=device, lifecycle=self.gate.state, model_error=self.model_error)
+        engine = self.engine
+        if engine is None:
+            return Health(whisper=whisper_state, **node)
+        return engine.health(whisper=whisper_state, **node)
+
+    def publish_diagnostics(self) -> None:
+        try:
+            status = self._diagnostics.report(self.health(), time.monotonic())
+            self._diagnostics_pub.publish(fill_diagnostics([status], self.get_clock().now().to_msg()))
+        except Exception as exc:  # noqa: BLE001 - a report must never take the node down
+            self.get_logger().error(f"diagnostics: {exc!r}", throttle_duration_sec=10.0)
 
     def _wait(self, prompt: str, image, source: str, feedback=None) -> Outcome:
         engine = self.engine

@@ -37,6 +37,7 @@ class ParamSpec:
     choices: tuple[str, ...] = ()  # for strings; "" is allowed too when allow_empty
     range: tuple[float, float] | None = None  # inclusive, for int and float
     allow_empty: bool = False
+    runtime: bool = False  # may change while the node is configured (the others are read on configure)
 
     @property
     def type_name(self) -> str:
@@ -55,6 +56,8 @@ class ParamSpec:
             extra.append(self.constraint)
         if self.range is not None:
             extra.append(f"range {self.range[0]:g}..{self.range[1]:g}")
+        if self.runtime:
+            extra.append("settable at runtime")
         return self.description + (f" ({'; '.join(extra)})" if extra else "")
 
     def check(self, value: Any) -> Any:
@@ -129,6 +132,22 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec("command_topic", "command", "text commands (std_msgs/String), e.g. 'the red cup'"),
     ParamSpec(
+        "prompt",
+        "",
+        "a standing command: segmented (and tracked) as soon as a camera frame is there; setting it at runtime "
+        "(ros2 param set /lens prompt 'the red cup') starts that command as the command topic would; empty = none",
+        allow_empty=True,
+        runtime=True,
+    ),
+    ParamSpec(
+        "multi_target",
+        True,
+        "split a command that lists objects ('the cup and the spoon', 'the red block, the blue block') into target "
+        "phrases and segment them in one batched call, one id each (at most 254); false: the whole command is one "
+        "target",
+        runtime=True,
+    ),
+    ParamSpec(
         "frame_selection",
         "latest",
         "which frame a command segments: latest (the newest received) or next "
@@ -162,7 +181,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "depth_enabled",
         False,
         "measure the object's 3D target from a registered depth image and its "
-        "camera_info; publishes target_point, detections_3d (and target_cloud)",
+        "camera_info; publishes target_point, detections_3d, markers (and target_cloud)",
     ),
     ParamSpec(
         "depth_topic",
@@ -235,6 +254,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         range=(0.0, 3600.0),
     ),
     ParamSpec(
+        "max_rate_hz",
+        0.0,
+        "tracking: track and publish at most this many camera frames per second (frames sooner after the last "
+        "tracked one are skipped and counted); 0 = every frame",
+        range=(0.0, 1000.0),
+        runtime=True,
+    ),
+    ParamSpec(
         "tracking_state_topic",
         "tracking_state",
         "std_msgs/String JSON {state: idle|tracking|lost, prompt, frames_tracked, frames_dropped, reason}, on "
@@ -244,13 +271,30 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "tracking_state_period_s", 1.0, "how often tracking_state is repeated without a change", range=(0.05, 60.0)
     ),
     # outputs
-    ParamSpec("mask_topic", "mask", "mono8 mask (255 = object), with the source image's header"),
-    ParamSpec("detections_topic", "detections", "vision_msgs/Detection2DArray: box, score, prompt as class_id"),
+    ParamSpec("mask_topic", "mask", "mono8 mask (255 = any target), with the source image's header"),
+    ParamSpec(
+        "masks_topic",
+        "masks",
+        "mono8 label image with the source image's header: 0 = background, k = target k (at most 254 targets; "
+        "where masks overlap, the lower k)",
+    ),
+    ParamSpec(
+        "detections_topic",
+        "detections",
+        "vision_msgs/Detection2DArray: one Detection2D per target, id = target id, class_id = its phrase, box, score",
+    ),
     ParamSpec("reasoning_topic", "reasoning", "std_msgs/String: the model's generated text"),
     ParamSpec("overlay_topic", "overlay", "rgb8 image with the tinted mask, box and prompt, for RViz"),
     ParamSpec("result_topic", "result", "lens_interfaces/SegmentationResult: everything above in one message"),
     ParamSpec("transcript_topic", "transcript", "std_msgs/String: what Whisper heard (each spoken command)"),
     ParamSpec("publish_overlay", True, "draw and publish the overlay image (costs a few ms per command)"),
+    ParamSpec(
+        "publish_unconfident",
+        False,
+        "publish the detections of a result that is not confident (SegmentationResult.confident false: the object is "
+        "probably not in the image); false: detections and detections_3d are empty for it and no target point or "
+        "cloud is sent (mask, reasoning, overlay and result still are)",
+    ),
     ParamSpec(
         "target_point_topic",
         "target_point",
@@ -259,7 +303,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "detections_3d_topic",
         "detections_3d",
-        "vision_msgs/Detection3DArray: 3D centroid, box, score, prompt as class_id (depth_enabled)",
+        "vision_msgs/Detection3DArray: per target its 3D centroid, box, score, id, phrase as class_id (depth_enabled)",
+    ),
+    ParamSpec(
+        "markers_topic",
+        "markers",
+        "visualization_msgs/MarkerArray for RViz (depth_enabled): per target a CUBE (3D box), a SPHERE (centroid) "
+        "and a TEXT_VIEW_FACING label, in the target's overlay colour, in the depth frame",
     ),
     ParamSpec(
         "target_cloud_topic",
@@ -320,8 +370,30 @@ PARAMETERS: tuple[ParamSpec, ...] = (
 )
 
 PARAMETER_NAMES: tuple[str, ...] = tuple(p.name for p in PARAMETERS)
+RUNTIME_PARAMETERS: frozenset[str] = frozenset(p.name for p in PARAMETERS if p.runtime)
 DEFAULTS: dict[str, Any] = {p.name: p.default for p in PARAMETERS}
 _BY_NAME = {p.name: p for p in PARAMETERS}
+
+
+def runtime_change_refusal(name: str, value: Any, configured: bool) -> str | None:
+    """Why the running node refuses `name := value` (None: accepted). Unknown names and bad values are refused with
+    the check's reason; while the node is configured (inactive or active) only the runtime parameters may change,
+    since the others are read on configure."""
+    spec = _BY_NAME.get(name)
+    if spec is None:
+        return f"unknown parameter {name}"
+    try:
+        spec.check(value)
+    except ParameterError as exc:
+        return str(exc)
+    if configured and not spec.runtime:
+        runtime = ", ".join(sorted(RUNTIME_PARAMETERS))
+        return (
+            f"parameter {name} is read on configure and cannot change while the node is configured: deactivate and "
+            f"clean up the node (ros2 lifecycle set), set it, then configure and activate; at runtime only {runtime} "
+            "change"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -340,6 +412,8 @@ class NodeSettings:
     image_compressed: bool
     scale16: str
     command_topic: str
+    prompt: str
+    multi_target: bool
     frame_selection: str
     max_frame_age_s: float
     queue_policy: str
@@ -359,17 +433,21 @@ class NodeSettings:
     lost_after_frames: int
     reground_on_loss: bool
     reground_period_s: float
+    max_rate_hz: float
     tracking_state_topic: str
     tracking_state_period_s: float
     mask_topic: str
+    masks_topic: str
     detections_topic: str
     reasoning_topic: str
     overlay_topic: str
     result_topic: str
     transcript_topic: str
     publish_overlay: bool
+    publish_unconfident: bool
     target_point_topic: str
     detections_3d_topic: str
+    markers_topic: str
     target_cloud_topic: str
     publish_target_cloud: bool
     audio_enabled: bool

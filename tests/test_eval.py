@@ -179,6 +179,64 @@ def test_box_accuracy_and_rows_on_large_targets(tiny_dir, large_targets_root, tm
     _check_rows_against_records_and_pipeline(tiny_dir, rows, records, {rows[0]["sample_id"]})
 
 
+@pytest.fixture(scope="module")
+def mixed_sizes_root(tmp_path_factory):
+    """ReasonSeg-layout val split of 8 different noise images, one sample each, alternating between a 192 × 256 image
+    whose target is nearly all of it and a 64 × 80 image whose target is a 12-pixel square: every batch mixes images
+    of different sizes, and the model's masks (about 60 % of any image) overlap the large targets far more than the
+    small ones, whose pixels count little when pooled, so the mean of per-sample IoUs (gIoU) and the pooled IoU
+    (cIoU) differ clearly."""
+    root = tmp_path_factory.mktemp("mixed")
+    split = root / "val"
+    split.mkdir()
+    rng = np.random.default_rng(1)
+    for k in range(8):
+        (h, w), large = ((192, 256), True) if k % 2 == 0 else ((64, 80), False)
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(split / f"scene{k}.png")
+        if large:
+            x0, y0, x1, y1 = 2, 2, w - 2, h - 2
+        else:
+            x0, y0 = int(rng.integers(4, w - 16)), int(rng.integers(4, h - 16))
+            x1, y1 = x0 + 12, y0 + 12
+        shape = {"label": "target", "points": [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]}
+        anno = {"text": [f"block number {k}"], "is_sentence": False, "shapes": [shape]}
+        (split / f"scene{k}.json").write_text(json.dumps(anno))
+    return root
+
+
+def _mixed_eval(tiny_dir, root, out, *extra):
+    args = _eval_args(tiny_dir, root, out, *extra)
+    args[args.index("synthetic")] = "reasonseg"
+    args[args.index("train")] = "val"
+    with one_thread():
+        assert main(args) == 0
+    return json.loads((out / "results.json").read_text()), {r["sample_id"]: r for r in _rows(out)}
+
+
+def test_batched_eval_gives_each_prompt_its_own_image_and_keeps_giou_apart_from_ciou(
+    tiny_dir, mixed_sizes_root, tmp_path
+):
+    """`lens eval --batch-size 4` over samples of 8 different images gives every sample the row an unbatched run
+    gives it (answer text, and the mask within 1 % IoU: left padding changes the float summation order only), and
+    both runs report gIoU as the mean of the rows' IoUs and cIoU as their pooled IoU — on a split where the two
+    differ by more than 0.1, so that reporting one as the other fails."""
+    single, single_rows = _mixed_eval(tiny_dir, mixed_sizes_root, tmp_path / "single")
+    batched, batched_rows = _mixed_eval(tiny_dir, mixed_sizes_root, tmp_path / "batched", "--batch-size", 4)
+    assert len(single_rows) == len(batched_rows) == 8
+    assert len({r["text"] for r in single_rows.values()}) >= 3  # answers depend on the image: a mix-up shows
+    for sample_id, want in single_rows.items():
+        got = batched_rows[sample_id]
+        assert got["text"] == want["text"], sample_id
+        assert got["gt_pixels"] == want["gt_pixels"], sample_id
+        assert got["intersection"] / got["union"] == pytest.approx(want["intersection"] / want["union"], abs=0.01)
+    for results, rows in ((single, single_rows), (batched, batched_rows)):
+        ious = [r["intersection"] / (r["union"] + 1e-5) for r in rows.values()]
+        ciou = sum(r["intersection"] for r in rows.values()) / (sum(r["union"] for r in rows.values()) + 1e-8)
+        assert abs(np.mean(ious) - ciou) > 0.1, (np.mean(ious), ciou)
+        assert results["gIoU"] == pytest.approx(np.mean(ious), abs=1e-9)
+        assert results["cIoU"] == pytest.approx(ciou, abs=1e-9)
+
+
 def test_sharded_over_two_processes_gives_the_single_process_numbers(tiny_dir, synthetic_root, single_run, tmp_path):
     out = tmp_path / "sharded"
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")

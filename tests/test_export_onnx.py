@@ -3,18 +3,24 @@ photo) and chained, SAM2's dynamic multimask fallback inside the decoder graph, 
 
 import hashlib
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import onnx
 import pytest
 import torch
-from conftest import SAMPLE_PHOTO
+from conftest import REPO, SAMPLE_PHOTO, file_states, run_cli
 from export_helpers import MIN_FP16_MASK_AGREEMENT, MIN_MASK_AGREEMENT, assert_close, exported, ort_run
 
 from lens_model.errors import CheckpointError
 from lens_model.export import ExportError, ExportOptions, export_model, read_metadata
 from lens_model.export.graphs import MaskDecoderGraph, graph_io
 from lens_model.export.metadata import GRAPH_NAMES
-from lens_model.export.onnx_export import export_graph, prepare_out_dir
+from lens_model.export.onnx_export import export_graph, owned_files
 from lens_model.export.op_support import check_file
 from lens_model.export.parts import load_segmentation_parts, sam_at_image_size
 from lens_model.image_io import load_image
@@ -264,23 +270,52 @@ def test_bad_export_requests(tiny_dir, tmp_path):
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
 
-def test_overwrite_removes_only_export_files(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
+def _stale_export(export_dir, out):
+    """An earlier export in `out` plus a user's own files, and an engine and an int8 graph of the earlier export
+    that the new one (float32 ONNX only) does not write."""
+    shutil.copytree(export_dir, out)
+    (out / "mine.onnx").write_bytes(b"a user's own graph")
     (out / "notes.txt").write_text("mine")
-    for name in (
-        "old.engine",
-        "image_encoder.onnx",
-        "context_head.onnx.data",
-        "lens_export.json",
-        "timing.cache",
-        "maskmem_tpos_enc.safetensors",
-    ):
-        (out / name).write_bytes(b"stale")
-    prepare_out_dir(out, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
-    prepare_out_dir(tmp_path / "new" / "dir", overwrite=False)
-    assert (tmp_path / "new" / "dir").is_dir()
+    (out / "image_encoder.engine").write_bytes(b"an engine of the earlier export")
+    (out / "mask_decoder.int8.onnx").write_bytes(b"an int8 graph of the earlier export")
+
+
+def test_overwrite_swaps_in_the_new_export_and_keeps_the_users_files(tiny_official_dir, export_dir, tmp_path):
+    out = tmp_path / "out"
+    _stale_export(export_dir, out)
+    users = file_states(out, exclude=[out / name for name in owned_files()])
+    code, stdout, err = run_cli("export", "--model", tiny_official_dir, "--out", out, "--overwrite")
+    assert code == 0, err
+    assert (
+        file_states(out, exclude=[out / name for name in owned_files()]) == users
+    )  # mine.onnx, notes.txt as they were
+    assert not (out / "image_encoder.engine").exists()  # the earlier export's engine: removed with it
+    assert not (out / "mask_decoder.int8.onnx").exists()  # and its int8 graph (never read as the user's)
+    assert read_metadata(out).source_model == str(tiny_official_dir)  # the new export, complete
+    assert (out / "mask_decoder.onnx").read_bytes() != (export_dir / "mask_decoder.onnx").read_bytes()
+    assert not list(tmp_path.glob(".out.*"))  # no temporary folder left
+
+
+def test_an_interrupted_overwrite_leaves_the_earlier_export_as_it_was(tiny_dir, export_dir, tmp_path):
+    """SIGKILL once the new export has written its first graph: the output folder is byte for byte the earlier
+    export (and the user's files); the new files are only in the temporary folder beside it."""
+    out = tmp_path / "out"
+    _stale_export(export_dir, out)
+    before = file_states(out)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    command = [sys.executable, "-m", "lens_cli", "export", "--model", str(tiny_dir), "--out", str(out), "--overwrite"]
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(tmp_path.glob(".out.*.partial/*.onnx")) and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed mid-export, not finished
+    assert file_states(out) == before
+    assert [p.name for p in tmp_path.glob(".out.*.partial")], "the partial export is in its temporary folder"
 
 
 def test_read_metadata_errors(tmp_path, export_dir):

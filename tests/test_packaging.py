@@ -60,7 +60,8 @@ def test_package_xml_declares_exactly_the_ros_packages_lens_ros_and_its_launch_f
     ros_imports = {
         name
         for name in imported
-        if name.endswith(("_msgs", "_interfaces")) or name in {"rclpy", "launch", "launch_ros", "ament_index_python"}
+        if name.endswith(("_msgs", "_srvs", "_interfaces"))
+        or name in {"rclpy", "launch", "launch_ros", "ament_index_python"}
     }
     assert declared == ros_imports | set(USED_WITHOUT_IMPORT), (declared, ros_imports)
     assert "cv_bridge" not in declared

@@ -3,6 +3,7 @@
 import io
 import json
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import ros_helpers  # noqa: E402
 # installed by the setup: a broken install must fail here, not skip these tests
 import rosbags  # noqa: F401
 import yaml
+from conftest import file_states
 from PIL import Image
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer  # noqa: E402
 from rosbags.typesys import get_types_from_msg  # noqa: E402
@@ -180,6 +182,7 @@ def test_lens_bag_end_to_end(capsys, tmp_path, ts, box_model_dir, storage, every
         CAMERA: "sensor_msgs/msg/Image",
         "/chatter": "std_msgs/msg/String",
         "/lens/mask": "sensor_msgs/msg/Image",
+        "/lens/masks": "sensor_msgs/msg/Image",
         "/lens/detections": "vision_msgs/msg/Detection2DArray",
         "/lens/reasoning": "std_msgs/msg/String",
     }
@@ -188,6 +191,7 @@ def test_lens_bag_end_to_end(capsys, tmp_path, ts, box_model_dir, storage, every
         CAMERA: n,
         "/chatter": n + 1,
         "/lens/mask": len(segmented),
+        "/lens/masks": len(segmented),
         "/lens/detections": len(segmented),
         "/lens/reasoning": len(segmented),
     }
@@ -210,6 +214,8 @@ def test_lens_bag_end_to_end(capsys, tmp_path, ts, box_model_dir, storage, every
         assert (mask.encoding, mask.height, mask.width, mask.step) == ("mono8", H, W, W)
         assert image_to_array(mask).shape == (H, W) and set(np.unique(image_to_array(mask))) <= {0, 255}
         assert np.array_equal(image_to_array(mask) == 255, want[k].mask)
+        labels = image_to_array(got["/lens/masks"][k][1])  # one target: label 1 where the mask is
+        assert np.array_equal(labels, want[k].mask.astype(np.uint8))
         (det,) = got["/lens/detections"][k][1].detections
         hyp = det.results[0].hypothesis
         assert hyp.class_id == PROMPT and hyp.score == pytest.approx(want[k].score, abs=1e-6)
@@ -239,6 +245,7 @@ def test_compressed_topic_with_a_corrupt_frame_and_overlay(tmp_path, ts, tiny_pi
     assert storage == "mcap"
     assert {t: len(m) for t, m in got.items() if t.startswith("/lens")} == {
         "/lens/mask": 3,
+        "/lens/masks": 3,
         "/lens/detections": 3,
         "/lens/reasoning": 3,
         "/lens/overlay": 3,
@@ -334,6 +341,93 @@ def test_input_errors_are_reported_before_loading_the_model(capsys, tmp_path, ts
     assert not (tmp_path / "o").exists()
 
 
+def _mcap_chunks(data: bytearray):
+    """(offset of the CRC field, offset and length of the uncompressed records) of each chunk of an MCAP file
+    written without compression (the MCAP record layout: opcode u8, length u64, then the chunk's start, end and
+    uncompressed size u64, CRC u32, compression string, records length u64, records)."""
+    position = 8
+    while position < len(data) and data[position] not in (0x02, 0x0F):
+        length = int.from_bytes(data[position + 1 : position + 9], "little")
+        if data[position] == 0x06:
+            content = position + 9
+            name_length = int.from_bytes(data[content + 28 : content + 32], "little")
+            assert name_length == 0  # uncompressed
+            records = content + 32 + 8
+            yield content + 24, records, int.from_bytes(data[records - 8 : records], "little")
+        position += 9 + length
+
+
+def _mcap_file(bag: Path) -> Path:
+    return next(bag.glob("*.mcap"))
+
+
+def _with_crcs(bag: Path, corrupt: bool = False) -> Path:
+    """The bag's chunks given their CRC32 (as ROS 2's recorder writes them; rosbags' writer leaves 0), and with
+    `corrupt` one byte of the first chunk's records flipped afterwards, as a damaged disk would."""
+    path = _mcap_file(bag)
+    data = bytearray(path.read_bytes())
+    chunks = list(_mcap_chunks(data))
+    for crc_at, records, length in chunks:
+        data[crc_at : crc_at + 4] = zlib.crc32(data[records : records + length]).to_bytes(4, "little")
+    if corrupt:
+        _, records, length = chunks[0]
+        data[records + length // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return bag
+
+
+def _with_a_damaged_length(bag: Path) -> Path:
+    path = _mcap_file(bag)
+    data = bytearray(path.read_bytes())
+    crc_at, _, _ = next(_mcap_chunks(data))
+    data[crc_at - 24 - 8 : crc_at - 24] = (1 << 40).to_bytes(8, "little")  # the chunk record's length field
+    path.write_bytes(bytes(data))
+    return bag
+
+
+# id -> (the input bag made from a clean one, exit code, text of the stderr line expected (an error when the code
+# is 1, else a warning; None: no CRC warning))
+BAG_CASES = {
+    "chunk-crc-mismatch": (lambda b: _with_crcs(b, corrupt=True), 1, "in is corrupted: Chunk checksum mismatch."),
+    "damaged-record-length": (
+        _with_a_damaged_length,
+        1,
+        "claims 1099511627776 bytes, past the end of the file (truncated, or its length field was damaged)",
+    ),
+    "chunks-without-crc": (lambda b: b, 0, "1 of 1 chunk(s) carry no CRC (their writer did not compute one)"),
+    "chunks-with-crc": (_with_crcs, 0, None),
+}
+
+
+@pytest.mark.parametrize("case", list(BAG_CASES))
+def test_bag_chunk_crcs(case, capsys, tmp_path, ts, tiny_dir):
+    """rosbags verifies a chunk's CRC as it reads it: a corrupted bag is refused with one line naming it (no output,
+    the input untouched); a damaged record length is refused before the model loads; chunks without a CRC (as
+    rosbags writes them) are processed with a warning that they cannot be checked."""
+    make, want_code, expected = BAG_CASES[case]
+    src = make(write_bag(tmp_path / "in", ts, n=3))
+    before = file_states(src)
+    out = tmp_path / "out"
+    code, stdout, err = run(
+        capsys, "--in", src, "--out", out, "--image-topic", CAMERA, "--prompt", PROMPT, "--model", tiny_dir,
+        "--device", "cpu", "--max-new-tokens", 2, "--no-progress",
+    )  # fmt: skip
+    assert code == want_code, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith(("lens bag: error: ", "warning: "))]
+    if want_code == 1:
+        assert len(lines) == 1 and lines[0].startswith("lens bag: error: ") and expected in lines[0], err
+        assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no output, no staging
+    else:
+        assert json.loads(stdout)["segmented"] == 3
+        assert [line for line in lines if "CRC" in line] == (
+            [f"warning: {_mcap_file(src)}: {expected}, so corrupted bytes in them cannot be detected"]
+            if expected
+            else []
+        )
+    assert file_states(src) == before
+
+
 def test_output_topics_already_in_the_input_are_refused(tmp_path, ts, tiny_pipe):
     src = write_bag(tmp_path / "in", ts, n=1)
     once = process_bag(src, tmp_path / "once", CAMERA, PROMPT, pipeline=tiny_pipe, progress=False)
@@ -422,7 +516,7 @@ def test_lens_bag_track_writes_every_frame(capsys, tmp_path, ts, box_model_dir):
         assert timestamp == bag_time(i)
         assert (mask.header.stamp.sec, mask.header.stamp.nanosec) == (1000 + i, 1000 * i + 7)
         assert np.array_equal(image_to_array(mask) == 255, want[i].mask)
-        assert len(got["/lens/detections"][i][1].detections) == (want[i].box is not None)
+        assert len(got["/lens/detections"][i][1].detections) == (want[i].targets[0].box is not None)
 
 
 def test_lens_bag_track_needs_memory_weights(capsys, tmp_path, ts, tiny_dir):

@@ -76,7 +76,7 @@ def _input_bag(path: Path, storage: str) -> Path:
     with Writer(path, version=9, storage_plugin=STORAGES[storage]) as writer:
         cam = writer.add_connection(CAMERA, IMAGE_TYPE, typestore=store)
         for i in range(2):
-            rgb = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+            rgb = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
             msg = array_to_image(rgb, "rgb8", ros_helpers.header(store, sec=10 + i), store.types)
             writer.write(cam, 1_000 + i, bytes(store.serialize_cdr(msg, IMAGE_TYPE)))
     return path
@@ -93,6 +93,7 @@ def test_lens_bag_output_has_the_fields_jazzy_reads(tmp_path, tiny_pipe, storage
     want = {
         CAMERA: JAZZY_RIHS01[IMAGE_TYPE],
         "/lens/mask": JAZZY_RIHS01[IMAGE_TYPE],
+        "/lens/masks": JAZZY_RIHS01[IMAGE_TYPE],
         "/lens/overlay": JAZZY_RIHS01[IMAGE_TYPE],
         "/lens/detections": JAZZY_RIHS01["vision_msgs/msg/Detection2DArray"],
         "/lens/reasoning": JAZZY_RIHS01["std_msgs/msg/String"],
@@ -102,7 +103,7 @@ def test_lens_bag_output_has_the_fields_jazzy_reads(tmp_path, tiny_pipe, storage
     assert info["version"] == 8 and info["storage_identifier"] == storage
     assert {"compression_format", "compression_mode", "relative_file_paths", "files", "custom_data"} <= set(info)
     assert isinstance(info["ros_distro"], str) and isinstance(info["custom_data"], dict | None)
-    assert isinstance(info["duration"]["nanoseconds"], int) and info["message_count"] == 2 + 4 * 2
+    assert isinstance(info["duration"]["nanoseconds"], int) and info["message_count"] == 2 + 5 * 2
     assert isinstance(info["starting_time"]["nanoseconds_since_epoch"], int)
     assert [set(f) for f in info["files"]] == [{"path", "starting_time", "duration", "message_count"}]
     topics = [t["topic_metadata"] for t in info["topics_with_message_count"]]

@@ -339,3 +339,26 @@ def test_bad_depth_input_is_reported_in_the_result_and_the_engine_goes_on(engine
     # the engine is alive and measures the next good triple
     _feed(engine, store, scene, sec=101)
     assert engine.submit("the red box").wait(60).target.ok
+
+
+def test_an_unconfident_result_is_measured_but_publishes_no_3d_target(engine, store, scene, pipeline):
+    """Every result judged unconfident (a stability above any mask's): the result message still reports the 3D
+    measurement, flagged; the published target has no detection, point or cloud (publish_unconfident false)."""
+    import dataclasses
+
+    from lens_model.model.config import ConfidenceConfig
+
+    kept = pipeline.confidence
+    pipeline.confidence = dataclasses.replace(ConfidenceConfig.accept_all(), min_stability=1.01)
+    try:
+        _feed(engine, store, scene)
+        outcome = engine.submit("the red box").wait(60)
+    finally:
+        pipeline.confidence = kept
+    assert outcome.success and not outcome.result.confident and "unstable" in outcome.result.reason
+    assert outcome.target.ok  # measured as always ...
+    msg = cdr(store, outcome.result_msg, "lens_interfaces/msg/SegmentationResult")
+    assert msg.has_3d and not msg.confident and msg.num_points_3d == outcome.target.num_points
+    target = outcome.messages.target  # ... and not published
+    assert target.point is None and target.cloud is None and list(target.detections.detections) == []
+    assert (target.detections.header.stamp.sec, target.detections.header.frame_id) == (100, "depth_optical")

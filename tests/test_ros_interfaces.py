@@ -44,7 +44,12 @@ needs_rosidl = pytest.mark.usefixtures("rosidl_parsers")
 
 
 def test_the_package_has_the_result_message_the_service_and_the_action():
-    assert DEFINITIONS == ["action/Segment.action", "msg/SegmentationResult.msg", "srv/Segment.srv"]
+    assert DEFINITIONS == [
+        "action/Segment.action",
+        "msg/SegmentationResult.msg",
+        "msg/SegmentationTarget.msg",
+        "srv/Segment.srv",
+    ]
 
 
 @needs_rosidl
@@ -272,7 +277,7 @@ def test_service_and_action_parts_serialise_with_the_filled_result(typestore):
 
 
 @needs_rosidl
-def test_segmentation_result_appends_the_3d_fields_after_the_2d_ones():
+def test_segmentation_result_appends_the_3d_fields_then_confidence_then_the_targets():
     script = textwrap.dedent("""
         import json, pathlib, sys
         from rosidl_adapter.parser import parse_message_string
@@ -280,16 +285,19 @@ def test_segmentation_result_appends_the_3d_fields_after_the_2d_ones():
         spec = parse_message_string("lens_interfaces", path.stem, path.read_text(encoding="utf-8"))
         print(json.dumps([[f.type.pkg_name, f.type.type, f.name] for f in spec.fields]))
     """)
-    proc = subprocess.run(
-        [SYSTEM_PYTHON, "-c", script, str(IFACE / "msg" / "SegmentationResult.msg")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
     import json
 
-    fields = json.loads(proc.stdout)
+    def parsed_fields(name: str) -> list[list]:
+        proc = subprocess.run(
+            [SYSTEM_PYTHON, "-c", script, str(IFACE / "msg" / f"{name}.msg")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    fields = parsed_fields("SegmentationResult")
     names = [f[2] for f in fields]
     # appended: the fields of the 2D result keep their order and come first (compatible for existing users)
     assert names[: names.index("timing_seconds") + 1] == [
@@ -306,10 +314,21 @@ def test_segmentation_result_appends_the_3d_fields_after_the_2d_ones():
         "timing_names",
         "timing_seconds",
     ]
-    assert fields[names.index("timing_seconds") + 1 :] == [
+    # then the 3D fields, whether the (first target's) result is confident (issue 25), then every target (issue 27):
+    # each addition at the end, so older readers of the first fields keep working
+    then_3d_and_confidence = [
         [None, "bool", "has_3d"],
         [None, "string", "error_3d"],
         ["vision_msgs", "Detection3D", "detection_3d"],
         [None, "uint32", "num_points_3d"],
         [None, "float32", "valid_depth_fraction"],
+        [None, "bool", "confident"],
+        [None, "string", "reason"],
     ]
+    assert fields[names.index("timing_seconds") + 1 :] == then_3d_and_confidence + [
+        ["sensor_msgs", "Image", "label_mask"],
+        ["lens_interfaces", "SegmentationTarget", "targets"],
+    ]
+    # each target ends the same way: its 3D fields, then whether it is confident
+    target = parsed_fields("SegmentationTarget")
+    assert target[-len(then_3d_and_confidence) :] == then_3d_and_confidence

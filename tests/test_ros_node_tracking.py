@@ -53,7 +53,7 @@ def test_frames_after_a_command_are_tracked_with_their_headers(ros):
     assert wait_for(lambda: camera.publish(first) or node.engine.frames.latest() is not None, 30)
     assert wait_for(lambda: commands.get_subscription_count() > 0, 30)
     commands.publish(String(data="the red cup"))
-    assert wait_for(lambda: got["reasoning"] and node.engine.tracking.machine.prompt == "the red cup", 120)
+    assert wait_for(lambda: got["reasoning"] and node.engine.tracking.command == "the red cup", 120)
     assert wait_for(lambda: any(s["state"] == "tracking" for s in got["state"]), 30)
 
     worker = node.engine.tracking

@@ -266,11 +266,15 @@ def test_readme_topic_table_and_service_call():
         "audio",
         "audio_info",
         "mask",
+        "masks",
         "detections",
         "reasoning",
         "overlay",
         "result",
         "transcript",
+        "markers",
+        "/diagnostics",
+        "~/enable",
     ):
         assert re.search(rf"^\| `{topic}` \|", section, re.M), topic
     assert "ros2 service call /lens/segment lens_interfaces/srv/Segment \"{prompt: 'the red cup'}\"" in section

@@ -60,7 +60,7 @@ def test_detection_fields_box_arithmetic(ts):
     assert fields.header is hdr and len(fields.detections) == 1
     d = fields.detections[0]
     assert (d.center_x, d.center_y, d.size_x, d.size_y, d.theta) == (30.0, 50.0, 40.0, 60.0, 0.0)
-    assert d.class_id == "the red cup" and d.score == 0.875 and d.header is hdr and d.id == ""
+    assert d.class_id == "the red cup" and d.score == 0.875 and d.header is hdr and d.id == "1"
     odd = detection_fields(result(box=(0.5, 1.25, 3.0, 2.0)), hdr).detections[0]
     assert (odd.center_x, odd.center_y, odd.size_x, odd.size_y) == (1.75, 1.625, 2.5, 0.75)
 
@@ -123,7 +123,7 @@ def test_full_result_as_real_messages_through_cdr(ts):
     q = hyp.pose.pose.orientation
     assert (q.x, q.y, q.z, q.w) == (0.0, 0.0, 0.0, 1.0)  # identity pose, as ROS 2 defaults it
     assert hyp.pose.covariance.shape == (36,) and not hyp.pose.covariance.any()
-    assert det.id == ""
+    assert det.id == "1"
 
 
 def test_without_an_image_there_is_no_overlay(ts):

@@ -126,7 +126,8 @@ def ground(engine, prompt):
     """A command on the latest camera frame; returns its outcome once tracking has started on it."""
     outcome = engine.submit(prompt).wait(120)
     assert outcome.success, outcome.message
-    wait_until(lambda: engine.tracking.machine.prompt == prompt and not engine.tracking._groundings)
+    # the state is published once the tracking thread has started the targets
+    wait_until(lambda: engine.states and engine.states[-1].prompt == prompt and not engine.tracking._groundings)
     return outcome
 
 
@@ -151,7 +152,7 @@ def test_every_new_frame_is_tracked_and_published_with_its_header(make_engine, s
         for msg in (o.messages.mask, o.messages.detections):
             assert stamp(msg.header) == (10 + i, 0, "cam")
         assert o.result_msg is None and o.prompt == "the cup"
-        assert o.tracked.decision.state.value == "tracking"
+        assert o.tracked.targets[0].decision.state.value == "tracking"
         mask = np.frombuffer(bytes(o.messages.mask.data), np.uint8).reshape(CLIP_HW)
         assert np.array_equal(mask > 0, o.result.mask)
         assert len(o.messages.detections.detections) == (1 if o.result.mask.any() else 0)
@@ -165,7 +166,7 @@ def test_every_new_frame_is_tracked_and_published_with_its_header(make_engine, s
     for i, o in enumerate(out, start=1):
         want = direct.track(frame(i))["t"]
         assert np.array_equal(o.result.mask, want.mask), i
-        assert o.tracked.score == pytest.approx(want.object_score, abs=1e-5)
+        assert o.tracked.targets[0].score == pytest.approx(want.object_score, abs=1e-5)
 
     status = engine.tracking.status()
     assert (status.state, status.prompt, status.frames_tracked, status.frames_dropped) == ("tracking", "the cup", 5, 0)
@@ -175,7 +176,9 @@ def test_every_new_frame_is_tracked_and_published_with_its_header(make_engine, s
         "prompt": "the cup",
         "frames_tracked": 0,
         "frames_dropped": 0,
-        "reason": "grounded",
+        "reason": "1: grounded",
+        "frames_skipped": 0,
+        "targets": [{"id": 1, "phrase": "the cup", "state": "tracking", "reason": "grounded"}],
     }
 
 
@@ -184,16 +187,16 @@ def test_lost_after_n_missing_frames_then_reground_from_the_tracker_scores(make_
     engine = make_engine(lost_score_threshold=100.0, lost_after_frames=2)
     command(engine, store, "the cup", frame(0), sec=10)
     feed(engine, store, frame(1), sec=11)
-    assert engine.tracking.machine.state.value == "tracking"
+    assert engine.tracking.state.value == "tracking"
     feed(engine, store, frame(2), sec=12)
     out = tracked(engine)
-    assert all(o.tracked.score < 100.0 for o in out)
-    assert [o.tracked.decision.state.value for o in out] == ["tracking", "lost"]
-    assert out[1].tracked.decision.reason == "object score below 100.0 for 2 frames"
+    assert all(o.tracked.targets[0].score < 100.0 for o in out)
+    assert [o.tracked.targets[0].decision.state.value for o in out] == ["tracking", "lost"]
+    assert out[1].tracked.targets[0].decision.reason == "object score below 100.0 for 2 frames"
     assert not out[1].result.mask.any() and out[1].messages.detections.detections == []  # lost: nothing reported
     # the loss submitted the prompt to the reasoning worker, which segmented the latest frame and restarted tracking
     wait_until(lambda: any(o.source == "reground" for o in engine.published))
-    wait_until(lambda: engine.tracking.machine.state.value == "tracking" and engine.tracking._reground_request is None)
+    wait_until(lambda: engine.tracking.state.value == "tracking" and engine.tracking._reground_request is None)
     reground = next(o for o in engine.published if o.source == "reground")
     assert stamp(reground.header) == (12, 0, "cam") and reground.prompt == "the cup"
     assert [s.state for s in engine.states][-3:] == ["tracking", "lost", "tracking"]
@@ -252,16 +255,16 @@ def test_a_frame_of_another_size_resets_the_target_and_regrounds(make_engine, st
     small = frame(2, hw=(96, 128))
     feed(engine, store, small, sec=12)
     out = tracked(engine)
-    reset = out[-1].tracked.decision
+    reset = out[-1].tracked.targets[0].decision
     assert reset.state.value == "lost" and reset.reset
     assert reset.reason == "frame size changed from 160x120 to 128x96: target reset"
-    assert ("warning", f"tracking 'the cup': {reset.reason}") in engine.log_lines
+    assert ("warning", f"tracking 'the cup' (target 1): {reset.reason}") in engine.log_lines
     # re-grounded on the new size: later frames of that size are tracked again
-    wait_until(lambda: engine.tracking.machine.state.value == "tracking" and engine.tracking._reground_request is None)
-    assert engine.tracking.machine.frame_hw == (96, 128)
+    wait_until(lambda: engine.tracking.state.value == "tracking" and engine.tracking._reground_request is None)
+    assert engine.tracking.runner.machines[1].frame_hw == (96, 128)
     feed(engine, store, frame(3, hw=(96, 128)), sec=13)
     last = tracked(engine)[-1]
-    assert last.tracked.decision.state.value == "tracking" and last.result.mask.shape == (96, 128)
+    assert last.tracked.targets[0].decision.state.value == "tracking" and last.result.mask.shape == (96, 128)
 
 
 def test_after_a_size_reset_without_reground_later_frames_are_reported_lost(make_engine, store):
@@ -270,8 +273,8 @@ def test_after_a_size_reset_without_reground_later_frames_are_reported_lost(make
     for i in (1, 2, 3):
         feed(engine, store, frame(i, hw=(96, 128)), sec=10 + i)
     out = tracked(engine)
-    assert [o.tracked.decision.state.value for o in out] == ["lost", "lost", "lost"]
-    assert [o.tracked.source for o in out] == ["none", "none", "none"]  # the reset target is not tracked on
+    assert [o.tracked.targets[0].decision.state.value for o in out] == ["lost", "lost", "lost"]
+    assert [o.tracked.targets[0].source for o in out] == ["none", "none", "none"]  # the reset target is not tracked on
     assert all(o.result.mask.shape == (96, 128) and not o.result.mask.any() for o in out)
     assert not [line for level, line in engine.log_lines if level == "error"]
     assert engine.tracking.status().frames_tracked == 3 and engine.published[0].source == "command"
@@ -304,7 +307,7 @@ def test_compressed_frames_are_idle_then_tracked(make_engine, store):
     engine = make_engine(lost_score_threshold=-100.0, image_compressed=True)
     worker = engine.tracking
     engine.on_image(png(frame(0), 9))  # no target yet: idle
-    wait_until(lambda: worker._pending is None and worker.machine.prompt is None and engine.states)
+    wait_until(lambda: worker._pending is None and worker.command is None and engine.states)
     engine.clock.now = 10
     engine.on_image(png(frame(0), 10))
     ground(engine, "the cup")
@@ -389,3 +392,96 @@ def test_tracked_frames_carry_the_3d_target_of_their_mask(make_engine, store):
             10 + i,
             "depth_optical",
         )
+
+
+def test_every_target_of_a_command_is_tracked_and_a_lost_one_is_regrounded_alone(make_engine, store):
+    engine = make_engine(lost_score_threshold=-100.0)
+    command(engine, store, "the cup and the plant", frame(0), sec=10)
+    worker = engine.tracking
+    assert sorted(worker.runner.tracker.targets) == [1, 2]
+    feed(engine, store, frame(1), sec=11)
+    (out,) = tracked(engine)
+    ids = [(d.id, d.results[0].hypothesis.class_id) for d in out.messages.detections.detections]
+    assert ids == [("1", "the cup"), ("2", "the plant")]
+    labels = np.frombuffer(bytes(out.messages.labels.data), np.uint8).reshape(CLIP_HW)
+    masks = [t.mask for t in out.tracked.targets]
+    assert np.array_equal(labels == 1, masks[0]) and np.array_equal(labels == 2, masks[1] & ~masks[0])
+    assert worker.runner.tracker.frame_index == 1  # the grounding frame and this one: one encoder pass each
+
+    worker.runner.tracker.remove(2)  # the tracker drops target 2: it is lost and re-grounded on its own
+    feed(engine, store, frame(2), sec=12)
+    wait_until(lambda: any(o.source == "reground" for o in engine.published))
+    wait_until(lambda: worker.runner.machines[2].state.value == "tracking" and worker._reground_request is None)
+    reground = next(o for o in engine.published if o.source == "reground")
+    assert reground.prompt == "the cup and the plant" and len(reground.command.targets) == 2
+    assert worker.runner.tracker.targets[1].start_frame == 0  # target 1 kept its memory
+    assert worker.runner.tracker.targets[2].start_frame > 0
+    status = json.loads(worker.status().to_json())
+    assert [(t["id"], t["phrase"], t["state"]) for t in status["targets"]] == [
+        (1, "the cup", "tracking"),
+        (2, "the plant", "tracking"),
+    ]
+
+
+def test_max_rate_hz_skips_frames_and_disabled_tracking_publishes_nothing(make_engine, store):
+    engine = make_engine(lost_score_threshold=-100.0, max_rate_hz=2.0)
+    command(engine, store, "the cup", frame(0), sec=10)
+    worker = engine.tracking
+    for i, t in enumerate((10.5, 10.7, 11.0, 11.2, 11.5), start=1):  # 0.5 s apart at most every other frame
+        sec, nanosec = int(t), round((t % 1) * 1e9)
+        engine.on_image(image_msg(store, frame(i), sec=sec, nanosec=nanosec, frame="cam"))
+        # each frame tracked or skipped before the next (none dropped for being late, however loaded the machine)
+        wait_until(lambda i=i: worker._pending is None and worker.frames_tracked + worker.frames_skipped == i)
+    wait_until(lambda: len(tracked(engine)) >= worker.frames_tracked)  # the last publish, after the count
+    assert [
+        o.messages.mask.header.stamp.sec + o.messages.mask.header.stamp.nanosec * 1e-9 for o in tracked(engine)
+    ] == [
+        10.5,
+        11.0,
+        11.5,
+    ]
+    assert (worker.frames_tracked, worker.frames_skipped) == (3, 2)
+
+    engine.update_settings(max_rate_hz=0.0)  # a runtime change: every frame from now on
+    engine.set_enabled(False)
+    before = len(engine.published)
+    for i, sec in enumerate((12, 13), start=6):
+        engine.on_image(image_msg(store, frame(i), sec=sec, frame="cam"))
+        time.sleep(0.3)
+    assert len(engine.published) == before and worker.frames_tracked == 3  # paused: not tracked, not published
+    engine.set_enabled(True)
+    feed(engine, store, frame(8), sec=14)
+    feed(engine, store, frame(9), sec=14, nanosec=100_000_000)
+    assert [o.messages.mask.header.stamp.sec for o in tracked(engine)][-2:] == [14, 14]
+
+
+def test_an_unconfident_result_starts_no_tracking(make_engine, store, pipeline):
+    """A command whose result is not confident (every result is, under a stability above any mask's) is answered
+    and published, but the tracker does not start: later frames stay idle; as a new command it drops the target
+    that was being tracked."""
+    import dataclasses
+
+    from lens_model.model.config import ConfidenceConfig
+
+    engine = make_engine(lost_score_threshold=-100.0)
+    command(engine, store, "the cup", frame(0), sec=10)
+    feed(engine, store, frame(1), sec=11)
+    kept = pipeline.confidence
+    pipeline.confidence = dataclasses.replace(ConfidenceConfig.accept_all(), min_stability=1.01)
+    try:
+        outcome = engine.submit("the plant").wait(120)
+    finally:
+        pipeline.confidence = kept
+    assert outcome.success and not outcome.result.confident
+    worker = engine.tracking
+    wait_until(lambda: worker.runner.command == "the plant" and not worker._groundings)
+    for i in (2, 3):  # idle frames are not counted as tracked: wait until the worker took each
+        engine.clock.now = 10 + i
+        engine.on_image(image_msg(store, frame(i), sec=10 + i, frame="cam"))
+        wait_until(lambda: engine.tracking._pending is None)
+        time.sleep(0.05)
+    assert [o.messages.mask.header.stamp.sec for o in tracked(engine)] == [11]  # nothing after the command
+    assert worker.status().state == "idle" and worker.runner.machines[1].prompt is None
+    assert any("'the plant' not grounded" in state.reason for state in engine.states)
+    assert not worker.runner.tracker.targets
+    assert any(level == "warning" and "not confident" in line for level, line in engine.log_lines)

@@ -42,9 +42,24 @@ def test_s16le_bytes_become_float_in_minus_one_to_one():
     [("S32LE", "<i4", 2**31, 0), ("F32LE", "<f4", 1, 0), ("U8", "u1", 128, 128), ("S8", "i1", 128, 0)],
 )
 def test_other_sample_formats(fmt, dtype, scale, offset):
-    values = np.array([0.25, -0.5, 0.0])
+    values = np.array([0.25, -0.5, 0.0, -1.0])
     raw = (values * scale + offset).astype(dtype).tobytes()
-    assert np.allclose(pcm_to_float(raw, fmt), values, atol=1e-2)
+    assert np.allclose(pcm_to_float(raw, fmt), values, atol=1e-6)
+
+
+def test_8_bit_samples_are_centred_on_their_zero_code():
+    """U8 (WAV's 8-bit PCM) is offset binary with silence at code 128, S8 two's complement with silence at 0; both
+    span 256 codes, so one code is 1/128: 0 -> -1, 128 -> 0, 255 -> 127/128 (a centre at 127.5 is 1/256 off)."""
+    codes = np.array([0, 64, 128, 192, 255], np.uint8)
+    assert pcm_to_float(codes.tobytes(), "U8").tolist() == [-1.0, -0.5, 0.0, 0.5, 127 / 128]
+    assert pcm_to_float((codes.astype(np.int16) - 128).astype(np.int8).tobytes(), "S8").tolist() == [
+        -1.0,
+        -0.5,
+        0.0,
+        0.5,
+        127 / 128,
+    ]
+    assert pcm_to_float(np.full(480, 128, np.uint8)).max() == 0.0  # U8 silence decodes to silence
 
 
 def test_interleaved_channels_are_averaged_to_mono():
@@ -135,6 +150,24 @@ def test_segmenter_finds_the_utterances_whatever_the_chunk_size_and_drops_clicks
         seconds = utterance.size / rate
         assert 0.6 <= seconds <= 0.6 + 0.1 + 0.15  # the word, its pre-roll and a short tail; no long silence
         assert np.sqrt(np.mean(utterance**2)) > 0.1
+
+
+def test_an_utterance_starts_pre_roll_s_before_its_first_loud_frame():
+    """Speech begins quieter than the threshold (a soft onset): the pre-roll keeps the audio before the frame that
+    crossed it. The utterance's first sample is pre_roll_s (to a frame) before the word's first loud frame."""
+    rate, frame_s, pre_roll_s = 16000, 0.03, 0.3
+    frame = int(frame_s * rate)
+    rng = np.random.default_rng(0)
+    lead_in = (0.01 * rng.standard_normal(int(1.0 * rate))).astype(np.float32)  # quiet, every sample distinct
+    word = _tone(220, 0.6, rate, amplitude=0.3)
+    stream = np.concatenate([lead_in, word, np.zeros(rate, np.float32)])
+    seg = UtteranceSegmenter(rate, threshold=0.05, silence_s=0.5, frame_s=frame_s, pre_roll_s=pre_roll_s)
+    (utterance,) = seg.feed(stream)
+    start = int(np.flatnonzero(stream == utterance[0])[0])  # where the utterance begins in the stream
+    assert np.array_equal(utterance[:1000], stream[start : start + 1000])
+    first_loud = lead_in.size // frame * frame  # the frame the word begins in is loud (2/3 of it is the tone)
+    assert first_loud - start == int(round(pre_roll_s / frame_s)) * frame  # 10 frames of 480 samples
+    assert start > 0
 
 
 def test_segmenter_cuts_an_endless_utterance_at_the_maximum():

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from paper_configs import paper_lens_config, qwen2_5_vl_3b_config, qwen2_vl_2b_config
 
 from lens_model.model.modeling import LensModel
+from lens_model.model.paper_shapes import lens_3b_shape, paper_lens_config, qwen2_vl_2b_config
 from lens_model.model.sam import MEMORY_MODULES, build_sam
 from lens_model.model.tiny import tiny_lens_config
 
@@ -15,10 +15,7 @@ def _millions(module) -> float:
 
 @pytest.fixture(scope="module")
 def lens_3b():
-    config = paper_lens_config()
-    sam = build_sam(config.sam)  # sam2's Hiera cannot be built on the meta device
-    with torch.device("meta"):
-        return LensModel(qwen2_5_vl_3b_config(), config, sam=sam)
+    return lens_3b_shape()  # on the meta device: sizes without memory (sam2's Hiera is built on the CPU)
 
 
 def test_lens_3b_module_sizes_match_paper_table_a4(lens_3b):
@@ -54,3 +51,24 @@ def test_lens_2b_uses_qwen2_vl():
     assert type(m.mllm).__name__ == "Qwen2VLForConditionalGeneration"
     assert m.hidden_size == 1536 and tuple(m.context.learnable_query.shape) == (1, 64, 1536)
     assert _millions(m.mllm) == pytest.approx(2209, abs=5)
+
+
+def test_lens_3b_shape_with_fewer_layers_and_a_tokenizer(lens_3b):
+    """The builder the benchmarks time LENS-3B with: a few of its layers (each the shape of all the others), bf16,
+    special ids of the tokenizer a pipeline runs it with."""
+    from lens_model.model.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    short = lens_3b_shape(text_layers=2, vision_layers=3, tokenizer=tokenizer)
+    text, vision = short.mllm.model.language_model, short.mllm.model.visual
+    assert len(text.layers) == 2 and len(vision.blocks) == 3
+    assert vision.fullatt_block_indexes == []  # Qwen's full-attention blocks are 7, 15, 23, 31
+    full_text = lens_3b.mllm.model.language_model
+    assert _millions(text.layers[0]) == _millions(full_text.layers[35]) == pytest.approx(77.1, abs=0.1)
+    assert _millions(text) - 2 * _millions(text.layers[0]) == pytest.approx(
+        _millions(full_text) - 36 * _millions(full_text.layers[0])
+    )  # what is not a layer (embeddings, final norm) is kept whole: 151,936 x 2048
+    assert short.dtype == torch.bfloat16 and short.sam.image_encoder.trunk.pos_embed.dtype == torch.float32
+    assert short.mllm.config.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert short.mllm.config.text_config.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert lens_3b.mllm.config.image_token_id == 151655  # Qwen's own without a tokenizer

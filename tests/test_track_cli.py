@@ -16,6 +16,8 @@ CLIP_HW = (120, 160)
 JSONL_FIELDS = {
     "frame",
     "time_s",
+    "target_id",
+    "phrase",
     "source",
     "state",
     "box",
@@ -25,6 +27,7 @@ JSONL_FIELDS = {
     "mask_png",
     "reason",
     "answer_box",
+    "confident",
 }
 
 
@@ -35,6 +38,15 @@ def clip(n: int) -> list[np.ndarray]:
 @pytest.fixture(autouse=True)
 def one_thread(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the subprocess' tiny models run faster on one thread
+
+
+def frame_folder(tmp_path, n: int):
+    """tmp_path/frames holding clip(n) as 0.png, 1.png, ..."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, frame in enumerate(clip(n)):
+        Image.fromarray(frame).save(frames / f"{i}.png")
+    return frames
 
 
 def read_jsonl(path):
@@ -59,6 +71,7 @@ def test_track_frame_folder_writes_masks_jsonl_and_video(tiny_dir, tmp_path):
     assert [r["source"] for r in records] == ["lens", "tracker", "tracker", "tracker", "lens", "tracker"]
     assert [r["time_s"] for r in records] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
     assert all(r["state"] in ("tracking", "lost") for r in records)
+    assert [r["confident"] for r in records] == [True, None, None, None, True, None]  # tiny_dir accepts every result
     masks = sorted((out / "masks").iterdir())
     assert [m.name for m in masks] == [f"{i:06d}.png" for i in range(6)]
     for record, path in zip(records, masks):
@@ -87,6 +100,26 @@ def test_track_video_file(tiny_dir, tmp_path):
     records = read_jsonl(out / "tracks.jsonl")
     assert [r["source"] for r in records] == ["lens", "tracker", "tracker", "tracker"]
     assert len(list((out / "masks").iterdir())) == 4 and count_frames(out / "overlay.mp4") == 4
+
+
+def test_track_starts_no_tracking_from_an_unconfident_result(tiny_dir, tmp_path):
+    """The same model judged by the default thresholds (its random answers fail them): the first frame's LENS result
+    is written, flagged, and no frame after it is tracked — masks empty, state idle, the reason in tracks.jsonl."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    del config["lens"]["confidence"]  # the defaults
+    (model / "config.json").write_text(json.dumps(config))
+    frames = frame_folder(tmp_path, 3)
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(
+        "track", "--model", model, "--video", frames, "--prompt", "the cup", "--out-dir", out, "--no-progress"
+    )
+    assert code == 0, stderr
+    first, *rest = read_jsonl(out / "tracks.jsonl")
+    assert first["source"] == "lens" and first["confident"] is False
+    assert first["reason"].startswith("grounding failed: LENS result not confident: ")
+    assert [(r["source"], r["state"], r["mask_pixels"]) for r in rest] == [("none", "idle", 0)] * 2
 
 
 @pytest.mark.parametrize(
@@ -170,3 +203,68 @@ def test_track_resets_and_regrounds_when_the_frame_size_changes(tiny_dir, tmp_pa
     assert records[3]["state"] == "tracking" and records[3]["reason"] == "grounded"
     assert [np.asarray(Image.open(out / r["mask_png"])).shape for r in records] == [CLIP_HW] * 2 + [(100, 140)] * 2
     assert count_frames(out / "overlay.mp4") == 4
+
+
+def test_several_targets_are_tracked_together_and_each_is_regrounded_on_its_own(tiny_dir):
+    """ReasonAndTrack with a command naming two objects: one image-encoder pass per frame for both, the masks of a
+    tracker that follows both from the LENS masks; a target the tracker drops is lost and re-grounded alone, the
+    other keeps its memory (its conditioning frame stays the first one)."""
+    from lens_model.inference.pipeline import LensPipeline
+    from lens_model.model.sam_memory import load_sam_memory
+    from lens_model.tracking.track_video import ReasonAndTrack
+    from lens_model.tracking.tracker import StreamingTracker
+
+    pipe = LensPipeline.from_pretrained(str(tiny_dir), device="cpu", max_new_tokens=8)
+    memory = load_sam_memory(pipe.config.sam, tiny_dir)
+    frames = clip(5)
+    runner = ReasonAndTrack(pipe, StreamingTracker.from_lens_model(pipe.model, memory), "the cup and the plant",
+                            multi_target=True)  # fmt: skip
+    first = runner.step(frames[0], 0.0)
+    assert [(t.target_id, t.phrase, t.source) for t in first.targets] == [
+        (1, "the cup", "lens"),
+        (2, "the plant", "lens"),
+    ]
+    direct = StreamingTracker.from_lens_model(pipe.model, memory)
+    direct.start(1, first.targets[0].mask, frames[0])
+    direct.start(2, first.targets[1].mask, None)
+    second = runner.step(frames[1], 0.1)
+    want = direct.track(frames[1])
+    assert runner.tracker.frame_index == direct.frame_index == 1  # two frames, one encoder pass each
+    for t in second.targets:
+        assert t.source == "tracker" and np.array_equal(t.mask, want[t.target_id].mask)
+    assert np.array_equal(second.as_command().label_image() > 0, want[1].mask | want[2].mask)
+
+    runner.tracker.remove(2)  # the tracker drops target 2: lost at once (no mask), re-grounding asked for it alone
+    third = runner.step(frames[2], 0.2)
+    assert [t.decision.state.value for t in third.targets] == ["tracking", "lost"]
+    assert runner.reground_ids == [2] and third.targets[1].decision.reason == "no mask"
+    fourth = runner.step(frames[3], 0.3)  # LENS on the command; only target 2 restarts from it
+    assert [t.source for t in fourth.targets] == ["tracker", "lens"]
+    assert [t.decision.state.value for t in fourth.targets] == ["tracking", "tracking"]
+    assert runner.tracker.targets[1].start_frame == 0 and runner.tracker.targets[2].start_frame == 3
+    assert runner.tracker.frame_index == 3 and runner.lens_queries == 2  # the re-grounding reused the frame's pass
+
+
+def test_track_multi_target_writes_labels_and_a_line_per_target(tiny_dir, tmp_path):
+    frames = frame_folder(tmp_path, 3)
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(
+        "track", "--model", tiny_dir, "--video", frames, "--prompt", "the cup and the plant", "--multi-target",
+        "--out-dir", out, "--fps", "10",
+    )  # fmt: skip
+    assert code == 0, stderr
+    records = read_jsonl(out / "tracks.jsonl")
+    assert [(r["frame"], r["target_id"], r["phrase"]) for r in records] == [
+        (f, k, p) for f in range(3) for k, p in ((1, "the cup"), (2, "the plant"))
+    ]
+    for f in range(3):
+        labels = np.asarray(Image.open(out / "labels" / f"{f:06d}.png"))
+        union = np.asarray(Image.open(out / "masks" / f"{f:06d}.png"))
+        assert np.array_equal(labels > 0, union == 255) and set(np.unique(labels)) <= {0, 1, 2}
+        first = [r for r in records if r["frame"] == f and r["target_id"] == 1][0]
+        assert first["mask_pixels"] == int((labels == 1).sum())  # the first named keeps overlapping pixels
+    code, _, stderr = run_cli(
+        "track", "--model", tiny_dir, "--video", frames, "--prompt", "the cup,, the plant", "--multi-target",
+        "--out-dir", tmp_path / "bad",
+    )  # fmt: skip
+    assert code != 0 and "empty target phrase inside ',,'" in stderr and not (tmp_path / "bad").exists()

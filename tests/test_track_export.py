@@ -22,8 +22,8 @@ from lens_model.model.sam_memory import MEMORY_WEIGHTS_FILE, build_sam_memory, l
 from lens_model.tracking.tracker import StreamingTracker
 
 CLIP_HW = (150, 200)
-# Exported memory graphs (ONNX Runtime, CPU, float32) against torch over the clip: low-res mask logits and object
-# scores, max abs diff. Observed ~4e-7 on the tiny model (logits of magnitude ~0.4).
+# Exported image encoder and memory graphs (ONNX Runtime, CPU, float32) against torch over the clip: low-res mask
+# logits and object scores, max abs diff. Observed ~4e-7 on the tiny model (logits of magnitude ~0.4).
 ORT_TOLERANCE = 1e-5
 # TensorRT float32 engines may use TF32 matrix products (see test_export_tensorrt.py): compared on logits with this
 # bound and on the binary mask.
@@ -86,7 +86,11 @@ def compare_trackers(tiny_dir, backend: str, backend_dir, device: str) -> tuple[
     assert not hasattr(pipe.model.sam, "memory_attention")  # a LENS model's SAM2: memory comes from the export only
     tracker = StreamingTracker.from_lens_model(pipe.model, pipe.backend)
     assert isinstance(tracker.sam.memory_attention, OnnxMemoryAttention)
+    assert tracker.image_encoder is pipe.backend  # the frame features come from the export too
+    torch_encoder_calls = []
+    pipe.model.sam.image_encoder.register_forward_hook(lambda *_: torch_encoder_calls.append(1))
     got = track_clip(tracker, frames)
+    assert not torch_encoder_calls
     # Not vacuous: the object is present, the masks are neither empty nor full and change from frame to frame.
     masks = [r.mask for r in want]
     assert all(r.present and 0 < r.mask.mean() < 1 for r in want)

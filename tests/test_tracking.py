@@ -57,6 +57,9 @@ def sam2_setup(tmp_path_factory):
     # presence head so that the decoder's masks come through and the comparison has something to compare.
     with torch.no_grad():
         predictor.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 2.0
+        # Random temporal encodings (std 0.02) barely move the masks; trained ones are larger. Scaled up, a memory
+        # read with the wrong temporal slot shows in the logits.
+        predictor.maskmem_tpos_enc *= 20
     checkpoint = tmp_path_factory.mktemp("sam2") / "sam2_tiny.pt"
     torch.save({"model": predictor.state_dict()}, checkpoint)
     return predictor, checkpoint, config
@@ -71,9 +74,20 @@ def lens_sam_with_memory(checkpoint, config):
     return sam
 
 
-def predictor_run(predictor, frames, tmp_path):
+def stored_memory_dtypes(output_dict) -> set:
+    """The dtypes of the memory features a SAM2 per-object output dict holds (cond and non-cond frames)."""
+    return {
+        out["maskmem_features"].dtype
+        for outputs in output_dict.values()
+        for out in outputs.values()
+        if out["maskmem_features"] is not None
+    }
+
+
+def predictor_run(predictor, frames, tmp_path, memory_dtypes=None):
     """SAM2VideoPredictor on the frames written as JPEG: add_new_mask on frame 0, propagate_in_video.
-    -> (frames as decoded from the JPEGs, [(mask at frame size, low-res logits (1, S/4, S/4), object logit)])."""
+    -> (frames as decoded from the JPEGs, [(mask at frame size, low-res logits (1, S/4, S/4), object logit)]).
+    `memory_dtypes` (a set): gets the dtypes of the memory features the predictor's state stored."""
     folder = tmp_path / "frames"
     folder.mkdir()
     for i, frame in enumerate(frames):
@@ -88,6 +102,8 @@ def predictor_run(predictor, frames, tmp_path):
         outputs.append(
             ((video_masks[0, 0] > 0).numpy(), out["pred_masks"][0].float(), float(out["object_score_logits"]))
         )
+    if memory_dtypes is not None:
+        memory_dtypes |= stored_memory_dtypes(state["output_dict_per_obj"][0])
     return decoded, outputs
 
 
@@ -121,11 +137,16 @@ def assert_not_vacuous(reference):
 
 
 def test_tracker_matches_sam2_video_predictor_on_a_clip(sam2_setup, tmp_path):
+    """Frame by frame the same masks, logits and object scores as the predictor, from memory stored as the
+    predictor stores it: features in bfloat16 (half the bytes of float32; a float32 store moves the logits by less
+    than the 1e-4 tolerance, so the dtype is checked itself)."""
     predictor, checkpoint, config = sam2_setup
-    frames, reference = predictor_run(predictor, clip_frames(8), tmp_path)
+    reference_dtypes = set()
+    frames, reference = predictor_run(predictor, clip_frames(8), tmp_path, reference_dtypes)
     assert_not_vacuous(reference)
     tracker = StreamingTracker(lens_sam_with_memory(checkpoint, config), num_frames=len(frames))
     assert_parity(reference, tracker_run(tracker, frames))
+    assert stored_memory_dtypes(tracker.targets["target"].output_dict) == reference_dtypes == {torch.bfloat16}
 
 
 def test_unbounded_stream_matches_predictor_past_the_memory_bank(sam2_setup, tmp_path):
@@ -139,6 +160,24 @@ def test_unbounded_stream_matches_predictor_past_the_memory_bank(sam2_setup, tmp
     assert_parity(reference, results)
     stats = tracker.memory_stats()
     assert stats.stored_frames == 1 + tracker.lookback() == 16  # the conditioning frame + frames 3..17
+
+
+def test_a_memory_window_keeps_sam2s_frames_until_the_bank_outgrows_it(sam2_setup, tmp_path):
+    """memory_frames=3 reads the conditioning frame + the 2 latest: frame t reads min(t - 1, 2) earlier frames where
+    SAM2 reads min(t - 1, 6), so frames 0-3 are the predictor's exactly (each memory kept its temporal encoding; a
+    window that re-indexed the slots would differ from frame 2 on), and from frame 4 on the masks depart from it
+    (less history). The effect on the parity test: with a window of k, it holds for frames 0..k only."""
+    predictor, checkpoint, config = sam2_setup
+    frames, reference = predictor_run(predictor, clip_frames(8), tmp_path)
+    tracker = StreamingTracker(lens_sam_with_memory(checkpoint, config), num_frames=len(frames), memory_frames=3)
+    results = tracker_run(tracker, frames)
+    assert_parity(reference[:4], results[:4])
+    later = [(logits - got.low_res_logits).abs().max().item() for (_, logits, _), got in zip(reference, results)][4:]
+    assert min(later) > 1e-3, later
+    assert tracker.sam.num_maskmem == 7 and tracker.sam.maskmem_tpos_enc.shape[0] == 7  # restored after each step
+    assert tracker.lookback() == 15  # the object pointers still reach 15 frames back
+    with pytest.raises(LensError, match="memory_frames must be between 1"):
+        StreamingTracker(tracker.sam, memory_frames=8)
 
 
 def test_memory_stays_flat_over_a_long_stream():
@@ -279,3 +318,51 @@ def test_state_machine_without_regrounding_only_reports():
         TrackingPolicy(lost_after_frames=0)
     with pytest.raises(ValueError, match="reground_period_s"):
         TrackingPolicy(reground_period_s=0)
+
+
+def lens_result(prompt: str, mask: np.ndarray, confident: bool, reason: str | None = None):
+    """A LENS result as the pipeline returns it (the fields ReasonAndTrack reads), confident or not."""
+    from lens_model.inference.pipeline import SegmentationResult
+
+    return SegmentationResult(
+        prompt=prompt, mask=mask, box=None, score=0.5, text="", num_tokens=0, image_size=mask.shape,
+        mllm_image_size=(0, 0), confident=confident, reason=reason,
+    )  # fmt: skip
+
+
+def test_tracking_never_starts_from_an_unconfident_result(sam2_setup):
+    """An unconfident first result leaves the tracker empty and the state idle; a confident one starts it; an
+    unconfident new command then drops the old target (idle: the user asked for something else), while an
+    unconfident result of the same command again only reports that grounding failed (lost: it asks again later).
+    In a command of several targets only the confident ones start; the others are idle."""
+    from lens_model.inference.targets import CommandResult
+    from lens_model.tracking.track_video import ReasonAndTrack
+
+    _, checkpoint, config = sam2_setup
+    frames = clip_frames(6)
+    runner = ReasonAndTrack(None, StreamingTracker(lens_sam_with_memory(checkpoint, config)), "")
+    (first,) = runner.ground(
+        frames[0], lens_result("the cup", start_mask(), False, "the mask is unstable"), 0.0
+    ).targets
+    assert not runner.tracker.targets and first.decision.state is TrackState.IDLE
+    assert "not confident: the mask is unstable" in first.decision.reason
+    assert runner.follow(frames[1], now=0.1).source == "none"  # nothing is tracked
+    (started,) = runner.ground(frames[1], lens_result("the cup", start_mask(), True), now=0.2).targets
+    assert list(runner.tracker.targets) == [1] and started.decision.state is TrackState.TRACKING
+    assert runner.follow(frames[2], now=0.3).source == "tracker"
+    (again,) = runner.ground(frames[3], lens_result("the cup", start_mask(), False, "x"), now=0.4).targets
+    assert again.decision.state is TrackState.LOST and runner.machines[1].prompt == "the cup"  # asks again later
+    (other,) = runner.ground(frames[4], lens_result("the plant", start_mask(), False, "x"), now=0.5).targets
+    assert other.decision.state is TrackState.IDLE and runner.machines[1].prompt is None
+    assert not runner.tracker.targets and "'the plant' not grounded" in other.decision.reason
+
+    plant = np.zeros_like(start_mask())
+    plant[-20:, -24:] = True
+    two = CommandResult(
+        "the plant and the cup",
+        [lens_result("the plant", plant, False, "y"), lens_result("the cup", start_mask(), True)],
+    )
+    unsure, sure = runner.ground(frames[5], two, now=0.6).targets
+    assert list(runner.tracker.targets) == [2]  # the confident second target only
+    assert (unsure.decision.state, sure.decision.state) == (TrackState.IDLE, TrackState.TRACKING)
+    assert runner.machines[1].prompt is None and runner.machines[2].prompt == "the cup"

@@ -11,7 +11,7 @@ import sys
 import deepspeed  # noqa: F401
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, file_states
 from safetensors.torch import load_file
 
 from lens_cli import main as lens_main  # noqa: E402
@@ -217,6 +217,69 @@ def test_resumed_run_ends_on_the_uninterrupted_curve(uninterrupted, init_dir, sc
         torch.testing.assert_close(after[key], before[key], rtol=1e-5, atol=1e-6)
 
 
+# The training run, killed by SIGKILL the moment DeepSpeed has written step 6 and moved `latest` to it (DeepSpeed's
+# own save_latest, as before checkpoints had a completion marker): DeepSpeed's save is wrapped here, at the boundary
+# of the external library; the kill is real, so the folder holds exactly what such a kill leaves.
+_KILLED_WHILE_SAVING = """
+import os, signal, sys
+from deepspeed.runtime.engine import DeepSpeedEngine
+from training.align import main
+
+save = DeepSpeedEngine.save_checkpoint
+
+def save_then_die(self, save_dir, tag=None, **options):
+    if tag != "step-0000006":
+        return save(self, save_dir, tag=tag, **options)
+    save(self, save_dir, tag=tag, **{**options, "save_latest": True})
+    os.kill(os.getpid(), signal.SIGKILL)
+
+DeepSpeedEngine.save_checkpoint = save_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_run_killed_while_saving_resumes_from_the_last_complete_checkpoint(
+    uninterrupted, init_dir, scenes, tmp_path, caplog
+):
+    """SIGKILL right after DeepSpeed wrote step 6 and moved `latest` to it, before model/ and lens_run.json (the
+    completion marker, written last): --resume passes over step 6 with a warning, resumes from step 3 and ends on
+    the uninterrupted run's curve and weights."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-c", _KILLED_WHILE_SAVING, "--no-progress", *_overrides(init_dir, scenes, out)]
+    # as many threads as this process, which ran the uninterrupted run: the same sums in the same order
+    env = dict(ENV, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    proc = subprocess.run([*command, "zero_stage=2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-4000:]
+    killed = out / "checkpoints" / "step-0000006"
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-0000006"
+    assert any(killed.rglob("*.pt")) and not (killed / "model").exists() and not (killed / "lens_run.json").exists()
+    assert not (out / "final").exists()
+    with caplog.at_level("WARNING", logger="training.engine"):
+        assert _single(init_dir, scenes, out, resume="latest") == 0
+    warnings = [r.getMessage() for r in caplog.records if r.name == "training.engine"]
+    assert any("step-0000006 is incomplete" in w and "resuming from step-0000003" in w for w in warnings), warnings
+    full, resumed = _curve(uninterrupted), _curve(out)
+    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
+    for a, b in zip(full, resumed):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), a["step"]
+    assert (killed / "lens_run.json").is_file() and (out / "checkpoints" / "latest").read_text() == "step-0000006"
+    before = load_file(uninterrupted / "final" / "model.safetensors")
+    after = load_file(out / "final" / "model.safetensors")
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], rtol=1e-5, atol=1e-6)
+
+
+def test_latest_names_a_step_only_once_it_is_complete(uninterrupted):
+    """The completion marker is written last and `latest` after it: every step folder a finished run keeps holds
+    DeepSpeed's files, the model and lens_run.json, and `latest` names the newest."""
+    steps = sorted((uninterrupted / "checkpoints").glob("step-*"))
+    assert [p.name for p in steps] == ["step-0000003", "step-0000006"]
+    for step in steps:
+        assert (step / "lens_run.json").is_file() and (step / "model" / "model.safetensors").is_file()
+        assert json.loads((step / "lens_run.json").read_text())["step"] == int(step.name[5:])
+    assert (uninterrupted / "checkpoints" / "latest").read_text() == "step-0000006"
+
+
 def test_resume_from_a_checkpoint_of_another_model_is_refused(uninterrupted, scenes, tmp_path, capsys):
     from lens_model.model.tiny import make_tiny
 
@@ -257,6 +320,107 @@ def test_bad_config_key_and_missing_dataset(init_dir, scenes, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "datasets[0] (refcoco train)" in err and "data root not found" in err and str(tmp_path / "nowhere") in err
     assert not (tmp_path / "b").exists()  # nothing started
+
+
+def _scenes_without_bbox(scenes, tmp_path):
+    root = tmp_path / "scenes"
+    shutil.copytree(scenes, root)
+    instances = next(root.rglob("instances.json"))
+    data = json.loads(instances.read_text())
+    del data["annotations"][2]["bbox"]
+    instances.write_text(json.dumps(data))
+    return root
+
+
+def _scenes_without_images(scenes, tmp_path):
+    root = tmp_path / "scenes"
+    shutil.copytree(scenes, root)
+    for image in root.rglob("*.png"):
+        image.unlink()
+    return root
+
+
+def _scenes_with_a_crafted_pickle(scenes, tmp_path):
+    """refs(unc).p replaced by a pickle that would create tmp_path/pwned when read with pickle.load."""
+    import pickle
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    root = tmp_path / "scenes"
+    shutil.copytree(scenes, root)
+    next(root.rglob("refs(unc).p")).write_bytes(pickle.dumps([Exploit()]))
+    return root
+
+
+def _a_file(tmp_path):
+    (tmp_path / "a-file").write_text("keep me")
+    return tmp_path / "a-file"
+
+
+# id -> (given (init_dir, scenes, tmp_path): (init_from, dataset root, output_dir); expected text of the error line;
+# whether DeepSpeed may have started)
+TRAIN_CASES = {
+    "output-dir-is-a-file": (lambda i, s, t: (i, s, _a_file(t)), "output_dir {tmp}/a-file is a file; pass a folder", 0),
+    "init-from-missing": (
+        lambda i, s, t: (t / "no-model", s, t / "run"),
+        "init_from: model directory not found: {tmp}/no-model",
+        0,
+    ),
+    "annotation-without-bbox": (
+        lambda i, s, t: (i, _scenes_without_bbox(s, t), t / "run"),
+        "annotations[2] (id 3) has no 'bbox'; expected fields id, bbox [x, y, width, height], segmentation",
+        0,
+    ),
+    "crafted-refs-pickle": (
+        lambda i, s, t: (i, _scenes_with_a_crafted_pickle(s, t), t / "run"),
+        "refs(unc).p: refused to load: the pickle asks for io.open (code, not data)",
+        0,
+    ),
+    "every-image-missing": (
+        lambda i, s, t: (i, _scenes_without_images(s, t), t / "run"),
+        "step 1 has no sample that could be used: every sample of its batch failed to load (the reasons are in "
+        "{tmp}/run/failed_samples-rank0.jsonl); stopped before the update; no checkpoint was saved yet",
+        1,
+    ),
+}
+_TRAIN_PROBE = (
+    "import sys; from training.align import main; code = main(sys.argv[1:]); "
+    "print('deepspeed started:', 'deepspeed' in sys.modules); sys.exit(code)"
+)
+
+
+@pytest.mark.parametrize("case", list(TRAIN_CASES))
+def test_training_bad_input(case, init_dir, scenes, tmp_path):
+    """One `error:` line naming the field or record, exit 1, the inputs untouched; path errors before DeepSpeed is
+    even imported (it builds extensions for minutes on a fresh GPU machine); a step without any usable sample stops
+    before its update: no loss logged, no checkpoint."""
+    given, expected, deepspeed_may_start = TRAIN_CASES[case]
+    init_from, root, out = given(init_dir, scenes, tmp_path)
+    watched = [init_dir, root, *([out] if out.is_file() else [])]  # an output_dir that is a user's file: kept
+    inputs = file_states(*watched)
+    args = _overrides(init_from, root, out)
+    proc = subprocess.run(
+        [sys.executable, "-c", _TRAIN_PROBE, "--no-progress", *args, "zero_stage=2"],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected.replace("{tmp}", str(tmp_path)) in errors[0], proc.stderr
+    if not deepspeed_may_start:
+        assert proc.stdout.strip().endswith("deepspeed started: False"), proc.stdout
+    assert file_states(*watched) == inputs
+    assert not (tmp_path / "pwned").exists()  # the crafted pickle ran no code
+    if case == "every-image-missing":
+        assert not (out / "checkpoints").exists() and not (out / "final").exists()
+        logged = (out / "metrics.jsonl").read_text() if (out / "metrics.jsonl").exists() else ""
+        assert '"loss"' not in logged
+        failed = [json.loads(line) for line in (out / "failed_samples-rank0.jsonl").read_text().splitlines()]
+        assert len(failed) == 4 and all("image file not found" in f["error"] for f in failed)
+    else:
+        assert not (out / "config.yaml").exists()
 
 
 def test_help_lists_the_launch_modes(capsys):

@@ -231,7 +231,7 @@ class AlignStage(TrainingStage):
                 loss = losses["loss"]
             else:
                 losses, loss = {}, zero_loss(run.engine)
-            run.update(loss, step)
+            run.update(loss, step, batch["size"])
             for key in parts:
                 parts[key] += float(losses[key].detach()) / run.accum if key in losses else 0.0
             samples += batch["size"]

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from lens_model.data import Record, load_dataset
 from lens_model.errors import LensError
-from lens_model.image_io import load_image
+from lens_model.image_io import load_image, read_prompt
 from lens_model.inference.answer import format_answer, rescale_box
 from lens_model.inference.prompting import build_chat, mllm_image
 from lens_model.model.config import LensConfig
@@ -41,11 +41,11 @@ def load_mixture(specs: Sequence) -> list[list[Record]]:
 
 
 def load_sample(record: Record) -> tuple[np.ndarray, np.ndarray]:
-    """-> (H, W, 3) uint8 image and (H, W) bool GT mask; LensError/ValueError naming the file when the image is
-    unreadable, the mask undecodable, or the image's size not the annotation's."""
+    """-> (H, W, 3) uint8 image and (H, W) bool GT mask; LensError/ValueError naming the file when the expression is
+    not plain text, the image is unreadable, the mask undecodable, or the image's size not the annotation's."""
+    read_prompt(record.expression)  # plain text: no chat control tokens (docs/design.md, "Prompts are text")
     rgb = load_image(record.image_path)
-    if rgb.shape[:2] != tuple(record.image_size):
-        raise ValueError(f"image {record.image_path} is {rgb.shape[:2]}, annotation says {record.image_size}")
+    record.check_image(rgb)
     return rgb, record.mask()
 
 

@@ -207,9 +207,11 @@ def evaluate_model(
     max_new_tokens: int = 96,
     progress: bool = True,
     mllm_longest_side: int | None = None,
+    backend_dir: Path | None = None,
 ):
     """-> list[SampleOutcome] of `model_dir` on `records` (synthetic scenes), greedy decoding, generated answers.
-    `mllm_longest_side`: the pipeline's (None: the model's own)."""
+    `mllm_longest_side`: the pipeline's (None: the model's own). `backend_dir`: a `lens export` of the model, run
+    with --backend onnxruntime (its per-graph CPU choice)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -219,8 +221,9 @@ def evaluate_model(
     from lens_model.inference.answer import parse_answer
     from lens_model.inference.pipeline import LensPipeline
 
+    backend = {"backend": "onnxruntime", "backend_dir": str(backend_dir)} if backend_dir is not None else {}
     pipeline = LensPipeline.from_pretrained(
-        str(model_dir), device="cpu", dtype="float32", mllm_longest_side=mllm_longest_side
+        str(model_dir), device="cpu", dtype="float32", mllm_longest_side=mllm_longest_side, **backend
     )
     objects = scene_object_masks(records)
     outcomes: list[SampleOutcome] = []

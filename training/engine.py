@@ -25,6 +25,7 @@ from lens_model.devices import resolve_dtype
 from lens_model.distributed import all_sum, barrier
 from lens_model.errors import CheckpointError, LensError
 from lens_model.model.checkpoint import save_model
+from lens_model.outputs import write_atomic, write_json
 
 log = logging.getLogger(__name__)
 RUN_FILE = "lens_run.json"  # written next to every DeepSpeed checkpoint: step + what model it belongs to
@@ -189,22 +190,43 @@ def zero_loss(engine) -> torch.Tensor:
     return sum(p.sum() * 0.0 for p in engine.module.parameters() if p.requires_grad)
 
 
-def stop_if_not_finite(
-    loss: torch.Tensor, step: int, rank: int, world: int, device: torch.device, out_dir: Path, last_saved: int | None
-) -> None:
+def agree_on_update(
+    loss: torch.Tensor,
+    samples: int,
+    step: int,
+    rank: int,
+    world: int,
+    device: torch.device,
+    out_dir: Path,
+    last_saved: int | None,
+) -> int:
     """All ranks agree whether `loss` is finite before anyone updates; if not, stop naming the (1-based) step
-    and the last checkpoint, which the update never touched."""
-    finite = all_sum(torch.tensor([float(torch.isfinite(loss.detach()).all())], device=device), world)
-    if float(finite) < world:
-        where = (
-            f"last good checkpoint: {out_dir / 'checkpoints' / step_tag(last_saved)}"
-            if last_saved
-            else "no checkpoint was saved yet"
-        )
+    and the last checkpoint, which the update never touched. -> the micro-batch's valid samples summed over ranks
+    (one collective for both)."""
+    both = all_sum(torch.tensor([float(torch.isfinite(loss.detach()).all()), float(samples)], device=device), world)
+    if float(both[0]) < world:
         raise TrainingError(
             f"non-finite loss at step {step} (loss={float(loss.detach()):.4g} on rank {rank}); "
-            f"stopped before the update; {where}. Lower lr or check the data of this step."
+            f"stopped before the update; {_last_checkpoint(out_dir, last_saved)}. Lower lr or check the data of "
+            "this step."
         )
+    return int(both[1])
+
+
+def stop_without_samples(step: int, world: int, out_dir: Path, last_saved: int | None) -> None:
+    """An update none of whose micro-batches, on any rank, had a sample that could be used (every image missing,
+    every answer too long, ...): stop before it, instead of logging a loss of 0 and saving an untrained checkpoint."""
+    files = out_dir / ("failed_samples-rank0.jsonl" if world == 1 else "failed_samples-rank*.jsonl")
+    raise TrainingError(
+        f"step {step} has no sample that could be used: every sample of its batch failed to load (the reasons are in "
+        f"{files}); stopped before the update; {_last_checkpoint(out_dir, last_saved)}. Check the dataset paths"
+    )
+
+
+def _last_checkpoint(out_dir: Path, last_saved: int | None) -> str:
+    if last_saved:
+        return f"last good checkpoint: {out_dir / 'checkpoints' / step_tag(last_saved)}"
+    return "no checkpoint was saved yet"
 
 
 def log_failed_samples(path: Path, step: int, failed: list[tuple[str, str]]) -> None:
@@ -247,42 +269,82 @@ def save_checkpoint(
     lens_attr: str | None = None,
 ) -> Path:
     """DeepSpeed state for --resume + the model written by save_model (loadable by `lens segment`).
-    `lens_attr`: where the LensModel sits inside the engine module (None: it is the module)."""
+    `lens_attr`: where the LensModel sits inside the engine module (None: it is the module).
+
+    A checkpoint is complete once its lens_run.json exists: it is written last (atomically, after every rank's
+    DeepSpeed files and the model), and only then does checkpoints/latest name the step. A run killed while saving
+    leaves a step folder without it, which --resume passes over (`resolve_resume`)."""
     ckpt_root = out_dir / "checkpoints"
     tag = step_tag(step)
-    # frozen weights (the MLLM and SAM2 in stage 1) come back from the run's init on resume: not saved again
-    engine.save_checkpoint(str(ckpt_root), tag=tag, client_state={"step": step}, exclude_frozen_parameters=True)
+    # frozen weights (the MLLM and SAM2 in stage 1) come back from the run's init on resume: not saved again;
+    # `latest` is ours to write, once the checkpoint is complete
+    engine.save_checkpoint(
+        str(ckpt_root), tag=tag, client_state={"step": step}, save_latest=False, exclude_frozen_parameters=True
+    )
     state = full_state_dict(engine, zero_stage, prefix=f"{lens_attr}." if lens_attr else "")
     lens = getattr(engine.module, lens_attr) if lens_attr else engine.module
     path = ckpt_root / tag
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     if rank == 0:
         save_model(lens, path / "model", processor=processor, state=state)
-        (path / RUN_FILE).write_text(json.dumps({**run_info, "step": step}, indent=2, sort_keys=True))
+    barrier(world)  # every rank's DeepSpeed files are on disk
+    if rank == 0:
+        write_json(path / RUN_FILE, {**run_info, "step": step}, "the checkpoint's run file")
+        write_atomic(ckpt_root / "latest", tag, "checkpoints/latest")
         _prune(ckpt_root, keep_last)
-    barrier(int(os.environ.get("WORLD_SIZE", "1")))
+    barrier(world)
     return path
 
 
+def _complete(path: Path) -> bool:
+    return path.is_dir() and (path / RUN_FILE).is_file()
+
+
 def _prune(ckpt_root: Path, keep_last: int) -> None:
+    """Keep the newest `keep_last` complete checkpoints; remove older ones, and incomplete ones older than the
+    newest complete one (left by a run killed while saving)."""
     if keep_last <= 0:
         return
-    tags = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
-    for old in tags[:-keep_last]:
+    steps = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
+    complete = [p for p in steps if _complete(p)]
+    for old in complete[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
+    for partial in (p for p in steps if not _complete(p) and complete and p.name < complete[-1].name):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def resolve_resume(resume: str, out_dir: Path) -> tuple[Path, str]:
-    """--resume (latest in OUT/checkpoints) or --resume DIR (a step-* directory) -> (checkpoint root, tag)."""
+    """--resume (latest in OUT/checkpoints) or --resume DIR (a step-* directory) -> (checkpoint root, tag).
+
+    "latest" is the step `checkpoints/latest` names when that checkpoint is complete; otherwise (a run killed while
+    saving: DeepSpeed's files without the model or lens_run.json) the newest complete one, with a warning."""
     if resume == "latest":
         root = out_dir / "checkpoints"
+        complete = sorted(p.name for p in root.glob("step-*") if _complete(p))
         latest = root / "latest"
-        if not latest.is_file():
+        named = latest.read_text().strip() if latest.is_file() else None
+        if named is not None and _complete(root / named):
+            return root, named
+        if not complete:
             raise CheckpointError(
-                f"--resume: no checkpoint to resume in {root} (expected a 'latest' file); "
+                f"--resume: no complete checkpoint to resume in {root} (expected a step-* folder with {RUN_FILE}); "
                 "start without --resume or pass --resume PATH/step-NNNNNNN"
             )
-        return root, latest.read_text().strip()
+        partial = sorted(p.name for p in root.glob("step-*") if p.is_dir() and not _complete(p))
+        log.warning(
+            "--resume: %s is incomplete (no %s: the run stopped while saving it); resuming from %s, the last "
+            "complete checkpoint",
+            named or (partial[-1] if partial else "the newest checkpoint"),
+            RUN_FILE,
+            complete[-1],
+        )
+        return root, complete[-1]
     path = Path(resume)
+    if path.is_dir() and (path / "model").exists() and not (path / RUN_FILE).is_file():
+        raise CheckpointError(
+            f"--resume {path}: incomplete checkpoint (no {RUN_FILE}: the run stopped while saving it); pass an "
+            "earlier step, or --resume alone for the last complete one"
+        )
     if not (path / RUN_FILE).is_file():
         raise CheckpointError(
             f"--resume {path}: not a training checkpoint (no {RUN_FILE}); "
@@ -300,7 +362,7 @@ def start_run(resume: str | None, out_dir: Path, run_info: dict, config_text: st
         resume_from = (root, tag)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(config_text)
+        write_atomic(out_dir / "config.yaml", config_text, "the run's config")
     return start_step, resume_from
 
 
@@ -342,7 +404,7 @@ class MetricLog:
                 for line in self.path.read_text().splitlines()
                 if line.strip() and _step_of(line) is not None and _step_of(line) <= resume_step
             ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            write_atomic(self.path, "".join(line + "\n" for line in kept), "metrics.jsonl")
         try:
             from torch.utils.tensorboard import SummaryWriter
 

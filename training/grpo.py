@@ -391,7 +391,7 @@ class GRPOStage(TrainingStage):
                     losses = {"loss": zero_loss(run.engine)}
                 else:
                     losses = micro_loss(run.engine, item, cfg, vision_grad=self.mllm_trained)
-                run.update(losses["loss"], step)
+                run.update(losses["loss"], step, 0 if item is None else len(item.rewards))
                 for key, value in losses.items():
                     parts[key] = parts.get(key, 0.0) + float(value.detach()) / (len(items) * cfg.num_iterations)
         timings["train"] = time.perf_counter() - start

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 from lens_model.errors import LensError
+from lens_model.outputs import save_image
 
 PANEL_W, PANEL_H, MARGIN = 520, 300, 48
 COLORS = [
@@ -57,8 +59,46 @@ def read_metrics(metrics_file: Path) -> MetricRows:
             ) from None
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             raise LensError(f"{path} line {number}: expected a JSON object with an integer 'step', got {line[:80]!r}")
+        _check_row_values(row, path, number)
         rows.append(row)
     return MetricRows(rows, torn)
+
+
+def _check_row_values(row: dict, path: Path, number: int) -> None:
+    """A metrics row holds numbers (null for a value that was not measured) and a `split` name."""
+    if not isinstance(row.get("split", "train"), str):
+        raise LensError(f"{path} line {number}: 'split' must be a name such as \"train\", got {row['split']!r}")
+    for key, value in row.items():
+        if key != "split" and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise LensError(
+                f"{path} line {number}: {key!r} is a {type(value).__name__} ({json.dumps(value)[:40]}); expected a "
+                "number, as training writes them"
+            )
+
+
+def _fraction(value: float, low: float, high: float) -> float:
+    """Where `value` lies between `low` and `high` (0..1), without overflow: halves first, so that a range such as
+    -1e308..1e308 stays finite."""
+    return (value / 2 - low / 2) / (high / 2 - low / 2)
+
+
+def value_axis(values: list[float]) -> tuple[float, float]:
+    """Finite values -> the (low, high) of their axis: their range, widened around a single value; finite for any
+    finite values, the largest floats included (the widening is capped at the largest float)."""
+    low, high = min(values), max(values)
+    if low == high:
+        low = max(low - max(0.5, abs(low) * 1e-6), -sys.float_info.max)
+        high = min(high + max(0.5, abs(high) * 1e-6), sys.float_info.max)
+    return low, high
+
+
+TICK_FRACTIONS = (0.0, 0.5, 1.0)  # where the value axis is labelled: bottom, middle, top
+
+
+def tick_labels(low: float, high: float) -> list[str]:
+    """The labels of the value axis at TICK_FRACTIONS: weighted means of the ends, which stay finite where
+    low + frac * (high - low) would overflow (-1e308..1e308)."""
+    return [f"{low * (1 - frac) + high * frac:.3g}" for frac in TICK_FRACTIONS]
 
 
 def read_curves(rows: list[dict]) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -82,21 +122,19 @@ def _panel(title: str, series: dict[str, list[tuple[int, float]]]) -> Image.Imag
         draw.text((MARGIN, PANEL_H // 2), "no data", fill="gray")
         return image
     x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
-    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
     if x1 == x0:
         x1 = x0 + 1
-    if y1 == y0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
+    y0, y1 = value_axis([p[1] for p in points])
     left, top, right, bottom = MARGIN, 28, PANEL_W - 12, PANEL_H - 28
     draw.rectangle([left, top, right, bottom], outline=(180, 180, 180))
-    for frac in (0.0, 0.5, 1.0):
+    for frac, label in zip(TICK_FRACTIONS, tick_labels(y0, y1)):
         y = bottom - frac * (bottom - top)
-        draw.text((4, y - 6), f"{y0 + frac * (y1 - y0):.3g}", fill="black")
+        draw.text((4, y - 6), label, fill="black")
     draw.text((left, bottom + 6), f"step {x0}", fill="black")
     draw.text((right - 70, bottom + 6), f"step {x1}", fill="black")
 
     def xy(step, value):
-        return left + (step - x0) / (x1 - x0) * (right - left), bottom - (value - y0) / (y1 - y0) * (bottom - top)
+        return left + (step - x0) / (x1 - x0) * (right - left), bottom - _fraction(value, y0, y1) * (bottom - top)
 
     for k, (name, values) in enumerate(series.items()):
         color = COLORS[k % len(COLORS)]
@@ -127,7 +165,7 @@ def draw_curves(rows: list[dict], out_png: Path, source: str = "the metrics") ->
     canvas = Image.new("RGB", (PANEL_W * len(panels), PANEL_H), "white")
     for i, panel in enumerate(panels):
         canvas.paste(panel, (i * PANEL_W, 0))
-    canvas.save(out_png)
+    save_image(canvas, out_png, "the figure")
     return out_png
 
 

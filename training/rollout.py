@@ -66,10 +66,10 @@ def prepare_prompts(
     for record in records:
         try:
             rgb, mask = load_sample(record)
+            llm = mllm_image(rgb, lens_config)
         except (LensError, ValueError, OSError) as exc:
             failed.append((record.sample_id, f"{record.dataset}/{record.sample_id}: {exc}"))
             continue
-        llm = mllm_image(rgb, lens_config)
         chats.append(build_chat(processor, lens_config.prompt, record.expression))
         images.append(llm)
         rgbs.append(rgb)

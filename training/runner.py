@@ -27,19 +27,23 @@ import numpy as np
 import torch
 
 from lens_model.distributed import all_mean, all_sum, barrier
+from lens_model.errors import LensError
 from lens_model.eval.metrics import SampleScore, SplitMetrics
+from lens_model.model.checkpoint import check_model_path
+from lens_model.outputs import check_output_dir
 
 from .config import derive_batch, dump_config, load_config, total_steps
 from .data import Schedule, load_mixture
 from .engine import (
     MetricLog,
     Throughput,
+    agree_on_update,
     build_engine,
     init_distributed,
     resolve_precision,
     save_checkpoint,
     start_run,
-    stop_if_not_finite,
+    stop_without_samples,
 )
 from .plots import plot_curves
 
@@ -97,14 +101,23 @@ class Run:
     start_step: int = 0
     last_saved: int | None = None
     engine: object = None  # the DeepSpeed engine (after build_engine)
+    update_samples: int = 0  # valid samples, summed over ranks, of the optimizer step being accumulated
     failed_log: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.failed_log = self.out / f"failed_samples-rank{self.rank}.jsonl"
 
-    def update(self, loss: torch.Tensor, step: int) -> None:
-        """One micro-batch's backward + (accumulated) optimizer step; all ranks first agree that `loss` is finite."""
-        stop_if_not_finite(loss, step + 1, self.rank, self.world, self.device, self.out, self.last_saved)
+    def update(self, loss: torch.Tensor, step: int, samples: int) -> None:
+        """One micro-batch's backward + (accumulated) optimizer step, `samples` the micro-batch's valid samples on
+        this rank. All ranks first agree that `loss` is finite; an optimizer step none of whose micro-batches had a
+        valid sample on any rank stops the run before it is taken."""
+        self.update_samples += agree_on_update(
+            loss, samples, step + 1, self.rank, self.world, self.device, self.out, self.last_saved
+        )
+        if self.engine.is_gradient_accumulation_boundary():
+            if self.update_samples == 0:
+                stop_without_samples(step + 1, self.world, self.out, self.last_saved)
+            self.update_samples = 0
         self.engine.backward(loss)
         self.engine.step()
 
@@ -197,9 +210,23 @@ class TrainingStage(ABC):
         """The closing log line (rank 0)."""
 
 
+def check_paths(cfg) -> None:
+    """The config's paths, checked before the datasets, DeepSpeed or the model start (minutes on a large run): the
+    output folder, and the models and SAM2 weights it names (a Hub id is fetched later)."""
+    check_output_dir(cfg.output_dir, "output_dir")
+    models = ["init_from", "reference"] if cfg.init_from else ["reference", "base_mllm"]
+    for key in models:
+        if getattr(cfg, key, None):
+            check_model_path(getattr(cfg, key), key)
+    sam = getattr(cfg, "sam_checkpoint", None)
+    if sam and not cfg.init_from and not Path(sam).is_file():
+        raise LensError(f"sam_checkpoint: SAM2 checkpoint not found: {sam} (the official .pt, or null: random SAM2)")
+
+
 def run_stage(stage: TrainingStage, args) -> int:
     cfg = load_config(stage.config_class, args.config, args.overrides)
     stage.check(cfg)
+    check_paths(cfg)
     datasets = load_mixture(cfg.datasets)  # before the model: a wrong path fails in seconds, not minutes
     val_records = load_mixture([cfg.val_dataset])[0][: cfg.val_samples] if cfg.val_dataset and cfg.val_samples else []
     dist_info = init_distributed()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ImageError
+
 
 @dataclass
 class Record:
@@ -27,6 +29,15 @@ class Record:
     annotations: dict = field(default_factory=dict)
     # -> (H, W) bool of pixels left out of the metric (ReasonSeg's "ignore" regions); None: every pixel counts
     load_ignore: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+
+    def check_image(self, rgb: np.ndarray) -> None:
+        """The loaded image has the size the annotation gives (its masks and boxes are in those pixels)."""
+        if rgb.shape[:2] != tuple(self.image_size):
+            (h, w), (ah, aw) = rgb.shape[:2], self.image_size
+            raise ImageError(
+                f"{self.dataset}/{self.sample_id}: image {self.image_path} is {w}x{h} pixels but its annotation "
+                f"says {aw}x{ah}; the annotation's masks and boxes would not line up with it"
+            )
 
     def mask(self) -> np.ndarray:
         return self._checked(self.load_mask(), "mask")

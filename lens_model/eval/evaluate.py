@@ -6,14 +6,20 @@ RefCOCO-family ref is a sample; ReasonSeg uses the first sentence and an MLLM im
 640; GroundingSuite captions are used as written.
 
 Each process appends one JSON line per finished sample to OUT/samples-rank{R}.jsonl; a restarted run skips
-samples already in any of those files. The split's numbers are computed from the per-sample intersections
-and unions of all files, so N processes give exactly the single-process cIoU.
+samples already in any of those files, and retries those that failed (an image that was missing may be there
+now). The split's numbers are computed from the per-sample intersections and unions of all files, so N processes
+give exactly the single-process cIoU. OUT/eval_run.json records what the results belong to (weights hash, dataset
+split, protocol options): a run into a folder of another evaluation is refused (`claim_out_dir`). A sample that
+cannot be evaluated (an unreadable image, an image whose size is not its annotation's, an empty expression, an
+undecodable mask) is a failed sample, named in results.json; the split goes on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,12 +30,15 @@ import numpy as np
 from ..data import Record
 from ..distributed import barrier
 from ..errors import LensError
-from ..image_io import load_image
+from ..image_io import load_image, read_prompt
+from ..inference.prompting import check_mllm_image_size
+from ..outputs import write_json
 from ..overlay import draw_overlay
 from .metrics import SampleScore, SplitMetrics, score_sample
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
+RUN_FILE = "eval_run.json"  # what the folder's results belong to: weights hash, dataset split, protocol
 REASONSEG_MLLM_LONGEST_SIDE = 640
 
 
@@ -52,15 +61,94 @@ def _repair_tail(path: Path) -> None:
 
 
 def read_finished(out_dir: Path) -> dict[str, dict]:
+    """{sample_id: row} of every OUT/samples-rank*.jsonl. A sample with a result and a failure keeps the result
+    (a failed sample is retried on resume); a line cut off at the end of a file (an interrupted run) is skipped and
+    redone. Any other unreadable line is corruption: LensError naming the file and line."""
     finished: dict[str, dict] = {}
     for path in sorted(out_dir.glob("samples-rank*.jsonl")):
-        for line in path.read_text().splitlines():
+        lines = path.read_bytes().split(b"\n")
+        for number, raw in enumerate(lines, 1):
+            if not raw.strip():
+                continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by an interruption: that sample is simply redone
-            finished[row["sample_id"]] = row
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                if number == len(lines):  # no newline after it: cut off by an interruption
+                    continue
+                what = "UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "valid JSON"
+                raise LensError(
+                    f"{path} line {number} is not {what}; this file holds lens eval's per-sample results, one JSON "
+                    "object per line: delete that line (its sample is redone) or pass another --out"
+                ) from None
+            missing = _missing_fields(row)
+            if missing:
+                raise LensError(
+                    f"{path} line {number} has no {missing!r}; expected a per-sample result of lens eval: delete that "
+                    "line (its sample is redone) or pass another --out"
+                )
+            old = finished.get(row["sample_id"])
+            if old is None or "error" in old:  # a result is never replaced by a later failure
+                finished[row["sample_id"]] = row
     return finished
+
+
+def _missing_fields(row) -> str | None:
+    if not isinstance(row, dict) or not isinstance(row.get("sample_id"), str):
+        return "sample_id"
+    needed = ("error",) if "error" in row else ("intersection", "union", "box_iou", "gt_box", "pred_box")
+    return next((key for key in needed if key not in row), None)
+
+
+# ---------------------------------------------------------------------------- what an output folder belongs to
+def run_identity(
+    model_dir: Path, model: str, dataset: str, split: str, records: Sequence[Record], protocol: dict
+) -> dict:
+    """What an evaluation's numbers depend on: the weights (sha256 of the weight files), the dataset split (a hash
+    of its samples: ids, expressions and image files, so a moved dataset is still the same one) and the protocol
+    options. `model` (the path or Hub id given) is recorded, not compared."""
+    from ..export.metadata import model_hash
+
+    samples = hashlib.sha256()
+    for record in records:
+        samples.update(f"{record.sample_id}\t{record.expression}\t{record.image_path.name}\n".encode())
+    return {
+        "model": model,
+        "model_hash": model_hash(model_dir)[0],
+        "dataset": dataset,
+        "split": split,
+        "samples_hash": samples.hexdigest(),
+        "protocol": protocol,
+    }
+
+
+def claim_out_dir(out: Path, identity: dict, rank: int = 0) -> None:
+    """Refuse an output folder that holds another evaluation's results (another model, dataset, split or protocol):
+    resuming into it would mix their numbers. A new folder gets OUT/eval_run.json (rank 0 writes it)."""
+    if out.exists() and not out.is_dir():
+        raise LensError(f"--out {out} is a file; pass a folder for the evaluation's results")
+    run_file = out / RUN_FILE
+    if run_file.is_file():
+        try:
+            saved = json.loads(run_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise LensError(f"{run_file} is not valid JSON ({exc}); pass another --out") from None
+        for key in ("model_hash", "dataset", "split", "samples_hash", "protocol"):
+            if not isinstance(saved, dict) or saved.get(key) != identity[key]:
+                there = saved.get(key) if isinstance(saved, dict) else None
+                raise LensError(
+                    f"--out {out} holds the results of another evaluation ({key}: {there!r} there, "
+                    f"{identity[key]!r} now; model {saved.get('model') if isinstance(saved, dict) else '?'}); "
+                    "resuming would mix their numbers: pass another --out"
+                )
+        return
+    if any(out.glob("samples-rank*.jsonl")) or (out / RESULTS_FILE).exists():
+        raise LensError(
+            f"--out {out} holds evaluation results without {RUN_FILE} (written by another tool or an older lens "
+            "eval), so they cannot be matched to this model and dataset: pass another --out"
+        )
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(run_file, identity, "the evaluation's identity")
 
 
 def _batches(records: Sequence[Record], size: int) -> Iterator[list[Record]]:
@@ -78,23 +166,28 @@ def _evaluate_batch(
     ready = []
     for i, record in enumerate(batch):
         try:
+            expression = read_prompt(record.expression)
             if record.image_path not in images:
                 images[record.image_path] = load_image(record.image_path)
+            record.check_image(images[record.image_path])
+            check_mllm_image_size(images[record.image_path].shape[:2], str(record.image_path))
             gt = record.mask()
             ignore = None if options.ignore_as_background else record.ignore_mask()
-            ready.append((i, gt, ignore))
+            ready.append((i, gt, ignore, expression))
         except (LensError, ValueError) as exc:
-            log.warning("sample %s failed: %s", record.sample_id, exc)
-            out[i] = ({"sample_id": record.sample_id, "error": str(exc)}, None, None)
+            prefix = f"{record.dataset}/{record.sample_id}: "
+            message = str(exc) if str(exc).startswith(prefix) else prefix + str(exc)
+            log.warning("sample %s failed: %s", record.sample_id, message)
+            out[i] = ({"sample_id": record.sample_id, "error": message}, None, None)
     if ready:
-        paths = list(dict.fromkeys(batch[i].image_path for i, _, _ in ready))
+        paths = list(dict.fromkeys(batch[i].image_path for i, _, _, _ in ready))
         results = pipe.segment_batch(
             [images[p] for p in paths],
-            [batch[i].expression for i, _, _ in ready],
-            [paths.index(batch[i].image_path) for i, _, _ in ready],
+            [expression for _, _, _, expression in ready],
+            [paths.index(batch[i].image_path) for i, _, _, _ in ready],
             max_length=options.max_length,
         )
-        for (i, gt, ignore), result in zip(ready, results):
+        for (i, gt, ignore, _), result in zip(ready, results):
             record = batch[i]
             score = score_sample(result.mask, gt, result.box, record.box, ignore=ignore)
             row = {
@@ -165,7 +258,11 @@ def run_eval(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     finished = read_finished(out)
-    todo = [r for i, r in enumerate(records) if i % world == rank and r.sample_id not in finished]
+    todo = [
+        r
+        for i, r in enumerate(records)
+        if i % world == rank and (r.sample_id not in finished or "error" in finished[r.sample_id])
+    ]
     own = out / f"samples-rank{rank}.jsonl"
     if own.exists():
         _repair_tail(own)
@@ -193,8 +290,10 @@ def run_eval(
     if rank != 0:
         return None
     summary, failed = summarize(records, read_finished(out))
+    # an undefined mean (no sample scored) is null, never NaN: results.json stays valid JSON
+    summary = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in summary.items()}
     results = {**(meta or {}), **summary, "failed": len(failed), "failed_samples": failed}
-    (out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out / RESULTS_FILE, results, "the results")
     return results
 
 

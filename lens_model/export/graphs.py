@@ -137,6 +137,17 @@ class MaskDecoderGraph(nn.Module):
 GraphIO = tuple[list[TensorSpec], list[TensorSpec]]  # (inputs, outputs)
 
 
+def graph_widths(sam, context) -> dict[str, int]:
+    """The `width` of each exported graph in the parity rule (lens_model.parity: the longest reduction of its linear
+    layers), the tracking graphs included when `sam` has its memory modules."""
+    from ..parity import linear_width
+
+    modules = {"image_encoder": sam.image_encoder, "context_head": context, "mask_decoder": sam.sam_mask_decoder}
+    if hasattr(sam, "memory_attention"):
+        modules.update(memory_attention=sam.memory_attention, memory_encoder=sam.memory_encoder)
+    return {name: linear_width(module) for name, module in modules.items()}
+
+
 def graph_io(image_size: int, num_queries: int, hidden_size: int, embed_dim: int = 256) -> dict[str, GraphIO]:
     """Input and output specs of each graph (B = BATCH, dynamic)."""
     s = image_size

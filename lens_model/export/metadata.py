@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import LensError
 
 METADATA_FILE = "lens_export.json"
+TIMING_CACHE = "timing.cache"  # TensorRT builder timing cache, reused when engines are rebuilt
 FORMAT_VERSION = 1
 GRAPH_NAMES = ("image_encoder", "context_head", "mask_decoder")
 # SAM2's tracking graphs, exported when the model has its memory modules; always both or neither.
@@ -42,6 +43,18 @@ class TensorSpec:
 
 
 @dataclass
+class CpuChoice:
+    """How `--backend onnxruntime` runs one graph on a CPU: the fastest of the ways `lens export` timed on the
+    exporting machine (lens_model.export.cpu_choice)."""
+
+    runtime: str  # "onnxruntime", or "torch" (the loaded model's own module: torch was faster here)
+    onnx: str  # the file ONNX Runtime runs: NAME.onnx, or NAME.int8.onnx
+    disabled_optimizers: list[str]  # ONNX Runtime graph fusions switched off for it (e.g. SkipLayerNormFusion)
+    ms: dict[str, float]  # median wall milliseconds of every way timed, by name (cpu_choice.CANDIDATES)
+    threads: int  # CPU threads of the timing (torch's and ONNX Runtime's)
+
+
+@dataclass
 class GraphSpec:
     """One exported graph: its ONNX file (plus `*.onnx.data` when over 2 GB) and, once built, its engine."""
 
@@ -52,10 +65,14 @@ class GraphSpec:
     engine: str | None = None  # TensorRT engine file name, when built
     # [min, opt, max] of each dynamic dimension other than BATCH (whose range is the engine build's batch profile)
     dynamic_dims: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    int8_onnx: str | None = None  # its dynamic int8 version for CPUs (`lens export --int8`)
+    cpu: CpuChoice | None = None  # how to run it on a CPU, when timed at export; None: ONNX Runtime on `onnx`
 
     def __post_init__(self) -> None:
         self.inputs = [TensorSpec(**t) if isinstance(t, dict) else t for t in self.inputs]
         self.outputs = [TensorSpec(**t) if isinstance(t, dict) else t for t in self.outputs]
+        if isinstance(self.cpu, dict):
+            self.cpu = CpuChoice(**self.cpu)
 
 
 @dataclass
@@ -238,6 +255,7 @@ POSTPROCESSING = {
 
 __all__ = [
     "BATCH",
+    "CpuChoice",
     "ExportError",
     "ExportMetadata",
     "GRAPH_NAMES",

@@ -16,12 +16,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .metadata import BATCH, ExportError, ExportMetadata, GraphSpec, TensorRTInfo, read_metadata
+from .metadata import BATCH, TIMING_CACHE, ExportError, ExportMetadata, GraphSpec, TensorRTInfo, read_metadata
 from .tensorrt_runtime import gpu_identity, require_tensorrt
 
 log = logging.getLogger(__name__)
-
-TIMING_CACHE = "timing.cache"
 
 
 @dataclass

@@ -216,7 +216,17 @@ def load_depth(path: str | os.PathLike, scale: float = 0.001) -> np.ndarray:
     if not path.is_file():
         raise DepthError(f"depth image not found: {path}")
     if path.suffix.lower() == ".npy":
-        depth = np.load(path)
+        expected = "expected a .npy of uint16 (units of the depth scale) or float32 metres"
+        with path.open("rb") as stream:
+            if stream.read(6) != b"\x93NUMPY":
+                raise DepthError(f"{path} is not a .npy file (no NumPy header); {expected}")
+        try:
+            depth = np.load(path, allow_pickle=False)  # an object array would unpickle (run) code from the file
+        except ValueError as exc:
+            what = "an object array (pickled Python objects)" if "allow_pickle" in str(exc) else f"unreadable ({exc})"
+            raise DepthError(f"{path} is {what}; {expected}") from None
+        except (OSError, EOFError) as exc:
+            raise DepthError(f"cannot read depth image {path}: {exc}") from None
     else:
         depth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if depth is None:

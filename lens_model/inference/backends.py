@@ -156,7 +156,11 @@ def _import_onnxruntime():
 
 class OnnxRuntimeBackend(ExportedBackend):
     """The exported ONNX graphs in ONNX Runtime: CUDA execution provider when the pipeline runs on a GPU and
-    onnxruntime-gpu is installed, else CPU. Tensors cross the boundary as float32 numpy arrays."""
+    onnxruntime-gpu is installed, else CPU. Tensors cross the boundary as float32 numpy arrays.
+
+    On a CPU each graph runs the way `lens export` measured fastest there (`CpuChoice` in the metadata: the float32
+    or int8 graph, with or without a fusion, or the model's own torch module once `use_model` gave it the model);
+    `follow_cpu_choice=False`, or an export without timings, runs every graph's float32 file in ONNX Runtime."""
 
     name = "onnxruntime"
 
@@ -166,38 +170,76 @@ class OnnxRuntimeBackend(ExportedBackend):
         device: torch.device | str = "cpu",
         threads: int | None = None,
         meta: ExportMetadata | None = None,
+        follow_cpu_choice: bool = True,
     ) -> None:
         super().__init__(export_dir, device, meta)
-        ort = _import_onnxruntime()
-        providers = ["CPUExecutionProvider"]
-        if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index or 0}))
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.sessions = {}
-        for name, graph in self.meta.graphs.items():
-            path = self.export_dir / graph.onnx
-            if not path.is_file():
-                raise ExportError(f"{path} is missing: the export in {self.export_dir} is incomplete; export again")
-            try:
-                session = ort.InferenceSession(str(path), options, providers=providers)
-            except Exception as exc:  # onnxruntime's InvalidProtobuf, InvalidArgument, Fail ... derive from Exception
-                reason = " ".join(str(exc).split())[:300]
-                raise ExportError(
-                    f"{path} is not a loadable ONNX graph ({reason}); export the model again: "
-                    f"lens export --model M --out {self.export_dir} --overwrite"
-                ) from None
-            names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
-            want = ([t.name for t in graph.inputs], [t.name for t in graph.outputs])
-            if sorted(names[0]) != sorted(want[0]) or sorted(names[1]) != sorted(want[1]):
-                raise ExportError(
-                    f"{path} has inputs/outputs {names}, but {self.export_dir}/lens_export.json says {want}"
-                )
-            self.sessions[name] = session
+        self._ort = _import_onnxruntime()
+        self.providers = ["CPUExecutionProvider"]
+        if self.device.type == "cuda" and "CUDAExecutionProvider" in self._ort.get_available_providers():
+            self.providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index or 0}))
+        self.threads = threads
+        on_cpu = len(self.providers) == 1
+        self.cpu_choices = {
+            name: graph.cpu for name, graph in self.meta.graphs.items() if on_cpu and follow_cpu_choice and graph.cpu
+        }
+        # graphs that run in torch once a model is given (use_model); their sessions open only if run() asks
+        self.torch_graphs = {name for name, choice in self.cpu_choices.items() if choice.runtime == "torch"}
+        self._torch: TorchBackend | None = None
+        self.files: dict[str, Path] = {}  # graph -> the ONNX file its session runs
+        self.sessions = {name: self._open(name) for name in self.meta.graphs if name not in self.torch_graphs}
+
+    def _open(self, name: str):
+        from ..export.cpu_choice import session_options
+
+        graph, choice = self.meta.graphs[name], self.cpu_choices.get(name)
+        path = self.export_dir / (choice.onnx if choice else graph.onnx)
+        if not path.is_file():
+            raise ExportError(f"{path} is missing: the export in {self.export_dir} is incomplete; export again")
+        try:
+            session = self._ort.InferenceSession(
+                str(path),
+                session_options(self.threads),
+                providers=self.providers,
+                disabled_optimizers=(choice.disabled_optimizers or None) if choice else None,
+            )
+        except Exception as exc:  # onnxruntime's InvalidProtobuf, InvalidArgument, Fail ... derive from Exception
+            reason = " ".join(str(exc).split())[:300]
+            raise ExportError(
+                f"{path} is not a loadable ONNX graph ({reason}); export the model again: "
+                f"lens export --model M --out {self.export_dir} --overwrite"
+            ) from None
+        names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+        want = ([t.name for t in graph.inputs], [t.name for t in graph.outputs])
+        if sorted(names[0]) != sorted(want[0]) or sorted(names[1]) != sorted(want[1]):
+            raise ExportError(f"{path} has inputs/outputs {names}, but {self.export_dir}/lens_export.json says {want}")
+        self.files[name] = path
+        return session
+
+    def use_model(self, model) -> None:
+        """Run the graphs that the export's CPU timings found faster in torch with `model`'s own modules (the
+        model the export was checked against: `check_model`)."""
+        self._torch = TorchBackend(model) if self.torch_graphs else None
+
+    def _in_torch(self, graph: str) -> bool:
+        return self._torch is not None and graph in self.torch_graphs
+
+    def encode_images(self, images: torch.Tensor) -> SamImageFeatures:
+        return self._torch.encode_images(images) if self._in_torch("image_encoder") else super().encode_images(images)
+
+    def prompt_embeddings(self, query_states: torch.Tensor) -> torch.Tensor:
+        if self._in_torch("context_head"):
+            return self._torch.prompt_embeddings(query_states)
+        return super().prompt_embeddings(query_states)
+
+    def decode(self, prompt_embed: torch.Tensor, features: SamImageFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._in_torch("mask_decoder"):
+            return self._torch.decode(prompt_embed, features)
+        return super().decode(prompt_embed, features)
 
     def run(self, graph: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         spec = self.meta.graphs[graph]
+        if graph not in self.sessions:
+            self.sessions[graph] = self._open(graph)
         dtypes = {t.name: getattr(torch, t.dtype) for t in spec.inputs}  # float32, int64
         arrays = {k: v.detach().to("cpu", dtypes[k]).contiguous().numpy() for k, v in feeds.items()}
         outs = self.sessions[graph].run([t.name for t in spec.outputs], arrays)
@@ -268,6 +310,8 @@ def open_backend(choice: BackendChoice, model, model_dir: str | Path | None = No
     cls = OnnxRuntimeBackend if choice.name == "onnxruntime" else TensorRTBackend
     backend = cls(choice.export_dir, device=model.device, meta=choice.meta)
     backend.check_model(model, model_dir)
+    if isinstance(backend, OnnxRuntimeBackend):
+        backend.use_model(model)
     log.info("segmentation backend: %s from %s", choice.name, choice.export_dir)
     return backend
 

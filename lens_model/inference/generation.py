@@ -6,7 +6,8 @@ For R prompt rows over I distinct images (row r shows image rows[r]; prompts lef
     completion (R, T): sampled/greedy `generate` here, or token ids from another sampler (vLLM)
     context pass: the model's own mode (`LensModel.query_states`: cached KV reuse or 1-D full re-pass)
     SAM2 image encoder: once per image (I)            -> each row decodes with its image's features
-    masks upsampled to each image's original size (logit > 0); texts decoded and answers parsed once
+    masks upsampled to each image's original size (logit > 0), with their stability scores; texts decoded and
+    answers parsed once
 
 `LensPipeline.segment_batch` (inference), `training.rollout` (in-process GRPO sampling) and
 `training.vllm_rollout` (completions from vLLM) all call `generate_and_segment`.
@@ -24,6 +25,7 @@ from ..model.sam import SamImageFeatures, upsample_logits
 from ..vocab import COMPLETION_ENDS, CONTEXT_PASS_MODES
 from .answer import ParsedAnswer, parse_answer
 from .backends import SegmentationBackend, TorchBackend
+from .confidence import stability_score
 from .prompting import EndTokenIds, decode_completions, end_token_ids
 from .timing import StageTimer
 
@@ -62,7 +64,9 @@ class GenerationOutput:
     answers: list[ParsedAnswer]  # R answers parsed with the model's answer format
     masks: list[np.ndarray]  # R × (H, W) bool at the row's original image size
     scores: torch.Tensor  # (R, 1) SAM2's predicted IoU of each mask
+    stabilities: list[float]  # R stability scores of the masks (confidence.stability_score, at the masks' size)
     sam_features: SamImageFeatures  # of the I images
+    finite: torch.Tensor  # (R,) bool: the row's mask logits and score are finite (False: NaN/inf weights or inputs)
 
 
 def check_context_pass(model: LensModel, context_pass: str | None) -> None:
@@ -192,10 +196,11 @@ def generate_and_segment(
         features = segmenter.encode_images(prompts.sam_images.to(device))
     with timer.stage("sam_decode"):
         low_res, scores = segmenter.masks_from_query_states(states, features.select(rows))  # (R, 1, S/4, S/4)
-        masks = [
-            (upsample_logits(low_res[r : r + 1], prompts.image_sizes[i])[0] > 0).cpu().numpy()
-            for r, i in enumerate(rows.tolist())
-        ]
+        masks, stabilities = [], []
+        for r, i in enumerate(rows.tolist()):
+            logits = upsample_logits(low_res[r : r + 1], prompts.image_sizes[i])[0]  # (H, W)
+            masks.append((logits > 0).cpu().numpy())
+            stabilities.append(stability_score(logits))
     with timer.stage("postprocess"):
         texts = decode_completions(tokenizer, completion, pad_token_id, eos_token_ids)
         answers = [parse_answer(t, model.lens_config.prompt.answer_format) for t in texts]
@@ -210,5 +215,7 @@ def generate_and_segment(
         answers,
         masks,
         scores,
+        stabilities,
         features,
+        torch.isfinite(low_res).flatten(1).all(1) & torch.isfinite(scores).flatten(1).all(1),
     )

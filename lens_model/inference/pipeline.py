@@ -11,12 +11,13 @@ import torch
 from PIL import Image
 
 from ..devices import resolve_device, resolve_dtype
-from ..errors import PromptError
+from ..errors import NonFiniteOutputError, PromptError
 from ..image_io import load_image, read_prompt
 from ..model.config import LensConfig
 from ..model.modeling import LensModel
 from ..model.sam import preprocess_for_sam
 from .backends import SegmentationBackend, TorchBackend, check_backend_args, open_backend
+from .confidence import ConfidenceSignals, answer_name, judge, names_prompt
 from .generation import PromptRows, generate_and_segment
 from .prompting import box_in_image, build_chat, mllm_image, special_token_ids
 from .timing import StageTimer
@@ -36,6 +37,11 @@ class SegmentationResult:
     mllm_image_size: tuple[int, int]  # (h, w) the MLLM saw after smart resize
     box_error: str | None = None  # why `box` is None
     format_ok: bool = False  # the answer followed the prompt format's template
+    # Is the result meaningful (lens_model.inference.confidence)? When not, `reason` says which checks failed.
+    confident: bool = False
+    reason: str | None = "not judged"
+    named: bool = False  # the answer names the asked-for object (confidence.names_prompt)
+    stability: float = 0.0  # SAM's stability score of the mask (confidence.stability_score)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -43,8 +49,21 @@ class SegmentationResult:
         data.pop("mask")
         data["mask_pixels"] = int(self.mask.sum())
         data["box"] = None if self.box is None else [round(float(v), 2) for v in self.box]
+        data["stability"] = round(self.stability, 4)
         data["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
         return data
+
+
+def check_finite(finite: torch.Tensor, prompts: Sequence[str]) -> None:
+    """Refuse results computed from non-finite numbers: NaN mask logits give an empty mask and a NaN score, which
+    looks like "nothing found" and is not valid JSON. `finite` (R,) bool per prompt row."""
+    bad = [i for i, ok in enumerate(finite.tolist()) if not ok]
+    if bad:
+        raise NonFiniteOutputError(
+            f"the model computed non-finite (NaN or inf) mask logits or scores for prompt {prompts[bad[0]]!r}"
+            f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}: its weights (or a backend's graphs) hold NaN or "
+            "inf values, or overflowed in this dtype; check the checkpoint (or try --dtype float32)"
+        )
 
 
 class LensPipeline:
@@ -70,6 +89,8 @@ class LensPipeline:
         self.max_new_tokens = max_new_tokens
         self.max_prompt_tokens = max_prompt_tokens
         self.pad_token_id, self.eos_token_ids = special_token_ids(processor.tokenizer)
+        # When a result is `confident`: the model's config (lens.confidence); replace it to judge differently.
+        self.confidence = self.model.lens_config.confidence
 
     @classmethod
     def from_pretrained(
@@ -193,12 +214,24 @@ class LensPipeline:
             streamer=streamer,
             timer=timer,
         )
+        answer_format = self.config.prompt.answer_format
         with timer.stage("postprocess"):
+            check_finite(out.finite, prompts)
             results = []
             for i, (prompt, j) in enumerate(zip(prompts, image_index)):
                 image_hw = prepared[j][0].shape[:2]
                 llm_hw = (int(grid[j, 1]) * patch, int(grid[j, 2]) * patch)  # the size the MLLM actually saw
-                box, box_error = box_in_image(out.answers[i], llm_hw, image_hw)
+                parsed = out.answers[i]
+                box, box_error = box_in_image(parsed, llm_hw, image_hw)
+                signals = ConfidenceSignals(
+                    format_ok=parsed.format_ok,
+                    named=names_prompt(parsed, prompt, answer_format),
+                    answer_name=answer_name(parsed, answer_format),
+                    mask_fraction=float(out.masks[i].mean()),
+                    stability=out.stabilities[i],
+                    score=float(out.scores[i, 0]),
+                )
+                confident, reason = judge(signals, self.confidence)
                 results.append(
                     SegmentationResult(
                         prompt=prompt,
@@ -210,7 +243,11 @@ class LensPipeline:
                         image_size=tuple(image_hw),
                         mllm_image_size=llm_hw,
                         box_error=box_error,
-                        format_ok=out.answers[i].format_ok,
+                        format_ok=parsed.format_ok,
+                        confident=confident,
+                        reason=reason,
+                        named=signals.named,
+                        stability=signals.stability,
                     )
                 )
         timer.times["total"] = sum(timer.times.values())

@@ -21,6 +21,10 @@ from .answer import Box, ParsedAnswer, clip_box, parse_answer, rescale_box, smar
 
 # Qwen2-VL's image processor refuses images whose long side exceeds 200 times the short side.
 MAX_MLLM_ASPECT_RATIO = 200
+# The MLLM's vision encoder cuts images into 14 x 14-pixel patches; an image with fewer pixels than one patch holds
+# less than one patch of picture (a 1x1 or 8x8 image gave an empty or arbitrary mask), whatever the resize makes of it.
+MLLM_PATCH_PIXELS = 14
+MIN_MLLM_IMAGE_PIXELS = MLLM_PATCH_PIXELS * MLLM_PATCH_PIXELS
 
 
 def special_token_ids(tok) -> tuple[int, list[int]]:
@@ -65,10 +69,17 @@ def build_chat(processor, prompt_config: PromptConfig, question_text: str) -> st
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def check_mllm_aspect_ratio(hw: tuple[int, int], source: str = "image") -> None:
-    """Refuse an (H, W) image the MLLM cannot take. Refused rather than padded: padding would change the picture
-    the model reasons about and the box coordinates it answers in; cropping or padding is the user's choice."""
+def check_mllm_image_size(hw: tuple[int, int], source: str = "image") -> None:
+    """Refuse an (H, W) image the MLLM cannot take: fewer pixels than one of its image patches, or an aspect ratio
+    above MAX_MLLM_ASPECT_RATIO. Refused rather than padded or upscaled: either would change the picture the model
+    reasons about and the box coordinates it answers in; that is the user's choice."""
     h, w = hw
+    if h * w < MIN_MLLM_IMAGE_PIXELS:
+        raise ImageError(
+            f"{source} is {w}x{h} pixels, smaller than one image patch of the MLLM ({MLLM_PATCH_PIXELS}x"
+            f"{MLLM_PATCH_PIXELS} = {MIN_MLLM_IMAGE_PIXELS} pixels): it would see a blur upscaled from "
+            f"{h * w} pixel(s) and SAM2 one stretched to its input size; pass a larger image"
+        )
     ratio = max(h, w) / min(h, w)
     if ratio > MAX_MLLM_ASPECT_RATIO:
         short = "height" if h < w else "width"
@@ -83,8 +94,8 @@ def mllm_image(rgb: np.ndarray, config: LensConfig, longest_side: int | None = N
     """HxWx3 uint8 -> the PIL image the MLLM sees: resized so that its longest side is `longest_side` (default: the
     model's `mllm_longest_side`, the size it was trained for; None for both: as given), then smart-resized
     (multiples of 28 within the config's pixel bounds), so that box coordinates are pixels of this image.
-    ImageError for an aspect ratio above MAX_MLLM_ASPECT_RATIO."""
-    check_mllm_aspect_ratio(rgb.shape[:2])
+    ImageError for an image `check_mllm_image_size` refuses."""
+    check_mllm_image_size(rgb.shape[:2])
     image = Image.fromarray(rgb)
     longest_side = longest_side or config.mllm_longest_side
     if longest_side and max(image.size) != longest_side:

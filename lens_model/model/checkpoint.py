@@ -97,6 +97,23 @@ def save_model(
 
 
 # ---------------------------------------------------------------------------- resolving
+def _looks_like_hub_id(text: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is not None and not text.startswith(".")
+
+
+def check_model_path(name_or_path: str | os.PathLike, what: str) -> None:
+    """A model named in a config, checked before anything heavy starts: an existing checkpoint directory (with
+    config.json), or a Hub id (fetched when the model loads). CheckpointError naming `what` otherwise."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{what}: {path} is a file; pass the checkpoint directory that holds config.json")
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{what}: {path} has no config.json; pass a model checkpoint directory")
+    elif not _looks_like_hub_id(str(name_or_path)):
+        raise CheckpointError(f"{what}: model directory not found: {path}")
+
+
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     """A local directory, or a Hub id downloaded to the local cache. Errors say what to do."""
     path = Path(name_or_path).expanduser()
@@ -105,8 +122,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
             raise CheckpointError(f"model path {path} is a file; pass the checkpoint directory that holds config.json")
         return path
     text = str(name_or_path)
-    looks_like_hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is not None and not text.startswith(".")
-    if not looks_like_hub_id:
+    if not _looks_like_hub_id(text):
         raise CheckpointError(f"model directory not found: {path}")
     try:
         from huggingface_hub import snapshot_download
@@ -174,6 +190,8 @@ def read_configs(model_dir: Path) -> tuple[Any, LensConfig]:
         data = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_file} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{cfg_file}: expected a JSON object (the model's config), got {type(data).__name__}")
     if "lens" in data:
         try:
             lens = LensConfig.from_dict(data.pop("lens"))
@@ -195,7 +213,33 @@ def read_configs(model_dir: Path) -> tuple[Any, LensConfig]:
         )
     data["model_type"] = model_type
     config_cls = mllm_class(model_type).config_class
+    check_config_types(data, config_cls().to_dict(), cfg_file)
     return config_cls.from_dict(data), lens
+
+
+def check_config_types(given: dict[str, Any], defaults: dict[str, Any], cfg_file: Path, prefix: str = "") -> None:
+    """Each value of the MLLM's config.json whose key has a numeric or boolean default in its transformers config
+    class must be of that kind (a mapping where the default is one): `text_config.hidden_size: "128"` is named here,
+    instead of failing inside torch when the model is built. null is left to transformers."""
+    for key, value in given.items():
+        if key not in defaults or value is None:
+            continue
+        default, name = defaults[key], f"{prefix}{key}"
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise CheckpointError(f"{cfg_file}: {name}: expected a mapping, got {value!r}")
+            check_config_types(value, default, cfg_file, f"{name}.")
+            continue
+        if isinstance(default, bool):
+            ok, expected = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok, expected = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        else:
+            continue
+        if not ok:
+            raise CheckpointError(f"{cfg_file}: {name}: expected {expected}, got {value!r} ({type(value).__name__})")
 
 
 # ---------------------------------------------------------------------------- loading

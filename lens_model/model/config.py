@@ -10,6 +10,7 @@ instead; :meth:`LensConfig.from_released` maps them.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,51 @@ THINK_ANSWER_QUESTION = (  # sentences joined without spaces, exactly as the rel
 )
 
 
+def _describe(value: Any) -> str:
+    return f"{value!r} ({'null' if value is None else type(value).__name__})"
+
+
+def check_field_types(obj: Any, section: str) -> None:
+    """Every field of dataclass `obj` holds a value of its declared type (int, float, bool, str, list[str]); a
+    ValueError names the first that does not, as `section.field` (JSON gives strings and nulls where a number was
+    meant: `"num_queries": "eight"` must be named, not fail later inside the model)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, kind = getattr(obj, f.name), hints[f.name]
+        if kind is bool:
+            ok, expected = isinstance(value, bool), "true or false"
+        elif kind is int:
+            ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif kind is float:
+            ok, expected = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif kind is str:
+            ok, expected = isinstance(value, str), "a string"
+        elif typing.get_origin(kind) is list:
+            item = typing.get_args(kind)[0]
+            ok, expected = (
+                isinstance(value, list) and all(isinstance(v, item) for v in value),
+                f"a list of {item.__name__}",
+            )
+        else:
+            continue  # nested sections check themselves
+        if not ok:
+            raise ValueError(f"{section}.{f.name}: expected {expected}, got {_describe(value)}")
+
+
+def _section(value: Any, cls: type, key: str) -> Any:
+    """A nested config section given as a dict (config.json) -> `cls`; anything else but a `cls` is refused."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        names = ", ".join(f.name for f in dataclasses.fields(cls))
+        raise ValueError(f"{key}: expected a mapping with keys {names}, got {_describe(value)}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"unknown keys in the '{key}' config section: {unknown}; valid keys: {sorted(known)}")
+    return cls(**value)
+
+
 @dataclass
 class PromptConfig:
     """How a referring expression becomes a chat prompt and how the answer is read back."""
@@ -45,6 +91,11 @@ class PromptConfig:
             return cls("think_answer", QWEN_SYSTEM_PROMPT, THINK_ANSWER_QUESTION)  # released CoT: "default" system
         raise ValueError(f"unknown answer format {answer_format!r}; expected one of {', '.join(ANSWER_FORMATS)}")
 
+    def __post_init__(self) -> None:
+        check_field_types(self, "lens.prompt")
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"lens.prompt.answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
+
 
 @dataclass
 class SamConfig:
@@ -55,6 +106,43 @@ class SamConfig:
     image_size: int = 1024
     # build_sam2's default post-processing (dynamic multimask via stability), as the released code.
     apply_postprocessing: bool = True
+
+    def __post_init__(self) -> None:
+        check_field_types(self, "lens.sam")
+        if self.image_size < 32 or self.image_size % 32:
+            raise ValueError(
+                f"lens.sam.image_size: expected a positive multiple of 32 (SAM2's Hiera downsamples by 32), "
+                f"got {self.image_size}"
+            )
+
+
+@dataclass
+class ConfidenceConfig:
+    """When a result counts as `confident` (lens_model.inference.confidence): every check below must pass.
+
+    Defaults calibrated on the demo model (scripts/calibrate_confidence.py; docs/design.md, "When a result is
+    meaningless"); a model directory's config.json may carry its own in `lens.confidence`, and a pipeline's
+    `confidence` attribute can be replaced at run time."""
+
+    require_format: bool = True  # the answer followed its format's markup
+    require_named: bool = True  # the answer names the asked-for object (confidence.names_prompt)
+    min_mask_fraction: float = 0.0005  # below: the mask is (nearly) empty
+    max_mask_fraction: float = 0.95  # above: the mask is (nearly) the whole image
+    min_stability: float = 0.7  # SAM's stability score of the mask (confidence.stability_score)
+    min_score: float | None = None  # SAM2's IoU prediction; None: not checked (it tells nothing on the demo model)
+
+    @classmethod
+    def accept_all(cls) -> ConfidenceConfig:
+        """Every check off: every result is confident (for plumbing tests on random tiny models)."""
+        return cls(False, False, 0.0, 1.0, 0.0, None)
+
+    def __post_init__(self) -> None:
+        check_field_types(self, "lens.confidence")
+        if not 0.0 <= self.min_mask_fraction <= self.max_mask_fraction <= 1.0:
+            raise ValueError(
+                "lens.confidence needs 0 <= min_mask_fraction <= max_mask_fraction <= 1, got "
+                f"{self.min_mask_fraction} and {self.max_mask_fraction}"
+            )
 
 
 @dataclass
@@ -78,16 +166,25 @@ class LensConfig:
     mllm_longest_side: int | None = None
     prompt: PromptConfig = field(default_factory=PromptConfig)
     sam: SamConfig = field(default_factory=SamConfig)
+    confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.prompt, dict):
-            self.prompt = PromptConfig(**self.prompt)
-        if isinstance(self.sam, dict):
-            self.sam = SamConfig(**self.sam)
+        """Every value checked here, the one place a config (config.json's "lens" section, a training config, a
+        caller) becomes a LensConfig: a ValueError names the key and what was expected."""
+        self.prompt = _section(self.prompt, PromptConfig, "lens.prompt")
+        self.sam = _section(self.sam, SamConfig, "lens.sam")
+        self.confidence = _section(self.confidence, ConfidenceConfig, "lens.confidence")
+        check_field_types(self, "lens")
         if self.context_pass not in CONTEXT_PASS_MODES:
             raise ValueError(f"lens.context_pass must be one of {CONTEXT_PASS_MODES}, got {self.context_pass!r}")
-        if self.num_queries < 1:
-            raise ValueError(f"lens.num_queries must be >= 1, got {self.num_queries}")
+        for name in ("num_queries", "connector_depth", "connector_heads", "connector_mlp_ratio", "sam_embed_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"lens.{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_pixels < 1 or self.max_pixels < self.min_pixels:
+            raise ValueError(
+                f"lens.min_pixels and lens.max_pixels: expected 1 <= min_pixels <= max_pixels, got "
+                f"{self.min_pixels} and {self.max_pixels}"
+            )
         if self.mllm_longest_side is not None and self.mllm_longest_side < 28:
             raise ValueError(f"lens.mllm_longest_side must be null or >= 28 pixels, got {self.mllm_longest_side}")
 
@@ -96,11 +193,7 @@ class LensConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LensConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown keys in the 'lens' config section: {unknown}; valid keys: {sorted(known)}")
-        return cls(**data)
+        return _section(data, cls, "lens")
 
     @classmethod
     def from_released(cls, mllm_config: dict[str, Any]) -> LensConfig:

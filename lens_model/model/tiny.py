@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .config import LensConfig, PromptConfig, SamConfig
+from .config import ConfidenceConfig, LensConfig, PromptConfig, SamConfig
 
 # Qwen2-VL / Qwen2.5-VL special tokens, in their released order.
 QWEN_SPECIAL_TOKENS = [
@@ -275,6 +275,7 @@ def make_tiny(
     mllm_longest_side: int | None = None,
     tokenizer_corpus: Sequence[str] = (),
     rope_theta: float = 10000.0,
+    confidence: ConfidenceConfig | None = None,
 ) -> Path:
     """Build, randomly initialise (seeded) and save a tiny LENS checkpoint, with SAM2 memory weights for tracking
     (sam2_memory.safetensors); returns its directory.
@@ -284,7 +285,9 @@ def make_tiny(
     hidden, layers, vision_depth, vision_hidden, rope_theta: the MLLM (`tiny_mllm_config`). prompt: the prompt and
     answer format (default: grounding, as the released RefCOCO model). mllm_longest_side: the MLLM image size the
     model is meant for (LensConfig). tokenizer_corpus: text the tokenizer learns merges from besides its own few
-    sentences (`build_tiny_tokenizer`)."""
+    sentences (`build_tiny_tokenizer`).
+    confidence: when a result counts as confident (default: ConfidenceConfig(), under which a random model's results
+    never are; ConfidenceConfig.accept_all() for tests of what is published and tracked for confident results)."""
     from .checkpoint import save_model
     from .modeling import LensModel
     from .sam_memory import build_sam_memory, save_sam_memory
@@ -293,6 +296,8 @@ def make_tiny(
     processor = build_tiny_processor(corpus=tokenizer_corpus)
     lens_config = tiny_lens_config(num_queries, sam_image_size, prompt, mllm_longest_side)
     lens_config.context_pass = context_pass
+    if confidence is not None:
+        lens_config.confidence = confidence
     mllm_config = tiny_mllm_config(
         processor.tokenizer, hidden, mllm_type, layers, vision_depth, vision_hidden, rope_theta
     )

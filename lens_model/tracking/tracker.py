@@ -12,6 +12,13 @@ checks it frame by frame), without knowing the video in advance:
 * the bank keeps the conditioning frame and only the latest non-conditioning frames SAM2 can still read
   (`num_maskmem` spatial memories, `max_obj_ptrs_in_encoder` object pointers), so memory is flat on endless streams;
 * memory features are stored in bfloat16 and the position encoding once, like the predictor's inference state.
+Two options trade that exactness for CPU time (benchmarks/README.md, "tracking.py", measures both):
+* `memory_frames=k` reads the conditioning frame and the k - 1 latest frames instead of SAM2's `num_maskmem` (7): the
+  memory attention's cross-attention, the largest cost of a tracked frame on a CPU, shrinks with it. Each memory keeps
+  its temporal encoding (slot "1 frame back" stays slot "1 frame back"), so frames tracked before the bank holds more
+  than k frames are the predictor's exactly; later ones see less history (tests/test_tracking.py);
+* `image_encoder`: a segmentation backend (an ONNX Runtime export) computes the image features instead of SAM2's
+  torch image encoder; the features match within float rounding (tests/test_track_export.py).
 Differences from the predictor, by choice: no hole filling of the low-res masks (`fill_hole_area`, a CUDA-only
 post-processing in sam2) and no non-overlap constraint between targets (each target is independent). Starting a
 target again (re-grounding) replaces its memory: the new LENS mask is the only conditioning frame.
@@ -20,7 +27,7 @@ target again (re-grounding) replaces its memory: the new LENS mask is the only c
 from __future__ import annotations
 
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,13 +111,34 @@ class StreamingTracker:
     num_frames: length of the video when it is known in advance (a file); SAM2 then reads at most that many object
     pointers, as the offline predictor does. None (a camera stream): SAM2's configured maximum.
     autocast_dtype: bfloat16/float16 to run SAM2 under autocast (the LENS model's dtype on a GPU), None for float32.
+    memory_frames: spatial memories read per tracked frame, the conditioning frame included (1..num_maskmem); None:
+    SAM2's num_maskmem (7), as the video predictor. Fewer is cheaper and departs from SAM2 (see the module docstring).
+    image_encoder: a segmentation backend (`lens_model.inference.backends`) whose `encode_images` computes the frame
+    features, e.g. an ONNX Runtime export; None: `sam`'s own image encoder.
     """
 
-    def __init__(self, sam, num_frames: int | None = None, autocast_dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        sam,
+        num_frames: int | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        memory_frames: int | None = None,
+        image_encoder=None,
+    ) -> None:
         missing = [name for name in MEMORY_MODULES if not hasattr(sam, name)]
         if missing:
             raise LensError(
                 f"SAM2 has no {', '.join(missing)}: attach memory modules first (lens_model.model.sam_memory)"
+            )
+        if memory_frames is not None and not 1 <= memory_frames <= sam.num_maskmem:
+            raise LensError(
+                f"memory_frames must be between 1 (the conditioning frame alone) and SAM2's num_maskmem "
+                f"({sam.num_maskmem}), got {memory_frames}"
+            )
+        if image_encoder is not None and image_encoder.image_size != sam.image_size:
+            raise LensError(
+                f"the image encoder takes {image_encoder.image_size}-px images, SAM2 tracks at {sam.image_size} px: "
+                "export the model at SAM2's image size"
             )
         self.sam = sam.eval()
         # The conditioning mask enters memory binarised, as sam2's video predictor is configured
@@ -118,27 +146,41 @@ class StreamingTracker:
         self.sam.binarize_mask_from_pts_for_mem_enc = True
         self.num_frames = num_frames
         self.autocast_dtype = autocast_dtype
+        self.memory_frames = memory_frames
+        self.image_encoder = image_encoder
+        self._position_encodings: list[torch.Tensor] | None = None  # per feature level; fixed by the image size
         self.targets: dict[str, _Target] = {}
         self._frame: _Frame | None = None
         self._next_index = 0
         self._maskmem_pos_enc: list[torch.Tensor] | None = None  # identical for every frame: stored once
 
     @classmethod
-    def from_lens_model(cls, model, memory, num_frames: int | None = None) -> StreamingTracker:
+    def from_lens_model(
+        cls, model, memory, num_frames: int | None = None, memory_frames: int | None = None
+    ) -> StreamingTracker:
         """Tracker on a LensModel's SAM2 with SAM2's memory parts attached to it. `memory`: a SamMemory
         (sam_memory.load_sam_memory: the memory modules run in torch) or an exported backend (`OnnxRuntimeBackend`,
         `TensorRTBackend`) whose export holds the tracking graphs: memory attention and memory encoder then run
-        there; SAM2's image encoder, prompt encoder and mask decoder stay the model's own (torch)."""
+        there, and so does the image encoder (on the runtime the backend chose for it); SAM2's prompt encoder and
+        mask decoder stay the model's own (torch)."""
         from ..model.sam_memory import SamMemory, attach_memory
 
+        image_encoder = None
         if isinstance(memory, SamMemory):
             attach_memory(model.sam, memory)
         else:
             from ..export.memory_runtime import use_exported_memory_modules
 
             use_exported_memory_modules(model.sam, memory)
+            image_encoder = memory
         low_precision = model.dtype if model.dtype in (torch.bfloat16, torch.float16) else None
-        return cls(model.sam, num_frames=num_frames, autocast_dtype=low_precision)
+        return cls(
+            model.sam,
+            num_frames=num_frames,
+            autocast_dtype=low_precision,
+            memory_frames=memory_frames,
+            image_encoder=image_encoder,
+        )
 
     # ------------------------------------------------------------------ public
     @property
@@ -186,18 +228,36 @@ class StreamingTracker:
         """SAM2's track_step on `current` for `target`: a start frame when given a mask (its memory is encoded by
         the caller, as the video predictor does), otherwise a tracked frame that encodes its own memory."""
         start = mask_inputs is not None
-        return self.sam.track_step(
-            frame_idx=current.index,
-            is_init_cond_frame=start,
-            current_vision_feats=current.vision_feats,
-            current_vision_pos_embeds=current.vision_pos_embeds,
-            feat_sizes=current.feat_sizes,
-            point_inputs=None,
-            mask_inputs=mask_inputs,
-            output_dict=target.output_dict,
-            num_frames=self._num_frames(),
-            run_mem_encoder=not start,
-        )
+        with self._memory_window():
+            return self.sam.track_step(
+                frame_idx=current.index,
+                is_init_cond_frame=start,
+                current_vision_feats=current.vision_feats,
+                current_vision_pos_embeds=current.vision_pos_embeds,
+                feat_sizes=current.feat_sizes,
+                point_inputs=None,
+                mask_inputs=mask_inputs,
+                output_dict=target.output_dict,
+                num_frames=self._num_frames(),
+                run_mem_encoder=not start,
+            )
+
+    @contextmanager
+    def _memory_window(self):
+        """SAM2 reads `memory_frames` spatial memories during the block: num_maskmem = k, and the temporal encodings
+        re-indexed so that each memory keeps its own (SAM2 gives frame t-j slot j-1 and the conditioning frame
+        slot num_maskmem-1: the window keeps slots 0..k-2 and the conditioning frame's)."""
+        sam, k = self.sam, self.memory_frames
+        if k is None or k == sam.num_maskmem:
+            yield
+            return
+        full_count, full_tpos = sam.num_maskmem, sam.maskmem_tpos_enc
+        window = torch.cat([full_tpos[: k - 1], full_tpos[-1:]])
+        sam.num_maskmem, sam.maskmem_tpos_enc = k, torch.nn.Parameter(window, requires_grad=False)
+        try:
+            yield
+        finally:
+            sam.num_maskmem, sam.maskmem_tpos_enc = full_count, full_tpos
 
     @torch.inference_mode()
     def track(self, frame: np.ndarray) -> dict[str, TrackedMask]:
@@ -244,8 +304,9 @@ class StreamingTracker:
         """How many frames before the next one SAM2 can read: older non-conditioning outputs are never used."""
         sam = self.sam
         stride = sam.memory_temporal_stride_for_eval
+        slots = self.memory_frames or sam.num_maskmem
         # spatial memories: t-1, then every stride-th frame from t-2 back (SAM2Base._prepare_memory_conditioned...)
-        spatial = 1 + stride * (sam.num_maskmem - 2) if sam.num_maskmem > 2 else min(sam.num_maskmem - 1, 1)
+        spatial = 1 + stride * (slots - 2) if slots > 2 else min(slots - 1, 1)
         pointers = sam.max_obj_ptrs_in_encoder - 1 if sam.use_obj_ptrs_in_encoder else 0
         return max(spatial, pointers, 0)
 
@@ -265,12 +326,34 @@ class StreamingTracker:
             raise LensError(f"frame of shape {frame.shape} and dtype {frame.dtype}; expected HxWx3 uint8 RGB")
         device = self.sam.no_mem_embed.device
         image = preprocess_frame(frame, self.image_size)[None].to(device)  # (1, 3, S, S)
-        with self._autocast():
-            backbone_out = self.sam.forward_image(image)
-            _, feats, pos, sizes = self.sam._prepare_backbone_features(backbone_out)
+        if self.image_encoder is not None:
+            feats, pos, sizes = self._backend_features(image)
+        else:
+            with self._autocast():
+                backbone_out = self.sam.forward_image(image)
+                _, feats, pos, sizes = self.sam._prepare_backbone_features(backbone_out)
         self._frame = _Frame(self._next_index, tuple(frame.shape[:2]), feats, pos, sizes)
         self._next_index += 1
         return self._frame
+
+    def _backend_features(self, image: torch.Tensor):
+        """`image_encoder`'s features in SAM2's flattened layout -> (feats, position encodings, sizes), as
+        `SAM2Base._prepare_backbone_features` returns them. The exported encoder adds SAM2's `no_mem_embed` for
+        single images (`model.sam.encode_image`); tracked frames take the features without it."""
+        features = self.image_encoder.encode_images(image)
+        embed = features.image_embed.to(self.sam.no_mem_embed.device)
+        if self.sam.directly_add_no_mem_embed:
+            embed = embed - self.sam.no_mem_embed.view(1, -1, 1, 1).to(embed.dtype)
+        levels = [*(f.to(embed.device) for f in features.high_res_feats), embed]  # finest first, (1, C, h, w)
+        if self._position_encodings is None:  # SAM2's sine encoding depends only on each level's size
+            encode = self.sam.image_encoder.neck.position_encoding
+            width = self.sam.image_encoder.neck.d_model
+            self._position_encodings = [
+                encode(torch.zeros(1, width, *x.shape[-2:], device=embed.device)).flatten(2).permute(2, 0, 1)
+                for x in levels
+            ]
+        feats = [x.flatten(2).permute(2, 0, 1) for x in levels]  # (HW, 1, C)
+        return feats, self._position_encodings, [tuple(x.shape[-2:]) for x in levels]
 
     def _mask_input(self, mask: np.ndarray) -> torch.Tensor:
         """(H, W) bool -> (1, 1, S, S) float {0, 1}, resized as SAM2VideoPredictor.add_new_mask does."""
