@@ -109,6 +109,14 @@ def test_refuses_a_non_cuda_device(setup, monkeypatch):
         VLLMRollouts(GRPOConfig(rollout_backend="vllm"), model, processor, torch.device("cpu"))
 
 
+def test_refuses_a_model_with_absolute_vision_positions(setup, monkeypatch):
+    """vLLM's Qwen2-VL vision encoder has no absolute patch positions: its answers would not be the policy's."""
+    model, processor, *_ = setup
+    monkeypatch.setattr(model.lens_config, "mllm_absolute_positions", True)
+    with pytest.raises(LensError, match="absolute patch positions.*rollout_backend=generate"):
+        VLLMRollouts(GRPOConfig(rollout_backend="vllm"), model, processor, torch.device("cuda"))
+
+
 # ---------------------------------------------------------------------------- the pure conversion
 def test_completion_ids_give_the_in_process_rollout(setup):
     model, processor, prompts, ro, pad, eos = setup

@@ -142,6 +142,11 @@ class VLLMRollouts:
         llm_factory: Callable[..., Any] | None = None,
         sampling_params_factory: Callable[..., Any] | None = None,
     ):
+        if lens.lens_config.mllm_absolute_positions:
+            raise LensError(
+                "rollout_backend=vllm runs vLLM's own Qwen2-VL vision encoder, which has no absolute patch "
+                "positions (lens.mllm_absolute_positions: true in this model); set rollout_backend=generate"
+            )
         if llm_factory is None or sampling_params_factory is None:
             try:
                 import vllm

@@ -164,6 +164,10 @@ class LensConfig:
     # pixels (aspect ratio kept), then smart-resized, so that its answers do not depend on the camera's resolution.
     # None: the released behaviour (the image as given, within min/max_pixels).
     mllm_longest_side: int | None = None
+    # Add a fixed sinusoid of each patch's row and column to the vision encoder's patch embeddings (Qwen2-VL keeps
+    # positions only in rotary attention): the demo model's tiny encoder needs it to say where things are
+    # (model/vision_positions.py). False in the released checkpoints.
+    mllm_absolute_positions: bool = False
     prompt: PromptConfig = field(default_factory=PromptConfig)
     sam: SamConfig = field(default_factory=SamConfig)
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)

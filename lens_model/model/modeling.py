@@ -18,6 +18,7 @@ from torch import nn
 from .config import LensConfig
 from .context import ContextHead
 from .sam import SamImageFeatures, build_sam, decode_masks, encode_image
+from .vision_positions import add_absolute_positions
 
 # The positions the context queries see in each context-pass mode: `official` as the released checkpoints were
 # trained (1-D, see docs/design.md), `cached` continuing the M-RoPE positions generation used.
@@ -108,6 +109,8 @@ class LensModel(nn.Module):
         super().__init__()
         self.lens_config = lens_config
         self.mllm = mllm if mllm is not None else mllm_class(mllm_config.model_type)(mllm_config)
+        if lens_config.mllm_absolute_positions:
+            add_absolute_positions(self.mllm.model.visual)
         self.hidden_size = self.mllm.config.get_text_config().hidden_size
         self.context = ContextHead(self.hidden_size, lens_config)
         self.sam = sam if sam is not None else build_sam(lens_config.sam)

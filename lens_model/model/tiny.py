@@ -276,6 +276,7 @@ def make_tiny(
     tokenizer_corpus: Sequence[str] = (),
     rope_theta: float = 10000.0,
     confidence: ConfidenceConfig | None = None,
+    absolute_positions: bool = False,
 ) -> Path:
     """Build, randomly initialise (seeded) and save a tiny LENS checkpoint, with SAM2 memory weights for tracking
     (sam2_memory.safetensors); returns its directory.
@@ -285,7 +286,7 @@ def make_tiny(
     hidden, layers, vision_depth, vision_hidden, rope_theta: the MLLM (`tiny_mllm_config`). prompt: the prompt and
     answer format (default: grounding, as the released RefCOCO model). mllm_longest_side: the MLLM image size the
     model is meant for (LensConfig). tokenizer_corpus: text the tokenizer learns merges from besides its own few
-    sentences (`build_tiny_tokenizer`).
+    sentences (`build_tiny_tokenizer`). absolute_positions: LensConfig.mllm_absolute_positions.
     confidence: when a result counts as confident (default: ConfidenceConfig(), under which a random model's results
     never are; ConfidenceConfig.accept_all() for tests of what is published and tracked for confident results)."""
     from .checkpoint import save_model
@@ -296,6 +297,7 @@ def make_tiny(
     processor = build_tiny_processor(corpus=tokenizer_corpus)
     lens_config = tiny_lens_config(num_queries, sam_image_size, prompt, mllm_longest_side)
     lens_config.context_pass = context_pass
+    lens_config.mllm_absolute_positions = absolute_positions
     if confidence is not None:
         lens_config.confidence = confidence
     mllm_config = tiny_mllm_config(
