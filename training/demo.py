@@ -76,7 +76,9 @@ class ModelShape:
     hidden: int = 128
     layers: int = 3
     vision_depth: int = 2
-    vision_hidden: int = 64
+    vision_hidden: int = 128
+    # a fixed sinusoid of each patch's position in the vision encoder (LensConfig.mllm_absolute_positions)
+    absolute_positions: bool = True
     rope_theta: float = 10.0  # M-RoPE gives image positions the lowest frequencies: a small base makes them visible
     num_queries: int = 8
     sam_image_size: int = 128
@@ -108,6 +110,9 @@ class DemoRecipe:
     trainable: tuple[str, ...] = ("context", "sam_decoder", "sam_prompt_encoder", "mllm")
     # stage 1 also trains SAM2's image encoder (stage 2 cannot: its masks reuse the rollout's image features)
     stage1_trainable: tuple[str, ...] = ("context", "sam_decoder", "sam_prompt_encoder", "mllm", "sam_image_encoder")
+    # stage 0: the vision encoder on dense per-token labels (training/vision_pretrain.py)
+    vision_steps: int = 3000
+    vision_lr: float = 2e-3
     # stage 1 (two phases) and the supervised warm-up
     batch: int = 16
     lr: float = 1e-3
@@ -148,6 +153,7 @@ class DemoRecipe:
             size_tests=tuple(small(s) for s in self.size_tests),
             model=replace(self.model, layers=2),
             batch=4,
+            vision_steps=3,
             attribute_steps=3,
             stage1_steps=3,
             warmup_steps=2,
@@ -381,6 +387,7 @@ def make_init(path: Path, recipe: DemoRecipe) -> Path:
             prompt=PromptConfig("think_answer", QWEN_SYSTEM_PROMPT, DEMO_QUESTION),
             mllm_longest_side=shape.mllm_longest_side,
             tokenizer_corpus=tokenizer_corpus(),
+            absolute_positions=shape.absolute_positions,
         )
     return path
 
@@ -404,6 +411,23 @@ def run_training(entry, out_dir: Path, overrides: list[str], progress: bool) -> 
     args = [*resume, *([] if progress else ["--no-progress"]), *overrides, f"output_dir={out_dir}"]
     if entry(args) != 0:
         raise TrainingError(f"{out_dir}: training failed (see the log above); rerun to resume")
+    (out_dir / PHASE_DONE).write_text(json.dumps({"final": str(out_dir / "final")}))
+
+
+def run_vision_pretraining(out_dir: Path, init: Path, scenes: tuple[Path, ...], recipe: DemoRecipe, progress: bool):
+    """Stage 0 (training/vision_pretrain.py). Minutes long: a stopped run starts over rather than resuming."""
+    import shutil
+
+    from training.vision_pretrain import VisionPretrainConfig, train
+
+    if (out_dir / PHASE_DONE).exists():
+        log.info("%s: done already (%s exists)", out_dir, PHASE_DONE)
+        return
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    cfg = VisionPretrainConfig(init, list(scenes), out_dir, recipe.vision_steps, recipe.batch, recipe.vision_lr,
+                               seed=recipe.model_seed, progress=progress)  # fmt: skip
+    train(cfg)
     (out_dir / PHASE_DONE).write_text(json.dumps({"final": str(out_dir / "final")}))
 
 
@@ -796,11 +820,14 @@ def main(argv=None) -> int:
     rationales = timed("scenes-rationales", make_scenes, out, recipe.warmup_scenes, progress)
     size_scenes = {s.name: timed(f"scenes-{s.name}", make_scenes, out, s, progress) for s in recipe.size_tests}
     init = make_init(out / "init", recipe)
+    vision = out / "vision"
+    timed("vision", run_vision_pretraining, vision, init, (attribute, scenes), recipe, progress)
 
     # 3-5. stage 1 (two phases), warm-up, GRPO
     phases = {name: out / name for name in ("align-attribute", "stage1", "warmup")}
     steps = (
-        ("align-attribute", init, datasets_override((attribute, 1.0, False)), recipe.attribute_steps, recipe.lr),
+        ("align-attribute", vision / "final", datasets_override((attribute, 1.0, False)), recipe.attribute_steps,
+         recipe.lr),
         (
             "stage1",
             phases["align-attribute"] / "final",

@@ -4,7 +4,8 @@
 (and `lens eval --dataset synthetic`) loads them like RefCOCO:
 
     OUT/images/synthetic_000000.png ...
-    OUT/synthetic/instances.json      COCO images + annotations (polygon segmentation, xywh bbox)
+    OUT/synthetic/instances.json      COCO images + annotations (polygon segmentation, xywh bbox; each object's
+                                      "color" and "size" name besides its shape category)
     OUT/synthetic/refs(unc).p         refs with split train/val/testA and 1-2 sentences each
 
 Every expression picks out exactly one object of its scene ("the small red circle left of the blue square").
@@ -460,6 +461,8 @@ def make_synthetic(
                     "id": ann_id,
                     "image_id": image_id,
                     "category_id": CATEGORY_IDS[obj.shape],
+                    "color": obj.color,
+                    "size": obj.size,
                     "segmentation": [list(obj.polygon)],
                     "area": int(mask.sum()),
                     "bbox": [x0, y0, x1 - x0, y1 - y0],
