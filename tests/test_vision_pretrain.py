@@ -47,7 +47,10 @@ def test_each_objects_centre_token_carries_its_colour_shape_size_and_centre(worl
             assert item.size[t] == list(SIZES).index(ann["size"]) + 1
             np.testing.assert_allclose(item.centre[t].numpy(), [cx, cy], atol=1e-6)
             checked += 1
-        np.testing.assert_allclose(item.position[cols + 2].numpy(), [2.5 / cols, 1.5 / rows])  # row 1, column 2
+        t = np.arange(rows * cols)  # row-major: token t is row t // cols, column t % cols
+        np.testing.assert_allclose(
+            item.position.numpy(), np.stack([(t % cols + 0.5) / cols, (t // cols + 0.5) / rows], 1)
+        )
         assert ((item.shape == 0) == (item.color == 0)).all() and (item.centre[item.shape == 0] == 0).all()
     assert checked >= 5
 
