@@ -194,7 +194,15 @@ def test_type_error_in_file_names_the_file(tmp_path):
         ("val_dataset.name=refcoco", "val_dataset.root: missing required value"),
         ("lm_weight=-1", "lm_weight: expected >= 0"),
         ("expression_weight=-0.5", "expression_weight: expected >= 0"),
-        ("lm_weight=0.5", "lm_weight: a language-modelling loss trains the MLLM: add mllm to trainable"),
+        (
+            "lm_weight=0.5",
+            "lm_weight: a language-modelling loss trains the MLLM: add mllm or mllm_language to trainable",
+        ),
+        (
+            "grounding_weight=1",
+            "grounding_weight: the grounding-attention loss rides on the answer's language-modelling",
+        ),
+        ("grounding_heads=0", "grounding_heads: expected > 0"),
     ],
 )
 def test_value_validation_names_key_and_valid_values(override, expected):

@@ -30,9 +30,11 @@ from lens_model.model.sam import upsample_logits
 from .config import AlignConfig
 from .data import AlignExamples, Collator
 from .engine import enable_activation_checkpointing, log_failed_samples, stage_main, zero_loss
+from .grounding import captured_attention, grounding_attention_loss
 from .losses import mask_loss
 from .policy import sequence_logprobs
 from .runner import Run, StepResult, TrainingStage, freeze_all_but, run_stage, sharded_validation
+from .vocab import trains_language_model
 
 log = logging.getLogger("training.align")
 
@@ -123,7 +125,7 @@ def expression_token_loss(
 def forward_loss(engine, lens, batch: dict, cfg: AlignConfig, device: torch.device) -> dict[str, torch.Tensor]:
     """Mask loss of a collated batch (+ lm_weight × the answer's language-modelling loss, + expression_weight ×
     the expression-token loss of the query states, when those weights are > 0)."""
-    grads = dict(mllm_grad="mllm" in cfg.trainable, sam_encoder_grad="sam_image_encoder" in cfg.trainable)
+    grads = dict(mllm_grad=trains_language_model(cfg.trainable), sam_encoder_grad="sam_image_encoder" in cfg.trainable)
     low_res, _, states = engine_forward(engine, batch, device, return_query_states=True, **grads)
     losses = mask_loss(
         low_res,
@@ -135,8 +137,13 @@ def forward_loss(engine, lens, batch: dict, cfg: AlignConfig, device: torch.devi
         focal_gamma=cfg.focal_gamma,
     )
     if cfg.lm_weight > 0:
-        losses["lm"] = answer_lm_loss(lens, batch, device)
+        with captured_attention(lens.mllm, cfg.grounding_layer) as attention:
+            losses["lm"] = answer_lm_loss(lens, batch, device)
         losses["loss"] = losses["loss"] + cfg.lm_weight * losses["lm"]
+    if cfg.grounding_weight > 0:
+        queries, keys = batch["grounding_queries"].to(device), batch["grounding_keys"].to(device)
+        losses["grounding"] = grounding_attention_loss(attention["weights"], queries, keys, cfg.grounding_heads)
+        losses["loss"] = losses["loss"] + cfg.grounding_weight * losses["grounding"]
     if cfg.expression_weight > 0:
         ids, words = batch["expression_ids"].to(device), batch["expression_mask"].to(device)
         losses["expression"] = expression_token_loss(lens.mllm.lm_head, states, ids, words)
@@ -155,7 +162,9 @@ class AlignStage(TrainingStage):
         cfg = run.cfg
         self.lens, self.processor = build_model(cfg, run.dtype)
         counts = freeze_all_but(self.lens, cfg.trainable)
-        if "mllm" in cfg.trainable and cfg.gradient_checkpointing:
+        if cfg.grounding_weight > 0:  # the grounding loss reads attention probabilities, which sdpa does not return
+            self.lens.mllm.set_attn_implementation("eager")
+        if trains_language_model(cfg.trainable) and cfg.gradient_checkpointing:
             enable_activation_checkpointing(self.lens.mllm)
         self.lens.to(run.device)
         return self.lens, counts
@@ -222,6 +231,7 @@ class AlignStage(TrainingStage):
         parts = {"loss": 0.0, "dice": 0.0, "pixel": 0.0}
         parts |= {"lm": 0.0} if run.cfg.lm_weight > 0 else {}
         parts |= {"expression": 0.0} if run.cfg.expression_weight > 0 else {}
+        parts |= {"grounding": 0.0} if run.cfg.grounding_weight > 0 else {}
         samples = 0
         for _ in range(run.accum):
             batch = next(self.batches)
@@ -241,6 +251,7 @@ class AlignStage(TrainingStage):
         postfix = dict(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", sps=f"{values['samples_per_s']:.1f}")
         lm = f", answer lm {values['lm']:.4f}" if "lm" in values else ""
         lm += f", expression {values['expression']:.4f}" if "expression" in values else ""
+        lm += f", grounding {values['grounding']:.4f}" if "grounding" in values else ""
         line = (
             f"step {done}/{run.steps} loss {values['loss']:.4f} (dice {values['dice']:.4f}, {run.cfg.pixel_loss} "
             f"{values['pixel']:.4f}{lm}) lr {values['lr']:.3g} grad-norm {values['grad_norm']:.3g} "

@@ -39,6 +39,7 @@ from .vocab import (
     ROLLOUT_BACKENDS,
     TRAINABLE_PARTS,
     ZERO_STAGES,
+    trains_language_model,
 )
 
 T = TypeVar("T")
@@ -548,6 +549,13 @@ class AlignConfig(StageConfig):
     # they must predict the expression's tokens). Makes a small model trained from scratch route the expression
     # into SAM2's prompt, which the mask loss alone does not (docs/design.md, "Stage 1").
     expression_weight: float = 0.0
+    # Not in the paper: weight of the grounding-attention loss (training/grounding.py): the first grounding_heads
+    # heads of the language model's decoder layer grounding_layer are trained to attend, from the state predicting
+    # each answer token, to the image tokens of the object that token is about. Rides on the answer LM pass
+    # (needs lm_weight > 0); the MLLM runs eager attention while it is on.
+    grounding_weight: float = 0.0
+    grounding_layer: int = -1
+    grounding_heads: int = 1
     # data
     min_pixels: int = 3136
     max_pixels: int = 1_000_000
@@ -572,12 +580,18 @@ class AlignConfig(StageConfig):
             "max_pixels",
             f"expected >= min_pixels ({self.min_pixels}), got {self.max_pixels}",
         )
-        _non_negative(self, "num_workers", "lm_weight", "expression_weight")
+        _non_negative(self, "num_workers", "lm_weight", "expression_weight", "grounding_weight")
         _require(
-            self.lm_weight == 0 or "mllm" in self.trainable,
+            self.lm_weight == 0 or trains_language_model(self.trainable),
             "lm_weight",
-            f"a language-modelling loss trains the MLLM: add mllm to trainable (got {self.trainable})",
+            f"a language-modelling loss trains the MLLM: add mllm or mllm_language to trainable (got {self.trainable})",
         )
+        _require(
+            self.grounding_weight == 0 or self.lm_weight > 0,
+            "grounding_weight",
+            "the grounding-attention loss rides on the answer's language-modelling pass: set lm_weight > 0",
+        )
+        _positive(self, "grounding_heads")
         _require(self.dice_weight + self.pixel_weight > 0, "dice_weight", "dice_weight and pixel_weight are both 0")
 
 

@@ -22,6 +22,8 @@ from lens_model.inference.prompting import build_chat, mllm_image
 from lens_model.model.config import LensConfig
 from lens_model.model.sam import preprocess_for_sam
 
+from .grounding import ANCHOR, NO_OBJECT, TARGET, answer_objects, box_mask, object_tokens, sequence_targets, token_cover
+
 log = logging.getLogger(__name__)
 END_OF_TURN = "<|im_end|>"
 
@@ -134,6 +136,7 @@ class AlignExamples(Dataset):
         self.datasets, self.positions = datasets, positions
         self.processor, self.lens_config, self.max_length = processor, lens_config, max_length
         self.rationales = list(rationales) + [False] * (len(datasets) - len(rationales))
+        self.image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -159,12 +162,15 @@ class AlignExamples(Dataset):
         if length > self.max_length:
             raise ValueError(f"{length} tokens with the image, over the limit of {self.max_length}")
         tokenizer = self.processor.tokenizer
-        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        answer_tokens = tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
+        answer_ids = answer_tokens["input_ids"]
         expression_ids = tokenizer(named_object(record), add_special_tokens=False)["input_ids"]
         if not expression_ids:
             raise ValueError("empty expression")
         if enc["input_ids"][0, -len(answer_ids) :].tolist() != answer_ids:  # a token merged across the boundary
             raise ValueError("the answer's tokens differ inside the chat from alone; cannot tell where it starts")
+        mllm_hw = (llm.height, llm.width)
+        keys, queries = self._grounding(record, rgb, mask, mllm_hw, enc["input_ids"][0], answer, answer_tokens)
         return {
             "input_ids": enc["input_ids"][0],  # (L,)
             "mm_token_type_ids": enc["mm_token_type_ids"][0],  # (L,)
@@ -174,8 +180,23 @@ class AlignExamples(Dataset):
             "gt_mask": torch.from_numpy(mask),  # (H, W) bool
             "answer_length": len(answer_ids),  # the last tokens of input_ids (for the answer lm loss)
             "expression_ids": torch.tensor(expression_ids),  # (E,) the object's words (expression-token loss)
+            "grounding_keys": keys,  # (2, L) bool: the image tokens of [anchor, target] (training/grounding.py)
+            "grounding_queries": queries,  # (L,) long: which of them the state at each position is to look at
             "sample_id": record.sample_id,
         }
+
+    def _grounding(self, record: Record, rgb, mask, mllm_hw, input_ids, answer: str, answer_tokens):
+        """The grounding-attention targets of one example: the target's image tokens from its mask, the anchor's
+        (a relational expression's, when the dataset names one) from its box."""
+        image = self.processor.image_processor
+        objects = {TARGET: object_tokens(token_cover(mask, mllm_hw, image.patch_size, image.merge_size))}
+        anchor = record.annotations.get("anchor_box")
+        if anchor is not None:
+            cover = token_cover(box_mask(anchor, rgb.shape[:2]), mllm_hw, image.patch_size, image.merge_size)
+            objects[ANCHOR] = object_tokens(cover)
+        clause_end = answer.find(";") if anchor is not None and ";" in answer else None
+        starts = [start for start, _ in answer_tokens["offset_mapping"]]
+        return sequence_targets(input_ids, self.image_token_id, answer_objects(starts, clause_end), objects)
 
 
 class Collator:
@@ -194,6 +215,8 @@ class Collator:
         types = torch.zeros((len(good), length), dtype=torch.long)
         attention = torch.zeros((len(good), length), dtype=torch.long)
         answer = torch.zeros((len(good), length), dtype=torch.bool)
+        grounding_keys = torch.zeros((len(good), 2, length), dtype=torch.bool)
+        grounding_queries = torch.full((len(good), length), NO_OBJECT, dtype=torch.long)
         words = max(len(e["expression_ids"]) for e in good)
         expression = torch.zeros((len(good), words), dtype=torch.long)
         expression_mask = torch.zeros((len(good), words), dtype=torch.bool)
@@ -203,6 +226,8 @@ class Collator:
             types[row, length - n :] = e["mm_token_type_ids"]
             attention[row, length - n :] = 1
             answer[row, length - e["answer_length"] :] = True
+            grounding_keys[row, :, length - n :] = e["grounding_keys"]
+            grounding_queries[row, length - n :] = e["grounding_queries"]
             expression[row, : len(e["expression_ids"])] = e["expression_ids"]
             expression_mask[row, : len(e["expression_ids"])] = True
         batch.update(
@@ -211,6 +236,8 @@ class Collator:
             answer_mask=answer,
             expression_ids=expression,  # (B, E) right-padded with 0
             expression_mask=expression_mask,  # (B, E) True on real tokens
+            grounding_keys=grounding_keys,  # (B, 2, L) image tokens of [anchor, target]
+            grounding_queries=grounding_queries,  # (B, L) which the state at each position is to look at
             mm_token_type_ids=types,
             pixel_values=torch.cat([e["pixel_values"] for e in good]),
             image_grid_thw=torch.cat([e["image_grid_thw"] for e in good]),

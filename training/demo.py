@@ -79,7 +79,9 @@ class ModelShape:
     vision_hidden: int = 128
     # a fixed sinusoid of each patch's position in the vision encoder (LensConfig.mllm_absolute_positions)
     absolute_positions: bool = True
-    rope_theta: float = 10.0  # M-RoPE gives image positions the lowest frequencies: a small base makes them visible
+    # Qwen's rotary base: "where" reaches the language model through the encoder's absolute positions (a small base
+    # that made M-RoPE's image frequencies visible blurred the content lookups instead: docs/reasoning-probes.md)
+    rope_theta: float = 10000.0
     num_queries: int = 8
     sam_image_size: int = 128
     mllm_longest_side: int = 128  # the MLLM image size it is trained for (every input is resized to it)
@@ -107,9 +109,17 @@ class DemoRecipe:
     )
     model: ModelShape = field(default_factory=ModelShape)
     model_seed: int = 0
-    trainable: tuple[str, ...] = ("context", "sam_decoder", "sam_prompt_encoder", "mllm")
+    # after stage 0 the MLLM's vision encoder stays frozen (mllm_language): the answer loss would wear its place
+    # features away before the language model learns to select the named object (docs/reasoning-probes.md, pa1-pa2)
+    trainable: tuple[str, ...] = ("context", "sam_decoder", "sam_prompt_encoder", "mllm_language")
     # stage 1 also trains SAM2's image encoder (stage 2 cannot: its masks reuse the rollout's image features)
-    stage1_trainable: tuple[str, ...] = ("context", "sam_decoder", "sam_prompt_encoder", "mllm", "sam_image_encoder")
+    stage1_trainable: tuple[str, ...] = (
+        "context",
+        "sam_decoder",
+        "sam_prompt_encoder",
+        "mllm_language",
+        "sam_image_encoder",
+    )
     # stage 0: the vision encoder on dense per-token labels (training/vision_pretrain.py)
     vision_steps: int = 3000
     vision_lr: float = 2e-3
@@ -120,6 +130,7 @@ class DemoRecipe:
     stage1_steps: int = 2000
     lm_weight: float = 1.0
     expression_weight: float = 1.0
+    grounding_weight: float = 1.0  # training/grounding.py: a head's attention on the object an answer token is about
     warmup_steps: int = 150
     warmup_lr: float = 3e-4
     # stage 2
@@ -456,6 +467,7 @@ def align_overrides(recipe: DemoRecipe, init: Path, datasets: str, val: Path, st
         f"trainable=[{','.join(recipe.stage1_trainable)}]",
         f"lm_weight={recipe.lm_weight}",
         f"expression_weight={recipe.expression_weight}",
+        f"grounding_weight={recipe.grounding_weight}",
         f"global_batch_size={recipe.batch}",
         f"max_steps={steps}",
         f"lr={lr}",

@@ -40,6 +40,7 @@ from .policy import PolicyModel, sequence_logprobs
 from .rewards import RolloutSample, resolve_reward, score
 from .rollout import InProcessRollouts, PromptBatch, Rollout, RolloutSampler, completion_end_for, prepare_prompts
 from .runner import Run, StepResult, TrainingStage, freeze_all_but, run_stage, sharded_validation
+from .vocab import trains_language_model
 
 log = logging.getLogger("training.grpo")
 
@@ -290,7 +291,8 @@ class GRPOStage(TrainingStage):
             )
         counts = freeze_all_but(self.lens, cfg.trainable)
         self.lens.sam.image_encoder.requires_grad_(False)  # never trained: its embeddings come from the rollout
-        self.mllm_trained = "mllm" in cfg.trainable
+        self.mllm_trained = trains_language_model(cfg.trainable)
+        self.vision_trained = "mllm" in cfg.trainable  # mllm_language leaves the vision encoder as it is
         if self.mllm_trained and cfg.gradient_checkpointing:
             enable_activation_checkpointing(self.lens.mllm)
         self.lens.to(run.device)
@@ -390,7 +392,7 @@ class GRPOStage(TrainingStage):
                 if item is None:
                     losses = {"loss": zero_loss(run.engine)}
                 else:
-                    losses = micro_loss(run.engine, item, cfg, vision_grad=self.mllm_trained)
+                    losses = micro_loss(run.engine, item, cfg, vision_grad=self.vision_trained)
                 run.update(losses["loss"], step, 0 if item is None else len(item.rewards))
                 for key, value in losses.items():
                     parts[key] = parts.get(key, 0.0) + float(value.detach()) / (len(items) * cfg.num_iterations)

@@ -54,6 +54,7 @@ TRAINABLE_MODULES = {  # part name -> attribute paths of LensModel
     "sam_decoder": ("sam.sam_mask_decoder",),
     "sam_prompt_encoder": ("sam.sam_prompt_encoder",),
     "mllm": ("mllm",),
+    "mllm_language": ("mllm.model.language_model", "mllm.lm_head"),
     "sam_image_encoder": ("sam.image_encoder",),
 }
 

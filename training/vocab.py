@@ -10,7 +10,11 @@ from __future__ import annotations
 # Parts of a LensModel that a stage can train (training.runner.TRAINABLE_MODULES maps them to submodules).
 # sam_image_encoder is not in the paper's recipe (SAM2's encoder stays frozen); stage 1 can train it for a model
 # whose SAM2 starts from random weights (a tiny LENS trained from scratch).
-TRAINABLE_PARTS = ("context", "sam_decoder", "sam_prompt_encoder", "mllm", "sam_image_encoder")
+# mllm_language is the MLLM without its vision encoder (a vision encoder pretrained on dense labels, stage 0 of the
+# demo model, stays as it is while the language model learns to read it).
+TRAINABLE_PARTS = ("context", "sam_decoder", "sam_prompt_encoder", "mllm", "mllm_language", "sam_image_encoder")
+# The parts that train the MLLM's language model.
+LANGUAGE_MODEL_PARTS = ("mllm", "mllm_language")
 # Per-pixel term of the mask loss: bce (released code) | focal (the paper).
 PIXEL_LOSSES = ("bce", "focal")
 # Learning-rate decay after the warm-up (transformers' schedules of the same names).
@@ -25,12 +29,20 @@ COMPAT_MODES = ("lens", "released")
 # DeepSpeed ZeRO stages.
 ZERO_STAGES = (0, 1, 2, 3)
 
+
+def trains_language_model(parts) -> bool:
+    """Whether a `trainable` list trains the MLLM's language model (the answer's token losses need it)."""
+    return any(part in LANGUAGE_MODEL_PARTS for part in parts)
+
+
 __all__ = [
     "COMPAT_MODES",
+    "LANGUAGE_MODEL_PARTS",
     "LOSS_AGGREGATIONS",
     "LR_SCHEDULERS",
     "PIXEL_LOSSES",
     "ROLLOUT_BACKENDS",
     "TRAINABLE_PARTS",
     "ZERO_STAGES",
+    "trains_language_model",
 ]

@@ -200,6 +200,19 @@ def _check_ref(ref, index: int, ref_file: Path) -> None:
         _fields(sentence, {"sent_id": int, "sent": str}, f"{where} sentences[{k}]")
 
 
+def _sentence_annotations(sentence: dict, anns: dict, instances_file: Path) -> dict:
+    """What a sentence says beyond its text; a relational expression's anchor (`anchor_ann_id`, synthetic reasoning
+    scenes) also gets its box as `anchor_box` (xyxy, image pixels), for stage 1's grounding attention."""
+    notes = {k: v for k, v in sentence.items() if k not in _SENTENCE_KEYS}
+    anchor_id = notes.get("anchor_ann_id")
+    if anchor_id is not None:
+        if anchor_id not in anns:
+            raise LensError(f"sentence {sentence['sent_id']}: anchor_ann_id {anchor_id} is not in {instances_file}")
+        x, y, bw, bh = _bbox(anns[anchor_id], f"{instances_file}: annotation {anchor_id}")
+        notes["anchor_box"] = (x, y, x + bw, y + bh)
+    return notes
+
+
 def read_refer(data_root: str | Path, dataset: str, split: str, image_dir: str | Path | None = None) -> list[Record]:
     if dataset not in SPLIT_BY:
         raise LensError(f"unknown REFER dataset {dataset!r}; valid: {', '.join(SPLIT_BY)}")
@@ -260,7 +273,7 @@ def read_refer(data_root: str | Path, dataset: str, split: str, image_dir: str |
                         "image_id": ref["image_id"],
                         "sent_id": sentence["sent_id"],
                     },
-                    annotations={k: v for k, v in sentence.items() if k not in _SENTENCE_KEYS},
+                    annotations=_sentence_annotations(sentence, anns, instances_file),
                 )
             )
     return records
