@@ -37,6 +37,9 @@ SYNTHETIC_BACKGROUNDS = ("noise", "texture")
 # "reasoning" scenes where colour alone never decides, with relational expressions about an anchor and a rationale
 # per sentence (lens_model.data.synthetic).
 SYNTHETIC_TASKS = ("basic", "reasoning")
+# What a reasoning scene's expression picks its object by (the sentence's `kind`): its own attributes ("the small
+# red circle") or a spatial relation to an anchor ("the shape left of the red circle").
+EXPRESSION_KINDS = ("attribute", "relational")
 
 
 def canonical_dtype(name: str) -> str:
@@ -56,5 +59,6 @@ __all__ = [
     "SYNTHETIC_TASKS",
     "DTYPES",
     "DTYPE_ALIASES",
+    "EXPRESSION_KINDS",
     "canonical_dtype",
 ]

@@ -71,7 +71,7 @@ def test_reasoning_examples_teach_the_rationale_only_where_asked_and_the_queries
     from lens_model.model.tiny import make_tiny
     from training.config import DatasetSpec
 
-    scenes = make_synthetic(tmp_path / "r", 10, seed=2, task="reasoning", min_objects=3, relation_rate=1.0)
+    scenes = make_synthetic(tmp_path / "r", 10, seed=2, task="reasoning", min_objects=3, relation_rate=0.5)
     model, processor = load_model(make_tiny(tmp_path / "tiny", prompt=PromptConfig.for_format("think_answer")))
     datasets = load_mixture([DatasetSpec("synthetic", str(scenes))] * 2)
     record = next(r for r in datasets[0] if r.annotations["kind"] == "relational")
@@ -84,6 +84,15 @@ def test_reasoning_examples_teach_the_rationale_only_where_asked_and_the_queries
     assert taught.startswith(f"<think>{record.annotations['rationale']}</think><answer>the {name} {{")
     assert parse_answer(taught, "think_answer").box == parse_answer(plain, "think_answer").box
     assert tok.decode(examples[0]["expression_ids"]) == name != record.expression
+    # rationale_kinds: only attribute expressions carry theirs
+    attribute = next(r for r in datasets[0] if r.annotations["kind"] == "attribute")
+    positions = [(0, index), (0, datasets[0].index(attribute))]
+    by_kind = AlignExamples(datasets, positions, processor, model.lens_config, 4096, [True], [["attribute"]])
+    relational_answer, attribute_answer = (
+        tok.decode(by_kind[i]["input_ids"]).split("<|im_start|>assistant\n")[1] for i in (0, 1)
+    )
+    assert relational_answer == plain
+    assert attribute_answer.startswith(f"<think>{attribute.annotations['rationale']}</think>")
 
 
 @pytest.fixture(scope="module")

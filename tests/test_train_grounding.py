@@ -188,3 +188,20 @@ def test_the_loss_trains_the_language_models_attention_through_the_answer_pass(r
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_mllm_language_trains_the_language_model_and_leaves_the_vision_encoder(reasoning_setup):
+    """The part that keeps a pretrained vision encoder as it is: every language-model and lm_head weight trains,
+    no vision-encoder weight does (the `mllm` part trains both)."""
+    from training.runner import freeze_all_but
+
+    model = reasoning_setup[0]
+    counts = freeze_all_but(model, ["mllm_language"])
+    visual = list(model.mllm.model.visual.parameters())
+    language = list(model.mllm.model.language_model.parameters()) + list(model.mllm.lm_head.parameters())
+    assert not any(p.requires_grad for p in visual)
+    assert all(p.requires_grad for p in language)
+    assert counts["mllm_language"] == sum(p.numel() for p in language)
+    assert not any(p.requires_grad for p in model.sam.parameters())
+    freeze_all_but(model, ["mllm"])
+    assert all(p.requires_grad for p in visual)

@@ -204,6 +204,7 @@ class AlignStage(TrainingStage):
             self.lens.lens_config,
             max_length,
             rationales=[spec.rationale for spec in cfg.datasets],
+            rationale_kinds=[spec.rationale_kinds for spec in cfg.datasets],
         )
         self.collate = Collator(self.processor.tokenizer.pad_token_id)
         loader = torch.utils.data.DataLoader(

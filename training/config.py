@@ -28,7 +28,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from lens_model.data import DATASET_NAMES
 from lens_model.errors import LensError
-from lens_model.vocab import ANSWER_FORMATS, CONTEXT_PASS_MODES, DTYPE_ALIASES, DTYPES
+from lens_model.vocab import ANSWER_FORMATS, CONTEXT_PASS_MODES, DTYPE_ALIASES, DTYPES, EXPRESSION_KINDS
 
 from .rewards import DEFAULT_REWARD_WEIGHTS
 from .vocab import (
@@ -422,9 +422,14 @@ class DatasetSpec:
     # stage 1, think_answer format: teach the dataset's own rationales (synthetic reasoning scenes) in the think
     # block of the teacher-forced answer; false: an empty think block
     rationale: bool = False
+    # with rationale on, only the expressions of these kinds carry it (the sentence's `kind`: attribute, relational;
+    # the others get an empty think block); null: every expression
+    rationale_kinds: list[str] | None = None
 
     def __post_init__(self):
         _choice(self.name, "name", DATASET_NAMES)
+        for kind in self.rationale_kinds or ():
+            _choice(kind, "rationale_kinds", EXPRESSION_KINDS)
         _require(bool(self.root), "root", "expected a data folder, got an empty string")
         _positive(self, "ratio")
 

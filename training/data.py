@@ -121,7 +121,7 @@ class AlignExamples(Dataset):
 
     A sample that cannot be used (unreadable image or mask, too long) yields {"error": ...} instead of raising,
     so one bad file does not kill a multi-day run; the trainer logs and counts it. `rationales[k]`: dataset k's
-    answers carry its rationales (`teacher_answer`).
+    answers carry its rationales (`teacher_answer`), only for expressions of `rationale_kinds[k]` when given.
     """
 
     def __init__(
@@ -132,10 +132,13 @@ class AlignExamples(Dataset):
         lens_config: LensConfig,
         max_length: int,
         rationales: Sequence[bool] = (),
+        rationale_kinds: Sequence[Sequence[str] | None] = (),
     ) -> None:
         self.datasets, self.positions = datasets, positions
         self.processor, self.lens_config, self.max_length = processor, lens_config, max_length
         self.rationales = list(rationales) + [False] * (len(datasets) - len(rationales))
+        # dataset k's rationales only for these expression kinds (None: all of them)
+        self.rationale_kinds = list(rationale_kinds) + [None] * (len(datasets) - len(rationale_kinds))
         self.image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
 
     def __len__(self) -> int:
@@ -145,7 +148,9 @@ class AlignExamples(Dataset):
         k, i = self.positions[index]
         record = self.datasets[k][i]
         try:
-            return self._example(record, self.rationales[k])
+            kinds = self.rationale_kinds[k]
+            rationale = self.rationales[k] and (kinds is None or record.annotations.get("kind") in kinds)
+            return self._example(record, rationale)
         except (LensError, ValueError, OSError) as exc:
             return {"error": f"{record.dataset}/{record.sample_id}: {exc}", "sample_id": record.sample_id}
 

@@ -17,16 +17,18 @@ Steps (each skipped when its output exists; a stopped training phase resumes fro
   1. scenes    `make_synthetic`: attribute-only scenes, the main scenes (its held-out testA is the test split),
                a small rationale set, and test scenes at 384 px and 640 × 480.
   2. init      a tiny LENS (`make_tiny`, sizes in the recipe), random weights.
-  3. stage 1   `training.align` on attribute scenes, then on the main scenes (empty think block, the answer names
-               the target): MLLM, context module, SAM2 prompt encoder and mask decoder trained, with the two losses
-               this project adds for a model trained from scratch (docs/design.md, "Stage 1": the answer's
-               language-modelling loss and the expression-token loss, whose target is the object's own name).
-               -> row (a) of the ablation
-  4. warm-up   `training.align` on the small rationale set only: the scene's rationale in the think block (the
+  3. stage 0   `training.vision_pretrain`: the MLLM's vision encoder on dense per-token labels of the scenes
+               (docs/design.md, "The demo model's vision encoder"); frozen from here on.
+  4. stage 1   `training.align` on attribute scenes, then on the main scenes: an attribute expression's think
+               block says where the object is, a relational one's is empty; the answer names the target. The
+               MLLM's language model, context module, SAM2 image encoder, prompt encoder and mask decoder trained,
+               with the three losses this project adds for a model trained from scratch (docs/design.md: the
+               answer's language-modelling loss, the expression-token loss, grounding attention). -> row (a)
+  5. warm-up   `training.align` on the small rationale set only: the scene's rationale in the think block (the
                generator knows the answer). -> row (b)
-  5. GRPO      `training.grpo` from the warm-up model on the main scenes, twice: format + box IoU² rewards
+  6. GRPO      `training.grpo` from the warm-up model on the main scenes, twice: format + box IoU² rewards
                -> row (c); format + box IoU² + mask IoU² (the paper's rewards) -> row (d), the shipped model.
-  6. eval      every row on the test split: greedy decoding, generated answers; by kind of expression, with 95 %
+  7. eval      every row on the test split: greedy decoding, generated answers; by kind of expression, with 95 %
                bootstrap intervals, next to the all-objects mask and chance; the shipped model also at 384 px and
                640 × 480. OUT/report.md, OUT/results.json; `--ship` writes the model card from them.
 """
@@ -450,12 +452,15 @@ def last_complete_checkpoint(out_dir: Path) -> Path | None:
     return next((p for p in steps if (p / RUN_FILE).is_file() and (p / "model" / "config.json").is_file()), None)
 
 
-def datasets_override(*entries: tuple[Path, float, bool]) -> str:
-    """`datasets=[...]` of synthetic scene folders: (root, ratio, rationale) each."""
-    items = [
-        f"{{name: synthetic, root: {r}, ratio: {ratio}, rationale: {str(why).lower()}}}" for r, ratio, why in entries
-    ]
-    return f"datasets=[{', '.join(items)}]"
+def datasets_override(*entries: tuple[Path, float, bool | str]) -> str:
+    """`datasets=[...]` of synthetic scene folders: (root, ratio, rationale) each; rationale True, False, or an
+    expression kind whose expressions alone carry theirs."""
+
+    def spec(root: Path, ratio: float, rationale: bool | str) -> str:
+        kinds = f", rationale_kinds: [{rationale}]" if isinstance(rationale, str) else ""
+        return f"{{name: synthetic, root: {root}, ratio: {ratio}, rationale: {str(bool(rationale)).lower()}{kinds}}}"
+
+    return f"datasets=[{', '.join(spec(*entry) for entry in entries)}]"
 
 
 def align_overrides(recipe: DemoRecipe, init: Path, datasets: str, val: Path, steps: int, lr: float) -> list[str]:
@@ -838,12 +843,12 @@ def main(argv=None) -> int:
     # 3-5. stage 1 (two phases), warm-up, GRPO
     phases = {name: out / name for name in ("align-attribute", "stage1", "warmup")}
     steps = (
-        ("align-attribute", vision / "final", datasets_override((attribute, 1.0, False)), recipe.attribute_steps,
+        ("align-attribute", vision / "final", datasets_override((attribute, 1.0, True)), recipe.attribute_steps,
          recipe.lr),
         (
             "stage1",
             phases["align-attribute"] / "final",
-            datasets_override((scenes, 1.0, False), (attribute, 0.25, False)),
+            datasets_override((scenes, 1.0, "attribute"), (attribute, 0.25, True)),
             recipe.stage1_steps,
             recipe.lr,
         ),
