@@ -24,8 +24,9 @@ Steps (each skipped when its output exists; a stopped training phase resumes fro
                MLLM's language model, context module, SAM2 image encoder, prompt encoder and mask decoder trained,
                with the three losses this project adds for a model trained from scratch (docs/design.md: the
                answer's language-modelling loss, the expression-token loss, grounding attention). -> row (a)
-  5. warm-up   `training.align` on the small rationale set only: the scene's rationale in the think block (the
-               generator knows the answer). -> row (b)
+  5. warm-up   `training.align` on the small rationale set (relational expressions, the scene's rationale in the
+               think block: the generator knows the answer), mixed 2:1 with the main scenes' attribute expressions
+               (so that their answers are kept). -> row (b)
   6. GRPO      `training.grpo` from the warm-up model on the main scenes, twice: format + box IoU² rewards
                -> row (c); format + box IoU² + mask IoU² (the paper's rewards) -> row (d), the shipped model.
   7. eval      every row on the test split: greedy decoding, generated answers; by kind of expression, with 95 %
@@ -133,8 +134,8 @@ class DemoRecipe:
     lm_weight: float = 1.0
     expression_weight: float = 1.0
     grounding_weight: float = 1.0  # training/grounding.py: a head's attention on the object an answer token is about
-    warmup_steps: int = 150
-    warmup_lr: float = 3e-4
+    warmup_steps: int = 400
+    warmup_lr: float = 1e-3
     # stage 2
     grpo_runs: tuple[GRPORun, ...] = (
         GRPORun("grpo-box", ("format", "box_iou")),
@@ -707,13 +708,17 @@ The scores below are what it reaches on held-out scenes of its own kind; the tar
 SAM2's video-memory weights are not included (`lens track` needs `--sam-memory-checkpoint`).
 
 ## Training
-Recipe (`training/demo.py`, seeds fixed): stage 1 (`training.align`) {attribute_steps} steps on attribute-only
-scenes, then {stage1_steps} steps on the main scenes (40 % relational), batch {batch}, lr {lr:g} cosine, the answer
-with an empty think block; MLLM, context module, SAM2 prompt encoder and mask decoder trained (SAM2's image encoder
-keeps its random weights). Two losses not in the paper, for a model trained from scratch: the answer's
-language-modelling loss (`lm_weight` {lm_weight}) and the expression-token loss on the query states
-(`expression_weight` {expression_weight}, its target the object's own name). Supervised warm-up: {warmup_steps}
-steps on {warmup_scenes} scenes with rationales written from the scene. Stage 2 (`training.grpo`, the project's
+Recipe (`training/demo.py`, seeds fixed): stage 0 (`training.vision_pretrain`) {vision_steps} steps training the
+MLLM's vision encoder on dense per-token labels of the scenes (colour, shape, size, object centre, own position),
+frozen from then on. Stage 1 (`training.align`) {attribute_steps} steps on attribute-only scenes, then
+{stage1_steps} steps on the main scenes (40 % relational), batch {batch}, lr {lr:g} cosine; an attribute
+expression's think block says where the object is, a relational one's is empty. The MLLM's language model, the
+context module and all of SAM2 but its video memory trained. Three losses not in the paper, for a model trained from
+scratch: the answer's language-modelling loss (`lm_weight` {lm_weight}), the expression-token loss on the query
+states (`expression_weight` {expression_weight}, its target the object's own name) and grounding attention
+(`grounding_weight` {grounding_weight}: one head attends to the object each answer token is about). Supervised
+warm-up: {warmup_steps} steps on {warmup_scenes} relational scenes with rationales written from the scene, mixed 2:1
+with the main scenes' attribute expressions. Stage 2 (`training.grpo`, the project's
 default objective `compat: lens`): {grpo_steps} steps of {prompts} prompts × G={generations} sampled answers
 (temperature {temperature:g}), β {beta:g}, lr {grpo_lr:g}, the paper's rewards (format, box IoU², mask IoU²) and
 segmentation loss.
@@ -852,8 +857,13 @@ def main(argv=None) -> int:
             recipe.stage1_steps,
             recipe.lr,
         ),
-        ("warmup", phases["stage1"] / "final", datasets_override((rationales, 1.0, True)), recipe.warmup_steps,
-         recipe.warmup_lr),
+        (
+            "warmup",
+            phases["stage1"] / "final",
+            datasets_override((rationales, 1.0, True), (scenes, 0.5, "attribute")),
+            recipe.warmup_steps,
+            recipe.warmup_lr,
+        ),
     )  # fmt: skip
     for name, start, datasets, n, lr in steps:
         overrides = align_overrides(recipe, start, datasets, scenes, n, lr)
@@ -977,6 +987,8 @@ def ship_model(args, recipe, model_dir, report, tables, previous, records, outco
             sam=shape.sam_image_size,
             question=DEMO_QUESTION,
             longest=shape.mllm_longest_side,
+            vision_steps=recipe.vision_steps,
+            grounding_weight=recipe.grounding_weight,
             attribute_steps=recipe.attribute_steps,
             stage1_steps=recipe.stage1_steps,
             batch=recipe.batch,
