@@ -83,10 +83,14 @@ def test_the_two_grpo_runs_differ_only_in_the_rewards(quick_run):
     assert {k: v for k, v in box.items() if k not in ("reward_weights", "output_dir")} == {
         k: v for k, v in full.items() if k not in ("reward_weights", "output_dir")
     }
+    # relational rationales are taught in the warm-up only; stage 1 teaches attribute expressions' think blocks
     warmup = yaml.safe_load((quick_run / "warmup" / "config.yaml").read_text())
-    assert [d["rationale"] for d in warmup["datasets"]] == [True]
+    assert [(d["rationale"], d["rationale_kinds"]) for d in warmup["datasets"]] == [(True, None), (True, ["attribute"])]
+    assert "rationales" in warmup["datasets"][0]["root"]
     stage1 = yaml.safe_load((quick_run / "stage1" / "config.yaml").read_text())
-    assert not any(d["rationale"] for d in stage1["datasets"])
+    assert [(d["rationale"], d["rationale_kinds"]) for d in stage1["datasets"]] == [(True, ["attribute"]), (True, None)]
+    assert "attribute" in stage1["datasets"][1]["root"]
+    assert stage1["grounding_weight"] > 0 and "mllm_language" in stage1["trainable"] and "mllm" not in full["trainable"]
 
 
 def test_a_rerun_resumes_without_redoing_anything(quick_run):

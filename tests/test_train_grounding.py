@@ -16,6 +16,7 @@ from training.grounding import (
     object_tokens,
     sequence_targets,
     token_cover,
+    with_context_queries,
 )
 
 
@@ -205,3 +206,52 @@ def test_mllm_language_trains_the_language_model_and_leaves_the_vision_encoder(r
     assert not any(p.requires_grad for p in model.sam.parameters())
     freeze_all_but(model, ["mllm"])
     assert all(p.requires_grad for p in visual)
+
+
+def test_context_queries_look_at_the_target_and_a_pass_over_the_last_positions_scores_those():
+    from training.grounding import with_context_queries
+
+    torch.manual_seed(1)
+    queries = torch.full((2, 4), NO_OBJECT)
+    queries[0, 2] = ANCHOR
+    keys = torch.zeros(2, 2, 4, dtype=torch.bool)
+    keys[:, TARGET, 1] = True
+    keys[:, ANCHOR, 0] = True
+    labels, padded = with_context_queries(queries, keys, 3)
+    assert labels.tolist() == [[-1, -1, ANCHOR, -1, TARGET, TARGET, TARGET], [-1] * 4 + [TARGET] * 3]
+    assert padded.shape == (2, 2, 7) and not padded[:, :, 4:].any() and torch.equal(padded[:, :, :4], keys)
+    full = torch.softmax(torch.randn(2, 2, 7, 7), dim=-1)
+    only_queries = torch.full_like(labels, NO_OBJECT)
+    only_queries[:, 4:] = TARGET
+    # the last 3 rows alone (a pass over a cached prefix) give the loss of those rows in the full pass
+    torch.testing.assert_close(
+        grounding_attention_loss(full[:, :, 4:], only_queries, padded, 1),
+        grounding_attention_loss(full, only_queries, padded, 1),
+    )
+    expected = -torch.log(full[:, 0, 4:, 1]).mean()
+    torch.testing.assert_close(grounding_attention_loss(full, only_queries, padded, 1), expected)
+
+
+def test_the_mask_pass_exposes_the_context_queries_attention(reasoning_setup):
+    """LensModel.forward with the language model trained runs prompt + answer + N queries in one pass: the captured
+    weights cover all L + N positions, so the queries' rows are there to supervise."""
+    from training.data import AlignExamples, Collator
+
+    model, processor, records = reasoning_setup
+    model.requires_grad_(True)  # (another test froze parts of the shared model)
+    model.mllm.set_attn_implementation("eager")
+    examples = AlignExamples([records], [(0, 0), (0, 1)], processor, model.lens_config, 4096)
+    batch = Collator(processor.tokenizer.pad_token_id)([examples[0], examples[1]])
+    with captured_attention(model.mllm, -1) as attention:
+        _, _, states = model(
+            batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"], batch["pixel_values"],
+            batch["image_grid_thw"], batch["sam_images"], mllm_grad=True, return_query_states=True,
+        )  # fmt: skip
+    n, length = states.shape[1], batch["input_ids"].shape[1]
+    assert attention["weights"].shape[-2:] == (length + n, length + n)
+    labels, keys = with_context_queries(
+        torch.full_like(batch["grounding_queries"], NO_OBJECT), batch["grounding_keys"], n
+    )
+    loss = grounding_attention_loss(attention["weights"], labels, keys, 1)
+    loss.backward()
+    assert model.context.learnable_query.grad.abs().sum() > 0  # the queries' own embeddings learn where to look

@@ -30,7 +30,7 @@ from lens_model.model.sam import upsample_logits
 from .config import AlignConfig
 from .data import AlignExamples, Collator
 from .engine import enable_activation_checkpointing, log_failed_samples, stage_main, zero_loss
-from .grounding import captured_attention, grounding_attention_loss
+from .grounding import NO_OBJECT, captured_attention, grounding_attention_loss, with_context_queries
 from .losses import mask_loss
 from .policy import sequence_logprobs
 from .runner import Run, StepResult, TrainingStage, freeze_all_but, run_stage, sharded_validation
@@ -126,7 +126,8 @@ def forward_loss(engine, lens, batch: dict, cfg: AlignConfig, device: torch.devi
     """Mask loss of a collated batch (+ lm_weight × the answer's language-modelling loss, + expression_weight ×
     the expression-token loss of the query states, when those weights are > 0)."""
     grads = dict(mllm_grad=trains_language_model(cfg.trainable), sam_encoder_grad="sam_image_encoder" in cfg.trainable)
-    low_res, _, states = engine_forward(engine, batch, device, return_query_states=True, **grads)
+    with captured_attention(lens.mllm, cfg.grounding_layer) as mask_pass:
+        low_res, _, states = engine_forward(engine, batch, device, return_query_states=True, **grads)
     losses = mask_loss(
         low_res,
         [m.to(device) for m in batch["gt_masks"]],
@@ -140,9 +141,13 @@ def forward_loss(engine, lens, batch: dict, cfg: AlignConfig, device: torch.devi
         with captured_attention(lens.mllm, cfg.grounding_layer) as attention:
             losses["lm"] = answer_lm_loss(lens, batch, device)
         losses["loss"] = losses["loss"] + cfg.lm_weight * losses["lm"]
-    if cfg.grounding_weight > 0:
+    if cfg.grounding_weight > 0:  # the answer's tokens in the answer pass, the context queries in the mask pass
         queries, keys = batch["grounding_queries"].to(device), batch["grounding_keys"].to(device)
-        losses["grounding"] = grounding_attention_loss(attention["weights"], queries, keys, cfg.grounding_heads)
+        answer = grounding_attention_loss(attention["weights"], queries, keys, cfg.grounding_heads)
+        no_answer = torch.full_like(queries, NO_OBJECT)
+        query_labels, query_keys = with_context_queries(no_answer, keys, states.shape[1])
+        context = grounding_attention_loss(mask_pass["weights"], query_labels, query_keys, cfg.grounding_heads)
+        losses["grounding"] = (answer + context) / 2
         losses["loss"] = losses["loss"] + cfg.grounding_weight * losses["grounding"]
     if cfg.expression_weight > 0:
         ids, words = batch["expression_ids"].to(device), batch["expression_mask"].to(device)

@@ -556,8 +556,8 @@ class AlignConfig(StageConfig):
     expression_weight: float = 0.0
     # Not in the paper: weight of the grounding-attention loss (training/grounding.py): the first grounding_heads
     # heads of the language model's decoder layer grounding_layer are trained to attend, from the state predicting
-    # each answer token, to the image tokens of the object that token is about. Rides on the answer LM pass
-    # (needs lm_weight > 0); the MLLM runs eager attention while it is on.
+    # each answer token, to the image tokens of the object that token is about, and from each context query to the
+    # target's. Rides on the answer LM pass (needs lm_weight > 0); the MLLM runs eager attention while it is on.
     grounding_weight: float = 0.0
     grounding_layer: int = -1
     grounding_heads: int = 1

@@ -6,7 +6,8 @@ expression names among several (the demo model's probes: the named object's plac
 reads a lone object's place at 0.97. Supervising where one head looks makes the selection a dense target: the
 state that predicts each answer token should put its attention on the image tokens of the object that token is
 about — the anchor for the rationale's first clause ("the red circle is at the top right;"), the target for the
-rest. Nothing changes at inference: the heads are the model's own, the signal only trains them.
+rest; and, in the mask pass, every context query at the target, whose features it then carries to SAM2's prompt.
+Nothing changes at inference: the heads are the model's own, the signal only trains them.
 
 Token order: Qwen2-VL's processor emits an image's merged tokens row by row (merged rows of `merge` × `merge`
 patches of `patch` pixels), which `token_cover` follows.
@@ -88,12 +89,23 @@ def sequence_targets(
     return keys, queries
 
 
+def with_context_queries(queries: torch.Tensor, keys: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The targets of a pass with N context queries appended after the sequence (the mask pass): (B, L) labels and
+    (B, 2, L) keys -> (B, L + N), (B, 2, L + N), every query looking at the target (they are to prompt SAM2 with it)."""
+    b = queries.shape[0]
+    queries = torch.cat([queries, queries.new_full((b, n), TARGET)], dim=1)
+    keys = torch.cat([keys, keys.new_zeros((b, 2, n))], dim=2)
+    return queries, keys
+
+
 def grounding_attention_loss(
     weights: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor, heads: int
 ) -> torch.Tensor:
-    """weights (B, H, L, L): one layer's attention probabilities; queries (B, L) long (NO_OBJECT or a row of keys);
-    keys (B, 2, L) bool -> −log(attention mass on the object's tokens), averaged over the first `heads` heads and
-    every supervised position of the batch (0 with a gradient path when none is)."""
+    """weights (B, H, Lq, L): one layer's attention probabilities, queries the last Lq of the L positions (a pass
+    over a cached prefix has Lq < L); queries (B, L) long (NO_OBJECT or a row of keys); keys (B, 2, L) bool ->
+    −log(attention mass on the object's tokens), averaged over the first `heads` heads and every supervised position
+    of the batch (0 with a gradient path when none is)."""
+    queries = queries[:, queries.shape[1] - weights.shape[2] :]  # a pass over the last Lq positions only
     rows, positions = (queries >= 0).nonzero(as_tuple=True)
     if rows.numel() == 0:
         return weights.sum() * 0.0
