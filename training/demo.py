@@ -21,9 +21,10 @@ Steps (each skipped when its output exists; a stopped training phase resumes fro
                (docs/design.md, "The demo model's vision encoder"); frozen from here on.
   4. stage 1   `training.align` on attribute scenes, then on the main scenes: an attribute expression's think
                block says where the object is, a relational one's is empty; the answer names the target. The
-               MLLM's language model, context module, SAM2 image encoder, prompt encoder and mask decoder trained,
-               with the three losses this project adds for a model trained from scratch (docs/design.md: the
-               answer's language-modelling loss, the expression-token loss, grounding attention). -> row (a)
+               MLLM's language model, context module, SAM2 prompt encoder and mask decoder trained (its image
+               encoder keeps its random weights), with the three losses this project adds for a model trained
+               from scratch (docs/design.md: the answer's language-modelling loss, the expression-token loss,
+               grounding attention). -> row (a)
   5. warm-up   `training.align` on the small rationale set (relational expressions, the scene's rationale in the
                think block: the generator knows the answer), mixed 2:1 with the main scenes' attribute expressions
                (so that their answers are kept). -> row (b)
@@ -115,14 +116,10 @@ class DemoRecipe:
     # after stage 0 the MLLM's vision encoder stays frozen (mllm_language): the answer loss would wear its place
     # features away before the language model learns to select the named object (docs/reasoning-probes.md, pa1-pa2)
     trainable: tuple[str, ...] = ("context", "sam_decoder", "sam_prompt_encoder", "mllm_language")
-    # stage 1 also trains SAM2's image encoder (stage 2 cannot: its masks reuse the rollout's image features)
-    stage1_trainable: tuple[str, ...] = (
-        "context",
-        "sam_decoder",
-        "sam_prompt_encoder",
-        "mllm_language",
-        "sam_image_encoder",
-    )
+    # SAM2's image encoder keeps its random weights, as in the released recipe (which keeps the pretrained ones):
+    # trained along, it lets the mask decoder settle within 250 steps on one mask for every prompt (the outlines of
+    # all objects), and it never learns to read the prompt again (docs/reasoning-probes.md, pmA)
+    stage1_trainable: tuple[str, ...] = ("context", "sam_decoder", "sam_prompt_encoder", "mllm_language")
     # stage 0: the vision encoder on dense per-token labels (training/vision_pretrain.py)
     vision_steps: int = 3000
     vision_lr: float = 2e-3
@@ -713,7 +710,8 @@ MLLM's vision encoder on dense per-token labels of the scenes (colour, shape, si
 frozen from then on. Stage 1 (`training.align`) {attribute_steps} steps on attribute-only scenes, then
 {stage1_steps} steps on the main scenes (40 % relational), batch {batch}, lr {lr:g} cosine; an attribute
 expression's think block says where the object is, a relational one's is empty. The MLLM's language model, the
-context module and all of SAM2 but its video memory trained. Three losses not in the paper, for a model trained from
+context module, SAM2's prompt encoder and mask decoder trained (its image encoder keeps its random weights). Three
+losses not in the paper, for a model trained from
 scratch: the answer's language-modelling loss (`lm_weight` {lm_weight}), the expression-token loss on the query
 states (`expression_weight` {expression_weight}, its target the object's own name) and grounding attention
 (`grounding_weight` {grounding_weight}: one head attends to the object each answer token is about). Supervised
