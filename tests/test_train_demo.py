@@ -137,8 +137,13 @@ def test_evaluate_scores_a_phase_checkpoint_by_kind_like_the_recipe_does(quick_r
     assert main(["--out", str(quick_run), *ARGS, "--evaluate", str(model), "--samples", "8"]) == 0
     table = capsys.readouterr().out
     assert "| metric | all | attribute | relational |" in table and "chance of picking the referred object" in table
-    scored = json.loads((quick_run / "checkpoint-evals" / "stage1-final-n8.json").read_text())
-    assert scored == json.loads((quick_run / "eval-stage1.json").read_text())
+    [filed] = (quick_run / "checkpoint-evals").glob("stage1-final-*-n8.json")
+    assert json.loads(filed.read_text()) == json.loads((quick_run / "eval-stage1.json").read_text())
+    # the scores are filed under the weights they came from: the same model trained again is scored afresh
+    weights = model / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert main(["--out", str(quick_run), *ARGS, "--evaluate", str(model), "--samples", "8"]) == 0
+    assert len(list((quick_run / "checkpoint-evals").glob("stage1-final-*-n8.json"))) == 2
     assert main(["--out", str(quick_run), *ARGS, "--evaluate", str(quick_run / "stage1"), "--samples", "8"]) == 2
     assert "is not a model directory" in capsys.readouterr().err
     assert all(np.isnan(cell["value"]) for cell in summarize([], n_boot=50).values())  # a kind with no expression

@@ -125,7 +125,8 @@ class DemoRecipe:
     vision_lr: float = 2e-3
     # stage 1 (two phases) and the supervised warm-up
     batch: int = 16
-    lr: float = 1e-3
+    # above ~5e-4 the mask decoder learns to ignore the prompt before the prompt carries anything (and stays so)
+    lr: float = 4e-4
     attribute_steps: int = 800
     stage1_steps: int = 2000
     lm_weight: float = 1.0
@@ -897,6 +898,21 @@ def main(argv=None) -> int:
     return 0
 
 
+def checkpoint_eval_name(out: Path, model_dir: Path) -> str:
+    """The name --evaluate files a model's scores under: its path (inside OUT: phase and step, e.g.
+    stage1-step-0000500) and a fingerprint of its weights file (path, size, modification time), so that a phase
+    trained again, or another model of the same name, is scored afresh rather than given the old scores."""
+    import hashlib
+
+    resolved = model_dir.resolve()
+    inside = resolved.is_relative_to(out.resolve())
+    parts = resolved.relative_to(out.resolve()).parts if inside else resolved.parts[-2:]
+    name = "-".join(p for p in parts if p not in ("checkpoints", "model"))
+    weights = sorted(resolved.glob("*.safetensors")) or [resolved / "config.json"]
+    stamp = ":".join(f"{w}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)
+    return f"{name}-{hashlib.sha1(stamp.encode()).hexdigest()[:10]}"
+
+
 def evaluate_checkpoint(out: Path, recipe: DemoRecipe, model_dir: Path, n: int, progress: bool) -> int:
     """--evaluate: `model_dir` on the first `n` test expressions of OUT's main scenes -> the by-kind table (with
     chance) printed and OUT/checkpoint-evals/NAME.json, NAME from the model's path (phase and step)."""
@@ -908,10 +924,7 @@ def evaluate_checkpoint(out: Path, recipe: DemoRecipe, model_dir: Path, n: int, 
         print(f"--evaluate: {model_dir} is not a model directory (no config.json)", file=sys.stderr)
         return 2
     records = held_out_records(scenes, n)
-    inside = model_dir.resolve().is_relative_to(out.resolve())
-    parts = model_dir.resolve().relative_to(out.resolve()).parts if inside else (model_dir.resolve().name,)
-    name = "-".join(p for p in parts if p not in ("checkpoints", "model"))  # e.g. stage1-step-0000500
-    dest = out / "checkpoint-evals" / f"{name}-n{len(records)}.json"
+    dest = out / "checkpoint-evals" / f"{checkpoint_eval_name(out, model_dir)}-n{len(records)}.json"
     if dest.exists():
         outcomes = [SampleOutcome(**row) for row in json.loads(dest.read_text())]
     else:
