@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import nullcontext
 
 import torch
 
@@ -123,10 +124,16 @@ def expression_token_loss(
 
 
 def forward_loss(engine, lens, batch: dict, cfg: AlignConfig, device: torch.device) -> dict[str, torch.Tensor]:
-    """Mask loss of a collated batch (+ lm_weight × the answer's language-modelling loss, + expression_weight ×
-    the expression-token loss of the query states, when those weights are > 0)."""
+    """Mask loss of a collated batch (+ lm_weight × the answer's language-modelling loss, + grounding_weight × the
+    grounding-attention loss, + expression_weight × the expression-token loss of the query states, when those
+    weights are > 0)."""
     grads = dict(mllm_grad=trains_language_model(cfg.trainable), sam_encoder_grad="sam_image_encoder" in cfg.trainable)
-    with captured_attention(lens.mllm, cfg.grounding_layer) as mask_pass:
+    grounding = cfg.grounding_weight > 0
+
+    def attention_of_the_pass():  # the grounded layer's attention, captured only when grounding attention is on
+        return captured_attention(lens.mllm, cfg.grounding_layer) if grounding else nullcontext({})
+
+    with attention_of_the_pass() as mask_pass:
         low_res, _, states = engine_forward(engine, batch, device, return_query_states=True, **grads)
     losses = mask_loss(
         low_res,
@@ -138,10 +145,10 @@ def forward_loss(engine, lens, batch: dict, cfg: AlignConfig, device: torch.devi
         focal_gamma=cfg.focal_gamma,
     )
     if cfg.lm_weight > 0:
-        with captured_attention(lens.mllm, cfg.grounding_layer) as attention:
+        with attention_of_the_pass() as attention:
             losses["lm"] = answer_lm_loss(lens, batch, device)
         losses["loss"] = losses["loss"] + cfg.lm_weight * losses["lm"]
-    if cfg.grounding_weight > 0:  # the answer's tokens in the answer pass, the context queries in the mask pass
+    if grounding:  # the answer's tokens in the answer pass, the context queries in the mask pass
         queries, keys = batch["grounding_queries"].to(device), batch["grounding_keys"].to(device)
         answer = grounding_attention_loss(attention["weights"], queries, keys, cfg.grounding_heads)
         no_answer = torch.full_like(queries, NO_OBJECT)
