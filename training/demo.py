@@ -133,7 +133,7 @@ class DemoRecipe:
     expression_weight: float = 1.0
     grounding_weight: float = 1.0  # training/grounding.py: a head's attention on the object an answer token is about
     warmup_steps: int = 400
-    warmup_lr: float = 1e-3
+    warmup_lr: float = 4e-4
     # stage 2
     grpo_runs: tuple[GRPORun, ...] = (
         GRPORun("grpo-box", ("format", "box_iou")),
