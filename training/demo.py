@@ -1,7 +1,7 @@
 """Train the offline demo model: a tiny LENS from scratch on synthetic scenes that need reasoning, on CPU, with this
 project's own stages, and measure what each stage adds (the paper's ablation in miniature) on held-out scenes.
 
-    python -m training.demo --out runs/demo                            # ~3 h on 2 CPU cores; rerun to resume
+    python -m training.demo --out runs/demo                            # ~50 min on 2 CPU cores; rerun to resume
     python -m training.demo --out runs/demo --ship assets/demo-model   # then write the fp16 model directory
     python -m training.demo --out runs/demo --compare OLD_MODEL        # also score another model on the test split
 
