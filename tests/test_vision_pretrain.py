@@ -40,7 +40,7 @@ def test_each_objects_centre_token_carries_its_colour_shape_size_and_centre(worl
             x, y, w, h = ann["bbox"]
             cx, cy = (x + w / 2) / HW[1], (y + h / 2) / HW[0]
             if max(w / HW[1], h / HW[0]) < 0.25:
-                continue  # a small object may cover less than MIN_COVER of every token
+                continue  # a small object may cover less than COVER_THRESHOLD (training.grounding) of every token
             t = int(cy * rows) * cols + int(cx * cols)
             assert item.color[t] == list(COLORS).index(ann["color"]) + 1
             assert item.shape[t] == SHAPES.index(categories[ann["category_id"]]) + 1

@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .grounding import COVER_THRESHOLD, token_cover
+
 log = logging.getLogger(__name__)
 
-MIN_COVER = 0.2  # a merged token belongs to the object covering most of it, if that object covers >= 20 % of it
 CENTRE_WEIGHT = 10.0  # the regressions' squared errors (in image fractions, ~0.01) against the classifications' ~1
 
 
@@ -97,13 +98,12 @@ def dense_labels(image_path: Path, annotations: list[dict], categories: dict[int
     covers, labels = [], []
     for ann in annotations:
         canvas = Image.new("L", (w0, h0))
-        ImageDraw.Draw(canvas).polygon(ann["segmentation"][0], fill=255)
-        mask = np.asarray(canvas.resize((image.width, image.height), Image.BILINEAR), np.float32) / 255
-        covers.append(mask.reshape(rows, block, cols, block).mean((1, 3)).reshape(-1))  # (T,)
+        ImageDraw.Draw(canvas).polygon(ann["segmentation"][0], fill=1)
+        covers.append(token_cover(np.asarray(canvas, bool), (image.height, image.width)))  # (T,)
         x, y, w, h = ann["bbox"]
         labels.append((*_object_labels(ann, categories, source), (x + w / 2) / w0, (y + h / 2) / h0))
     cover = np.stack(covers)  # (objects, T)
-    owner, on = cover.argmax(0), cover.max(0) >= MIN_COVER
+    owner, on = cover.argmax(0), cover.max(0) >= COVER_THRESHOLD
     table = np.asarray(labels, np.float64)[owner]  # (T, 5)
     ty, tx = np.meshgrid((np.arange(rows) + 0.5) / rows, (np.arange(cols) + 0.5) / cols, indexing="ij")
     feats = processor.image_processor(images=[image], return_tensors="pt")
