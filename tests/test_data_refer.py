@@ -173,3 +173,24 @@ def test_undecodable_mask_raises_with_ids(refcoco_root):
     record = load_dataset("refcoco", root, "val")[0]
     with pytest.raises(LensError, match=r"cannot decode the mask of ref 100 \(annotation 10\)"):
         record.mask()
+
+
+def test_a_sentence_naming_an_anchor_gets_its_box_and_a_missing_anchor_is_named(refcoco_root):
+    """A relational sentence's `anchor_ann_id` (synthetic reasoning scenes) brings the anchor's box in image pixels
+    (xyxy, from its COCO [x, y, w, h]); an id absent from instances.json is one error naming the sentence and file."""
+    root, _ = refcoco_root
+    ref_file = root / "refer_seg" / "refcoco" / "refs(unc).p"
+    refs = pickle.loads(ref_file.read_bytes())
+    refs[0]["sentences"][0]["anchor_ann_id"] = 12
+    ref_file.write_bytes(pickle.dumps(refs))
+    first = load_dataset("refcoco", root, "val")[0]
+    twelve = next(
+        a for a in json.loads((ref_file.parent / "instances.json").read_text())["annotations"] if a["id"] == 12
+    )
+    x, y, w, h = twelve["bbox"]
+    assert first.annotations["anchor_box"] == (x, y, x + w, y + h)
+    assert "anchor_box" not in load_dataset("refcoco", root, "val")[1].annotations
+    refs[0]["sentences"][0]["anchor_ann_id"] = 99
+    ref_file.write_bytes(pickle.dumps(refs))
+    with pytest.raises(LensError, match=r"sentence 1: anchor_ann_id 99 is not in .*instances\.json"):
+        load_dataset("refcoco", root, "val")
