@@ -22,6 +22,7 @@ def test_shipped_recipe_loads_with_the_paper_and_released_values():
     assert cfg.reward_weights == {"format": 1.0, "box_iou": 1.0, "segment_iou": 1.0}
     assert cfg.beta == 0.04 and cfg.num_iterations == 1 and cfg.loss_aggregation == "sequence"
     assert cfg.advantage_eps == 1e-4
+    assert cfg.seg_loss_answers == "all"  # every answer's mask, as in the paper
     assert cfg.seg_loss_weight == 1.0 and cfg.pixel_loss == "bce" and cfg.dice_weight == cfg.pixel_weight == 1.0
     # optimisation
     assert cfg.global_batch_size == 64 and cfg.epochs == 16.0 and cfg.seed == 42
@@ -45,6 +46,7 @@ def test_shipped_recipe_round_trips_and_takes_overrides(tmp_path):
         ("num_generations=1", "num_generations"),
         ("rollout_backend=sglang", "rollout_backend"),
         ("top_p=0", "top_p"),
+        ("seg_loss_answers=best", "seg_loss_answers"),
         ("trainable=[context,sam_image_encoder]", "trainable"),  # masks reuse the rollout's image features
     ],
 )

@@ -9,6 +9,7 @@ import sys
 
 # installed by the setup: a broken install must fail here, not skip these tests
 import deepspeed  # noqa: F401
+import numpy as np
 import pytest
 import torch
 from conftest import REPO
@@ -208,6 +209,38 @@ def test_empty_ground_truth_mask(policy, scenes):
         assert item.components["segment_iou"][r] == (1.0 if not pred.any() else 0.0)
     losses = micro_loss(PolicyModel(model), item, GRPOConfig(beta=0.0), model.lens_config.context_pass, True)
     assert torch.isfinite(losses["loss"])
+
+
+def test_grounded_segmentation_loss_trains_only_answers_whose_box_hits_the_gt(policy, scenes):
+    """seg_loss_answers=grounded: the mask loss of exactly the answers with box IoU >= 0.5, each against its own
+    prompt's GT mask; none grounded -> a zero loss that still backpropagates."""
+    from training.grpo import logprob_setup, policy_forward
+    from training.losses import mask_loss
+
+    model, processor, _ = policy
+    item = _scored(model, processor, scenes)
+    item.ref_logp = None
+    item.box_iou = np.array([0.6, 0.0, 0.2, 0.5, 0.0, 0.49, 0.0, 0.9])  # answers 0, 3 (prompt 0) and 7 (prompt 1)
+    full, empty = np.ones_like(item.prompts.gt_masks[0]), np.zeros_like(item.prompts.gt_masks[1])
+    item.prompts.gt_masks = [full, empty]  # the untrained decoder's logits are ~0: GTs far apart tell rows apart
+    cfg = GRPOConfig(beta=0.0, seg_loss_answers="grounded")
+    losses = micro_loss(PolicyModel(model), item, cfg, model.lens_config.context_pass, True)
+    with torch.no_grad():
+        _, low_res = policy_forward(PolicyModel(model), item, logprob_setup(cfg), True)
+    gt = [torch.from_numpy(item.prompts.gt_masks[i]) for i in (0, 0, 1)]
+    expected = mask_loss(low_res[[0, 3, 7]], gt)["loss"]
+    assert losses["seg"].item() == pytest.approx(expected.item(), rel=1e-4)
+    every = micro_loss(PolicyModel(model), item, GRPOConfig(beta=0.0), model.lens_config.context_pass, True)
+    assert every["seg"].item() == pytest.approx(mask_loss(low_res, [gt[0]] * 4 + [gt[2]] * 4)["loss"].item(), rel=1e-4)
+    assert abs(every["seg"].item() - losses["seg"].item()) > 0.05
+
+    item.box_iou = np.zeros(2 * G)
+    item.advantages = torch.zeros(2 * G)
+    model.zero_grad()
+    none = micro_loss(PolicyModel(model), item, cfg, model.lens_config.context_pass, True)
+    none["loss"].backward()
+    assert none["seg"].item() == 0.0 and none["loss"].item() == pytest.approx(0.0, abs=1e-6)
+    assert all(p.grad is None or not p.grad.any() for p in model.sam.sam_mask_decoder.parameters())
 
 
 # ---------------------------------------------------------------------------- the trainer

@@ -37,6 +37,7 @@ from .vocab import (
     LR_SCHEDULERS,
     PIXEL_LOSSES,
     ROLLOUT_BACKENDS,
+    SEG_LOSS_ANSWERS,
     TRAINABLE_PARTS,
     ZERO_STAGES,
     trains_language_model,
@@ -629,6 +630,7 @@ class GRPOConfig(StageConfig):
     scale_advantages: bool = True  # divide by the group std (False: Dr.GRPO)
     num_iterations: int = 1  # policy updates per rollout (1: ratio = 1, as released)
     seg_loss_weight: float = 1.0
+    seg_loss_answers: str = "all"  # one of SEG_LOSS_ANSWERS: all (paper) | grounded (answers whose box hits the GT)
     # lens: log-probs under the sampling distribution (M-RoPE, / temperature), answers end at their first end
     # token, float GT boxes; released: the released trainer's objective exactly (docs/design.md, "Stage 2")
     compat: str = "lens"  # one of COMPAT_MODES
@@ -651,6 +653,7 @@ class GRPOConfig(StageConfig):
         _choice(self.rollout_backend, "rollout_backend", ROLLOUT_BACKENDS)
         _choice(self.loss_aggregation, "loss_aggregation", LOSS_AGGREGATIONS)
         _choice(self.compat, "compat", COMPAT_MODES)
+        _choice(self.seg_loss_answers, "seg_loss_answers", SEG_LOSS_ANSWERS)
         _require(
             "sam_image_encoder" not in self.trainable,
             "trainable",

@@ -40,7 +40,7 @@ from .policy import PolicyModel, sequence_logprobs
 from .rewards import RolloutSample, resolve_reward, score
 from .rollout import InProcessRollouts, PromptBatch, Rollout, RolloutSampler, completion_end_for, prepare_prompts
 from .runner import Run, StepResult, TrainingStage, freeze_all_but, run_stage, sharded_validation
-from .vocab import trains_language_model
+from .vocab import GROUNDED_BOX_IOU, trains_language_model
 
 log = logging.getLogger("training.grpo")
 
@@ -172,6 +172,34 @@ def policy_forward(engine, item: ScoredRollout, setup: LogprobSetup, vision_grad
     )
 
 
+def seg_loss_answers(item: ScoredRollout, rule: str) -> list[int]:
+    """Indices of the answers whose masks the segmentation loss trains on: every answer (`all`) or those whose
+    box hits the GT box (`grounded`, box IoU >= GROUNDED_BOX_IOU)."""
+    if rule == "all":
+        return list(range(len(item.box_iou)))
+    return np.flatnonzero(item.box_iou >= GROUNDED_BOX_IOU).tolist()
+
+
+def segmentation_loss(low_res: torch.Tensor, item: ScoredRollout, cfg: GRPOConfig) -> dict:
+    """The mask loss of the chosen answers' low-res logits (K·G, 1, h, w) against their prompts' GT masks; zero
+    (still attached to the graph, so every rank's backward matches) when no answer is chosen."""
+    chosen = seg_loss_answers(item, cfg.seg_loss_answers)
+    if not chosen:
+        zero = low_res.sum() * 0.0
+        return {"loss": zero, "dice": zero.detach(), "pixel": zero.detach()}
+    rows = item.rollout.rows.tolist()
+    gt = [torch.from_numpy(item.prompts.gt_masks[rows[r]]).to(low_res.device) for r in chosen]
+    return mask_loss(
+        low_res[chosen],
+        gt,
+        dice_weight=cfg.dice_weight,
+        pixel_weight=cfg.pixel_weight,
+        pixel_loss=cfg.pixel_loss,
+        focal_alpha=cfg.focal_alpha,
+        focal_gamma=cfg.focal_gamma,
+    )
+
+
 def micro_loss(
     engine, item: ScoredRollout, cfg: GRPOConfig, context_pass: str | None = None, vision_grad: bool = True
 ) -> dict:
@@ -193,16 +221,7 @@ def micro_loss(
         beta=cfg.beta,
         aggregation=cfg.loss_aggregation,
     )
-    gt = [torch.from_numpy(item.prompts.gt_masks[i]).to(logp.device) for i in ro.rows.tolist()]
-    seg = mask_loss(
-        low_res,
-        gt,
-        dice_weight=cfg.dice_weight,
-        pixel_weight=cfg.pixel_weight,
-        pixel_loss=cfg.pixel_loss,
-        focal_alpha=cfg.focal_alpha,
-        focal_gamma=cfg.focal_gamma,
-    )
+    seg = segmentation_loss(low_res, item, cfg)
     total = policy["loss"] + cfg.seg_loss_weight * seg["loss"]
     return {
         "loss": total,

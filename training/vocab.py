@@ -26,6 +26,11 @@ ROLLOUT_BACKENDS = ("generate", "vllm")
 # Stage 2's objective: lens (corrected, the default) | released (the released stage-2 trainer exactly; docs/design.md,
 # "Stage 2").
 COMPAT_MODES = ("lens", "released")
+# Which answers' masks stage 2's segmentation loss trains on: all (the paper, as released) | grounded (only answers
+# whose box hits the GT box, IoU >= GROUNDED_BOX_IOU: a mask decoder taught the GT mask under an answer that names
+# another object learns to ignore the answer; docs/design.md, "Stage 2 on the demo model").
+SEG_LOSS_ANSWERS = ("all", "grounded")
+GROUNDED_BOX_IOU = 0.5
 # DeepSpeed ZeRO stages.
 ZERO_STAGES = (0, 1, 2, 3)
 
@@ -37,11 +42,13 @@ def trains_language_model(parts) -> bool:
 
 __all__ = [
     "COMPAT_MODES",
+    "GROUNDED_BOX_IOU",
     "LANGUAGE_MODEL_PARTS",
     "LOSS_AGGREGATIONS",
     "LR_SCHEDULERS",
     "PIXEL_LOSSES",
     "ROLLOUT_BACKENDS",
+    "SEG_LOSS_ANSWERS",
     "TRAINABLE_PARTS",
     "ZERO_STAGES",
     "trains_language_model",
