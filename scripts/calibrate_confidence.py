@@ -6,7 +6,7 @@ to use, and what they keep and flag on fresh data.
     python scripts/calibrate_confidence.py --model assets/demo-model --out runs/confidence       # ~20 min, 2 cores
     python scripts/calibrate_confidence.py --model assets/demo-model --out runs/confidence --write   # + config.json
 
-Two draws of fresh scenes (the demo recipe's phase-B scenes from seeds no training or test split used): the
+Two draws of fresh scenes (the demo recipe's main scenes from seeds no training or test split used): the
 calibration draw picks the thresholds, the evaluation draw measures them. In each draw:
   in scene      every expression of every scene (attribute and relational), each about an object in the scene
   absent colour "the {colour} {shape}" with a colour no object of the scene has
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 SETS = ("in scene", "absent colour", "absent shape", "photo")
 MISMATCHED = SETS[1:]
-DRAW_SEEDS = {"calibration": 25, "evaluation": 26}  # training uses 1 and 2, tests/test_demo_model.py 7
+DRAW_SEEDS = {"calibration": 25, "evaluation": 26}  # training uses 1-4, tests/test_demo_model.py 7
 STABILITY_GRID = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))  # 0.5 .. 0.95
 # (top, left, height, width) as fractions of the photo: calibration and evaluation see different parts and sizes
 PHOTO_CROPS = {
@@ -59,12 +59,13 @@ def parse_args(argv=None):
 
 
 def draw_scenes(out: Path, name: str, n: int, seed: int):
-    """Fresh scenes of the demo recipe's phase B -> records of every split."""
+    """Fresh scenes of the demo recipe's main kind (colours and shapes repeat; attribute and relational
+    expressions) -> records of every split."""
     from lens_model.data import load_dataset
     from lens_model.data.synthetic import SPLIT_OF_INDEX
     from training.demo import DemoRecipe, make_scenes
 
-    root = make_scenes(out, dataclasses.replace(DemoRecipe().phase_b, name=name, n_images=n, seed=seed), False)
+    root = make_scenes(out, dataclasses.replace(DemoRecipe().scenes, name=name, n_images=n, seed=seed), False)
     splits = dict.fromkeys(SPLIT_OF_INDEX.get(i % 10, "train") for i in range(n))  # those n scenes fill (n < 10: fewer)
     return [r for split in splits for r in load_dataset("synthetic", root, split)]
 

@@ -110,3 +110,16 @@ def test_a_rerun_remakes_the_report_and_write_stores_the_thresholds(calibrate, t
     ]
     assert json.loads((model / "config.json").read_text())["lens"]["confidence"]["min_stability"] == 0.65
     assert LensPipeline.from_pretrained(str(model), device="cpu").confidence.min_stability == 0.65
+
+
+def test_the_draws_are_the_demo_recipes_scenes_with_both_kinds_of_expression(calibrate, tmp_path):
+    """draw_scenes renders fresh scenes of the recipe's main kind from the draw's seed: every split's records,
+    attribute and relational expressions, colours repeating within a scene."""
+    from training.demo import expression_kind
+
+    records = calibrate.draw_scenes(tmp_path, "calibration", 10, calibrate.DRAW_SEEDS["calibration"])
+    assert {r.image_path.parent for r in records} == {tmp_path / "scenes" / "calibration" / "images"}
+    assert len({r.image_path for r in records}) == 10
+    assert {expression_kind(r) for r in records} == {"attribute", "relational"}
+    colours = [[o["color"] for o in objs] for objs in calibrate.scene_objects(records).values()]
+    assert any(len(set(c)) < len(c) for c in colours)  # colour alone does not decide
