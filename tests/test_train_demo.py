@@ -80,6 +80,7 @@ def test_the_two_grpo_runs_differ_only_in_the_rewards(quick_run):
     assert full["reward_weights"] == {"format": 1.0, "box_iou": 1.0, "segment_iou": 1.0}
     assert box["init_from"] == full["init_from"] and box["init_from"].endswith("warmup/final")
     assert box["compat"] == full["compat"] == "lens" and full["num_generations"] >= 4
+    assert full["seg_loss_answers"] == "grounded"  # the mask loss only under answers that found the object
     assert {k: v for k, v in box.items() if k not in ("reward_weights", "output_dir")} == {
         k: v for k, v in full.items() if k not in ("reward_weights", "output_dir")
     }
