@@ -14,7 +14,7 @@ from conftest import SAMPLE_PHOTO, run_cli
 from PIL import Image
 
 from lens_model.inference.answer import parse_answer
-from lens_model.inference.confidence import ConfidenceSignals, judge, names_prompt, stability_score
+from lens_model.inference.confidence import ConfidenceSignals, judge, names_prompt, stability_score, unknown_words
 from lens_model.model.config import ConfidenceConfig, LensConfig
 
 BOX = "<|box_start|>(1,2),(30,40)<|box_end|>"
@@ -83,6 +83,22 @@ def test_every_failed_check_is_in_the_reason():
     assert judge(worst, ConfidenceConfig.accept_all()) == (True, None)
 
 
+def test_words_outside_the_models_vocabulary_make_a_result_unconfident():
+    """A model whose config lists its training prompts' words: a prompt with another word is flagged, naming the
+    words (case and punctuation aside, each once); an empty vocabulary checks nothing."""
+    vocabulary = ["the", "shape", "left", "of", "red", "green", "circle", "triangle"]
+    assert unknown_words("the red circle", vocabulary) == ()
+    assert unknown_words("The shape LEFT of the green triangle.", vocabulary) == ()
+    assert unknown_words("the purple circle", vocabulary) == ("purple",)
+    assert unknown_words("the astronaut's helmet, the helmet", vocabulary) == ("astronaut's", "helmet")
+    assert unknown_words("the purple circle", []) == ()
+    flagged = dataclasses.replace(GOOD, unknown_words=("purple",))
+    assert judge(flagged, ConfidenceConfig()) == (False, "the model was not trained on the word(s) 'purple'")
+    assert ConfidenceConfig(vocabulary=["the"]).vocabulary == ["the"]
+    with pytest.raises(ValueError, match="lens.confidence.vocabulary: expected a list of str"):
+        ConfidenceConfig(vocabulary="the red circle")
+
+
 def test_thresholds_come_from_the_models_config_and_can_be_replaced(tiny_grounding_dir, tmp_path):
     """One place: `lens.confidence` in config.json (defaults when absent); a pipeline's `confidence` replaces it."""
     from lens_model.inference.pipeline import LensPipeline
@@ -105,6 +121,9 @@ def test_thresholds_come_from_the_models_config_and_can_be_replaced(tiny_groundi
     assert not a.confident and a.reason and b.confident and b.reason is None
     lenient.confidence = ConfidenceConfig()
     assert lenient(image, "the cup").reason == a.reason
+    lenient.confidence = dataclasses.replace(ConfidenceConfig.accept_all(), vocabulary=["the", "mug"])
+    assert lenient(image, "the cup").reason == "the model was not trained on the word(s) 'cup'"
+    assert lenient(image, "the mug").confident
 
 
 def test_lens_segment_reports_an_unconfident_result_in_its_json_and_on_stderr(tiny_grounding_dir, tmp_path):

@@ -14,6 +14,9 @@ What the pipeline does know, per result:
                 SAM's automatic mask generator). A mask whose edges the decoder is unsure about changes between the
                 two; on the demo model it is the signal that tells real photos from its scenes
     score       SAM2's IoU prediction (uninformative on the demo model: 0.47-0.53 on right and wrong answers alike)
+    vocabulary  the prompt's words against the words of the model's training prompts, where the model's config lists
+                them (a model that knows a few dozen words answers any other prompt with one of its objects,
+                confidently drawn)
 
 `judge(signals, thresholds)` applies `ConfidenceConfig` (lens_model.model.config: the model's config.json
 `lens.confidence` section; defaults calibrated on the demo model by scripts/calibrate_confidence.py, table in
@@ -68,6 +71,22 @@ def names_prompt(parsed: ParsedAnswer, prompt: str, answer_format: str) -> bool:
     return name is not None
 
 
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def prompt_words(text: str) -> list[str]:
+    """The words of a prompt as the vocabulary check reads them: lower case, punctuation dropped."""
+    return _WORD.findall(text.lower())
+
+
+def unknown_words(prompt: str, vocabulary: list[str]) -> tuple[str, ...]:
+    """The prompt's words (in order, once each) that are not in `vocabulary`; none when it is empty."""
+    if not vocabulary:
+        return ()
+    known = set(vocabulary)
+    return tuple(dict.fromkeys(w for w in prompt_words(prompt) if w not in known))
+
+
 @dataclass
 class ConfidenceSignals:
     """What one result's confidence is judged on."""
@@ -78,12 +97,15 @@ class ConfidenceSignals:
     mask_fraction: float  # mask pixels / image pixels
     stability: float
     score: float  # SAM2's IoU prediction
+    unknown_words: tuple[str, ...] = ()  # the prompt's words outside the model's vocabulary (unknown_words)
 
 
 def judge(signals: ConfidenceSignals, thresholds: ConfidenceConfig) -> tuple[bool, str | None]:
     """-> (confident, reason): every failed check, joined by '; ', as the reason; None when confident."""
     t, s = thresholds, signals
     failed = []
+    if s.unknown_words:
+        failed.append(f"the model was not trained on the word(s) {', '.join(map(repr, s.unknown_words))}")
     if t.require_format and not s.format_ok:
         failed.append("the answer does not follow the model's answer format")
     if t.require_named and not s.named:

@@ -17,7 +17,7 @@ from ..model.config import LensConfig
 from ..model.modeling import LensModel
 from ..model.sam import preprocess_for_sam
 from .backends import SegmentationBackend, TorchBackend, check_backend_args, open_backend
-from .confidence import ConfidenceSignals, answer_name, judge, names_prompt
+from .confidence import ConfidenceSignals, answer_name, judge, names_prompt, unknown_words
 from .generation import PromptRows, generate_and_segment
 from .prompting import box_in_image, build_chat, mllm_image, special_token_ids
 from .timing import StageTimer
@@ -230,6 +230,7 @@ class LensPipeline:
                     mask_fraction=float(out.masks[i].mean()),
                     stability=out.stabilities[i],
                     score=float(out.scores[i, 0]),
+                    unknown_words=unknown_words(prompt, self.confidence.vocabulary),
                 )
                 confident, reason = judge(signals, self.confidence)
                 results.append(

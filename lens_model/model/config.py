@@ -130,11 +130,14 @@ class ConfidenceConfig:
     max_mask_fraction: float = 0.95  # above: the mask is (nearly) the whole image
     min_stability: float = 0.7  # SAM's stability score of the mask (confidence.stability_score)
     min_score: float | None = None  # SAM2's IoU prediction; None: not checked (it tells nothing on the demo model)
+    # the words of the prompts the model was trained on (lower case); a prompt with another word is not confident.
+    # Empty: not checked (released models read open vocabulary; the demo model knows a few dozen words)
+    vocabulary: list[str] = field(default_factory=list)
 
     @classmethod
     def accept_all(cls) -> ConfidenceConfig:
         """Every check off: every result is confident (for plumbing tests on random tiny models)."""
-        return cls(False, False, 0.0, 1.0, 0.0, None)
+        return cls(False, False, 0.0, 1.0, 0.0, None, [])
 
     def __post_init__(self) -> None:
         check_field_types(self, "lens.confidence")
