@@ -239,8 +239,8 @@ def test_reasoning_scenes_colour_never_decides_and_each_expression_has_one_answe
             if ann_id != target["ann_id"]:
                 assert not separated or shared == 0, record.expression
         assert notes["rationale"] == (
-            f"the {m['anchor']} is at the {_where(anchor, REASONING_HW)}; {m['rel']} it is the "
-            f"{notes['target_name']} at the {_where(target, REASONING_HW)}"
+            f"the {m['anchor']} is at the {_where(anchor, REASONING_HW)}; {m['rel']} it, at the "
+            f"{_where(target, REASONING_HW)}, is the {notes['target_name']}"
         )
     assert kinds["attribute"] >= 15 and kinds["relational"] >= 40, kinds
 

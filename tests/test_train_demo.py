@@ -86,8 +86,8 @@ def test_the_two_grpo_runs_differ_only_in_the_rewards(quick_run):
     }
     # relational rationales are taught in the warm-up only; stage 1 teaches attribute expressions' think blocks
     warmup = yaml.safe_load((quick_run / "warmup" / "config.yaml").read_text())
-    assert [(d["rationale"], d["rationale_kinds"]) for d in warmup["datasets"]] == [(True, None), (True, ["attribute"])]
-    assert "rationales" in warmup["datasets"][0]["root"]
+    assert [(d["rationale"], d["rationale_kinds"]) for d in warmup["datasets"]] == [(True, None), (True, None)]
+    assert warmup["datasets"][0]["root"].endswith("main") and warmup["datasets"][1]["root"].endswith("rationales")
     stage1 = yaml.safe_load((quick_run / "stage1" / "config.yaml").read_text())
     assert [(d["rationale"], d["rationale_kinds"]) for d in stage1["datasets"]] == [(True, ["attribute"]), (True, None)]
     assert "attribute" in stage1["datasets"][1]["root"]
@@ -176,6 +176,15 @@ def test_ship_is_refused_when_the_new_model_is_worse_on_attribute_expressions(qu
         main(["--out", str(quick_run), *ARGS, "--compare", str(quick_run / "grpo" / "final"), "--ship", str(same)]) == 0
     )
     assert (same / "README.md").exists() and "## Targets" in (same / "README.md").read_text()
+    # its confidence section lists the training prompts' words: exactly those of the train splits it trained on
+    from lens_model.data import load_dataset
+    from lens_model.model.config import LensConfig
+
+    vocabulary = LensConfig.from_dict(json.loads((same / "config.json").read_text())["lens"]).confidence.vocabulary
+    expressions = [r.expression for name in ("attribute", "main", "rationales")
+                   for r in load_dataset("synthetic", quick_run / "scenes" / name, "train")]  # fmt: skip
+    assert set(vocabulary) == {w for e in expressions for w in e.lower().split()}
+    assert {"shape", "left", "above", "red", "circle"} <= set(vocabulary) and "purple" not in vocabulary
     rows = json.loads((quick_run / "eval-compare.json").read_text())
     for row in rows:
         row["referred"] = True  # a compared model that gets every expression right

@@ -9,7 +9,7 @@ The task (`make_synthetic(task="reasoning")`): 3-5 shapes whose colours and shap
 decides; attribute expressions ("the red circle", "the small red circle") and relational ones that name only an
 anchor ("the shape left of the red circle"). The model answers in the think/answer format of the released
 chain-of-thought checkpoints and names the object it found by its own attributes:
-`<think>the red circle is at the top right; left of it is the small blue square at the top left</think>`
+`<think>the red circle is at the top right; left of it, at the top left, is the small blue square</think>`
 `<answer>the small blue square {"bbox_2d": [x1, y1, x2, y2]}</answer>`; the context queries read that answer, so
 the mask follows the name.
 
@@ -25,9 +25,9 @@ Steps (each skipped when its output exists; a stopped training phase resumes fro
                encoder keeps its random weights), with the three losses this project adds for a model trained
                from scratch (docs/design.md: the answer's language-modelling loss, the expression-token loss,
                grounding attention). -> row (a)
-  5. warm-up   `training.align` on the small rationale set (relational expressions, the scene's rationale in the
-               think block: the generator knows the answer), mixed 2:1 with the main scenes' attribute expressions
-               (so that their answers are kept). -> row (b)
+  5. warm-up   `training.align` on the main scenes with every expression's rationale in the think block (the
+               generator knows the answer: a relational one locates the anchor, then the target's place, then
+               names it), mixed 2:1 with a small set of relational scenes. -> row (b)
   6. GRPO      `training.grpo` from the warm-up model on the main scenes, twice: format + box IoU² rewards
                -> row (c); format + box IoU² + mask IoU² (the paper's rewards) -> row (d), the shipped model.
   7. eval      every row on the test split: greedy decoding, generated answers; by kind of expression, with 95 %
@@ -132,7 +132,10 @@ class DemoRecipe:
     lm_weight: float = 1.0
     expression_weight: float = 1.0
     grounding_weight: float = 1.0  # training/grounding.py: a head's attention on the object an answer token is about
-    warmup_steps: int = 400
+    # every main-scene expression with its rationale, plus the relational rationale set: 400 steps taught the form of a
+    # relational rationale but not its content (relational accuracy 0.34); 1500 with the target's place before its
+    # name, 0.64 (docs/reasoning-probes.md, po2)
+    warmup_steps: int = 1500
     warmup_lr: float = 4e-4
     # stage 2
     grpo_runs: tuple[GRPORun, ...] = (
@@ -690,7 +693,7 @@ Loaded like any LENS checkpoint (`lens segment --model assets/demo-model ...`, `
 answers in the think/answer format of the released chain-of-thought models and names the object it found by its
 own attributes; the context queries read that answer, so the mask is the named object:
 
-    <think>the red circle is at the top right; left of it is the small blue square at the top left</think>
+    <think>the red circle is at the top right; left of it, at the top left, is the small blue square</think>
     <answer>the small blue square {{"bbox_2d": [x1, y1, x2, y2]}}</answer>
 
 Its question template is shorter than the released models' (`{question}`), and it sees every image
@@ -720,8 +723,9 @@ losses not in the paper, for a model trained from
 scratch: the answer's language-modelling loss (`lm_weight` {lm_weight}), the expression-token loss on the query
 states (`expression_weight` {expression_weight}, its target the object's own name) and grounding attention
 (`grounding_weight` {grounding_weight}: one head attends to the object each answer token is about). Supervised
-warm-up: {warmup_steps} steps on {warmup_scenes} relational scenes with rationales written from the scene, mixed 2:1
-with the main scenes' attribute expressions. Stage 2 (`training.grpo`, the project's
+warm-up: {warmup_steps} steps on the main scenes with every expression's rationale written from the scene (a
+relational one: where the anchor is, then where the target is, then its name), mixed 2:1 with {warmup_scenes}
+relational scenes. Stage 2 (`training.grpo`, the project's
 default objective `compat: lens`): {grpo_steps} steps of {prompts} prompts × G={generations} sampled answers
 (temperature {temperature:g}), β {beta:g}, lr {grpo_lr:g}, the paper's rewards (format, box IoU², mask IoU²) and
 segmentation loss, the latter on the answers whose box hits the GT box (`seg_loss_answers: grounded`: on every
@@ -731,15 +735,30 @@ answer it teaches the mask decoder to ignore answers that name another object).
 """
 
 
-def ship(model_dir: Path, dest: Path):
-    """The trained model as a LENS model directory with float16 weights (half the bytes; any dtype loads them).
-    SAM2's video-memory weights are left out: the demo model never trained them (`lens track` then asks for an
-    official SAM2 checkpoint, as for the released models)."""
+def training_vocabulary(scene_roots) -> list[str]:
+    """Every word of the training expressions (every sentence of the train split) of these scene folders, sorted."""
+    from lens_model.data import load_dataset
+    from lens_model.inference.confidence import prompt_words
+
+    words = set()
+    for root in scene_roots:
+        for record in load_dataset("synthetic", root, "train"):
+            words.update(prompt_words(record.expression))
+    return sorted(words)
+
+
+def ship(model_dir: Path, dest: Path, vocabulary: list[str] | None = None):
+    """The trained model as a LENS model directory with float16 weights (half the bytes; any dtype loads them),
+    with `vocabulary` (its training prompts' words) in its confidence section: a prompt with another word is then
+    flagged. SAM2's video-memory weights are left out: the demo model never trained them (`lens track` then asks for
+    an official SAM2 checkpoint, as for the released models)."""
     import torch
 
     from lens_model.model.checkpoint import load_model, save_model
 
     model, processor = load_model(model_dir, dtype=torch.float32)
+    if vocabulary:
+        model.lens_config.confidence = replace(model.lens_config.confidence, vocabulary=list(vocabulary))
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     save_model(model, dest, processor=processor, state=state)
     return model
@@ -864,7 +883,7 @@ def main(argv=None) -> int:
         (
             "warmup",
             phases["stage1"] / "final",
-            datasets_override((rationales, 1.0, True), (scenes, 0.5, "attribute")),
+            datasets_override((scenes, 1.0, True), (rationales, 0.5, True)),
             recipe.warmup_steps,
             recipe.warmup_lr,
         ),
@@ -989,7 +1008,8 @@ def ship_model(args, recipe, model_dir, report, tables, previous, records, outco
                 file=sys.stderr,
             )
             return 1
-    model = ship(model_dir, args.ship)
+    trained_on = [args.out / "scenes" / s.name for s in (recipe.attribute_scenes, recipe.scenes, recipe.warmup_scenes)]
+    model = ship(model_dir, args.ship, training_vocabulary(trained_on))
     shape = recipe.model
     (args.ship / "README.md").write_text(
         MODEL_CARD.format(

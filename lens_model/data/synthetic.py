@@ -270,7 +270,10 @@ class ReasoningExpression:
     phrases: tuple[str, ...]  # the expression's wordings ("the shape left of the red circle", "... that is ...")
     target: int
     target_name: str  # the target by its own attributes: full_name
-    rationale: str  # what was found, from the scene ("the red circle is at the top right; left of it is ...")
+    # what was found, from the scene: "the red circle is at the top right; left of it, at the top left, is the small
+    # blue square" — the target's place comes before its name, so the relation leads to the place, the place to the
+    # object (naming the object first, the tiny demo model learnt relations far worse: docs/reasoning-probes.md, po2)
+    rationale: str
     anchor: int | None = None
     relation: str | None = None
 
@@ -303,7 +306,7 @@ def reasoning_expressions(objects: list[SceneObject], target: int, hw: tuple[int
             if any(v is not False for v in others):
                 continue
             rationale = (
-                f"the {anchor_name} is at the {location(a, hw)}; {relation} it is the {name} at the {location(t, hw)}"
+                f"the {anchor_name} is at the {location(a, hw)}; {relation} it, at the {location(t, hw)}, is the {name}"
             )
             phrases = (f"the shape {relation} the {anchor_name}", f"the shape that is {relation} the {anchor_name}")
             out.append(ReasoningExpression("relational", phrases, target, name, rationale, anchor, relation))
