@@ -104,6 +104,14 @@ def test_think_answer_keeps_reasoning_and_answer_text():
             None,
         ),  # no reasoning block: box kept, format not followed
         ("<think>x</think><answer>[5, 2, 3, 4]</answer>", None, True, "box has x2 <= x1 (3 <= 5)"),
+        # a name before the JSON (the demo model's answers): the box's own fault is named, not the JSON's
+        (
+            '<think>x</think><answer>the red square {"bbox_2d": [8, 90, 37, 11]}</answer>',
+            None,
+            True,
+            "box has y2 <= y1 (11 <= 90)",
+        ),
+        ('<think>x</think><answer>the red square {"bbox_2d": [8, 9, 37, 41]}</answer>', (8, 9, 37, 41), True, None),
     ],
 )
 def test_think_answer_malformed(text, box, format_ok, error):

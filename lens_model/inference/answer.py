@@ -117,7 +117,10 @@ def parse_answer(text: str, answer_format: str) -> ParsedAnswer:
         box, error = _box_from_json(answer.strip())
         if box is None and error != "no box in the JSON answer":
             fallback, fallback_error = _first_box_anywhere(answer)
-            box, error = (fallback, None) if fallback else (None, error)
+            if fallback is not None:
+                box, error = fallback, None
+            elif fallback_error != "no box found in model output":  # a box was there, but unusable: say why
+                error = fallback_error
     template_ok = _THINK_TEMPLATE.match(text) is not None
     if answer is not None:
         object_ref = _BOX_START.split(answer, maxsplit=1)[0].strip() or object_ref
