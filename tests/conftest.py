@@ -99,6 +99,22 @@ def run_cli_read_only(folder, *args):
     return proc.returncode, proc.stdout, proc.stderr
 
 
+# bf16 rounds the logits of a box's digits, written token by token: a coordinate may move by a pixel or two
+BF16_BOX_TOLERANCE_PX = 2
+
+
+def assert_same_answer(got, want, answer_format: str, box_px: float = 0.0) -> None:
+    """Two results wrote the same answer: the same reasoning and object name, and boxes within `box_px` pixels of
+    each other (both missing counts as the same)."""
+    from lens_model.inference.answer import parse_answer
+
+    a, b = parse_answer(got.text, answer_format), parse_answer(want.text, answer_format)
+    assert (a.reasoning, a.object_ref, a.format_ok) == (b.reasoning, b.object_ref, b.format_ok), (got.text, want.text)
+    assert (a.box is None) == (b.box is None), (got.text, want.text)
+    if a.box is not None:
+        assert max(abs(x - y) for x, y in zip(a.box, b.box)) <= box_px, (got.text, want.text)
+
+
 @pytest.fixture
 def ros_installed() -> None:
     """Used by ros_helpers.needs_ros: skips without rclpy and the node's messages (fails under CI=true)."""

@@ -1,10 +1,12 @@
 """The shipped demo model (assets/demo-model, trained by `python -m training.demo`) gets synthetic scenes right:
-its answers depend on the prompt, its masks match the ground truth, and every way of running it (batched, ONNX
-Runtime, bfloat16, `lens eval`, the ROS engine) gives the same right answer. These are the tests that fail when the
-model or the pipeline around it is broken, which tests on random tiny models cannot show."""
+it writes its reasoning and names the object it found, its masks are that object, a relational prompt's mask is the
+referred object and not the anchor it names, and every way of running it (batched, ONNX Runtime, bfloat16, `lens
+eval`, the ROS engine) gives the same answer. These are the tests that fail when the model or the pipeline around it
+is broken (the query states, the answer parsing, the resizing), which tests on random tiny models cannot show."""
 
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,13 +18,24 @@ from lens_model.image_io import load_image
 
 DEMO_MODEL = REPO / "assets" / "demo-model"
 DEMO_SCENE = REPO / "assets" / "demo-scene.json"
-# Fresh scenes of the recipe's phase B (2-4 objects in distinct colours, 20 % relational expressions, textured
-# background) from a seed no training or test split used. On these 40 expressions the shipped model scores gIoU
-# 0.77, referred-object accuracy 0.85, expression named 0.875 (it copies long relational expressions less
-# reliably); the floors leave room below that and far above a broken model (all-objects mask 0.29, chance 0.29).
+# The README's relational prompt, which the model answers right: of the demo scene's four relational expressions it
+# gets two right ("below the red triangle", "above the yellow square") and two wrong, about what its card's
+# relational accuracy (0.61) leads one to expect.
+RELATIONAL_PROMPT = "the shape below the red triangle"
+# Fresh scenes of the recipe's kind (3-5 shapes whose colours and shapes repeat, 40 % relational expressions) from a
+# seed no training or test split used; HELD_OUT_EXPRESSIONS of them (83 attribute, 157 relational). Measured on the
+# shipped model, with 95 % intervals: attribute referred 0.759 [0.663, 0.843], named 0.988, format 1.000; relational
+# referred 0.605 [0.529, 0.682], named 0.637, format 1.000, mask on the anchor 0.089 [0.045, 0.134]; gIoU 0.514
+# [0.470, 0.555] (all-objects mask 0.253, chance 0.24-0.26). Each floor sits about three standard errors below.
 HELD_OUT_SEED = 7
-MIN_HELD_OUT_GIOU = 0.6
-MIN_HELD_OUT_REFERRED = 0.75
+HELD_OUT_EXPRESSIONS = 240
+FLOORS = {  # kind -> metric -> floor
+    "attribute": {"referred-object accuracy": 0.62, "object named": 0.93, "format": 0.95},
+    "relational": {"referred-object accuracy": 0.48, "object named": 0.5, "format": 0.95},
+    "all": {"gIoU": 0.44, "format": 0.95},
+}
+MAX_ANCHOR_MASKS = 0.16  # relational expressions whose mask is the anchor's object
+MIN_HELD_OUT_GIOU = FLOORS["all"]["gIoU"]
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -32,12 +45,17 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def scene():
-    """The demo scene: image and, per expression, its object's GT mask."""
+    """The demo scene: image, per attribute expression its object's GT mask, and per relational expression
+    (expression, target's GT mask, anchor's GT mask, target's and anchor's attribute expressions)."""
     spec = json.loads(DEMO_SCENE.read_text())
     rgb = load_image(DEMO_SCENE.parent / spec["image"])
     h, w = rgb.shape[:2]
     objects = [(o["expression"], decode_segmentation(o["segmentation"], h, w)) for o in spec["objects"]]
-    return rgb, objects
+    masks = dict(objects)
+    relational = [
+        (r["expression"], masks[r["target"]], masks[r["anchor"]], r["target"], r["anchor"]) for r in spec["relational"]
+    ]
+    return rgb, objects, relational
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +67,46 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory):
+    """(scenes root, HELD_OUT_EXPRESSIONS records: one sentence per referred object, every split)."""
     from lens_model.data import load_dataset
-    from lens_model.data.synthetic import make_synthetic
+    from training.demo import DemoRecipe, make_scenes
 
-    root = make_synthetic(
-        tmp_path_factory.mktemp("held-out") / "scenes", 20, seed=HELD_OUT_SEED, relation_rate=0.2, min_objects=2,
-        max_objects=4, object_scale=1.1, background="texture", distinct_colors=True,
-    )  # fmt: skip
-    records = [r for split in ("train", "val", "testA") for r in load_dataset("synthetic", root, split)]
-    return root, records[:40]
+    scenes = replace(DemoRecipe().scenes, name="held-out", n_images=100, seed=HELD_OUT_SEED)
+    root = make_scenes(tmp_path_factory.mktemp("held-out"), scenes, progress=False)
+    seen, records = set(), []
+    for record in (r for split in ("train", "val", "testA") for r in load_dataset("synthetic", root, split)):
+        if record.ids["ann_id"] not in seen:
+            seen.add(record.ids["ann_id"])
+            records.append(record)
+    return root, records[:HELD_OUT_EXPRESSIONS]
+
+
+def named(result, pipe) -> str:
+    """The object the answer names ("the small red triangle")."""
+    from lens_model.inference.answer import parse_answer
+
+    return parse_answer(result.text, pipe.config.prompt.answer_format).object_ref or ""
+
+
+def test_the_demo_scenes_relational_expressions_are_the_generators():
+    """demo-scene.json's relational expressions, with their targets and anchors, are exactly those the reasoning
+    task's generator writes for the scene's objects (by their polygons' boxes): each has one right answer."""
+    from lens_model.data.synthetic import SceneObject, reasoning_expressions
+
+    spec = json.loads(DEMO_SCENE.read_text())
+    names = [o["expression"] for o in spec["objects"]]
+    objects = [
+        SceneObject(name.split()[2], name.split()[1], "small", tuple(o["segmentation"][0]))
+        for name, o in zip(names, spec["objects"])
+    ]  # one colour per object: "the {colour} {shape}" names it whatever its size
+    generated = {
+        (e.phrases[0], names[e.target], names[e.anchor])
+        for k in range(len(objects))
+        for e in reasoning_expressions(objects, k, (128, 128))
+        if e.kind == "relational"
+    }
+    assert {(r["expression"], r["target"], r["anchor"]) for r in spec["relational"]} == generated
+    assert RELATIONAL_PROMPT in {expression for expression, _, _ in generated}
 
 
 def test_the_demo_model_is_a_normal_lens_directory_within_30_mb():
@@ -67,19 +116,20 @@ def test_the_demo_model_is_a_normal_lens_directory_within_30_mb():
     assert size <= 30 * 2**20, f"{size / 2**20:.1f} MiB"
     model, _ = load_model(DEMO_MODEL)
     assert type(model).__name__ == "LensModel" and model.context.num_queries == 8
+    assert model.lens_config.prompt.answer_format == "think_answer"
 
 
 def test_each_prompt_gets_its_own_answer_and_the_right_mask(pipe, scene):
-    """The answer names the expression asked about (so the text depends on the prompt), the mask matches that
-    object's GT (IoU >= 0.5) and not the others' masks."""
-    rgb, objects = scene
+    """The answer follows the think/answer template and names the object asked about by its colour and shape (so
+    the text depends on the prompt), the mask matches that object's GT (IoU >= 0.5) and not the others' masks."""
+    rgb, objects, _ = scene
     assert len(objects) >= 2
     results = [pipe(rgb, expression) for expression, _ in objects]
     texts = [r.text for r in results]
     assert len(set(texts)) == len(texts), texts
     for (expression, gt), result in zip(objects, results):
-        assert f"<|object_ref_start|>{expression}.<|object_ref_end|>" in result.text, result.text
-        assert result.format_ok
+        assert expression.removeprefix("the ") in named(result, pipe), result.text
+        assert result.format_ok and result.text.startswith("<think>"), result.text
         assert iou(result.mask, gt) >= 0.5, expression
         others = [iou(result.mask, other) for e, other in objects if e != expression]
         assert max(others) < 0.2, expression
@@ -88,13 +138,26 @@ def test_each_prompt_gets_its_own_answer_and_the_right_mask(pipe, scene):
             assert iou(results[a].mask, results[b].mask) < 0.2
 
 
+def test_a_relational_prompt_masks_the_referred_object_not_the_anchor(pipe, scene):
+    """RELATIONAL_PROMPT ("the shape below the red triangle"): the reasoning locates the anchor the prompt names,
+    the answer names the object below it, and the mask is that object's, not the anchor's (the query states carry
+    the answer's name to the mask decoder; a model or pipeline that segments the named anchor fails here)."""
+    rgb, _, relational = scene
+    expression, target, anchor, target_name, anchor_name = next(r for r in relational if r[0] == RELATIONAL_PROMPT)
+    result = pipe(rgb, expression)
+    assert result.format_ok, result.text
+    assert anchor_name.removeprefix("the ") in result.text.split("</think>")[0], result.text
+    assert target_name.removeprefix("the ") in named(result, pipe), result.text
+    assert iou(result.mask, target) >= 0.5 and iou(result.mask, anchor) < 0.2, result.text
+
+
 def test_right_answers_are_confident_and_photo_prompts_are_not(pipe, scene):
     """`confident` (lens_model.inference.confidence, thresholds calibrated by scripts/calibrate_confidence.py): the
     demo scene's expressions are right and confident; the same expressions about the sample photo (masks of whatever
     the model picks there) are flagged with the reason. The score alone cannot tell them apart."""
     from conftest import SAMPLE_PHOTO
 
-    rgb, objects = scene
+    rgb, objects, _ = scene
     prompts = [expression for expression, _ in objects]
     right = pipe(rgb, prompts)
     for (expression, gt), result in zip(objects, right):
@@ -103,33 +166,46 @@ def test_right_answers_are_confident_and_photo_prompts_are_not(pipe, scene):
     for result in photo:
         assert not result.confident and result.reason, result.prompt
     scores = [r.score for r in right + photo]
-    assert max(scores) - min(scores) < 0.1  # SAM2's IoU prediction is no help here: 0.47-0.53 for both
+    assert max(scores) - min(scores) < 0.1  # SAM2's IoU prediction is no help here
 
 
 def test_held_out_scenes_are_segmented_above_the_stated_scores(held_out):
-    """40 expressions of 20 fresh scenes: gIoU and referred-object accuracy above the stated floors, far above the
-    all-objects mask and chance."""
+    """HELD_OUT_EXPRESSIONS expressions of fresh scenes whose colours and shapes repeat: per kind of expression,
+    referred-object accuracy, the object named and format above the stated floors, far above chance; relational
+    masks rarely land on the anchor; gIoU above the all-objects mask."""
     from training.demo import evaluate_model, summarize
 
     root, records = held_out
     outcomes = evaluate_model(DEMO_MODEL, records, progress=False)
-    table = summarize(outcomes, n_boot=100)
-    assert table["gIoU"]["value"] >= MIN_HELD_OUT_GIOU, table
-    assert table["referred-object accuracy"]["value"] >= MIN_HELD_OUT_REFERRED, table
-    assert table["gIoU"]["value"] > table["all-objects mask gIoU (baseline)"]["value"] + 0.2
-    assert table["format"]["value"] >= 0.95 and table["object named"]["value"] >= 0.85
+    tables = {"all": summarize(outcomes, n_boot=100)}
+    for kind in ("attribute", "relational"):
+        part = [o for o in outcomes if o.kind == kind]
+        assert len(part) >= 60, (kind, len(part))
+        tables[kind] = summarize(part, n_boot=100)
+    for kind, floors in FLOORS.items():
+        for metric, floor in floors.items():
+            assert tables[kind][metric]["value"] >= floor, (kind, metric, tables[kind][metric])
+    for kind in ("attribute", "relational"):
+        chance = tables[kind]["chance of picking the referred object"]["value"]
+        assert tables[kind]["referred-object accuracy"]["value"] > chance + 0.2, (kind, tables[kind])
+    assert tables["relational"]["mask on the anchor (relational)"]["value"] <= MAX_ANCHOR_MASKS
+    assert tables["all"]["gIoU"]["value"] > tables["all"]["all-objects mask gIoU (baseline)"]["value"] + 0.05
 
 
 NON_SQUARE_SIZES = [(96, 160), (160, 96)]  # (H, W): wide and tall, so that any swap of the two axes shows
 # Each edge of the mask's box vs the GT object's box: the decoder's 32 × 32 logits, upsampled, round a shape's
-# corners and a triangle's apex by a few pixels (measured: median 1.4-1.6 px, largest 18 px where a speck of mask
-# sits apart).
+# corners and a triangle's apex by a few pixels, and a speck of mask apart from the object widens the box (measured
+# on the masks that hit their object: 6 of 9 boxes within 6 px, median 3.3 px, the largest 102 px, at 96 × 160).
 MASK_BOX_TOLERANCE_PX = 6
+MIN_CLOSE_MASK_BOXES = 0.6
+# Prompts of the non-square scenes whose mask is the named object (IoU >= 0.5): measured 9 of 10 (96 × 160) and 7 of
+# 10 (160 × 96; the model trained on square scenes only).
+MIN_NON_SQUARE_HITS = 0.6
 
 
 def non_square_scenes(hw, n=3):
-    """`n` scenes of the demo recipe's phase-B kind (2-4 objects in distinct colours, textured background) drawn at
-    (H, W) = `hw` from the held-out seed -> [(image, [(prompt, GT mask, GT box)])], one attribute prompt per object."""
+    """`n` scenes of 2-4 objects in distinct colours on a textured background drawn at (H, W) = `hw` from the
+    held-out seed -> [(image, [(prompt, GT mask, GT box)])], one colour-and-shape prompt per object."""
     from lens_model.data.synthetic import plain_descriptions, render, sample_scene
 
     rng = np.random.default_rng(HELD_OUT_SEED)
@@ -148,9 +224,10 @@ def non_square_scenes(hw, n=3):
 
 @pytest.mark.parametrize("hw", NON_SQUARE_SIZES, ids=lambda hw: f"{hw[0]}x{hw[1]}")
 def test_non_square_scenes_get_masks_and_boxes_in_their_own_pixels(pipe, hw):
-    """Scenes 96 × 160 and 160 × 96 (the model trained on 128 × 128 only): masks come back at (H, W) on the named
-    object, their boxes within MASK_BOX_TOLERANCE_PX of the GT box for at least 80 % of the prompts (a stray speck
-    of mask widens a box, not the IoU) and within 3 px at the median, and the answer's box is the MLLM-image box
+    """Scenes 96 × 160 and 160 × 96 (the model trained on 128 × 128 only): masks come back at (H, W), on the named
+    object (IoU >= 0.5) for at least MIN_NON_SQUARE_HITS of the prompts; those masks' boxes within
+    MASK_BOX_TOLERANCE_PX of the GT box for at least MIN_CLOSE_MASK_BOXES of them (a stray speck of mask widens a
+    box, not the IoU) and within 4 px at the median; and the answer's box is the MLLM-image box
     rescaled by W / w across and H / h down — checked against the answer itself, so it holds for the demo model's
     nearly constant boxes and any better ones (a box rescaled with the factors swapped is off by several pixels
     here)."""
@@ -159,16 +236,17 @@ def test_non_square_scenes_get_masks_and_boxes_in_their_own_pixels(pipe, hw):
     from lens_model.inference.prompting import mllm_image
 
     h, w = hw
-    box_errors, swap_shifts, checked_boxes = [], [], 0
+    ious, box_errors, swap_shifts, checked_boxes = [], [], [], 0
     for rgb, items in non_square_scenes(hw):
         assert rgb.shape[:2] == hw
         results = pipe(rgb, [prompt for prompt, _, _ in items])
         llm_w, llm_h = mllm_image(rgb, pipe.config, pipe.mllm_longest_side).size
         assert (llm_h > llm_w) == (h > w)  # the MLLM sees the same orientation
-        for (prompt, gt, gt_box), result in zip(items, results):
+        for (_, gt, gt_box), result in zip(items, results):
             assert result.mask.shape == hw and result.image_size == hw and result.mllm_image_size == (llm_h, llm_w)
-            assert iou(result.mask, gt) >= 0.5, prompt
-            box_errors.append(np.abs(np.subtract(mask_box(result.mask), gt_box)).max())
+            ious.append(iou(result.mask, gt))
+            if ious[-1] >= 0.5:
+                box_errors.append(np.abs(np.subtract(mask_box(result.mask), gt_box)).max())
             answer = parse_answer(result.text, pipe.config.prompt.answer_format).box  # MLLM-image pixels
             if answer is None:
                 continue
@@ -179,13 +257,15 @@ def test_non_square_scenes_get_masks_and_boxes_in_their_own_pixels(pipe, hw):
             swapped = (x1 * h / llm_h, y1 * w / llm_w, x2 * h / llm_h, y2 * w / llm_w)
             swap_shifts.append(np.abs(np.subtract(swapped, want)).max())
             checked_boxes += 1
-    assert np.mean(np.asarray(box_errors) <= MASK_BOX_TOLERANCE_PX) >= 0.8 and np.median(box_errors) <= 3, box_errors
-    assert checked_boxes >= 0.8 * len(box_errors)  # the model wrote boxes: the rescaling was checked
+    close = np.asarray(box_errors) <= MASK_BOX_TOLERANCE_PX
+    assert np.mean(close) >= MIN_CLOSE_MASK_BOXES and np.median(box_errors) <= 4, box_errors
+    assert np.mean(np.asarray(ious) >= 0.5) >= MIN_NON_SQUARE_HITS, ious
+    assert checked_boxes >= 0.8 * len(ious)  # the model wrote boxes: the rescaling was checked
     assert max(swap_shifts) > 3  # a swapped rescaling would have failed the check above
 
 
 def test_batched_segmentation_gives_the_single_answers(pipe, scene):
-    rgb, objects = scene
+    rgb, objects, _ = scene
     prompts = [expression for expression, _ in objects]
     batched = pipe(rgb, prompts)
     for prompt, together in zip(prompts, batched):
@@ -207,7 +287,7 @@ def test_onnxruntime_backend_gives_the_official_answers(pipe, scene, tmp_path_fa
         backend="onnxruntime",
         backend_dir=str(exported(DEMO_MODEL, tmp_path_factory)),
     )
-    rgb, objects = scene
+    rgb, objects, _ = scene
     for expression, gt in objects:
         want, got = pipe(rgb, expression), ort_pipe(rgb, expression)
         assert got.text == want.text
@@ -216,8 +296,8 @@ def test_onnxruntime_backend_gives_the_official_answers(pipe, scene, tmp_path_fa
 
 
 # `lens export --int8` (dynamic int8 matrix products, lens_model.export.quantize) against the float32 torch model:
-# pixels of each mask that must agree, and how far the held-out gIoU may move. Measured: 99.8 % or more on the demo
-# scene, held-out gIoU 0.771 -> 0.768.
+# pixels of each mask that must agree, and how far the held-out gIoU may move (for the earlier demo model: 99.8 % or
+# more on the demo scene, held-out gIoU 0.771 -> 0.768; the current one passes both bounds).
 MIN_INT8_MASK_AGREEMENT = 0.99
 MAX_INT8_GIOU_CHANGE = 0.02
 
@@ -236,7 +316,7 @@ def test_int8_export_keeps_the_masks_and_the_held_out_score(pipe, scene, held_ou
         str(DEMO_MODEL), device="cpu", dtype="float32", backend="onnxruntime", backend_dir=str(export_dir)
     )
     assert all(path.name.endswith(".int8.onnx") for path in int8.backend.files.values()), int8.backend.files
-    rgb, objects = scene
+    rgb, objects, _ = scene
     for expression, gt in objects:
         want, got = pipe(rgb, expression), int8(rgb, expression)
         assert got.text == want.text
@@ -251,15 +331,18 @@ def test_int8_export_keeps_the_masks_and_the_held_out_score(pipe, scene, held_ou
 
 
 def test_bfloat16_gives_the_float32_answers(pipe, scene):
-    """bf16 (MLLM weights in bf16, SAM2 under bf16 autocast) writes the same answer and a mask that still matches the
-    object: 98 % of pixels agree with fp32 (bf16 moves mask edges by a pixel here and there)."""
+    """bf16 (MLLM weights in bf16, SAM2 under bf16 autocast) writes the same reasoning and name, a box within
+    BF16_BOX_TOLERANCE_PX (measured: one coordinate off by 1 px in one of the four answers) and a mask that still
+    matches the object: 98 % of pixels agree with fp32 (bf16 moves mask edges by a pixel here and there)."""
+    from conftest import BF16_BOX_TOLERANCE_PX, assert_same_answer
+
     from lens_model.inference.pipeline import LensPipeline
 
     bf16 = LensPipeline.from_pretrained(str(DEMO_MODEL), device="cpu", dtype="bfloat16")
-    rgb, objects = scene
+    rgb, objects, _ = scene
     for expression, gt in objects:
         want, got = pipe(rgb, expression), bf16(rgb, expression)
-        assert got.text == want.text
+        assert_same_answer(got, want, pipe.config.prompt.answer_format, BF16_BOX_TOLERANCE_PX)
         assert np.mean(got.mask == want.mask) >= 0.98
         assert iou(got.mask, gt) >= 0.5
 
@@ -288,7 +371,7 @@ def test_the_ros_engine_publishes_the_right_mask(scene, pipe):
     from lens_ros.params import NodeSettings
 
     store = lens_test_typestore()
-    rgb, objects = scene
+    rgb, objects, _ = scene
     published = []
     settings = NodeSettings.from_values({"audio_enabled": False, "service_timeout_s": 60.0})
     engine = SegmentationEngine(pipe, settings, publish=published.append, clock=lambda: 10.0, types=store.types)
@@ -321,7 +404,9 @@ def test_the_readme_quick_start_segments_the_named_object(scene, tmp_path):
     code, stdout, stderr = run_cli(*args)
     assert code == 0, stderr
     prompt = args[args.index("--prompt") + 1]
-    gt = dict(scene[1])[prompt]
+    assert prompt == RELATIONAL_PROMPT  # the front page shows the model reasoning
+    targets = dict(scene[1]) | {expression: target for expression, target, *_ in scene[2]}
+    gt = targets[prompt]
     mask = np.asarray(Image.open(args[args.index("--out-mask") + 1])) > 0
     assert iou(mask, gt) >= 0.5 and json.loads(stdout)["format_ok"]
 
@@ -372,7 +457,7 @@ def test_the_ros_pages_lens_node_command_segments_the_named_objects(scene, tmp_p
     camera = node.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
     commands = node.create_publisher(String, "/command", 10)
     threading.Thread(target=executor.spin, daemon=True).start()
-    rgb, objects = scene
+    rgb, objects, _ = scene
 
     def asked(expression: str):
         """Publish a fresh frame and the command (both may be lost) until a result for it arrives."""

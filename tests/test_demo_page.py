@@ -43,7 +43,8 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def gt_masks(pad_left: int = 0, pad_top: int = 0, size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
-    """Expression -> GT mask of the demo scene, shifted by the given padding into an image of `size` (H, W)."""
+    """Object (by its attribute expression) -> GT mask of the demo scene, shifted by the given padding into an image
+    of `size` (H, W)."""
     spec = json.loads(DEMO_SCENE_GT.read_text())
     h, w = size or (128, 128)
     masks = {}
@@ -51,6 +52,13 @@ def gt_masks(pad_left: int = 0, pad_top: int = 0, size: tuple[int, int] | None =
         polygons = [[v + (pad_left if i % 2 == 0 else pad_top) for i, v in enumerate(p)] for p in obj["segmentation"]]
         masks[obj["expression"]] = decode_segmentation(polygons, h, w)
     return masks
+
+
+def target_of(prompt: str) -> str:
+    """The object (its attribute expression) a prompt of the demo scene refers to: itself, or a relational
+    expression's target."""
+    relational = {r["expression"]: r["target"] for r in json.loads(DEMO_SCENE_GT.read_text())["relational"]}
+    return relational.get(prompt, prompt)
 
 
 def read_mask(path_or_bytes) -> np.ndarray:
@@ -100,9 +108,10 @@ def wide_scene(tmp_path_factory):
 
 def test_the_example_prompts_are_right_for_the_demo_model(demo_app, session, wide_scene):
     """Each example prompt of the page segments its object in the demo scene (as shipped and padded to a non-square
-    image): the mask matches its GT and no other object's, and the highlighted phrase is the prompt."""
+    image): the mask matches its object's GT and no other object's, and the highlighted answer names that object."""
     path, masks = wide_scene
-    assert set(demo_app.DEMO_SCENE_PROMPTS) == set(gt_masks())
+    assert {target_of(p) for p in demo_app.DEMO_SCENE_PROMPTS} == set(gt_masks())  # every object, and no other
+    assert any(target_of(p) != p for p in demo_app.DEMO_SCENE_PROMPTS)  # and a relational prompt
     for image, gts in ((DEMO_SCENE, gt_masks()), (path, masks)):
         for prompt in demo_app.DEMO_SCENE_PROMPTS:
             out = session.segment(str(image), None, prompt)
@@ -110,8 +119,10 @@ def test_the_example_prompts_are_right_for_the_demo_model(demo_app, session, wid
             mask_file, json_file = out.files
             mask = read_mask(mask_file)
             scores = {expression: iou(mask, gt) for expression, gt in gts.items()}
-            assert scores[prompt] >= MIN_IOU and max(scores, key=scores.get) == prompt, (image.name, prompt, scores)
-            assert (prompt + ".", "phrase") in out.parts, out.parts
+            target = target_of(prompt)
+            assert scores[target] >= MIN_IOU and max(scores, key=scores.get) == target, (image.name, prompt, scores)
+            answer = [text for text, label in out.parts if label == "answer"]
+            assert len(answer) == 1 and target.removeprefix("the ") in answer[0], out.parts
             assert "".join(text for text, _ in out.parts) == json.loads(json_file.read_text())["text"]
 
 
@@ -245,7 +256,7 @@ def test_concurrent_requests_are_queued_on_the_one_model(demo_app, session):
         gts = gt_masks()
         for prompt, (status, _, _, _, files) in answers.items():
             assert status.startswith(f'<p class="lens-done">segmented “{prompt}”'), status
-            assert iou(read_mask(files[0]), gts[prompt]) >= MIN_IOU, prompt
+            assert iou(read_mask(files[0]), gts[target_of(prompt)]) >= MIN_IOU, prompt
         assert len(answers) == len(demo_app.DEMO_SCENE_PROMPTS)
         gc.collect()
         assert sum(isinstance(o, LensModel) for o in gc.get_objects()) == 1
@@ -395,13 +406,14 @@ def test_in_a_browser_the_page_segments_the_demo_scene_and_answers_bad_input(ser
     assert "assets/demo-model" in _text(browser, "body")
     gts = gt_masks()
 
-    _ask(browser, DEMO_SCENE, "the green triangle", "segmented “the green triangle” in demo-scene.png")
+    prompt = "the shape below the red triangle"  # the README's relational prompt: its target is the yellow square
+    _ask(browser, DEMO_SCENE, prompt, f"segmented “{prompt}” in demo-scene.png")
     overlay = browser.find_element(By.CSS_SELECTOR, "#overlay img")
     assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay) == 128
-    assert "the green triangle." in _text(browser, "#answer")
+    assert "yellow square {" in _text(browser, "#answer")  # the answer names the object found, then its box
     assert "sam_decode" in _text(browser, "#details") and "score" in _text(browser, "#details")
     mask = _downloaded_mask(browser)
-    assert iou(mask, gts["the green triangle"]) >= MIN_IOU, {e: iou(mask, g) for e, g in gts.items()}
+    assert iou(mask, gts[target_of(prompt)]) >= MIN_IOU, {e: iou(mask, g) for e, g in gts.items()}
     print(f"screenshot: {_screenshot(browser, 'demo-page.png')}")
 
     (tmp_path / "broken.png").write_text("not an image")

@@ -182,7 +182,7 @@ def test_lens_segment_multi_target_prints_one_entry_per_target_and_writes_the_la
 
 
 def test_lens_segment_multi_target_says_per_target_whether_it_is_confident(tmp_path):
-    """Target 1 names a colour that no object has (the demo model names the yellow square: not confident), target
+    """Target 1 names a colour the demo model was never taught (its vocabulary check: not confident), target
     2 is right: each JSON entry carries its own confident/reason, and stderr warns about target 1 only."""
     command = "the purple square and the green triangle"
     code, out, err = run_cli(
@@ -192,7 +192,7 @@ def test_lens_segment_multi_target_says_per_target_whether_it_is_confident(tmp_p
     assert code == 0, err
     unsure, sure = json.loads(out)["targets"]
     assert (unsure["confident"], sure["confident"], sure["reason"]) == (False, True, None)
-    assert "names 'the yellow square'" in unsure["reason"]
+    assert unsure["reason"] == "the model was not trained on the word(s) 'purple'"
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert warnings == [f"warning: target 1 'the purple square' is not confident: {unsure['reason']}"]
     labels = np.asarray(Image.open(tmp_path / "labels.png"))

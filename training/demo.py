@@ -708,8 +708,11 @@ another object) and relational ("the shape left of the red circle", "the shape t
 the target is the one object on that side of the anchor, in the same row or column).
 
 ## What it cannot do
-Anything else: real photographs, other objects, colours, relations or phrasings give meaningless answers and masks.
-The scores below are what it reaches on held-out scenes of its own kind; the targets it misses are listed with them.
+Anything else: real photographs, other objects, colours, relations or phrasings give meaningless answers and masks
+(a prompt with a word outside its training prompts is flagged as not confident). The scores below are what it
+reaches on held-out scenes of its own kind; the targets it misses are listed with them. Why stage 2 adds nothing
+measurable here, with its logs and a short learning-rate / temperature / group-size sweep: docs/design.md, "Stage 2
+on the demo model".
 SAM2's video-memory weights are not included (`lens track` needs `--sam-memory-checkpoint`).
 
 ## Training

@@ -120,9 +120,9 @@ class SamConfig:
 class ConfidenceConfig:
     """When a result counts as `confident` (lens_model.inference.confidence): every check below must pass.
 
-    Defaults calibrated on the demo model (scripts/calibrate_confidence.py; docs/design.md, "When a result is
-    meaningless"); a model directory's config.json may carry its own in `lens.confidence`, and a pipeline's
-    `confidence` attribute can be replaced at run time."""
+    Defaults calibrated on an earlier demo model (scripts/calibrate_confidence.py; docs/design.md, "When a result is
+    meaningless"); a model directory's config.json may carry its own in `lens.confidence` (the bundled demo model
+    does), and a pipeline's `confidence` attribute can be replaced at run time."""
 
     require_format: bool = True  # the answer followed its format's markup
     require_named: bool = True  # the answer names the asked-for object (confidence.names_prompt)
