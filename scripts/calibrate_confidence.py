@@ -3,7 +3,7 @@
 how well each signal tells answers about objects in the scene from mismatched prompt/image pairs, which thresholds
 to use, and what they keep and flag on fresh data.
 
-    python scripts/calibrate_confidence.py --model assets/demo-model --out runs/confidence       # ~20 min, 2 cores
+    python scripts/calibrate_confidence.py --model assets/demo-model --out runs/confidence       # ~8 min, 2 cores
     python scripts/calibrate_confidence.py --model assets/demo-model --out runs/confidence --write   # + config.json
 
 Two draws of fresh scenes (the demo recipe's main scenes from seeds no training or test split used): the

@@ -99,8 +99,9 @@ def run_cli_read_only(folder, *args):
     return proc.returncode, proc.stdout, proc.stderr
 
 
-# bf16 rounds the logits of a box's digits, written token by token: a coordinate may move by a pixel or two
-BF16_BOX_TOLERANCE_PX = 2
+# bf16 rounds the logits of a box's digits, written token by token: a coordinate may move by a few pixels (3 of the
+# MLLM's 140 on the demo model's red triangle)
+BF16_BOX_TOLERANCE_PX = 4
 
 
 def assert_same_answer(got, want, answer_format: str, box_px: float = 0.0) -> None:

@@ -31,6 +31,7 @@ METRICS = [
     "P@0.5",
     "format",
     "object named",
+    "mask on the named object",
     "box accuracy (IoU>=0.5)",
     "mask on the anchor (relational)",
     "all-objects mask gIoU (baseline)",
@@ -58,6 +59,8 @@ def test_quick_run_reports_every_row_of_the_ablation_by_kind_with_intervals(quic
             for name, cell in table.items():
                 if kind == "attribute" and name == "mask on the anchor (relational)":
                     assert np.isnan(cell["value"])  # no anchor in attribute expressions
+                elif name == "mask on the named object" and table["object named"]["value"] == 0:
+                    assert np.isnan(cell["value"])  # no answer named its object (a few quick steps)
                 else:
                     assert cell["low"] <= cell["value"] <= cell["high"], (kind, name)
     assert list(results["sizes"]) == ["128 px", "384 px", "640 × 480"]
@@ -202,6 +205,21 @@ def _outcome(record, right, kind=None):
         record.sample_id, kind or record.annotations["kind"], 0.9 if right else 0.1, 9, 10, right, False, True,
         True, True, 0.5, 3, "",
     )  # fmt: skip
+
+
+def test_mask_on_the_named_object_counts_only_answers_that_name_the_referred_object():
+    """Referred-object accuracy splits into the MLLM's part (the answer names the object) and the mask path's (its
+    mask is the object it named): 3 of 4 answers name the object, 2 of those 3 masks are it, plus one lucky mask."""
+
+    def outcome(named, referred):
+        return SampleOutcome("0/0", "attribute", 0.5, 1, 2, referred, False, True, named, True, 0.3, 3, "")
+
+    rows = [outcome(True, True), outcome(True, True), outcome(True, False), outcome(False, True)]
+    table = summarize(rows, n_boot=50)
+    assert table["object named"]["value"] == pytest.approx(0.75)
+    assert table["mask on the named object"]["value"] == pytest.approx(2 / 3)
+    assert table["referred-object accuracy"]["value"] == pytest.approx(0.75)
+    assert np.isnan(summarize([outcome(False, True)], n_boot=50)["mask on the named object"]["value"])
 
 
 def test_the_demo_scene_is_one_the_model_got_entirely_right_with_a_relational_expression(quick_run, tmp_path):
