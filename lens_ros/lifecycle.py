@@ -89,7 +89,10 @@ class ServingGate:
 
 class SpinGuard:
     """Counts the exceptions that escaped the executor's spin: keep spinning unless more than `max_errors` of them
-    came within `window_s` seconds (then the caller lets the last one end the process)."""
+    came within `window_s` seconds (then the caller lets the last one end the process). An exception object counts
+    once: rclpy's MultiThreadedExecutor can queue one callback's task several times while its threads are busy, and
+    then re-raises that task's one failure once per entry (seen in CI: one "action server pointer is invalid"
+    re-raised past `max_errors`, which ended the node)."""
 
     def __init__(self, max_errors: int = 20, window_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
         if max_errors < 1 or window_s <= 0:
@@ -98,10 +101,18 @@ class SpinGuard:
         self.window_s = window_s
         self._clock = clock
         self._times: deque[float] = deque()
+        self._counted: deque[BaseException] = deque(maxlen=max_errors + 1)  # identity, not equality
         self.total = 0
 
-    def keep_spinning(self) -> bool:
-        """Record one escaped exception; True while they stay under the rate limit."""
+    def counted(self, error: BaseException) -> bool:
+        """Whether this very exception object was counted before (raised again, not a new failure)."""
+        return any(error is seen for seen in self._counted)
+
+    def keep_spinning(self, error: BaseException | None = None) -> bool:
+        """Record one escaped exception (`error`, if given, for `counted`); True while they stay under the rate
+        limit."""
+        if error is not None:
+            self._counted.append(error)
         now = self._clock()
         self.total += 1
         self._times.append(now)
@@ -122,7 +133,9 @@ def spin(executor, log, stop_on: tuple[type[BaseException], ...] = (), guard: Sp
         except stop_on:
             return survived
         except Exception as exc:  # noqa: BLE001 - e.g. rclpy InvalidHandle: an entity destroyed under the executor
-            if not guard.keep_spinning():
+            if guard.counted(exc):  # the same failure raised again: logged and counted already
+                continue
+            if not guard.keep_spinning(exc):
                 log.error(f"executor: {type(exc).__name__}: {exc}; {guard.max_errors} errors in {guard.window_s:g} s")
                 raise
             survived += 1

@@ -117,6 +117,18 @@ def test_spin_gives_up_when_errors_repeat_too_fast():
     assert [kind for kind, _ in log] == ["warning"] * 3 + ["error"]
 
 
+def test_spin_counts_one_exception_raised_again_once():
+    """rclpy's MultiThreadedExecutor may queue one failed callback's task several times and re-raise its exception
+    once per entry: the same object 50 times is one error (logged once), not 50 that end the node."""
+    same = InvalidHandle("action server pointer is invalid")
+    executor, log = Executor(*[same] * 50, InvalidHandle("another"), *[same] * 5), Log()
+    assert spin(executor, log, guard=SpinGuard(max_errors=3, window_s=60)) == 2
+    assert executor.spins == 57 and [text for _, text in log] == [
+        "executor: InvalidHandle: action server pointer is invalid; spinning on",
+        "executor: InvalidHandle: another; spinning on",
+    ]
+
+
 def test_spin_guard_forgets_errors_older_than_its_window():
     now = [0.0]
     guard = SpinGuard(max_errors=2, window_s=10, clock=lambda: now[0])
