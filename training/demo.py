@@ -717,8 +717,8 @@ the target is the one object on that side of the anchor, in the same row or colu
 Anything else: real photographs, other objects, colours, relations or phrasings give meaningless answers and masks
 (a prompt with a word outside its training prompts is flagged as not confident). The scores below are what it
 reaches on held-out scenes of its own kind; the targets it misses are listed with them. Attribute masks that miss
-cover the named object and another of the same colour: the answer names the right object (0.99) more often than
-the mask follows it (0.79). Non-square images (640 × 480) lose 0.16 gIoU: it was trained on square scenes only.
+cover the named object and another of the same colour: compare "object named" with "mask on the named object" in
+the tables below. It was trained on square scenes only: non-square images lose gIoU ("Any input size" below).
 Why stage 2 adds little here, with its logs and a short learning-rate / temperature / group-size sweep:
 docs/design.md, "Stage 2 on the demo model".
 SAM2's video-memory weights are not included (`lens track` needs `--sam-memory-checkpoint`).
